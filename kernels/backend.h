@@ -1,0 +1,131 @@
+// The compute backend interface: every numerical operation the models and the optimizer need.
+//
+// Two implementations sit behind it: CpuBackend (kernels/cpu, fp32 reference, also f64 for gradient checks)
+// and CudaBackend (kernels/cuda, bf16/fp16 activations, fp32 master weights and reductions).
+//
+// Contract for every method:
+// - All tensors live on device() and are contiguous; shapes are checked and a mismatch throws loom::Error
+//   naming the op and the tensors. An undefined Tensor means "absent" where the comment allows it.
+// - "N" is the number of rows (tokens) = product of all leading dimensions; "C" the last dimension.
+// - Gradients of parameters are ACCUMULATED (+=), so micro-batches add up; gradients of activations are
+//   written (=) unless the comment says "accumulates".
+// - Work may be asynchronous on CUDA (one stream per backend); results are visible to later calls on the
+//   same backend and to the host after synchronize(). Not thread-safe: one thread drives a backend.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace loom {
+
+enum class GeluKind { Tanh, Erf };  // GPT-2 uses the tanh approximation; ViT/DeiT the exact erf form
+
+// Multi-head attention over a fused QKV activation.
+// qkv is [B, T, H*Dqk (q) + H*Dqk (k) + H*Dv (v)]: per token, all query heads, then all key heads, then all
+// value heads, each head contiguous. out is [B, T, H*Dv] with the same head order.
+struct AttentionShape {
+  int64_t batch = 0, seq = 0, heads = 0, qk_dim = 0, v_dim = 0;
+  bool causal = true;
+  double scale = 0;  // softmax scale, usually 1/sqrt(qk_dim)
+  int64_t qkv_width() const { return heads * (2 * qk_dim + v_dim); }
+  int64_t out_width() const { return heads * v_dim; }
+};
+
+struct AdamWHyper {
+  double lr = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  int64_t step = 1;        // 1-based step for bias correction
+  double grad_scale = 1;   // gradients are multiplied by this first (clipping and loss-scale undo)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+  // Blocks until queued work is done (no-op on the CPU).
+  virtual void synchronize() {}
+
+  // ---- memory and elementwise ----
+  virtual void zero(Tensor& x) = 0;
+  // out = a + b (same shapes; out may alias a or b).
+  virtual void add(Tensor& out, const Tensor& a, const Tensor& b) = 0;
+  // dst += src.
+  virtual void accumulate(Tensor& dst, const Tensor& src) = 0;
+  // x *= s.
+  virtual void scale(Tensor& x, double s) = 0;
+  // dst = src converted between float dtypes (e.g. f32 master weights to bf16 compute weights).
+  virtual void convert(Tensor& dst, const Tensor& src) = 0;
+
+  // ---- embeddings ----
+  // out[n, :] = table[ids[n], :]. ids I32 of N elements, table [V, C], out [N, C] (or [B, T, C]).
+  // Throws on an id outside [0, V) (CPU; CUDA checks in debug builds).
+  virtual void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table) = 0;
+  // dtable[ids[n], :] += dout[n, :], deterministic (same summation order on every run).
+  virtual void embedding_backward(Tensor& dtable, const Tensor& dout, const Tensor& ids) = 0;
+  // x[b, t, :] += pos[t, :] for x [B, T, C] and pos [P >= T, C] (learned positions).
+  virtual void add_position_forward(Tensor& x, const Tensor& pos) = 0;
+  // dpos[t, :] += sum_b dx[b, t, :].
+  virtual void add_position_backward(Tensor& dpos, const Tensor& dx) = 0;
+
+  // ---- LayerNorm over the last dimension ----
+  // out = (x - mean) * rstd * w + b, with mean and rstd [N] saved in f32 for the backward.
+  virtual void layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
+                                 const Tensor& b, double eps) = 0;
+  // Accumulates into dx (the residual stream's gradient), dw and db.
+  virtual void layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x,
+                                  const Tensor& w, const Tensor& mean, const Tensor& rstd) = 0;
+
+  // ---- linear layers (weights stored [out, in], as in PyTorch) ----
+  // out[N, O] = x[N, I] · w[O, I]^T + bias[O]; bias may be undefined.
+  virtual void matmul_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) = 0;
+  // dx[N, I] = dout · w (written; undefined dx skips it), dw[O, I] += dout^T · x, dbias[O] += Σ_n dout
+  // (undefined dbias skips it).
+  virtual void matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Tensor& dout, const Tensor& x,
+                               const Tensor& w) = 0;
+
+  // ---- activations ----
+  // out = gelu(x); out may alias x.
+  virtual void gelu_forward(Tensor& out, const Tensor& x, GeluKind kind) = 0;
+  // dx = dout * gelu'(x); dx may alias dout.
+  virtual void gelu_backward(Tensor& dx, const Tensor& dout, const Tensor& x, GeluKind kind) = 0;
+
+  // ---- attention ----
+  // Shape and dtype of what the forward saves for the backward besides qkv and out
+  // (CPU: the probabilities [B, H, T, T]; flash kernels: the row logsumexp [B, H, T] in f32).
+  virtual Shape attention_saved_shape(const AttentionShape& s) const = 0;
+  virtual DType attention_saved_dtype() const = 0;
+  // out = softmax(scale · q kᵀ + causal mask) v per batch and head; fills `saved`.
+  virtual void attention_forward(Tensor& out, Tensor& saved, const Tensor& qkv, const AttentionShape& s) = 0;
+  // dqkv (same layout as qkv) is written.
+  virtual void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& out,
+                                  const Tensor& saved, const AttentionShape& s) = 0;
+
+  // ---- loss ----
+  // Softmax cross-entropy per row of logits [N, Vp]; only the first `vocab` columns are classes (the rest is
+  // padding and gets zero gradient). targets I32 [N]; a target of -1 ignores the row (loss 0, gradient 0).
+  // With label smoothing ε the target distribution is (1-ε)·onehot + ε/vocab.
+  // losses [N] f32 is written. If dlogits is defined it is written with dloss · (softmax - target dist)
+  // and may alias logits (the logits are then overwritten, which saves a [N, Vp] buffer).
+  virtual void cross_entropy(Tensor& losses, Tensor& dlogits, const Tensor& logits, const Tensor& targets,
+                             int64_t vocab, double dloss, double label_smoothing) = 0;
+
+  // ---- optimizer ----
+  // Σ x² over all elements of all tensors, accumulated in at least f32 (f64 on the CPU), returned to host.
+  virtual double sum_squares(const std::vector<Tensor>& tensors) = 0;
+  // AdamW with decoupled weight decay on one contiguous tensor:
+  //   g = grad · grad_scale; m = β1 m + (1-β1) g; v = β2 v + (1-β2) g²
+  //   param -= lr · ( m/(1-β1^step) / (sqrt(v/(1-β2^step)) + eps) + weight_decay · param )
+  // param, m, v are f32 (f64 allowed on the CPU); grad may be lower precision. If compute_copy is defined
+  // it receives param converted to its dtype (bf16/f16 weights used by the forward).
+  virtual void adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy,
+                            const AdamWHyper& hp, double weight_decay) = 0;
+};
+
+// A backend for `device`. CUDA throws loom::Error when the build has no CUDA or no GPU is present.
+std::unique_ptr<Backend> make_backend(Device device);
+// True when this build has the CUDA backend and a GPU is visible.
+bool cuda_available();
+
+}  // namespace loom
