@@ -1,0 +1,181 @@
+#include "trainer/gpt.h"
+
+#include <cmath>
+
+namespace loom {
+
+int64_t pad_vocab(int64_t vocab) { return (vocab + 127) / 128 * 128; }
+
+GptShape gpt_shape_from_config(const config::ModelConfig& m) {
+  LOOM_CHECK(m.kind() == "gpt", "model.kind: expected \"gpt\", got \"", m.kind(), "\"");
+  LOOM_CHECK(m.vocab_size() > 0, "model.vocab_size must be positive, got ", m.vocab_size());
+  LOOM_CHECK(m.max_seq_len() > 0, "model.max_seq_len must be positive, got ", m.max_seq_len());
+  GptShape s;
+  s.vocab = m.vocab_size();
+  s.padded_vocab = pad_vocab(s.vocab);
+  s.max_seq = m.max_seq_len();
+  s.d_model = m.d_model();
+  s.blocks = resolve_block_widths(m);
+  s.ln_eps = m.has_ln_eps() ? m.ln_eps() : 1e-5;
+  s.init_std = m.init_std();
+  return s;
+}
+
+SampleFlops gpt_flops_per_token(const GptShape& s, int64_t seq) {
+  double matmul_weights = 0, attention = 0;
+  for (const auto& b : s.blocks) {
+    matmul_weights += static_cast<double>(b.qkv_width()) * s.d_model + static_cast<double>(b.attn_out_width()) * s.d_model +
+                      2.0 * b.mlp_dim * s.d_model;
+    attention += static_cast<double>(b.heads) * (b.qk_dim + b.v_dim);
+  }
+  SampleFlops f;
+  f.model = 6.0 * (matmul_weights + static_cast<double>(s.vocab) * s.d_model) + 6.0 * seq * attention;
+  f.hardware = 6.0 * (matmul_weights + static_cast<double>(s.padded_vocab) * s.d_model) + 6.0 * seq * attention;
+  return f;
+}
+
+namespace {
+std::vector<ParamSpec> gpt_parameters(const GptShape& s, const std::vector<TransformerBlock>& blocks) {
+  std::vector<ParamSpec> specs;
+  specs.push_back({"wte.weight", {s.padded_vocab, s.d_model}, true, Init::Normal, s.init_std});
+  specs.push_back({"wpe.weight", {s.max_seq, s.d_model}, true, Init::Normal, s.init_std / 2});
+  for (const auto& b : blocks) b.declare_parameters(specs, s.init_std, static_cast<int>(blocks.size()));
+  specs.push_back({"norm.weight", {s.d_model}, false, Init::Ones});
+  specs.push_back({"norm.bias", {s.d_model}, false, Init::Zeros});
+  return specs;
+}
+
+std::vector<TransformerBlock> gpt_blocks(const GptShape& s) {
+  std::vector<TransformerBlock> blocks;
+  for (size_t i = 0; i < s.blocks.size(); ++i)
+    blocks.emplace_back(static_cast<int>(i), s.d_model, s.blocks[i], /*causal=*/true, GeluKind::Tanh, s.ln_eps);
+  return blocks;
+}
+
+// Losses are kept in f64 when the model computes in f64 (gradient checks), else f32.
+DType loss_dtype(DType compute) { return compute == DType::F64 ? DType::F64 : DType::F32; }
+
+double sum_on_host(const Tensor& t) {
+  double total = 0;
+  for (float v : t.to_vector()) total += v;
+  return total;
+}
+}  // namespace
+
+GptModel::GptModel(const GptShape& shape, Backend& backend, DType master_dtype, DType compute_dtype, int64_t seq,
+                   uint64_t seed)
+    : shape_(shape),
+      backend_(backend),
+      compute_dtype_(compute_dtype),
+      seq_(seq),
+      blocks_(gpt_blocks(shape)),
+      params_(ParameterLayout(gpt_parameters(shape, blocks_)), master_dtype, compute_dtype, backend.device()) {
+  LOOM_CHECK(seq > 0 && seq <= shape.max_seq, "sequence length ", seq, " must be in [1, model.max_seq_len=",
+             shape.max_seq, "]");
+  params_.initialise(seed);
+}
+
+GptModel::Activations& GptModel::activations_for(int64_t B, int64_t T) {
+  auto key = std::make_pair(B, T);
+  auto it = activations_.find(key);
+  if (it != activations_.end()) return it->second;
+  const Device dev = backend_.device();
+  const int64_t C = shape_.d_model, L = static_cast<int64_t>(blocks_.size());
+  Activations a;
+  for (int64_t i = 0; i <= L; ++i) a.resid.push_back(Tensor::empty({B, T, C}, compute_dtype_, dev));
+  for (const auto& b : blocks_) a.blocks.push_back(b.allocate_activations(B, T, compute_dtype_, backend_));
+  a.lnf = Tensor::empty({B * T, C}, compute_dtype_, dev);
+  a.lnf_mean = Tensor::empty({B * T}, loss_dtype(compute_dtype_), dev);
+  a.lnf_rstd = Tensor::empty({B * T}, loss_dtype(compute_dtype_), dev);
+  a.logits = Tensor::empty({B * T, shape_.padded_vocab}, compute_dtype_, dev);
+  a.losses = Tensor::empty({B * T}, loss_dtype(compute_dtype_), dev);
+  return activations_.emplace(key, std::move(a)).first->second;
+}
+
+GptModel::Activations& GptModel::forward(const Tensor& tokens) {
+  LOOM_CHECK(tokens.ndim() == 2 && tokens.dtype() == DType::I32, "gpt forward: tokens must be I32 [B, T], got ",
+             tokens.str());
+  const int64_t B = tokens.dim(0), T = tokens.dim(1), L = static_cast<int64_t>(blocks_.size());
+  LOOM_CHECK(T <= shape_.max_seq, "gpt forward: sequence length ", T, " exceeds model.max_seq_len ", shape_.max_seq);
+  Activations& a = activations_for(B, T);
+  backend_.embedding_forward(a.resid[0], tokens, params_.weight("wte.weight"));
+  backend_.add_position_forward(a.resid[0], params_.weight("wpe.weight"));
+  for (int64_t i = 0; i < L; ++i) blocks_[i].forward(backend_, params_, a.resid[i], a.resid[i + 1], a.blocks[i]);
+  Tensor x = a.resid[L].view({B * T, shape_.d_model});
+  backend_.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, params_.weight("norm.weight"),
+                             params_.weight("norm.bias"), shape_.ln_eps);
+  backend_.matmul_forward(a.logits, a.lnf, params_.weight("wte.weight"), Tensor());
+  return a;
+}
+
+double GptModel::forward_backward(const Batch& batch, double loss_scale) {
+  Activations& a = forward(batch.inputs);
+  const int64_t B = batch.inputs.dim(0), T = batch.inputs.dim(1), N = B * T, C = shape_.d_model;
+  const int64_t L = static_cast<int64_t>(blocks_.size());
+  LOOM_CHECK(batch.targets.numel() == N, "gpt: targets ", batch.targets.str(), " do not match inputs ",
+             batch.inputs.str());
+  Tensor targets = batch.targets.view({N});
+  // The loss is the mean over the N targets; the logits buffer is overwritten by its own gradient.
+  backend_.cross_entropy(a.losses, a.logits, a.logits, targets, shape_.vocab, loss_scale / N, 0.0);
+  const double loss = sum_on_host(a.losses) / N;
+
+  auto sk = std::make_pair(B, T);
+  if (!scratch_.count(sk))
+    scratch_.emplace(sk, allocate_block_scratch(blocks_, C, B, T, compute_dtype_, backend_.device()));
+  BlockScratch& s = scratch_.at(sk);
+  if (!dresid_.defined() || dresid_.numel() < N * C)
+    dresid_ = Tensor::empty({N * C}, compute_dtype_, backend_.device());
+  Tensor dresid = dresid_.slice_flat(0, {B, T, C});
+  backend_.zero(dresid);
+
+  Tensor dlnf = s.dln.slice_flat(0, {N, C});
+  Tensor dwte = params_.grad("wte.weight"), none;
+  backend_.matmul_backward(dlnf, dwte, none, a.logits, a.lnf, params_.weight("wte.weight"));
+  Tensor dnorm_w = params_.grad("norm.weight"), dnorm_b = params_.grad("norm.bias");
+  Tensor dresid_rows = dresid.view({N, C});
+  backend_.layernorm_backward(dresid_rows, dnorm_w, dnorm_b, dlnf, a.resid[L].view({N, C}),
+                              params_.weight("norm.weight"), a.lnf_mean, a.lnf_rstd);
+  for (int64_t i = L - 1; i >= 0; --i) blocks_[i].backward(backend_, params_, dresid, a.resid[i], a.blocks[i], s);
+  backend_.embedding_backward(dwte, dresid, batch.inputs);
+  Tensor dwpe = params_.grad("wpe.weight");
+  backend_.add_position_backward(dwpe, dresid);
+  return loss;
+}
+
+EvalStats GptModel::evaluate(const Batch& batch) {
+  Activations& a = forward(batch.inputs);
+  const int64_t N = batch.inputs.numel();
+  Tensor targets = batch.targets.view({N}), none;
+  backend_.cross_entropy(a.losses, none, a.logits, targets, shape_.vocab, 1.0, 0.0);
+  EvalStats st;
+  st.loss_sum = sum_on_host(a.losses);
+  st.count = N;
+  return st;
+}
+
+SampleFlops GptModel::flops_per_sample() const {
+  SampleFlops f = gpt_flops_per_token(shape_, seq_);
+  f.model *= seq_;
+  f.hardware *= seq_;
+  return f;
+}
+
+std::vector<float> GptModel::last_logits(const Tensor& tokens) {
+  const int64_t B = tokens.dim(0), t = tokens.dim(1);
+  LOOM_CHECK(t >= 1 && t <= seq_, "last_logits: context length ", t, " must be in [1, ", seq_, "]");
+  // Pad the context to the model's sequence length: attention is causal, so positions after t-1 cannot change
+  // the logits at t-1, and one activation arena serves every context length.
+  Tensor padded = Tensor::zeros({B, seq_}, DType::I32);
+  Tensor host = tokens.to(Device::cpu());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < t; ++i) padded.data<int32_t>()[b * seq_ + i] = host.data<int32_t>()[b * t + i];
+  Activations& a = forward(padded.to(backend_.device()));
+  const std::vector<float> all = a.logits.to_vector();
+  std::vector<float> out(static_cast<size_t>(B * shape_.vocab));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t v = 0; v < shape_.vocab; ++v)
+      out[b * shape_.vocab + v] = all[(b * seq_ + t - 1) * shape_.padded_vocab + v];
+  return out;
+}
+
+}  // namespace loom

@@ -1,0 +1,47 @@
+// What the training loop needs from a model (GPT or ViT): its parameters, a fused forward+backward on a
+// micro-batch, a forward-only evaluation, and its FLOP counts for MFU.
+//
+// Thread-safety: a model is driven by one thread.
+#pragma once
+#include <cstdint>
+
+#include "kernels/backend.h"
+#include "trainer/parameters.h"
+
+namespace loom {
+
+// One micro-batch on the model's device. GPT: inputs and targets I32 [B, T]. ViT: inputs f32 [B, channels,
+// H, W] images, targets I32 [B] labels.
+struct Batch {
+  Tensor inputs, targets;
+};
+
+struct EvalStats {
+  double loss_sum = 0;   // summed over counted targets
+  int64_t count = 0;     // targets counted (ignored targets excluded)
+  int64_t correct = 0;   // argmax == target (classifiers only)
+  bool classifies = false;  // true when `correct` is meaningful (ViT), false for language models
+};
+
+// FLOPs of one training sample (one sequence or one image), forward + backward.
+struct SampleFlops {
+  double model = 0;     // the model's useful work, from its actual widths (docs/ARCHITECTURE.md, "FLOPs")
+  double hardware = 0;  // what the kernels execute: padding, recomputation included
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual ParameterStore& params() = 0;
+  virtual Backend& backend() = 0;
+  // Forward and backward on `batch`. Returns the mean loss over the batch's targets; parameter gradients
+  // ACCUMULATE dLoss/dθ · loss_scale (loss_scale = 1/accumulation steps for a mean over micro-batches).
+  virtual double forward_backward(const Batch& batch, double loss_scale) = 0;
+  // Forward only.
+  virtual EvalStats evaluate(const Batch& batch) = 0;
+  virtual SampleFlops flops_per_sample() const = 0;
+  // Tokens per sample as throughput is reported (sequence length, or patches + class tokens).
+  virtual int64_t tokens_per_sample() const = 0;
+};
+
+}  // namespace loom

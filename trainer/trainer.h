@@ -1,0 +1,59 @@
+// The training loop: micro-batches with gradient accumulation, clipping and AdamW, the learning-rate schedule,
+// periodic validation, sampling, checkpoints and resume, a log line per step, a progress display with ETA,
+// and metrics as JSON Lines (step, loss, lr, grad norm, tokens/s, ms/step, MFU, time by phase).
+//
+// Thread-safety: one thread runs a Trainer. Errors (bad checkpoint, data, write failures) throw loom::Error.
+#pragma once
+#include <functional>
+#include <iosfwd>
+#include <memory>
+#include <string>
+
+#include "core/config.pb.h"
+#include "core/metrics_writer.h"
+#include "trainer/data_source.h"
+#include "trainer/model.h"
+#include "trainer/optimizer.h"
+
+namespace loom {
+
+struct TrainResult {
+  int64_t steps_done = 0;          // steps completed when run() returned (the final step count)
+  double last_train_loss = 0;
+  double last_val_loss = -1;       // -1 when never evaluated
+  double last_val_accuracy = -1;   // -1 when never evaluated (or for language models)
+  std::string last_checkpoint;     // "" when none was written
+};
+
+class Trainer {
+ public:
+  // `log` receives the per-step lines; the progress bar goes to stderr when it is a terminal.
+  Trainer(const config::RunConfig& cfg, Model& model, DataSource& data, std::ostream& log);
+
+  // Called every train.sample_every steps and at the end with the step (GPT prints a text sample).
+  void set_sampler(std::function<void(int64_t step)> sampler) { sampler_ = std::move(sampler); }
+
+  // Restores weights, optimizer moments, step and data position from a checkpoint directory.
+  void resume_from(const std::string& checkpoint_dir);
+  // Trains from the current step to train.max_steps.
+  TrainResult run();
+  // Mean validation loss (and accuracy) over up to train.val_batches batches.
+  EvalStats validate();
+  // Writes a checkpoint of the current state; returns its directory.
+  std::string save_checkpoint_now();
+
+  int64_t step() const { return step_; }
+
+ private:
+  config::RunConfig cfg_;
+  Model& model_;
+  DataSource& data_;
+  std::ostream& log_;
+  AdamW optimizer_;
+  std::unique_ptr<MetricsWriter> metrics_;
+  std::function<void(int64_t)> sampler_;
+  int64_t step_ = 0;
+  double peak_flops_ = 0;
+};
+
+}  // namespace loom
