@@ -68,6 +68,12 @@ class Backend {
   virtual void add_position_forward(Tensor& x, const Tensor& pos) = 0;
   // dpos[t, :] += sum_b dx[b, t, :].
   virtual void add_position_backward(Tensor& dpos, const Tensor& dx) = 0;
+  // Copies `count` token rows per batch element: dst[b, dst_start + j, :] (=, or += when accumulate)
+  // src[b, src_start + j, :] for j < count, with dst [B, Td, C] and src [B, Ts, C]. ViT uses it to place patch
+  // embeddings after the class token(s) and to pick the class token(s) for the head (and the reverse in the
+  // backward).
+  virtual void copy_tokens(Tensor& dst, int64_t dst_start, const Tensor& src, int64_t src_start, int64_t count,
+                           bool accumulate) = 0;
 
   // ---- LayerNorm over the last dimension ----
   // out = (x - mean) * rstd * w + b, with mean and rstd [N] saved in f32 for the backward.

@@ -1,0 +1,234 @@
+#include "trainer/vit.h"
+
+#include <algorithm>
+
+namespace loom {
+
+VitShape vit_shape_from_config(const config::ModelConfig& m) {
+  LOOM_CHECK(m.kind() == "vit", "model.kind: expected \"vit\", got \"", m.kind(), "\"");
+  VitShape s;
+  s.image_size = m.image_size();
+  s.patch_size = m.patch_size();
+  s.in_channels = m.in_channels();
+  s.num_classes = m.num_classes();
+  s.d_model = m.d_model();
+  s.distilled = m.distilled();
+  LOOM_CHECK(s.image_size > 0 && s.patch_size > 0 && s.image_size % s.patch_size == 0, "model.image_size (",
+             s.image_size, ") must be a positive multiple of model.patch_size (", s.patch_size, ")");
+  LOOM_CHECK(s.in_channels > 0, "model.in_channels must be positive, got ", s.in_channels);
+  LOOM_CHECK(s.num_classes > 1, "model.num_classes must be at least 2, got ", s.num_classes);
+  s.blocks = resolve_block_widths(m);
+  s.ln_eps = m.has_ln_eps() ? m.ln_eps() : 1e-6;
+  s.init_std = m.init_std();
+  return s;
+}
+
+SampleFlops vit_flops_per_image(const VitShape& s) {
+  const double T = static_cast<double>(s.tokens()), D = static_cast<double>(s.d_model);
+  double block_weights = 0, attention = 0;
+  for (const auto& b : s.blocks) {
+    block_weights += (static_cast<double>(b.qkv_width()) + b.attn_out_width() + 2.0 * b.mlp_dim) * D;
+    attention += static_cast<double>(b.heads) * (b.qk_dim + b.v_dim);
+  }
+  const double patch_embed = 6.0 * s.patches() * s.patch_dim() * D;
+  SampleFlops f;
+  f.model = 6.0 * T * block_weights + 6.0 * T * T * attention + patch_embed +
+            6.0 * s.prefix_tokens() * D * s.num_classes;
+  // The patch embedding's input gradient is never computed (the images are not trained).
+  f.hardware = f.model - patch_embed / 3.0;
+  return f;
+}
+
+namespace {
+std::vector<TransformerBlock> vit_blocks(const VitShape& s) {
+  std::vector<TransformerBlock> blocks;
+  for (size_t i = 0; i < s.blocks.size(); ++i)
+    blocks.emplace_back(static_cast<int>(i), s.d_model, s.blocks[i], /*causal=*/false, GeluKind::Erf, s.ln_eps);
+  return blocks;
+}
+
+std::vector<ParamSpec> vit_parameters(const VitShape& s, const std::vector<TransformerBlock>& blocks) {
+  const int64_t D = s.d_model;
+  std::vector<ParamSpec> specs;
+  specs.push_back({"patch_embed.proj.weight", {D, s.patch_dim()}, true, Init::Normal, s.init_std});
+  specs.push_back({"patch_embed.proj.bias", {D}, false, Init::Zeros});
+  // cls_token and dist_token must stay adjacent: the forward adds them to the position table as one [k, D] block.
+  specs.push_back({"cls_token", {1, D}, false, Init::Normal, s.init_std});
+  if (s.distilled) specs.push_back({"dist_token", {1, D}, false, Init::Normal, s.init_std});
+  specs.push_back({"pos_embed", {s.tokens(), D}, false, Init::Normal, s.init_std});
+  for (const auto& b : blocks) b.declare_parameters(specs, s.init_std, static_cast<int>(blocks.size()));
+  specs.push_back({"norm.weight", {D}, false, Init::Ones});
+  specs.push_back({"norm.bias", {D}, false, Init::Zeros});
+  specs.push_back({"head.weight", {s.num_classes, D}, true, Init::Normal, s.init_std});
+  specs.push_back({"head.bias", {s.num_classes}, false, Init::Zeros});
+  if (s.distilled) {
+    specs.push_back({"head_dist.weight", {s.num_classes, D}, true, Init::Normal, s.init_std});
+    specs.push_back({"head_dist.bias", {s.num_classes}, false, Init::Zeros});
+  }
+  return specs;
+}
+
+DType reduced_dtype(DType compute) { return compute == DType::F64 ? DType::F64 : DType::F32; }
+
+double sum_on_host(const Tensor& t) {
+  double total = 0;
+  for (float v : t.to_vector()) total += v;
+  return total;
+}
+
+// The [k, D] block of the class (and distillation) token in an arena (values or gradients).
+Tensor prefix_rows(const ParameterStore& p, const Tensor& arena, const VitShape& s) {
+  const auto& cls = p.layout().entry("cls_token");
+  if (s.distilled)
+    LOOM_CHECK(p.layout().entry("dist_token").offset == cls.offset + s.d_model,
+               "vit: cls_token and dist_token must be adjacent in the parameter arena");
+  return arena.slice_flat(cls.offset, {s.prefix_tokens(), s.d_model});
+}
+}  // namespace
+
+VitModel::VitModel(const VitShape& shape, Backend& backend, DType master_dtype, DType compute_dtype, uint64_t seed,
+                   double label_smoothing)
+    : shape_(shape),
+      backend_(backend),
+      compute_dtype_(compute_dtype),
+      label_smoothing_(label_smoothing),
+      blocks_(vit_blocks(shape)),
+      params_(ParameterLayout(vit_parameters(shape, blocks_)), master_dtype, compute_dtype, backend.device()) {
+  params_.initialise(seed);
+}
+
+VitModel::Activations& VitModel::activations_for(int64_t B) {
+  auto it = activations_.find(B);
+  if (it != activations_.end()) return it->second;
+  const Device dev = backend_.device();
+  const int64_t T = shape_.tokens(), D = shape_.d_model, L = static_cast<int64_t>(blocks_.size());
+  Activations a;
+  a.patch_emb = Tensor::empty({B, shape_.patches(), D}, compute_dtype_, dev);
+  a.pos_plus = Tensor::empty({T, D}, compute_dtype_, dev);
+  for (int64_t i = 0; i <= L; ++i) a.resid.push_back(Tensor::empty({B, T, D}, compute_dtype_, dev));
+  for (const auto& b : blocks_) a.blocks.push_back(b.allocate_activations(B, T, compute_dtype_, backend_));
+  a.normed = Tensor::empty({B * T, D}, compute_dtype_, dev);
+  a.norm_mean = Tensor::empty({B * T}, reduced_dtype(compute_dtype_), dev);
+  a.norm_rstd = Tensor::empty({B * T}, reduced_dtype(compute_dtype_), dev);
+  a.head_in = Tensor::empty({shape_.prefix_tokens(), B, 1, D}, compute_dtype_, dev);
+  a.logits = Tensor::empty({B, shape_.num_classes}, compute_dtype_, dev);
+  a.logits_dist = Tensor::empty({B, shape_.num_classes}, compute_dtype_, dev);
+  a.losses = Tensor::empty({B}, reduced_dtype(compute_dtype_), dev);
+  a.dresid = Tensor::empty({B, T, D}, compute_dtype_, dev);
+  a.dpos_plus = Tensor::empty({T, D}, compute_dtype_, dev);
+  return activations_.emplace(B, std::move(a)).first->second;
+}
+
+VitModel::Activations& VitModel::forward(const Tensor& patches) {
+  LOOM_CHECK(patches.ndim() == 3 && patches.dim(1) == shape_.patches() && patches.dim(2) == shape_.patch_dim(),
+             "vit forward: expected patch rows [B, ", shape_.patches(), ", ", shape_.patch_dim(), "], got ",
+             patches.str());
+  const int64_t B = patches.dim(0), Np = shape_.patches(), T = shape_.tokens(), D = shape_.d_model;
+  const int64_t k = shape_.prefix_tokens(), L = static_cast<int64_t>(blocks_.size());
+  Activations& a = activations_for(B);
+  Tensor pe = a.patch_emb.view({B * Np, D});
+  backend_.matmul_forward(pe, patches.view({B * Np, shape_.patch_dim()}), params_.weight("patch_embed.proj.weight"),
+                          params_.weight("patch_embed.proj.bias"));
+  Tensor& x = a.resid[0];
+  backend_.zero(x);
+  backend_.copy_tokens(x, k, a.patch_emb, 0, Np, /*accumulate=*/false);
+  // pos_plus = pos_embed with the class (and distillation) token added to its first k rows, so one position
+  // add places the prefix tokens too.
+  backend_.convert(a.pos_plus, params_.weight("pos_embed"));
+  Tensor pos_prefix = a.pos_plus.slice_flat(0, {k, D});
+  backend_.add(pos_prefix, pos_prefix, prefix_rows(params_, params_.compute(), shape_));
+  backend_.add_position_forward(x, a.pos_plus);
+  for (int64_t i = 0; i < L; ++i) blocks_[i].forward(backend_, params_, a.resid[i], a.resid[i + 1], a.blocks[i]);
+  backend_.layernorm_forward(a.normed, a.norm_mean, a.norm_rstd, a.resid[L].view({B * T, D}),
+                             params_.weight("norm.weight"), params_.weight("norm.bias"), shape_.ln_eps);
+  const Tensor normed = a.normed.view({B, T, D});
+  const char* heads[2] = {"head", "head_dist"};
+  Tensor* logits[2] = {&a.logits, &a.logits_dist};
+  for (int64_t h = 0; h < k; ++h) {
+    Tensor in = a.head_in.slice_flat(h * B * D, {B, 1, D});
+    backend_.copy_tokens(in, 0, normed, h, 1, false);
+    backend_.matmul_forward(*logits[h], in.view({B, D}), params_.weight(std::string(heads[h]) + ".weight"),
+                            params_.weight(std::string(heads[h]) + ".bias"));
+  }
+  return a;
+}
+
+double VitModel::forward_backward(const Batch& batch, double loss_scale) {
+  Activations& a = forward(batch.inputs);
+  const int64_t B = batch.inputs.dim(0), Np = shape_.patches(), T = shape_.tokens(), D = shape_.d_model;
+  const int64_t k = shape_.prefix_tokens(), L = static_cast<int64_t>(blocks_.size());
+  LOOM_CHECK(batch.targets.numel() == B, "vit: ", batch.targets.str(), " labels for ", B, " images");
+  const Tensor labels = batch.targets.view({B});
+
+  if (!scratch_.count(B)) scratch_.emplace(B, allocate_block_scratch(blocks_, D, B, T, compute_dtype_, backend_.device()));
+  BlockScratch& s = scratch_.at(B);
+  // The residual gradient and the final-norm gradient need [B, T, D] each; the block scratch `dln` is free
+  // until the blocks run, so it carries the final norm's input gradient.
+  Tensor& dresid = a.dresid;
+  Tensor dnormed = s.dln.slice_flat(0, {B, T, D});
+  backend_.zero(dnormed);
+
+  // Each head's loss is weighted 1/k, so the total is the mean of the heads' mean losses.
+  const char* heads[2] = {"head", "head_dist"};
+  Tensor* logits[2] = {&a.logits, &a.logits_dist};
+  double loss = 0;
+  for (int64_t h = 0; h < k; ++h) {
+    backend_.cross_entropy(a.losses, *logits[h], *logits[h], labels, shape_.num_classes, loss_scale / (k * B),
+                           label_smoothing_);
+    loss += sum_on_host(a.losses) / (k * B);
+    const std::string name(heads[h]);
+    Tensor dw = params_.grad(name + ".weight"), db = params_.grad(name + ".bias");
+    Tensor dhead = s.datt.slice_flat(0, {B, 1, D});
+    Tensor dhead_rows = dhead.view({B, D});
+    backend_.matmul_backward(dhead_rows, dw, db, *logits[h], a.head_in.slice_flat(h * B * D, {B, D}),
+                             params_.weight(name + ".weight"));
+    backend_.copy_tokens(dnormed, h, dhead, 0, 1, false);
+  }
+  backend_.zero(dresid);
+  Tensor dresid_rows = dresid.view({B * T, D});
+  Tensor dnorm_w = params_.grad("norm.weight"), dnorm_b = params_.grad("norm.bias");
+  backend_.layernorm_backward(dresid_rows, dnorm_w, dnorm_b, dnormed.view({B * T, D}), a.resid[L].view({B * T, D}),
+                              params_.weight("norm.weight"), a.norm_mean, a.norm_rstd);
+  for (int64_t i = L - 1; i >= 0; --i) blocks_[i].backward(backend_, params_, dresid, a.resid[i], a.blocks[i], s);
+
+  // Position table (and through it the class/distillation tokens), then the patch embedding.
+  Tensor& dpos_plus = a.dpos_plus;
+  backend_.zero(dpos_plus);
+  backend_.add_position_backward(dpos_plus, dresid);
+  Tensor dpos = params_.grad("pos_embed");
+  backend_.accumulate(dpos, dpos_plus);
+  Tensor dprefix = prefix_rows(params_, params_.grads(), shape_);
+  backend_.accumulate(dprefix, dpos_plus.slice_flat(0, {k, D}));
+  Tensor dpatch = s.dln.slice_flat(0, {B, Np, D});
+  backend_.copy_tokens(dpatch, 0, dresid, k, Np, false);
+  Tensor none, dw = params_.grad("patch_embed.proj.weight"), db = params_.grad("patch_embed.proj.bias");
+  backend_.matmul_backward(none, dw, db, dpatch.view({B * Np, D}), batch.inputs.view({B * Np, shape_.patch_dim()}),
+                           params_.weight("patch_embed.proj.weight"));
+  return loss;
+}
+
+EvalStats VitModel::evaluate(const Batch& batch) {
+  Activations& a = forward(batch.inputs);
+  const int64_t B = batch.inputs.dim(0), K = shape_.num_classes;
+  if (shape_.distilled) {  // timm's inference: the mean of both heads' logits
+    backend_.add(a.logits, a.logits, a.logits_dist);
+    backend_.scale(a.logits, 0.5);
+  }
+  Tensor none;
+  const Tensor labels = batch.targets.view({B});
+  backend_.cross_entropy(a.losses, none, a.logits, labels, K, 1.0, 0.0);
+  EvalStats st;
+  st.classifies = true;
+  st.loss_sum = sum_on_host(a.losses);
+  st.count = B;
+  const std::vector<float> logits = a.logits.to_vector();
+  const Tensor host_labels = labels.to(Device::cpu());
+  for (int64_t b = 0; b < B; ++b) {
+    const float* row = logits.data() + b * K;
+    const int64_t pred = std::max_element(row, row + K) - row;
+    st.correct += pred == host_labels.data<int32_t>()[b];
+  }
+  return st;
+}
+
+}  // namespace loom
