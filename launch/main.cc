@@ -1,7 +1,137 @@
-// loom: command-line entry point (train, prepare, sample, export/import of Hugging Face and timm weights).
-#include <cstdio>
+// loom: the command-line tool.
+//   loom train CONFIG.yaml [key.sub=value ...]    train as configured (overrides after the file)
+//   loom prepare --vocab DIR --out DIR INPUT...   tokenize text files/folders into llm.c token shards
+//   loom sample --checkpoint DIR [--prompt TEXT]  continue a prompt with a trained GPT
+//   loom export-hf --checkpoint DIR --out FILE    write a GPT checkpoint's weights with Hugging Face GPT-2 names
+// Every error is printed as "loom: error: ..." naming the file or field, with exit status 1.
+#include <CLI/CLI.hpp>
 
-int main() {
-  std::puts("loom: under construction");
+#include <iostream>
+
+#include "core/checkpoint.h"
+#include "core/config.h"
+#include "core/safetensors.h"
+#include "core/text_corpus.h"
+#include "core/tokenizer.h"
+#include "trainer/gpt.h"
+#include "trainer/hf_gpt2.h"
+#include "trainer/run.h"
+#include "trainer/sampler.h"
+
+namespace {
+
+using namespace loom;
+
+// The run configuration a checkpoint was trained with (saved in its state.json).
+config::RunConfig checkpoint_config(const CheckpointContents& c, const std::string& dir) {
+  if (!c.state.contains("config_yaml")) fail(dir, "/state.json: missing \"config_yaml\"");
+  return parse_run_config(c.state["config_yaml"].get<std::string>(), dir + "/state.json");
+}
+
+int cmd_train(const std::string& config_path, const std::vector<std::string>& overrides) {
+  const config::RunConfig cfg = load_run_config(config_path, overrides);
+  const TrainResult r = run_training(cfg, std::cout);
+  std::cout << "done: " << r.steps_done << " steps, train loss " << r.last_train_loss;
+  if (r.last_val_loss >= 0) std::cout << ", val loss " << r.last_val_loss;
+  if (r.last_val_accuracy >= 0) std::cout << ", val accuracy " << r.last_val_accuracy;
+  if (!r.last_checkpoint.empty()) std::cout << ", checkpoint " << r.last_checkpoint;
+  std::cout << std::endl;
+  return 0;
+}
+
+int cmd_prepare(const std::string& vocab, const std::string& out, const std::vector<std::string>& inputs,
+                double val_fraction, int64_t shard_tokens, int64_t max_files) {
+  const Tokenizer tok = Tokenizer::from_dir(vocab);
+  TextCorpusOptions o;
+  o.val_fraction = val_fraction;
+  o.shard_tokens = shard_tokens;
+  o.max_files = max_files;
+  const TextCorpusSummary s = prepare_text_corpus(inputs, out, tok, o);
+  std::cout << "prepared " << s.documents << " documents: " << s.train_tokens << " train tokens in "
+            << s.train_shards.size() << " shard(s), " << s.val_tokens << " val tokens in " << s.val_shards.size()
+            << " shard(s), in " << out << std::endl;
+  return 0;
+}
+
+int cmd_sample(const std::string& dir, const std::string& prompt, int64_t tokens, double temperature, int64_t top_k,
+               uint64_t seed) {
+  const CheckpointContents c = load_checkpoint(dir);
+  config::RunConfig cfg = checkpoint_config(c, dir);
+  if (cfg.model().kind() != "gpt") fail(dir, ": sampling needs a GPT checkpoint, this one is \"", cfg.model().kind(), "\"");
+  cfg.mutable_train()->set_device("cpu");
+  auto backend = make_backend(Device::cpu());
+  GptModel model(gpt_shape_from_config(cfg.model()), *backend, DType::F32, DType::F32, cfg.data().seq_len(), seed);
+  model.params().load_named(c.model, dir + "/model.safetensors");
+  const Tokenizer tok = Tokenizer::from_dir(gpt2_vocab_dir(cfg.data().tokenizer()));
+  std::vector<int32_t> ids = prompt.empty() ? std::vector<int32_t>{tok.eot_token()} : tok.encode(prompt);
+  PhiloxStream rng(seed, 0);
+  SampleOptions opts;
+  opts.max_new_tokens = tokens;
+  opts.temperature = temperature;
+  opts.top_k = top_k;
+  const auto out = sample_tokens(model, ids, opts, rng);
+  std::cout << prompt << tok.decode(out) << std::endl;
+  return 0;
+}
+
+int cmd_export_hf(const std::string& dir, const std::string& out) {
+  const CheckpointContents c = load_checkpoint(dir);
+  const config::RunConfig cfg = checkpoint_config(c, dir);
+  if (cfg.model().kind() != "gpt") fail(dir, ": export-hf needs a GPT checkpoint");
+  safetensors::write(out, export_hf_gpt2(c.model, cfg.model().vocab_size()), {{"format", "pt"}});
+  std::cout << "wrote " << out << std::endl;
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"loom: train GPT and ViT models on CPUs and GPUs"};
+  app.require_subcommand(1);
+
+  std::string config_path;
+  std::vector<std::string> overrides;
+  auto* train = app.add_subcommand("train", "train a model from a YAML config");
+  train->add_option("config", config_path, "YAML config file")->required();
+  train->add_option("overrides", overrides, "key.sub=value overrides of config fields");
+
+  std::string vocab = "data/gpt2", out_dir;
+  std::vector<std::string> inputs;
+  double val_fraction = 0.05;
+  int64_t shard_tokens = 100'000'000, max_files = 0;
+  auto* prepare = app.add_subcommand("prepare", "tokenize text files into token shards");
+  prepare->add_option("--vocab", vocab, "folder with GPT-2's encoder.json and vocab.bpe");
+  prepare->add_option("--out", out_dir, "output folder for train_*.bin and val_*.bin")->required();
+  prepare->add_option("--val-fraction", val_fraction, "share of documents for validation");
+  prepare->add_option("--shard-tokens", shard_tokens, "tokens per shard file");
+  prepare->add_option("--max-files", max_files, "use only the first N files (0: all)");
+  prepare->add_option("inputs", inputs, "text files or folders (*.txt, recursively)")->required();
+
+  std::string checkpoint, prompt, out_file;
+  int64_t tokens = 64, top_k = 40;
+  double temperature = 1.0;
+  uint64_t seed = 1;
+  auto* sample = app.add_subcommand("sample", "continue a prompt with a trained GPT checkpoint");
+  sample->add_option("--checkpoint", checkpoint, "checkpoint directory")->required();
+  sample->add_option("--prompt", prompt, "text to continue (default: a new document)");
+  sample->add_option("--tokens", tokens, "tokens to generate");
+  sample->add_option("--temperature", temperature, "softmax temperature (0: greedy)");
+  sample->add_option("--top-k", top_k, "sample among the k most likely tokens (0: all)");
+  sample->add_option("--seed", seed, "random seed");
+
+  auto* export_hf = app.add_subcommand("export-hf", "export GPT weights with Hugging Face GPT-2 names");
+  export_hf->add_option("--checkpoint", checkpoint, "checkpoint directory")->required();
+  export_hf->add_option("--out", out_file, "output .safetensors file")->required();
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (train->parsed()) return cmd_train(config_path, overrides);
+    if (prepare->parsed()) return cmd_prepare(vocab, out_dir, inputs, val_fraction, shard_tokens, max_files);
+    if (sample->parsed()) return cmd_sample(checkpoint, prompt, tokens, temperature, top_k, seed);
+    if (export_hf->parsed()) return cmd_export_hf(checkpoint, out_file);
+  } catch (const std::exception& e) {
+    std::cerr << "loom: error: " << e.what() << std::endl;
+    return 1;
+  }
   return 0;
 }

@@ -1,0 +1,122 @@
+#include "trainer/run.h"
+
+#include <filesystem>
+#include <fstream>
+#include <ostream>
+
+#include "core/checkpoint.h"
+#include "core/config.h"
+#include "core/safetensors.h"
+#include "core/tokenizer.h"
+#include "trainer/gpt.h"
+#include "trainer/hf_gpt2.h"
+#include "trainer/sampler.h"
+#include "trainer/text_source.h"
+#include "trainer/vit.h"
+
+namespace loom {
+
+Device select_device(const config::TrainConfig& t) {
+  const std::string& d = t.device();
+  if (d == "cpu") return Device::cpu();
+  if (d == "cuda") {
+    if (!cuda_available()) fail("train.device is \"cuda\" but no CUDA GPU is usable in this build/machine");
+    return Device::cuda(0);
+  }
+  if (d == "auto") return cuda_available() ? Device::cuda(0) : Device::cpu();
+  fail("train.device: expected auto, cpu or cuda, got \"", d, "\"");
+}
+
+DType select_compute_dtype(Device device, const config::TrainConfig& t) {
+  if (device.is_cpu()) return DType::F32;
+  if (t.dtype() == "bf16") return DType::BF16;
+  if (t.dtype() == "f16") return DType::F16;
+  if (t.dtype() == "f32") return DType::F32;
+  fail("train.dtype: expected bf16, f16 or f32, got \"", t.dtype(), "\"");
+}
+
+namespace {
+
+bool looks_like_hf_gpt2(const NamedTensors& tensors) {
+  for (const auto& [name, t] : tensors)
+    if (name.rfind("h.0.", 0) == 0 || name.rfind("transformer.h.0.", 0) == 0) return true;
+  return false;
+}
+
+void load_initial_weights(const config::RunConfig& cfg, Model& model) {
+  const std::string& path = cfg.model().init_from();
+  NamedTensors tensors = safetensors::read(path).tensors;
+  if (cfg.model().kind() == "gpt" && looks_like_hf_gpt2(tensors)) {
+    const auto* gpt = dynamic_cast<GptModel*>(&model);
+    tensors = import_hf_gpt2(tensors, gpt->shape().padded_vocab);
+  }
+  model.params().load_named(tensors, path);
+}
+
+}  // namespace
+
+std::unique_ptr<Model> build_model(const config::RunConfig& cfg, Backend& backend, DType compute_dtype) {
+  const auto& m = cfg.model();
+  std::unique_ptr<Model> model;
+  if (m.kind() == "gpt") {
+    model = std::make_unique<GptModel>(gpt_shape_from_config(m), backend, DType::F32, compute_dtype,
+                                       cfg.data().seq_len(), cfg.train().seed());
+  } else if (m.kind() == "vit") {
+    model = std::make_unique<VitModel>(vit_shape_from_config(m), backend, DType::F32, compute_dtype,
+                                       cfg.train().seed(), cfg.optim().label_smoothing());
+  } else {
+    fail("model.kind: expected \"gpt\" or \"vit\", got \"", m.kind(), "\"");
+  }
+  if (m.has_init_from() && !m.init_from().empty()) load_initial_weights(cfg, *model);
+  return model;
+}
+
+std::unique_ptr<DataSource> build_data_source(const config::RunConfig& cfg, int rank, int world_size) {
+  if (cfg.model().kind() == "gpt") return std::make_unique<TextSource>(cfg, rank, world_size);
+  fail("model.kind \"", cfg.model().kind(), "\": no data source yet");
+}
+
+TrainResult run_training(const config::RunConfig& cfg, std::ostream& log) {
+  const auto& t = cfg.train();
+  std::filesystem::create_directories(t.out_dir());
+  {
+    std::ofstream out(t.out_dir() + "/config.yaml");
+    out << run_config_to_yaml(cfg);
+    if (!out) fail(t.out_dir(), "/config.yaml: cannot write");
+  }
+  const Device device = select_device(t);
+  auto backend = make_backend(device);
+  const DType compute = select_compute_dtype(device, t);
+  auto model = build_model(cfg, *backend, compute);
+  auto data = build_data_source(cfg, 0, 1);
+  const SampleFlops flops = model->flops_per_sample();
+  log << "loom: " << cfg.model().kind() << " model, " << model->params().layout().total() << " parameters, "
+      << flops.model / model->tokens_per_sample() << " model FLOPs/token, on " << backend->name() << " ("
+      << dtype_name(compute) << ")" << std::endl;
+
+  Trainer trainer(cfg, *model, *data, log);
+  if (t.has_resume() && !t.resume().empty()) {
+    const std::string dir = t.resume() == "latest" ? latest_checkpoint(t.out_dir()) : t.resume();
+    if (!dir.empty())
+      trainer.resume_from(dir);
+    else
+      log << "no checkpoint in " << t.out_dir() << " yet: starting from scratch" << std::endl;
+  }
+
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (auto* gpt = dynamic_cast<GptModel*>(model.get()); gpt && (t.sample_every() > 0)) {
+    tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_dir(gpt2_vocab_dir(cfg.data().tokenizer())));
+    trainer.set_sampler([&, gpt](int64_t step) {
+      PhiloxStream rng(t.seed(), 0x5a3d1e00ull + static_cast<uint64_t>(step));
+      SampleOptions opts;
+      opts.max_new_tokens = t.sample_tokens();
+      opts.temperature = 1.0;
+      opts.top_k = 40;
+      const auto ids = sample_tokens(*gpt, {tokenizer->eot_token()}, opts, rng);
+      log << "sample at step " << step << ": " << tokenizer->decode(ids) << std::endl;
+    });
+  }
+  return trainer.run();
+}
+
+}  // namespace loom
