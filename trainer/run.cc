@@ -10,8 +10,10 @@
 #include "core/tokenizer.h"
 #include "trainer/gpt.h"
 #include "trainer/hf_gpt2.h"
+#include "trainer/image_source.h"
 #include "trainer/sampler.h"
 #include "trainer/text_source.h"
+#include "trainer/timm_vit.h"
 #include "trainer/vit.h"
 
 namespace loom {
@@ -49,6 +51,8 @@ void load_initial_weights(const config::RunConfig& cfg, Model& model) {
   if (cfg.model().kind() == "gpt" && looks_like_hf_gpt2(tensors)) {
     const auto* gpt = dynamic_cast<GptModel*>(&model);
     tensors = import_hf_gpt2(tensors, gpt->shape().padded_vocab);
+  } else if (const auto* vit = dynamic_cast<VitModel*>(&model)) {
+    tensors = import_timm_vit(tensors, vit->shape());
   }
   model.params().load_named(tensors, path);
 }
@@ -73,7 +77,7 @@ std::unique_ptr<Model> build_model(const config::RunConfig& cfg, Backend& backen
 
 std::unique_ptr<DataSource> build_data_source(const config::RunConfig& cfg, int rank, int world_size) {
   if (cfg.model().kind() == "gpt") return std::make_unique<TextSource>(cfg, rank, world_size);
-  fail("model.kind \"", cfg.model().kind(), "\": no data source yet");
+  return std::make_unique<ImageSource>(cfg, rank, world_size);
 }
 
 TrainResult run_training(const config::RunConfig& cfg, std::ostream& log) {
