@@ -52,16 +52,16 @@ struct OpCheck {
   }
   // `t` holds `rows` rows of width `width`: last dimension `width` and rows·width elements.
   void rows(const char* name, const Tensor& t, int64_t rows, int64_t width) const {
-    require(t.ndim() >= 1 && t.dim(-1) == width && t.numel() == rows * width, name, " ", t.str(), " must be ",
-            rows, " rows of width ", width);
+    require(t.ndim() >= 1 && t.dim(-1) == width && t.numel() == rows * width, name, " ", t.str(), " must be ", rows,
+            " rows of width ", width);
   }
   // ids in [0, limit) (targets additionally admit -1 when allow_ignore).
   void ids_in_range(const char* name, const Tensor& ids, int64_t limit, bool allow_ignore) const {
     const int32_t* p = ids.data<int32_t>();
     for (int64_t i = 0; i < ids.numel(); ++i) {
       const bool ok = (p[i] >= 0 && p[i] < limit) || (allow_ignore && p[i] == -1);
-      require(ok, name, " ", ids.str(), " element ", i, " is ", p[i], ", outside [", allow_ignore ? -1 : 0,
-              ", ", limit, ")");
+      require(ok, name, " ", ids.str(), " element ", i, " is ", p[i], ", outside [", allow_ignore ? -1 : 0, ", ", limit,
+              ")");
     }
   }
 };
@@ -200,13 +200,13 @@ void CpuBackend::layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, cons
   }
   check.like("mean", mean, "x", x);
   check.like("rstd", rstd, "x", x);
-  check.require(mean.numel() == N && rstd.numel() == N, "mean ", mean.str(), " and rstd ", rstd.str(),
-                " must hold ", N, " rows of x ", x.str());
+  check.require(mean.numel() == N && rstd.numel() == N, "mean ", mean.str(), " and rstd ", rstd.str(), " must hold ", N,
+                " rows of x ", x.str());
   check.require(eps >= 0, "eps ", eps, " is negative");
   dispatch(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    cpu::layernorm_forward(out.data<T>(), mean.data<T>(), rstd.data<T>(), x.data<T>(), w.data<T>(),
-                           data_or_null<T>(b), N, C, eps);
+    cpu::layernorm_forward(out.data<T>(), mean.data<T>(), rstd.data<T>(), x.data<T>(), w.data<T>(), data_or_null<T>(b),
+                           N, C, eps);
   });
 }
 
@@ -230,12 +230,12 @@ void CpuBackend::layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Te
   }
   check.like("mean", mean, "x", x);
   check.like("rstd", rstd, "x", x);
-  check.require(mean.numel() == N && rstd.numel() == N, "mean ", mean.str(), " and rstd ", rstd.str(),
-                " must hold ", N, " rows of x ", x.str());
+  check.require(mean.numel() == N && rstd.numel() == N, "mean ", mean.str(), " and rstd ", rstd.str(), " must hold ", N,
+                " rows of x ", x.str());
   dispatch(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    cpu::layernorm_backward(dx.data<T>(), dw.data<T>(), data_or_null<T>(db), dout.data<T>(), x.data<T>(),
-                            w.data<T>(), mean.data<T>(), rstd.data<T>(), N, C);
+    cpu::layernorm_backward(dx.data<T>(), dw.data<T>(), data_or_null<T>(db), dout.data<T>(), x.data<T>(), w.data<T>(),
+                            mean.data<T>(), rstd.data<T>(), N, C);
   });
 }
 
@@ -280,8 +280,8 @@ void CpuBackend::matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Te
   }
   dispatch(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    cpu::matmul_backward(data_or_null<T>(dx), dw.data<T>(), data_or_null<T>(dbias), dout.data<T>(),
-                         x.data<T>(), w.data<T>(), N, I, O);
+    cpu::matmul_backward(data_or_null<T>(dx), dw.data<T>(), data_or_null<T>(dbias), dout.data<T>(), x.data<T>(),
+                         w.data<T>(), N, I, O);
   });
 }
 
@@ -309,9 +309,7 @@ void CpuBackend::gelu_backward(Tensor& dx, const Tensor& dout, const Tensor& x, 
   });
 }
 
-Shape CpuBackend::attention_saved_shape(const AttentionShape& s) const {
-  return {s.batch, s.heads, s.seq, s.seq};
-}
+Shape CpuBackend::attention_saved_shape(const AttentionShape& s) const { return {s.batch, s.heads, s.seq, s.seq}; }
 
 namespace {
 void check_attention_shape(const OpCheck& check, const AttentionShape& s) {
@@ -365,16 +363,14 @@ void CpuBackend::cross_entropy(Tensor& losses, Tensor& dlogits, const Tensor& lo
   check.real("logits", logits);
   check.require(logits.ndim() >= 1 && logits.dim(-1) > 0, "logits ", logits.str(), " must be [N, Vp]");
   const int64_t Vp = logits.dim(-1), N = logits.numel() / Vp;
-  check.require(vocab >= 1 && vocab <= Vp, "vocab ", vocab, " must be in [1, ", Vp, "] for logits ",
-                logits.str());
+  check.require(vocab >= 1 && vocab <= Vp, "vocab ", vocab, " must be in [1, ", Vp, "] for logits ", logits.str());
   check.require(label_smoothing >= 0 && label_smoothing <= 1, "label smoothing ", label_smoothing,
                 " must be in [0, 1]");
   check.ints("targets", targets);
   check.require(targets.numel() == N, "targets ", targets.str(), " must hold one target per row of logits ",
                 logits.str());
   check.real("losses", losses);
-  check.require(losses.numel() == N, "losses ", losses.str(), " must hold one loss per row of logits ",
-                logits.str());
+  check.require(losses.numel() == N, "losses ", losses.str(), " must hold one loss per row of logits ", logits.str());
   if (dlogits.defined()) {
     check.like("dlogits", dlogits, "logits", logits);
     check.same_shape("dlogits", dlogits, "logits", logits);
@@ -384,8 +380,8 @@ void CpuBackend::cross_entropy(Tensor& losses, Tensor& dlogits, const Tensor& lo
     using T = decltype(logit_tag);
     dispatch(losses.dtype(), [&](auto loss_tag) {
       using L = decltype(loss_tag);
-      cpu::cross_entropy(losses.data<L>(), data_or_null<T>(dlogits), logits.data<T>(), targets.data<int32_t>(),
-                         N, Vp, vocab, dloss, label_smoothing);
+      cpu::cross_entropy(losses.data<L>(), data_or_null<T>(dlogits), logits.data<T>(), targets.data<int32_t>(), N, Vp,
+                         vocab, dloss, label_smoothing);
     });
   });
 }
@@ -405,10 +401,14 @@ namespace {
 template <typename Fn>
 void dispatch_grad(DType dtype, Fn&& fn) {
   switch (dtype) {
-    case DType::F64: return fn(cpu::Elem<DType::F64>{});
-    case DType::BF16: return fn(cpu::Elem<DType::BF16>{});
-    case DType::F16: return fn(cpu::Elem<DType::F16>{});
-    default: return fn(cpu::Elem<DType::F32>{});
+    case DType::F64:
+      return fn(cpu::Elem<DType::F64>{});
+    case DType::BF16:
+      return fn(cpu::Elem<DType::BF16>{});
+    case DType::F16:
+      return fn(cpu::Elem<DType::F16>{});
+    default:
+      return fn(cpu::Elem<DType::F32>{});
   }
 }
 }  // namespace
@@ -424,8 +424,8 @@ void CpuBackend::adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor&
     check.require(t->numel() == param.numel(), name, " ", t->str(), " must match param ", param.str());
   if (compute_copy.defined()) {
     check.floating("compute_copy", compute_copy);
-    check.require(compute_copy.numel() == param.numel(), "compute_copy ", compute_copy.str(),
-                  " must match param ", param.str());
+    check.require(compute_copy.numel() == param.numel(), "compute_copy ", compute_copy.str(), " must match param ",
+                  param.str());
   }
   check.require(hp.step >= 1, "step ", hp.step, " must be >= 1 (bias correction is 1-based)");
   const cpu::AdamWStep step{hp.lr, hp.beta1, hp.beta2, hp.eps, hp.grad_scale, weight_decay, hp.step};

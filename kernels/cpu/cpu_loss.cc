@@ -12,8 +12,8 @@ namespace loom::cpu {
 // The loss is computed before dlogits is written, and each dlogits element is written only after the logit
 // at the same index was read, so dlogits may alias logits.
 template <typename T, typename L>
-void cross_entropy(L* losses, T* dlogits, const T* logits, const int32_t* targets, int64_t N, int64_t Vp,
-                   int64_t vocab, double dloss, double label_smoothing) {
+void cross_entropy(L* losses, T* dlogits, const T* logits, const int32_t* targets, int64_t N, int64_t Vp, int64_t vocab,
+                   double dloss, double label_smoothing) {
   const double eps = label_smoothing;
   const double smooth = eps / static_cast<double>(vocab);
 #pragma omp parallel for schedule(static) if (N * Vp > kParallelMinWork)
@@ -46,7 +46,7 @@ void cross_entropy(L* losses, T* dlogits, const T* logits, const int32_t* target
   }
 }
 
-#define LOOM_INSTANTIATE(T, L)                                                                        \
+#define LOOM_INSTANTIATE(T, L) \
   template void cross_entropy<T, L>(L*, T*, const T*, const int32_t*, int64_t, int64_t, int64_t, double, double);
 LOOM_INSTANTIATE(float, float)
 LOOM_INSTANTIATE(float, double)

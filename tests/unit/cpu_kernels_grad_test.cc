@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <sstream>
 
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/unit/cpu_kernels_testing.h"
@@ -147,6 +148,13 @@ struct AttentionCase {
   int64_t batch, seq, heads, qk_dim, v_dim;
   bool causal;
 };
+std::string case_name(const AttentionCase& c) {
+  std::ostringstream name;  // ostringstream rather than operator+: GCC 12 warns falsely (-Wrestrict) on the latter
+  name << "B" << c.batch << "_T" << c.seq << "_H" << c.heads << "_qk" << c.qk_dim << "_v" << c.v_dim
+       << (c.causal ? "_causal" : "_full");
+  return name.str();
+}
+void PrintTo(const AttentionCase& c, std::ostream* os) { *os << case_name(c); }
 
 class CpuKernelsGradAttention : public CpuKernelsGrad, public ::testing::WithParamInterface<AttentionCase> {};
 
@@ -179,7 +187,8 @@ TEST_P(CpuKernelsGradAttention, Dqkv) {
 
 INSTANTIATE_TEST_SUITE_P(CpuKernels, CpuKernelsGradAttention,
                          ::testing::Values(AttentionCase{2, 5, 2, 3, 4, true}, AttentionCase{2, 5, 2, 3, 4, false},
-                                           AttentionCase{1, 7, 3, 4, 2, true}, AttentionCase{1, 7, 3, 2, 5, false}));
+                                           AttentionCase{1, 7, 3, 4, 2, true}, AttentionCase{1, 7, 3, 2, 5, false}),
+                         [](const ::testing::TestParamInfo<AttentionCase>& info) { return case_name(info.param); });
 
 TEST_F(CpuKernelsGrad, CrossEntropy) {
   const int64_t N = 5, Vp = 9, vocab = 7;

@@ -79,8 +79,8 @@ inline void expect_gradient(const std::string& what, Tensor& input, const Tensor
 }
 
 // Expects every element of `got` to equal `want[i]` within atol + rtol·|want|, and to be finite.
-inline void expect_near_all(const std::string& what, const Tensor& got, const std::vector<double>& want,
-                            double rtol, double atol) {
+inline void expect_near_all(const std::string& what, const Tensor& got, const std::vector<double>& want, double rtol,
+                            double atol) {
   ASSERT_EQ(got.numel(), static_cast<int64_t>(want.size())) << what;
   for (int64_t i = 0; i < got.numel(); ++i) {
     const double g = got.item(i);
