@@ -182,6 +182,23 @@ void CpuBackend::add_position_backward(Tensor& dpos, const Tensor& dx) {
   });
 }
 
+void CpuBackend::copy_tokens(Tensor& dst, int64_t dst_start, const Tensor& src, int64_t src_start, int64_t count,
+                             bool accumulate) {
+  const OpCheck check{"copy_tokens"};
+  check.real("src", src);
+  check.like("dst", dst, "src", src);
+  if (dst.ndim() != 3 || src.ndim() != 3 || dst.dim(0) != src.dim(0) || dst.dim(2) != src.dim(2))
+    check.fail_with("dst ", dst.str(), " and src ", src.str(), " must be [B, T, C] with equal B and C");
+  if (count < 0 || dst_start < 0 || src_start < 0 || dst_start + count > dst.dim(1) || src_start + count > src.dim(1))
+    check.fail_with("token range: ", count, " tokens from ", src_start, " of ", src.str(), " to ", dst_start, " of ",
+                    dst.str());
+  dispatch(src.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    cpu::copy_tokens(dst.data<T>(), dst.dim(1), dst_start, src.data<T>(), src.dim(1), src_start, src.dim(0), count,
+                     src.dim(2), accumulate);
+  });
+}
+
 void CpuBackend::layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
                                    const Tensor& b, double eps) {
   const OpCheck check{"layernorm_forward"};

@@ -150,6 +150,21 @@ void add_position_backward(T* dpos, const T* dx, int64_t B, int64_t Tn, int64_t 
   }
 }
 
+template <typename T>
+void copy_tokens(T* dst, int64_t Td, int64_t dst_start, const T* src, int64_t Ts, int64_t src_start, int64_t B,
+                 int64_t count, int64_t C, bool accumulate) {
+#pragma omp parallel for schedule(static) if (B * count * C > kParallelMinWork)
+  for (int64_t bj = 0; bj < B * count; ++bj) {
+    const int64_t b = bj / count, j = bj % count;
+    T* d = dst + (b * Td + dst_start + j) * C;
+    const T* s = src + (b * Ts + src_start + j) * C;
+    if (accumulate)
+      for (int64_t c = 0; c < C; ++c) d[c] += s[c];
+    else
+      for (int64_t c = 0; c < C; ++c) d[c] = s[c];
+  }
+}
+
 namespace {
 constexpr double kSqrt2OverPi = 0.79788456080286535588;  // √(2/π)
 constexpr double kInvSqrt2 = 0.70710678118654752440;     // 1/√2
@@ -207,6 +222,7 @@ void gelu_backward(T* dx, const T* dout, const T* x, int64_t n, bool tanh_approx
   template void embedding_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t); \
   template void add_position_forward<T>(T*, const T*, int64_t, int64_t, int64_t);      \
   template void add_position_backward<T>(T*, const T*, int64_t, int64_t, int64_t);     \
+  template void copy_tokens<T>(T*, int64_t, int64_t, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, bool); \
   template void gelu_forward<T>(T*, const T*, int64_t, bool);                          \
   template void gelu_backward<T>(T*, const T*, const T*, int64_t, bool);
 LOOM_INSTANTIATE(float)

@@ -77,6 +77,10 @@ void add_position_forward(T* x, const T* pos, int64_t B, int64_t Tn, int64_t C);
 // dpos[t, :] += Σ_b dx[b, t, :], b ascending.
 template <typename T>
 void add_position_backward(T* dpos, const T* dx, int64_t B, int64_t Tn, int64_t C);
+// dst[b, dst_start + j, :] = (or +=) src[b, src_start + j, :] for b < B, j < count; dst [B, Td, C], src [B, Ts, C].
+template <typename T>
+void copy_tokens(T* dst, int64_t Td, int64_t dst_start, const T* src, int64_t Ts, int64_t src_start, int64_t B,
+                 int64_t count, int64_t C, bool accumulate);
 
 // ---- GELU (cpu_elementwise.cc) ----
 // tanh form: gelu(x) = ½x(1 + tanh(√(2/π)(x + 0.044715x³)))   (GPT-2)

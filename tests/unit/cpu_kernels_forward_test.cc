@@ -73,6 +73,25 @@ TEST_F(CpuKernelsForward, EmbeddingAndPositions) {
       }
 }
 
+TEST_F(CpuKernelsForward, CopyTokens) {
+  const int64_t B = 3, Td = 6, Ts = 4, C = 5;
+  Tensor src = random_tensor({B, Ts, C}, F32, rng);
+  Tensor dst = poisoned({B, Td, C}, F32);
+  cpu.copy_tokens(dst, 2, src, 0, Ts, /*accumulate=*/false);  // ViT: patches after two prefix tokens
+  Tensor base = random_tensor({B, Td, C}, F32, rng), acc = copy_of(base);
+  cpu.copy_tokens(acc, 1, src, 1, 2, /*accumulate=*/true);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < Td; ++t)
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t i = (b * Td + t) * C + c;
+        if (t >= 2) EXPECT_EQ(dst.item(i), src.item((b * Ts + t - 2) * C + c));
+        else EXPECT_TRUE(std::isnan(dst.item(i))) << "rows outside the range stay untouched";
+        const double added = (t >= 1 && t < 3) ? src.item((b * Ts + t) * C + c) : 0.0;
+        EXPECT_EQ(acc.item(i), static_cast<float>(base.item(i) + added));
+      }
+  EXPECT_THROW(cpu.copy_tokens(dst, 3, src, 0, Ts, false), Error);  // past the end of dst
+}
+
 TEST_F(CpuKernelsForward, LayerNorm) {
   const int64_t N = 15, C = 11;
   Tensor x = random_tensor({3, 5, C}, F32, rng, 2, 6);  // a large mean checks the variance is computed stably
