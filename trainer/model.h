@@ -10,8 +10,8 @@
 
 namespace loom {
 
-// One micro-batch on the model's device. GPT: inputs and targets I32 [B, T]. ViT: inputs f32 [B, channels,
-// H, W] images, targets I32 [B] labels.
+// One micro-batch on the model's device. GPT: inputs and targets I32 [B, T]. ViT: inputs f32 patch rows
+// [B, patches, channels·P·P] (core/image_loader.h patchifies on the host), targets I32 [B] labels.
 struct Batch {
   Tensor inputs, targets;
 };
