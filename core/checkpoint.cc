@@ -1,0 +1,164 @@
+#include "core/checkpoint.h"
+
+#include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc, _GNU_SOURCE)
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/atomic_file.h"
+#include "core/error.h"
+
+namespace loom {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kModelFile = "model.safetensors";
+constexpr const char* kOptimizerFile = "optimizer.safetensors";
+constexpr const char* kStateFile = "state.json";
+constexpr const char* kFormat = "loom-checkpoint-1";
+constexpr int64_t kMaxStep = 99999999;  // eight digits in the directory name
+
+std::string dir_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "ckpt_%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+// The step of a directory named ckpt_<8 digits>, or -1.
+int64_t step_of(const std::string& name) {
+  if (name.size() != 13 || name.compare(0, 5, "ckpt_") != 0) return -1;
+  if (!std::all_of(name.begin() + 5, name.end(), [](char c) { return c >= '0' && c <= '9'; })) return -1;
+  return std::stoll(name.substr(5));
+}
+
+bool is_complete(const fs::path& dir) {
+  std::error_code ec;
+  for (const char* f : {kModelFile, kOptimizerFile, kStateFile})
+    if (!fs::is_regular_file(dir / f, ec)) return false;
+  return true;
+}
+
+// Puts the new checkpoint `tmp` at `final_dir`. If final_dir already exists, the two are swapped in one
+// atomic step (renameat2 RENAME_EXCHANGE) so the step's checkpoint is never missing, and the old one
+// (now at `tmp`) is removed afterwards.
+void move_into_place(const fs::path& tmp, const fs::path& final_dir) {
+  if (::rename(tmp.c_str(), final_dir.c_str()) == 0) return;
+  const int rename_errno = errno;
+  if (rename_errno != ENOTEMPTY && rename_errno != EEXIST)
+    fail(final_dir.string(), ": cannot rename ", tmp.string(), " into place: ", std::strerror(rename_errno));
+  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) != 0)
+    fail(final_dir.string(), ": cannot replace the existing checkpoint: ", std::strerror(errno));
+}
+
+nlohmann::json read_state(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) fail(file.string(), ": cannot open");
+  nlohmann::json state;
+  try {
+    state = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    fail(file.string(), ": bad JSON: ", e.what());
+  }
+  if (!state.is_object()) fail(file.string(), ": expected a JSON object");
+  if (!state.contains("format") || state["format"] != kFormat)
+    fail(file.string(), ": not a loom checkpoint (expected \"format\": \"", kFormat, "\")");
+  if (!state.contains("step") || !state["step"].is_number_integer()) fail(file.string(), ": missing integer \"step\"");
+  return state;
+}
+
+}  // namespace
+
+std::string checkpoint_dir(const std::string& out_dir, int64_t step) {
+  LOOM_CHECK(step >= 0 && step <= kMaxStep, "checkpoint step ", step, " out of range [0, ", kMaxStep, "]");
+  return (fs::path(out_dir) / dir_name(step)).string();
+}
+
+void save_checkpoint(const std::string& out_dir, int64_t step, const CheckpointContents& contents) {
+  const fs::path final_dir = checkpoint_dir(out_dir, step);
+  LOOM_CHECK(contents.state.is_null() || contents.state.is_object(), final_dir.string(),
+             ": checkpoint state must be a JSON object, got ", contents.state.type_name());
+  nlohmann::json state = contents.state.is_null() ? nlohmann::json::object() : contents.state;
+  if (state.contains("step"))
+    LOOM_CHECK(state["step"] == step, final_dir.string(), ": state has step ", state["step"].dump(),
+               " but saving step ", step);
+  state["format"] = kFormat;
+  state["step"] = step;
+
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) fail(out_dir, ": cannot create checkpoint directory: ", ec.message());
+  static std::atomic<uint64_t> counter{0};
+  const fs::path tmp = fs::path(out_dir) / detail::concat(".", dir_name(step), ".tmp.", ::getpid(), ".", counter++);
+  try {
+    if (!fs::create_directory(tmp, ec) || ec) fail(tmp.string(), ": cannot create temporary directory: ", ec.message());
+    const std::map<std::string, std::string> metadata = {{"format", "pt"}, {"loom_step", std::to_string(step)}};
+    safetensors::write((tmp / kModelFile).string(), contents.model, metadata);
+    safetensors::write((tmp / kOptimizerFile).string(), contents.optimizer, metadata);
+    write_file_atomically((tmp / kStateFile).string(), state.dump(2) + "\n");
+    fsync_directory(tmp.string());
+    move_into_place(tmp, final_dir);
+    fsync_directory(out_dir);
+  } catch (...) {
+    fs::remove_all(tmp, ec);  // best effort: the original error is the one to report
+    throw;
+  }
+  fs::remove_all(tmp, ec);  // the replaced checkpoint, if move_into_place swapped one out
+  if (ec) fail(tmp.string(), ": cannot remove the replaced checkpoint: ", ec.message());
+}
+
+CheckpointContents load_checkpoint(const std::string& dir) {
+  const fs::path d(dir);
+  LOOM_CHECK(fs::is_directory(d), dir, ": not a checkpoint directory");
+  for (const char* f : {kModelFile, kOptimizerFile, kStateFile})
+    LOOM_CHECK(fs::is_regular_file(d / f), dir, ": incomplete checkpoint, missing ", f);
+  CheckpointContents c;
+  c.state = read_state(d / kStateFile);
+  c.model = safetensors::read((d / kModelFile).string()).tensors;
+  c.optimizer = safetensors::read((d / kOptimizerFile).string()).tensors;
+  return c;
+}
+
+std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& out_dir) {
+  std::vector<std::pair<int64_t, std::string>> found;
+  std::error_code ec;
+  if (!fs::is_directory(out_dir, ec)) return found;
+  for (const fs::directory_entry& e : fs::directory_iterator(out_dir, ec)) {
+    const int64_t step = step_of(e.path().filename().string());
+    if (step >= 0 && e.is_directory(ec) && is_complete(e.path())) found.emplace_back(step, e.path().string());
+  }
+  if (ec) fail(out_dir, ": cannot list checkpoints: ", ec.message());
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
+std::string latest_checkpoint(const std::string& out_dir) {
+  const auto all = list_checkpoints(out_dir);
+  return all.empty() ? "" : all.back().second;
+}
+
+void prune_checkpoints(const std::string& out_dir, int keep_last) {
+  LOOM_CHECK(keep_last >= 0, out_dir, ": keep_last must be >= 0 (0 keeps all), got ", keep_last);
+  if (keep_last == 0) return;
+  const auto all = list_checkpoints(out_dir);
+  if (all.size() <= static_cast<size_t>(keep_last)) return;
+  for (size_t i = 0; i + keep_last < all.size(); ++i) {
+    // Renamed away first, so a crash mid-removal leaves a hidden directory, not a half-deleted checkpoint.
+    const fs::path doomed =
+        fs::path(out_dir) / detail::concat(".", fs::path(all[i].second).filename().string(), ".deleting.", ::getpid());
+    std::error_code ec;
+    fs::rename(all[i].second, doomed, ec);
+    if (!ec) fs::remove_all(doomed, ec);
+    if (ec) fail(all[i].second, ": cannot remove old checkpoint: ", ec.message());
+  }
+  fsync_directory(out_dir);
+}
+
+}  // namespace loom

@@ -1,0 +1,44 @@
+// Loading run configurations: YAML files (configs/*.yaml) -> config::RunConfig (core/config.proto).
+//
+// The mapping is generic (protobuf descriptors and reflection), so new fields in config.proto need no code:
+// - a YAML map fills a message; its keys are the proto field names. Unknown and duplicate keys are errors.
+// - int32/int64/uint32/uint64: a plain integer (or an exact whole number like 1e5) within the type's range.
+// - float/double: a plain number, or .inf / -.inf / .nan.   bool: true / false.
+// - string: any scalar ("123" and 123 both give "123").   enum: the value's name.
+// - repeated fields: a YAML list. A null value (`key:` or `key: ~`) leaves the field unset.
+// - Fields marked `[(loom.config.required) = true]` must be present, checked recursively in every message
+//   that is present (including list elements); a required message field must be present.
+// Quoted scalars ("12") are strings and are rejected where a number or bool is expected.
+//
+// Overrides ("key.sub=value", e.g. from the command line) are applied after the file and before the
+// required-field check. The value is parsed as YAML (so `optim.lr=3e-4`, `data.mean=[0.5]` and
+// `train.resume=` (null: unset) all work). List elements are addressed by index, `model.blocks.1.heads=4`
+// or `model.blocks[1].heads=4`; the index must exist or equal the list size (which appends an element).
+//
+// Errors: every failure throws loom::Error "<file>: <key path>: <reason>", e.g.
+//   configs/gpt_tiny.yaml: model.n_layer: expected an integer, got "twelve"
+// and errors in overrides name the override: "<file>: override 'model.n_layer=x': model.n_layer: ...".
+// Threads: the functions keep no state; concurrent calls are fine.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "core/config.pb.h"
+
+namespace loom {
+
+// Reads and parses `yaml_path` (see parse_run_config). Throws naming the file if it cannot be read.
+config::RunConfig load_run_config(const std::string& yaml_path, const std::vector<std::string>& overrides = {});
+
+// Parses YAML text; `source_name` is the file name used in error messages.
+config::RunConfig parse_run_config(const std::string& yaml_text, const std::string& source_name,
+                                   const std::vector<std::string>& overrides = {});
+
+// Serialises a config as YAML that parse_run_config reads back into an identical message (same fields set,
+// same values; doubles and floats are written in shortest round-trip form). With `include_defaults`, every
+// unset scalar field is written with its default value too, and absent sub-messages without required
+// fields are written with their defaults: the fully resolved config, as saved in checkpoints, which
+// parses back to a message with equal values (but more fields marked present).
+std::string run_config_to_yaml(const config::RunConfig& config, bool include_defaults = false);
+
+}  // namespace loom
