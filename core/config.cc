@@ -451,7 +451,10 @@ void emit_message(YAML::Emitter& out, const pb::Message& msg, bool include_defau
       continue;
     }
     const bool present = r->HasField(msg, f);
-    if (!present && !(include_defaults && !(is_message && has_required_fields(f->message_type())))) continue;
+    // Unset fields without a declared default mean "derive it" (head_dim: d_model / n_head): never written.
+    const bool write_default =
+        include_defaults && (is_message ? !has_required_fields(f->message_type()) : f->has_default_value());
+    if (!present && !write_default) continue;
     out << YAML::Key << f->name() << YAML::Value;
     if (is_message)
       emit_message(out, r->GetMessage(msg, f), include_defaults);

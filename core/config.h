@@ -35,10 +35,11 @@ config::RunConfig parse_run_config(const std::string& yaml_text, const std::stri
                                    const std::vector<std::string>& overrides = {});
 
 // Serialises a config as YAML that parse_run_config reads back into an identical message (same fields set,
-// same values; doubles and floats are written in shortest round-trip form). With `include_defaults`, every
-// unset scalar field is written with its default value too, and absent sub-messages without required
-// fields are written with their defaults: the fully resolved config, as saved in checkpoints, which
-// parses back to a message with equal values (but more fields marked present).
+// same values; doubles and floats are written in shortest round-trip form, strings always quoted).
+// With `include_defaults`, unset fields that have a declared default in config.proto are written with it,
+// and absent sub-messages without required fields are written with their defaults: the resolved config
+// saved in checkpoints, which parses back to equal values (with more fields marked present). Unset fields
+// without a declared default (e.g. head_dim, derived from d_model / n_head) stay unset either way.
 std::string run_config_to_yaml(const config::RunConfig& config, bool include_defaults = false);
 
 }  // namespace loom

@@ -207,6 +207,11 @@ TEST(Config, YamlRoundTrip) {
   EXPECT_TRUE(resolved.train().has_log_every());
   EXPECT_TRUE(resolved.optim().has_beta2());
   EXPECT_DOUBLE_EQ(resolved.optim().beta2(), 0.95);
+  EXPECT_FALSE(resolved.model().has_head_dim());  // no declared default: derived later, so never written
+  EXPECT_FALSE(resolved.model().blocks(0).has_mlp_dim());
+  google::protobuf::util::MessageDifferencer equivalent;
+  equivalent.set_message_field_comparison(google::protobuf::util::MessageDifferencer::EQUIVALENT);
+  EXPECT_TRUE(equivalent.Compare(c, resolved)) << full;
   EXPECT_EQ(run_config_to_yaml(resolved, true), full);
   EXPECT_EQ(run_config_to_yaml(resolved), full);  // now everything is explicitly set
 }
