@@ -48,9 +48,44 @@ inline Overlap memory_overlap(const Tensor& a, const Tensor& b) {
   return disjoint ? Overlap::None : Overlap::Partial;
 }
 
-// True when `in` is exactly chunk `rank` of `out` (chunks of in.numel() elements): the in-place all-gather.
-inline bool is_own_chunk(const Tensor& out, const Tensor& in, int rank) {
-  return static_cast<const char*>(in.raw()) == static_cast<const char*>(out.raw()) + rank * in.nbytes();
+// The checks every backend makes on a collective's tensors (the backend then checks the dtype is one it
+// carries). Each returns whether the call is in place.
+
+// all_reduce(out, in): equal numel and dtype; in place when out and in are the same elements.
+inline bool check_all_reduce_args(const CommOp& op, const Tensor& out, const Tensor& in, Device device) {
+  op.check_tensor(out, "out", device);
+  op.check_tensor(in, "in", device);
+  op.check_same_dtype(out, in);
+  if (out.numel() != in.numel()) op.fail("out has ", out.numel(), " elements but in has ", in.numel());
+  const Overlap overlap = memory_overlap(out, in);
+  if (overlap == Overlap::Partial) op.fail("out and in partly overlap (only exact in-place is allowed)");
+  return overlap == Overlap::Identical;
+}
+
+// reduce_scatter(out, in): in.numel() == size * out.numel(), no overlap.
+inline void check_reduce_scatter_args(const CommOp& op, const Tensor& out, const Tensor& in, Device device) {
+  op.check_tensor(out, "out", device);
+  op.check_tensor(in, "in", device);
+  op.check_same_dtype(out, in);
+  if (in.numel() != op.size * out.numel())
+    op.fail("in has ", in.numel(), " elements, expected size * out.numel() = ", op.size, " * ", out.numel(), " = ",
+            op.size * out.numel());
+  if (memory_overlap(out, in) != Overlap::None) op.fail("out overlaps in");
+}
+
+// all_gather(out, in): out.numel() == size * in.numel(); in place when in is exactly this rank's chunk of out.
+inline bool check_all_gather_args(const CommOp& op, const Tensor& out, const Tensor& in, Device device) {
+  op.check_tensor(out, "out", device);
+  op.check_tensor(in, "in", device);
+  op.check_same_dtype(out, in);
+  if (out.numel() != op.size * in.numel())
+    op.fail("out has ", out.numel(), " elements, expected size * in.numel() = ", op.size, " * ", in.numel(), " = ",
+            op.size * in.numel());
+  if (memory_overlap(out, in) == Overlap::None) return false;
+  const char* own_chunk = static_cast<const char*>(out.raw()) + op.rank * in.nbytes();
+  if (static_cast<const char*>(in.raw()) != own_chunk)
+    op.fail("in overlaps out but is not this rank's chunk of it (the only in-place form allowed)");
+  return true;
 }
 
 }  // namespace loom::comm_detail

@@ -86,7 +86,8 @@ class Communicator {
   // the calls (e.g. even ranks send first) or use a start_*() op. NCCL: enqueued like any op; a send and its
   // matching recv must not both wait on the other's stream.
   virtual void send(const Tensor& x, int peer) = 0;
-  // Receives into x from rank `peer` (!= rank()). Throws if the message is not exactly x.numel() elements.
+  // Receives into x from rank `peer` (!= rank()). MPI throws if the message is not exactly x.numel()
+  // elements; NCCL cannot detect a length mismatch (the result is then undefined), so sizes must agree.
   virtual void recv(Tensor& x, int peer) = 0;
   // Returns when every rank has entered barrier() (NCCL: also waits for this rank's queued GPU work).
   virtual void barrier() = 0;

@@ -18,8 +18,6 @@ struct MpiCommunicator::Handle {
 namespace {
 
 using comm_detail::CommOp;
-using comm_detail::memory_overlap;
-using comm_detail::Overlap;
 
 std::string mpi_error_text(int code) {
   char text[MPI_MAX_ERROR_STRING];
@@ -70,51 +68,29 @@ void divide_by_group_size(Tensor& x, int size) {
   }
 }
 
-// Arguments of one reduction, validated: send buffer (MPI_IN_PLACE when in aliases out), type and count.
-struct Reduction {
+// Arguments of one collective, validated: send buffer (MPI_IN_PLACE for the in-place forms), type, and the
+// count MPI takes (the whole tensor for all_reduce, one rank's chunk for reduce_scatter and all_gather).
+struct MpiArgs {
   const void* send;
   MPI_Datatype type;
   int count;
 };
 
-Reduction check_all_reduce(const CommOp& op, Tensor& out, const Tensor& in) {
-  const MPI_Datatype type = mpi_type(op, out, "out");
-  mpi_type(op, in, "in");
-  op.check_same_dtype(out, in);
-  if (out.numel() != in.numel()) op.fail("out has ", out.numel(), " elements but in has ", in.numel());
-  const Overlap overlap = memory_overlap(out, in);
-  if (overlap == Overlap::Partial) op.fail("out and in partly overlap (only exact in-place is allowed)");
-  const void* send = overlap == Overlap::Identical ? MPI_IN_PLACE : in.raw();
-  return {send, type, mpi_count(op, out.numel(), "out")};
+MpiArgs check_all_reduce(const CommOp& op, const Tensor& out, const Tensor& in) {
+  const bool in_place = comm_detail::check_all_reduce_args(op, out, in, Device::cpu());
+  return {in_place ? MPI_IN_PLACE : in.raw(), mpi_type(op, out, "out"), mpi_count(op, out.numel(), "out")};
 }
 
-Reduction check_reduce_scatter(const CommOp& op, Tensor& out, const Tensor& in) {
-  const MPI_Datatype type = mpi_type(op, out, "out");
-  mpi_type(op, in, "in");
-  op.check_same_dtype(out, in);
-  if (in.numel() != op.size * out.numel())
-    op.fail("in has ", in.numel(), " elements, expected size * out.numel() = ", op.size, " * ", out.numel(), " = ",
-            op.size * out.numel());
-  if (memory_overlap(out, in) != Overlap::None) op.fail("out overlaps in");
+MpiArgs check_reduce_scatter(const CommOp& op, const Tensor& out, const Tensor& in) {
+  comm_detail::check_reduce_scatter_args(op, out, in, Device::cpu());
   mpi_count(op, in.numel(), "in");
-  return {in.raw(), type, static_cast<int>(out.numel())};
+  return {in.raw(), mpi_type(op, out, "out"), static_cast<int>(out.numel())};
 }
 
-Reduction check_all_gather(const CommOp& op, Tensor& out, const Tensor& in) {
-  const MPI_Datatype type = mpi_type(op, out, "out");
-  mpi_type(op, in, "in");
-  op.check_same_dtype(out, in);
-  if (out.numel() != op.size * in.numel())
-    op.fail("out has ", out.numel(), " elements, expected size * in.numel() = ", op.size, " * ", in.numel(), " = ",
-            op.size * in.numel());
+MpiArgs check_all_gather(const CommOp& op, const Tensor& out, const Tensor& in) {
+  const bool in_place = comm_detail::check_all_gather_args(op, out, in, Device::cpu());
   mpi_count(op, out.numel(), "out");
-  const void* send = in.raw();
-  if (memory_overlap(out, in) != Overlap::None) {
-    if (!comm_detail::is_own_chunk(out, in, op.rank))
-      op.fail("in overlaps out but is not this rank's chunk of it (the only in-place form allowed)");
-    send = MPI_IN_PLACE;
-  }
-  return {send, type, static_cast<int>(in.numel())};
+  return {in_place ? MPI_IN_PLACE : in.raw(), mpi_type(op, out, "out"), static_cast<int>(in.numel())};
 }
 
 // A started non-blocking collective. Holds its tensors so their storage outlives the operation.
@@ -220,14 +196,14 @@ void MpiCommunicator::all_reduce(Tensor& x, ReduceOp op) { all_reduce(x, x, op);
 
 void MpiCommunicator::all_reduce(Tensor& out, const Tensor& in, ReduceOp op) {
   const CommOp c{"mpi", "all_reduce", rank_, size_};
-  const Reduction r = check_all_reduce(c, out, in);
+  const MpiArgs r = check_all_reduce(c, out, in);
   check_mpi(c, MPI_Allreduce(r.send, out.raw(), r.count, r.type, MPI_SUM, handle_->comm), "MPI_Allreduce");
   if (op == ReduceOp::Average) divide_by_group_size(out, size_);
 }
 
 void MpiCommunicator::reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op) {
   const CommOp c{"mpi", "reduce_scatter", rank_, size_};
-  const Reduction r = check_reduce_scatter(c, out, in);
+  const MpiArgs r = check_reduce_scatter(c, out, in);
   check_mpi(c, MPI_Reduce_scatter_block(r.send, out.raw(), r.count, r.type, MPI_SUM, handle_->comm),
             "MPI_Reduce_scatter_block");
   if (op == ReduceOp::Average) divide_by_group_size(out, size_);
@@ -235,7 +211,7 @@ void MpiCommunicator::reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op)
 
 void MpiCommunicator::all_gather(Tensor& out, const Tensor& in) {
   const CommOp c{"mpi", "all_gather", rank_, size_};
-  const Reduction r = check_all_gather(c, out, in);
+  const MpiArgs r = check_all_gather(c, out, in);
   check_mpi(c, MPI_Allgather(r.send, r.count, r.type, out.raw(), r.count, r.type, handle_->comm), "MPI_Allgather");
 }
 
@@ -278,7 +254,7 @@ void MpiCommunicator::barrier() {
 
 std::unique_ptr<CommRequest> MpiCommunicator::start_all_reduce(Tensor& x, ReduceOp op) {
   const CommOp c{"mpi", "start_all_reduce", rank_, size_};
-  const Reduction r = check_all_reduce(c, x, x);
+  const MpiArgs r = check_all_reduce(c, x, x);
   MPI_Request request;
   check_mpi(c, MPI_Iallreduce(r.send, x.raw(), r.count, r.type, MPI_SUM, handle_->comm, &request), "MPI_Iallreduce");
   return std::make_unique<MpiRequest>(c, request, std::vector<Tensor>{x}, op == ReduceOp::Average ? x : Tensor());
@@ -286,7 +262,7 @@ std::unique_ptr<CommRequest> MpiCommunicator::start_all_reduce(Tensor& x, Reduce
 
 std::unique_ptr<CommRequest> MpiCommunicator::start_reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op) {
   const CommOp c{"mpi", "start_reduce_scatter", rank_, size_};
-  const Reduction r = check_reduce_scatter(c, out, in);
+  const MpiArgs r = check_reduce_scatter(c, out, in);
   MPI_Request request;
   check_mpi(c, MPI_Ireduce_scatter_block(r.send, out.raw(), r.count, r.type, MPI_SUM, handle_->comm, &request),
             "MPI_Ireduce_scatter_block");
@@ -296,7 +272,7 @@ std::unique_ptr<CommRequest> MpiCommunicator::start_reduce_scatter(Tensor& out, 
 
 std::unique_ptr<CommRequest> MpiCommunicator::start_all_gather(Tensor& out, const Tensor& in) {
   const CommOp c{"mpi", "start_all_gather", rank_, size_};
-  const Reduction r = check_all_gather(c, out, in);
+  const MpiArgs r = check_all_gather(c, out, in);
   MPI_Request request;
   check_mpi(c, MPI_Iallgather(r.send, r.count, r.type, out.raw(), r.count, r.type, handle_->comm, &request),
             "MPI_Iallgather");
