@@ -178,10 +178,12 @@ std::unique_ptr<MpiCommunicator> MpiCommunicator::world() {
 
 MpiCommunicator::MpiCommunicator(std::unique_ptr<Handle> handle) : handle_(std::move(handle)) {
   LOOM_CHECK(handle_ && handle_->comm != MPI_COMM_NULL, "MpiCommunicator needs a valid MPI communicator");
-  const CommOp op{"mpi", "create", -1, -1};
-  check_mpi(op, MPI_Comm_set_errhandler(handle_->comm, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
-  check_mpi(op, MPI_Comm_rank(handle_->comm, &rank_), "MPI_Comm_rank");
-  check_mpi(op, MPI_Comm_size(handle_->comm, &size_), "MPI_Comm_size");
+  auto check = [](int code, const char* call) {
+    if (code != MPI_SUCCESS) fail("MpiCommunicator: ", call, " failed: ", mpi_error_text(code));
+  };
+  check(MPI_Comm_set_errhandler(handle_->comm, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+  check(MPI_Comm_rank(handle_->comm, &rank_), "MPI_Comm_rank");
+  check(MPI_Comm_size(handle_->comm, &size_), "MPI_Comm_size");
 }
 
 MpiCommunicator::~MpiCommunicator() {
