@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build ccache pkg-config libyaml-cpp-dev libopenblas-dev libpcre2-dev
           libcli11-dev nlohmann-json3-dev libprotobuf-dev protobuf-compiler libgtest-dev libgmock-dev
-          linux-doc-6.1 dataset-fashion-mnist)
+          openmpi-bin libopenmpi-dev linux-doc-6.1 dataset-fashion-mnist)
 command -v npm >/dev/null || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do

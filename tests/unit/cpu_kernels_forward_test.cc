@@ -78,7 +78,7 @@ TEST_F(CpuKernelsForward, CopyTokens) {
   Tensor src = random_tensor({B, Ts, C}, F32, rng);
   Tensor dst = poisoned({B, Td, C}, F32);
   cpu.copy_tokens(dst, 2, src, 0, Ts, /*accumulate=*/false);  // ViT: patches after two prefix tokens
-  Tensor base = random_tensor({B, Td, C}, F32, rng), acc = copy_of(base);
+  Tensor base = random_tensor({B, Td, C}, F32, rng), acc = clone(base);
   cpu.copy_tokens(acc, 1, src, 1, 2, /*accumulate=*/true);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < Td; ++t)

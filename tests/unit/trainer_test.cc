@@ -34,10 +34,10 @@ std::vector<double> losses_in(const std::string& metrics_path) {
   return out;
 }
 
-struct Run {
+struct TinyRun {
   std::unique_ptr<Backend> backend = make_backend(Device::cpu());
   std::unique_ptr<GptModel> model;
-  Run(const config::RunConfig& cfg) {
+  explicit TinyRun(const config::RunConfig& cfg) {
     model = std::make_unique<GptModel>(gpt_shape_from_config(cfg.model()), *backend, DType::F32, DType::F32,
                                        cfg.data().seq_len(), cfg.train().seed());
   }
@@ -46,7 +46,7 @@ struct Run {
 TEST(Trainer, OverfitsOneBatch) {
   testing::TempDir dir;
   config::RunConfig cfg = tiny_config(dir.path(), 150);
-  Run run(cfg);
+  TinyRun run(cfg);
   testing::SyntheticTokens tokens(3, 8, 37, 5);
   testing::FixedBatch data(tokens.next_train(Device::cpu()));
   std::ostringstream log;
@@ -63,7 +63,7 @@ TEST(Trainer, ResumeContinuesBitExactly) {
   testing::TempDir straight_dir, resumed_dir;
   // Ten steps in one go.
   const config::RunConfig straight_cfg = tiny_config(straight_dir.path(), 10);
-  Run straight(straight_cfg);
+  TinyRun straight(straight_cfg);
   testing::SyntheticTokens data_a(3, 8, 37, 11);
   std::ostringstream log;
   Trainer(straight_cfg, *straight.model, data_a, log).run();
@@ -71,12 +71,12 @@ TEST(Trainer, ResumeContinuesBitExactly) {
   // Five steps, then a new process-like start that resumes from the step-5 checkpoint.
   const config::RunConfig first_cfg = tiny_config(resumed_dir.path(), 5);
   {
-    Run first(first_cfg);
+    TinyRun first(first_cfg);
     testing::SyntheticTokens data_b(3, 8, 37, 11);
     Trainer(first_cfg, *first.model, data_b, log).run();
   }
   const config::RunConfig second_cfg = tiny_config(resumed_dir.path(), 10);
-  Run second(second_cfg);
+  TinyRun second(second_cfg);
   testing::SyntheticTokens data_c(3, 8, 37, 11);
   Trainer resumed(second_cfg, *second.model, data_c, log);
   resumed.resume_from(latest_checkpoint(resumed_dir.path()));
@@ -97,7 +97,7 @@ TEST(Trainer, ResumeContinuesBitExactly) {
 TEST(Trainer, FailedCheckpointWriteKeepsTheLastGoodOne) {
   testing::TempDir dir;
   const config::RunConfig cfg = tiny_config(dir.path(), 10);
-  Run run(cfg);
+  TinyRun run(cfg);
   testing::SyntheticTokens data(3, 8, 37, 2);
   std::ostringstream log;
   Trainer trainer(cfg, *run.model, data, log);
@@ -108,7 +108,7 @@ TEST(Trainer, FailedCheckpointWriteKeepsTheLastGoodOne) {
   EXPECT_EQ(latest_checkpoint(dir.path()), checkpoint_dir(dir.path(), 5));
   const CheckpointContents c = load_checkpoint(checkpoint_dir(dir.path(), 5));
   EXPECT_EQ(c.state.at("step").get<int64_t>(), 5);
-  Run fresh(cfg);
+  TinyRun fresh(cfg);
   fresh.model->params().load_named(c.model, "step 5");
   for (const auto& entry : std::filesystem::directory_iterator(dir.path()))
     EXPECT_EQ(entry.path().filename().string().find(".tmp"), std::string::npos) << entry.path();
