@@ -55,9 +55,11 @@ std::vector<TransformerBlock> gpt_blocks(const GptShape& s) {
 // Losses are kept in f64 when the model computes in f64 (gradient checks), else f32.
 DType loss_dtype(DType compute) { return compute == DType::F64 ? DType::F64 : DType::F32; }
 
+// Sums in double from the tensor's own precision (f64 losses in gradient checks must stay f64).
 double sum_on_host(const Tensor& t) {
+  const Tensor host = t.device().is_cpu() ? t : t.to(Device::cpu());
   double total = 0;
-  for (float v : t.to_vector()) total += v;
+  for (int64_t i = 0; i < host.numel(); ++i) total += host.item(i);
   return total;
 }
 }  // namespace

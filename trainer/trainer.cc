@@ -92,9 +92,10 @@ void Trainer::resume_from(const std::string& dir) {
   log_ << "resumed from " << dir << " at step " << step_ << "\n";
 }
 
-TrainResult Trainer::run() {
+TrainResult Trainer::run(int64_t stop_at_step) {
   const auto& t = cfg_.train();
   const int64_t max_steps = t.max_steps(), accum = t.grad_accum_steps();
+  const int64_t end_step = stop_at_step > 0 ? std::min<int64_t>(stop_at_step, max_steps) : max_steps;
   LOOM_CHECK(accum >= 1, "train.grad_accum_steps must be >= 1, got ", accum);
   const SampleFlops flops = model_.flops_per_sample();
   const bool show_progress = t.progress() && isatty(STDERR_FILENO);
@@ -104,7 +105,7 @@ TrainResult Trainer::run() {
   const int64_t first_step = step_;
   std::string last_checkpoint;
 
-  while (step_ < max_steps) {
+  while (step_ < end_step) {
     const auto step_start = Clock::now();
     double data_ms = 0, compute_ms = 0;
     be.zero(model_.params().grads());
@@ -180,7 +181,7 @@ TrainResult Trainer::run() {
     if (show_progress) {
       const double elapsed = ms_since(run_start) / 1e3;
       const double per_step = elapsed / static_cast<double>(step_ - first_step);
-      draw_progress(step_, max_steps, per_step * static_cast<double>(max_steps - step_));
+      draw_progress(step_, end_step, per_step * static_cast<double>(end_step - step_));
     }
   }
   result.steps_done = step_;

@@ -35,8 +35,9 @@ class Trainer {
 
   // Restores weights, optimizer moments, step and data position from a checkpoint directory.
   void resume_from(const std::string& checkpoint_dir);
-  // Trains from the current step to train.max_steps.
-  TrainResult run();
+  // Trains from the current step to train.max_steps, or only up to `stop_at_step` when that is positive (the
+  // learning-rate schedule still follows max_steps; used to stop a job early, e.g. by a controller).
+  TrainResult run(int64_t stop_at_step = -1);
   // Mean validation loss (and accuracy) over up to train.val_batches batches.
   EvalStats validate();
   // Writes a checkpoint of the current state; returns its directory.

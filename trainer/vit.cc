@@ -70,9 +70,11 @@ std::vector<ParamSpec> vit_parameters(const VitShape& s, const std::vector<Trans
 
 DType reduced_dtype(DType compute) { return compute == DType::F64 ? DType::F64 : DType::F32; }
 
+// Sums in double from the tensor's own precision (f64 losses in gradient checks must stay f64).
 double sum_on_host(const Tensor& t) {
+  const Tensor host = t.device().is_cpu() ? t : t.to(Device::cpu());
   double total = 0;
-  for (float v : t.to_vector()) total += v;
+  for (int64_t i = 0; i < host.numel(); ++i) total += host.item(i);
   return total;
 }
 

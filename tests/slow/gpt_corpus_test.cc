@@ -9,7 +9,7 @@
 #include "core/config.h"
 #include "core/text_corpus.h"
 #include "core/token_shards.h"
-#include "tests/unit/test_util.h"
+#include "tests/common/test_util.h"
 #include "trainer/run.h"
 
 namespace loom {

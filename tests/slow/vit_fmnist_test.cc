@@ -8,7 +8,7 @@
 #include <sstream>
 
 #include "core/config.h"
-#include "tests/unit/test_util.h"
+#include "tests/common/test_util.h"
 #include "trainer/run.h"
 
 namespace loom {

@@ -9,7 +9,7 @@
 #include <fstream>
 
 #include "core/token_shards.h"
-#include "tests/unit/test_util.h"
+#include "tests/common/test_util.h"
 
 namespace loom {
 namespace {

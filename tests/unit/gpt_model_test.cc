@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "kernels/backend.h"
-#include "tests/unit/test_util.h"
+#include "tests/common/test_util.h"
 #include "trainer/gpt.h"
 
 namespace loom {

@@ -11,7 +11,7 @@
 #include "core/error.h"
 #include "core/idx.h"
 #include "core/rng.h"
-#include "test_util.h"
+#include "tests/common/test_util.h"
 
 namespace loom {
 namespace {

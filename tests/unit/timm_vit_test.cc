@@ -1,7 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "core/safetensors.h"
-#include "tests/unit/test_util.h"
+#include "tests/common/test_util.h"
 #include "trainer/timm_vit.h"
 
 namespace loom {

@@ -8,7 +8,7 @@
 #include "core/atomic_file.h"
 #include "core/checkpoint.h"
 #include "core/config.h"
-#include "tests/unit/test_util.h"
+#include "tests/common/test_util.h"
 #include "trainer/gpt.h"
 #include "trainer/trainer.h"
 
@@ -68,14 +68,15 @@ TEST(Trainer, ResumeContinuesBitExactly) {
   std::ostringstream log;
   Trainer(straight_cfg, *straight.model, data_a, log).run();
 
-  // Five steps, then a new process-like start that resumes from the step-5 checkpoint.
-  const config::RunConfig first_cfg = tiny_config(resumed_dir.path(), 5);
+  // The same job stopped after five steps, then a new process-like start that resumes from the step-5
+  // checkpoint.
+  const config::RunConfig resumed_cfg = tiny_config(resumed_dir.path(), 10);
   {
-    TinyRun first(first_cfg);
+    TinyRun first(resumed_cfg);
     testing::SyntheticTokens data_b(3, 8, 37, 11);
-    Trainer(first_cfg, *first.model, data_b, log).run();
+    Trainer(resumed_cfg, *first.model, data_b, log).run(/*stop_at_step=*/5);
   }
-  const config::RunConfig second_cfg = tiny_config(resumed_dir.path(), 10);
+  const config::RunConfig& second_cfg = resumed_cfg;
   TinyRun second(second_cfg);
   testing::SyntheticTokens data_c(3, 8, 37, 11);
   Trainer resumed(second_cfg, *second.model, data_c, log);

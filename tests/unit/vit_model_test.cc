@@ -6,7 +6,7 @@
 #include <sstream>
 
 #include "core/config.h"
-#include "tests/unit/test_util.h"
+#include "tests/common/test_util.h"
 #include "trainer/trainer.h"
 #include "trainer/vit.h"
 

@@ -1,4 +1,4 @@
-#include "tests/unit/test_util.h"
+#include "tests/common/test_util.h"
 
 #include <unistd.h>
 
