@@ -80,7 +80,8 @@ std::unique_ptr<DataSource> build_data_source(const config::RunConfig& cfg, int 
   return std::make_unique<ImageSource>(cfg, rank, world_size);
 }
 
-TrainResult run_training(const config::RunConfig& cfg, std::ostream& log) {
+TrainResult run_training(const config::RunConfig& cfg, std::ostream& log,
+                         const std::vector<TrainingObserver*>& observers) {
   const auto& t = cfg.train();
   std::filesystem::create_directories(t.out_dir());
   {
@@ -99,6 +100,7 @@ TrainResult run_training(const config::RunConfig& cfg, std::ostream& log) {
       << dtype_name(compute) << ")" << std::endl;
 
   Trainer trainer(cfg, *model, *data, log);
+  for (TrainingObserver* o : observers) trainer.add_observer(o);
   if (t.has_resume() && !t.resume().empty()) {
     const std::string dir = t.resume() == "latest" ? latest_checkpoint(t.out_dir()) : t.resume();
     if (!dir.empty())

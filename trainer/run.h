@@ -3,6 +3,7 @@
 #pragma once
 #include <iosfwd>
 #include <memory>
+#include <vector>
 
 #include "core/config.pb.h"
 #include "trainer/data_source.h"
@@ -22,7 +23,9 @@ std::unique_ptr<Model> build_model(const config::RunConfig& cfg, Backend& backen
 std::unique_ptr<DataSource> build_data_source(const config::RunConfig& cfg, int rank, int world_size);
 
 // Trains as configured: writes out_dir/config.yaml, resumes when train.resume is set ("latest" resumes from
-// the newest checkpoint in out_dir if there is one), logs to `log`, and returns the result.
-TrainResult run_training(const config::RunConfig& cfg, std::ostream& log);
+// the newest checkpoint in out_dir if there is one), logs to `log`, and returns the result. `observers` (not
+// owned) see every step and may stop the run or ask for checkpoints (e.g. the controller's worker client).
+TrainResult run_training(const config::RunConfig& cfg, std::ostream& log,
+                         const std::vector<TrainingObserver*>& observers = {});
 
 }  // namespace loom

@@ -178,6 +178,19 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       rec["checkpoint"] = last_checkpoint;
     }
     metrics_->write(rec);
+    TrainingObserver::Control control;
+    for (TrainingObserver* o : observers_) {
+      o->on_step(rec);
+      const TrainingObserver::Control c = o->poll();
+      control.checkpoint_now |= c.checkpoint_now;
+      control.stop |= c.stop;
+    }
+    if ((control.checkpoint_now || control.stop) && last_checkpoint != checkpoint_dir(t.out_dir(), step_))
+      last_checkpoint = save_checkpoint_now();
+    if (control.stop) {
+      log_ << "stopped at step " << step_ << " on request" << std::endl;
+      break;
+    }
     if (show_progress) {
       const double elapsed = ms_since(run_start) / 1e3;
       const double per_step = elapsed / static_cast<double>(step_ - first_step);

@@ -8,6 +8,7 @@
 #include <iosfwd>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/config.pb.h"
 #include "core/metrics_writer.h"
@@ -16,6 +17,22 @@
 #include "trainer/optimizer.h"
 
 namespace loom {
+
+// Watches and steers a run at step boundaries (the controller's worker client is one; tests use others).
+// Thread-safety: called from the training thread only; implementations synchronise with their own threads.
+class TrainingObserver {
+ public:
+  struct Control {
+    bool checkpoint_now = false;  // write a checkpoint after this step
+    bool stop = false;            // write a checkpoint and return from run()
+  };
+  virtual ~TrainingObserver() = default;
+  // After every step, with the step's metrics record (the same object written to metrics.jsonl).
+  virtual void on_step(const nlohmann::json& record) {}
+  // After on_step(); may block (that is how a pause is done). With several ranks, every rank must return the
+  // same decision (the parallel layer agrees on it before the trainer acts).
+  virtual Control poll() { return {}; }
+};
 
 struct TrainResult {
   int64_t steps_done = 0;          // steps completed when run() returned (the final step count)
@@ -32,6 +49,8 @@ class Trainer {
 
   // Called every train.sample_every steps and at the end with the step (GPT prints a text sample).
   void set_sampler(std::function<void(int64_t step)> sampler) { sampler_ = std::move(sampler); }
+  // Adds an observer (not owned; must outlive run()).
+  void add_observer(TrainingObserver* observer) { observers_.push_back(observer); }
 
   // Restores weights, optimizer moments, step and data position from a checkpoint directory.
   void resume_from(const std::string& checkpoint_dir);
@@ -53,6 +72,7 @@ class Trainer {
   AdamW optimizer_;
   std::unique_ptr<MetricsWriter> metrics_;
   std::function<void(int64_t)> sampler_;
+  std::vector<TrainingObserver*> observers_;
   int64_t step_ = 0;
   double peak_flops_ = 0;
 };

@@ -117,3 +117,39 @@ TEST(Trainer, FailedCheckpointWriteKeepsTheLastGoodOne) {
 
 }  // namespace
 }  // namespace loom
+
+namespace loom {
+namespace {
+
+// Stops the run at a given step, asking for a checkpoint one step earlier.
+class StopAt final : public TrainingObserver {
+ public:
+  explicit StopAt(int64_t step) : step_(step) {}
+  void on_step(const nlohmann::json& record) override { last_ = record.at("step").get<int64_t>(); }
+  Control poll() override { return {last_ == step_ - 1, last_ == step_}; }
+  int64_t last_ = 0;
+
+ private:
+  int64_t step_;
+};
+
+TEST(Trainer, ObserverCanCheckpointAndStop) {
+  testing::TempDir dir;
+  const config::RunConfig cfg = tiny_config(dir.path(), 10);
+  TinyRun run(cfg);
+  testing::SyntheticTokens data(3, 8, 37, 2);
+  std::ostringstream log;
+  Trainer trainer(cfg, *run.model, data, log);
+  StopAt stop(3);
+  trainer.add_observer(&stop);
+  const TrainResult r = trainer.run();
+  EXPECT_EQ(r.steps_done, 3);
+  EXPECT_EQ(stop.last_, 3);
+  const auto saved = list_checkpoints(dir.path());
+  ASSERT_EQ(saved.size(), 2u);
+  EXPECT_EQ(saved[0].first, 2);
+  EXPECT_EQ(saved[1].first, 3);
+}
+
+}  // namespace
+}  // namespace loom
