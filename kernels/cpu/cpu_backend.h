@@ -1,11 +1,63 @@
-// The CPU reference backend: fp32 (and f64, for gradient checks), straightforward loops, OpenBLAS GEMMs.
-// It defines what every other backend must compute. Thread-safe only in the sense of Backend (one driver).
+// The CPU reference backend: f32 (and f64, for float64 gradient checks), straightforward loops parallelised
+// with OpenMP, OpenBLAS GEMMs. It defines what every other backend must compute.
+//
+// Contract (in addition to kernels/backend.h):
+// - Float tensors may be F32 or F64; all float tensors of one call share one dtype, except: cross_entropy's
+//   losses may be F32 or F64 whatever the logits are; convert/sum_squares/adamw's grad and compute_copy also
+//   take BF16/F16. ids and targets are I32. Anything else throws loom::Error naming the op and the tensors.
+// - What layernorm saves (mean, rstd) and what attention saves (the probabilities [B, H, T, T]) have the dtype
+//   of the activations: F32 in training, F64 in gradient checks (attention_saved_dtype() reports F32).
+// - Deterministic: outputs are bit-identical run to run, and do not depend on the OpenMP thread count
+//   except through OpenBLAS, which is deterministic for a fixed thread count.
+// - Not thread-safe: one thread drives a backend (its kernels use OpenMP internally).
 #pragma once
 #include <memory>
 
 #include "kernels/backend.h"
 
 namespace loom {
+
+class CpuBackend final : public Backend {
+ public:
+  Device device() const override { return Device::cpu(); }
+  std::string name() const override { return "cpu"; }
+
+  void zero(Tensor& x) override;
+  void add(Tensor& out, const Tensor& a, const Tensor& b) override;
+  void accumulate(Tensor& dst, const Tensor& src) override;
+  void scale(Tensor& x, double s) override;
+  void convert(Tensor& dst, const Tensor& src) override;
+
+  void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table) override;
+  void embedding_backward(Tensor& dtable, const Tensor& dout, const Tensor& ids) override;
+  void add_position_forward(Tensor& x, const Tensor& pos) override;
+  void add_position_backward(Tensor& dpos, const Tensor& dx) override;
+
+  void layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
+                         const Tensor& b, double eps) override;
+  void layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x,
+                          const Tensor& w, const Tensor& mean, const Tensor& rstd) override;
+
+  void matmul_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) override;
+  void matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Tensor& dout, const Tensor& x,
+                       const Tensor& w) override;
+
+  void gelu_forward(Tensor& out, const Tensor& x, GeluKind kind) override;
+  void gelu_backward(Tensor& dx, const Tensor& dout, const Tensor& x, GeluKind kind) override;
+
+  Shape attention_saved_shape(const AttentionShape& s) const override;
+  DType attention_saved_dtype() const override { return DType::F32; }
+  void attention_forward(Tensor& out, Tensor& saved, const Tensor& qkv, const AttentionShape& s) override;
+  void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& out,
+                          const Tensor& saved, const AttentionShape& s) override;
+
+  void cross_entropy(Tensor& losses, Tensor& dlogits, const Tensor& logits, const Tensor& targets,
+                     int64_t vocab, double dloss, double label_smoothing) override;
+
+  double sum_squares(const std::vector<Tensor>& tensors) override;
+  void adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy,
+                    const AdamWHyper& hp, double weight_decay) override;
+};
 
 std::unique_ptr<Backend> make_cpu_backend();
 
