@@ -51,7 +51,9 @@ TEST_P(CudaLossTest, CrossEntropyLargeVocabulary) {
   Tensor losses_ref = Tensor::empty({N}, DType::F64), dlogits_ref = Tensor::empty({N, Vp}, DType::F64);
   cpu_->cross_entropy(losses_ref, dlogits_ref, as_f64(logits), targets, V, 0.2, 0.0);
   expect_close(losses, losses_ref, dt == DType::F32 ? 1e-5 : 1e-4, "cross_entropy losses, GPT-2 vocab");
-  expect_close(dlogits, dlogits_ref, tolerance(dt), "cross_entropy dlogits, GPT-2 vocab");
+  // Gradients of ~1e-5 are f16 subnormals there, spaced 6e-8 apart.
+  expect_close(dlogits, dlogits_ref, tolerance(dt), "cross_entropy dlogits, GPT-2 vocab",
+               dt == DType::F16 ? 6e-8 : 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaLossTest, ::testing::Values(DType::F32, DType::BF16, DType::F16),

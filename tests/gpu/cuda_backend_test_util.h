@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -66,9 +67,11 @@ inline double tolerance(DType dtype) {
   }
 }
 
-// Expects |actual - reference| <= tol·(|reference| + mean|reference|) element-wise (the mean term keeps
-// near-zero elements produced by cancellation from demanding impossible relative accuracy). NaN fails.
-inline void expect_close(const Tensor& actual, const Tensor& reference, double tol, const std::string& what) {
+// Expects |actual - reference| <= tol·(|reference| + mean|reference|) + atol element-wise (the mean term keeps
+// near-zero elements produced by cancellation from demanding impossible relative accuracy; atol covers
+// values stored as f16 subnormals). NaN fails.
+inline void expect_close(const Tensor& actual, const Tensor& reference, double tol, const std::string& what,
+                         double atol = 0) {
   const Tensor a = (actual.device().is_cpu() ? actual : actual.to(Device::cpu())).cast(DType::F64);
   const Tensor r = (reference.device().is_cpu() ? reference : reference.to(Device::cpu())).cast(DType::F64);
   ASSERT_EQ(a.numel(), r.numel()) << what;
@@ -79,7 +82,7 @@ inline void expect_close(const Tensor& actual, const Tensor& reference, double t
   mean_abs = r.numel() ? mean_abs / static_cast<double>(r.numel()) : 0;
   int64_t failures = 0;
   for (int64_t i = 0; i < r.numel(); ++i) {
-    const double bound = tol * (std::fabs(pr[i]) + mean_abs) + 1e-30;
+    const double bound = tol * (std::fabs(pr[i]) + mean_abs) + atol + 1e-30;
     const double err = std::fabs(pa[i] - pr[i]);
     if (!(err <= bound)) {
       if (failures < 5)
