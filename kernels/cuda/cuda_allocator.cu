@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <mutex>
+#include <set>
 #include <unordered_map>
 #include <vector>
 
@@ -30,15 +31,46 @@ size_t round_block_size(size_t bytes) {
   return (bytes + q - 1) / q * q;
 }
 
+// Makes `device` current for the scope of a cudaMalloc, restoring the caller's device afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    LOOM_CUDA_CALL(cudaGetDevice(&previous_));
+    if (previous_ != device) LOOM_CUDA_CALL(cudaSetDevice(device));
+    device_ = device;
+  }
+  ~DeviceGuard() {
+    if (previous_ != device_) cudaSetDevice(previous_);  // best effort: destructors must not throw
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0, device_ = 0;
+};
+
 class CachingCudaAllocator final : public Allocator {
  public:
+  // Allocator::allocate() is not told the device. When this process has backends on one device only (the
+  // usual one-process-per-GPU setup) blocks go to that device whichever thread asks (a data-loading thread's
+  // current device is 0); with backends on several devices they go to the calling thread's current device,
+  // which every CudaBackend op sets first.
+  void note_backend_device(int device) {
+    std::lock_guard<std::mutex> lock(mu_);
+    backend_devices_.insert(device);
+  }
+
   void* allocate(size_t bytes) override {
     int device = 0;
     LOOM_CUDA_CALL(cudaGetDevice(&device));
     const size_t size = round_block_size(bytes);
     std::lock_guard<std::mutex> lock(mu_);
+    if (backend_devices_.size() == 1) device = *backend_devices_.begin();
     void* ptr = take_cached(device, size);
-    if (!ptr) ptr = malloc_or_trim(device, size, bytes);
+    if (!ptr) {
+      DeviceGuard guard(device);
+      ptr = malloc_or_trim(device, size, bytes);
+    }
     live_[ptr] = {device, size};
     in_use_ += bytes;
     peak_ = std::max(peak_, in_use_);
@@ -100,6 +132,7 @@ class CachingCudaAllocator final : public Allocator {
   mutable std::mutex mu_;
   std::unordered_map<void*, Block> live_;
   std::unordered_map<int, std::unordered_map<size_t, std::vector<void*>>> cached_;
+  std::set<int> backend_devices_;
   size_t in_use_ = 0, peak_ = 0;
 };
 
@@ -116,13 +149,14 @@ void copy_device_bytes(void* dst, Device dst_device, const void* src, Device src
 
 }  // namespace
 
-void install_cuda_memory_hooks() {
+void install_cuda_memory_hooks(int device) {
+  static CachingCudaAllocator allocator;  // lives for the process: tensors may outlive every backend
   static std::once_flag once;
   std::call_once(once, [] {
-    static CachingCudaAllocator allocator;  // lives for the process: tensors may outlive every backend
     register_allocator(DeviceType::CUDA, &allocator);
     register_device_copy(&copy_device_bytes);
   });
+  allocator.note_backend_device(device);
 }
 
 ScratchBuffer::ScratchBuffer(size_t bytes) : bytes_(bytes) {

@@ -12,7 +12,7 @@ namespace loom::cuda {
 
 CudaBackend::CudaBackend(int device) : device_(device) {
   LOOM_CUDA_CALL(cudaSetDevice(device_));
-  install_cuda_memory_hooks();
+  install_cuda_memory_hooks(device_);
   cudaDeviceProp prop{};
   LOOM_CUDA_CALL(cudaGetDeviceProperties(&prop, device_));
   name_ = "cuda:" + std::to_string(device_) + " " + prop.name;

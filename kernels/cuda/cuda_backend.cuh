@@ -73,7 +73,8 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Gemm> gemm_;
 };
 
-// Installs the caching allocator and the copy function (idempotent; cuda_allocator.cu).
-void install_cuda_memory_hooks();
+// Installs the caching allocator and the copy function on first use, and tells the allocator that a backend
+// runs on `device` (cuda_allocator.cu).
+void install_cuda_memory_hooks(int device);
 
 }  // namespace loom::cuda

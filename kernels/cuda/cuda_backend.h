@@ -10,7 +10,9 @@
 //   the GPU: an id outside [0, V) (or a target outside [-1, vocab)) is skipped and reported as loom::Error by
 //   the next synchronize().
 // - Deterministic: no float atomics; the same inputs give bit-identical outputs run to run on one GPU model.
-// - Not thread-safe (one thread drives a backend); the allocator and copy function are thread-safe.
+// - Not thread-safe (one thread drives a backend); the allocator and copy function are thread-safe. CUDA
+//   tensors are allocated on the backend's device when the process has backends on one device only (any
+//   thread may allocate), else on the calling thread's current device.
 #pragma once
 #include <memory>
 

@@ -83,13 +83,22 @@ __global__ void column_partials_kernel(float* partials, const T* src, int64_t ro
   partials[blockIdx.y * width + j] = sum;
 }
 
-// Column sums, stage 2: dst[j] += Σ_p partials[p, j], p ascending.
+// Column sums, stage 2: dst[j] += Σ_p partials[p, j]. A block covers 32 columns with blockDim.y part-lanes:
+// lane y sums parts p = y, y + blockDim.y, ... in ascending order, then the lane sums are added in lane
+// order, so the result is deterministic while thousands of parts are still read in parallel.
 template <typename T>
 __global__ void add_partials_kernel(T* dst, const float* partials, int64_t parts, int64_t width) {
-  LOOM_GRID_STRIDE(j, width) {
-    float sum = 0.f;
-    for (int64_t p = 0; p < parts; ++p) sum += partials[p * width + j];
-    dst[j] = from_f32<T>(to_f32(dst[j]) + sum);
+  __shared__ float lane_sums[32][33];  // [y][x], padded against bank conflicts
+  const int64_t j = blockIdx.x * int64_t{32} + threadIdx.x;
+  float sum = 0.f;
+  if (j < width)
+    for (int64_t p = threadIdx.y; p < parts; p += blockDim.y) sum += partials[p * width + j];
+  lane_sums[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < width) {
+    float total = 0.f;
+    for (unsigned y = 0; y < blockDim.y; ++y) total += lane_sums[y][threadIdx.x];
+    dst[j] = from_f32<T>(to_f32(dst[j]) + total);
   }
 }
 
@@ -147,7 +156,9 @@ void add_position_forward(T* x, const T* pos, int64_t B, int64_t Tn, int64_t C, 
 template <typename T>
 void add_partial_sums(T* dst, const float* partials, int64_t parts, int64_t width, cudaStream_t stream) {
   if (width == 0) return;
-  add_partials_kernel<<<grid_for(width), kThreads, 0, stream>>>(dst, partials, parts, width);
+  const dim3 block(32, static_cast<unsigned>(std::clamp<int64_t>(parts, 1, 32)));
+  const auto blocks = static_cast<unsigned>((width + 31) / 32);
+  add_partials_kernel<<<blocks, block, 0, stream>>>(dst, partials, parts, width);
   LOOM_CUDA_LAUNCHED("add_partials_kernel");
 }
 

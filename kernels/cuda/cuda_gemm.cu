@@ -22,7 +22,8 @@ using Preference = std::unique_ptr<cublasLtMatmulPreferenceOpaque_t, DescDeleter
 
 Layout make_layout(cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld, int batch, int64_t stride) {
   cublasLtMatrixLayout_t raw = nullptr;
-  LOOM_CUBLAS_CALL(cublasLtMatrixLayoutCreate(&raw, type, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), ld));
+  LOOM_CUBLAS_CALL(
+      cublasLtMatrixLayoutCreate(&raw, type, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), ld));
   Layout layout(raw);
   if (batch > 1) {
     const int32_t count = batch;
@@ -63,6 +64,34 @@ Gemm::~Gemm() {
   cudaFree(workspace_);
 }
 
+std::optional<cublasLtMatmulAlgo_t> Gemm::find_algo(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a,
+                                                    cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t d,
+                                                    uint32_t align_a, uint32_t align_b, uint32_t align_d,
+                                                    bool with_epilogue) {
+  cublasLtMatmulPreference_t raw_pref = nullptr;
+  LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceCreate(&raw_pref));
+  Preference pref(raw_pref);
+  LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceSetAttribute(raw_pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                        &workspace_bytes_, sizeof(workspace_bytes_)));
+  LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceSetAttribute(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                        &align_a, sizeof(align_a)));
+  LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceSetAttribute(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                        &align_b, sizeof(align_b)));
+  LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceSetAttribute(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                        &align_d, sizeof(align_d)));
+  LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceSetAttribute(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                        &align_d, sizeof(align_d)));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle_, op, a, b, d, d, raw_pref, 1, &result, &found);
+  // With an epilogue any refusal means "not fused here" (the caller falls back); without one, no result is
+  // reported by run() and an error status is a real failure.
+  if (status == CUBLAS_STATUS_SUCCESS && found > 0) return result.algo;
+  if (status != CUBLAS_STATUS_SUCCESS && !with_epilogue)
+    throw_cublas_error(status, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
+  return std::nullopt;
+}
+
 bool Gemm::run(const GemmSpec& s, cudaStream_t stream) {
   cublasLtMatmulDesc_t raw_op = nullptr;
   LOOM_CUBLAS_CALL(cublasLtMatmulDescCreate(&raw_op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -83,33 +112,23 @@ bool Gemm::run(const GemmSpec& s, cudaStream_t stream) {
                                s.b.batch_stride);
   const Layout d = make_layout(s.d_type, s.m, s.n, s.ldd, s.batch, s.d_batch_stride);
 
-  cublasLtMatmulPreference_t raw_pref = nullptr;
-  LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceCreate(&raw_pref));
-  Preference pref(raw_pref);
-  LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceSetAttribute(raw_pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                        &workspace_bytes_, sizeof(workspace_bytes_)));
   const uint32_t align_a = alignment_of(s.a.ptr), align_b = alignment_of(s.b.ptr), align_d = alignment_of(s.d);
-  LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceSetAttribute(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                                                        &align_a, sizeof(align_a)));
-  LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceSetAttribute(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                                                        &align_b, sizeof(align_b)));
-  LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceSetAttribute(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                                                        &align_d, sizeof(align_d)));
-  LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceSetAttribute(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                                                        &align_d, sizeof(align_d)));
-
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle_, raw_op, a.get(), b.get(), d.get(), d.get(),
-                                                               raw_pref, 1, &result, &found);
-  if (status != CUBLAS_STATUS_SUCCESS || found == 0) {
+  const AlgoKey key{s.m, s.n, s.k, s.batch, s.a.ld, s.b.ld, s.ldd, s.a.batch_stride, s.b.batch_stride,
+                    s.d_batch_stride, s.a.transposed, s.b.transposed, s.ab_type, s.d_type, s.epilogue,
+                    align_a, align_b, align_d, s.bias ? alignment_of(s.bias) : 0};
+  auto cached = algos_.find(key);
+  if (cached == algos_.end()) {
+    const bool with_epilogue = s.epilogue != CUBLASLT_EPILOGUE_DEFAULT;
+    cached = algos_.emplace(key, find_algo(raw_op, a.get(), b.get(), d.get(), align_a, align_b, align_d, with_epilogue))
+                 .first;
+  }
+  if (!cached->second) {
     if (s.epilogue != CUBLASLT_EPILOGUE_DEFAULT) return false;
-    if (status != CUBLAS_STATUS_SUCCESS) throw_cublas_error(status, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
     fail("cuBLASLt: no algorithm for GEMM m=", s.m, " n=", s.n, " k=", s.k, " batch=", s.batch, " lda=", s.a.ld,
          " ldb=", s.b.ld, " ldd=", s.ldd);
   }
-  LOOM_CUBLAS_CALL(cublasLtMatmul(handle_, raw_op, &s.alpha, s.a.ptr, a.get(), s.b.ptr, b.get(), &s.beta, s.d, d.get(),
-                                  s.d, d.get(), &result.algo, workspace_, workspace_bytes_, stream));
+  LOOM_CUBLAS_CALL(cublasLtMatmul(handle_, raw_op, &s.alpha, s.a.ptr, a.get(), s.b.ptr, b.get(), &s.beta, s.d,
+                                  d.get(), s.d, d.get(), &*cached->second, workspace_, workspace_bytes_, stream));
   return true;
 }
 

@@ -7,7 +7,10 @@
 #pragma once
 #include <cublasLt.h>
 
+#include <array>
 #include <cstdint>
+#include <map>
+#include <optional>
 
 #include "kernels/cuda/cuda_common.cuh"
 
@@ -47,6 +50,16 @@ class Gemm {
   bool run(const GemmSpec& spec, cudaStream_t stream);
 
  private:
+  // The heuristic's best algorithm for these descriptors, or nullopt when it has none.
+  std::optional<cublasLtMatmulAlgo_t> find_algo(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a,
+                                                cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t d,
+                                                uint32_t align_a, uint32_t align_b, uint32_t align_d,
+                                                bool with_epilogue);
+  // Everything the heuristic's choice depends on: sizes, layouts, types, epilogue and pointer alignments.
+  using AlgoKey = std::array<int64_t, 19>;
+  // Heuristic answers by key (nullopt: no algorithm with that epilogue); the query costs more than the
+  // launch, and a training step repeats the same few shapes.
+  std::map<AlgoKey, std::optional<cublasLtMatmulAlgo_t>> algos_;
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;

@@ -57,7 +57,9 @@ __global__ void adamw_kernel(float* param, float* m, float* v, const void* grad,
 }
 
 // Blocks for one tensor's partial sums: a function of n alone, so the result does not depend on the GPU.
-int64_t sum_squares_blocks(int64_t n) { return std::clamp<int64_t>((n + kThreads * 16 - 1) / (kThreads * 16), 1, 1024); }
+int64_t sum_squares_blocks(int64_t n) {
+  return std::clamp<int64_t>((n + kThreads * 16 - 1) / (kThreads * 16), 1, 1024);
+}
 
 }  // namespace
 

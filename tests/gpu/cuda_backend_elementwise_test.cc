@@ -118,6 +118,14 @@ TEST_P(CudaElementwiseTest, PositionsForwardBackward) {
   Tensor dref = as_f64(dpos0);
   cpu_->add_position_backward(dref, as_f64(dx));
   expect_close(dpos, dref, tolerance(dt), "add_position_backward (accumulates; rows >= T untouched)");
+
+  // A large batch over few columns: the column sums are split into several parts.
+  const Tensor dx_tall = random_host({64, 2, 5}, dt), dpos_small0 = random_host({2, 5}, dt);
+  Tensor dpos_small = on_gpu(dpos_small0);
+  gpu_->add_position_backward(dpos_small, on_gpu(dx_tall));
+  Tensor dref_small = as_f64(dpos_small0);
+  cpu_->add_position_backward(dref_small, as_f64(dx_tall));
+  expect_close(dpos_small, dref_small, tolerance(dt), "add_position_backward, batch 64");
 }
 
 TEST_P(CudaElementwiseTest, EmbeddingForwardBackwardDeterministic) {
