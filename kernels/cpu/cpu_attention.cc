@@ -39,9 +39,7 @@ void transpose_rows(T* dst, int64_t Tn, int64_t D, RowFn at) {
   }
 }
 
-int64_t row_length(const AttentionDims& d, int64_t t) {
-  return d.causal ? t + 1 : d.Tn;
-}
+int64_t row_length(const AttentionDims& d, int64_t t) { return d.causal ? t + 1 : d.Tn; }
 }  // namespace
 
 // For each row t: S[t, s] = scale·q_t·k_s (s < len), P[t, :] = exp(S - max) / Σ exp(S - max) (sum in
@@ -150,8 +148,8 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, co
   }
 }
 
-#define LOOM_INSTANTIATE(T)                                                              \
-  template void attention_forward<T>(T*, T*, const T*, const AttentionDims&);            \
+#define LOOM_INSTANTIATE(T)                                                   \
+  template void attention_forward<T>(T*, T*, const T*, const AttentionDims&); \
   template void attention_backward<T>(T*, const T*, const T*, const T*, const AttentionDims&);
 LOOM_INSTANTIATE(float)
 LOOM_INSTANTIATE(double)

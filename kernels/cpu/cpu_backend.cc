@@ -9,7 +9,8 @@ namespace loom {
 
 namespace {
 
-// Validation helpers for one op; every failure names the op and the offending tensors.
+// Validation helpers for one op; every failure names the op and the offending tensors. Messages are built
+// only on failure (tensor descriptions allocate strings).
 struct OpCheck {
   const char* op;
 
@@ -17,51 +18,48 @@ struct OpCheck {
   [[noreturn]] void fail_with(Args&&... args) const {
     fail(op, ": ", std::forward<Args>(args)...);
   }
-  template <typename... Args>
-  void require(bool cond, Args&&... args) const {
-    if (!cond) fail_with(std::forward<Args>(args)...);
-  }
   void on_cpu(const char* name, const Tensor& t) const {
-    require(t.defined(), name, " is undefined");
-    require(t.device().is_cpu(), name, " ", t.str(), " is not on the CPU");
+    if (!t.defined()) fail_with(name, " is undefined");
+    if (!t.device().is_cpu()) fail_with(name, " ", t.str(), " is not on the CPU");
   }
   // A defined CPU tensor of dtype F32 or F64.
   void real(const char* name, const Tensor& t) const {
     on_cpu(name, t);
-    require(t.dtype() == DType::F32 || t.dtype() == DType::F64, name, " ", t.str(), " must be f32 or f64");
+    if (!(t.dtype() == DType::F32 || t.dtype() == DType::F64)) fail_with(name, " ", t.str(), " must be f32 or f64");
   }
   // A defined CPU tensor of any float dtype (F32, F64, BF16, F16).
   void floating(const char* name, const Tensor& t) const {
     on_cpu(name, t);
-    require(is_floating(t.dtype()), name, " ", t.str(), " must be a float tensor");
+    if (!is_floating(t.dtype())) fail_with(name, " ", t.str(), " must be a float tensor");
   }
   void ints(const char* name, const Tensor& t) const {
     on_cpu(name, t);
-    require(t.dtype() == DType::I32, name, " ", t.str(), " must be i32");
+    if (t.dtype() != DType::I32) fail_with(name, " ", t.str(), " must be i32");
   }
   // `t` is F32/F64 with the dtype of `ref`.
   void like(const char* name, const Tensor& t, const char* ref_name, const Tensor& ref) const {
     real(name, t);
-    require(t.dtype() == ref.dtype(), name, " ", t.str(), " must have the dtype of ", ref_name, " ", ref.str());
+    if (t.dtype() != ref.dtype()) fail_with(name, " ", t.str(), " must have the dtype of ", ref_name, " ", ref.str());
   }
   void shape(const char* name, const Tensor& t, const Shape& expected) const {
-    require(t.shape() == expected, name, " ", t.str(), " must have shape ", shape_str(expected));
+    if (t.shape() != expected) fail_with(name, " ", t.str(), " must have shape ", shape_str(expected));
   }
   void same_shape(const char* name, const Tensor& t, const char* ref_name, const Tensor& ref) const {
-    require(t.shape() == ref.shape(), name, " ", t.str(), " must have the shape of ", ref_name, " ", ref.str());
+    if (t.shape() != ref.shape()) fail_with(name, " ", t.str(), " must have the shape of ", ref_name, " ", ref.str());
   }
   // `t` holds `rows` rows of width `width`: last dimension `width` and rows·width elements.
   void rows(const char* name, const Tensor& t, int64_t rows, int64_t width) const {
-    require(t.ndim() >= 1 && t.dim(-1) == width && t.numel() == rows * width, name, " ", t.str(), " must be ",
-            rows, " rows of width ", width);
+    if (!(t.ndim() >= 1 && t.dim(-1) == width && t.numel() == rows * width))
+      fail_with(name, " ", t.str(), " must be ", rows, " rows of width ", width);
   }
   // ids in [0, limit) (targets additionally admit -1 when allow_ignore).
   void ids_in_range(const char* name, const Tensor& ids, int64_t limit, bool allow_ignore) const {
     const int32_t* p = ids.data<int32_t>();
     for (int64_t i = 0; i < ids.numel(); ++i) {
       const bool ok = (p[i] >= 0 && p[i] < limit) || (allow_ignore && p[i] == -1);
-      require(ok, name, " ", ids.str(), " element ", i, " is ", p[i], ", outside [", allow_ignore ? -1 : 0,
-              ", ", limit, ")");
+      if (!ok)
+        fail_with(name, " ", ids.str(), " element ", i, " is ", p[i], ", outside [", allow_ignore ? -1 : 0, ", ", limit,
+                  ")");
     }
   }
 };
@@ -124,7 +122,7 @@ void CpuBackend::convert(Tensor& dst, const Tensor& src) {
   const OpCheck check{"convert"};
   check.floating("dst", dst);
   check.floating("src", src);
-  check.require(dst.numel() == src.numel(), "dst ", dst.str(), " and src ", src.str(), " differ in size");
+  if (dst.numel() != src.numel()) check.fail_with("dst ", dst.str(), " and src ", src.str(), " differ in size");
   cpu::convert(dst.raw(), dst.dtype(), src.raw(), src.dtype(), src.numel());
 }
 
@@ -132,7 +130,7 @@ void CpuBackend::embedding_forward(Tensor& out, const Tensor& ids, const Tensor&
   const OpCheck check{"embedding_forward"};
   check.ints("ids", ids);
   check.real("table", table);
-  check.require(table.ndim() == 2, "table ", table.str(), " must be [V, C]");
+  if (table.ndim() != 2) check.fail_with("table ", table.str(), " must be [V, C]");
   check.like("out", out, "table", table);
   const int64_t N = ids.numel(), C = table.dim(1);
   check.rows("out", out, N, C);
@@ -147,7 +145,7 @@ void CpuBackend::embedding_backward(Tensor& dtable, const Tensor& dout, const Te
   const OpCheck check{"embedding_backward"};
   check.ints("ids", ids);
   check.real("dtable", dtable);
-  check.require(dtable.ndim() == 2, "dtable ", dtable.str(), " must be [V, C]");
+  if (dtable.ndim() != 2) check.fail_with("dtable ", dtable.str(), " must be [V, C]");
   check.like("dout", dout, "dtable", dtable);
   const int64_t N = ids.numel(), C = dtable.dim(1);
   check.rows("dout", dout, N, C);
@@ -162,9 +160,9 @@ void CpuBackend::add_position_forward(Tensor& x, const Tensor& pos) {
   const OpCheck check{"add_position_forward"};
   check.real("x", x);
   check.like("pos", pos, "x", x);
-  check.require(x.ndim() == 3, "x ", x.str(), " must be [B, T, C]");
-  check.require(pos.ndim() == 2 && pos.dim(0) >= x.dim(1) && pos.dim(1) == x.dim(2), "pos ", pos.str(),
-                " must be [P >= T, C] for x ", x.str());
+  if (x.ndim() != 3) check.fail_with("x ", x.str(), " must be [B, T, C]");
+  if (!(pos.ndim() == 2 && pos.dim(0) >= x.dim(1) && pos.dim(1) == x.dim(2)))
+    check.fail_with("pos ", pos.str(), " must be [P >= T, C] for x ", x.str());
   dispatch(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     cpu::add_position_forward(x.data<T>(), pos.data<T>(), x.dim(0), x.dim(1), x.dim(2));
@@ -175,9 +173,9 @@ void CpuBackend::add_position_backward(Tensor& dpos, const Tensor& dx) {
   const OpCheck check{"add_position_backward"};
   check.real("dx", dx);
   check.like("dpos", dpos, "dx", dx);
-  check.require(dx.ndim() == 3, "dx ", dx.str(), " must be [B, T, C]");
-  check.require(dpos.ndim() == 2 && dpos.dim(0) >= dx.dim(1) && dpos.dim(1) == dx.dim(2), "dpos ", dpos.str(),
-                " must be [P >= T, C] for dx ", dx.str());
+  if (dx.ndim() != 3) check.fail_with("dx ", dx.str(), " must be [B, T, C]");
+  if (!(dpos.ndim() == 2 && dpos.dim(0) >= dx.dim(1) && dpos.dim(1) == dx.dim(2)))
+    check.fail_with("dpos ", dpos.str(), " must be [P >= T, C] for dx ", dx.str());
   dispatch(dx.dtype(), [&](auto tag) {
     using T = decltype(tag);
     cpu::add_position_backward(dpos.data<T>(), dx.data<T>(), dx.dim(0), dx.dim(1), dx.dim(2));
@@ -188,7 +186,7 @@ void CpuBackend::layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, cons
                                    const Tensor& b, double eps) {
   const OpCheck check{"layernorm_forward"};
   check.real("x", x);
-  check.require(x.ndim() >= 1 && x.dim(-1) > 0, "x ", x.str(), " must have a non-empty last dimension");
+  if (!(x.ndim() >= 1 && x.dim(-1) > 0)) check.fail_with("x ", x.str(), " must have a non-empty last dimension");
   const int64_t C = x.dim(-1), N = x.numel() / C;
   check.like("out", out, "x", x);
   check.same_shape("out", out, "x", x);
@@ -200,13 +198,13 @@ void CpuBackend::layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, cons
   }
   check.like("mean", mean, "x", x);
   check.like("rstd", rstd, "x", x);
-  check.require(mean.numel() == N && rstd.numel() == N, "mean ", mean.str(), " and rstd ", rstd.str(),
-                " must hold ", N, " rows of x ", x.str());
-  check.require(eps >= 0, "eps ", eps, " is negative");
+  if (!(mean.numel() == N && rstd.numel() == N))
+    check.fail_with("mean ", mean.str(), " and rstd ", rstd.str(), " must hold ", N, " rows of x ", x.str());
+  if (!(eps >= 0)) check.fail_with("eps ", eps, " is negative");
   dispatch(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    cpu::layernorm_forward(out.data<T>(), mean.data<T>(), rstd.data<T>(), x.data<T>(), w.data<T>(),
-                           data_or_null<T>(b), N, C, eps);
+    cpu::layernorm_forward(out.data<T>(), mean.data<T>(), rstd.data<T>(), x.data<T>(), w.data<T>(), data_or_null<T>(b),
+                           N, C, eps);
   });
 }
 
@@ -214,7 +212,7 @@ void CpuBackend::layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Te
                                     const Tensor& w, const Tensor& mean, const Tensor& rstd) {
   const OpCheck check{"layernorm_backward"};
   check.real("x", x);
-  check.require(x.ndim() >= 1 && x.dim(-1) > 0, "x ", x.str(), " must have a non-empty last dimension");
+  if (!(x.ndim() >= 1 && x.dim(-1) > 0)) check.fail_with("x ", x.str(), " must have a non-empty last dimension");
   const int64_t C = x.dim(-1), N = x.numel() / C;
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"dx", &dx}, {"dout", &dout}}) {
     check.like(name, *t, "x", x);
@@ -230,12 +228,12 @@ void CpuBackend::layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Te
   }
   check.like("mean", mean, "x", x);
   check.like("rstd", rstd, "x", x);
-  check.require(mean.numel() == N && rstd.numel() == N, "mean ", mean.str(), " and rstd ", rstd.str(),
-                " must hold ", N, " rows of x ", x.str());
+  if (!(mean.numel() == N && rstd.numel() == N))
+    check.fail_with("mean ", mean.str(), " and rstd ", rstd.str(), " must hold ", N, " rows of x ", x.str());
   dispatch(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    cpu::layernorm_backward(dx.data<T>(), dw.data<T>(), data_or_null<T>(db), dout.data<T>(), x.data<T>(),
-                            w.data<T>(), mean.data<T>(), rstd.data<T>(), N, C);
+    cpu::layernorm_backward(dx.data<T>(), dw.data<T>(), data_or_null<T>(db), dout.data<T>(), x.data<T>(), w.data<T>(),
+                            mean.data<T>(), rstd.data<T>(), N, C);
   });
 }
 
@@ -243,8 +241,8 @@ void CpuBackend::matmul_forward(Tensor& out, const Tensor& x, const Tensor& w, c
   const OpCheck check{"matmul_forward"};
   check.real("x", x);
   check.like("w", w, "x", x);
-  check.require(w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1), "w ", w.str(),
-                " must be [O, I] with I the last dimension of x ", x.str());
+  if (!(w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1)))
+    check.fail_with("w ", w.str(), " must be [O, I] with I the last dimension of x ", x.str());
   const int64_t O = w.dim(0), I = w.dim(1), N = I ? x.numel() / I : 0;
   check.like("out", out, "x", x);
   check.rows("out", out, N, O);
@@ -263,8 +261,8 @@ void CpuBackend::matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Te
   const OpCheck check{"matmul_backward"};
   check.real("x", x);
   check.like("w", w, "x", x);
-  check.require(w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1), "w ", w.str(),
-                " must be [O, I] with I the last dimension of x ", x.str());
+  if (!(w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1)))
+    check.fail_with("w ", w.str(), " must be [O, I] with I the last dimension of x ", x.str());
   const int64_t O = w.dim(0), I = w.dim(1), N = I ? x.numel() / I : 0;
   check.like("dout", dout, "x", x);
   check.rows("dout", dout, N, O);
@@ -280,8 +278,8 @@ void CpuBackend::matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Te
   }
   dispatch(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    cpu::matmul_backward(data_or_null<T>(dx), dw.data<T>(), data_or_null<T>(dbias), dout.data<T>(),
-                         x.data<T>(), w.data<T>(), N, I, O);
+    cpu::matmul_backward(data_or_null<T>(dx), dw.data<T>(), data_or_null<T>(dbias), dout.data<T>(), x.data<T>(),
+                         w.data<T>(), N, I, O);
   });
 }
 
@@ -309,15 +307,13 @@ void CpuBackend::gelu_backward(Tensor& dx, const Tensor& dout, const Tensor& x, 
   });
 }
 
-Shape CpuBackend::attention_saved_shape(const AttentionShape& s) const {
-  return {s.batch, s.heads, s.seq, s.seq};
-}
+Shape CpuBackend::attention_saved_shape(const AttentionShape& s) const { return {s.batch, s.heads, s.seq, s.seq}; }
 
 namespace {
 void check_attention_shape(const OpCheck& check, const AttentionShape& s) {
-  check.require(s.batch > 0 && s.seq > 0 && s.heads > 0 && s.qk_dim > 0 && s.v_dim > 0,
-                "attention shape batch=", s.batch, " seq=", s.seq, " heads=", s.heads, " qk_dim=", s.qk_dim,
-                " v_dim=", s.v_dim, " must be positive");
+  if (!(s.batch > 0 && s.seq > 0 && s.heads > 0 && s.qk_dim > 0 && s.v_dim > 0))
+    check.fail_with("attention shape batch=", s.batch, " seq=", s.seq, " heads=", s.heads, " qk_dim=", s.qk_dim,
+                    " v_dim=", s.v_dim, " must be positive");
 }
 cpu::AttentionDims attention_dims(const AttentionShape& s) {
   return {s.batch, s.seq, s.heads, s.qk_dim, s.v_dim, s.causal, s.scale};
@@ -363,18 +359,18 @@ void CpuBackend::cross_entropy(Tensor& losses, Tensor& dlogits, const Tensor& lo
                                int64_t vocab, double dloss, double label_smoothing) {
   const OpCheck check{"cross_entropy"};
   check.real("logits", logits);
-  check.require(logits.ndim() >= 1 && logits.dim(-1) > 0, "logits ", logits.str(), " must be [N, Vp]");
+  if (!(logits.ndim() >= 1 && logits.dim(-1) > 0)) check.fail_with("logits ", logits.str(), " must be [N, Vp]");
   const int64_t Vp = logits.dim(-1), N = logits.numel() / Vp;
-  check.require(vocab >= 1 && vocab <= Vp, "vocab ", vocab, " must be in [1, ", Vp, "] for logits ",
-                logits.str());
-  check.require(label_smoothing >= 0 && label_smoothing <= 1, "label smoothing ", label_smoothing,
-                " must be in [0, 1]");
+  if (!(vocab >= 1 && vocab <= Vp))
+    check.fail_with("vocab ", vocab, " must be in [1, ", Vp, "] for logits ", logits.str());
+  if (!(label_smoothing >= 0 && label_smoothing <= 1))
+    check.fail_with("label smoothing ", label_smoothing, " must be in [0, 1]");
   check.ints("targets", targets);
-  check.require(targets.numel() == N, "targets ", targets.str(), " must hold one target per row of logits ",
-                logits.str());
+  if (targets.numel() != N)
+    check.fail_with("targets ", targets.str(), " must hold one target per row of logits ", logits.str());
   check.real("losses", losses);
-  check.require(losses.numel() == N, "losses ", losses.str(), " must hold one loss per row of logits ",
-                logits.str());
+  if (losses.numel() != N)
+    check.fail_with("losses ", losses.str(), " must hold one loss per row of logits ", logits.str());
   if (dlogits.defined()) {
     check.like("dlogits", dlogits, "logits", logits);
     check.same_shape("dlogits", dlogits, "logits", logits);
@@ -384,8 +380,8 @@ void CpuBackend::cross_entropy(Tensor& losses, Tensor& dlogits, const Tensor& lo
     using T = decltype(logit_tag);
     dispatch(losses.dtype(), [&](auto loss_tag) {
       using L = decltype(loss_tag);
-      cpu::cross_entropy(losses.data<L>(), data_or_null<T>(dlogits), logits.data<T>(), targets.data<int32_t>(),
-                         N, Vp, vocab, dloss, label_smoothing);
+      cpu::cross_entropy(losses.data<L>(), data_or_null<T>(dlogits), logits.data<T>(), targets.data<int32_t>(), N, Vp,
+                         vocab, dloss, label_smoothing);
     });
   });
 }
@@ -405,10 +401,14 @@ namespace {
 template <typename Fn>
 void dispatch_grad(DType dtype, Fn&& fn) {
   switch (dtype) {
-    case DType::F64: return fn(cpu::Elem<DType::F64>{});
-    case DType::BF16: return fn(cpu::Elem<DType::BF16>{});
-    case DType::F16: return fn(cpu::Elem<DType::F16>{});
-    default: return fn(cpu::Elem<DType::F32>{});
+    case DType::F64:
+      return fn(cpu::Elem<DType::F64>{});
+    case DType::BF16:
+      return fn(cpu::Elem<DType::BF16>{});
+    case DType::F16:
+      return fn(cpu::Elem<DType::F16>{});
+    default:
+      return fn(cpu::Elem<DType::F32>{});
   }
 }
 }  // namespace
@@ -421,13 +421,13 @@ void CpuBackend::adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor&
   check.like("v", v, "param", param);
   check.floating("grad", grad);
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"m", &m}, {"v", &v}, {"grad", &grad}})
-    check.require(t->numel() == param.numel(), name, " ", t->str(), " must match param ", param.str());
+    if (t->numel() != param.numel()) check.fail_with(name, " ", t->str(), " must match param ", param.str());
   if (compute_copy.defined()) {
     check.floating("compute_copy", compute_copy);
-    check.require(compute_copy.numel() == param.numel(), "compute_copy ", compute_copy.str(),
-                  " must match param ", param.str());
+    if (compute_copy.numel() != param.numel())
+      check.fail_with("compute_copy ", compute_copy.str(), " must match param ", param.str());
   }
-  check.require(hp.step >= 1, "step ", hp.step, " must be >= 1 (bias correction is 1-based)");
+  if (!(hp.step >= 1)) check.fail_with("step ", hp.step, " must be >= 1 (bias correction is 1-based)");
   const cpu::AdamWStep step{hp.lr, hp.beta1, hp.beta2, hp.eps, hp.grad_scale, weight_decay, hp.step};
   dispatch(param.dtype(), [&](auto tag) {
     using T = decltype(tag);

@@ -33,10 +33,10 @@ class CpuBackend final : public Backend {
   void add_position_forward(Tensor& x, const Tensor& pos) override;
   void add_position_backward(Tensor& dpos, const Tensor& dx) override;
 
-  void layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
-                         const Tensor& b, double eps) override;
-  void layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x,
-                          const Tensor& w, const Tensor& mean, const Tensor& rstd) override;
+  void layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w, const Tensor& b,
+                         double eps) override;
+  void layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x, const Tensor& w,
+                          const Tensor& mean, const Tensor& rstd) override;
 
   void matmul_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) override;
   void matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Tensor& dout, const Tensor& x,
@@ -48,15 +48,15 @@ class CpuBackend final : public Backend {
   Shape attention_saved_shape(const AttentionShape& s) const override;
   DType attention_saved_dtype() const override { return DType::F32; }
   void attention_forward(Tensor& out, Tensor& saved, const Tensor& qkv, const AttentionShape& s) override;
-  void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& out,
-                          const Tensor& saved, const AttentionShape& s) override;
+  void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& out, const Tensor& saved,
+                          const AttentionShape& s) override;
 
-  void cross_entropy(Tensor& losses, Tensor& dlogits, const Tensor& logits, const Tensor& targets,
-                     int64_t vocab, double dloss, double label_smoothing) override;
+  void cross_entropy(Tensor& losses, Tensor& dlogits, const Tensor& logits, const Tensor& targets, int64_t vocab,
+                     double dloss, double label_smoothing) override;
 
   double sum_squares(const std::vector<Tensor>& tensors) override;
-  void adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy,
-                    const AdamWHyper& hp, double weight_decay) override;
+  void adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy, const AdamWHyper& hp,
+                    double weight_decay) override;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

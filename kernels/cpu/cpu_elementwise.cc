@@ -38,11 +38,16 @@ void convert_typed(void* dst, const void* src, int64_t n) {
 template <DType D>
 void convert_from(void* dst, const void* src, DType src_type, int64_t n) {
   switch (src_type) {
-    case DType::F32: return convert_typed<D, DType::F32>(dst, src, n);
-    case DType::F64: return convert_typed<D, DType::F64>(dst, src, n);
-    case DType::BF16: return convert_typed<D, DType::BF16>(dst, src, n);
-    case DType::F16: return convert_typed<D, DType::F16>(dst, src, n);
-    default: break;  // the backend admits float types only
+    case DType::F32:
+      return convert_typed<D, DType::F32>(dst, src, n);
+    case DType::F64:
+      return convert_typed<D, DType::F64>(dst, src, n);
+    case DType::BF16:
+      return convert_typed<D, DType::BF16>(dst, src, n);
+    case DType::F16:
+      return convert_typed<D, DType::F16>(dst, src, n);
+    default:
+      break;  // the backend admits float types only
   }
 }
 
@@ -75,21 +80,31 @@ double sum_squares_typed(const void* data, int64_t n) {
 
 void convert(void* dst, DType dst_type, const void* src, DType src_type, int64_t n) {
   switch (dst_type) {
-    case DType::F32: return convert_from<DType::F32>(dst, src, src_type, n);
-    case DType::F64: return convert_from<DType::F64>(dst, src, src_type, n);
-    case DType::BF16: return convert_from<DType::BF16>(dst, src, src_type, n);
-    case DType::F16: return convert_from<DType::F16>(dst, src, src_type, n);
-    default: break;
+    case DType::F32:
+      return convert_from<DType::F32>(dst, src, src_type, n);
+    case DType::F64:
+      return convert_from<DType::F64>(dst, src, src_type, n);
+    case DType::BF16:
+      return convert_from<DType::BF16>(dst, src, src_type, n);
+    case DType::F16:
+      return convert_from<DType::F16>(dst, src, src_type, n);
+    default:
+      break;
   }
 }
 
 double sum_squares(const void* x, DType type, int64_t n) {
   switch (type) {
-    case DType::F32: return sum_squares_typed<DType::F32>(x, n);
-    case DType::F64: return sum_squares_typed<DType::F64>(x, n);
-    case DType::BF16: return sum_squares_typed<DType::BF16>(x, n);
-    case DType::F16: return sum_squares_typed<DType::F16>(x, n);
-    default: return 0;
+    case DType::F32:
+      return sum_squares_typed<DType::F32>(x, n);
+    case DType::F64:
+      return sum_squares_typed<DType::F64>(x, n);
+    case DType::BF16:
+      return sum_squares_typed<DType::BF16>(x, n);
+    case DType::F16:
+      return sum_squares_typed<DType::F16>(x, n);
+    default:
+      return 0;
   }
 }
 
@@ -184,15 +199,15 @@ void gelu_backward(T* dx, const T* dout, const T* x, int64_t n, bool tanh_approx
   }
 }
 
-#define LOOM_INSTANTIATE(T)                                                                  \
-  template void add<T>(T*, const T*, const T*, int64_t);                                     \
-  template void accumulate<T>(T*, const T*, int64_t);                                        \
-  template void scale<T>(T*, double, int64_t);                                               \
-  template void embedding_forward<T>(T*, const int32_t*, const T*, int64_t, int64_t);        \
-  template void embedding_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t);       \
-  template void add_position_forward<T>(T*, const T*, int64_t, int64_t, int64_t);           \
-  template void add_position_backward<T>(T*, const T*, int64_t, int64_t, int64_t);          \
-  template void gelu_forward<T>(T*, const T*, int64_t, bool);                                \
+#define LOOM_INSTANTIATE(T)                                                            \
+  template void add<T>(T*, const T*, const T*, int64_t);                               \
+  template void accumulate<T>(T*, const T*, int64_t);                                  \
+  template void scale<T>(T*, double, int64_t);                                         \
+  template void embedding_forward<T>(T*, const int32_t*, const T*, int64_t, int64_t);  \
+  template void embedding_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t); \
+  template void add_position_forward<T>(T*, const T*, int64_t, int64_t, int64_t);      \
+  template void add_position_backward<T>(T*, const T*, int64_t, int64_t, int64_t);     \
+  template void gelu_forward<T>(T*, const T*, int64_t, bool);                          \
   template void gelu_backward<T>(T*, const T*, const T*, int64_t, bool);
 LOOM_INSTANTIATE(float)
 LOOM_INSTANTIATE(double)

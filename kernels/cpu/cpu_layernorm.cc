@@ -7,8 +7,7 @@
 namespace loom::cpu {
 
 template <typename T>
-void layernorm_forward(T* out, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C,
-                       double eps) {
+void layernorm_forward(T* out, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C, double eps) {
 #pragma omp parallel for schedule(static) if (N * C > kParallelMinWork)
   for (int64_t n = 0; n < N; ++n) {
     const T* xr = x + n * C;
@@ -37,8 +36,8 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* x, const T* w, const T
 // Two passes: rows in parallel for dx (row-local reductions), then column blocks in parallel for dw/db so
 // that each parameter gradient is summed over rows in ascending order by a single thread.
 template <typename T>
-void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T* w, const T* mean,
-                        const T* rstd, int64_t N, int64_t C) {
+void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T* w, const T* mean, const T* rstd,
+                        int64_t N, int64_t C) {
   const bool parallel = N * C > kParallelMinWork;
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t n = 0; n < N; ++n) {
@@ -75,8 +74,7 @@ void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T*
 
 #define LOOM_INSTANTIATE(T)                                                                               \
   template void layernorm_forward<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, double); \
-  template void layernorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t, \
-                                      int64_t);
+  template void layernorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t, int64_t);
 LOOM_INSTANTIATE(float)
 LOOM_INSTANTIATE(double)
 #undef LOOM_INSTANTIATE

@@ -9,11 +9,12 @@ namespace loom::cpu {
 // Per row: m = max_c z_c, S = Σ_c exp(z_c - m) (double), logsumexp = m + log S,
 //   loss = logsumexp - (1-ε)·z_target - (ε/vocab)·Σ_c z_c,
 //   dlogits_c = dloss·(exp(z_c - m)/S - ε/vocab - (1-ε)·[c = target]).
-// The loss is computed before dlogits is written, and each dlogits element is written only after the logit
-// at the same index was read, so dlogits may alias logits.
+// exp is evaluated once per logit: the second pass parks exp(z_c - m) in dlogits and the third rescales it.
+// Everything read from the logits (max, Σ z, z_target) is taken before the second pass writes, so dlogits
+// may alias logits.
 template <typename T, typename L>
-void cross_entropy(L* losses, T* dlogits, const T* logits, const int32_t* targets, int64_t N, int64_t Vp,
-                   int64_t vocab, double dloss, double label_smoothing) {
+void cross_entropy(L* losses, T* dlogits, const T* logits, const int32_t* targets, int64_t N, int64_t Vp, int64_t vocab,
+                   double dloss, double label_smoothing) {
   const double eps = label_smoothing;
   const double smooth = eps / static_cast<double>(vocab);
 #pragma omp parallel for schedule(static) if (N * Vp > kParallelMinWork)
@@ -28,25 +29,31 @@ void cross_entropy(L* losses, T* dlogits, const T* logits, const int32_t* target
       continue;
     }
     T m = z[0];
-    for (int64_t c = 1; c < vocab; ++c) m = std::max(m, z[c]);
-    double sum = 0, z_sum = 0;
+    double z_sum = 0;
     for (int64_t c = 0; c < vocab; ++c) {
-      sum += std::exp(z[c] - m);
+      m = std::max(m, z[c]);
       z_sum += z[c];
     }
-    const double lse = static_cast<double>(m) + std::log(sum);
-    losses[n] = static_cast<L>(lse - (1 - eps) * static_cast<double>(z[target]) - smooth * z_sum);
+    const double z_target = z[target];
+    double sum = 0;
+    if (d) {
+      for (int64_t c = 0; c < vocab; ++c) {
+        d[c] = std::exp(z[c] - m);
+        sum += d[c];
+      }
+    } else {
+      for (int64_t c = 0; c < vocab; ++c) sum += std::exp(z[c] - m);
+    }
+    losses[n] = static_cast<L>(static_cast<double>(m) + std::log(sum) - (1 - eps) * z_target - smooth * z_sum);
     if (!d) continue;
     const double inv_sum = 1.0 / sum;
-    for (int64_t c = 0; c < vocab; ++c) {
-      const double p = std::exp(z[c] - m) * inv_sum;
-      d[c] = static_cast<T>(dloss * (p - smooth - (c == target ? 1 - eps : 0.0)));
-    }
+    for (int64_t c = 0; c < vocab; ++c)
+      d[c] = static_cast<T>(dloss * (d[c] * inv_sum - smooth - (c == target ? 1 - eps : 0.0)));
     for (int64_t c = vocab; c < Vp; ++c) d[c] = T(0);
   }
 }
 
-#define LOOM_INSTANTIATE(T, L)                                                                        \
+#define LOOM_INSTANTIATE(T, L) \
   template void cross_entropy<T, L>(L*, T*, const T*, const int32_t*, int64_t, int64_t, int64_t, double, double);
 LOOM_INSTANTIATE(float, float)
 LOOM_INSTANTIATE(float, double)

@@ -13,8 +13,8 @@ void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t 
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
-void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, double alpha,
-          const double* A, int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+          int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
   cblas_dgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 }  // namespace
@@ -32,8 +32,7 @@ void matmul_forward(T* out, const T* x, const T* w, const T* bias, int64_t N, in
 }
 
 template <typename T>
-void matmul_backward(T* dx, T* dw, T* dbias, const T* dout, const T* x, const T* w, int64_t N, int64_t I,
-                     int64_t O) {
+void matmul_backward(T* dx, T* dw, T* dbias, const T* dout, const T* x, const T* w, int64_t N, int64_t I, int64_t O) {
   if (dx && N > 0 && I > 0) gemm(CblasNoTrans, CblasNoTrans, N, I, O, T(1), dout, O, w, I, T(0), dx, I);
   if (O > 0 && I > 0 && N > 0) gemm(CblasTrans, CblasNoTrans, O, I, N, T(1), dout, O, x, I, T(1), dw, I);
   if (dbias) {
@@ -47,8 +46,8 @@ void matmul_backward(T* dx, T* dw, T* dbias, const T* dout, const T* x, const T*
   }
 }
 
-#define LOOM_INSTANTIATE(T)                                                                            \
-  template void matmul_forward<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);        \
+#define LOOM_INSTANTIATE(T)                                                                     \
+  template void matmul_forward<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t); \
   template void matmul_backward<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);
 LOOM_INSTANTIATE(float)
 LOOM_INSTANTIATE(double)

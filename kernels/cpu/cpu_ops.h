@@ -92,13 +92,12 @@ void gelu_backward(T* dx, const T* dout, const T* x, int64_t n, bool tanh_approx
 // Per row: mean = Σx/C, var = Σ(x-mean)²/C (biased), rstd = 1/√(var+eps), out = (x-mean)·rstd·w + b.
 // Row statistics are accumulated in double. b may be null.
 template <typename T>
-void layernorm_forward(T* out, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C,
-                       double eps);
+void layernorm_forward(T* out, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C, double eps);
 // With x̂ = (x-mean)·rstd and g = dout·w:
 //   dx += rstd·(g - mean(g) - x̂·mean(g·x̂)),  dw += Σ_n dout·x̂,  db += Σ_n dout.   db may be null.
 template <typename T>
-void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T* w, const T* mean,
-                        const T* rstd, int64_t N, int64_t C);
+void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T* w, const T* mean, const T* rstd,
+                        int64_t N, int64_t C);
 
 // ---- linear layers through OpenBLAS (cpu_matmul.cc); w is [O, I] ----
 // out[N, O] = x[N, I]·wᵀ + bias[O]   (bias may be null)
@@ -106,8 +105,7 @@ template <typename T>
 void matmul_forward(T* out, const T* x, const T* w, const T* bias, int64_t N, int64_t I, int64_t O);
 // dx[N, I] = dout·w (skipped when dx is null), dw[O, I] += doutᵀ·x, dbias[O] += Σ_n dout (null skips).
 template <typename T>
-void matmul_backward(T* dx, T* dw, T* dbias, const T* dout, const T* x, const T* w, int64_t N, int64_t I,
-                     int64_t O);
+void matmul_backward(T* dx, T* dw, T* dbias, const T* dout, const T* x, const T* w, int64_t N, int64_t I, int64_t O);
 
 // ---- attention (cpu_attention.cc); layout as in kernels/backend.h (AttentionShape) ----
 struct AttentionDims {
@@ -130,8 +128,8 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, co
 //   0 for the padding columns c >= vocab; rows with target -1 get loss 0 and gradient 0.
 // L is the losses' storage type (float or double). dlogits may be null, or alias logits.
 template <typename T, typename L>
-void cross_entropy(L* losses, T* dlogits, const T* logits, const int32_t* targets, int64_t N, int64_t Vp,
-                   int64_t vocab, double dloss, double label_smoothing);
+void cross_entropy(L* losses, T* dlogits, const T* logits, const int32_t* targets, int64_t N, int64_t Vp, int64_t vocab,
+                   double dloss, double label_smoothing);
 
 // ---- optimizer (cpu_optimizer.cc) ----
 struct AdamWStep {

@@ -27,10 +27,10 @@ void adamw(T* param, T* m, T* v, const typename Elem<G>::type* grad, int64_t n, 
 
 #define LOOM_INSTANTIATE(T, G) \
   template void adamw<T, G>(T*, T*, T*, const typename Elem<G>::type*, int64_t, const AdamWStep&);
-#define LOOM_INSTANTIATE_ALL_GRADS(T)  \
-  LOOM_INSTANTIATE(T, DType::F32)      \
-  LOOM_INSTANTIATE(T, DType::F64)      \
-  LOOM_INSTANTIATE(T, DType::BF16)     \
+#define LOOM_INSTANTIATE_ALL_GRADS(T) \
+  LOOM_INSTANTIATE(T, DType::F32)     \
+  LOOM_INSTANTIATE(T, DType::F64)     \
+  LOOM_INSTANTIATE(T, DType::BF16)    \
   LOOM_INSTANTIATE(T, DType::F16)
 LOOM_INSTANTIATE_ALL_GRADS(float)
 LOOM_INSTANTIATE_ALL_GRADS(double)
