@@ -1,0 +1,80 @@
+// CudaBackend: the class behind make_cuda_backend() (internal to kernels/cuda; see cuda_backend.h for the
+// contract). Its methods are defined across cuda_backend.cu (validation, memory, elementwise, loss,
+// optimizer), cuda_matmul.cu and cuda_attention.cu.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <string>
+
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_gemm.cuh"
+
+namespace loom::cuda {
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device);
+  ~CudaBackend() override;
+
+  Device device() const override { return Device::cuda(device_); }
+  std::string name() const override { return name_; }
+  void synchronize() override;
+  // The stream all of this backend's work is queued on (for kernels added from other files).
+  cudaStream_t stream() const { return stream_; }
+
+  void zero(Tensor& x) override;
+  void add(Tensor& out, const Tensor& a, const Tensor& b) override;
+  void accumulate(Tensor& dst, const Tensor& src) override;
+  void scale(Tensor& x, double s) override;
+  void convert(Tensor& dst, const Tensor& src) override;
+
+  void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table) override;
+  void embedding_backward(Tensor& dtable, const Tensor& dout, const Tensor& ids) override;
+  void add_position_forward(Tensor& x, const Tensor& pos) override;
+  void add_position_backward(Tensor& dpos, const Tensor& dx) override;
+
+  void layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
+                         const Tensor& b, double eps) override;
+  void layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x,
+                          const Tensor& w, const Tensor& mean, const Tensor& rstd) override;
+
+  void matmul_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) override;
+  void matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Tensor& dout, const Tensor& x,
+                       const Tensor& w) override;
+
+  void gelu_forward(Tensor& out, const Tensor& x, GeluKind kind) override;
+  void gelu_backward(Tensor& dx, const Tensor& dout, const Tensor& x, GeluKind kind) override;
+
+  // The plain (materialised) attention saves the probabilities [B, H, T, T] in f32.
+  Shape attention_saved_shape(const AttentionShape& s) const override { return {s.batch, s.heads, s.seq, s.seq}; }
+  DType attention_saved_dtype() const override { return DType::F32; }
+  void attention_forward(Tensor& out, Tensor& saved, const Tensor& qkv, const AttentionShape& s) override;
+  void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& out,
+                          const Tensor& saved, const AttentionShape& s) override;
+
+  void cross_entropy(Tensor& losses, Tensor& dlogits, const Tensor& logits, const Tensor& targets,
+                     int64_t vocab, double dloss, double label_smoothing) override;
+
+  double sum_squares(const std::vector<Tensor>& tensors) override;
+  void adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy,
+                    const AdamWHyper& hp, double weight_decay) override;
+
+ private:
+  // Makes this backend's device current for the calling thread (allocations and launches go to it).
+  void activate() const;
+  void check_error_flag();
+
+  int device_ = 0;
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  int* error_flag_ = nullptr;        // device int, bits of ErrorBit
+  int* error_flag_host_ = nullptr;   // pinned copy read by synchronize()
+  std::unique_ptr<Gemm> gemm_;
+};
+
+// Installs the caching allocator and the copy function on first use, and tells the allocator that a backend
+// runs on `device` (cuda_allocator.cu).
+void install_cuda_memory_hooks(int device);
+
+}  // namespace loom::cuda

@@ -1,0 +1,193 @@
+// Elementwise kernels (add, accumulate, scale, convert, GELU, positions) and deterministic column sums.
+// All are grid-stride loops computing in f32; 64-bit indices so tensors over 2^31 elements work.
+#include "kernels/cuda/cuda_ops.cuh"
+
+namespace loom::cuda {
+
+namespace {
+constexpr int kThreads = 256;
+
+// out[i] = a[i] + b[i]   (out may alias a or b: each element is read before it is written, by one thread)
+template <typename T>
+__global__ void add_kernel(T* out, const T* a, const T* b, int64_t n) {
+  LOOM_GRID_STRIDE(i, n) out[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
+}
+
+// dst[i] += src[i]
+template <typename T>
+__global__ void accumulate_kernel(T* dst, const T* src, int64_t n) {
+  LOOM_GRID_STRIDE(i, n) dst[i] = from_f32<T>(to_f32(dst[i]) + to_f32(src[i]));
+}
+
+// x[i] *= s
+template <typename T>
+__global__ void scale_kernel(T* x, float s, int64_t n) {
+  LOOM_GRID_STRIDE(i, n) x[i] = from_f32<T>(to_f32(x[i]) * s);
+}
+
+// dst[i] = src[i], converted through f32 (round to nearest even into 16-bit formats)
+__global__ void convert_kernel(void* dst, Elem dst_elem, const void* src, Elem src_elem, int64_t n) {
+  LOOM_GRID_STRIDE(i, n) store_elem(dst, i, dst_elem, load_elem(src, i, src_elem));
+}
+
+constexpr float kSqrt2OverPi = 0.7978845608028654f;  // √(2/π)
+constexpr float kInvSqrt2 = 0.7071067811865476f;     // 1/√2
+constexpr float kInvSqrt2Pi = 0.3989422804014327f;   // 1/√(2π)
+
+// tanh form: gelu(x) = ½x(1 + tanh(u)), u = √(2/π)(x + 0.044715x³)   (GPT-2)
+// erf form:  gelu(x) = ½x(1 + erf(x/√2))                              (ViT/DeiT)
+template <typename T>
+__global__ void gelu_forward_kernel(T* out, const T* x, int64_t n, bool tanh_approx) {
+  LOOM_GRID_STRIDE(i, n) {
+    const float v = to_f32(x[i]);
+    const float y = tanh_approx ? 0.5f * v * (1.f + tanhf(kSqrt2OverPi * (v + 0.044715f * v * v * v)))
+                                : 0.5f * v * (1.f + erff(v * kInvSqrt2));
+    out[i] = from_f32<T>(y);
+  }
+}
+
+// tanh form: gelu'(x) = ½(1 + tanh u) + ½x(1 - tanh²u)·√(2/π)(1 + 3·0.044715x²)
+// erf form:  gelu'(x) = Φ(x) + x·φ(x) = ½(1 + erf(x/√2)) + x·exp(-x²/2)/√(2π)
+// dx = dout · gelu'(x)   (dx may alias dout)
+template <typename T>
+__global__ void gelu_backward_kernel(T* dx, const T* dout, const T* x, int64_t n, bool tanh_approx) {
+  LOOM_GRID_STRIDE(i, n) {
+    const float v = to_f32(x[i]);
+    float grad;
+    if (tanh_approx) {
+      const float th = tanhf(kSqrt2OverPi * (v + 0.044715f * v * v * v));
+      grad = 0.5f * (1.f + th) + 0.5f * v * (1.f - th * th) * kSqrt2OverPi * (1.f + 3.f * 0.044715f * v * v);
+    } else {
+      grad = 0.5f * (1.f + erff(v * kInvSqrt2)) + v * expf(-0.5f * v * v) * kInvSqrt2Pi;
+    }
+    dx[i] = from_f32<T>(to_f32(dout[i]) * grad);
+  }
+}
+
+// x[b, t, c] += pos[t, c]   (i runs over B·T·C; the position row is (i / C) mod T)
+template <typename T>
+__global__ void add_position_kernel(T* x, const T* pos, int64_t TC, int64_t n) {
+  LOOM_GRID_STRIDE(i, n) x[i] = from_f32<T>(to_f32(x[i]) + to_f32(pos[i % TC]));
+}
+
+// Column sums, stage 1: partials[p, j] = Σ_{r in rows of part p, ascending} src[r, j].
+// Grid (column blocks, parts); reads are coalesced along j.
+template <typename T>
+__global__ void column_partials_kernel(float* partials, const T* src, int64_t rows, int64_t width,
+                                       int64_t rows_per_part) {
+  const int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (j >= width) return;
+  const int64_t begin = blockIdx.y * rows_per_part, end = min(rows, begin + rows_per_part);
+  float sum = 0.f;
+  for (int64_t r = begin; r < end; ++r) sum += to_f32(src[r * width + j]);
+  partials[blockIdx.y * width + j] = sum;
+}
+
+// Column sums, stage 2: dst[j] += Σ_p partials[p, j]. A block covers 32 columns with blockDim.y part-lanes:
+// lane y sums parts p = y, y + blockDim.y, ... in ascending order, then the lane sums are added in lane
+// order, so the result is deterministic while thousands of parts are still read in parallel.
+template <typename T>
+__global__ void add_partials_kernel(T* dst, const float* partials, int64_t parts, int64_t width) {
+  __shared__ float lane_sums[32][33];  // [y][x], padded against bank conflicts
+  const int64_t j = blockIdx.x * int64_t{32} + threadIdx.x;
+  float sum = 0.f;
+  if (j < width)
+    for (int64_t p = threadIdx.y; p < parts; p += blockDim.y) sum += partials[p * width + j];
+  lane_sums[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < width) {
+    float total = 0.f;
+    for (unsigned y = 0; y < blockDim.y; ++y) total += lane_sums[y][threadIdx.x];
+    dst[j] = from_f32<T>(to_f32(dst[j]) + total);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void add(T* out, const T* a, const T* b, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  add_kernel<<<grid_for(n), kThreads, 0, stream>>>(out, a, b, n);
+  LOOM_CUDA_LAUNCHED("add_kernel");
+}
+
+template <typename T>
+void accumulate(T* dst, const T* src, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  accumulate_kernel<<<grid_for(n), kThreads, 0, stream>>>(dst, src, n);
+  LOOM_CUDA_LAUNCHED("accumulate_kernel");
+}
+
+template <typename T>
+void scale(T* x, float s, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  scale_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, s, n);
+  LOOM_CUDA_LAUNCHED("scale_kernel");
+}
+
+void convert(void* dst, Elem dst_elem, const void* src, Elem src_elem, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  convert_kernel<<<grid_for(n), kThreads, 0, stream>>>(dst, dst_elem, src, src_elem, n);
+  LOOM_CUDA_LAUNCHED("convert_kernel");
+}
+
+template <typename T>
+void gelu_forward(T* out, const T* x, int64_t n, bool tanh_approx, cudaStream_t stream) {
+  if (n == 0) return;
+  gelu_forward_kernel<<<grid_for(n), kThreads, 0, stream>>>(out, x, n, tanh_approx);
+  LOOM_CUDA_LAUNCHED("gelu_forward_kernel");
+}
+
+template <typename T>
+void gelu_backward(T* dx, const T* dout, const T* x, int64_t n, bool tanh_approx, cudaStream_t stream) {
+  if (n == 0) return;
+  gelu_backward_kernel<<<grid_for(n), kThreads, 0, stream>>>(dx, dout, x, n, tanh_approx);
+  LOOM_CUDA_LAUNCHED("gelu_backward_kernel");
+}
+
+template <typename T>
+void add_position_forward(T* x, const T* pos, int64_t B, int64_t Tn, int64_t C, cudaStream_t stream) {
+  const int64_t n = B * Tn * C;
+  if (n == 0) return;
+  add_position_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, pos, Tn * C, n);
+  LOOM_CUDA_LAUNCHED("add_position_kernel");
+}
+
+template <typename T>
+void add_partial_sums(T* dst, const float* partials, int64_t parts, int64_t width, cudaStream_t stream) {
+  if (width == 0) return;
+  const dim3 block(32, static_cast<unsigned>(std::clamp<int64_t>(parts, 1, 32)));
+  const auto blocks = static_cast<unsigned>((width + 31) / 32);
+  add_partials_kernel<<<blocks, block, 0, stream>>>(dst, partials, parts, width);
+  LOOM_CUDA_LAUNCHED("add_partials_kernel");
+}
+
+template <typename T>
+void add_column_sums(T* dst, const T* src, int64_t rows, int64_t width, cudaStream_t stream) {
+  if (width == 0 || rows == 0) return;
+  // Enough parts to fill the GPU when there are few columns, at most 64 so stage 2 stays short.
+  const int64_t column_blocks = (width + kThreads - 1) / kThreads;
+  const int64_t parts = std::clamp<int64_t>(std::min<int64_t>(rows / 8, 1024 / column_blocks), 1, 64);
+  const int64_t rows_per_part = (rows + parts - 1) / parts;
+  ScratchBuffer partials(static_cast<size_t>(parts * width) * sizeof(float));
+  column_partials_kernel<<<dim3(static_cast<unsigned>(column_blocks), static_cast<unsigned>(parts)), kThreads, 0,
+                           stream>>>(partials.as<float>(), src, rows, width, rows_per_part);
+  LOOM_CUDA_LAUNCHED("column_partials_kernel");
+  add_partial_sums(dst, partials.as<float>(), parts, width, stream);
+}
+
+#define LOOM_INSTANTIATE(T)                                                                              \
+  template void add<T>(T*, const T*, const T*, int64_t, cudaStream_t);                                   \
+  template void accumulate<T>(T*, const T*, int64_t, cudaStream_t);                                      \
+  template void scale<T>(T*, float, int64_t, cudaStream_t);                                              \
+  template void gelu_forward<T>(T*, const T*, int64_t, bool, cudaStream_t);                              \
+  template void gelu_backward<T>(T*, const T*, const T*, int64_t, bool, cudaStream_t);                   \
+  template void add_position_forward<T>(T*, const T*, int64_t, int64_t, int64_t, cudaStream_t);          \
+  template void add_column_sums<T>(T*, const T*, int64_t, int64_t, cudaStream_t);                        \
+  template void add_partial_sums<T>(T*, const float*, int64_t, int64_t, cudaStream_t);
+LOOM_INSTANTIATE(float)
+LOOM_INSTANTIATE(bf16)
+LOOM_INSTANTIATE(f16)
+#undef LOOM_INSTANTIATE
+
+}  // namespace loom::cuda

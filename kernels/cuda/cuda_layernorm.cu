@@ -1,0 +1,134 @@
+// Fused LayerNorm forward and backward over the last dimension (C) of N rows; statistics in f32.
+#include "kernels/cuda/cuda_ops.cuh"
+
+namespace loom::cuda {
+
+namespace {
+
+constexpr int kWarpsPerBlock = 4;
+
+// One warp per row, two passes over the row (the second hits L1/L2):
+//   mean = Σx/C,  var = Σ(x - mean)²/C (biased),  rstd = 1/√(var + eps),  out = (x - mean)·rstd·w + b
+// b may be null. mean and rstd are saved in f32 for the backward.
+template <typename T>
+__global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b,
+                                         int64_t N, int64_t C, float eps) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32;
+  if (row >= N) return;
+  const T* xr = x + row * C;
+  float sum = 0.f;
+  for (int64_t c = lane; c < C; c += 32) sum += to_f32(xr[c]);
+  const float m = warp_sum(sum) / static_cast<float>(C);
+  float sq = 0.f;
+  for (int64_t c = lane; c < C; c += 32) {
+    const float d = to_f32(xr[c]) - m;
+    sq += d * d;
+  }
+  const float r = rsqrtf(warp_sum(sq) / static_cast<float>(C) + eps);
+  T* outr = out + row * C;
+  for (int64_t c = lane; c < C; c += 32) {
+    const float y = (to_f32(xr[c]) - m) * r * to_f32(w[c]) + (b ? to_f32(b[c]) : 0.f);
+    outr[c] = from_f32<T>(y);
+  }
+  if (lane == 0) {
+    mean[row] = m;
+    rstd[row] = r;
+  }
+}
+
+// With x̂ = (x - mean)·rstd and g = dout·w, per row:
+//   dx += rstd·(g - mean_c(g) - x̂·mean_c(g·x̂))
+// and the parameter gradients dw = Σ_n dout·x̂, db = Σ_n dout, summed deterministically: each warp owns the
+// rows row ≡ warp (mod all warps of the grid), accumulating per-column sums in its own shared-memory slice
+// (each lane owns columns lane, lane+32, ...); at the end the block adds its warps' slices in warp order and
+// writes one partial row per block to dw_partials/db_partials [gridDim.x, C]; add_partial_sums finishes.
+template <typename T>
+__global__ void layernorm_backward_kernel(T* dx, float* dw_partials, float* db_partials, const T* dout,
+                                          const T* x, const T* w, const float* mean, const float* rstd, int64_t N,
+                                          int64_t C) {
+  extern __shared__ float shared[];  // [warps][2][C]: dw then db sums of each warp
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  float* dw_sum = shared + int64_t{warp} * 2 * C;
+  float* db_sum = dw_sum + C;
+  for (int64_t c = lane; c < C; c += 32) dw_sum[c] = db_sum[c] = 0.f;
+
+  const int64_t total_warps = int64_t{gridDim.x} * warps;
+  for (int64_t row = blockIdx.x * int64_t{warps} + warp; row < N; row += total_warps) {
+    const T* xr = x + row * C;
+    const T* dr = dout + row * C;
+    const float m = mean[row], r = rstd[row];
+    float sum_g = 0.f, sum_gx = 0.f;
+    for (int64_t c = lane; c < C; c += 32) {
+      const float g = to_f32(dr[c]) * to_f32(w[c]);
+      sum_g += g;
+      sum_gx += g * (to_f32(xr[c]) - m) * r;
+    }
+    const float mean_g = warp_sum(sum_g) / static_cast<float>(C);
+    const float mean_gx = warp_sum(sum_gx) / static_cast<float>(C);
+    T* dxr = dx + row * C;
+    for (int64_t c = lane; c < C; c += 32) {
+      const float d = to_f32(dr[c]);
+      const float xhat = (to_f32(xr[c]) - m) * r;
+      const float g = d * to_f32(w[c]);
+      dxr[c] = from_f32<T>(to_f32(dxr[c]) + r * (g - mean_g - xhat * mean_gx));
+      dw_sum[c] += d * xhat;
+      db_sum[c] += d;
+    }
+  }
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    float dw = 0.f, db = 0.f;
+    for (int k = 0; k < warps; ++k) {
+      dw += shared[int64_t{k} * 2 * C + c];
+      db += shared[int64_t{k} * 2 * C + C + c];
+    }
+    dw_partials[blockIdx.x * C + c] = dw;
+    db_partials[blockIdx.x * C + c] = db;
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C,
+                       float eps, cudaStream_t stream) {
+  if (N == 0) return;
+  constexpr int kRowsPerBlock = 8;
+  const auto blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
+  layernorm_forward_kernel<<<blocks, kRowsPerBlock * 32, 0, stream>>>(out, mean, rstd, x, w, b, N, C, eps);
+  LOOM_CUDA_LAUNCHED("layernorm_forward_kernel");
+}
+
+template <typename T>
+void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T* w, const float* mean,
+                        const float* rstd, int64_t N, int64_t C, cudaStream_t stream) {
+  if (N == 0) return;
+  // 512 blocks of 4 warps fill an H100 a few times over; fewer when N is small. Every block writes a partial
+  // row, so the second stage reads blocks·C floats.
+  const int64_t blocks = std::min<int64_t>(512, (N + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  const size_t shared_bytes = static_cast<size_t>(kWarpsPerBlock) * 2 * C * sizeof(float);
+  if (shared_bytes > 48 * 1024)
+    LOOM_CUDA_CALL(cudaFuncSetAttribute(layernorm_backward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(shared_bytes)));
+  ScratchBuffer partials(static_cast<size_t>(2 * blocks * C) * sizeof(float));
+  float* dw_partials = partials.as<float>();
+  float* db_partials = dw_partials + blocks * C;
+  layernorm_backward_kernel<<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, shared_bytes, stream>>>(
+      dx, dw_partials, db_partials, dout, x, w, mean, rstd, N, C);
+  LOOM_CUDA_LAUNCHED("layernorm_backward_kernel");
+  add_partial_sums(dw, dw_partials, blocks, C, stream);
+  if (db) add_partial_sums(db, db_partials, blocks, C, stream);
+}
+
+#define LOOM_INSTANTIATE(T)                                                                                     \
+  template void layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*, int64_t, int64_t, float, \
+                                     cudaStream_t);                                                            \
+  template void layernorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const float*, const float*,     \
+                                      int64_t, int64_t, cudaStream_t);
+LOOM_INSTANTIATE(float)
+LOOM_INSTANTIATE(bf16)
+LOOM_INSTANTIATE(f16)
+#undef LOOM_INSTANTIATE
+
+}  // namespace loom::cuda

@@ -1,0 +1,103 @@
+// Launchers for the CUDA backend's kernels (internal to kernels/cuda). Each takes raw device pointers that
+// CudaBackend has already validated, queues its kernel(s) on `stream` and checks the launch. T is float, bf16
+// or f16 (explicitly instantiated for exactly these three in the .cu files). Kernels compute in f32.
+// "+=" means the launcher accumulates into its output, "=" that it overwrites it.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cuda/cuda_common.cuh"
+
+namespace loom::cuda {
+
+// A temporary device buffer from the caching allocator (on the current device), returned to the cache when
+// it goes out of scope. Reuse is stream-ordered: later work on the same stream runs after the kernels that
+// used it, so a launcher may return (and free its scratch) while its kernels are still queued.
+class ScratchBuffer {
+ public:
+  explicit ScratchBuffer(size_t bytes);
+  ~ScratchBuffer();
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+  template <typename U>
+  U* as() const { return static_cast<U*>(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+  int device_ = 0;
+};
+
+// ---- elementwise (cuda_elementwise.cu) ----
+template <typename T> void add(T* out, const T* a, const T* b, int64_t n, cudaStream_t stream);
+template <typename T> void accumulate(T* dst, const T* src, int64_t n, cudaStream_t stream);
+template <typename T> void scale(T* x, float s, int64_t n, cudaStream_t stream);
+void convert(void* dst, Elem dst_elem, const void* src, Elem src_elem, int64_t n, cudaStream_t stream);
+template <typename T> void gelu_forward(T* out, const T* x, int64_t n, bool tanh_approx, cudaStream_t stream);
+template <typename T>
+void gelu_backward(T* dx, const T* dout, const T* x, int64_t n, bool tanh_approx, cudaStream_t stream);
+template <typename T>
+void add_position_forward(T* x, const T* pos, int64_t B, int64_t Tn, int64_t C, cudaStream_t stream);
+// dst[j] += Σ_{r < rows} src[r·width + j] for j < width, deterministic (fixed-order two-stage sum).
+template <typename T>
+void add_column_sums(T* dst, const T* src, int64_t rows, int64_t width, cudaStream_t stream);
+// dst[j] += Σ_{p < parts} partials[p·width + j], p ascending (the second stage of column sums).
+template <typename T>
+void add_partial_sums(T* dst, const float* partials, int64_t parts, int64_t width, cudaStream_t stream);
+
+// ---- embeddings (cuda_embedding.cu); bad ids set kBadEmbeddingId in *error_flag and are skipped ----
+template <typename T>
+void embedding_forward(T* out, const int32_t* ids, const T* table, int64_t N, int64_t V, int64_t C,
+                       int* error_flag, cudaStream_t stream);
+template <typename T>
+void embedding_backward(T* dtable, const T* dout, const int32_t* ids, int64_t N, int64_t V, int64_t C,
+                        int* error_flag, cudaStream_t stream);
+
+// ---- LayerNorm (cuda_layernorm.cu) ----
+template <typename T>
+void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int64_t N,
+                       int64_t C, float eps, cudaStream_t stream);
+template <typename T>
+void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T* w, const float* mean,
+                        const float* rstd, int64_t N, int64_t C, cudaStream_t stream);
+
+// ---- loss (cuda_loss.cu); bad targets set kBadTarget and are treated as ignored ----
+template <typename T>
+void cross_entropy(float* losses, T* dlogits, const T* logits, const int32_t* targets, int64_t N, int64_t Vp,
+                   int64_t vocab, float dloss, float label_smoothing, int* error_flag, cudaStream_t stream);
+
+// ---- attention helpers (cuda_attention_kernels.cu) ----
+// dst[b, h, t, :] = src[b, t, offset + h·D : offset + (h+1)·D] for src rows of width W.
+template <typename T>
+void gather_heads(T* dst, const T* src, int64_t B, int64_t Tn, int64_t H, int64_t D, int64_t W, int64_t offset,
+                  cudaStream_t stream);
+// The inverse: dst[b, t, offset + h·D + d] = src[b, h, t, d] (other columns of dst untouched).
+template <typename T>
+void scatter_heads(T* dst, const T* src, int64_t B, int64_t Tn, int64_t H, int64_t D, int64_t W,
+                   int64_t offset, cudaStream_t stream);
+// In place over rows × Tn scores (row r is query t = r mod Tn): P = softmax(s) with entries j > t masked
+// when causal (set to exactly 0). Also writes P in T to `probs_copy` unless it is null.
+template <typename T>
+void softmax_forward(float* scores, T* probs_copy, int64_t rows, int64_t Tn, bool causal, cudaStream_t stream);
+// dS = P ⊙ (dP − rowsum(P ⊙ dP)) written in T; converts P to T in `probs_copy` unless it is null.
+template <typename T>
+void softmax_backward(T* dscores, T* probs_copy, const float* probs, const float* dprobs, int64_t rows,
+                      int64_t Tn, cudaStream_t stream);
+
+// ---- optimizer (cuda_optimizer.cu) ----
+struct SumSquaresInput {
+  const void* data;
+  Elem elem;
+  int64_t n;
+};
+// Σ x² over all inputs: f32 per-block partials, final sum in double; blocks the host until done.
+double sum_squares(const std::vector<SumSquaresInput>& inputs, cudaStream_t stream);
+struct AdamWArgs {
+  float lr, beta1, beta2, eps, grad_scale, weight_decay;
+  float bias_correction1, bias_correction2;  // 1 - β1^step, 1 - β2^step
+};
+// One fused pass; compute_copy may be null (then copy_elem is ignored).
+void adamw(float* param, float* m, float* v, const void* grad, Elem grad_elem, void* compute_copy,
+           Elem copy_elem, int64_t n, const AdamWArgs& args, cudaStream_t stream);
+
+}  // namespace loom::cuda
