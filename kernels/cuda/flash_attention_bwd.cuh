@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads) flash_bwd_kernel(const P
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int qi = n * 8 + 2 * t4 + (e & 1);
-        float pv = exp2f(s[n][e] * p.scale_log2 - lse[qi]);
+        float pv = fast_exp2(s[n][e] * p.scale_log2 - lse[qi]);
         if (need_mask) {
           const int key = key0 + 8 * (e >> 1);
           if (key >= T_ || (p.causal && key > q0 + qi)) pv = 0.f;
@@ -344,7 +344,7 @@ __global__ void __launch_bounds__(DqTile<D>::kThreads) flash_bwd_dq_kernel(const
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e >> 1;
-        float pv = exp2f(s[n][e] * p.scale_log2 - lse2[r]);
+        float pv = fast_exp2(s[n][e] * p.scale_log2 - lse2[r]);
         if (need_mask) {
           const int key = k0 + n * 8 + 2 * t4 + (e & 1);
           if (key >= T_ || (p.causal && key > row0 + 8 * r)) pv = 0.f;

@@ -31,6 +31,14 @@ __device__ __forceinline__ int swz(int row, int chunk) {
   return row * width + ((chunk ^ (row & 7)) << 3);
 }
 
+// 2^x on the special-function unit (flush-to-zero; 2^-inf = 0). Plain exp2f adds range fix-ups we don't need:
+// arguments are ≤ 0 (scores minus a running max or the logsumexp).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }

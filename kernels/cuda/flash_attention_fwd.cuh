@@ -109,13 +109,13 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) flash_fwd_kernel(const P
       for (int n = 0; n < kBc / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
       mx = quad_max(mx);
       const float base = mx == -INFINITY ? 0.f : mx;  // a row with nothing visible yet stays all-zero
-      const float alpha = exp2f(m[r] - base);
+      const float alpha = fast_exp2(m[r] - base);
       m[r] = mx;
       float sum = 0.f;
 #pragma unroll
       for (int n = 0; n < kBc / 8; ++n) {
-        s[n][2 * r] = exp2f(s[n][2 * r] - base);
-        s[n][2 * r + 1] = exp2f(s[n][2 * r + 1] - base);
+        s[n][2 * r] = fast_exp2(s[n][2 * r] - base);
+        s[n][2 * r + 1] = fast_exp2(s[n][2 * r + 1] - base);
         sum += s[n][2 * r] + s[n][2 * r + 1];
       }
       l[r] = l[r] * alpha + sum;  // per-thread partial sum; the quad reduces it once at the end
