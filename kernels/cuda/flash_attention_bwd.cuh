@@ -6,11 +6,10 @@
 //   dP_ij = dO_i · v_j,   dS_ij = p_ij (dP_ij - D_i)
 //   dK_j  = scale · Σ_i dS_ij q_i,   dQ_i = scale · Σ_j dS_ij k_j
 //
-// flash_bwd_kernel: a block owns kBc = 16·kWarps keys of one (batch, head) and walks the query blocks (from
-// the diagonal when causal), keeping dK and dV for its keys in registers. Each warp owns 16 keys and computes
-// the transposed products Sᵀ = K Qᵀ and dPᵀ = V dOᵀ, so Pᵀ and dSᵀ are already A operands for dV += Pᵀ dO and
-// dK += dSᵀ Q. dSᵀ goes through shared memory so that the warps, now split by query rows, can form
-// dQ_i += dS K and add it into a float32 accumulator with atomics (or skip it: deterministic mode).
+// flash_bwd_kernel: a block owns kBc keys of one (batch, head) and walks the query blocks (from the diagonal
+// when causal), keeping dK and dV for its keys in registers. Per query block: S = Q Kᵀ and dP = dO Vᵀ, then
+// P and dS go to shared memory so that other warp tilings can form dV += Pᵀ dO, dK += dSᵀ Q and
+// dQ_i += dS K; dQ is added into a float32 accumulator with atomics (or skipped: deterministic mode).
 // Q, dO, lse and D of the next query block load with cp.async while the current one is used.
 //
 // flash_bwd_dq_kernel (deterministic mode): a block owns kBr query rows (warps split by rows, as in the
@@ -59,13 +58,15 @@ __global__ void flash_bwd_dq_convert_kernel(const Params<T> p, int64_t n_pairs) 
 
 template <int D>
 struct BwdTile {
-  // Query blocks of 32 rows at D = 128 keep Sᵀ and dPᵀ small enough that dK and dV (128 floats a thread) stay
-  // in registers without spilling.
-  static constexpr int kWarps = 4, kThreads = kWarps * 32, kBc = 16 * kWarps, kBr = D == 128 ? 32 : 64;
-  // dQ = dS K: warps split into kBr/16 row groups x (kWarps / row groups) column groups.
-  static constexpr int kRowGroups = kBr / 16, kColGroups = kWarps / kRowGroups, kDqCols = D / kColGroups;
-  // K, V; 2 stages of Q and dO; dSᵀ; 2 stages of lse and D.
-  static constexpr int kSmemBytes = (2 * kBc * D + 4 * kBr * D + kBc * kBr) * 2 + 4 * kBr * 4;
+  // FlashAttention-2's split for the backward: a block owns kBc = 128 keys and walks query blocks of kBr = 64.
+  // Three warp layouts over the 8 warps, each with 32-row warp tiles so every fragment loaded from shared
+  // memory feeds two tensor-core tiles:
+  //   S, dP   (kBr x kBc):  2 (queries) x 4 (keys) warps, tiles 32 x 32
+  //   dV, dK  (kBc x D):    4 (keys) x 2 (head dim) warps, tiles 32 x D/2 — accumulated in registers
+  //   dQ      (kBr x D):    2 (queries) x 4 (head dim) warps, tiles 32 x D/4 — added to f32 with atomics
+  static constexpr int kWarps = 8, kThreads = kWarps * 32, kBc = 128, kBr = 64;
+  // K, V; 2 stages of Q and dO; P and dS ([kBr][kBc] each); 2 stages of lse and D.
+  static constexpr int kSmemBytes = (2 * kBc * D + 4 * kBr * D + 2 * kBr * kBc) * 2 + 4 * kBr * 4;
 };
 
 // Loads Q, dO (cp.async) and lse·log2(e), D (plain loads into shared memory) of query block q0. Rows past T
@@ -87,14 +88,15 @@ template <typename T, int D>
 __global__ void __launch_bounds__(BwdTile<D>::kThreads) flash_bwd_kernel(const Params<T> p) {
   using Tile = BwdTile<D>;
   constexpr int kBr = Tile::kBr, kBc = Tile::kBc, kThreads = Tile::kThreads;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + kBc * D;
   T* sQ = sV + kBc * D;        // [2][kBr * D]
   T* sdO = sQ + 2 * kBr * D;   // [2][kBr * D]
-  T* sdS = sdO + 2 * kBr * D;  // dSᵀ [kBc][kBr]
-  float* sLse = reinterpret_cast<float*>(sdS + kBc * kBr);  // [2][kBr]
-  float* sDsum = sLse + 2 * kBr;                           // [2][kBr]
+  T* sP = sdO + 2 * kBr * D;   // P  [kBr][kBc]
+  T* sdS = sP + kBr * kBc;     // dS [kBr][kBc]
+  float* sLse = reinterpret_cast<float*>(sdS + kBr * kBc);  // [2][kBr]
+  float* sDsum = sLse + 2 * kBr;                            // [2][kBr]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const int h = blockIdx.y, b = blockIdx.z, T_ = p.seq;
@@ -114,145 +116,177 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads) flash_bwd_kernel(const P
   load_q_block<T, D, kBr, kThreads>(p, sQ, sdO, sLse, sDsum, qbase, dobase, lse_row, dsum_row, qb_begin * kBr, tid);
   cp_async_commit();
 
-  float dk[D / 8][4], dv[D / 8][4];
+  // Warp tiles of the three layouts (see BwdTile).
+  const int sq = (warp / 4) * 32, sk = (warp % 4) * 32;        // S, dP: query rows, keys
+  const int vk = (warp / 2) * 32, vd = (warp % 2) * (D / 2);   // dV, dK: keys, head-dim columns
+  const int qq = (warp / 4) * 32, qd = (warp % 4) * (D / 4);   // dQ: query rows, head-dim columns
+  // This lane's fragment addresses at kk = np = m = 0 (tile_step moves them); Q and dO add the stage offset.
+  const uint32_t a_q0 = tile_addr<D>(sQ, sq + lane % 16, lane / 16);                      // S/dP: A rows
+  const uint32_t b_kv0 = tile_addr<D>(sK, sk + lane % 8 + (lane / 16) * 8, (lane / 8) % 2);  // S/dP: B rows
+  const uint32_t a_p0 = tile_addr<kBc>(sP, lane % 8 + (lane / 16) * 8, vk / 8 + (lane / 8) % 2);  // dV/dK: A
+  const uint32_t b_o0 = tile_addr<D>(sQ, lane % 16, vd / 8 + lane / 16);                   // dV/dK: B
+  const uint32_t a_ds0 = tile_addr<kBc>(sdS, qq + lane % 16, lane / 16);                  // dQ: A
+  const uint32_t b_k0 = tile_addr<D>(sK, lane % 16, qd / 8 + lane / 16);                  // dQ: B
+  constexpr uint32_t kQdO = 2 * kBr * D * 2, kStage = kBr * D * 2, kKV = kBc * D * 2, kPdS = kBr * kBc * 2;
+
+  float dk[2][D / 16][4], dv[2][D / 16][4];
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n)
+  for (int m = 0; m < 2; ++m)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
-  const int key0 = k0 + warp * 16 + g;  // this thread's keys: key0 and key0 + 8
+    for (int n = 0; n < D / 16; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dk[m][n][e] = dv[m][n][e] = 0.f;
 
   for (int qb = qb_begin; qb < qb_end; ++qb) {
     const int st = (qb - qb_begin) & 1, q0 = qb * kBr;
     cp_async_wait<0>();
-    __syncthreads();  // block qb visible; everyone is done with block qb-1 (its buffers and dSᵀ)
+    __syncthreads();  // block qb visible; everyone is done with block qb-1 (its buffers, P and dS)
     if (qb + 1 < qb_end)
       load_q_block<T, D, kBr, kThreads>(p, sQ + (st ^ 1) * kBr * D, sdO + (st ^ 1) * kBr * D, sLse + (st ^ 1) * kBr,
                                         sDsum + (st ^ 1) * kBr, qbase, dobase, lse_row, dsum_row, q0 + kBr, tid);
     cp_async_commit();
-    const T* Q = sQ + st * kBr * D;
-    const T* dO = sdO + st * kBr * D;
     const float* lse = sLse + st * kBr;
     const float* dsum = sDsum + st * kBr;
+    const uint32_t a_q = opaque(a_q0) + st * kStage, b_kv = opaque(b_kv0), a_p = opaque(a_p0);
+    const uint32_t b_o = opaque(b_o0) + st * kStage, a_ds = opaque(a_ds0), b_k = opaque(b_k0);
 
-    // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ, 16 keys x kBr queries per warp.
-    float s[kBr / 8][4], dp[kBr / 8][4];
+    // S = Q Kᵀ and dP = dO Vᵀ on this warp's 32 x 32 tile.
+    float s[2][4][4], dp[2][4][4];
 #pragma unroll
-    for (int n = 0; n < kBr / 8; ++n)
+    for (int m = 0; m < 2; ++m)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[m][n][e] = dp[m][n][e] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t ak[4], av[4];
-      ldsm_x4(ak, sK + swz<D>(warp * 16 + lane % 16, 2 * kk + lane / 16));
-      ldsm_x4(av, sV + swz<D>(warp * 16 + lane % 16, 2 * kk + lane / 16));
+      uint32_t aq[2][4], ao[2][4];
 #pragma unroll
-      for (int np = 0; np < kBr / 16; ++np) {
-        uint32_t bq[4], bo[4];
-        const int r = np * 16 + lane % 8 + (lane / 16) * 8, c = 2 * kk + (lane / 8) % 2;
-        ldsm_x4(bq, Q + swz<D>(r, c));
-        ldsm_x4(bo, dO + swz<D>(r, c));
-        MmaOp<T>::run(s[2 * np], ak, bq[0], bq[1]);
-        MmaOp<T>::run(s[2 * np + 1], ak, bq[2], bq[3]);
-        MmaOp<T>::run(dp[2 * np], av, bo[0], bo[1]);
-        MmaOp<T>::run(dp[2 * np + 1], av, bo[2], bo[3]);
+      for (int m = 0; m < 2; ++m) {
+        const uint32_t a = tile_step<D>(a_q, m * 16, 2 * kk);
+        ldsm_x4(aq[m], a);
+        ldsm_x4(ao[m], a + kQdO);
+      }
+#pragma unroll
+      for (int np = 0; np < 2; ++np) {
+        uint32_t bk[4], bv[4];
+        const uint32_t a = tile_step<D>(b_kv, np * 16, 2 * kk);
+        ldsm_x4(bk, a);
+        ldsm_x4(bv, a + kKV);
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          MmaOp<T>::run(s[m][2 * np], aq[m], bk[0], bk[1]);
+          MmaOp<T>::run(s[m][2 * np + 1], aq[m], bk[2], bk[3]);
+          MmaOp<T>::run(dp[m][2 * np], ao[m], bv[0], bv[1]);
+          MmaOp<T>::run(dp[m][2 * np + 1], ao[m], bv[2], bv[3]);
+        }
       }
     }
 
-    // Pᵀ = 2^(s·scale·log2e - lse·log2e), masked; dSᵀ = Pᵀ ∘ (dPᵀ - D) (scale applied at the end).
-    const bool need_mask = k0 + kBc > T_ || (p.causal && k0 + warp * 16 + 15 > q0);
+    // P = 2^(s·scale·log2e - lse·log2e), masked; dS = P ∘ (dP - D) (scale applied at the end). Both to shared
+    // memory, [query][key], for the transposed products below.
+    const bool need_mask = k0 + kBc > T_ || (p.causal && k0 + sk + 31 > q0 + sq);
 #pragma unroll
-    for (int n = 0; n < kBr / 8; ++n)
+    for (int m = 0; m < 2; ++m)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int qi = n * 8 + 2 * t4 + (e & 1);
-        float pv = fast_exp2(s[n][e] * p.scale_log2 - lse[qi]);
-        if (need_mask) {
-          const int key = key0 + 8 * (e >> 1);
-          if (key >= T_ || (p.causal && key > q0 + qi)) pv = 0.f;
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int qi = sq + m * 16 + g + 8 * r, kc = sk + n * 8 + 2 * t4;
+          float pv[2], ds[2];
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            pv[c] = fast_exp2(s[m][n][2 * r + c] * p.scale_log2 - lse[qi]);
+            if (need_mask) {
+              const int key = k0 + kc + c;
+              if (key >= T_ || (p.causal && key > q0 + qi)) pv[c] = 0.f;
+            }
+            ds[c] = pv[c] * (dp[m][n][2 * r + c] - dsum[qi]);
+          }
+          *reinterpret_cast<uint32_t*>(sP + swz<kBc>(qi, kc / 8) + 2 * t4) = MmaOp<T>::pack(pv[0], pv[1]);
+          *reinterpret_cast<uint32_t*>(sdS + swz<kBc>(qi, kc / 8) + 2 * t4) = MmaOp<T>::pack(ds[0], ds[1]);
         }
-        s[n][e] = pv;
-        dp[n][e] = pv * (dp[n][e] - dsum[qi]);
-      }
+    __syncthreads();  // P and dS complete
 
-    // dSᵀ to shared memory for the dQ product.
-    if (p.dq_accum != nullptr)
-#pragma unroll
-    for (int n = 0; n < kBr / 8; ++n)
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int kr = warp * 16 + g + 8 * r;
-        *reinterpret_cast<uint32_t*>(sdS + swz<kBr>(kr, n) + 2 * t4) = MmaOp<T>::pack(dp[n][2 * r], dp[n][2 * r + 1]);
-      }
-
-    // dV += Pᵀ dO and dK += dSᵀ Q (k runs over the kBr queries).
+    // dV += Pᵀ dO and dK += dSᵀ Q on this warp's 32 keys x D/2 columns (k runs over the kBr queries).
 #pragma unroll
     for (int kk = 0; kk < kBr / 16; ++kk) {
-      uint32_t ap[4], ads[4];
-      acc_to_a<T>(ap, s[2 * kk], s[2 * kk + 1]);
-      acc_to_a<T>(ads, dp[2 * kk], dp[2 * kk + 1]);
+      uint32_t ap[2][4], ads[2][4];
 #pragma unroll
-      for (int np = 0; np < D / 16; ++np) {
+      for (int m = 0; m < 2; ++m) {
+        const uint32_t a = tile_step<kBc>(a_p, kk * 16, 2 * m);
+        ldsm_x4_t(ap[m], a);
+        ldsm_x4_t(ads[m], a + kPdS);
+      }
+#pragma unroll
+      for (int np = 0; np < D / 32; ++np) {
         uint32_t bo[4], bq[4];
-        ldsm_x4_t(bo, dO + swz<D>(kk * 16 + lane % 16, 2 * np + lane / 16));
-        ldsm_x4_t(bq, Q + swz<D>(kk * 16 + lane % 16, 2 * np + lane / 16));
-        MmaOp<T>::run(dv[2 * np], ap, bo[0], bo[1]);
-        MmaOp<T>::run(dv[2 * np + 1], ap, bo[2], bo[3]);
-        MmaOp<T>::run(dk[2 * np], ads, bq[0], bq[1]);
-        MmaOp<T>::run(dk[2 * np + 1], ads, bq[2], bq[3]);
+        const uint32_t a = tile_step<D>(b_o, kk * 16, 2 * np);
+        ldsm_x4_t(bo, a + kQdO);
+        ldsm_x4_t(bq, a);
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          MmaOp<T>::run(dv[m][2 * np], ap[m], bo[0], bo[1]);
+          MmaOp<T>::run(dv[m][2 * np + 1], ap[m], bo[2], bo[3]);
+          MmaOp<T>::run(dk[m][2 * np], ads[m], bq[0], bq[1]);
+          MmaOp<T>::run(dk[m][2 * np + 1], ads[m], bq[2], bq[3]);
+        }
       }
     }
 
     if (p.dq_accum != nullptr) {
-      __syncthreads();  // dSᵀ complete
-      // dQ rows q0 + 16·rg + [0, 16), columns cg·kDqCols + [0, kDqCols) += dS K, 64 columns at a time, added
-      // into the f32 accumulator.
-      static_assert(Tile::kRowGroups * Tile::kColGroups == Tile::kWarps && Tile::kDqCols % 64 == 0, "dQ split");
-      const int rg = warp % Tile::kRowGroups, cg = warp / Tile::kRowGroups;
-      const int qrow = q0 + rg * 16 + g;
+      // dQ += dS K on this warp's 32 query rows x D/4 columns, added into the f32 accumulator.
+      float acc[2][D / 32][4];
 #pragma unroll
-      for (int dc = cg * Tile::kDqCols / 64; dc < (cg + 1) * Tile::kDqCols / 64; ++dc) {
-        float acc[8][4];
+      for (int m = 0; m < 2; ++m)
 #pragma unroll
-        for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+        for (int n = 0; n < D / 32; ++n) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.f;
 #pragma unroll
-        for (int kk = 0; kk < kBc / 16; ++kk) {
-          uint32_t a[4];
-          ldsm_x4_t(a, sdS + swz<kBr>(kk * 16 + lane % 8 + (lane / 16) * 8, 2 * rg + (lane / 8) % 2));
+      for (int kk = 0; kk < kBc / 16; ++kk) {
+        uint32_t a[2][4];
 #pragma unroll
-          for (int np = 0; np < 4; ++np) {
-            uint32_t bk[4];
-            ldsm_x4_t(bk, sK + swz<D>(kk * 16 + lane % 16, 8 * dc + 2 * np + lane / 16));
-            MmaOp<T>::run(acc[2 * np], a, bk[0], bk[1]);
-            MmaOp<T>::run(acc[2 * np + 1], a, bk[2], bk[3]);
-          }
-        }
+        for (int m = 0; m < 2; ++m) ldsm_x4(a[m], tile_step<kBc>(a_ds, m * 16, 2 * kk));
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int row = qrow + 8 * r;
-          if (row < T_) {
-            float* dst = p.dq_accum + ((int64_t(b) * T_ + row) * p.heads + h) * D + dc * 64 + 2 * t4;
+        for (int np = 0; np < D / 64; ++np) {
+          uint32_t bk[4];
+          ldsm_x4_t(bk, tile_step<D>(b_k, kk * 16, 2 * np));
 #pragma unroll
-            for (int n = 0; n < 8; ++n) atomicAdd(reinterpret_cast<float2*>(dst + n * 8), make_float2(acc[n][2 * r], acc[n][2 * r + 1]));
+          for (int m = 0; m < 2; ++m) {
+            MmaOp<T>::run(acc[m][2 * np], a[m], bk[0], bk[1]);
+            MmaOp<T>::run(acc[m][2 * np + 1], a[m], bk[2], bk[3]);
           }
         }
       }
+#pragma unroll
+      for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = q0 + qq + m * 16 + g + 8 * r;
+          if (row >= T_) continue;
+          float* dst = p.dq_accum + ((int64_t(b) * T_ + row) * p.heads + h) * D + qd + 2 * t4;
+#pragma unroll
+          for (int n = 0; n < D / 32; ++n)
+            atomicAdd(reinterpret_cast<float2*>(dst + n * 8), make_float2(acc[m][n][2 * r], acc[m][n][2 * r + 1]));
+        }
     }
   }
   cp_async_wait<0>();
 
   // Epilogue: dK = scale · Σ dSᵀ Q and dV to dqkv, keys < T.
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = key0 + 8 * r;
-    if (key >= T_) continue;
-    T* dkrow = p.dqkv + (int64_t(b) * T_ + key) * p.qkv_stride + int64_t(p.heads + h) * D;
-    T* dvrow = dkrow + int64_t(p.heads) * D;
+  for (int m = 0; m < 2; ++m)
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<uint32_t*>(dkrow + n * 8 + 2 * t4) = MmaOp<T>::pack(dk[n][2 * r] * p.scale, dk[n][2 * r + 1] * p.scale);
-      *reinterpret_cast<uint32_t*>(dvrow + n * 8 + 2 * t4) = MmaOp<T>::pack(dv[n][2 * r], dv[n][2 * r + 1]);
+    for (int r = 0; r < 2; ++r) {
+      const int key = k0 + vk + m * 16 + g + 8 * r;
+      if (key >= T_) continue;
+      T* dkrow = p.dqkv + (int64_t(b) * T_ + key) * p.qkv_stride + int64_t(p.heads + h) * D + vd + 2 * t4;
+      T* dvrow = dkrow + int64_t(p.heads) * D;
+#pragma unroll
+      for (int n = 0; n < D / 16; ++n) {
+        *reinterpret_cast<uint32_t*>(dkrow + n * 8) = MmaOp<T>::pack(dk[m][n][2 * r] * p.scale, dk[m][n][2 * r + 1] * p.scale);
+        *reinterpret_cast<uint32_t*>(dvrow + n * 8) = MmaOp<T>::pack(dv[m][n][2 * r], dv[m][n][2 * r + 1]);
+      }
     }
-  }
 }
 
 template <int D>
@@ -265,7 +299,7 @@ template <typename T, int D>
 __global__ void __launch_bounds__(DqTile<D>::kThreads) flash_bwd_dq_kernel(const Params<T> p) {
   using Tile = DqTile<D>;
   constexpr int kBr = Tile::kBr, kBc = Tile::kBc, kThreads = Tile::kThreads;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sdO = sQ + kBr * D;
   T* sK = sdO + kBr * D;      // [2][kBc * D]
@@ -290,6 +324,10 @@ __global__ void __launch_bounds__(DqTile<D>::kThreads) flash_bwd_dq_kernel(const
   cp_async_commit();
 
   const int row0 = q0 + warp * 16 + g;  // this thread's rows: row0 and row0 + 8
+  const uint32_t a_q0 = tile_addr<D>(sQ, warp * 16 + lane % 16, lane / 16);              // A: Q, dO rows
+  const uint32_t b_kv0 = tile_addr<D>(sK, lane % 8 + (lane / 16) * 8, (lane / 8) % 2);  // B: K, V rows
+  const uint32_t b_kt0 = tile_addr<D>(sK, lane % 16, lane / 16);                         // B: K (transposed)
+  constexpr uint32_t kQdO = kBr * D * 2, kStage = kBc * D * 2, kKV = 2 * kBc * D * 2;
   float lse2[2], dsum[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -311,8 +349,8 @@ __global__ void __launch_bounds__(DqTile<D>::kThreads) flash_bwd_dq_kernel(const
       load_tile<kBc, D, kThreads>(sV + st * kBc * D, vbase + int64_t(k1) * p.qkv_stride, p.qkv_stride, T_ - k1, tid);
     }
     cp_async_commit();
-    const T* K = sK + (j & 1) * kBc * D;
-    const T* V = sV + (j & 1) * kBc * D;
+    const uint32_t stage = (j & 1) * kStage, a_q = opaque(a_q0), b_kv = opaque(b_kv0) + stage;
+    const uint32_t b_kt = opaque(b_kt0) + stage;
     const int k0 = j * kBc;
 
     // S = Q Kᵀ and dP = dO Vᵀ (16 rows x kBc keys per warp).
@@ -324,14 +362,14 @@ __global__ void __launch_bounds__(DqTile<D>::kThreads) flash_bwd_dq_kernel(const
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t aq[4], ao[4];
-      ldsm_x4(aq, sQ + swz<D>(warp * 16 + lane % 16, 2 * kk + lane / 16));
-      ldsm_x4(ao, sdO + swz<D>(warp * 16 + lane % 16, 2 * kk + lane / 16));
+      ldsm_x4(aq, tile_step<D>(a_q, 0, 2 * kk));
+      ldsm_x4(ao, tile_step<D>(a_q, 0, 2 * kk) + kQdO);
 #pragma unroll
       for (int np = 0; np < kBc / 16; ++np) {
         uint32_t bk[4], bv[4];
-        const int r = np * 16 + lane % 8 + (lane / 16) * 8, c = 2 * kk + (lane / 8) % 2;
-        ldsm_x4(bk, K + swz<D>(r, c));
-        ldsm_x4(bv, V + swz<D>(r, c));
+        const uint32_t a = tile_step<D>(b_kv, np * 16, 2 * kk);
+        ldsm_x4(bk, a);
+        ldsm_x4(bv, a + kKV);
         MmaOp<T>::run(s[2 * np], aq, bk[0], bk[1]);
         MmaOp<T>::run(s[2 * np + 1], aq, bk[2], bk[3]);
         MmaOp<T>::run(dp[2 * np], ao, bv[0], bv[1]);
@@ -359,7 +397,7 @@ __global__ void __launch_bounds__(DqTile<D>::kThreads) flash_bwd_dq_kernel(const
 #pragma unroll
       for (int np = 0; np < D / 16; ++np) {
         uint32_t bk[4];
-        ldsm_x4_t(bk, K + swz<D>(kk * 16 + lane % 16, 2 * np + lane / 16));
+        ldsm_x4_t(bk, tile_step<D>(b_kt, kk * 16, 2 * np));
         MmaOp<T>::run(dq[2 * np], a, bk[0], bk[1]);
         MmaOp<T>::run(dq[2 * np + 1], a, bk[2], bk[3]);
       }

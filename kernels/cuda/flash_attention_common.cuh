@@ -55,15 +55,36 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(pending));
 }
 
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+// Shared-memory byte address of (row, chunk) in a swizzled tile of `width` elements per row.
+template <int width>
+__device__ __forceinline__ uint32_t tile_addr(const void* tile, int row, int chunk) {
+  return smem_addr(tile) + swz<width>(row, chunk) * 2;
+}
+// Address of (row + drow, chunk ^ dchunk) from the address of (row, chunk): one XOR and an immediate add, so
+// unrolled fragment loads don't each hold an address register. Valid when drow is a multiple of 8, dchunk's
+// bits are disjoint from chunk's, dchunk < width/8, and the tile starts on a (2·width)-byte boundary.
+template <int width>
+__device__ __forceinline__ uint32_t tile_step(uint32_t addr, int drow, int dchunk) {
+  return (addr ^ (dchunk << 4)) + drow * width * 2;
+}
+
+// Returns x unchanged but opaque to the optimiser. Applied to the fragment base addresses once per loop
+// iteration, it stops the compiler from hoisting every tile_step variant out of the loop into its own register
+// (which spilled); each variant is then one XOR next to its load.
+__device__ __forceinline__ uint32_t opaque(uint32_t x) {
+  asm volatile("" : "+r"(x));
+  return x;
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
+               : "r"(addr));
 }
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
+               : "r"(addr));
 }
 
 template <typename T>

@@ -6,9 +6,9 @@
 // Online over key blocks (FlashAttention-2): keep m, l and the UNNORMALISED o; when a block raises the running
 // max from m to m', rescale o and l by 2^(m - m') once per block, and divide by l only at the end.
 //
-// Work split: a block owns kBr = 16·kWarps query rows of one (batch, head); each warp owns 16 rows, keeps its
-// q fragments in registers and streams K/V tiles of kBc keys through shared memory with cp.async, double
-// buffered (tile j+1 loads while tile j is used). Causal blocks stop at the diagonal and are launched heaviest
+// Work split: a block owns kBr query rows of one (batch, head), each warp 32 of them (split by query rows), and
+// streams K/V tiles of kBc keys through shared memory with cp.async, double buffered (tile j+1 loads while
+// tile j is used). Causal blocks stop at the diagonal and are launched heaviest
 // first.
 #pragma once
 #include "kernels/cuda/flash_attention_common.cuh"
@@ -17,7 +17,9 @@ namespace loom::cuda::flash {
 
 template <int D>
 struct FwdTile {
-  static constexpr int kWarps = 8, kThreads = kWarps * 32, kBr = 16 * kWarps, kBc = 64;
+  // FlashAttention-2's forward split: 4 warps of 32 query rows (two 16-row tensor-core tiles, so each K/V
+  // fragment read from shared memory feeds two products), key blocks of 64.
+  static constexpr int kWarps = 4, kThreads = kWarps * 32, kRows = 32, kBr = kRows * kWarps, kBc = D == 128 ? 32 : 64;
   static constexpr int kSmemBytes = (kBr * D + 4 * kBc * D) * 2;  // Q, 2 stages of K and V
 };
 
@@ -25,7 +27,7 @@ template <typename T, int D>
 __global__ void __launch_bounds__(FwdTile<D>::kThreads) flash_fwd_kernel(const Params<T> p) {
   using Tile = FwdTile<D>;
   constexpr int kBr = Tile::kBr, kBc = Tile::kBc, kThreads = Tile::kThreads;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + kBr * D;       // [2][kBc * D]
   T* sV = sK + 2 * kBc * D;   // [2][kBc * D]
@@ -33,7 +35,7 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) flash_fwd_kernel(const P
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const int qblock = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z, T_ = p.seq;
-  const int q0 = qblock * kBr;
+  const int q0 = qblock * kBr, wq0 = q0 + warp * Tile::kRows;  // block's and warp's first query row
   const T* qbase = p.qkv + int64_t(b) * T_ * p.qkv_stride + int64_t(h) * D;
   const T* kbase = qbase + int64_t(p.heads) * D;
   const T* vbase = kbase + int64_t(p.heads) * D;
@@ -42,22 +44,23 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) flash_fwd_kernel(const P
   if (p.causal) n_kblocks = min(n_kblocks, (min(q0 + kBr, T_) + kBc - 1) / kBc);
 
   load_tile<kBr, D, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, tid);
-  cp_async_commit();
   load_tile<kBc, D, kThreads>(sK, kbase, p.qkv_stride, T_, tid);
   load_tile<kBc, D, kThreads>(sV, vbase, p.qkv_stride, T_, tid);
   cp_async_commit();
-  cp_async_wait<1>();
-  __syncthreads();
 
-  uint32_t qf[D / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) ldsm_x4(qf[kk], sQ + swz<D>(warp * 16 + lane % 16, 2 * kk + lane / 16));
+  // This lane's fragment addresses at kk = np = m = 0 (tile_step moves them).
+  const uint32_t a_q0 = tile_addr<D>(sQ, warp * Tile::kRows + lane % 16, lane / 16);
+  const uint32_t b_k0 = tile_addr<D>(sK, lane % 8 + (lane / 16) * 8, (lane / 8) % 2);
+  const uint32_t b_v0 = tile_addr<D>(sV, lane % 16, lane / 16);
+  constexpr uint32_t kStage = kBc * D * 2;
 
-  float o[D / 8][4];
+  float o[2][D / 8][4];
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  const int row0 = q0 + warp * 16 + g;  // this thread's rows: row0 and row0 + 8
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[m][n][0] = o[m][n][1] = o[m][n][2] = o[m][n][3] = 0.f;
+  // Running max (log2 domain) and per-thread partial row sums, for rows wq0 + 16m + g + 8r.
+  float mx[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}}, l[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
 
   for (int j = 0; j < n_kblocks; ++j) {
     cp_async_wait<0>();
@@ -68,75 +71,88 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) flash_fwd_kernel(const P
       load_tile<kBc, D, kThreads>(sV + st * kBc * D, vbase + int64_t(k1) * p.qkv_stride, p.qkv_stride, T_ - k1, tid);
     }
     cp_async_commit();
-    const T* K = sK + (j & 1) * kBc * D;
-    const T* V = sV + (j & 1) * kBc * D;
+    const uint32_t stage = (j & 1) * kStage, a_q = opaque(a_q0), b_k = opaque(b_k0) + stage, b_v = opaque(b_v0) + stage;
     const int k0 = j * kBc;
 
-    // S = Q Kᵀ (16 x kBc per warp).
-    float s[kBc / 8][4];
+    // S = Q Kᵀ (32 x kBc per warp).
+    float s[2][kBc / 8][4];
 #pragma unroll
-    for (int n = 0; n < kBc / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+    for (int m = 0; m < 2; ++m)
 #pragma unroll
+      for (int n = 0; n < kBc / 8; ++n) s[m][n][0] = s[m][n][1] = s[m][n][2] = s[m][n][3] = 0.f;
+#pragma unroll 2
     for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t aq[2][4];
+#pragma unroll
+      for (int m = 0; m < 2; ++m) ldsm_x4(aq[m], tile_step<D>(a_q, m * 16, 2 * kk));
 #pragma unroll
       for (int np = 0; np < kBc / 16; ++np) {
         uint32_t bk[4];
-        ldsm_x4(bk, K + swz<D>(np * 16 + lane % 8 + (lane / 16) * 8, 2 * kk + (lane / 8) % 2));
-        MmaOp<T>::run(s[2 * np], qf[kk], bk[0], bk[1]);
-        MmaOp<T>::run(s[2 * np + 1], qf[kk], bk[2], bk[3]);
-      }
-    }
-
-    // Scale into the log2 domain and mask keys past T and (causal) keys after the query.
-    const bool need_mask = k0 + kBc > T_ || (p.causal && k0 + kBc - 1 > q0 + warp * 16);
+        ldsm_x4(bk, tile_step<D>(b_k, np * 16, 2 * kk));
 #pragma unroll
-    for (int n = 0; n < kBc / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float v = s[n][e] * p.scale_log2;
-        if (need_mask) {
-          const int key = k0 + n * 8 + 2 * t4 + (e & 1), row = row0 + 8 * (e >> 1);
-          if (key >= T_ || (p.causal && key > row)) v = -INFINITY;
+        for (int m = 0; m < 2; ++m) {
+          MmaOp<T>::run(s[m][2 * np], aq[m], bk[0], bk[1]);
+          MmaOp<T>::run(s[m][2 * np + 1], aq[m], bk[2], bk[3]);
         }
-        s[n][e] = v;
-      }
-
-    // Online softmax with delayed normalisation.
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = m[r];
-#pragma unroll
-      for (int n = 0; n < kBc / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-      mx = quad_max(mx);
-      const float base = mx == -INFINITY ? 0.f : mx;  // a row with nothing visible yet stays all-zero
-      const float alpha = fast_exp2(m[r] - base);
-      m[r] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int n = 0; n < kBc / 8; ++n) {
-        s[n][2 * r] = fast_exp2(s[n][2 * r] - base);
-        s[n][2 * r + 1] = fast_exp2(s[n][2 * r + 1] - base);
-        sum += s[n][2 * r] + s[n][2 * r + 1];
-      }
-      l[r] = l[r] * alpha + sum;  // per-thread partial sum; the quad reduces it once at the end
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        o[n][2 * r] *= alpha;
-        o[n][2 * r + 1] *= alpha;
       }
     }
+
+    // Online softmax in the log2 domain, masking keys past T and (causal) keys after the query. The running
+    // output is rescaled by 2^(old max - new max) once per block; the division by l waits for the end.
+    const bool need_mask = k0 + kBc > T_ || (p.causal && k0 + kBc - 1 > wq0);
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = wq0 + m * 16 + g + 8 * r;
+        float rmax = mx[m][r];
+#pragma unroll
+        for (int n = 0; n < kBc / 8; ++n)
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            float v = s[m][n][2 * r + c] * p.scale_log2;
+            if (need_mask) {
+              const int key = k0 + n * 8 + 2 * t4 + c;
+              if (key >= T_ || (p.causal && key > row)) v = -INFINITY;
+            }
+            s[m][n][2 * r + c] = v;
+            rmax = fmaxf(rmax, v);
+          }
+        rmax = quad_max(rmax);
+        const float base = rmax == -INFINITY ? 0.f : rmax;  // a row with nothing visible yet stays all-zero
+        const float alpha = fast_exp2(mx[m][r] - base);
+        mx[m][r] = rmax;
+        float sum = 0.f;
+#pragma unroll
+        for (int n = 0; n < kBc / 8; ++n)
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            s[m][n][2 * r + c] = fast_exp2(s[m][n][2 * r + c] - base);
+            sum += s[m][n][2 * r + c];
+          }
+        l[m][r] = l[m][r] * alpha + sum;  // per-thread partial sum; the quad reduces it once at the end
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          o[m][n][2 * r] *= alpha;
+          o[m][n][2 * r + 1] *= alpha;
+        }
+      }
 
     // O += P V.
 #pragma unroll
     for (int kk = 0; kk < kBc / 16; ++kk) {
-      uint32_t a[4];
-      acc_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
+      uint32_t a[2][4];
+#pragma unroll
+      for (int m = 0; m < 2; ++m) acc_to_a<T>(a[m], s[m][2 * kk], s[m][2 * kk + 1]);
 #pragma unroll
       for (int np = 0; np < D / 16; ++np) {
         uint32_t bv[4];
-        ldsm_x4_t(bv, V + swz<D>(kk * 16 + lane % 16, 2 * np + lane / 16));
-        MmaOp<T>::run(o[2 * np], a, bv[0], bv[1]);
-        MmaOp<T>::run(o[2 * np + 1], a, bv[2], bv[3]);
+        ldsm_x4_t(bv, tile_step<D>(b_v, kk * 16, 2 * np));
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          MmaOp<T>::run(o[m][2 * np], a[m], bv[0], bv[1]);
+          MmaOp<T>::run(o[m][2 * np + 1], a[m], bv[2], bv[3]);
+        }
       }
     }
   }
@@ -144,19 +160,20 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) flash_fwd_kernel(const P
 
   // Epilogue: normalise, store out rows < T and lse.
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const float sum = quad_sum(l[r]);
-    const int row = row0 + 8 * r;
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    if (row < T_) {
-      T* orow = p.out_w + (int64_t(b) * T_ + row) * p.out_stride + int64_t(h) * D;
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float sum = quad_sum(l[m][r]);
+      const int row = wq0 + m * 16 + g + 8 * r;
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      if (row >= T_) continue;
+      T* orow = p.out_w + (int64_t(b) * T_ + row) * p.out_stride + int64_t(h) * D + 2 * t4;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n)
-        *reinterpret_cast<uint32_t*>(orow + n * 8 + 2 * t4) = MmaOp<T>::pack(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+        *reinterpret_cast<uint32_t*>(orow + n * 8) = MmaOp<T>::pack(o[m][n][2 * r] * inv, o[m][n][2 * r + 1] * inv);
       if (t4 == 0)
-        p.lse[(int64_t(b) * p.heads + h) * T_ + row] = sum > 0.f ? (m[r] + log2f(sum)) * kLn2 : INFINITY;
+        p.lse[(int64_t(b) * p.heads + h) * T_ + row] = sum > 0.f ? (mx[m][r] + __log2f(sum)) * kLn2 : INFINITY;
     }
-  }
 }
 
 }  // namespace loom::cuda::flash
