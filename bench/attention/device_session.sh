@@ -18,6 +18,16 @@ if [ -z "${SKIP_TESTS:-}" ]; then
     timeout 200 "$san" --tool racecheck "$c/loom_gpu_tests" --gtest_filter='*t197_h2_d64_full*:*t17_h3*causal*'
     timeout 200 "$san" --tool synccheck "$c/loom_gpu_tests" --gtest_filter='*t197_h2_d128*'; } >"$out/sanitizer.log" 2>&1
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED" "$out/sanitizer.log"
+  cat "$out/sanitizer.log" >>"$out/gpu_tests.log" && rm "$out/sanitizer.log"
+fi
+if [ -n "${NCU:-}" ]; then  # profile one forward and one backward launch (d128, s4k, non-causal)
+  ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  for k in flash_fwd_kernel flash_bwd_kernel; do
+    timeout 120 "$ncu" -k "regex:$k" -c 1 --section SpeedOfLight --section WarpStateStats --section Occupancy \
+      --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
+      "$c/loom_flash_bench" --dims 128 --seqlens 4096 --reps 1 --warmup 0
+  done >"$out/ncu.txt" 2>&1
+  grep -E "^  [a-z_]+kernel|Duration|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issue Slots Busy|Shared Memory Throughput|One or More Eligible|Executed Ipc Active" "$out/ncu.txt" | head -40
 fi
 "$c/run.sh" "$c/loom_flash_bench" "$c/baselines" "$out" "$@" >/dev/null 2>&1 || echo "bench rc=$?"
 cat "$out/ratios.txt"

@@ -61,10 +61,12 @@ struct BwdTile {
   // FlashAttention-2's split for the backward: a block owns kBc = 128 keys and walks query blocks of kBr = 64.
   // Three warp layouts over the 8 warps, each with 32-row warp tiles so every fragment loaded from shared
   // memory feeds two tensor-core tiles:
-  //   S, dP   (kBr x kBc):  2 (queries) x 4 (keys) warps, tiles 32 x 32
+  //   S, dP   (kBr x kBc):  2 (queries) x 4 (keys) warps, tiles kBr/2 x 32
   //   dV, dK  (kBc x D):    4 (keys) x 2 (head dim) warps, tiles 32 x D/2 — accumulated in registers
-  //   dQ      (kBr x D):    2 (queries) x 4 (head dim) warps, tiles 32 x D/4 — added to f32 with atomics
-  static constexpr int kWarps = 8, kThreads = kWarps * 32, kBc = 128, kBr = 64;
+  //   dQ      (kBr x D):    2 (queries) x 4 (head dim) warps, tiles kBr/2 x D/4 — added to f32 with atomics
+  // At D = 64 the query blocks are 128 rows (as in FlashAttention-2), halving the per-block overheads.
+  static constexpr int kWarps = 8, kThreads = kWarps * 32, kBc = 128, kBr = D == 64 ? 128 : 64;
+  static constexpr int kM = kBr / 32;  // 16-row tensor-core tiles per warp in the S/dP and dQ layouts
   // K, V; 2 stages of Q and dO; P and dS ([kBr][kBc] each); 2 stages of lse and D.
   static constexpr int kSmemBytes = (2 * kBc * D + 4 * kBr * D + 2 * kBr * kBc) * 2 + 4 * kBr * 4;
 };
@@ -117,9 +119,10 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads) flash_bwd_kernel(const P
   cp_async_commit();
 
   // Warp tiles of the three layouts (see BwdTile).
-  const int sq = (warp / 4) * 32, sk = (warp % 4) * 32;        // S, dP: query rows, keys
+  constexpr int kM = Tile::kM;
+  const int sq = (warp / 4) * (kBr / 2), sk = (warp % 4) * 32;  // S, dP: query rows, keys
   const int vk = (warp / 2) * 32, vd = (warp % 2) * (D / 2);   // dV, dK: keys, head-dim columns
-  const int qq = (warp / 4) * 32, qd = (warp % 4) * (D / 4);   // dQ: query rows, head-dim columns
+  const int qq = (warp / 4) * (kBr / 2), qd = (warp % 4) * (D / 4);  // dQ: query rows, head-dim columns
   // This lane's fragment addresses at kk = np = m = 0 (tile_step moves them); Q and dO add the stage offset.
   const uint32_t a_q0 = tile_addr<D>(sQ, sq + lane % 16, lane / 16);                      // S/dP: A rows
   const uint32_t b_kv0 = tile_addr<D>(sK, sk + lane % 8 + (lane / 16) * 8, (lane / 8) % 2);  // S/dP: B rows
@@ -150,19 +153,19 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads) flash_bwd_kernel(const P
     const uint32_t a_q = opaque(a_q0) + st * kStage, b_kv = opaque(b_kv0), a_p = opaque(a_p0);
     const uint32_t b_o = opaque(b_o0) + st * kStage, a_ds = opaque(a_ds0), b_k = opaque(b_k0);
 
-    // S = Q Kᵀ and dP = dO Vᵀ on this warp's 32 x 32 tile.
-    float s[2][4][4], dp[2][4][4];
+    // S = Q Kᵀ and dP = dO Vᵀ on this warp's kBr/2 x 32 tile.
+    float s[kM][4][4], dp[kM][4][4];
 #pragma unroll
-    for (int m = 0; m < 2; ++m)
+    for (int m = 0; m < kM; ++m)
 #pragma unroll
       for (int n = 0; n < 4; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[m][n][e] = dp[m][n][e] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t aq[2][4], ao[2][4];
+      uint32_t aq[kM][4], ao[kM][4];
 #pragma unroll
-      for (int m = 0; m < 2; ++m) {
+      for (int m = 0; m < kM; ++m) {
         const uint32_t a = tile_step<D>(a_q, m * 16, 2 * kk);
         ldsm_x4(aq[m], a);
         ldsm_x4(ao[m], a + kQdO);
@@ -174,7 +177,7 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads) flash_bwd_kernel(const P
         ldsm_x4(bk, a);
         ldsm_x4(bv, a + kKV);
 #pragma unroll
-        for (int m = 0; m < 2; ++m) {
+        for (int m = 0; m < kM; ++m) {
           MmaOp<T>::run(s[m][2 * np], aq[m], bk[0], bk[1]);
           MmaOp<T>::run(s[m][2 * np + 1], aq[m], bk[2], bk[3]);
           MmaOp<T>::run(dp[m][2 * np], ao[m], bv[0], bv[1]);
@@ -187,7 +190,7 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads) flash_bwd_kernel(const P
     // memory, [query][key], for the transposed products below.
     const bool need_mask = k0 + kBc > T_ || (p.causal && k0 + sk + 31 > q0 + sq);
 #pragma unroll
-    for (int m = 0; m < 2; ++m)
+    for (int m = 0; m < kM; ++m)
 #pragma unroll
       for (int n = 0; n < 4; ++n)
 #pragma unroll
@@ -235,30 +238,30 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads) flash_bwd_kernel(const P
     }
 
     if (p.dq_accum != nullptr) {
-      // dQ += dS K on this warp's 32 query rows x D/4 columns, added into the f32 accumulator.
-      float acc[2][D / 32][4];
+      // dQ += dS K on this warp's kBr/2 query rows x D/4 columns, added into the f32 accumulator.
+      float acc[kM][D / 32][4];
 #pragma unroll
-      for (int m = 0; m < 2; ++m)
+      for (int m = 0; m < kM; ++m)
 #pragma unroll
         for (int n = 0; n < D / 32; ++n) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < kBc / 16; ++kk) {
-        uint32_t a[2][4];
+        uint32_t a[kM][4];
 #pragma unroll
-        for (int m = 0; m < 2; ++m) ldsm_x4(a[m], tile_step<kBc>(a_ds, m * 16, 2 * kk));
+        for (int m = 0; m < kM; ++m) ldsm_x4(a[m], tile_step<kBc>(a_ds, m * 16, 2 * kk));
 #pragma unroll
         for (int np = 0; np < D / 64; ++np) {
           uint32_t bk[4];
           ldsm_x4_t(bk, tile_step<D>(b_k, kk * 16, 2 * np));
 #pragma unroll
-          for (int m = 0; m < 2; ++m) {
+          for (int m = 0; m < kM; ++m) {
             MmaOp<T>::run(acc[m][2 * np], a[m], bk[0], bk[1]);
             MmaOp<T>::run(acc[m][2 * np + 1], a[m], bk[2], bk[3]);
           }
         }
       }
 #pragma unroll
-      for (int m = 0; m < 2; ++m)
+      for (int m = 0; m < kM; ++m)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int row = q0 + qq + m * 16 + g + 8 * r;

@@ -97,46 +97,52 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) flash_fwd_kernel(const P
       }
     }
 
-    // Online softmax in the log2 domain, masking keys past T and (causal) keys after the query. The running
-    // output is rescaled by 2^(old max - new max) once per block; the division by l waits for the end.
+    // Online softmax in the log2 domain, masking keys past T and (causal) keys after the query. The scale is
+    // folded into the exponent (one FFMA per score); the running output is rescaled by 2^(old max - new max)
+    // only when some row of the warp raised its max, and the division by l waits for the end.
     const bool need_mask = k0 + kBc > T_ || (p.causal && k0 + kBc - 1 > wq0);
+    float alpha[2][2];
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = wq0 + m * 16 + g + 8 * r;
-        float rmax = mx[m][r];
+        float rmax = -INFINITY;
 #pragma unroll
         for (int n = 0; n < kBc / 8; ++n)
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
-            float v = s[m][n][2 * r + c] * p.scale_log2;
             if (need_mask) {
               const int key = k0 + n * 8 + 2 * t4 + c;
-              if (key >= T_ || (p.causal && key > row)) v = -INFINITY;
+              if (key >= T_ || (p.causal && key > row)) s[m][n][2 * r + c] = -INFINITY;
             }
-            s[m][n][2 * r + c] = v;
-            rmax = fmaxf(rmax, v);
+            rmax = fmaxf(rmax, s[m][n][2 * r + c]);
           }
-        rmax = quad_max(rmax);
-        const float base = rmax == -INFINITY ? 0.f : rmax;  // a row with nothing visible yet stays all-zero
-        const float alpha = fast_exp2(mx[m][r] - base);
-        mx[m][r] = rmax;
+        const float new_max = fmaxf(mx[m][r], quad_max(rmax) * p.scale_log2);
+        const float base = new_max == -INFINITY ? 0.f : new_max;  // a row with nothing visible yet stays zero
+        alpha[m][r] = fast_exp2(mx[m][r] - base);
+        mx[m][r] = new_max;
         float sum = 0.f;
 #pragma unroll
         for (int n = 0; n < kBc / 8; ++n)
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
-            s[m][n][2 * r + c] = fast_exp2(s[m][n][2 * r + c] - base);
+            s[m][n][2 * r + c] = fast_exp2(fmaf(s[m][n][2 * r + c], p.scale_log2, -base));
             sum += s[m][n][2 * r + c];
           }
-        l[m][r] = l[m][r] * alpha + sum;  // per-thread partial sum; the quad reduces it once at the end
+        l[m][r] = l[m][r] * alpha[m][r] + sum;  // per-thread partial sum; the quad reduces it once at the end
+      }
+    if (__any_sync(0xffffffffu, alpha[0][0] != 1.f || alpha[0][1] != 1.f || alpha[1][0] != 1.f || alpha[1][1] != 1.f)) {
+#pragma unroll
+      for (int m = 0; m < 2; ++m)
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
-          o[m][n][2 * r] *= alpha;
-          o[m][n][2 * r + 1] *= alpha;
+          o[m][n][0] *= alpha[m][0];
+          o[m][n][1] *= alpha[m][0];
+          o[m][n][2] *= alpha[m][1];
+          o[m][n][3] *= alpha[m][1];
         }
-      }
+    }
 
     // O += P V.
 #pragma unroll

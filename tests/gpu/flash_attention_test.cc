@@ -3,7 +3,7 @@
 // Acceptance rule (FlashAttention's own test rule): for O, dQ, dK, dV the max abs error against the float64
 // reference must be at most 2x the error of the same attention computed naively in the 16-bit type (inputs
 // 16-bit, S and P rounded to 16 bits, matmuls accumulated in float32), plus a floor far below one 16-bit ulp of
-// the largest reference value (so exact-zero naive errors on tiny problems don't demand bit-exactness).
+// the largest reference value plus 1e-5 (so exact-zero naive errors on tiny problems don't demand bit-exactness).
 // Inputs are fresh random each run (the seed is printed on failure); outputs are poisoned with NaN first.
 // Without a CUDA GPU every test that needs one skips with "no CUDA GPU visible".
 #include <cuda_runtime.h>
@@ -269,7 +269,9 @@ void run_case(const Case& c, bool deterministic) {
     n.o = std::max(n.o, naive[i].o), n.dq = std::max(n.dq, naive[i].dq), n.dk = std::max(n.dk, naive[i].dk);
     n.dv = std::max(n.dv, naive[i].dv);
   }
-  auto bound = [](double naive_err, double max_ref) { return 2 * naive_err + 1e-4 * max_ref + 1e-6; };
+  // The 1e-5 floor covers float32 rounding in dP - D (terms of size ~sqrt(D) that cancel exactly when T = 1,
+  // where the reference gradient of q and k is 0 and the naive error happens to be 0 too).
+  auto bound = [](double naive_err, double max_ref) { return 2 * naive_err + 1e-4 * max_ref + 1e-5; };
   EXPECT_LE(e.o, bound(n.o, e.max_o)) << "out: naive 16-bit error " << n.o;
   EXPECT_LE(e.dq, bound(n.dq, e.max_dq)) << "dq: naive 16-bit error " << n.dq;
   EXPECT_LE(e.dk, bound(n.dk, e.max_dk)) << "dk: naive 16-bit error " << n.dk;
