@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads) flash_bwd_kernel(const P
     const uint32_t a_q = opaque(a_q0) + st * kStage, b_kv = opaque(b_kv0), a_p = opaque(a_p0);
     const uint32_t b_o = opaque(b_o0) + st * kStage, a_ds = opaque(a_ds0), b_k = opaque(b_k0);
 
-    // S = Q Kᵀ and dP = dO Vᵀ on this warp's kBr/2 x 32 tile.
+    // S = Q Kᵀ and dP = dO Vᵀ on this warp's kBr/2 x 32 tile (skipped when causality masks all of it: P = 0).
     float s[kM][4][4], dp[kM][4][4];
 #pragma unroll
     for (int m = 0; m < kM; ++m)
@@ -161,27 +161,30 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads) flash_bwd_kernel(const P
       for (int n = 0; n < 4; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[m][n][e] = dp[m][n][e] = 0.f;
+    const bool all_masked = p.causal && k0 + sk > q0 + sq + kBr / 2 - 1;
+    if (!all_masked) {
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t aq[kM][4], ao[kM][4];
-#pragma unroll
-      for (int m = 0; m < kM; ++m) {
-        const uint32_t a = tile_step<D>(a_q, m * 16, 2 * kk);
-        ldsm_x4(aq[m], a);
-        ldsm_x4(ao[m], a + kQdO);
-      }
-#pragma unroll
-      for (int np = 0; np < 2; ++np) {
-        uint32_t bk[4], bv[4];
-        const uint32_t a = tile_step<D>(b_kv, np * 16, 2 * kk);
-        ldsm_x4(bk, a);
-        ldsm_x4(bv, a + kKV);
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t aq[kM][4], ao[kM][4];
 #pragma unroll
         for (int m = 0; m < kM; ++m) {
-          MmaOp<T>::run(s[m][2 * np], aq[m], bk[0], bk[1]);
-          MmaOp<T>::run(s[m][2 * np + 1], aq[m], bk[2], bk[3]);
-          MmaOp<T>::run(dp[m][2 * np], ao[m], bv[0], bv[1]);
-          MmaOp<T>::run(dp[m][2 * np + 1], ao[m], bv[2], bv[3]);
+          const uint32_t a = tile_step<D>(a_q, m * 16, 2 * kk);
+          ldsm_x4(aq[m], a);
+          ldsm_x4(ao[m], a + kQdO);
+        }
+#pragma unroll
+        for (int np = 0; np < 2; ++np) {
+          uint32_t bk[4], bv[4];
+          const uint32_t a = tile_step<D>(b_kv, np * 16, 2 * kk);
+          ldsm_x4(bk, a);
+          ldsm_x4(bv, a + kKV);
+#pragma unroll
+          for (int m = 0; m < kM; ++m) {
+            MmaOp<T>::run(s[m][2 * np], aq[m], bk[0], bk[1]);
+            MmaOp<T>::run(s[m][2 * np + 1], aq[m], bk[2], bk[3]);
+            MmaOp<T>::run(dp[m][2 * np], ao[m], bv[0], bv[1]);
+            MmaOp<T>::run(dp[m][2 * np + 1], ao[m], bv[2], bv[3]);
+          }
         }
       }
     }

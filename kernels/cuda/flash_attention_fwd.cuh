@@ -73,6 +73,7 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) flash_fwd_kernel(const P
     cp_async_commit();
     const uint32_t stage = (j & 1) * kStage, a_q = opaque(a_q0), b_k = opaque(b_k0) + stage, b_v = opaque(b_v0) + stage;
     const int k0 = j * kBc;
+    if (p.causal && k0 > wq0 + Tile::kRows - 1) continue;  // every key of this block is after the warp's rows
 
     // S = Q Kᵀ (32 x kBc per warp).
     float s[2][kBc / 8][4];
