@@ -23,11 +23,11 @@ fi
 if [ -n "${NCU:-}" ]; then  # profile one forward and one backward launch (d128, s4k, non-causal)
   ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   for k in flash_fwd_kernel flash_bwd_kernel; do
-    timeout 120 "$ncu" -k "regex:$k" -c 1 --section SpeedOfLight --section WarpStateStats --section Occupancy \
-      --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
+    timeout 120 "$ncu" -k "regex:$k" -c 1 --section SpeedOfLight --section SchedulerStats \
+      --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
       "$c/loom_flash_bench" --dims 128 --seqlens 4096 --reps 1 --warmup 0
   done >"$out/ncu.txt" 2>&1
-  grep -E "^  [a-z_]+kernel|Duration|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issue Slots Busy|Shared Memory Throughput|One or More Eligible|Executed Ipc Active" "$out/ncu.txt" | head -40
+  grep -E "^  void|Duration|One or More Eligible|issue_stalled" "$out/ncu.txt" | awk '$NF+0 > 0.05 || !/stalled/' | head -60
 fi
 "$c/run.sh" "$c/loom_flash_bench" "$c/baselines" "$out" "$@" >/dev/null 2>&1 || echo "bench rc=$?"
 cat "$out/ratios.txt"
