@@ -71,19 +71,18 @@ struct BwdTile {
   static constexpr int kSmemBytes = (2 * kBc * D + 4 * kBr * D + 2 * kBr * kBc) * 2 + 4 * kBr * 4;
 };
 
-// Starts the asynchronous loads of Q, dO, lse and D for query block q0 (all cp.async, so no thread waits on
-// global memory here). Rows past T are zero-filled and masked where used.
+// Loads Q, dO (cp.async) and lse·log2(e), D (plain loads into shared memory) of query block q0. Rows past T
+// get lse = +inf, so their recomputed probabilities are exactly 0.
 template <typename T, int D, int kBr, int kThreads>
 __device__ __forceinline__ void load_q_block(const Params<T>& p, T* sQ, T* sdO, float* sLse, float* sDsum,
                                              const T* qbase, const T* dobase, const float* lse_row,
                                              const float* dsum_row, int q0, int tid) {
   load_tile<kBr, D, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, p.seq - q0, tid);
   load_tile<kBr, D, kThreads>(sdO, dobase + int64_t(q0) * p.out_stride, p.out_stride, p.seq - q0, tid);
-  static_assert(kBr <= kThreads, "one thread per row statistic");
-  if (tid < kBr) {
-    const bool ok = q0 + tid < p.seq;
-    cp_async_4(sLse + tid, lse_row + (ok ? q0 + tid : 0), ok);
-    cp_async_4(sDsum + tid, dsum_row + (ok ? q0 + tid : 0), ok);
+  for (int i = tid; i < kBr; i += kThreads) {
+    const bool ok = q0 + i < p.seq;
+    sLse[i] = ok ? lse_row[q0 + i] * kLog2e : INFINITY;
+    sDsum[i] = ok ? dsum_row[q0 + i] : 0.f;
   }
 }
 
@@ -192,7 +191,7 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads) flash_bwd_kernel(const P
 
     // P = 2^(s·scale·log2e - lse·log2e), masked; dS = P ∘ (dP - D) (scale applied at the end). Both to shared
     // memory, [query][key], for the transposed products below.
-    const bool need_mask = k0 + kBc > T_ || q0 + kBr > T_ || (p.causal && k0 + sk + 31 > q0 + sq);
+    const bool need_mask = k0 + kBc > T_ || (p.causal && k0 + sk + 31 > q0 + sq);
 #pragma unroll
     for (int m = 0; m < kM; ++m)
 #pragma unroll
@@ -203,10 +202,10 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads) flash_bwd_kernel(const P
           float pv[2], ds[2];
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
-            pv[c] = fast_exp2(fmaf(s[m][n][2 * r + c], p.scale_log2, -lse[qi] * kLog2e));
+            pv[c] = fast_exp2(s[m][n][2 * r + c] * p.scale_log2 - lse[qi]);
             if (need_mask) {
               const int key = k0 + kc + c;
-              if (key >= T_ || q0 + qi >= T_ || (p.causal && key > q0 + qi)) pv[c] = 0.f;
+              if (key >= T_ || (p.causal && key > q0 + qi)) pv[c] = 0.f;
             }
             ds[c] = pv[c] * (dp[m][n][2 * r + c] - dsum[qi]);
           }
