@@ -3,8 +3,10 @@
 // instantiated here only, for bf16/fp16 × head dim 64/128 (keeps CI's compile short).
 #include "kernels/cuda/flash_attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/flash_attention_bwd.cuh"
@@ -17,6 +19,7 @@ using flash::Params;
 
 constexpr size_t kAlign = 256;
 size_t round_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 void check_supported(const AttentionShape& s, DType dtype) {
   const std::string why = flash_attention_check(s, dtype);
@@ -28,6 +31,8 @@ Params<T> make_params(const AttentionShape& s) {
   Params<T> p{};
   p.seq = static_cast<int>(s.seq);
   p.heads = static_cast<int>(s.heads);
+  p.dqk = static_cast<int>(s.qk_dim);
+  p.dv = static_cast<int>(s.v_dim);
   p.qkv_stride = s.qkv_width();
   p.out_stride = s.out_width();
   p.scale = static_cast<float>(s.scale);
@@ -64,7 +69,7 @@ void backward(const AttentionShape& s, Params<T> p, char* ws, bool deterministic
     flash::flash_bwd_dsum_kernel<T, D><<<blocks, threads, 0, stream>>>(p, rows);
     CUDA_CHECK_LAUNCH("flash_bwd_dsum_kernel");
   }
-  if (!deterministic) CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, rows * D * sizeof(float), stream));
+  if (!deterministic) CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, rows * s.qk_dim * sizeof(float), stream));
   {
     using Tile = flash::BwdTile<D>;
     auto kernel = flash::flash_bwd_kernel<T, D>;
@@ -82,15 +87,17 @@ void backward(const AttentionShape& s, Params<T> p, char* ws, bool deterministic
     CUDA_CHECK_LAUNCH("flash_bwd_dq_kernel");
   } else {
     const int threads = 256;
-    const int64_t pairs = rows * D / 2;
+    const int64_t pairs = rows * s.qk_dim / 2;
     flash::flash_bwd_dq_convert_kernel<T, D><<<(pairs + threads - 1) / threads, threads, 0, stream>>>(p, pairs);
     CUDA_CHECK_LAUNCH("flash_bwd_dq_convert_kernel");
   }
 }
 
-// Calls fn.template operator()<T, D>() for the runtime (dtype, head dim).
+// Calls fn.template operator()<T, D>() for the runtime dtype and the tile width D: 64 when both head dims fit
+// in 64, else 128 (smaller head dims run in the wider tile with zero-filled columns).
 template <typename Fn>
-void dispatch(DType dtype, int64_t d, Fn&& fn) {
+void dispatch(DType dtype, const AttentionShape& s, Fn&& fn) {
+  const int64_t d = std::max(s.qk_dim, s.v_dim) <= 64 ? 64 : 128;
   if (dtype == DType::BF16) {
     if (d == 64) return fn.template operator()<__nv_bfloat16, 64>();
     return fn.template operator()<__nv_bfloat16, 128>();
@@ -104,11 +111,9 @@ void dispatch(DType dtype, int64_t d, Fn&& fn) {
 std::string flash_attention_check(const AttentionShape& s, DType dtype) {
   if (dtype != DType::BF16 && dtype != DType::F16)
     return detail::concat("dtype ", dtype_name(dtype), " is not supported (bf16 or f16)");
-  if (s.qk_dim != s.v_dim)
-    return detail::concat("q/k head dim ", s.qk_dim, " differs from v head dim ", s.v_dim,
-                          " (pruned heads with Dqk != Dv are not supported by the flash kernels)");
-  if (s.qk_dim != 64 && s.qk_dim != 128)
-    return detail::concat("head dim ", s.qk_dim, " is not supported (64 or 128)");
+  for (const auto& [name, d] : {std::pair{"q/k head dim ", s.qk_dim}, std::pair{"v head dim ", s.v_dim}})
+    if (d < 8 || d > 128 || d % 8 != 0)
+      return detail::concat(name, d, " is not supported (a multiple of 8 from 8 to 128)");
   if (s.batch < 1 || s.seq < 1 || s.heads < 1)
     return detail::concat("batch ", s.batch, ", seq ", s.seq, ", heads ", s.heads, " must all be >= 1");
   if (s.seq > INT32_MAX / 2 || s.heads > 65535 || s.batch > 65535)
@@ -121,7 +126,8 @@ void flash_attention_forward(const AttentionShape& s, DType dtype, const void* q
                              cudaStream_t stream) {
   check_supported(s, dtype);
   LOOM_CHECK(qkv && out && lse, "flash_attention_forward: null pointer (qkv, out or lse)");
-  dispatch(dtype, s.qk_dim, [&]<typename T, int D>() {
+  LOOM_CHECK(aligned16(qkv) && aligned16(out), "flash_attention_forward: qkv and out must be 16-byte aligned");
+  dispatch(dtype, s, [&]<typename T, int D>() {
     Params<T> p = make_params<T>(s);
     p.qkv = static_cast<const T*>(qkv);
     p.out_w = static_cast<T*>(out);
@@ -146,9 +152,11 @@ void flash_attention_backward(const AttentionShape& s, DType dtype, const void* 
   const size_t need = flash_attention_backward_workspace_bytes(s, deterministic);
   LOOM_CHECK(workspace_bytes >= need, "flash_attention_backward: workspace of ", workspace_bytes,
              " bytes is smaller than the ", need, " bytes needed");
+  LOOM_CHECK(aligned16(qkv) && aligned16(out) && aligned16(dout) && aligned16(dqkv),
+             "flash_attention_backward: qkv, out, dout and dqkv must be 16-byte aligned");
   LOOM_CHECK(reinterpret_cast<uintptr_t>(workspace) % kAlign == 0,
              "flash_attention_backward: workspace must be 256-byte aligned");
-  dispatch(dtype, s.qk_dim, [&]<typename T, int D>() {
+  dispatch(dtype, s, [&]<typename T, int D>() {
     Params<T> p = make_params<T>(s);
     p.qkv = static_cast<const T*>(qkv);
     p.out = static_cast<const T*>(out);

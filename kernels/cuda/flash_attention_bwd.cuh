@@ -28,11 +28,12 @@ __global__ void flash_bwd_dsum_kernel(const Params<T> p, int64_t rows) {
   if (row >= rows) return;
   const int h = row % p.heads;
   const int64_t bt = row / p.heads;  // b*T + t
-  const T* o = p.out + bt * p.out_stride + int64_t(h) * D;
-  const T* d = p.dout + bt * p.out_stride + int64_t(h) * D;
+  const T* o = p.out + bt * p.out_stride + p.o_col(h);
+  const T* d = p.dout + bt * p.out_stride + p.o_col(h);
   float acc = 0.f;
 #pragma unroll
   for (int i = lane * 2; i < D; i += 64) {
+    if (i >= p.dv) break;
     const float2 of = to_float2(*reinterpret_cast<const typename Vec2<T>::type*>(o + i));
     const float2 df = to_float2(*reinterpret_cast<const typename Vec2<T>::type*>(d + i));
     acc += of.x * df.x + of.y * df.y;
@@ -45,12 +46,12 @@ __global__ void flash_bwd_dsum_kernel(const Params<T> p, int64_t rows) {
   }
 }
 
-// dq (in dqkv) = scale · dq_accum, f32 [B, T, H, D] -> T.
+// dq (in dqkv) = scale · dq_accum, f32 [B, T, H, dqk] -> T.
 template <typename T, int D>
 __global__ void flash_bwd_dq_convert_kernel(const Params<T> p, int64_t n_pairs) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // index of an element pair
   if (i >= n_pairs) return;
-  const int64_t e = 2 * i, hd = int64_t(p.heads) * D;
+  const int64_t e = 2 * i, hd = int64_t(p.heads) * p.dqk;
   const int64_t bt = e / hd, c = e % hd;
   const float2 v = *reinterpret_cast<const float2*>(p.dq_accum + e);
   *reinterpret_cast<uint32_t*>(p.dqkv + bt * p.qkv_stride + c) = MmaOp<T>::pack(v.x * p.scale, v.y * p.scale);
@@ -77,8 +78,9 @@ template <typename T, int D, int kBr, int kThreads>
 __device__ __forceinline__ void load_q_block(const Params<T>& p, T* sQ, T* sdO, float* sLse, float* sDsum,
                                              const T* qbase, const T* dobase, const float* lse_row,
                                              const float* dsum_row, int q0, int tid) {
-  load_tile<kBr, D, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, p.seq - q0, tid);
-  load_tile<kBr, D, kThreads>(sdO, dobase + int64_t(q0) * p.out_stride, p.out_stride, p.seq - q0, tid);
+  const bool qk_ok = col_ok<D>(tid, p.dqk), v_ok = col_ok<D>(tid, p.dv);
+  load_tile<kBr, D, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, p.seq - q0, qk_ok, tid);
+  load_tile<kBr, D, kThreads>(sdO, dobase + int64_t(q0) * p.out_stride, p.out_stride, p.seq - q0, v_ok, tid);
   for (int i = tid; i < kBr; i += kThreads) {
     const bool ok = q0 + i < p.seq;
     sLse[i] = ok ? lse_row[q0 + i] * kLog2e : INFINITY;
@@ -103,18 +105,20 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads) flash_bwd_kernel(const P
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const int h = blockIdx.y, b = blockIdx.z, T_ = p.seq;
   const int k0 = blockIdx.x * kBc;
-  const T* qbase = p.qkv + int64_t(b) * T_ * p.qkv_stride + int64_t(h) * D;
-  const T* kbase = qbase + int64_t(p.heads) * D;
-  const T* vbase = kbase + int64_t(p.heads) * D;
-  const T* dobase = p.dout + int64_t(b) * T_ * p.out_stride + int64_t(h) * D;
+  const T* batch = p.qkv + int64_t(b) * T_ * p.qkv_stride;
+  const T* qbase = batch + p.q_col(h);
+  const T* kbase = batch + p.k_col(h);
+  const T* vbase = batch + p.v_col(h);
+  const bool qk_ok = col_ok<D>(tid, p.dqk), v_ok = col_ok<D>(tid, p.dv);  // see load_tile
+  const T* dobase = p.dout + int64_t(b) * T_ * p.out_stride + p.o_col(h);
   const float* lse_row = p.lse + (int64_t(b) * p.heads + h) * T_;
   const float* dsum_row = p.dsum + (int64_t(b) * p.heads + h) * T_;
 
   const int qb_begin = p.causal ? k0 / kBr : 0;
   const int qb_end = (T_ + kBr - 1) / kBr;
 
-  load_tile<kBc, D, kThreads>(sK, kbase + int64_t(k0) * p.qkv_stride, p.qkv_stride, T_ - k0, tid);
-  load_tile<kBc, D, kThreads>(sV, vbase + int64_t(k0) * p.qkv_stride, p.qkv_stride, T_ - k0, tid);
+  load_tile<kBc, D, kThreads>(sK, kbase + int64_t(k0) * p.qkv_stride, p.qkv_stride, T_ - k0, qk_ok, tid);
+  load_tile<kBc, D, kThreads>(sV, vbase + int64_t(k0) * p.qkv_stride, p.qkv_stride, T_ - k0, v_ok, tid);
   load_q_block<T, D, kBr, kThreads>(p, sQ, sdO, sLse, sDsum, qbase, dobase, lse_row, dsum_row, qb_begin * kBr, tid);
   cp_async_commit();
 
@@ -269,10 +273,10 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads) flash_bwd_kernel(const P
         for (int r = 0; r < 2; ++r) {
           const int row = q0 + qq + m * 16 + g + 8 * r;
           if (row >= T_) continue;
-          float* dst = p.dq_accum + ((int64_t(b) * T_ + row) * p.heads + h) * D + qd + 2 * t4;
+          float* dst = p.dq_accum + ((int64_t(b) * T_ + row) * p.heads + h) * p.dqk + qd + 2 * t4;
 #pragma unroll
           for (int n = 0; n < D / 32; ++n)
-            atomicAdd(reinterpret_cast<float2*>(dst + n * 8), make_float2(acc[m][n][2 * r], acc[m][n][2 * r + 1]));
+            if (qd + n * 8 < p.dqk) atomicAdd(reinterpret_cast<float2*>(dst + n * 8), make_float2(acc[m][n][2 * r], acc[m][n][2 * r + 1]));
         }
     }
   }
@@ -285,12 +289,14 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads) flash_bwd_kernel(const P
     for (int r = 0; r < 2; ++r) {
       const int key = k0 + vk + m * 16 + g + 8 * r;
       if (key >= T_) continue;
-      T* dkrow = p.dqkv + (int64_t(b) * T_ + key) * p.qkv_stride + int64_t(p.heads + h) * D + vd + 2 * t4;
-      T* dvrow = dkrow + int64_t(p.heads) * D;
+      T* dkrow = p.dqkv + (int64_t(b) * T_ + key) * p.qkv_stride + p.k_col(h) + vd + 2 * t4;
+      T* dvrow = p.dqkv + (int64_t(b) * T_ + key) * p.qkv_stride + p.v_col(h) + vd + 2 * t4;
 #pragma unroll
       for (int n = 0; n < D / 16; ++n) {
-        *reinterpret_cast<uint32_t*>(dkrow + n * 8) = MmaOp<T>::pack(dk[m][n][2 * r] * p.scale, dk[m][n][2 * r + 1] * p.scale);
-        *reinterpret_cast<uint32_t*>(dvrow + n * 8) = MmaOp<T>::pack(dv[m][n][2 * r], dv[m][n][2 * r + 1]);
+        const int col = vd + n * 8;
+        if (col < p.dqk)
+          *reinterpret_cast<uint32_t*>(dkrow + n * 8) = MmaOp<T>::pack(dk[m][n][2 * r] * p.scale, dk[m][n][2 * r + 1] * p.scale);
+        if (col < p.dv) *reinterpret_cast<uint32_t*>(dvrow + n * 8) = MmaOp<T>::pack(dv[m][n][2 * r], dv[m][n][2 * r + 1]);
       }
     }
 }
@@ -315,18 +321,20 @@ __global__ void __launch_bounds__(DqTile<D>::kThreads) flash_bwd_dq_kernel(const
   const int qblock = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z, T_ = p.seq;
   const int q0 = qblock * kBr;
-  const T* qbase = p.qkv + int64_t(b) * T_ * p.qkv_stride + int64_t(h) * D;
-  const T* kbase = qbase + int64_t(p.heads) * D;
-  const T* vbase = kbase + int64_t(p.heads) * D;
-  const T* dobase = p.dout + int64_t(b) * T_ * p.out_stride + int64_t(h) * D;
+  const T* batch = p.qkv + int64_t(b) * T_ * p.qkv_stride;
+  const T* qbase = batch + p.q_col(h);
+  const T* kbase = batch + p.k_col(h);
+  const T* vbase = batch + p.v_col(h);
+  const bool qk_ok = col_ok<D>(tid, p.dqk), v_ok = col_ok<D>(tid, p.dv);  // see load_tile
+  const T* dobase = p.dout + int64_t(b) * T_ * p.out_stride + p.o_col(h);
 
   int n_kblocks = (T_ + kBc - 1) / kBc;
   if (p.causal) n_kblocks = min(n_kblocks, (min(q0 + kBr, T_) + kBc - 1) / kBc);
 
-  load_tile<kBr, D, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, tid);
-  load_tile<kBr, D, kThreads>(sdO, dobase + int64_t(q0) * p.out_stride, p.out_stride, T_ - q0, tid);
-  load_tile<kBc, D, kThreads>(sK, kbase, p.qkv_stride, T_, tid);
-  load_tile<kBc, D, kThreads>(sV, vbase, p.qkv_stride, T_, tid);
+  load_tile<kBr, D, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, qk_ok, tid);
+  load_tile<kBr, D, kThreads>(sdO, dobase + int64_t(q0) * p.out_stride, p.out_stride, T_ - q0, v_ok, tid);
+  load_tile<kBc, D, kThreads>(sK, kbase, p.qkv_stride, T_, qk_ok, tid);
+  load_tile<kBc, D, kThreads>(sV, vbase, p.qkv_stride, T_, v_ok, tid);
   cp_async_commit();
 
   const int row0 = q0 + warp * 16 + g;  // this thread's rows: row0 and row0 + 8
@@ -351,8 +359,10 @@ __global__ void __launch_bounds__(DqTile<D>::kThreads) flash_bwd_dq_kernel(const
     __syncthreads();
     if (j + 1 < n_kblocks) {
       const int k1 = (j + 1) * kBc, st = (j + 1) & 1;
-      load_tile<kBc, D, kThreads>(sK + st * kBc * D, kbase + int64_t(k1) * p.qkv_stride, p.qkv_stride, T_ - k1, tid);
-      load_tile<kBc, D, kThreads>(sV + st * kBc * D, vbase + int64_t(k1) * p.qkv_stride, p.qkv_stride, T_ - k1, tid);
+      load_tile<kBc, D, kThreads>(sK + st * kBc * D, kbase + int64_t(k1) * p.qkv_stride, p.qkv_stride, T_ - k1,
+                                  qk_ok, tid);
+      load_tile<kBc, D, kThreads>(sV + st * kBc * D, vbase + int64_t(k1) * p.qkv_stride, p.qkv_stride, T_ - k1,
+                                  v_ok, tid);
     }
     cp_async_commit();
     const uint32_t stage = (j & 1) * kStage, a_q = opaque(a_q0), b_kv = opaque(b_kv0) + stage;
@@ -415,10 +425,10 @@ __global__ void __launch_bounds__(DqTile<D>::kThreads) flash_bwd_dq_kernel(const
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + 8 * r;
     if (row >= T_) continue;
-    T* dqrow = p.dqkv + (int64_t(b) * T_ + row) * p.qkv_stride + int64_t(h) * D;
+    T* dqrow = p.dqkv + (int64_t(b) * T_ + row) * p.qkv_stride + p.q_col(h);
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
-      *reinterpret_cast<uint32_t*>(dqrow + n * 8 + 2 * t4) = MmaOp<T>::pack(dq[n][2 * r] * p.scale, dq[n][2 * r + 1] * p.scale);
+      if (n * 8 < p.dqk) *reinterpret_cast<uint32_t*>(dqrow + n * 8 + 2 * t4) = MmaOp<T>::pack(dq[n][2 * r] * p.scale, dq[n][2 * r + 1] * p.scale);
   }
 }
 

@@ -142,17 +142,25 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&lo)[4],
 }
 
 // Copies `rows` rows of `width` elements (row r at src + r*stride) into a swizzled shared tile; rows at or past
-// `valid_rows` are zero-filled. All `threads` threads of the block call this.
+// `valid_rows` are zero-filled. Each thread always copies the same 16-byte column chunk (tid % (width/8)), so
+// head dims below the tile width are handled by one per-thread flag: `col_ok` = that chunk is inside the head
+// (see col_ok); otherwise the thread zero-fills. All `threads` threads of the block call this.
 template <int rows, int width, int threads, typename T>
-__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t stride, int valid_rows, int tid) {
+__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t stride, int valid_rows, bool col_ok,
+                                          int tid) {
   constexpr int chunks = width / 8;
-  static_assert(rows * chunks % threads == 0, "tile copy must split evenly over the block");
+  static_assert(rows * chunks % threads == 0 && threads % chunks == 0, "tile copy must split evenly over the block");
 #pragma unroll
   for (int j = 0; j < rows * chunks / threads; ++j) {
     const int i = tid + j * threads, r = i / chunks, c = i % chunks;
-    const bool ok = r < valid_rows;
+    const bool ok = r < valid_rows && col_ok;
     cp_async_16(dst + swz<width>(r, c), ok ? src + r * stride + c * 8 : src, ok);
   }
+}
+// Whether thread `tid`'s column chunk in load_tile<.., width, ..> lies inside a head of `dim` columns.
+template <int width>
+__device__ __forceinline__ bool col_ok(int tid, int dim) {
+  return (tid % (width / 8)) * 8 < dim;
 }
 
 // Max / sum across the 4 threads of a quad (the threads that share one accumulator row).
@@ -165,8 +173,9 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-// Shared per-launch arguments. Row t of q for head h of batch b is at qkv + (b*T + t)*qkv_stride + h*D;
-// k and v follow at + H*D and + 2*H*D.
+// Shared per-launch arguments. Row t of q for head h of batch b is at qkv + (b*T + t)*qkv_stride + h*dqk, of k
+// at + H*dqk + h*dqk, of v at + 2*H*dqk + h*dv; of out/dout at (b*T + t)*out_stride + h*dv. The kernels' tile
+// width D (64 or 128) is at least max(dqk, dv); the columns past dqk or dv are zero-filled and never stored.
 template <typename T>
 struct Params {
   const T* qkv;
@@ -177,10 +186,15 @@ struct Params {
   float* lse;        // [B, H, T]
   float* dsum;       // [B, H, T] rowsum(dO∘O)
   float* dq_accum;   // [B, T, H, D] f32, or null
-  int seq, heads;
+  int seq, heads, dqk, dv;
   int64_t qkv_stride, out_stride;
   float scale, scale_log2;
   bool causal;
+
+  __device__ __forceinline__ int64_t q_col(int h) const { return int64_t(h) * dqk; }
+  __device__ __forceinline__ int64_t k_col(int h) const { return int64_t(heads + h) * dqk; }
+  __device__ __forceinline__ int64_t v_col(int h) const { return 2 * int64_t(heads) * dqk + int64_t(h) * dv; }
+  __device__ __forceinline__ int64_t o_col(int h) const { return int64_t(h) * dv; }
 };
 
 }  // namespace loom::cuda::flash

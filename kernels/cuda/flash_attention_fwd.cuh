@@ -36,16 +36,18 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) flash_fwd_kernel(const P
   const int qblock = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z, T_ = p.seq;
   const int q0 = qblock * kBr, wq0 = q0 + warp * Tile::kRows;  // block's and warp's first query row
-  const T* qbase = p.qkv + int64_t(b) * T_ * p.qkv_stride + int64_t(h) * D;
-  const T* kbase = qbase + int64_t(p.heads) * D;
-  const T* vbase = kbase + int64_t(p.heads) * D;
+  const T* batch = p.qkv + int64_t(b) * T_ * p.qkv_stride;
+  const T* qbase = batch + p.q_col(h);
+  const T* kbase = batch + p.k_col(h);
+  const T* vbase = batch + p.v_col(h);
+  const bool qk_ok = col_ok<D>(tid, p.dqk), v_ok = col_ok<D>(tid, p.dv);  // see load_tile
 
   int n_kblocks = (T_ + kBc - 1) / kBc;
   if (p.causal) n_kblocks = min(n_kblocks, (min(q0 + kBr, T_) + kBc - 1) / kBc);
 
-  load_tile<kBr, D, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, tid);
-  load_tile<kBc, D, kThreads>(sK, kbase, p.qkv_stride, T_, tid);
-  load_tile<kBc, D, kThreads>(sV, vbase, p.qkv_stride, T_, tid);
+  load_tile<kBr, D, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, qk_ok, tid);
+  load_tile<kBc, D, kThreads>(sK, kbase, p.qkv_stride, T_, qk_ok, tid);
+  load_tile<kBc, D, kThreads>(sV, vbase, p.qkv_stride, T_, v_ok, tid);
   cp_async_commit();
 
   // This lane's fragment addresses at kk = np = m = 0 (tile_step moves them).
@@ -67,8 +69,10 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) flash_fwd_kernel(const P
     __syncthreads();  // tile j visible to all; everyone is done with tile j-1, whose buffers we refill now
     if (j + 1 < n_kblocks) {
       const int k1 = (j + 1) * kBc, st = (j + 1) & 1;
-      load_tile<kBc, D, kThreads>(sK + st * kBc * D, kbase + int64_t(k1) * p.qkv_stride, p.qkv_stride, T_ - k1, tid);
-      load_tile<kBc, D, kThreads>(sV + st * kBc * D, vbase + int64_t(k1) * p.qkv_stride, p.qkv_stride, T_ - k1, tid);
+      load_tile<kBc, D, kThreads>(sK + st * kBc * D, kbase + int64_t(k1) * p.qkv_stride, p.qkv_stride, T_ - k1,
+                                  qk_ok, tid);
+      load_tile<kBc, D, kThreads>(sV + st * kBc * D, vbase + int64_t(k1) * p.qkv_stride, p.qkv_stride, T_ - k1,
+                                  v_ok, tid);
     }
     cp_async_commit();
     const uint32_t stage = (j & 1) * kStage, a_q = opaque(a_q0), b_k = opaque(b_k0) + stage, b_v = opaque(b_v0) + stage;
@@ -174,10 +178,10 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) flash_fwd_kernel(const P
       const int row = wq0 + m * 16 + g + 8 * r;
       const float inv = sum > 0.f ? 1.f / sum : 0.f;
       if (row >= T_) continue;
-      T* orow = p.out_w + (int64_t(b) * T_ + row) * p.out_stride + int64_t(h) * D + 2 * t4;
+      T* orow = p.out_w + (int64_t(b) * T_ + row) * p.out_stride + p.o_col(h) + 2 * t4;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n)
-        *reinterpret_cast<uint32_t*>(orow + n * 8) = MmaOp<T>::pack(o[m][n][2 * r] * inv, o[m][n][2 * r + 1] * inv);
+        if (n * 8 < p.dv) *reinterpret_cast<uint32_t*>(orow + n * 8) = MmaOp<T>::pack(o[m][n][2 * r] * inv, o[m][n][2 * r + 1] * inv);
       if (t4 == 0)
         p.lse[(int64_t(b) * p.heads + h) * T_ + row] = sum > 0.f ? (mx[m][r] + __log2f(sum)) * kLn2 : INFINITY;
     }

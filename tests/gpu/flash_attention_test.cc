@@ -52,38 +52,40 @@ struct Case {
   bool causal;
   DType dtype;
   float magnitude = 1;  // std of q and k (large values stress the online softmax)
+  int64_t v_dim = 0;    // head dim of v when it differs from `dim` (pruned heads); 0 = same
+  int64_t dv() const { return v_dim ? v_dim : dim; }
 };
 
 std::string case_name(const Case& c) {
   return "b" + std::to_string(c.batch) + "_t" + std::to_string(c.seq) + "_h" + std::to_string(c.heads) + "_d" +
-         std::to_string(c.dim) + (c.causal ? "_causal" : "_full") + "_" + dtype_name(c.dtype) +
+         std::to_string(c.dim) + (c.v_dim ? "_v" + std::to_string(c.v_dim) : "") + (c.causal ? "_causal" : "_full") + "_" + dtype_name(c.dtype) +
          (c.magnitude != 1 ? "_mag" + std::to_string(int(c.magnitude)) : "");
 }
 
 AttentionShape shape_of(const Case& c) {
   AttentionShape s;
-  s.batch = c.batch, s.seq = c.seq, s.heads = c.heads, s.qk_dim = c.dim, s.v_dim = c.dim;
+  s.batch = c.batch, s.seq = c.seq, s.heads = c.heads, s.qk_dim = c.dim, s.v_dim = c.dv();
   s.causal = c.causal;
   s.scale = 1.0 / std::sqrt(double(c.dim));
   return s;
 }
 
-// Per (b, h) head: float copies of the 16-bit q, k, v, dO, laid out [T][D].
+// Per (b, h) head: float copies of the 16-bit q, k ([T][Dqk]) and v, dO ([T][Dv]).
 struct Head {
   std::vector<float> q, k, v, dout;
 };
 
-// Reference results for one head, in the layouts [T][D] (o, dq, dk, dv) and [T] (lse).
+// Reference results for one head: o, dv [T][Dv]; dq, dk [T][Dqk]; lse [T].
 struct HeadResult {
   std::vector<double> o, lse, dq, dk, dv;
 };
 
 // Exact attention in float64 (exact = true) or the naive 16-bit computation (exact = false).
-HeadResult attend(const Head& x, int64_t T, int64_t D, bool causal, double scale, bool exact, DType t) {
+HeadResult attend(const Head& x, int64_t T, int64_t D, int64_t Dv, bool causal, double scale, bool exact, DType t) {
   auto r16 = [&](double v) { return exact ? v : double(round16(float(v), t)); };
   std::vector<double> P(T * T, 0.0), dP(T * T, 0.0);
   HeadResult r;
-  r.o.assign(T * D, 0), r.lse.assign(T, 0), r.dq.assign(T * D, 0), r.dk.assign(T * D, 0), r.dv.assign(T * D, 0);
+  r.o.assign(T * Dv, 0), r.lse.assign(T, 0), r.dq.assign(T * D, 0), r.dk.assign(T * D, 0), r.dv.assign(T * Dv, 0);
   for (int64_t i = 0; i < T; ++i) {
     const int64_t nj = causal ? i + 1 : T;
     double mx = -INFINITY;
@@ -105,14 +107,14 @@ HeadResult attend(const Head& x, int64_t T, int64_t D, bool causal, double scale
     for (int64_t j = 0; j < nj; ++j) sum += std::exp(P[i * T + j] - mx);
     r.lse[i] = mx + std::log(sum);
     for (int64_t j = 0; j < nj; ++j) P[i * T + j] = r16(std::exp(P[i * T + j] - mx) / sum);
-    for (int64_t d = 0; d < D; ++d) {
+    for (int64_t d = 0; d < Dv; ++d) {
       double o = 0;
       float of = 0;
       for (int64_t j = 0; j < nj; ++j) {
-        if (exact) o += P[i * T + j] * x.v[j * D + d];
-        else of += float(P[i * T + j]) * x.v[j * D + d];
+        if (exact) o += P[i * T + j] * x.v[j * Dv + d];
+        else of += float(P[i * T + j]) * x.v[j * Dv + d];
       }
-      r.o[i * D + d] = exact ? o : r16(of);
+      r.o[i * Dv + d] = exact ? o : r16(of);
     }
   }
   // Backward: dP = dO Vᵀ, dS = P (dP - rowsum(P dP)), dQ = scale dS K, dK = scale dSᵀ Q, dV = Pᵀ dO.
@@ -122,9 +124,9 @@ HeadResult attend(const Head& x, int64_t T, int64_t D, bool causal, double scale
     for (int64_t j = 0; j < nj; ++j) {
       double s = 0;
       float sf = 0;
-      for (int64_t d = 0; d < D; ++d) {
-        if (exact) s += double(x.dout[i * D + d]) * x.v[j * D + d];
-        else sf += x.dout[i * D + d] * x.v[j * D + d];
+      for (int64_t d = 0; d < Dv; ++d) {
+        if (exact) s += double(x.dout[i * Dv + d]) * x.v[j * Dv + d];
+        else sf += x.dout[i * Dv + d] * x.v[j * Dv + d];
       }
       dP[i * T + j] = exact ? s : r16(sf);
       rowdot += P[i * T + j] * dP[i * T + j];
@@ -142,22 +144,26 @@ HeadResult attend(const Head& x, int64_t T, int64_t D, bool causal, double scale
       }
       r.dq[i * D + d] = exact ? acc : r16(accf);
     }
-  for (int64_t j = 0; j < T; ++j)
+  for (int64_t j = 0; j < T; ++j) {
     for (int64_t d = 0; d < D; ++d) {
-      double ak = 0, av = 0;
-      float akf = 0, avf = 0;
+      double ak = 0;
+      float akf = 0;
       for (int64_t i = 0; i < T; ++i) {
-        if (exact) {
-          ak += dP[i * T + j] * x.q[i * D + d];
-          av += P[i * T + j] * x.dout[i * D + d];
-        } else {
-          akf += float(dP[i * T + j]) * x.q[i * D + d];
-          avf += float(P[i * T + j]) * x.dout[i * D + d];
-        }
+        if (exact) ak += dP[i * T + j] * x.q[i * D + d];
+        else akf += float(dP[i * T + j]) * x.q[i * D + d];
       }
       r.dk[j * D + d] = exact ? ak : r16(akf);
-      r.dv[j * D + d] = exact ? av : r16(avf);
     }
+    for (int64_t d = 0; d < Dv; ++d) {
+      double av = 0;
+      float avf = 0;
+      for (int64_t i = 0; i < T; ++i) {
+        if (exact) av += P[i * T + j] * x.dout[i * Dv + d];
+        else avf += float(P[i * T + j]) * x.dout[i * Dv + d];
+      }
+      r.dv[j * Dv + d] = exact ? av : r16(avf);
+    }
+  }
   return r;
 }
 
@@ -171,7 +177,7 @@ class FlashAttentionTest : public ::testing::TestWithParam<Case> {};
 // Runs forward + backward on the GPU and checks everything against the references.
 void run_case(const Case& c, bool deterministic) {
   const AttentionShape s = shape_of(c);
-  const int64_t B = c.batch, T = c.seq, H = c.heads, D = c.dim;
+  const int64_t B = c.batch, T = c.seq, H = c.heads, D = c.dim, Dv = c.dv();
   const uint32_t seed = std::random_device{}();
   SCOPED_TRACE("seed " + std::to_string(seed) + " case " + case_name(c));
   std::mt19937 rng(seed);
@@ -221,23 +227,27 @@ void run_case(const Case& c, bool deterministic) {
       for (int64_t bh = w; bh < B * H; bh += nthreads) {
         const int64_t b = bh / H, h = bh % H;
         Head x;
-        x.q.resize(T * D), x.k.resize(T * D), x.v.resize(T * D), x.dout.resize(T * D);
-        std::vector<float> got_o(T * D), got_dq(T * D), got_dk(T * D), got_dv(T * D);
-        for (int64_t t = 0; t < T; ++t)
+        x.q.resize(T * D), x.k.resize(T * D), x.v.resize(T * Dv), x.dout.resize(T * Dv);
+        std::vector<float> got_o(T * Dv), got_dq(T * D), got_dk(T * D), got_dv(T * Dv);
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t row = (b * T + t) * s.qkv_width(), orow = (b * T + t) * s.out_width();
           for (int64_t d = 0; d < D; ++d) {
-            const int64_t row = (b * T + t) * s.qkv_width(), orow = (b * T + t) * s.out_width();
-            const int64_t iq = row + h * D + d, ik = iq + H * D, iv = ik + H * D;
+            const int64_t iq = row + h * D + d, ik = row + (H + h) * D + d;
             x.q[t * D + d] = from_half_bits(qkv[iq], c.dtype);
             x.k[t * D + d] = from_half_bits(qkv[ik], c.dtype);
-            x.v[t * D + d] = from_half_bits(qkv[iv], c.dtype);
-            x.dout[t * D + d] = from_half_bits(dout[orow + h * D + d], c.dtype);
-            got_o[t * D + d] = from_half_bits(out[orow + h * D + d], c.dtype);
             got_dq[t * D + d] = from_half_bits(dqkv[iq], c.dtype);
             got_dk[t * D + d] = from_half_bits(dqkv[ik], c.dtype);
-            got_dv[t * D + d] = from_half_bits(dqkv[iv], c.dtype);
           }
-        const HeadResult ref = attend(x, T, D, c.causal, s.scale, true, c.dtype);
-        const HeadResult low = attend(x, T, D, c.causal, s.scale, false, c.dtype);
+          for (int64_t d = 0; d < Dv; ++d) {
+            const int64_t iv = row + 2 * H * D + h * Dv + d, io = orow + h * Dv + d;
+            x.v[t * Dv + d] = from_half_bits(qkv[iv], c.dtype);
+            x.dout[t * Dv + d] = from_half_bits(dout[io], c.dtype);
+            got_o[t * Dv + d] = from_half_bits(out[io], c.dtype);
+            got_dv[t * Dv + d] = from_half_bits(dqkv[iv], c.dtype);
+          }
+        }
+        const HeadResult ref = attend(x, T, D, Dv, c.causal, s.scale, true, c.dtype);
+        const HeadResult low = attend(x, T, D, Dv, c.causal, s.scale, false, c.dtype);
         Errors& e = errs[bh];
         Errors& n = naive[bh];
         auto upd = [](double& err, double& mx, double got, double want) {
@@ -247,9 +257,11 @@ void run_case(const Case& c, bool deterministic) {
         };
         double unused = 0;
         for (int64_t i = 0; i < T * D; ++i) {
-          upd(e.o, e.max_o, got_o[i], ref.o[i]), upd(n.o, unused, low.o[i], ref.o[i]);
           upd(e.dq, e.max_dq, got_dq[i], ref.dq[i]), upd(n.dq, unused, low.dq[i], ref.dq[i]);
           upd(e.dk, e.max_dk, got_dk[i], ref.dk[i]), upd(n.dk, unused, low.dk[i], ref.dk[i]);
+        }
+        for (int64_t i = 0; i < T * Dv; ++i) {
+          upd(e.o, e.max_o, got_o[i], ref.o[i]), upd(n.o, unused, low.o[i], ref.o[i]);
           upd(e.dv, e.max_dv, got_dv[i], ref.dv[i]), upd(n.dv, unused, low.dv[i], ref.dv[i]);
         }
         for (int64_t t = 0; t < T; ++t) {
@@ -302,6 +314,11 @@ std::vector<Case> cases() {
     v.push_back({1, 1000, 1, 64, causal, DType::F16});
     v.push_back({1, 256, 2, 128, causal, DType::BF16, 8.f});  // scores of std ~64: one key dominates
     v.push_back({1, 130, 2, 64, causal, DType::F16, 4.f});
+    // Head dims other than 64/128 and pruned heads with Dqk != Dv (run in a wider tile, padded with zeros).
+    v.push_back({1, 197, 3, 96, causal, DType::BF16});
+    v.push_back({2, 65, 2, 64, causal, DType::BF16, 1.f, 32});
+    v.push_back({1, 130, 2, 40, causal, DType::F16, 1.f, 72});
+    v.push_back({1, 50, 1, 8, causal, DType::BF16, 1.f, 16});
   }
   return v;
 }
@@ -315,20 +332,22 @@ TEST(FlashAttentionArgs, RejectsUnsupportedShapesWithClearErrors) {
   s.batch = 1, s.seq = 8, s.heads = 2, s.qk_dim = 64, s.v_dim = 64, s.scale = 0.125;
   EXPECT_EQ(cuda::flash_attention_check(s, DType::BF16), "");
   EXPECT_NE(cuda::flash_attention_check(s, DType::F32).find("dtype f32"), std::string::npos);
-  s.v_dim = 32;
-  EXPECT_NE(cuda::flash_attention_check(s, DType::BF16).find("differs from v head dim 32"), std::string::npos);
-  s.v_dim = 96, s.qk_dim = 96;
-  EXPECT_NE(cuda::flash_attention_check(s, DType::BF16).find("head dim 96"), std::string::npos);
-  s.v_dim = 64, s.qk_dim = 64, s.seq = 0;
+  s.v_dim = 32;  // pruned heads: Dqk != Dv is fine
+  EXPECT_EQ(cuda::flash_attention_check(s, DType::BF16), "");
+  s.v_dim = 20;
+  EXPECT_NE(cuda::flash_attention_check(s, DType::BF16).find("v head dim 20 is not supported"), std::string::npos);
+  s.v_dim = 64, s.qk_dim = 136;
+  EXPECT_NE(cuda::flash_attention_check(s, DType::BF16).find("q/k head dim 136"), std::string::npos);
+  s.qk_dim = 64, s.seq = 0;
   EXPECT_NE(cuda::flash_attention_check(s, DType::BF16).find("seq 0"), std::string::npos);
   s.seq = 8, s.scale = 0;
   EXPECT_NE(cuda::flash_attention_check(s, DType::BF16).find("softmax scale"), std::string::npos);
-  s.scale = 0.125, s.qk_dim = 80, s.v_dim = 80;
+  s.scale = 0.125, s.qk_dim = 12;
   try {
     cuda::flash_attention_forward(s, DType::BF16, nullptr, nullptr, nullptr, nullptr);
     FAIL() << "expected loom::Error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("flash attention: head dim 80"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("flash attention: q/k head dim 12"), std::string::npos) << e.what();
   }
 }
 
