@@ -1,0 +1,170 @@
+// Host side of the flash-attention kernels: argument checks, dispatch over (dtype, head dim), launches.
+// The kernels themselves live in flash_attention_fwd.cuh and flash_attention_bwd.cuh; every template is
+// instantiated here only, for bf16/fp16 × head dim 64/128 (keeps CI's compile short).
+#include "kernels/cuda/flash_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <utility>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/flash_attention_bwd.cuh"
+#include "kernels/cuda/flash_attention_fwd.cuh"
+
+namespace loom::cuda {
+namespace {
+
+using flash::Params;
+
+constexpr size_t kAlign = 256;
+size_t round_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+void check_supported(const AttentionShape& s, DType dtype) {
+  const std::string why = flash_attention_check(s, dtype);
+  if (!why.empty()) fail("flash attention: ", why);
+}
+
+template <typename T>
+Params<T> make_params(const AttentionShape& s) {
+  Params<T> p{};
+  p.seq = static_cast<int>(s.seq);
+  p.heads = static_cast<int>(s.heads);
+  p.dqk = static_cast<int>(s.qk_dim);
+  p.dv = static_cast<int>(s.v_dim);
+  p.qkv_stride = s.qkv_width();
+  p.out_stride = s.out_width();
+  p.scale = static_cast<float>(s.scale);
+  p.scale_log2 = static_cast<float>(s.scale * 1.4426950408889634);
+  p.causal = s.causal;
+  return p;
+}
+
+// Raises a kernel's dynamic shared-memory limit (needed above 48 KB); cheap, so done on every launch rather
+// than cached (no global state, so no thread-safety question).
+template <typename Kernel>
+void set_smem(Kernel kernel, int bytes) {
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+
+template <typename T, int D>
+void forward(const AttentionShape& s, const Params<T>& p, cudaStream_t stream) {
+  using Tile = flash::FwdTile<D>;
+  auto kernel = flash::flash_fwd_kernel<T, D>;
+  set_smem(kernel, Tile::kSmemBytes);
+  const dim3 grid((s.seq + Tile::kBr - 1) / Tile::kBr, s.heads, s.batch);
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+  CUDA_CHECK_LAUNCH("flash_fwd_kernel");
+}
+
+template <typename T, int D>
+void backward(const AttentionShape& s, Params<T> p, char* ws, bool deterministic, cudaStream_t stream) {
+  const int64_t rows = s.batch * s.seq * s.heads;
+  p.dsum = reinterpret_cast<float*>(ws);
+  p.dq_accum = deterministic ? nullptr : reinterpret_cast<float*>(ws + round_up(rows * sizeof(float)));
+  {
+    const int threads = 256;
+    const int64_t blocks = (rows * 32 + threads - 1) / threads;
+    flash::flash_bwd_dsum_kernel<T, D><<<blocks, threads, 0, stream>>>(p, rows);
+    CUDA_CHECK_LAUNCH("flash_bwd_dsum_kernel");
+  }
+  if (!deterministic) CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, rows * s.qk_dim * sizeof(float), stream));
+  {
+    using Tile = flash::BwdTile<D>;
+    auto kernel = flash::flash_bwd_kernel<T, D>;
+    set_smem(kernel, Tile::kSmemBytes);
+    const dim3 grid((s.seq + Tile::kBc - 1) / Tile::kBc, s.heads, s.batch);
+    kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+    CUDA_CHECK_LAUNCH("flash_bwd_kernel");
+  }
+  if (deterministic) {
+    using Tile = flash::DqTile<D>;
+    auto kernel = flash::flash_bwd_dq_kernel<T, D>;
+    set_smem(kernel, Tile::kSmemBytes);
+    const dim3 grid((s.seq + Tile::kBr - 1) / Tile::kBr, s.heads, s.batch);
+    kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+    CUDA_CHECK_LAUNCH("flash_bwd_dq_kernel");
+  } else {
+    const int threads = 256;
+    const int64_t pairs = rows * s.qk_dim / 2;
+    flash::flash_bwd_dq_convert_kernel<T, D><<<(pairs + threads - 1) / threads, threads, 0, stream>>>(p, pairs);
+    CUDA_CHECK_LAUNCH("flash_bwd_dq_convert_kernel");
+  }
+}
+
+// Calls fn.template operator()<T, D>() for the runtime dtype and the tile width D: 64 when both head dims fit
+// in 64, else 128 (smaller head dims run in the wider tile with zero-filled columns).
+template <typename Fn>
+void dispatch(DType dtype, const AttentionShape& s, Fn&& fn) {
+  const int64_t d = std::max(s.qk_dim, s.v_dim) <= 64 ? 64 : 128;
+  if (dtype == DType::BF16) {
+    if (d == 64) return fn.template operator()<__nv_bfloat16, 64>();
+    return fn.template operator()<__nv_bfloat16, 128>();
+  }
+  if (d == 64) return fn.template operator()<__half, 64>();
+  return fn.template operator()<__half, 128>();
+}
+
+}  // namespace
+
+std::string flash_attention_check(const AttentionShape& s, DType dtype) {
+  if (dtype != DType::BF16 && dtype != DType::F16)
+    return detail::concat("dtype ", dtype_name(dtype), " is not supported (bf16 or f16)");
+  for (const auto& [name, d] : {std::pair{"q/k head dim ", s.qk_dim}, std::pair{"v head dim ", s.v_dim}})
+    if (d < 8 || d > 128 || d % 8 != 0)
+      return detail::concat(name, d, " is not supported (a multiple of 8 from 8 to 128)");
+  if (s.batch < 1 || s.seq < 1 || s.heads < 1)
+    return detail::concat("batch ", s.batch, ", seq ", s.seq, ", heads ", s.heads, " must all be >= 1");
+  if (s.seq > INT32_MAX / 2 || s.heads > 65535 || s.batch > 65535)
+    return detail::concat("seq ", s.seq, " / heads ", s.heads, " / batch ", s.batch, " exceed the grid limits");
+  if (!(std::isfinite(s.scale) && s.scale > 0)) return detail::concat("softmax scale ", s.scale, " must be finite and > 0");
+  return "";
+}
+
+void flash_attention_forward(const AttentionShape& s, DType dtype, const void* qkv, void* out, float* lse,
+                             cudaStream_t stream) {
+  check_supported(s, dtype);
+  LOOM_CHECK(qkv && out && lse, "flash_attention_forward: null pointer (qkv, out or lse)");
+  LOOM_CHECK(aligned16(qkv) && aligned16(out), "flash_attention_forward: qkv and out must be 16-byte aligned");
+  dispatch(dtype, s, [&]<typename T, int D>() {
+    Params<T> p = make_params<T>(s);
+    p.qkv = static_cast<const T*>(qkv);
+    p.out_w = static_cast<T*>(out);
+    p.lse = lse;
+    forward<T, D>(s, p, stream);
+  });
+}
+
+size_t flash_attention_backward_workspace_bytes(const AttentionShape& s, bool deterministic) {
+  const size_t rows = static_cast<size_t>(s.batch * s.seq * s.heads);
+  size_t bytes = round_up(rows * sizeof(float));
+  if (!deterministic) bytes += round_up(rows * static_cast<size_t>(s.qk_dim) * sizeof(float));
+  return bytes;
+}
+
+void flash_attention_backward(const AttentionShape& s, DType dtype, const void* qkv, const void* out,
+                              const void* dout, const float* lse, void* dqkv, void* workspace,
+                              size_t workspace_bytes, bool deterministic, cudaStream_t stream) {
+  check_supported(s, dtype);
+  LOOM_CHECK(qkv && out && dout && lse && dqkv && workspace,
+             "flash_attention_backward: null pointer (qkv, out, dout, lse, dqkv or workspace)");
+  const size_t need = flash_attention_backward_workspace_bytes(s, deterministic);
+  LOOM_CHECK(workspace_bytes >= need, "flash_attention_backward: workspace of ", workspace_bytes,
+             " bytes is smaller than the ", need, " bytes needed");
+  LOOM_CHECK(aligned16(qkv) && aligned16(out) && aligned16(dout) && aligned16(dqkv),
+             "flash_attention_backward: qkv, out, dout and dqkv must be 16-byte aligned");
+  LOOM_CHECK(reinterpret_cast<uintptr_t>(workspace) % kAlign == 0,
+             "flash_attention_backward: workspace must be 256-byte aligned");
+  dispatch(dtype, s, [&]<typename T, int D>() {
+    Params<T> p = make_params<T>(s);
+    p.qkv = static_cast<const T*>(qkv);
+    p.out = static_cast<const T*>(out);
+    p.dout = static_cast<const T*>(dout);
+    p.lse = const_cast<float*>(lse);
+    p.dqkv = static_cast<T*>(dqkv);
+    backward<T, D>(s, p, static_cast<char*>(workspace), deterministic, stream);
+  });
+}
+
+}  // namespace loom::cuda

@@ -1,0 +1,53 @@
+// FlashAttention-2 forward and backward on CUDA (sm_90a), over the trainer's fused QKV layout.
+//
+// Layout (see kernels/backend.h, AttentionShape): qkv is [B, T, H*Dqk (q) | H*Dqk (k) | H*Dv (v)] per token,
+// row stride H*(2*Dqk+Dv) elements, each head contiguous; out and dout are [B, T, H*Dv]; lse is [B, H, T]
+// float32 (natural-log logsumexp of each row of scale·q·kᵀ after masking); dqkv has qkv's layout.
+// Nothing is transposed or copied: the kernels read q, k, v straight out of qkv.
+//
+// Supported: dtype BF16 or F16 (fp32 accumulation everywhere); head dims Dqk and Dv each a multiple of 8 from 8
+// to 128, equal or not (pruned heads) — tuned for 64 and 128, other sizes run in the next tile width (64 or 128)
+// with zero-filled columns; any T ≥ 1 (ragged: partial tiles are masked); causal (key j visible to query i iff
+// j ≤ i) or not; any finite scale > 0. qkv, out, dout and dqkv must be 16-byte aligned. Anything else throws
+// loom::Error naming the unsupported field (flash_attention_check says why up front).
+//
+// Rows with no visible key cannot occur with these masks; if they did, out would be 0 and lse +inf
+// (FlashAttention's convention), and the backward would give them zero gradient.
+//
+// Threads and streams: all work is queued on `stream` (asynchronous); the caller keeps the buffers alive
+// until the stream has passed it. Functions are thread-safe (no global state besides a once-per-kernel
+// shared-memory attribute set on first use). All pointers are device pointers owned by the caller;
+// buffers must not overlap except where stated. Every CUDA call and launch is checked (loom::Error).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <string>
+
+#include "core/dtype.h"
+#include "kernels/backend.h"
+
+namespace loom::cuda {
+
+// Returns "" if (shape, dtype) is supported by these kernels, otherwise a sentence saying why not.
+std::string flash_attention_check(const AttentionShape& shape, DType dtype);
+
+// out = softmax(scale · q kᵀ [+ causal mask]) v per batch and head; lse = the rows' logsumexp.
+// qkv: [B, T, qkv_width] of dtype; out: [B, T, H*Dv] of dtype (fully written); lse: [B, H, T] f32 (written).
+void flash_attention_forward(const AttentionShape& shape, DType dtype, const void* qkv, void* out, float* lse,
+                             cudaStream_t stream);
+
+// Bytes of device scratch memory flash_attention_backward needs (a float32 dQ accumulator [B, T, H, Dqk]
+// unless deterministic, and the row sums D = rowsum(dO∘O) [B, H, T]). 256-byte aligned pointer required.
+size_t flash_attention_backward_workspace_bytes(const AttentionShape& shape, bool deterministic);
+
+// Writes dqkv (all of it: dq, dk, dv) given the forward's inputs qkv, its outputs out and lse, and dout.
+// workspace: at least flash_attention_backward_workspace_bytes(shape, deterministic) bytes, clobbered.
+// deterministic = false: dQ is accumulated across key blocks with float atomics (fastest; the low bits of dq
+// may differ between runs). deterministic = true: dQ is computed by a separate pass without atomics, so
+// repeated runs give bit-identical dqkv (costs roughly a third more backward time).
+void flash_attention_backward(const AttentionShape& shape, DType dtype, const void* qkv, const void* out,
+                              const void* dout, const float* lse, void* dqkv, void* workspace,
+                              size_t workspace_bytes, bool deterministic, cudaStream_t stream);
+
+}  // namespace loom::cuda

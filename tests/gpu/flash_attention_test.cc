@@ -1,0 +1,355 @@
+// Flash-attention forward/backward against a float64 CPU reference computed from the same 16-bit inputs.
+//
+// Acceptance rule (FlashAttention's own test rule): for O, dQ, dK, dV the max abs error against the float64
+// reference must be at most 2x the error of the same attention computed naively in the 16-bit type (inputs
+// 16-bit, S and P rounded to 16 bits, matmuls accumulated in float32), plus a floor far below one 16-bit ulp of
+// the largest reference value plus 1e-5 (so exact-zero naive errors on tiny problems don't demand bit-exactness).
+// Inputs are fresh random each run (the seed is printed on failure); outputs are poisoned with NaN first.
+// Without a CUDA GPU every test that needs one skips with "no CUDA GPU visible".
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/flash_attention.h"
+
+namespace loom {
+namespace {
+
+bool gpu_visible() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+#define SKIP_WITHOUT_GPU() \
+  if (!gpu_visible()) GTEST_SKIP() << "no CUDA GPU visible"
+
+// Device buffer owned by a test.
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  explicit DeviceBuffer(size_t n) : bytes(n) { CUDA_CHECK(cudaMalloc(&ptr, std::max<size_t>(n, 1))); }
+  ~DeviceBuffer() { cudaFree(ptr); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void poison() { CUDA_CHECK(cudaMemset(ptr, 0xff, bytes)); }  // 0xffff.. is NaN in bf16, f16 and f32
+};
+
+uint16_t to_half_bits(float f, DType t) { return t == DType::BF16 ? float_to_bf16(f) : float_to_f16(f); }
+float from_half_bits(uint16_t h, DType t) { return t == DType::BF16 ? bf16_to_float(h) : f16_to_float(h); }
+float round16(float f, DType t) { return from_half_bits(to_half_bits(f, t), t); }
+
+struct Case {
+  int64_t batch, seq, heads, dim;
+  bool causal;
+  DType dtype;
+  float magnitude = 1;  // std of q and k (large values stress the online softmax)
+  int64_t v_dim = 0;    // head dim of v when it differs from `dim` (pruned heads); 0 = same
+  int64_t dv() const { return v_dim ? v_dim : dim; }
+};
+
+std::string case_name(const Case& c) {
+  return "b" + std::to_string(c.batch) + "_t" + std::to_string(c.seq) + "_h" + std::to_string(c.heads) + "_d" +
+         std::to_string(c.dim) + (c.v_dim ? "_v" + std::to_string(c.v_dim) : "") + (c.causal ? "_causal" : "_full") + "_" + dtype_name(c.dtype) +
+         (c.magnitude != 1 ? "_mag" + std::to_string(int(c.magnitude)) : "");
+}
+
+AttentionShape shape_of(const Case& c) {
+  AttentionShape s;
+  s.batch = c.batch, s.seq = c.seq, s.heads = c.heads, s.qk_dim = c.dim, s.v_dim = c.dv();
+  s.causal = c.causal;
+  s.scale = 1.0 / std::sqrt(double(c.dim));
+  return s;
+}
+
+// Per (b, h) head: float copies of the 16-bit q, k ([T][Dqk]) and v, dO ([T][Dv]).
+struct Head {
+  std::vector<float> q, k, v, dout;
+};
+
+// Reference results for one head: o, dv [T][Dv]; dq, dk [T][Dqk]; lse [T].
+struct HeadResult {
+  std::vector<double> o, lse, dq, dk, dv;
+};
+
+// Exact attention in float64 (exact = true) or the naive 16-bit computation (exact = false).
+HeadResult attend(const Head& x, int64_t T, int64_t D, int64_t Dv, bool causal, double scale, bool exact, DType t) {
+  auto r16 = [&](double v) { return exact ? v : double(round16(float(v), t)); };
+  std::vector<double> P(T * T, 0.0), dP(T * T, 0.0);
+  HeadResult r;
+  r.o.assign(T * Dv, 0), r.lse.assign(T, 0), r.dq.assign(T * D, 0), r.dk.assign(T * D, 0), r.dv.assign(T * Dv, 0);
+  for (int64_t i = 0; i < T; ++i) {
+    const int64_t nj = causal ? i + 1 : T;
+    double mx = -INFINITY;
+    for (int64_t j = 0; j < nj; ++j) {
+      double s;
+      if (exact) {
+        s = 0;
+        for (int64_t d = 0; d < D; ++d) s += double(x.q[i * D + d]) * x.k[j * D + d];
+        s *= scale;
+      } else {
+        float sf = 0;
+        for (int64_t d = 0; d < D; ++d) sf += x.q[i * D + d] * x.k[j * D + d];
+        s = r16(r16(sf) * float(scale));
+      }
+      P[i * T + j] = s;
+      mx = std::max(mx, s);
+    }
+    double sum = 0;
+    for (int64_t j = 0; j < nj; ++j) sum += std::exp(P[i * T + j] - mx);
+    r.lse[i] = mx + std::log(sum);
+    for (int64_t j = 0; j < nj; ++j) P[i * T + j] = r16(std::exp(P[i * T + j] - mx) / sum);
+    for (int64_t d = 0; d < Dv; ++d) {
+      double o = 0;
+      float of = 0;
+      for (int64_t j = 0; j < nj; ++j) {
+        if (exact) o += P[i * T + j] * x.v[j * Dv + d];
+        else of += float(P[i * T + j]) * x.v[j * Dv + d];
+      }
+      r.o[i * Dv + d] = exact ? o : r16(of);
+    }
+  }
+  // Backward: dP = dO Vᵀ, dS = P (dP - rowsum(P dP)), dQ = scale dS K, dK = scale dSᵀ Q, dV = Pᵀ dO.
+  for (int64_t i = 0; i < T; ++i) {
+    const int64_t nj = causal ? i + 1 : T;
+    double rowdot = 0;
+    for (int64_t j = 0; j < nj; ++j) {
+      double s = 0;
+      float sf = 0;
+      for (int64_t d = 0; d < Dv; ++d) {
+        if (exact) s += double(x.dout[i * Dv + d]) * x.v[j * Dv + d];
+        else sf += x.dout[i * Dv + d] * x.v[j * Dv + d];
+      }
+      dP[i * T + j] = exact ? s : r16(sf);
+      rowdot += P[i * T + j] * dP[i * T + j];
+    }
+    for (int64_t j = 0; j < nj; ++j) dP[i * T + j] = r16(r16(P[i * T + j] * (dP[i * T + j] - rowdot)) * scale);
+  }
+  // dP now holds scale·dS.
+  for (int64_t i = 0; i < T; ++i)
+    for (int64_t d = 0; d < D; ++d) {
+      double acc = 0;
+      float accf = 0;
+      for (int64_t j = 0; j < T; ++j) {
+        if (exact) acc += dP[i * T + j] * x.k[j * D + d];
+        else accf += float(dP[i * T + j]) * x.k[j * D + d];
+      }
+      r.dq[i * D + d] = exact ? acc : r16(accf);
+    }
+  for (int64_t j = 0; j < T; ++j) {
+    for (int64_t d = 0; d < D; ++d) {
+      double ak = 0;
+      float akf = 0;
+      for (int64_t i = 0; i < T; ++i) {
+        if (exact) ak += dP[i * T + j] * x.q[i * D + d];
+        else akf += float(dP[i * T + j]) * x.q[i * D + d];
+      }
+      r.dk[j * D + d] = exact ? ak : r16(akf);
+    }
+    for (int64_t d = 0; d < Dv; ++d) {
+      double av = 0;
+      float avf = 0;
+      for (int64_t i = 0; i < T; ++i) {
+        if (exact) av += P[i * T + j] * x.dout[i * Dv + d];
+        else avf += float(P[i * T + j]) * x.dout[i * Dv + d];
+      }
+      r.dv[j * Dv + d] = exact ? av : r16(avf);
+    }
+  }
+  return r;
+}
+
+struct Errors {
+  double o = 0, dq = 0, dk = 0, dv = 0, lse = 0;
+  double max_o = 0, max_dq = 0, max_dk = 0, max_dv = 0;
+};
+
+class FlashAttentionTest : public ::testing::TestWithParam<Case> {};
+
+// Runs forward + backward on the GPU and checks everything against the references.
+void run_case(const Case& c, bool deterministic) {
+  const AttentionShape s = shape_of(c);
+  const int64_t B = c.batch, T = c.seq, H = c.heads, D = c.dim, Dv = c.dv();
+  const uint32_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed) + " case " + case_name(c));
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.f, 1.f);
+
+  std::vector<uint16_t> qkv(B * T * s.qkv_width()), dout(B * T * s.out_width());
+  for (int64_t i = 0; i < int64_t(qkv.size()); ++i) {
+    const int64_t col = i % s.qkv_width();
+    const float m = col < 2 * H * D ? c.magnitude : 1.f;  // q and k columns get the magnitude
+    qkv[i] = to_half_bits(normal(rng) * m, c.dtype);
+  }
+  for (auto& x : dout) x = to_half_bits(normal(rng), c.dtype);
+
+  DeviceBuffer d_qkv(qkv.size() * 2), d_out(B * T * s.out_width() * 2), d_dout(dout.size() * 2),
+      d_lse(B * H * T * 4), d_dqkv(qkv.size() * 2),
+      d_ws(cuda::flash_attention_backward_workspace_bytes(s, deterministic));
+  CUDA_CHECK(cudaMemcpy(d_qkv.ptr, qkv.data(), d_qkv.bytes, cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(d_dout.ptr, dout.data(), d_dout.bytes, cudaMemcpyHostToDevice));
+  d_out.poison(), d_lse.poison(), d_dqkv.poison(), d_ws.poison();
+  cuda::flash_attention_forward(s, c.dtype, d_qkv.ptr, d_out.ptr, static_cast<float*>(d_lse.ptr), nullptr);
+  cuda::flash_attention_backward(s, c.dtype, d_qkv.ptr, d_out.ptr, d_dout.ptr, static_cast<float*>(d_lse.ptr),
+                                 d_dqkv.ptr, d_ws.ptr, d_ws.bytes, deterministic, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<uint16_t> out(B * T * s.out_width()), dqkv(qkv.size());
+  std::vector<float> lse(B * H * T);
+  CUDA_CHECK(cudaMemcpy(out.data(), d_out.ptr, d_out.bytes, cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(dqkv.data(), d_dqkv.ptr, d_dqkv.bytes, cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(lse.data(), d_lse.ptr, d_lse.bytes, cudaMemcpyDeviceToHost));
+
+  if (deterministic) {  // a second run must reproduce dqkv bit for bit
+    DeviceBuffer d_dqkv2(d_dqkv.bytes);
+    d_dqkv2.poison(), d_ws.poison();
+    cuda::flash_attention_backward(s, c.dtype, d_qkv.ptr, d_out.ptr, d_dout.ptr, static_cast<float*>(d_lse.ptr),
+                                   d_dqkv2.ptr, d_ws.ptr, d_ws.bytes, true, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<uint16_t> again(qkv.size());
+    CUDA_CHECK(cudaMemcpy(again.data(), d_dqkv2.ptr, d_dqkv2.bytes, cudaMemcpyDeviceToHost));
+    EXPECT_EQ(std::memcmp(again.data(), dqkv.data(), again.size() * 2), 0) << "deterministic dqkv differs between runs";
+  }
+
+  // References per (b, h), in parallel over heads.
+  std::vector<Errors> errs(B * H), naive(B * H);
+  std::vector<std::thread> pool;
+  const int64_t nthreads = std::max<int64_t>(1, std::min<int64_t>(B * H, std::thread::hardware_concurrency()));
+  for (int64_t w = 0; w < nthreads; ++w)
+    pool.emplace_back([&, w] {
+      for (int64_t bh = w; bh < B * H; bh += nthreads) {
+        const int64_t b = bh / H, h = bh % H;
+        Head x;
+        x.q.resize(T * D), x.k.resize(T * D), x.v.resize(T * Dv), x.dout.resize(T * Dv);
+        std::vector<float> got_o(T * Dv), got_dq(T * D), got_dk(T * D), got_dv(T * Dv);
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t row = (b * T + t) * s.qkv_width(), orow = (b * T + t) * s.out_width();
+          for (int64_t d = 0; d < D; ++d) {
+            const int64_t iq = row + h * D + d, ik = row + (H + h) * D + d;
+            x.q[t * D + d] = from_half_bits(qkv[iq], c.dtype);
+            x.k[t * D + d] = from_half_bits(qkv[ik], c.dtype);
+            got_dq[t * D + d] = from_half_bits(dqkv[iq], c.dtype);
+            got_dk[t * D + d] = from_half_bits(dqkv[ik], c.dtype);
+          }
+          for (int64_t d = 0; d < Dv; ++d) {
+            const int64_t iv = row + 2 * H * D + h * Dv + d, io = orow + h * Dv + d;
+            x.v[t * Dv + d] = from_half_bits(qkv[iv], c.dtype);
+            x.dout[t * Dv + d] = from_half_bits(dout[io], c.dtype);
+            got_o[t * Dv + d] = from_half_bits(out[io], c.dtype);
+            got_dv[t * Dv + d] = from_half_bits(dqkv[iv], c.dtype);
+          }
+        }
+        const HeadResult ref = attend(x, T, D, Dv, c.causal, s.scale, true, c.dtype);
+        const HeadResult low = attend(x, T, D, Dv, c.causal, s.scale, false, c.dtype);
+        Errors& e = errs[bh];
+        Errors& n = naive[bh];
+        auto upd = [](double& err, double& mx, double got, double want) {
+          // NaN/inf in the output must fail: make the error infinite.
+          err = std::max(err, std::isfinite(got) ? std::abs(got - want) : INFINITY);
+          mx = std::max(mx, std::abs(want));
+        };
+        double unused = 0;
+        for (int64_t i = 0; i < T * D; ++i) {
+          upd(e.dq, e.max_dq, got_dq[i], ref.dq[i]), upd(n.dq, unused, low.dq[i], ref.dq[i]);
+          upd(e.dk, e.max_dk, got_dk[i], ref.dk[i]), upd(n.dk, unused, low.dk[i], ref.dk[i]);
+        }
+        for (int64_t i = 0; i < T * Dv; ++i) {
+          upd(e.o, e.max_o, got_o[i], ref.o[i]), upd(n.o, unused, low.o[i], ref.o[i]);
+          upd(e.dv, e.max_dv, got_dv[i], ref.dv[i]), upd(n.dv, unused, low.dv[i], ref.dv[i]);
+        }
+        for (int64_t t = 0; t < T; ++t) {
+          const double got = lse[(b * H + h) * T + t];
+          e.lse = std::max(e.lse, std::isfinite(got) ? std::abs(got - ref.lse[t]) / (1 + std::abs(ref.lse[t])) : INFINITY);
+        }
+      }
+    });
+  for (auto& th : pool) th.join();
+
+  Errors e, n;
+  for (int64_t i = 0; i < B * H; ++i) {
+    e.o = std::max(e.o, errs[i].o), e.dq = std::max(e.dq, errs[i].dq), e.dk = std::max(e.dk, errs[i].dk);
+    e.dv = std::max(e.dv, errs[i].dv), e.lse = std::max(e.lse, errs[i].lse);
+    e.max_o = std::max(e.max_o, errs[i].max_o), e.max_dq = std::max(e.max_dq, errs[i].max_dq);
+    e.max_dk = std::max(e.max_dk, errs[i].max_dk), e.max_dv = std::max(e.max_dv, errs[i].max_dv);
+    n.o = std::max(n.o, naive[i].o), n.dq = std::max(n.dq, naive[i].dq), n.dk = std::max(n.dk, naive[i].dk);
+    n.dv = std::max(n.dv, naive[i].dv);
+  }
+  // The 1e-5 floor covers float32 rounding in dP - D (terms of size ~sqrt(D) that cancel exactly when T = 1,
+  // where the reference gradient of q and k is 0 and the naive error happens to be 0 too).
+  auto bound = [](double naive_err, double max_ref) { return 2 * naive_err + 1e-4 * max_ref + 1e-5; };
+  EXPECT_LE(e.o, bound(n.o, e.max_o)) << "out: naive 16-bit error " << n.o;
+  EXPECT_LE(e.dq, bound(n.dq, e.max_dq)) << "dq: naive 16-bit error " << n.dq;
+  EXPECT_LE(e.dk, bound(n.dk, e.max_dk)) << "dk: naive 16-bit error " << n.dk;
+  EXPECT_LE(e.dv, bound(n.dv, e.max_dv)) << "dv: naive 16-bit error " << n.dv;
+  EXPECT_LE(e.lse, 1e-4) << "lse relative error";
+  std::printf("[ %s%s ] err/naive: o %.2e/%.2e dq %.2e/%.2e dk %.2e/%.2e dv %.2e/%.2e lse %.1e\n",
+              case_name(c).c_str(), deterministic ? " det" : "", e.o, n.o, e.dq, n.dq, e.dk, n.dk, e.dv, n.dv, e.lse);
+}
+
+TEST_P(FlashAttentionTest, MatchesReferenceWithAtomicDq) {
+  SKIP_WITHOUT_GPU();
+  run_case(GetParam(), false);
+}
+
+TEST_P(FlashAttentionTest, MatchesReferenceDeterministicAndBitIdentical) {
+  SKIP_WITHOUT_GPU();
+  run_case(GetParam(), true);
+}
+
+std::vector<Case> cases() {
+  std::vector<Case> v;
+  for (bool causal : {false, true}) {
+    v.push_back({2, 1, 2, 64, causal, DType::BF16});
+    v.push_back({1, 17, 3, 128, causal, DType::BF16});
+    v.push_back({2, 197, 2, 64, causal, DType::BF16});
+    v.push_back({1, 197, 2, 128, causal, DType::F16});
+    v.push_back({1, 1000, 1, 128, causal, DType::BF16});
+    v.push_back({1, 1000, 1, 64, causal, DType::F16});
+    v.push_back({1, 256, 2, 128, causal, DType::BF16, 8.f});  // scores of std ~64: one key dominates
+    v.push_back({1, 130, 2, 64, causal, DType::F16, 4.f});
+    // Head dims other than 64/128 and pruned heads with Dqk != Dv (run in a wider tile, padded with zeros).
+    v.push_back({1, 197, 3, 96, causal, DType::BF16});
+    v.push_back({2, 65, 2, 64, causal, DType::BF16, 1.f, 32});
+    v.push_back({1, 130, 2, 40, causal, DType::F16, 1.f, 72});
+    v.push_back({1, 50, 1, 8, causal, DType::BF16, 1.f, 16});
+  }
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, FlashAttentionTest, ::testing::ValuesIn(cases()),
+                         [](const ::testing::TestParamInfo<Case>& i) { return case_name(i.param); });
+
+// Argument checks run on the host, so these need no GPU.
+TEST(FlashAttentionArgs, RejectsUnsupportedShapesWithClearErrors) {
+  AttentionShape s;
+  s.batch = 1, s.seq = 8, s.heads = 2, s.qk_dim = 64, s.v_dim = 64, s.scale = 0.125;
+  EXPECT_EQ(cuda::flash_attention_check(s, DType::BF16), "");
+  EXPECT_NE(cuda::flash_attention_check(s, DType::F32).find("dtype f32"), std::string::npos);
+  s.v_dim = 32;  // pruned heads: Dqk != Dv is fine
+  EXPECT_EQ(cuda::flash_attention_check(s, DType::BF16), "");
+  s.v_dim = 20;
+  EXPECT_NE(cuda::flash_attention_check(s, DType::BF16).find("v head dim 20 is not supported"), std::string::npos);
+  s.v_dim = 64, s.qk_dim = 136;
+  EXPECT_NE(cuda::flash_attention_check(s, DType::BF16).find("q/k head dim 136"), std::string::npos);
+  s.qk_dim = 64, s.seq = 0;
+  EXPECT_NE(cuda::flash_attention_check(s, DType::BF16).find("seq 0"), std::string::npos);
+  s.seq = 8, s.scale = 0;
+  EXPECT_NE(cuda::flash_attention_check(s, DType::BF16).find("softmax scale"), std::string::npos);
+  s.scale = 0.125, s.qk_dim = 12;
+  try {
+    cuda::flash_attention_forward(s, DType::BF16, nullptr, nullptr, nullptr, nullptr);
+    FAIL() << "expected loom::Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("flash attention: q/k head dim 12"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace loom
