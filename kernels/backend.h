@@ -102,6 +102,13 @@ class Backend {
   // (CPU: the probabilities [B, H, T, T]; flash kernels: the row logsumexp [B, H, T] in f32).
   virtual Shape attention_saved_shape(const AttentionShape& s) const = 0;
   virtual DType attention_saved_dtype() const = 0;
+  // The same for activations of `dtype`: the backend may pick a different kernel per dtype (CUDA: flash
+  // attention for bf16/f16 and supported head dims, saving [B, H, T]). The tensor the caller allocates with this
+  // shape selects the kernel in attention_forward/backward.
+  virtual Shape attention_saved_shape(const AttentionShape& s, DType dtype) const { return attention_saved_shape(s); }
+  // Deterministic mode: kernels that would otherwise accumulate with float atomics (flash attention's dQ)
+  // take a slower fixed-order path, so repeated runs are bit-identical.
+  virtual void set_deterministic(bool deterministic) {}
   // out = softmax(scale · q kᵀ + causal mask) v per batch and head; fills `saved`.
   virtual void attention_forward(Tensor& out, Tensor& saved, const Tensor& qkv, const AttentionShape& s) = 0;
   // dqkv (same layout as qkv) is written.

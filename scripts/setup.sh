@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(build-essential cmake ninja-build ccache pkg-config libyaml-cpp-dev libopenblas-dev libpcre2-dev
+packages=(build-essential cmake ninja-build ccache pkg-config libyaml-cpp-dev libopenblas-openmp-dev libpcre2-dev zlib1g-dev
           libcli11-dev nlohmann-json3-dev libprotobuf-dev protobuf-compiler libgtest-dev libgmock-dev
           openmpi-bin libopenmpi-dev linux-doc-6.1 dataset-fashion-mnist)
 command -v npm >/dev/null || packages+=(npm)

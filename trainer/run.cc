@@ -91,6 +91,7 @@ TrainResult run_training(const config::RunConfig& cfg, std::ostream& log,
   }
   const Device device = select_device(t);
   auto backend = make_backend(device);
+  backend->set_deterministic(t.deterministic());
   const DType compute = select_compute_dtype(device, t);
   auto model = build_model(cfg, *backend, compute);
   auto data = build_data_source(cfg, 0, 1);

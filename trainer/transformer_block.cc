@@ -53,7 +53,7 @@ BlockActivations TransformerBlock::allocate_activations(int64_t B, int64_t T, DT
   const DType saved_dtype = backend.attention_saved_dtype() == DType::F32 && dtype == DType::F64
                                 ? DType::F64
                                 : backend.attention_saved_dtype();
-  a.att_saved = Tensor::empty(backend.attention_saved_shape(as), saved_dtype, dev);
+  a.att_saved = Tensor::empty(backend.attention_saved_shape(as, dtype), saved_dtype, dev);
   a.mid = Tensor::empty({B, T, C}, dtype, dev);
   a.ln2 = Tensor::empty({B, T, C}, dtype, dev);
   a.ln2_mean = Tensor::empty({B * T}, a.ln1_mean.dtype(), dev);

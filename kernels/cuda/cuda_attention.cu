@@ -10,6 +10,7 @@
 #include "kernels/cuda/cuda_backend.cuh"
 #include "kernels/cuda/cuda_op_check.cuh"
 #include "kernels/cuda/cuda_ops.cuh"
+#include "kernels/cuda/flash_attention.h"
 
 namespace loom::cuda {
 
@@ -42,7 +43,14 @@ void batched_gemm(Gemm& gemm, cudaStream_t stream, int64_t heads, int64_t m, int
   gemm.run(spec, stream);
 }
 
+bool uses_flash(const Tensor& saved) { return saved.ndim() == 3; }
+
 }  // namespace
+
+Shape CudaBackend::attention_saved_shape(const AttentionShape& s, DType dtype) const {
+  if (flash_attention_check(s, dtype).empty()) return {s.batch, s.heads, s.seq};
+  return attention_saved_shape(s);
+}
 
 void CudaBackend::attention_forward(Tensor& out, Tensor& saved, const Tensor& qkv, const AttentionShape& s) {
   const OpCheck check{"attention_forward", device()};
@@ -52,7 +60,14 @@ void CudaBackend::attention_forward(Tensor& out, Tensor& saved, const Tensor& qk
   check.like("out", out, "qkv", qkv);
   check.rows("out", out, s.batch * s.seq, s.out_width());
   check.f32("saved", saved);
-  check.shape("saved", saved, attention_saved_shape(s));
+  check.shape("saved", saved, attention_saved_shape(s, uses_flash(saved) ? qkv.dtype() : DType::F32));
+  if (uses_flash(saved)) {
+    const std::string why_not = flash_attention_check(s, qkv.dtype());
+    check.require(why_not.empty(), "flash attention: ", why_not);
+    activate();
+    flash_attention_forward(s, qkv.dtype(), qkv.raw(), out.raw(), ptr<float>(saved), stream_);
+    return;
+  }
   activate();
   const int64_t B = s.batch, Tn = s.seq, H = s.heads, Dqk = s.qk_dim, Dv = s.v_dim, BH = B * H;
   const cudaDataType_t type = cuda_data_type(qkv.dtype());
@@ -92,7 +107,17 @@ void CudaBackend::attention_backward(Tensor& dqkv, const Tensor& dout, const Ten
   check.like("dout", dout, "qkv", qkv);
   check.same_shape("dout", dout, "out", out);
   check.f32("saved", saved);
-  check.shape("saved", saved, attention_saved_shape(s));
+  check.shape("saved", saved, attention_saved_shape(s, uses_flash(saved) ? qkv.dtype() : DType::F32));
+  if (uses_flash(saved)) {
+    const std::string why_not = flash_attention_check(s, qkv.dtype());
+    check.require(why_not.empty(), "flash attention: ", why_not);
+    activate();
+    const size_t bytes = flash_attention_backward_workspace_bytes(s, deterministic_);
+    ScratchBuffer workspace(bytes);
+    flash_attention_backward(s, qkv.dtype(), qkv.raw(), out.raw(), dout.raw(), ptr<float>(saved), dqkv.raw(),
+                             workspace.as<void>(), bytes, deterministic_, stream_);
+    return;
+  }
   activate();
   const int64_t B = s.batch, Tn = s.seq, H = s.heads, Dqk = s.qk_dim, Dv = s.v_dim, BH = B * H;
   const cudaDataType_t type = cuda_data_type(qkv.dtype());

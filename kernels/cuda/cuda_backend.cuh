@@ -46,8 +46,12 @@ class CudaBackend final : public Backend {
   void gelu_forward(Tensor& out, const Tensor& x, GeluKind kind) override;
   void gelu_backward(Tensor& dx, const Tensor& dout, const Tensor& x, GeluKind kind) override;
 
-  // The plain (materialised) attention saves the probabilities [B, H, T, T] in f32.
+  // The plain (materialised) attention saves the probabilities [B, H, T, T] in f32; flash attention (bf16/f16
+  // activations, head dims it supports) saves the row logsumexp [B, H, T] in f32. A saved tensor of 3
+  // dimensions selects the flash kernels.
   Shape attention_saved_shape(const AttentionShape& s) const override { return {s.batch, s.heads, s.seq, s.seq}; }
+  Shape attention_saved_shape(const AttentionShape& s, DType dtype) const override;
+  void set_deterministic(bool deterministic) override { deterministic_ = deterministic; }
   DType attention_saved_dtype() const override { return DType::F32; }
   void attention_forward(Tensor& out, Tensor& saved, const Tensor& qkv, const AttentionShape& s) override;
   void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& out,
@@ -71,6 +75,7 @@ class CudaBackend final : public Backend {
   int* error_flag_ = nullptr;        // device int, bits of ErrorBit
   int* error_flag_host_ = nullptr;   // pinned copy read by synchronize()
   std::unique_ptr<Gemm> gemm_;
+  bool deterministic_ = false;
 };
 
 // Installs the caching allocator and the copy function on first use, and tells the allocator that a backend
