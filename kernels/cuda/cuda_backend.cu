@@ -151,6 +151,25 @@ void CudaBackend::add_position_forward(Tensor& x, const Tensor& pos) {
   });
 }
 
+void CudaBackend::copy_tokens(Tensor& dst, int64_t dst_start, const Tensor& src, int64_t src_start, int64_t count,
+                              bool accumulate) {
+  const OpCheck check{"copy_tokens", device()};
+  check.floating("src", src);
+  check.like("dst", dst, "src", src);
+  check.require(dst.ndim() == 3 && src.ndim() == 3 && dst.dim(0) == src.dim(0) && dst.dim(2) == src.dim(2), "dst ",
+                dst.str(), " and src ", src.str(), " must be [B, T, C] with equal B and C");
+  check.require(count >= 0 && dst_start >= 0 && src_start >= 0 && dst_start + count <= dst.dim(1) &&
+                    src_start + count <= src.dim(1),
+                "token range: ", count, " tokens from ", src_start, " of ", src.str(), " to ", dst_start, " of ",
+                dst.str());
+  activate();
+  dispatch_float(src.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    cuda::copy_tokens(ptr<T>(dst), dst.dim(1), dst_start, ptr<T>(src), src.dim(1), src_start, src.dim(0), count,
+                      src.dim(2), accumulate, stream_);
+  });
+}
+
 void CudaBackend::add_position_backward(Tensor& dpos, const Tensor& dx) {
   const OpCheck check{"add_position_backward", device()};
   check.floating("dx", dx);

@@ -33,6 +33,8 @@ class CudaBackend final : public Backend {
   void embedding_backward(Tensor& dtable, const Tensor& dout, const Tensor& ids) override;
   void add_position_forward(Tensor& x, const Tensor& pos) override;
   void add_position_backward(Tensor& dpos, const Tensor& dx) override;
+  void copy_tokens(Tensor& dst, int64_t dst_start, const Tensor& src, int64_t src_start, int64_t count,
+                   bool accumulate) override;
 
   void layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
                          const Tensor& b, double eps) override;

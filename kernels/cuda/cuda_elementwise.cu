@@ -70,6 +70,17 @@ __global__ void add_position_kernel(T* x, const T* pos, int64_t TC, int64_t n) {
   LOOM_GRID_STRIDE(i, n) x[i] = from_f32<T>(to_f32(x[i]) + to_f32(pos[i % TC]));
 }
 
+// dst[b, dst_start + j, c] (=, or +=) src[b, src_start + j, c]; i runs over B·count·C.
+template <typename T>
+__global__ void copy_tokens_kernel(T* dst, int64_t Td, int64_t dst_start, const T* src, int64_t Ts,
+                                   int64_t src_start, int64_t count, int64_t C, bool accumulate, int64_t n) {
+  LOOM_GRID_STRIDE(i, n) {
+    const int64_t c = i % C, j = (i / C) % count, b = i / (C * count);
+    const int64_t d = (b * Td + dst_start + j) * C + c, s = (b * Ts + src_start + j) * C + c;
+    dst[d] = accumulate ? from_f32<T>(to_f32(dst[d]) + to_f32(src[s])) : src[s];
+  }
+}
+
 // Column sums, stage 1: partials[p, j] = Σ_{r in rows of part p, ascending} src[r, j].
 // Grid (column blocks, parts); reads are coalesced along j.
 template <typename T>
@@ -154,6 +165,16 @@ void add_position_forward(T* x, const T* pos, int64_t B, int64_t Tn, int64_t C, 
 }
 
 template <typename T>
+void copy_tokens(T* dst, int64_t Td, int64_t dst_start, const T* src, int64_t Ts, int64_t src_start, int64_t B,
+                 int64_t count, int64_t C, bool accumulate, cudaStream_t stream) {
+  const int64_t n = B * count * C;
+  if (n == 0) return;
+  copy_tokens_kernel<<<grid_for(n), kThreads, 0, stream>>>(dst, Td, dst_start, src, Ts, src_start, count, C,
+                                                           accumulate, n);
+  LOOM_CUDA_LAUNCHED("copy_tokens_kernel");
+}
+
+template <typename T>
 void add_partial_sums(T* dst, const float* partials, int64_t parts, int64_t width, cudaStream_t stream) {
   if (width == 0) return;
   const dim3 block(32, static_cast<unsigned>(std::clamp<int64_t>(parts, 1, 32)));
@@ -184,6 +205,8 @@ void add_column_sums(T* dst, const T* src, int64_t rows, int64_t width, cudaStre
   template void gelu_backward<T>(T*, const T*, const T*, int64_t, bool, cudaStream_t);                   \
   template void add_position_forward<T>(T*, const T*, int64_t, int64_t, int64_t, cudaStream_t);          \
   template void add_column_sums<T>(T*, const T*, int64_t, int64_t, cudaStream_t);                        \
+  template void copy_tokens<T>(T*, int64_t, int64_t, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, bool, \
+                               cudaStream_t);                                                             \
   template void add_partial_sums<T>(T*, const float*, int64_t, int64_t, cudaStream_t);
 LOOM_INSTANTIATE(float)
 LOOM_INSTANTIATE(bf16)

@@ -38,6 +38,10 @@ template <typename T>
 void gelu_backward(T* dx, const T* dout, const T* x, int64_t n, bool tanh_approx, cudaStream_t stream);
 template <typename T>
 void add_position_forward(T* x, const T* pos, int64_t B, int64_t Tn, int64_t C, cudaStream_t stream);
+// dst[b, dst_start + j, :] (=, or += when accumulate) src[b, src_start + j, :] for j < count.
+template <typename T>
+void copy_tokens(T* dst, int64_t Td, int64_t dst_start, const T* src, int64_t Ts, int64_t src_start, int64_t B,
+                 int64_t count, int64_t C, bool accumulate, cudaStream_t stream);
 // dst[j] += Σ_{r < rows} src[r·width + j] for j < width, deterministic (fixed-order two-stage sum).
 template <typename T>
 void add_column_sums(T* dst, const T* src, int64_t rows, int64_t width, cudaStream_t stream);

@@ -128,6 +128,21 @@ TEST_P(CudaElementwiseTest, PositionsForwardBackward) {
   expect_close(dpos_small, dref_small, tolerance(dt), "add_position_backward, batch 64");
 }
 
+TEST_P(CudaElementwiseTest, CopyTokensWritesAndAccumulates) {
+  const DType dt = GetParam();
+  const int64_t B = 3, Td = 7, Ts = 5, C = 33;
+  const Tensor src = random_host({B, Ts, C}, dt), dst0 = random_host({B, Td, C}, dt);
+  for (bool accumulate : {false, true}) {
+    Tensor gdst = on_gpu(dst0);
+    gpu_->copy_tokens(gdst, 2, on_gpu(src), 1, 4, accumulate);
+    Tensor ref = as_f64(dst0);
+    cpu_->copy_tokens(ref, 2, as_f64(src), 1, 4, accumulate);
+    expect_close(gdst, ref, tolerance(dt), accumulate ? "copy_tokens +=" : "copy_tokens =");
+  }
+  Tensor gdst = on_gpu(dst0);
+  EXPECT_THROW(gpu_->copy_tokens(gdst, 4, on_gpu(src), 0, 4, false), Error);
+}
+
 TEST_P(CudaElementwiseTest, EmbeddingForwardBackwardDeterministic) {
   const DType dt = GetParam();
   const int64_t V = 77, C = 33, N = 300;  // many repeated ids
