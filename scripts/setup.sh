@@ -22,6 +22,8 @@ fi
 
 bash scripts/fetch_gpt2_vocab.sh data/gpt2
 
+# ccache keys on paths relative to the checkout, so a fresh clone elsewhere reuses earlier compilations.
+export CCACHE_BASEDIR="$PWD"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$(nproc)"
 
