@@ -9,7 +9,7 @@
 //
 // Work split: a block of two warpgroups owns kBr = 128 query rows of one (batch, head); each warpgroup owns 64
 // rows (one wgmma M tile), each of its warps 16 of them. Per key block of kBc keys:
-//   S = Q Kᵀ     wgmma m64 n64 k16, A = Q and B = K from shared memory (both K-major)
+//   S = Q Kᵀ     wgmma m64 nBc k16, A = Q and B = K from shared memory (both K-major)
 //   softmax      on the S accumulators in registers (thread layout = mma.sync's C layout)
 //   O += P V     wgmma m64 nD k16, A = P from registers, B = V from shared memory (MN-major, transposed read)
 // wgmma (asynchronous warpgroup MMA) reads its shared-memory operands directly: no ldmatrix, no B fragments in
@@ -25,7 +25,8 @@ namespace loom::cuda::flash {
 
 template <int D>
 struct FwdTile {
-  static constexpr int kWarps = 8, kThreads = kWarps * 32, kBr = 128, kBc = 64;
+  // Key blocks of 128 at D = 128 (measured 3-7% faster than 64 on H100); 64 at D = 64 (128 was 15% slower).
+  static constexpr int kWarps = 8, kThreads = kWarps * 32, kBr = 128, kBc = D == 128 ? 128 : 64;
   static constexpr int kSmemBytes = (kBr * D + 4 * kBc * D) * 2;  // Q, 2 stages of K and V
 };
 
