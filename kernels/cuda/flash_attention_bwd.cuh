@@ -13,9 +13,9 @@
 // deterministic mode). All five products are wgmma (sm_90a) on 128B-swizzled shared-memory tiles. Q, dO, lse
 // and D of the next query block load with cp.async while the current one is used.
 //
-// flash_bwd_dq_kernel (deterministic mode): a block owns kBr query rows (warps split by rows, as in the
-// forward) and walks the key blocks, recomputing P and dS and accumulating dQ in registers — no atomics, a
-// fixed summation order, so repeated runs are bit-identical.
+// flash_bwd_dq_kernel (deterministic mode): a block owns kBr query rows (two warpgroups, as in the forward) and
+// walks the key blocks, recomputing P and dS and accumulating dQ += dS K in registers (wgmma, dS from
+// registers) — no atomics, a fixed summation order, so repeated runs are bit-identical.
 #pragma once
 #include "kernels/cuda/flash_attention_wgmma.cuh"
 
@@ -55,7 +55,7 @@ __global__ void flash_bwd_dq_convert_kernel(const Params<T> p, int64_t n_pairs) 
   const int64_t e = 2 * i, hd = int64_t(p.heads) * p.dqk;
   const int64_t bt = e / hd, c = e % hd;
   const float2 v = *reinterpret_cast<const float2*>(p.dq_accum + e);
-  *reinterpret_cast<uint32_t*>(p.dqkv + bt * p.qkv_stride + c) = MmaOp<T>::pack(v.x * p.scale, v.y * p.scale);
+  *reinterpret_cast<uint32_t*>(p.dqkv + bt * p.qkv_stride + c) = Pack16<T>::pack(v.x * p.scale, v.y * p.scale);
 }
 
 template <int D>
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads, 1) flash_bwd_kernel(cons
   const T* dobase = p.dout + int64_t(b) * T_ * p.out_stride + p.o_col(h);
   const float* lse_row = p.lse + (int64_t(b) * p.heads + h) * T_;
   const float* dsum_row = p.dsum + (int64_t(b) * p.heads + h) * T_;
-  const bool qk_ok = col_ok<D>(tid, p.dqk), v_ok = col_ok<D>(tid, p.dv);  // see load_tile
+  const bool qk_ok = col_ok<D>(tid, p.dqk), v_ok = col_ok<D>(tid, p.dv);  // see col_ok
 
   const int qb_begin = p.causal ? k0 / kBr : 0;
   const int qb_end = (T_ + kBr - 1) / kBr;
@@ -184,8 +184,8 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads, 1) flash_bwd_kernel(cons
           ds[c] = pv[c] * (dp[4 * n + 2 * r + c] - dsum_q);
         }
         const int off = atom_off<kBr>(qi, kc / 8) + (kc % 8);
-        *reinterpret_cast<uint32_t*>(sP + off) = MmaOp<T>::pack(pv[0], pv[1]);
-        *reinterpret_cast<uint32_t*>(sdS + off) = MmaOp<T>::pack(ds[0], ds[1]);
+        *reinterpret_cast<uint32_t*>(sP + off) = Pack16<T>::pack(pv[0], pv[1]);
+        *reinterpret_cast<uint32_t*>(sdS + off) = Pack16<T>::pack(ds[0], ds[1]);
       }
     }
     fence_proxy_async();
@@ -246,53 +246,49 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads, 1) flash_bwd_kernel(cons
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       if (n * 8 < p.dqk)
-        *reinterpret_cast<uint32_t*>(dkrow + n * 8) = MmaOp<T>::pack(dk[4 * n + 2 * r] * p.scale, dk[4 * n + 2 * r + 1] * p.scale);
-      if (n * 8 < p.dv) *reinterpret_cast<uint32_t*>(dvrow + n * 8) = MmaOp<T>::pack(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
+        *reinterpret_cast<uint32_t*>(dkrow + n * 8) = Pack16<T>::pack(dk[4 * n + 2 * r] * p.scale, dk[4 * n + 2 * r + 1] * p.scale);
+      if (n * 8 < p.dv) *reinterpret_cast<uint32_t*>(dvrow + n * 8) = Pack16<T>::pack(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
     }
   }
 }
 
 template <int D>
 struct DqTile {
-  static constexpr int kWarps = 4, kThreads = kWarps * 32, kBr = 16 * kWarps, kBc = 64;
+  // Two warpgroups of 64 query rows each; key blocks of 64, double buffered.
+  static constexpr int kWarps = 8, kThreads = kWarps * 32, kBr = 128, kBc = 64;
   static constexpr int kSmemBytes = (2 * kBr * D + 4 * kBc * D) * 2;  // Q, dO; 2 stages of K and V
 };
 
 template <typename T, int D>
-__global__ void __launch_bounds__(DqTile<D>::kThreads) flash_bwd_dq_kernel(const Params<T> p) {
+__global__ void __launch_bounds__(DqTile<D>::kThreads, 1) flash_bwd_dq_kernel(const Params<T> p) {
   using Tile = DqTile<D>;
   constexpr int kBr = Tile::kBr, kBc = Tile::kBc, kThreads = Tile::kThreads;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sQ = reinterpret_cast<T*>(smem_raw);  // atom layout (flash_attention_wgmma.cuh)
   T* sdO = sQ + kBr * D;
   T* sK = sdO + kBr * D;      // [2][kBc * D]
   T* sV = sK + 2 * kBc * D;   // [2][kBc * D]
 
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4, wg = warp / 4;
   const int qblock = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z, T_ = p.seq;
-  const int q0 = qblock * kBr;
+  const int q0 = qblock * kBr, wq0 = q0 + wg * 64 + (warp % 4) * 16, row0 = wq0 + g;  // rows row0, row0 + 8
   const T* batch = p.qkv + int64_t(b) * T_ * p.qkv_stride;
   const T* qbase = batch + p.q_col(h);
   const T* kbase = batch + p.k_col(h);
   const T* vbase = batch + p.v_col(h);
-  const bool qk_ok = col_ok<D>(tid, p.dqk), v_ok = col_ok<D>(tid, p.dv);  // see load_tile
   const T* dobase = p.dout + int64_t(b) * T_ * p.out_stride + p.o_col(h);
+  const bool qk_ok = col_ok<D>(tid, p.dqk), v_ok = col_ok<D>(tid, p.dv);  // see col_ok
 
   int n_kblocks = (T_ + kBc - 1) / kBc;
   if (p.causal) n_kblocks = min(n_kblocks, (min(q0 + kBr, T_) + kBc - 1) / kBc);
 
-  load_tile<kBr, D, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, qk_ok, tid);
-  load_tile<kBr, D, kThreads>(sdO, dobase + int64_t(q0) * p.out_stride, p.out_stride, T_ - q0, v_ok, tid);
-  load_tile<kBc, D, kThreads>(sK, kbase, p.qkv_stride, T_, qk_ok, tid);
-  load_tile<kBc, D, kThreads>(sV, vbase, p.qkv_stride, T_, v_ok, tid);
+  load_tile_atoms<kBr, D, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, qk_ok, tid);
+  load_tile_atoms<kBr, D, kThreads>(sdO, dobase + int64_t(q0) * p.out_stride, p.out_stride, T_ - q0, v_ok, tid);
+  load_tile_atoms<kBc, D, kThreads>(sK, kbase, p.qkv_stride, T_, qk_ok, tid);
+  load_tile_atoms<kBc, D, kThreads>(sV, vbase, p.qkv_stride, T_, v_ok, tid);
   cp_async_commit();
 
-  const int row0 = q0 + warp * 16 + g;  // this thread's rows: row0 and row0 + 8
-  const uint32_t a_q0 = tile_addr<D>(sQ, warp * 16 + lane % 16, lane / 16);              // A: Q, dO rows
-  const uint32_t b_kv0 = tile_addr<D>(sK, lane % 8 + (lane / 16) * 8, (lane / 8) % 2);  // B: K, V rows
-  const uint32_t b_kt0 = tile_addr<D>(sK, lane % 16, lane / 16);                         // B: K (transposed)
-  constexpr uint32_t kQdO = kBr * D * 2, kStage = kBc * D * 2, kKV = 2 * kBc * D * 2;
   float lse2[2], dsum[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -301,74 +297,73 @@ __global__ void __launch_bounds__(DqTile<D>::kThreads) flash_bwd_dq_kernel(const
     lse2[r] = row < T_ ? p.lse[at] * kLog2e : INFINITY;
     dsum[r] = row < T_ ? p.dsum[at] : 0.f;
   }
-  float dq[D / 8][4];
+  const uint32_t aQ = smem_addr(sQ) + wg * 64 * 128, adO = smem_addr(sdO) + wg * 64 * 128;
+  const uint32_t aK = smem_addr(sK), aV = smem_addr(sV);
+  constexpr uint32_t kStage = kBc * D * 2;
+  float dq[D / 2];
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
+  for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
 
   for (int j = 0; j < n_kblocks; ++j) {
     cp_async_wait<0>();
-    __syncthreads();
+    fence_proxy_async();
+    __syncthreads();  // tile j visible (also to the tensor cores); tile j-1's buffers are free
     if (j + 1 < n_kblocks) {
       const int k1 = (j + 1) * kBc, st = (j + 1) & 1;
-      load_tile<kBc, D, kThreads>(sK + st * kBc * D, kbase + int64_t(k1) * p.qkv_stride, p.qkv_stride, T_ - k1,
-                                  qk_ok, tid);
-      load_tile<kBc, D, kThreads>(sV + st * kBc * D, vbase + int64_t(k1) * p.qkv_stride, p.qkv_stride, T_ - k1,
-                                  v_ok, tid);
+      load_tile_atoms<kBc, D, kThreads>(sK + st * kBc * D, kbase + int64_t(k1) * p.qkv_stride, p.qkv_stride,
+                                        T_ - k1, qk_ok, tid);
+      load_tile_atoms<kBc, D, kThreads>(sV + st * kBc * D, vbase + int64_t(k1) * p.qkv_stride, p.qkv_stride,
+                                        T_ - k1, v_ok, tid);
     }
     cp_async_commit();
-    const uint32_t stage = (j & 1) * kStage, a_q = opaque(a_q0), b_kv = opaque(b_kv0) + stage;
-    const uint32_t b_kt = opaque(b_kt0) + stage;
+    const uint32_t stage = (j & 1) * kStage;
     const int k0 = j * kBc;
 
-    // S = Q Kᵀ and dP = dO Vᵀ (16 rows x kBc keys per warp).
-    float s[kBc / 8][4], dp[kBc / 8][4];
-#pragma unroll
-    for (int n = 0; n < kBc / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
+    // S = Q Kᵀ and dP = dO Vᵀ (K-major operands), 64 rows x kBc keys per warpgroup.
+    float s[kBc / 2], dp[kBc / 2];
+    wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t aq[4], ao[4];
-      ldsm_x4(aq, tile_step<D>(a_q, 0, 2 * kk));
-      ldsm_x4(ao, tile_step<D>(a_q, 0, 2 * kk) + kQdO);
-#pragma unroll
-      for (int np = 0; np < kBc / 16; ++np) {
-        uint32_t bk[4], bv[4];
-        const uint32_t a = tile_step<D>(b_kv, np * 16, 2 * kk);
-        ldsm_x4(bk, a);
-        ldsm_x4(bv, a + kKV);
-        MmaOp<T>::run(s[2 * np], aq, bk[0], bk[1]);
-        MmaOp<T>::run(s[2 * np + 1], aq, bk[2], bk[3]);
-        MmaOp<T>::run(dp[2 * np], ao, bv[0], bv[1]);
-        MmaOp<T>::run(dp[2 * np + 1], ao, bv[2], bv[3]);
-      }
+      const uint32_t qoff = (kk / 4) * kBr * 128 + (kk % 4) * 32, koff = (kk / 4) * kBc * 128 + (kk % 4) * 32;
+      wgmma_ss<T, kBc, 0, 0>(s, smem_desc(aQ + qoff, 16, 1024), smem_desc(aK + stage + koff, 16, 1024), kk > 0);
+      wgmma_ss<T, kBc, 0, 0>(dp, smem_desc(adO + qoff, 16, 1024), smem_desc(aV + stage + koff, 16, 1024), kk > 0);
     }
-    const bool need_mask = k0 + kBc > T_ || (p.causal && k0 + kBc - 1 > q0 + warp * 16);
+    wgmma_commit();
+    wgmma_wait_all();
+    pin(s);
+    pin(dp);
+
+    // dS = P ∘ (dP - D) with P recomputed and masked, as A fragments (accumulator s[4n + 2r + c] is row
+    // row0 + 8r, key k0 + 8n + 2t4 + c).
+    const bool need_mask = k0 + kBc > T_ || (p.causal && k0 + kBc - 1 > wq0);
 #pragma unroll
     for (int n = 0; n < kBc / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e >> 1;
-        float pv = fast_exp2(s[n][e] * p.scale_log2 - lse2[r]);
+        float pv = fast_exp2(fmaf(s[4 * n + e], p.scale_log2, -lse2[r]));
         if (need_mask) {
           const int key = k0 + n * 8 + 2 * t4 + (e & 1);
           if (key >= T_ || (p.causal && key > row0 + 8 * r)) pv = 0.f;
         }
-        dp[n][e] = pv * (dp[n][e] - dsum[r]);
+        dp[4 * n + e] = pv * (dp[4 * n + e] - dsum[r]);
       }
-    // dQ += dS K.
+    uint32_t da[kBc / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < kBc / 16; ++kk) {
-      uint32_t a[4];
-      acc_to_a<T>(a, dp[2 * kk], dp[2 * kk + 1]);
+    for (int kk = 0; kk < kBc / 16; ++kk)
 #pragma unroll
-      for (int np = 0; np < D / 16; ++np) {
-        uint32_t bk[4];
-        ldsm_x4_t(bk, tile_step<D>(b_kt, kk * 16, 2 * np));
-        MmaOp<T>::run(dq[2 * np], a, bk[0], bk[1]);
-        MmaOp<T>::run(dq[2 * np + 1], a, bk[2], bk[3]);
-      }
-    }
+      for (int i = 0; i < 4; ++i) da[kk][i] = Pack16<T>::pack(dp[8 * kk + 2 * i], dp[8 * kk + 2 * i + 1]);
+
+    // dQ += dS K: B = K read MN-major (head-dim atoms kBc·128 bytes apart); k-step = 16 keys.
+    pin(dq);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBc / 16; ++kk)
+      wgmma_rs<T, D>(dq, da[kk], smem_desc(aK + stage + kk * 2048, kBc * 128, 1024), 1);
+    wgmma_commit();
+    wgmma_wait_all();
+    pin(dq);
+    pin(da);
   }
   cp_async_wait<0>();
 
@@ -376,10 +371,11 @@ __global__ void __launch_bounds__(DqTile<D>::kThreads) flash_bwd_dq_kernel(const
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + 8 * r;
     if (row >= T_) continue;
-    T* dqrow = p.dqkv + (int64_t(b) * T_ + row) * p.qkv_stride + p.q_col(h);
+    T* dqrow = p.dqkv + (int64_t(b) * T_ + row) * p.qkv_stride + p.q_col(h) + 2 * t4;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
-      if (n * 8 < p.dqk) *reinterpret_cast<uint32_t*>(dqrow + n * 8 + 2 * t4) = MmaOp<T>::pack(dq[n][2 * r] * p.scale, dq[n][2 * r + 1] * p.scale);
+      if (n * 8 < p.dqk)
+        *reinterpret_cast<uint32_t*>(dqrow + n * 8) = Pack16<T>::pack(dq[4 * n + 2 * r] * p.scale, dq[4 * n + 2 * r + 1] * p.scale);
   }
 }
 

@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads, 1) flash_fwd_kernel(cons
   const T* qbase = batch + p.q_col(h);
   const T* kbase = batch + p.k_col(h);
   const T* vbase = batch + p.v_col(h);
-  const bool qk_ok = col_ok<D>(tid, p.dqk), v_ok = col_ok<D>(tid, p.dv);  // see load_tile
+  const bool qk_ok = col_ok<D>(tid, p.dqk), v_ok = col_ok<D>(tid, p.dv);  // see col_ok
 
   int n_kblocks = (T_ + kBc - 1) / kBc;
   if (p.causal) n_kblocks = min(n_kblocks, (min(q0 + kBr, T_) + kBc - 1) / kBc);
@@ -140,10 +140,10 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads, 1) flash_fwd_kernel(cons
     uint32_t pa[kBc / 16][4];
 #pragma unroll
     for (int kk = 0; kk < kBc / 16; ++kk) {
-      pa[kk][0] = MmaOp<T>::pack(s[8 * kk], s[8 * kk + 1]);
-      pa[kk][1] = MmaOp<T>::pack(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = MmaOp<T>::pack(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = MmaOp<T>::pack(s[8 * kk + 6], s[8 * kk + 7]);
+      pa[kk][0] = Pack16<T>::pack(s[8 * kk], s[8 * kk + 1]);
+      pa[kk][1] = Pack16<T>::pack(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = Pack16<T>::pack(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = Pack16<T>::pack(s[8 * kk + 6], s[8 * kk + 7]);
     }
     pin(o);
     wgmma_fence();
@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads, 1) flash_fwd_kernel(cons
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
       if (n * 8 < p.dv)
-        *reinterpret_cast<uint32_t*>(orow + n * 8) = MmaOp<T>::pack(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
+        *reinterpret_cast<uint32_t*>(orow + n * 8) = Pack16<T>::pack(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
     if (t4 == 0)
       p.lse[(int64_t(b) * p.heads + h) * T_ + row] = sum > 0.f ? (mx[r] + __log2f(sum)) * kLn2 : INFINITY;
   }

@@ -24,7 +24,9 @@ __device__ __forceinline__ int atom_off(int row, int chunk) {
   return (chunk >> 3) * rows * 64 + row * 64 + (((chunk & 7) ^ (row & 7)) << 3);
 }
 
-// load_tile (flash_attention_common.cuh) for the atom layout.
+// Copies `rows` rows of `width` elements (row r at src + r*stride) into an atom-layout tile with cp.async; rows at
+// or past `valid_rows`, and this thread's column chunk when !col_ok (see col_ok), are zero-filled. All `threads`
+// threads of the block call this.
 template <int rows, int width, int threads, typename T>
 __device__ __forceinline__ void load_tile_atoms(T* dst, const T* src, int64_t stride, int valid_rows, bool col_ok,
                                                 int tid) {
