@@ -24,6 +24,13 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 void check_supported(const AttentionShape& s, DType dtype) {
   const std::string why = flash_attention_check(s, dtype);
   if (!why.empty()) fail("flash attention: ", why);
+  int device = 0, major = 0, minor = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  if (major != 9 || minor != 0)
+    fail("flash attention: needs a Hopper GPU (compute capability 9.0, built for sm_90a); device ", device,
+         " has ", major, ".", minor);
 }
 
 template <typename T>
