@@ -1,4 +1,4 @@
-// FlashAttention-2 backward kernels. Included once by flash_attention.cu (templates instantiated there).
+// FlashAttention-2 backward kernels (sm_90a). Included once, by flash_attention_bwd.cu (instantiated there).
 //
 // Math, with P recomputed from the saved logsumexp (log2 domain: p_ij = 2^(s_ij - lse_i·log2 e)):
 //   D_i   = Σ_d dO_id · O_id                                  (flash_bwd_dsum_kernel)
@@ -10,8 +10,8 @@
 // when causal), keeping dK and dV for its keys in registers. Per query block: S = Q Kᵀ and dP = dO Vᵀ, then
 // P and dS go to shared memory, from where the tensor cores read them transposed for dV += Pᵀ dO,
 // dK += dSᵀ Q and (as is) for dQ_i += dS K; dQ is added into a float32 accumulator with atomics (or skipped:
-// deterministic mode). All five products are wgmma (sm_90a) on 128B-swizzled shared-memory tiles. Q, dO, lse
-// and D of the next query block load with cp.async while the current one is used.
+// deterministic mode). All five products are wgmma (sm_90a) on 128B-swizzled shared-memory tiles. Q and dO of
+// the next query block load with cp.async (lse and D with plain loads) while the current one is used.
 //
 // flash_bwd_dq_kernel (deterministic mode): a block owns kBr query rows (two warpgroups, as in the forward) and
 // walks the key blocks, recomputing P and dS and accumulating dQ += dS K in registers (wgmma, dS from

@@ -1,5 +1,5 @@
-// FlashAttention-2 forward kernel on Hopper tensor cores. Included once by flash_attention.cu (templates
-// instantiated there); needs sm_90a (wgmma).
+// FlashAttention-2 forward kernel on Hopper tensor cores (sm_90a: wgmma). Included once, by
+// flash_attention_fwd.cu (instantiated there).
 //
 // Math, per query row i (scores in the log2 domain: s_ij = scale·log2(e)·q_i·k_j, masked to -inf):
 //   m_i = max_j s_ij,  l_i = Σ_j 2^(s_ij - m_i),  o_i = Σ_j 2^(s_ij - m_i) v_j / l_i,
