@@ -10,7 +10,7 @@ export LD_LIBRARY_PATH=$c/lib:${LD_LIBRARY_PATH:-} NCCL_NVLS_ENABLE=0 PYTHONUNBU
 { date -u; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv; } \
   2>&1 | tee "$out/card.txt"
 if [ -z "${SKIP_TESTS:-}" ]; then
-  timeout 400 "$c/loom_gpu_tests" >"$out/gpu_tests.log" 2>&1
+  timeout 200 "$c/loom_gpu_tests" >"$out/gpu_tests.log" 2>&1
   echo "gpu tests rc=$?"
   grep -E "^\[  (FAILED|PASSED|SKIPPED)|Failure|error:|Which is|naive 16-bit error" "$out/gpu_tests.log" | head -40
   san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -29,11 +29,11 @@ if [ -n "${NCU:-}" ]; then  # profile one forward and one backward launch (d128,
   done >"$out/ncu.txt" 2>&1
   grep -E "^  void|Duration|One or More Eligible|issue_stalled" "$out/ncu.txt" | awk '$NF+0 > 0.05 || !/stalled/' | head -60
 fi
-"$c/run.sh" "$c/loom_flash_bench" "$c/baselines" "$out" "$@" >/dev/null 2>&1 || echo "bench rc=$?"
+timeout 300 "$c/run.sh" "$c/loom_flash_bench" "$c/baselines" "$out" "$@" >/dev/null 2>&1 || echo "bench rc=$?"
 cat "$out/ratios.txt"
 # Tuning variants (same bench, other tile choices), built elsewhere: CARRY_DIR/variants/NAME/loom_flash_bench.
 for v in "$c"/variants/*/loom_flash_bench; do
   [ -x "$v" ] || continue
   echo "== variant $(basename "$(dirname "$v")")"
-  "$v" --dims 128 64 --seqlens 2048 16384 "$@" 2>&1 | grep -v "^backend" | grep -v "^loom-det"
+  timeout 60 "$v" --dims 128 64 --seqlens 2048 16384 "$@" 2>&1 | grep -v "^backend" | grep -v "^loom-det"
 done

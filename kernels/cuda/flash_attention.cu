@@ -1,6 +1,6 @@
-// Host side of the flash-attention kernels: argument checks, dispatch over (dtype, head dim), launches.
-// The kernels themselves live in flash_attention_fwd.cuh and flash_attention_bwd.cuh; every template is
-// instantiated here only, for bf16/fp16 × head dim 64/128 (keeps CI's compile short).
+// Host side of the flash-attention API: argument checks, workspace layout, dispatch over (dtype, tile width) to
+// the launchers of flash_attention_fwd.cu / flash_attention_bwd.cu (instantiated there only, for bf16/fp16 ×
+// 64/128, which keeps CI's compile short and lets the two halves compile in parallel).
 #include "kernels/cuda/flash_attention.h"
 
 #include <algorithm>
@@ -9,8 +9,7 @@
 #include <utility>
 
 #include "kernels/cuda/cuda_check.h"
-#include "kernels/cuda/flash_attention_bwd.cuh"
-#include "kernels/cuda/flash_attention_fwd.cuh"
+#include "kernels/cuda/flash_attention_launch.cuh"
 
 namespace loom::cuda {
 namespace {
@@ -24,6 +23,13 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 void check_supported(const AttentionShape& s, DType dtype) {
   const std::string why = flash_attention_check(s, dtype);
   if (!why.empty()) fail("flash attention: ", why);
+  int device = 0, major = 0, minor = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  if (major != 9 || minor != 0)
+    fail("flash attention: needs a Hopper GPU (compute capability 9.0, built for sm_90a); device ", device,
+         " has ", major, ".", minor);
 }
 
 template <typename T>
@@ -39,58 +45,6 @@ Params<T> make_params(const AttentionShape& s) {
   p.scale_log2 = static_cast<float>(s.scale * 1.4426950408889634);
   p.causal = s.causal;
   return p;
-}
-
-// Raises a kernel's dynamic shared-memory limit (needed above 48 KB); cheap, so done on every launch rather
-// than cached (no global state, so no thread-safety question).
-template <typename Kernel>
-void set_smem(Kernel kernel, int bytes) {
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-}
-
-template <typename T, int D>
-void forward(const AttentionShape& s, const Params<T>& p, cudaStream_t stream) {
-  using Tile = flash::FwdTile<D>;
-  auto kernel = flash::flash_fwd_kernel<T, D>;
-  set_smem(kernel, Tile::kSmemBytes);
-  const dim3 grid((s.seq + Tile::kBr - 1) / Tile::kBr, s.heads, s.batch);
-  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
-  CUDA_CHECK_LAUNCH("flash_fwd_kernel");
-}
-
-template <typename T, int D>
-void backward(const AttentionShape& s, Params<T> p, char* ws, bool deterministic, cudaStream_t stream) {
-  const int64_t rows = s.batch * s.seq * s.heads;
-  p.dsum = reinterpret_cast<float*>(ws);
-  p.dq_accum = deterministic ? nullptr : reinterpret_cast<float*>(ws + round_up(rows * sizeof(float)));
-  {
-    const int threads = 256;
-    const int64_t blocks = (rows * 32 + threads - 1) / threads;
-    flash::flash_bwd_dsum_kernel<T, D><<<blocks, threads, 0, stream>>>(p, rows);
-    CUDA_CHECK_LAUNCH("flash_bwd_dsum_kernel");
-  }
-  if (!deterministic) CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, rows * s.qk_dim * sizeof(float), stream));
-  {
-    using Tile = flash::BwdTile<D>;
-    auto kernel = flash::flash_bwd_kernel<T, D>;
-    set_smem(kernel, Tile::kSmemBytes);
-    const dim3 grid((s.seq + Tile::kBc - 1) / Tile::kBc, s.heads, s.batch);
-    kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
-    CUDA_CHECK_LAUNCH("flash_bwd_kernel");
-  }
-  if (deterministic) {
-    using Tile = flash::DqTile<D>;
-    auto kernel = flash::flash_bwd_dq_kernel<T, D>;
-    set_smem(kernel, Tile::kSmemBytes);
-    const dim3 grid((s.seq + Tile::kBr - 1) / Tile::kBr, s.heads, s.batch);
-    kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
-    CUDA_CHECK_LAUNCH("flash_bwd_dq_kernel");
-  } else {
-    const int threads = 256;
-    const int64_t pairs = rows * s.qk_dim / 2;
-    flash::flash_bwd_dq_convert_kernel<T, D><<<(pairs + threads - 1) / threads, threads, 0, stream>>>(p, pairs);
-    CUDA_CHECK_LAUNCH("flash_bwd_dq_convert_kernel");
-  }
 }
 
 // Calls fn.template operator()<T, D>() for the runtime dtype and the tile width D: 64 when both head dims fit
@@ -132,7 +86,7 @@ void flash_attention_forward(const AttentionShape& s, DType dtype, const void* q
     p.qkv = static_cast<const T*>(qkv);
     p.out_w = static_cast<T*>(out);
     p.lse = lse;
-    forward<T, D>(s, p, stream);
+    flash::launch_forward<T, D>(s, p, stream);
   });
 }
 
@@ -154,6 +108,7 @@ void flash_attention_backward(const AttentionShape& s, DType dtype, const void* 
              " bytes is smaller than the ", need, " bytes needed");
   LOOM_CHECK(aligned16(qkv) && aligned16(out) && aligned16(dout) && aligned16(dqkv),
              "flash_attention_backward: qkv, out, dout and dqkv must be 16-byte aligned");
+  const size_t rows = static_cast<size_t>(s.batch * s.seq * s.heads);
   LOOM_CHECK(reinterpret_cast<uintptr_t>(workspace) % kAlign == 0,
              "flash_attention_backward: workspace must be 256-byte aligned");
   dispatch(dtype, s, [&]<typename T, int D>() {
@@ -163,7 +118,11 @@ void flash_attention_backward(const AttentionShape& s, DType dtype, const void* 
     p.dout = static_cast<const T*>(dout);
     p.lse = const_cast<float*>(lse);
     p.dqkv = static_cast<T*>(dqkv);
-    backward<T, D>(s, p, static_cast<char*>(workspace), deterministic, stream);
+    // Workspace: D = rowsum(dO∘O) [B, H, T], then (atomic mode) the f32 dQ accumulator [B, T, H, dqk].
+    char* ws = static_cast<char*>(workspace);
+    p.dsum = reinterpret_cast<float*>(ws);
+    p.dq_accum = deterministic ? nullptr : reinterpret_cast<float*>(ws + round_up(rows * sizeof(float)));
+    flash::launch_backward<T, D>(s, p, stream);
   });
 }
 

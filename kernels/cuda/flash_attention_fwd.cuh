@@ -1,4 +1,5 @@
-// FlashAttention-2 forward kernel. Included once by flash_attention.cu (templates instantiated there).
+// FlashAttention-2 forward kernel on Hopper tensor cores (sm_90a: wgmma). Included once, by
+// flash_attention_fwd.cu (instantiated there).
 //
 // Math, per query row i (scores in the log2 domain: s_ij = scale·log2(e)·q_i·k_j, masked to -inf):
 //   m_i = max_j s_ij,  l_i = Σ_j 2^(s_ij - m_i),  o_i = Σ_j 2^(s_ij - m_i) v_j / l_i,
@@ -6,25 +7,33 @@
 // Online over key blocks (FlashAttention-2): keep m, l and the UNNORMALISED o; when a block raises the running
 // max from m to m', rescale o and l by 2^(m - m') once per block, and divide by l only at the end.
 //
-// Work split: a block owns kBr query rows of one (batch, head), each warp 32 of them (split by query rows), and
-// streams K/V tiles of kBc keys through shared memory with cp.async, double buffered (tile j+1 loads while
-// tile j is used). Causal blocks stop at the diagonal and are launched heaviest
-// first.
+// Work split: a block of one or two warpgroups (FwdTile) owns kBr query rows of one (batch, head); each
+// warpgroup owns 64 rows (one wgmma M tile), each of its warps 16 of them. Per key block of kBc keys:
+//   S = Q Kᵀ     wgmma m64 nBc k16, A = Q and B = K from shared memory (both K-major)
+//   softmax      on the S accumulators in registers (thread layout = mma.sync's C layout)
+//   O += P V     wgmma m64 nD k16, A = P from registers, B = V from shared memory (MN-major, transposed read)
+// wgmma (asynchronous warpgroup MMA) reads its shared-memory operands directly: no ldmatrix, no B fragments in
+// registers (the mma.sync version of this kernel ran 10-15% slower on H100). K/V tiles stream through shared
+// memory with cp.async, double buffered (tile j+1 loads while tile j is used). Causal blocks stop at the
+// diagonal and are launched heaviest first.
+//
+// Shared-memory tiles use the atom layout of flash_attention_wgmma.cuh.
 #pragma once
-#include "kernels/cuda/flash_attention_common.cuh"
+#include "kernels/cuda/flash_attention_wgmma.cuh"
 
 namespace loom::cuda::flash {
 
 template <int D>
 struct FwdTile {
-  // FlashAttention-2's forward split: 4 warps of 32 query rows (two 16-row tensor-core tiles, so each K/V
-  // fragment read from shared memory feeds two products), key blocks of 64.
-  static constexpr int kWarps = 4, kThreads = kWarps * 32, kRows = 32, kBr = kRows * kWarps, kBc = D == 128 ? 32 : 64;
+  // Measured on H100: at D = 128, two warpgroups (128 query rows) and key blocks of 128 (3-7% faster than 64;
+  // one warpgroup was 30% slower); at D = 64, one warpgroup (64 rows: more blocks per SM, 3-5% faster than two)
+  // and key blocks of 64 (128 was 15% slower).
+  static constexpr int kWarps = D == 128 ? 8 : 4, kThreads = kWarps * 32, kBr = kWarps * 16, kBc = D == 128 ? 128 : 64;
   static constexpr int kSmemBytes = (kBr * D + 4 * kBc * D) * 2;  // Q, 2 stages of K and V
 };
 
 template <typename T, int D>
-__global__ void __launch_bounds__(FwdTile<D>::kThreads) flash_fwd_kernel(const Params<T> p) {
+__global__ void __launch_bounds__(FwdTile<D>::kThreads, 1) flash_fwd_kernel(const Params<T> p) {
   using Tile = FwdTile<D>;
   constexpr int kBr = Tile::kBr, kBc = Tile::kBc, kThreads = Tile::kThreads;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -33,158 +42,138 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) flash_fwd_kernel(const P
   T* sV = sK + 2 * kBc * D;   // [2][kBc * D]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
+  const int wg = warp / 4;  // warpgroup: query rows 64·wg of the block
   const int qblock = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z, T_ = p.seq;
-  const int q0 = qblock * kBr, wq0 = q0 + warp * Tile::kRows;  // block's and warp's first query row
+  const int q0 = qblock * kBr, wq0 = q0 + wg * 64 + (warp % 4) * 16, row0 = wq0 + g;  // rows row0, row0 + 8
   const T* batch = p.qkv + int64_t(b) * T_ * p.qkv_stride;
   const T* qbase = batch + p.q_col(h);
   const T* kbase = batch + p.k_col(h);
   const T* vbase = batch + p.v_col(h);
-  const bool qk_ok = col_ok<D>(tid, p.dqk), v_ok = col_ok<D>(tid, p.dv);  // see load_tile
+  const bool qk_ok = col_ok<D>(tid, p.dqk), v_ok = col_ok<D>(tid, p.dv);  // see col_ok
 
   int n_kblocks = (T_ + kBc - 1) / kBc;
   if (p.causal) n_kblocks = min(n_kblocks, (min(q0 + kBr, T_) + kBc - 1) / kBc);
 
-  load_tile<kBr, D, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, qk_ok, tid);
-  load_tile<kBc, D, kThreads>(sK, kbase, p.qkv_stride, T_, qk_ok, tid);
-  load_tile<kBc, D, kThreads>(sV, vbase, p.qkv_stride, T_, v_ok, tid);
+  load_tile_atoms<kBr, D, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, qk_ok, tid);
+  load_tile_atoms<kBc, D, kThreads>(sK, kbase, p.qkv_stride, T_, qk_ok, tid);
+  load_tile_atoms<kBc, D, kThreads>(sV, vbase, p.qkv_stride, T_, v_ok, tid);
   cp_async_commit();
 
-  // This lane's fragment addresses at kk = np = m = 0 (tile_step moves them).
-  const uint32_t a_q0 = tile_addr<D>(sQ, warp * Tile::kRows + lane % 16, lane / 16);
-  const uint32_t b_k0 = tile_addr<D>(sK, lane % 8 + (lane / 16) * 8, (lane / 8) % 2);
-  const uint32_t b_v0 = tile_addr<D>(sV, lane % 16, lane / 16);
+  const uint32_t q_addr = smem_addr(sQ) + wg * 64 * 128, k_addr = smem_addr(sK), v_addr = smem_addr(sV);
   constexpr uint32_t kStage = kBc * D * 2;
 
-  float o[2][D / 8][4];
+  float o[D / 2];
 #pragma unroll
-  for (int m = 0; m < 2; ++m)
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) o[m][n][0] = o[m][n][1] = o[m][n][2] = o[m][n][3] = 0.f;
-  // Running max (log2 domain) and per-thread partial row sums, for rows wq0 + 16m + g + 8r.
-  float mx[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}}, l[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
   for (int j = 0; j < n_kblocks; ++j) {
     cp_async_wait<0>();
-    __syncthreads();  // tile j visible to all; everyone is done with tile j-1, whose buffers we refill now
+    fence_proxy_async();
+    __syncthreads();  // tile j visible to all (and to the tensor cores); tile j-1's buffers are free
     if (j + 1 < n_kblocks) {
       const int k1 = (j + 1) * kBc, st = (j + 1) & 1;
-      load_tile<kBc, D, kThreads>(sK + st * kBc * D, kbase + int64_t(k1) * p.qkv_stride, p.qkv_stride, T_ - k1,
-                                  qk_ok, tid);
-      load_tile<kBc, D, kThreads>(sV + st * kBc * D, vbase + int64_t(k1) * p.qkv_stride, p.qkv_stride, T_ - k1,
-                                  v_ok, tid);
+      load_tile_atoms<kBc, D, kThreads>(sK + st * kBc * D, kbase + int64_t(k1) * p.qkv_stride, p.qkv_stride,
+                                        T_ - k1, qk_ok, tid);
+      load_tile_atoms<kBc, D, kThreads>(sV + st * kBc * D, vbase + int64_t(k1) * p.qkv_stride, p.qkv_stride,
+                                        T_ - k1, v_ok, tid);
     }
     cp_async_commit();
-    const uint32_t stage = (j & 1) * kStage, a_q = opaque(a_q0), b_k = opaque(b_k0) + stage, b_v = opaque(b_v0) + stage;
+    const uint32_t stage = (j & 1) * kStage;
     const int k0 = j * kBc;
-    if (p.causal && k0 > wq0 + Tile::kRows - 1) continue;  // every key of this block is after the warp's rows
 
-    // S = Q Kᵀ (32 x kBc per warp).
-    float s[2][kBc / 8][4];
+    // S = Q Kᵀ: 64 rows x kBc keys per warpgroup; k-step kk reads head-dim columns [16kk, 16kk+16), i.e. atom
+    // kk/4 at byte 32·(kk%4) of each 128-byte row.
+    float s[kBc / 2];
+    wgmma_fence();
 #pragma unroll
-    for (int m = 0; m < 2; ++m)
-#pragma unroll
-      for (int n = 0; n < kBc / 8; ++n) s[m][n][0] = s[m][n][1] = s[m][n][2] = s[m][n][3] = 0.f;
-#pragma unroll 2
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t aq[2][4];
-#pragma unroll
-      for (int m = 0; m < 2; ++m) ldsm_x4(aq[m], tile_step<D>(a_q, m * 16, 2 * kk));
-#pragma unroll
-      for (int np = 0; np < kBc / 16; ++np) {
-        uint32_t bk[4];
-        ldsm_x4(bk, tile_step<D>(b_k, np * 16, 2 * kk));
-#pragma unroll
-        for (int m = 0; m < 2; ++m) {
-          MmaOp<T>::run(s[m][2 * np], aq[m], bk[0], bk[1]);
-          MmaOp<T>::run(s[m][2 * np + 1], aq[m], bk[2], bk[3]);
-        }
-      }
+      const uint32_t dq = q_addr + (kk / 4) * kBr * 128 + (kk % 4) * 32;
+      const uint32_t dk = k_addr + stage + (kk / 4) * kBc * 128 + (kk % 4) * 32;
+      wgmma_ss<T, kBc, 0, 0>(s, smem_desc(dq, 16, 1024), smem_desc(dk, 16, 1024), kk > 0);
     }
+    wgmma_commit();
+    wgmma_wait_all();
+    pin(s);
 
-    // Online softmax in the log2 domain, masking keys past T and (causal) keys after the query. The scale is
-    // folded into the exponent (one FFMA per score); the running output is rescaled by 2^(old max - new max)
-    // only when some row of the warp raised its max, and the division by l waits for the end.
+    // Online softmax on this thread's rows row0 and row0 + 8 (accumulator s[4n + 2r + c] = S[row0 + 8r][8n+2t4+c]).
     const bool need_mask = k0 + kBc > T_ || (p.causal && k0 + kBc - 1 > wq0);
-    float alpha[2][2];
+    float alpha[2];
 #pragma unroll
-    for (int m = 0; m < 2; ++m)
+    for (int r = 0; r < 2; ++r) {
+      const int row = row0 + 8 * r;
+      float rmax = -INFINITY;
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = wq0 + m * 16 + g + 8 * r;
-        float rmax = -INFINITY;
+      for (int n = 0; n < kBc / 8; ++n)
 #pragma unroll
-        for (int n = 0; n < kBc / 8; ++n)
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            if (need_mask) {
-              const int key = k0 + n * 8 + 2 * t4 + c;
-              if (key >= T_ || (p.causal && key > row)) s[m][n][2 * r + c] = -INFINITY;
-            }
-            rmax = fmaxf(rmax, s[m][n][2 * r + c]);
+        for (int c = 0; c < 2; ++c) {
+          if (need_mask) {
+            const int key = k0 + n * 8 + 2 * t4 + c;
+            if (key >= T_ || (p.causal && key > row)) s[4 * n + 2 * r + c] = -INFINITY;
           }
-        const float new_max = fmaxf(mx[m][r], quad_max(rmax) * p.scale_log2);
-        const float base = new_max == -INFINITY ? 0.f : new_max;  // a row with nothing visible yet stays zero
-        alpha[m][r] = fast_exp2(mx[m][r] - base);
-        mx[m][r] = new_max;
-        float sum = 0.f;
-#pragma unroll
-        for (int n = 0; n < kBc / 8; ++n)
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            s[m][n][2 * r + c] = fast_exp2(fmaf(s[m][n][2 * r + c], p.scale_log2, -base));
-            sum += s[m][n][2 * r + c];
-          }
-        l[m][r] = l[m][r] * alpha[m][r] + sum;  // per-thread partial sum; the quad reduces it once at the end
-      }
-    if (__any_sync(0xffffffffu, alpha[0][0] != 1.f || alpha[0][1] != 1.f || alpha[1][0] != 1.f || alpha[1][1] != 1.f)) {
-#pragma unroll
-      for (int m = 0; m < 2; ++m)
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-          o[m][n][0] *= alpha[m][0];
-          o[m][n][1] *= alpha[m][0];
-          o[m][n][2] *= alpha[m][1];
-          o[m][n][3] *= alpha[m][1];
+          rmax = fmaxf(rmax, s[4 * n + 2 * r + c]);
         }
+      const float new_max = fmaxf(mx[r], quad_max(rmax) * p.scale_log2);
+      const float base = new_max == -INFINITY ? 0.f : new_max;  // a row with nothing visible yet stays zero
+      alpha[r] = fast_exp2(mx[r] - base);
+      mx[r] = new_max;
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < kBc / 8; ++n)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          float& v = s[4 * n + 2 * r + c];
+          v = fast_exp2(fmaf(v, p.scale_log2, -base));
+          sum += v;
+        }
+      l[r] = l[r] * alpha[r] + sum;
+    }
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      o[4 * n] *= alpha[0];
+      o[4 * n + 1] *= alpha[0];
+      o[4 * n + 2] *= alpha[1];
+      o[4 * n + 3] *= alpha[1];
     }
 
-    // O += P V.
+    // O += P V: k-step kk covers keys [16kk, 16kk+16) = 2048 bytes of every V atom; the head-dim atoms are
+    // kBc·128 bytes apart (the leading byte offset of this MN-major operand).
+    uint32_t pa[kBc / 16][4];
 #pragma unroll
     for (int kk = 0; kk < kBc / 16; ++kk) {
-      uint32_t a[2][4];
-#pragma unroll
-      for (int m = 0; m < 2; ++m) acc_to_a<T>(a[m], s[m][2 * kk], s[m][2 * kk + 1]);
-#pragma unroll
-      for (int np = 0; np < D / 16; ++np) {
-        uint32_t bv[4];
-        ldsm_x4_t(bv, tile_step<D>(b_v, kk * 16, 2 * np));
-#pragma unroll
-        for (int m = 0; m < 2; ++m) {
-          MmaOp<T>::run(o[m][2 * np], a[m], bv[0], bv[1]);
-          MmaOp<T>::run(o[m][2 * np + 1], a[m], bv[2], bv[3]);
-        }
-      }
+      pa[kk][0] = Pack16<T>::pack(s[8 * kk], s[8 * kk + 1]);
+      pa[kk][1] = Pack16<T>::pack(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = Pack16<T>::pack(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = Pack16<T>::pack(s[8 * kk + 6], s[8 * kk + 7]);
     }
+    pin(o);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBc / 16; ++kk)
+      wgmma_rs<T, D>(o, pa[kk], smem_desc(v_addr + stage + kk * 2048, kBc * 128, 1024), 1);
+    wgmma_commit();
+    wgmma_wait_all();
+    pin(o);
+    pin(pa);
   }
   cp_async_wait<0>();
 
   // Epilogue: normalise, store out rows < T and lse.
 #pragma unroll
-  for (int m = 0; m < 2; ++m)
+  for (int r = 0; r < 2; ++r) {
+    const float sum = quad_sum(l[r]);
+    const int row = row0 + 8 * r;
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    if (row >= T_) continue;
+    T* orow = p.out_w + (int64_t(b) * T_ + row) * p.out_stride + p.o_col(h) + 2 * t4;
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float sum = quad_sum(l[m][r]);
-      const int row = wq0 + m * 16 + g + 8 * r;
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;
-      if (row >= T_) continue;
-      T* orow = p.out_w + (int64_t(b) * T_ + row) * p.out_stride + p.o_col(h) + 2 * t4;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n)
-        if (n * 8 < p.dv) *reinterpret_cast<uint32_t*>(orow + n * 8) = MmaOp<T>::pack(o[m][n][2 * r] * inv, o[m][n][2 * r + 1] * inv);
-      if (t4 == 0)
-        p.lse[(int64_t(b) * p.heads + h) * T_ + row] = sum > 0.f ? (mx[m][r] + __log2f(sum)) * kLn2 : INFINITY;
-    }
+    for (int n = 0; n < D / 8; ++n)
+      if (n * 8 < p.dv)
+        *reinterpret_cast<uint32_t*>(orow + n * 8) = Pack16<T>::pack(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
+    if (t4 == 0)
+      p.lse[(int64_t(b) * p.heads + h) * T_ + row] = sum > 0.f ? (mx[r] + __log2f(sum)) * kLn2 : INFINITY;
+  }
 }
 
 }  // namespace loom::cuda::flash
