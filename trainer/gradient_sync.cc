@@ -76,6 +76,10 @@ void GradientSync::on_grads_ready(const std::string& prefix) {
   }
 }
 
+size_t GradientSync::started_buckets() const {
+  return static_cast<size_t>(std::count_if(buckets_.begin(), buckets_.end(), [](const Bucket& b) { return b.started; }));
+}
+
 void GradientSync::finish() {
   on_grads_ready("");
   for (auto& r : requests_) r->wait();

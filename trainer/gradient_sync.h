@@ -66,8 +66,9 @@ class GradientSync {
   // ZeRO-1: the whole arena-sized tensor from every data rank's padded shard (e.g. optimizer moments).
   Tensor all_gather_shards(const Tensor& shard);
 
-  // Number of buckets (for tests and logs).
+  // Number of buckets, and how many of them have started reducing in this step (for tests and logs).
   size_t bucket_count() const { return buckets_.size(); }
+  size_t started_buckets() const;
 
  private:
   struct Bucket {

@@ -78,9 +78,10 @@ void write_data_once() {
 struct Layout {
   int data = 1, tensor = 1;
   bool sequence = false, zero1 = false;
+  int accum = 1;  // gradient accumulation micro-steps (the reference uses the same)
   std::string name() const {
     return "dp" + std::to_string(data) + "_tp" + std::to_string(tensor) + (sequence ? "_sp" : "") +
-           (zero1 ? "_zero1" : "");
+           (zero1 ? "_zero1" : "") + (accum > 1 ? "_accum" + std::to_string(accum) : "");
   }
 };
 
@@ -101,7 +102,7 @@ config::RunConfig make_config(const std::string& kind, const Layout& layout, con
   // so in floating point it is rounding noise that depends on summation order; with a tiny eps AdamW turns that
   // noise into full-size steps, which no two layouts (or thread counts) can reproduce.
   y << "optim: {lr: 0.01, warmup_steps: 3, weight_decay: 0.1, grad_clip: 1.0, eps: 1.0e-6}\n"
-    << "train: {max_steps: " << kSteps << ", device: cpu, progress: false, log_every: 0, seed: 7, "
+    << "train: {max_steps: " << kSteps << ", grad_accum_steps: " << layout.accum << ", device: cpu, progress: false, log_every: 0, seed: 7, "
     << "keep_checkpoints: 5, out_dir: '" << out_dir << "'}\n"
     << "parallel: {data: " << layout.data << ", tensor: " << layout.tensor << ", sequence: "
     << (layout.sequence ? "true" : "false") << ", zero1: " << (layout.zero1 ? "true" : "false") << ", bucket_mb: 1}\n";
@@ -160,22 +161,25 @@ std::map<int64_t, double> losses_by_step(const std::string& out_dir) {
   return out;
 }
 
-// The single-process reference for `kind`, run once per rank in its own directory.
-const std::string& reference_dir(const std::string& kind) {
+// The single-process reference for `kind` with `accum` micro-steps, run once per rank in its own directory.
+const std::string& reference_dir(const std::string& kind, int accum = 1) {
   static std::map<std::string, std::string> dirs;
-  auto it = dirs.find(kind);
+  const std::string key = kind + "_accum" + std::to_string(accum);
+  auto it = dirs.find(key);
   if (it != dirs.end()) return it->second;
   write_data_once();
-  const std::string out = shared_dir() + "/ref_" + kind + "_rank" + std::to_string(test_world().rank());
-  config::RunConfig cfg = make_config(kind, Layout{}, out);
+  const std::string out = shared_dir() + "/ref_" + key + "_rank" + std::to_string(test_world().rank());
+  Layout single;
+  single.accum = accum;
   std::ostringstream log;
-  train_on_mesh(cfg, log, {}, nullptr);
-  return dirs.emplace(kind, out).first->second;
+  train_on_mesh(make_config(kind, single, out), log, {}, nullptr);
+  return dirs.emplace(key, out).first->second;
 }
 
 // Compares a parallel run's losses (steps first_step..kSteps) and final weights with the reference.
-void expect_matches_reference(const std::string& kind, const std::string& out_dir, int64_t first_step) {
-  const std::string& ref = reference_dir(kind);
+void expect_matches_reference(const std::string& kind, const std::string& out_dir, int64_t first_step,
+                              int accum = 1) {
+  const std::string& ref = reference_dir(kind, accum);
   const auto want = losses_by_step(ref), got = losses_by_step(out_dir);
   for (int64_t step = first_step; step <= kSteps; ++step) {
     ASSERT_TRUE(got.count(step) && want.count(step)) << out_dir << ": no loss for step " << step;
@@ -201,9 +205,9 @@ void expect_matches_reference(const std::string& kind, const std::string& out_di
 // Runs `layout` for `kind` if the job has enough ranks, and checks it against the reference on its ranks.
 void check_layout(const std::string& kind, const Layout& layout) {
   if (test_world().size() % (layout.data * layout.tensor) != 0) GTEST_SKIP() << "needs a multiple of the ranks";
-  reference_dir(kind);
+  reference_dir(kind, layout.accum);
   const std::string out = shared_dir() + "/" + kind + "_" + layout.name();
-  if (run_layout(make_config(kind, layout, out))) expect_matches_reference(kind, out, 1);
+  if (run_layout(make_config(kind, layout, out))) expect_matches_reference(kind, out, 1, layout.accum);
 }
 
 // Trains 10 steps at `first` (stopped by rank 0's observer), resumes at `second` to step 20.
@@ -228,6 +232,16 @@ TEST_P(ParallelTraining, TensorParallel2) { check_layout(GetParam(), {1, 2}); }
 TEST_P(ParallelTraining, TensorParallel2Sequence) { check_layout(GetParam(), {1, 2, true}); }
 TEST_P(ParallelTraining, Data2Tensor2) { check_layout(GetParam(), {2, 2}); }
 TEST_P(ParallelTraining, Data2Tensor2Sequence) { check_layout(GetParam(), {2, 2, true}); }
+TEST_P(ParallelTraining, DataParallel2Accumulate2) {
+  Layout layout{2, 1};
+  layout.accum = 2;
+  check_layout(GetParam(), layout);
+}
+TEST_P(ParallelTraining, Data2Tensor2SequenceZero1Accumulate2) {
+  Layout layout{2, 2, true, true};
+  layout.accum = 2;
+  check_layout(GetParam(), layout);
+}
 TEST_P(ParallelTraining, Zero1Data2) { check_layout(GetParam(), {2, 1, false, true}); }
 TEST_P(ParallelTraining, Zero1Data2Tensor2) { check_layout(GetParam(), {2, 2, false, true}); }
 TEST_P(ParallelTraining, ResumeTensor2AsData2) { check_resume(GetParam(), {1, 2}, {2, 1}); }
