@@ -13,6 +13,7 @@
 #include "parallel/mesh.h"
 #include "parallel/mpi_communicator.h"
 #include "trainer/gpt.h"
+#include "trainer/gradient_sync.h"
 #include "trainer/hf_gpt2.h"
 #include "trainer/image_source.h"
 #include "trainer/sampler.h"
@@ -49,7 +50,7 @@ bool looks_like_hf_gpt2(const NamedTensors& tensors) {
   return false;
 }
 
-void load_initial_weights(const config::RunConfig& cfg, Model& model) {
+void load_initial_weights(const config::RunConfig& cfg, Model& model, const TensorParallelContext* tp) {
   const std::string& path = cfg.model().init_from();
   NamedTensors tensors = safetensors::read(path).tensors;
   if (cfg.model().kind() == "gpt" && looks_like_hf_gpt2(tensors)) {
@@ -58,7 +59,14 @@ void load_initial_weights(const config::RunConfig& cfg, Model& model) {
   } else if (const auto* vit = dynamic_cast<VitModel*>(&model)) {
     tensors = import_timm_vit(tensors, vit->shape());
   }
-  model.params().load_named(tensors, path);
+  if (tensor_size(tp) == 1) {
+    model.params().load_named(tensors, path);
+    return;
+  }
+  // Full tensors in the file; this tensor rank keeps its shard.
+  ParameterStore& params = model.params();
+  params.master().copy_from(arena_from_full_tensors(params.layout(), tensors, tp, "", params.master().dtype(), path));
+  params.sync_compute_from_master();
 }
 
 }  // namespace
@@ -76,11 +84,7 @@ std::unique_ptr<Model> build_model(const config::RunConfig& cfg, Backend& backen
   } else {
     fail("model.kind: expected \"gpt\" or \"vit\", got \"", m.kind(), "\"");
   }
-  if (m.has_init_from() && !m.init_from().empty()) {
-    LOOM_CHECK(tensor_size(tp) == 1, "model.init_from with parallel.tensor > 1 is not supported yet (start from a "
-               "checkpoint with train.resume instead: checkpoints load under any layout)");
-    load_initial_weights(cfg, *model);
-  }
+  if (m.has_init_from() && !m.init_from().empty()) load_initial_weights(cfg, *model, tp);
   return model;
 }
 
@@ -174,7 +178,7 @@ TrainResult run_training(const config::RunConfig& cfg, std::ostream& log,
   auto world = MpiCommunicator::world();
   LOOM_CHECK(par.data() >= 1 && par.tensor() >= 1 && ranks == world->size(), "parallel.data (", par.data(),
              ") x parallel.tensor (", par.tensor(), ") must equal the number of processes (", world->size(),
-             "; start them with launch/loom-mpirun -n ", ranks, ")");
+             "; start them with launch/loom-mpirun --np ", ranks, ")");
   if (world->size() == 1) return train_on_mesh(cfg, log, observers, nullptr);
   try {
     ProcessMesh mesh(*world, par.data(), par.tensor());
