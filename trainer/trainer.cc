@@ -206,7 +206,9 @@ TrainResult Trainer::run(int64_t stop_at_step) {
     const double step_ms = ms_since(step_start);
     const double tokens_per_s = samples * model_.tokens_per_sample() / (step_ms / 1e3);
     const double model_flops_per_s = samples * flops.model / (step_ms / 1e3);
-    const double mfu = peak_flops_ > 0 ? model_flops_per_s / peak_flops_ : 0;
+    // Throughput counts the global batch, so the peak is that of every device of the job.
+    const int devices = parallel_.mesh ? parallel_.mesh->world().size() : 1;
+    const double mfu = peak_flops_ > 0 ? model_flops_per_s / (peak_flops_ * devices) : 0;
     result.last_train_loss = loss;
 
     nlohmann::json rec = {{"step", step_},
