@@ -34,16 +34,22 @@ GradientSync::GradientSync(ParameterStore& params, Backend& backend, Communicato
     bucket_of_entry_[k] = static_cast<int>(buckets_.size() - 1);
   }
   const int64_t total = params.layout().total();
-  const int D = data_ ? data_->size() : 1, d = data_ ? data_->rank() : 0;
-  shard_size_ = (total + D - 1) / D;
-  shard_begin_ = zero1_ ? std::min<int64_t>(total, d * shard_size_) : 0;
-  shard_end_ = zero1_ ? std::min<int64_t>(total, shard_begin_ + shard_size_) : total;
-  if (zero1_) {
-    padded_ = Tensor::zeros({shard_size_ * D}, params.grads().dtype(), backend.device());
-    shard_grads_ = Tensor::zeros({shard_size_}, params.grads().dtype(), backend.device());
-  } else {
+  if (!zero1_) {
+    owned_.push_back({0, total, 0});
     shard_size_ = total;
+    return;
   }
+  const int D = data_ ? data_->size() : 1, d = data_ ? data_->rank() : 0;
+  for (Bucket& bucket : buckets_) {
+    const int64_t n = bucket.end - bucket.begin;
+    bucket.piece = (n + D - 1) / D;
+    bucket.offset = shard_size_;
+    shard_size_ += bucket.piece;
+    bucket.staging = Tensor::zeros({bucket.piece * D}, params.grads().dtype(), backend.device());
+    const int64_t lo = std::min(n, d * bucket.piece), hi = std::min(n, lo + bucket.piece);
+    owned_.push_back({bucket.begin + lo, hi - lo, bucket.offset});
+  }
+  shard_grads_ = Tensor::zeros({shard_size_}, params.grads().dtype(), backend.device());
 }
 
 void GradientSync::arm(bool reduce) {
@@ -58,11 +64,30 @@ void GradientSync::arm(bool reduce) {
 
 void GradientSync::start(Bucket& b) {
   b.started = true;
-  if (!data_ || zero1_) return;  // ZeRO-1 reduce-scatters the whole arena in finish()
   // The backend must have written the bucket's gradients before the communicator reads them (CUDA: an event).
   backend_.synchronize();
   Tensor slice = params_.grads().slice_flat(b.begin, {b.end - b.begin});
-  requests_.push_back(data_->start_all_reduce(slice, ReduceOp::Average));
+  if (!zero1_) {
+    if (data_) requests_.push_back(data_->start_all_reduce(slice, ReduceOp::Average));
+    return;
+  }
+  // Sequence-parallel partial gradients must be summed over the tensor group before leaving the bucket.
+  reduce_partial_over_tensor(b.begin, b.end);
+  b.staging.slice_flat(0, {slice.numel()}).copy_from(slice);
+  Tensor mine = shard_grads_.slice_flat(b.offset, {b.piece});
+  if (data_)
+    requests_.push_back(data_->start_reduce_scatter(mine, b.staging, ReduceOp::Average));
+  else
+    mine.copy_from(b.staging);
+}
+
+void GradientSync::reduce_partial_over_tensor(int64_t begin, int64_t end) {
+  if (!tp_ || !tp_->active()) return;
+  for (const auto& e : params_.layout().entries())
+    if (e.spec.sharding.grad_partial_over_tensor && e.offset >= begin && e.offset + e.numel <= end) {
+      Tensor g = params_.grads().slice_flat(e.offset, {e.numel});
+      all_reduce_over_tensor_group(backend_, tp_, g);
+    }
 }
 
 void GradientSync::on_grads_ready(const std::string& prefix) {
@@ -84,28 +109,15 @@ void GradientSync::finish() {
   on_grads_ready("");
   for (auto& r : requests_) r->wait();
   requests_.clear();
+  if (data_) data_->synchronize();
   armed_ = false;
-  // Sequence parallelism: LayerNorm gradients from this rank's token rows only; sum over the tensor group.
-  if (tp_ && tp_->active())
-    for (const auto& e : params_.layout().entries())
-      if (e.spec.sharding.grad_partial_over_tensor) {
-        Tensor g = params_.grads().slice_flat(e.offset, {e.numel});
-        all_reduce_over_tensor_group(backend_, tp_, g);
-      }
-  if (!zero1_) return;
-  const int64_t total = params_.layout().total();
-  if (!data_) {
-    shard_grads_.slice_flat(0, {total}).copy_from(params_.grads());
-    return;
-  }
-  backend_.synchronize();
-  padded_.slice_flat(0, {total}).copy_from(params_.grads());
-  data_->reduce_scatter(shard_grads_, padded_, ReduceOp::Average);
-  data_->synchronize();
+  // Sequence parallelism: LayerNorm gradients from this rank's token rows only; sum over the tensor group
+  // (ZeRO-1 did it per bucket before the reduce-scatter).
+  if (!zero1_) reduce_partial_over_tensor(0, params_.layout().total());
 }
 
-std::pair<double, double> GradientSync::sum_squares_by_kind(const Tensor& grads, int64_t begin, int64_t end) {
-  // grads covers arena range [begin, begin + grads.numel()); only [begin, end) is real.
+std::pair<double, double> GradientSync::sum_squares_by_kind(const Tensor& grads, int64_t begin, int64_t n) {
+  const int64_t end = begin + n;
   std::vector<Tensor> sharded, replicated;
   for (const auto& e : params_.layout().entries()) {
     const int64_t lo = std::max(begin, e.offset), hi = std::min(end, e.offset + e.numel);
@@ -118,11 +130,13 @@ std::pair<double, double> GradientSync::sum_squares_by_kind(const Tensor& grads,
 }
 
 double GradientSync::grad_norm() {
-  auto [sharded, replicated] = zero1_ ? sum_squares_by_kind(shard_grads_, shard_begin_, shard_end_)
-                                      : sum_squares_by_kind(params_.grads(), 0, params_.layout().total());
   Tensor sums = Tensor::from_vector({0, 0}, {2}, DType::F64);
-  sums.data<double>()[0] = sharded;
-  sums.data<double>()[1] = replicated;
+  for (const ArenaRange& r : owned_) {
+    const Tensor& g = zero1_ ? shard_grads_.slice_flat(r.offset, {r.length}) : params_.grads();
+    const auto [sharded, replicated] = sum_squares_by_kind(g, r.begin, r.length);
+    sums.data<double>()[0] += sharded;
+    sums.data<double>()[1] += replicated;
+  }
   if (zero1_ && data_) data_->all_reduce(sums, ReduceOp::Sum);  // each data rank holds one shard
   if (tp_ && tp_->active()) {
     // Replicated parameters are equal on every tensor rank: sum only the sharded part over the group.
@@ -133,16 +147,20 @@ double GradientSync::grad_norm() {
 }
 
 Tensor GradientSync::all_gather_shards(const Tensor& shard) {
-  const int64_t total = params_.layout().total();
-  Tensor out = Tensor::empty({total}, shard.dtype(), shard.device());
-  if (!data_) {
-    out.copy_from(shard.slice_flat(0, {total}));
-    return out;
+  LOOM_CHECK(zero1_ && shard.numel() == shard_size_, "all_gather_shards: ", shard.str(), " is not a ZeRO-1 shard of ",
+             shard_size_, " elements");
+  const int D = data_ ? data_->size() : 1;
+  Tensor out = Tensor::empty({params_.layout().total()}, shard.dtype(), shard.device());
+  for (const Bucket& b : buckets_) {
+    Tensor gathered = Tensor::empty({b.piece * D}, shard.dtype(), shard.device());
+    const Tensor mine = shard.slice_flat(b.offset, {b.piece});
+    if (data_)
+      data_->all_gather(gathered, mine);
+    else
+      gathered.copy_from(mine);
+    out.slice_flat(b.begin, {b.end - b.begin}).copy_from(gathered.slice_flat(0, {b.end - b.begin}));
   }
-  Tensor gathered = Tensor::empty({shard_size_ * data_->size()}, shard.dtype(), shard.device());
-  data_->all_gather(gathered, shard);
-  data_->synchronize();
-  out.copy_from(gathered.slice_flat(0, {total}));
+  if (data_) data_->synchronize();
   return out;
 }
 
@@ -151,8 +169,8 @@ void GradientSync::all_gather_parameters() {
   backend_.synchronize();
   Tensor& master = params_.master();
   Tensor shard = Tensor::zeros({shard_size_}, master.dtype(), master.device());
-  if (shard_end_ > shard_begin_)
-    shard.slice_flat(0, {shard_end_ - shard_begin_}).copy_from(master.slice_flat(shard_begin_, {shard_end_ - shard_begin_}));
+  for (const ArenaRange& r : owned_)
+    if (r.length > 0) shard.slice_flat(r.offset, {r.length}).copy_from(master.slice_flat(r.begin, {r.length}));
   master.copy_from(all_gather_shards(shard));
   params_.sync_compute_from_master();
 }

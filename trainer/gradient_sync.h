@@ -13,9 +13,10 @@
 // makes the communicator's stream wait on it (Communicator::wait_event) instead of synchronising the backend;
 // finish() is where the optimizer's stream would wait on the last bucket's event.
 //
-// ZeRO-1: instead of all-reducing, finish() reduce-scatters the whole arena (padded to a multiple of the data
-// size) so each data rank holds the averaged gradients of its shard [begin, end) of the arena; the optimizer
-// updates only that shard (moments sized to it) and all_gather_parameters() rebuilds the full arena.
+// ZeRO-1: a complete bucket starts a non-blocking reduce-scatter instead (the bucket padded to a multiple of
+// the data size D, so data rank d receives the averaged gradients of the bucket's d-th 1/D); the optimizer
+// updates only this rank's pieces of every bucket (owned_ranges(), moments sized to them) and
+// all_gather_parameters() rebuilds the full arena bucket by bucket.
 //
 // Thread-safety: driven by the training thread, like the model. Every call is collective over the groups it
 // uses (data group, tensor group) and must be made in the same order on every rank.
@@ -30,6 +31,7 @@
 #include "kernels/backend.h"
 #include "parallel/communicator.h"
 #include "parallel/tensor_parallel.h"
+#include "trainer/optimizer.h"
 #include "trainer/parameters.h"
 
 namespace loom {
@@ -56,14 +58,15 @@ class GradientSync {
   double grad_norm();
 
   bool zero1() const { return zero1_; }
-  // ZeRO-1: this data rank's arena range [begin, end) and its averaged gradients (padded to shard_size()).
-  int64_t shard_begin() const { return shard_begin_; }
-  int64_t shard_end() const { return shard_end_; }
+  // The arena ranges this rank's optimizer updates, with their offsets into shard_size()-element buffers
+  // (moments, shard_grads()). Without ZeRO-1: the whole arena at offset 0.
+  const std::vector<ArenaRange>& owned_ranges() const { return owned_; }
   int64_t shard_size() const { return shard_size_; }
+  // ZeRO-1: the averaged gradients of owned_ranges(), at their offsets (valid after finish()).
   const Tensor& shard_grads() const { return shard_grads_; }
-  // ZeRO-1: every data rank's updated master shard -> the whole master arena (and its compute copy).
+  // ZeRO-1: every data rank's updated master pieces -> the whole master arena (and its compute copy).
   void all_gather_parameters();
-  // ZeRO-1: the whole arena-sized tensor from every data rank's padded shard (e.g. optimizer moments).
+  // ZeRO-1: an arena-sized tensor from every data rank's shard_size() buffer (e.g. optimizer moments).
   Tensor all_gather_shards(const Tensor& shard);
 
   // Number of buckets, and how many of them have started reducing in this step (for tests and logs).
@@ -75,9 +78,17 @@ class GradientSync {
     int64_t begin = 0, end = 0;  // arena elements
     int entries = 0, ready = 0;
     bool started = false;
+    // ZeRO-1: each data rank's piece has `piece` elements (the last ones padded); this rank's sits at `offset`
+    // of the shard buffers; `staging` is the padded copy of the bucket's gradients that is reduce-scattered.
+    int64_t piece = 0, offset = 0;
+    Tensor staging;
   };
   void start(Bucket& b);
-  std::pair<double, double> sum_squares_by_kind(const Tensor& grads, int64_t begin, int64_t end);
+  // Sums the sequence-parallel partial gradients of the parameters inside arena range [begin, end).
+  void reduce_partial_over_tensor(int64_t begin, int64_t end);
+  // Σ g² of the sharded and of the replicated parameters' gradients in arena range [begin, begin + n) held
+  // in `grads` from element 0.
+  std::pair<double, double> sum_squares_by_kind(const Tensor& grads, int64_t begin, int64_t n);
 
   ParameterStore& params_;
   Backend& backend_;
@@ -89,8 +100,9 @@ class GradientSync {
   std::vector<int> bucket_of_entry_;  // by index into layout().entries()
   std::vector<bool> entry_ready_;
   std::vector<std::unique_ptr<CommRequest>> requests_;
-  int64_t shard_begin_ = 0, shard_end_ = 0, shard_size_ = 0;
-  Tensor padded_, shard_grads_;
+  std::vector<ArenaRange> owned_;
+  int64_t shard_size_ = 0;
+  Tensor shard_grads_;
 };
 
 // Full tensors under the single-process names from this rank's arena tensor `arena` (weights or moments laid

@@ -5,13 +5,17 @@
 
 namespace loom {
 
-AdamW::AdamW(ParameterStore& params, const config::OptimConfig& cfg, Backend& backend, int64_t begin, int64_t end,
+AdamW::AdamW(ParameterStore& params, const config::OptimConfig& cfg, Backend& backend, std::vector<ArenaRange> ranges,
              int64_t moment_size)
-    : params_(params), cfg_(cfg), backend_(backend), begin_(begin), end_(end < 0 ? params.layout().total() : end) {
-  LOOM_CHECK(0 <= begin_ && begin_ <= end_ && end_ <= params.layout().total(), "AdamW: range [", begin_, ", ", end_,
-             ") outside the parameter arena of ", params.layout().total());
-  if (moment_size < 0) moment_size = end_ - begin_;
-  LOOM_CHECK(moment_size >= end_ - begin_, "AdamW: moment size ", moment_size, " below the range's ", end_ - begin_);
+    : params_(params), cfg_(cfg), backend_(backend), ranges_(std::move(ranges)) {
+  const int64_t total = params.layout().total();
+  if (ranges_.empty()) ranges_.push_back({0, total, 0});
+  if (moment_size < 0) moment_size = total;
+  for (const ArenaRange& r : ranges_)
+    LOOM_CHECK(r.begin >= 0 && r.length >= 0 && r.begin + r.length <= total && r.offset >= 0 &&
+                   r.offset + r.length <= moment_size,
+               "AdamW: range [", r.begin, ", +", r.length, ") at offset ", r.offset, " outside the arena (", total,
+               ") or the moments (", moment_size, ")");
   const DType moment_dtype = params.master().dtype() == DType::F64 ? DType::F64 : DType::F32;
   m_ = Tensor::zeros({moment_size}, moment_dtype, backend.device());
   v_ = Tensor::zeros({moment_size}, moment_dtype, backend.device());
@@ -26,18 +30,20 @@ void AdamW::step(double lr, int64_t step, double norm, const Tensor& grads) {
   hp.step = step;
   hp.grad_scale = (cfg_.grad_clip() > 0 && norm > cfg_.grad_clip()) ? cfg_.grad_clip() / norm : 1.0;
   const int64_t total = params_.layout().total(), split = params_.layout().decay_numel();
-  // [0, split) decays, [split, total) does not.
+  // [0, split) decays, [split, total) does not: one fused update per (range, decay group) intersection.
   const std::pair<int64_t, int64_t> groups[2] = {{0, split}, {split, total}};
-  const Tensor& g_src = grads.defined() ? grads : params_.grads().slice_flat(begin_, {end_ - begin_});
-  for (int g = 0; g < 2; ++g) {
-    const int64_t begin = std::max(groups[g].first, begin_), end = std::min(groups[g].second, end_);
-    if (end <= begin) continue;
-    Tensor p = params_.master().slice_flat(begin, {end - begin});
-    Tensor m = m_.slice_flat(begin - begin_, {end - begin});
-    Tensor v = v_.slice_flat(begin - begin_, {end - begin});
-    Tensor grad = g_src.slice_flat(begin - begin_, {end - begin});
-    Tensor copy = params_.compute_is_master() ? Tensor() : params_.compute().slice_flat(begin, {end - begin});
-    backend_.adamw_update(p, m, v, grad, copy, hp, g == 0 ? cfg_.weight_decay() : 0.0);
+  for (const ArenaRange& r : ranges_) {
+    for (int g = 0; g < 2; ++g) {
+      const int64_t begin = std::max(groups[g].first, r.begin), end = std::min(groups[g].second, r.begin + r.length);
+      if (end <= begin) continue;
+      const int64_t at = r.offset + (begin - r.begin), n = end - begin;
+      Tensor p = params_.master().slice_flat(begin, {n});
+      Tensor m = m_.slice_flat(at, {n});
+      Tensor v = v_.slice_flat(at, {n});
+      Tensor grad = grads.defined() ? grads.slice_flat(at, {n}) : params_.grads().slice_flat(begin, {n});
+      Tensor copy = params_.compute_is_master() ? Tensor() : params_.compute().slice_flat(begin, {n});
+      backend_.adamw_update(p, m, v, grad, copy, hp, g == 0 ? cfg_.weight_decay() : 0.0);
+    }
   }
 }
 

@@ -14,19 +14,25 @@
 
 namespace loom {
 
+// Arena elements [begin, begin + length) whose moments (and, with ZeRO-1, reduced gradients) sit at
+// [offset, offset + length) of the optimizer's own buffers.
+struct ArenaRange {
+  int64_t begin = 0, length = 0, offset = 0;
+};
+
 class AdamW {
  public:
-  // Updates the arena range [begin, end) (end = -1: the whole arena), with moments of `moment_size` elements
-  // (>= end - begin; ZeRO-1 pads its shard; -1: end - begin).
-  AdamW(ParameterStore& params, const config::OptimConfig& cfg, Backend& backend, int64_t begin = 0,
-        int64_t end = -1, int64_t moment_size = -1);
+  // Updates the arena `ranges` (empty: the whole arena, moments laid out like it), with moments of
+  // `moment_size` elements (-1: the whole arena). Throws loom::Error on a range outside the arena or the moments.
+  AdamW(ParameterStore& params, const config::OptimConfig& cfg, Backend& backend,
+        std::vector<ArenaRange> ranges = {}, int64_t moment_size = -1);
 
   // One update at learning rate `lr`; `step` is 1-based (bias correction). Gradients are scaled by
   // min(1, grad_clip / norm) first when clipping is on; `norm` is the global norm of the same gradients.
-  // `grads` holds the gradients of [begin, end) from its first element (undefined: the arena's own).
+  // `grads` holds each range's gradients at its offset (undefined: the arena's own gradients at `begin`).
   void step(double lr, int64_t step, double norm, const Tensor& grads = Tensor());
 
-  // The moments of [begin, end) (padded to moment_size), for layout-aware checkpoints.
+  // The moments (laid out by the ranges' offsets), for layout-aware checkpoints.
   Tensor& first_moment() { return m_; }
   Tensor& second_moment() { return v_; }
 
@@ -34,7 +40,7 @@ class AdamW {
   ParameterStore& params_;
   config::OptimConfig cfg_;
   Backend& backend_;
-  int64_t begin_, end_;
+  std::vector<ArenaRange> ranges_;
   Tensor m_, v_;
 };
 

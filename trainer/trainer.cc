@@ -64,8 +64,8 @@ Trainer::Trainer(const config::RunConfig& cfg, Model& model, DataSource& data, s
   sync_ = std::make_unique<GradientSync>(model.params(), model.backend(),
                                          parallel_.mesh ? &parallel_.mesh->data_group() : nullptr, parallel_.tp,
                                          static_cast<int64_t>(par.bucket_mb()) << 20, par.zero1());
-  optimizer_ = std::make_unique<AdamW>(model.params(), cfg.optim(), model.backend(), sync_->shard_begin(),
-                                       sync_->shard_end(), sync_->shard_size());
+  optimizer_ = std::make_unique<AdamW>(model.params(), cfg.optim(), model.backend(), sync_->owned_ranges(),
+                                       sync_->shard_size());
   model_.set_grad_ready_hook([this](const std::string& prefix) { sync_->on_grads_ready(prefix); });
   if (writes_files()) metrics_ = std::make_unique<MetricsWriter>(cfg_.train().out_dir() + "/metrics.jsonl");
   if (cfg_.train().has_peak_flops())
@@ -146,9 +146,9 @@ void Trainer::resume_from(const std::string& dir) {
                                        std::pair<std::string, Tensor*>{"optim.v.", &optimizer_->second_moment()}}) {
     const Tensor arena = arena_from_full_tensors(layout, c.optimizer, parallel_.tp, prefix, moment->dtype(),
                                                  dir + "/optimizer.safetensors");
-    const int64_t begin = sync_->shard_begin(), n = sync_->shard_end() - begin;
     moment->zero_();
-    if (n > 0) moment->slice_flat(0, {n}).copy_from(arena.slice_flat(begin, {n}));
+    for (const ArenaRange& r : sync_->owned_ranges())
+      if (r.length > 0) moment->slice_flat(r.offset, {r.length}).copy_from(arena.slice_flat(r.begin, {r.length}));
   }
   if (!c.state.contains("step") || !c.state.contains("data"))
     fail(dir, "/state.json: missing \"step\" or \"data\"");
