@@ -134,8 +134,17 @@ VitModel::Activations& VitModel::forward(const Tensor& patches) {
   const int64_t B = patches.dim(0), Np = shape_.patches(), T = shape_.tokens(), D = shape_.d_model;
   const int64_t k = shape_.prefix_tokens(), L = static_cast<int64_t>(blocks_.size());
   Activations& a = activations_for(B);
+  // Images arrive in f32 from the loader; a bf16/f16 model converts them once into its own buffer.
+  if (patches.dtype() == compute_dtype_) {
+    a.patch_rows = patches;
+  } else {
+    if (!a.patch_rows_converted.defined())
+      a.patch_rows_converted = Tensor::empty(patches.shape(), compute_dtype_, backend_.device());
+    backend_.convert(a.patch_rows_converted, patches);
+    a.patch_rows = a.patch_rows_converted;
+  }
   Tensor pe = a.patch_emb.view({B * Np, D});
-  backend_.matmul_forward(pe, patches.view({B * Np, shape_.patch_dim()}), params_.weight("patch_embed.proj.weight"),
+  backend_.matmul_forward(pe, a.patch_rows.view({B * Np, shape_.patch_dim()}), params_.weight("patch_embed.proj.weight"),
                           params_.weight("patch_embed.proj.bias"));
   Tensor& x = a.embedded;
   backend_.zero(x);
@@ -223,7 +232,7 @@ double VitModel::forward_backward(const Batch& batch, double loss_scale) {
   Tensor dpatch = s.dln.slice_flat(0, {B, Np, D});
   backend_.copy_tokens(dpatch, 0, dresid, k, Np, false);
   Tensor none, dw = params_.grad("patch_embed.proj.weight"), db = params_.grad("patch_embed.proj.bias");
-  backend_.matmul_backward(none, dw, db, dpatch.view({B * Np, D}), batch.inputs.view({B * Np, shape_.patch_dim()}),
+  backend_.matmul_backward(none, dw, db, dpatch.view({B * Np, D}), a.patch_rows.view({B * Np, shape_.patch_dim()}),
                            params_.weight("patch_embed.proj.weight"));
   grads_ready("");
   return loss;

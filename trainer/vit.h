@@ -58,6 +58,8 @@ class VitModel final : public Model {
 
  private:
   struct Activations {
+    Tensor patch_rows;           // the input patch rows in the compute dtype (the batch's own tensor when it is)
+    Tensor patch_rows_converted; // [B, Np, C·P·P] buffer for inputs of another dtype (f32 images, bf16 model)
     Tensor patch_emb;            // [B, Np, D]
     Tensor pos_plus;             // [T, D]: position embedding with the class/dist tokens added to its first rows
     std::vector<Tensor> resid;   // [n, D] token rows of this rank at every block boundary (n = B·T without SP)
