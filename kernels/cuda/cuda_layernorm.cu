@@ -88,6 +88,149 @@ __global__ void layernorm_backward_kernel(T* dx, float* dw_partials, float* db_p
   }
 }
 
+// 16 bytes of T: the unit of the vectorized backward's loads and stores (8 bf16/f16 or 4 f32).
+template <typename T>
+struct alignas(16) Pack16 {
+  static constexpr int kSize = 16 / sizeof(T);
+  T e[kSize];
+};
+
+constexpr int kVecWarpsPerBlock = 4;
+
+// The same math as layernorm_backward_kernel for rows that fit one warp's registers (C % 8 == 0, C <= 1024,
+// 16-byte aligned pointers), read once and written once:
+//   mean_g = Σ_c dout·w / C,  mean_gx = Σ_c dout·w·x̂ / C,  dx += rstd·(dout·w - mean_g - x̂·mean_gx)
+//   dw_partial += dout·x̂,  db_partial += dout
+// Lane l owns columns (k·32 + l)·P .. +P-1 for chunk k < kChunks (P = 8 for bf16/f16, 4 for f32) in every
+// row, so its x, dout and dx stay in registers between the two row reductions, and its dw/db sums are
+// per-lane registers too (kChunks is a template argument so the register arrays have compile-time indices).
+// Warp w of a block handles rows ≡ blockIdx.x·kVecWarpsPerBlock + w (mod all warps of the grid); at the end
+// the block adds its warps' sums in warp order in shared memory and writes one partial row per block to
+// dw_partials/db_partials [gridDim.x, C], so the result is deterministic for a given grid.
+template <typename T, int kChunks>
+__global__ void __launch_bounds__(kVecWarpsPerBlock * 32)
+    layernorm_backward_vec_kernel(T* dx, float* dw_partials, float* db_partials, const T* dout, const T* x,
+                                  const T* w, const float* mean, const float* rstd, int64_t N, int C) {
+  using Pack = Pack16<T>;
+  constexpr int P = Pack::kSize;
+  extern __shared__ float shared[];  // [warps][2][C]: dw then db sums of each warp
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  float dw_acc[kChunks][P], db_acc[kChunks][P];
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k)
+#pragma unroll
+    for (int i = 0; i < P; ++i) dw_acc[k][i] = db_acc[k][i] = 0.f;
+
+  const int64_t total_warps = int64_t{gridDim.x} * kVecWarpsPerBlock;
+  for (int64_t row = blockIdx.x * int64_t{kVecWarpsPerBlock} + warp; row < N; row += total_warps) {
+    const Pack* xr = reinterpret_cast<const Pack*>(x + row * C);
+    const Pack* dr = reinterpret_cast<const Pack*>(dout + row * C);
+    Pack* dxr = reinterpret_cast<Pack*>(dx + row * C);
+    const float m = mean[row], r = rstd[row];
+    Pack xv[kChunks], dv[kChunks], dxv[kChunks];
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int v = k * 32 + lane;  // index of this lane's pack in the row
+      if (v * P < C) {
+        xv[k] = xr[v];
+        dv[k] = dr[v];
+        dxv[k] = dxr[v];
+      }
+    }
+    float sum_g = 0.f, sum_gx = 0.f;
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int v = k * 32 + lane;
+      if (v * P >= C) continue;
+      const Pack wv = reinterpret_cast<const Pack*>(w)[v];
+#pragma unroll
+      for (int i = 0; i < P; ++i) {
+        const float g = to_f32(dv[k].e[i]) * to_f32(wv.e[i]);
+        sum_g += g;
+        sum_gx += g * (to_f32(xv[k].e[i]) - m) * r;
+      }
+    }
+    const float mean_g = warp_sum(sum_g) / static_cast<float>(C);
+    const float mean_gx = warp_sum(sum_gx) / static_cast<float>(C);
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int v = k * 32 + lane;
+      if (v * P >= C) continue;
+      const Pack wv = reinterpret_cast<const Pack*>(w)[v];
+      Pack out;
+#pragma unroll
+      for (int i = 0; i < P; ++i) {
+        const float d = to_f32(dv[k].e[i]);
+        const float xhat = (to_f32(xv[k].e[i]) - m) * r;
+        const float g = d * to_f32(wv.e[i]);
+        out.e[i] = from_f32<T>(to_f32(dxv[k].e[i]) + r * (g - mean_g - xhat * mean_gx));
+        dw_acc[k][i] += d * xhat;
+        db_acc[k][i] += d;
+      }
+      dxr[v] = out;
+    }
+  }
+
+  float* dw_sum = shared + int64_t{warp} * 2 * C;
+  float* db_sum = dw_sum + C;
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+    const int c0 = (k * 32 + lane) * P;
+    if (c0 >= C) continue;
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      dw_sum[c0 + i] = dw_acc[k][i];
+      db_sum[c0 + i] = db_acc[k][i];
+    }
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float dw = 0.f, db = 0.f;
+    for (int k = 0; k < kVecWarpsPerBlock; ++k) {
+      dw += shared[k * 2 * C + c];
+      db += shared[k * 2 * C + C + c];
+    }
+    dw_partials[blockIdx.x * int64_t{C} + c] = dw;
+    db_partials[blockIdx.x * int64_t{C} + c] = db;
+  }
+}
+
+// Rows of at most 1024 columns, as in layernorm_backward_vec_kernel; kChunks 16-byte packs per lane.
+template <typename T>
+constexpr int kMaxVecChunks = 1024 / (32 * Pack16<T>::kSize);
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Launches layernorm_backward_vec_kernel<T, chunks> (chunks >= kChunks) with one block per resident slot of
+// the GPU (fewer when N is small), then adds the partial rows into dw and db.
+template <typename T, int kChunks>
+void layernorm_backward_vec(int chunks, T* dx, T* dw, T* db, const T* dout, const T* x, const T* w,
+                            const float* mean, const float* rstd, int64_t N, int C, cudaStream_t stream) {
+  if constexpr (kChunks < kMaxVecChunks<T>) {
+    if (chunks > kChunks) {
+      layernorm_backward_vec<T, kChunks + 1>(chunks, dx, dw, db, dout, x, w, mean, rstd, N, C, stream);
+      return;
+    }
+  }
+  const auto kernel = layernorm_backward_vec_kernel<T, kChunks>;
+  constexpr int threads = kVecWarpsPerBlock * 32;
+  const size_t shared_bytes = static_cast<size_t>(kVecWarpsPerBlock) * 2 * C * sizeof(float);
+  int device = 0, sms = 0, blocks_per_sm = 0;
+  LOOM_CUDA_CALL(cudaGetDevice(&device));
+  LOOM_CUDA_CALL(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  LOOM_CUDA_CALL(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, threads, shared_bytes));
+  const int64_t blocks = std::min<int64_t>(int64_t{sms} * std::max(blocks_per_sm, 1),
+                                           (N + kVecWarpsPerBlock - 1) / kVecWarpsPerBlock);
+  ScratchBuffer partials(static_cast<size_t>(2 * blocks * C) * sizeof(float));
+  float* dw_partials = partials.as<float>();
+  float* db_partials = dw_partials + blocks * C;
+  kernel<<<static_cast<unsigned>(blocks), threads, shared_bytes, stream>>>(dx, dw_partials, db_partials, dout, x,
+                                                                          w, mean, rstd, N, C);
+  LOOM_CUDA_LAUNCHED("layernorm_backward_vec_kernel");
+  add_partial_sums(dw, dw_partials, blocks, C, stream);
+  if (db) add_partial_sums(db, db_partials, blocks, C, stream);
+}
+
 }  // namespace
 
 template <typename T>
@@ -104,7 +247,13 @@ template <typename T>
 void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T* w, const float* mean,
                         const float* rstd, int64_t N, int64_t C, cudaStream_t stream) {
   if (N == 0) return;
-  // 512 blocks of 4 warps fill an H100 a few times over; fewer when N is small. Every block writes a partial
+  if (C % 8 == 0 && C <= 1024 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(w)) {
+    const int pack = Pack16<T>::kSize;
+    const int chunks = static_cast<int>((C + 32 * pack - 1) / (32 * pack));
+    layernorm_backward_vec<T, 1>(chunks, dx, dw, db, dout, x, w, mean, rstd, N, static_cast<int>(C), stream);
+    return;
+  }
+  // The general case: 512 blocks of 4 warps fill an H100 a few times over; fewer when N is small. Every block writes a partial
   // row, so the second stage reads blocks·C floats.
   const int64_t blocks = std::min<int64_t>(512, (N + kWarpsPerBlock - 1) / kWarpsPerBlock);
   const size_t shared_bytes = static_cast<size_t>(kWarpsPerBlock) * 2 * C * sizeof(float);

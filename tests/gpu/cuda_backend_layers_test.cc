@@ -66,6 +66,43 @@ TEST_P(CudaLayersTest, LayerNormManyRowsWideRow) {
   expect_close(db, db_ref, 2 * tolerance(dt), "layernorm_backward db wide");
 }
 
+TEST_P(CudaLayersTest, LayerNormBackwardVectorizedRows) {
+  // Rows that the vectorized backward takes (C % 8 == 0, C <= 1024, aligned), C = 776 with a ragged last chunk
+  // per lane; then the same rows with a misaligned w (the general kernel) for comparison.
+  const DType dt = GetParam();
+  const int64_t N = 3001;
+  for (const int64_t C : {768, 1024, 776}) {
+    for (const bool misaligned_w : {false, true}) {
+      const std::string tag = " C=" + std::to_string(C) + (misaligned_w ? " (misaligned w)" : "");
+      const Tensor x = random_host({N, C}, dt, -2.f, 3.f), dout = random_host({N, C}, dt);
+      const Tensor w_arena = random_host({C + 1}, dt, 0.5f, 1.5f);
+      const int64_t w_offset = misaligned_w ? 1 : 0;
+      const Tensor w_host = w_arena.slice_flat(w_offset, {C}), w = on_gpu(w_arena).slice_flat(w_offset, {C});
+      Tensor out = poisoned({N, C}, dt), mean = poisoned({N}, DType::F32), rstd = poisoned({N}, DType::F32);
+      gpu_->layernorm_forward(out, mean, rstd, on_gpu(x), w, Tensor(), 1e-5);
+      Tensor out_ref = Tensor::empty({N, C}, DType::F64), mean_ref = Tensor::empty({N}, DType::F64),
+             rstd_ref = Tensor::empty({N}, DType::F64);
+      cpu_->layernorm_forward(out_ref, mean_ref, rstd_ref, as_f64(x), as_f64(w_host), Tensor(), 1e-5);
+
+      // Gradients accumulate into non-zero starting values; two runs give the same bits.
+      const Tensor dx0 = random_host({N, C}, dt), dw0 = random_host({C}, dt), db0 = random_host({C}, dt);
+      Tensor dx = on_gpu(dx0), dw = on_gpu(dw0), db = on_gpu(db0);
+      gpu_->layernorm_backward(dx, dw, db, on_gpu(dout), on_gpu(x), w, mean, rstd);
+      Tensor dx_ref = as_f64(dx0), dw_ref = as_f64(dw0), db_ref = as_f64(db0);
+      cpu_->layernorm_backward(dx_ref, dw_ref, db_ref, as_f64(dout), as_f64(x), as_f64(w_host), mean_ref, rstd_ref);
+      expect_close(dx, dx_ref, 2 * tolerance(dt), "layernorm_backward dx" + tag);
+      expect_close(dw, dw_ref, 2 * tolerance(dt), "layernorm_backward dw" + tag);
+      expect_close(db, db_ref, 2 * tolerance(dt), "layernorm_backward db" + tag);
+
+      Tensor dx2 = on_gpu(dx0), dw2 = on_gpu(dw0), db2 = on_gpu(db0);
+      gpu_->layernorm_backward(dx2, dw2, db2, on_gpu(dout), on_gpu(x), w, mean, rstd);
+      expect_bitwise_equal(dx, dx2, "layernorm_backward dx" + tag);
+      expect_bitwise_equal(dw, dw2, "layernorm_backward dw" + tag);
+      expect_bitwise_equal(db, db2, "layernorm_backward db" + tag);
+    }
+  }
+}
+
 TEST_P(CudaLayersTest, MatmulForwardBackward) {
   const DType dt = GetParam();
   const double tol = tolerance(dt);
