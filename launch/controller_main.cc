@@ -1,7 +1,7 @@
 // loom-controller: the job controller and its command-line client (see launch/README.md).
 //   loom-controller serve [options]                      run the controller (gRPC + dashboard/metrics HTTP)
 //   loom-controller submit CONFIG.yaml [k=v ...] --np N  submit a job; prints its id (token: --token-out)
-//   loom-controller status|stop|checkpoint|pause|resume|watch JOB
+//   loom-controller status|stop|checkpoint|pause [--at-step N]|resume|watch JOB
 // Client commands find the controller in --address (default $LOOM_CONTROLLER_ADDRESS, else 127.0.0.1:50051)
 // and their token in --token-file (default $LOOM_CONTROLLER_TOKEN): the admin token, or a job's token for that
 // job's commands. Errors print "loom-controller: error: ..." and exit 1.
@@ -156,6 +156,10 @@ int cmd_submit(Client& c, const std::string& config_path, const std::vector<std:
                const std::string& name, int max_restarts, const std::string& token_out) {
   controller::SubmitJobRequest r;
   *r.mutable_config() = load_run_config(config_path);
+  if (np <= 0) {  // the ranks the config's layout needs, as loom-mpirun counts them
+    const config::RunConfig effective = load_run_config(config_path, overrides);
+    np = effective.parallel().data() * effective.parallel().tensor();
+  }
   r.set_world_size(np);
   for (const auto& o : overrides) r.add_args(o);
   if (!name.empty()) r.set_name(name);
@@ -196,10 +200,11 @@ int cmd_status(Client& c, const std::string& job, bool json) {
   return 0;
 }
 
-int cmd_control(Client& c, const std::string& job, controller::ControlRequest::Action action) {
+int cmd_control(Client& c, const std::string& job, controller::ControlRequest::Action action, int64_t step) {
   controller::ControlRequest r;
   r.set_job_id(job);
   r.set_action(action);
+  if (step > 0) r.set_step(step);
   controller::ControlReply reply;
   check(c.stub().Control(c.context().get(), r, &reply), "Control");
   std::cout << job << ": " << controller::ControlRequest::Action_Name(action) << " sent" << std::endl;
@@ -258,12 +263,12 @@ int main(int argc, char** argv) {
   };
   std::string config_path, name, token_out, job;
   std::vector<std::string> overrides;
-  int np = 1, max_restarts = -1;
+  int np = 0, max_restarts = -1;
   bool json = false;
   auto* submit = app.add_subcommand("submit", "submit a training job");
   submit->add_option("config", config_path, "YAML config file")->required();
   submit->add_option("overrides", overrides, "key.sub=value overrides");
-  submit->add_option("--np", np, "ranks");
+  submit->add_option("--np", np, "ranks (default: parallel.data x parallel.tensor of the config)");
   submit->add_option("--name", name, "job name for the dashboard");
   submit->add_option("--max-restarts", max_restarts, "restart limit (default: the controller's)");
   submit->add_option("--token-out", token_out, "write the job's token to this file (mode 0600)");
@@ -273,6 +278,7 @@ int main(int argc, char** argv) {
   status->add_flag("--json", json, "print the JobStatusReply as JSON");
   add_client_options(status);
   std::map<CLI::App*, controller::ControlRequest::Action> controls;
+  int64_t pause_step = 0;
   for (const auto& [cmd, action, help] :
        std::vector<std::tuple<const char*, controller::ControlRequest::Action, const char*>>{
            {"stop", controller::ControlRequest::STOP, "checkpoint and stop a job"},
@@ -281,6 +287,8 @@ int main(int argc, char** argv) {
            {"resume", controller::ControlRequest::RESUME, "resume a paused job"}}) {
     auto* sub = app.add_subcommand(cmd, help);
     sub->add_option("job", job, "job id")->required();
+    if (action == controller::ControlRequest::PAUSE)
+      sub->add_option("--at-step", pause_step, "pause once this step is done (default: the next step)");
     add_client_options(sub);
     controls[sub] = action;
   }
@@ -296,7 +304,7 @@ int main(int argc, char** argv) {
     if (status->parsed()) return cmd_status(client, job, json);
     if (watch->parsed()) return cmd_watch(client, job);
     for (const auto& [sub, action] : controls)
-      if (sub->parsed()) return cmd_control(client, job, action);
+      if (sub->parsed()) return cmd_control(client, job, action, pause_step);
   } catch (const std::exception& e) {
     std::cerr << "loom-controller: error: " << e.what() << std::endl;
     return 1;

@@ -144,6 +144,15 @@ controller::SubmitJobReply JobSupervisor::submit(const controller::SubmitJobRequ
     std::filesystem::remove_all(dir);
     throw JobError(Code::kInvalidArgument, std::string("SubmitJob: invalid config: ") + e.what());
   }
+  const int64_t layout = int64_t{effective.parallel().data()} * effective.parallel().tensor();
+  if (request.world_size() != layout) {
+    std::filesystem::remove_all(dir);
+    throw JobError(Code::kInvalidArgument,
+                   "SubmitJob: world_size " + std::to_string(request.world_size()) +
+                       " differs from parallel.data x parallel.tensor = " + std::to_string(layout) +
+                       " of the config (e.g. add the override parallel.data=" +
+                       std::to_string(request.world_size()) + ")");
+  }
   job->name = request.has_name() && !request.name().empty() ? request.name() : job->id;
   job->token = random_token();
   job->out_dir = effective.train().out_dir();
@@ -411,12 +420,20 @@ controller::ControlReply JobSupervisor::control(const controller::ControlRequest
   if (!request.has_action()) throw JobError(Code::kInvalidArgument, "Control: missing action");
   controller::ControlState& c = job.control;
   switch (request.action()) {
-    case controller::ControlRequest::PAUSE: c.set_paused(true); break;
-    case controller::ControlRequest::RESUME: c.set_paused(false); break;
+    case controller::ControlRequest::PAUSE:
+      if (request.step() < 0) throw JobError(Code::kInvalidArgument, "Control: pause step must be >= 0");
+      c.set_paused(true);
+      c.set_pause_at_step(request.step());
+      break;
+    case controller::ControlRequest::RESUME:
+      c.set_paused(false);
+      c.clear_pause_at_step();
+      break;
     case controller::ControlRequest::CHECKPOINT_NOW: c.set_checkpoint_seq(c.checkpoint_seq() + 1); break;
     case controller::ControlRequest::STOP:
       c.set_stop(true);
       c.set_paused(false);
+      c.clear_pause_at_step();
       break;
   }
   *options_.log << "controller: " << job.id << ": " << controller::ControlRequest::Action_Name(request.action())

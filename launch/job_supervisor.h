@@ -65,7 +65,8 @@ class JobSupervisor {
   JobSupervisor(const JobSupervisor&) = delete;
   JobSupervisor& operator=(const JobSupervisor&) = delete;
 
-  // Validates the request (config complete and loadable with its args, world_size >= 1, args key=value),
+  // Validates the request (config complete and loadable with its args, args key=value, world_size >= 1 and
+  // equal to parallel.data x parallel.tensor),
   // writes the config file and starts the job. Throws JobError(kInvalidArgument) on a bad request.
   controller::SubmitJobReply submit(const controller::SubmitJobRequest& request);
 

@@ -141,10 +141,11 @@ void WorkerClient::on_step(const nlohmann::json& record) {
 
 TrainingObserver::Control WorkerClient::poll() {
   std::unique_lock lock(mu_);
-  if (state_.paused() && !state_.stop()) {
+  const auto pausing = [this] { return state_.paused() && step_ >= state_.pause_at_step() && !state_.stop(); };
+  if (pausing()) {
     paused_ = heartbeat_now_ = true;  // tell the controller at once that the pause has taken effect
     wake_.notify_all();
-    control_.wait(lock, [this] { return !state_.paused() || state_.stop() || shutting_down_; });
+    control_.wait(lock, [&] { return !pausing() || shutting_down_; });
     paused_ = false;
     heartbeat_now_ = true;
     wake_.notify_all();

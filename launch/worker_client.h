@@ -52,8 +52,8 @@ class WorkerClient final : public TrainingObserver {
   ~WorkerClient() override;
 
   void on_step(const nlohmann::json& record) override;
-  // Blocks while the job is paused (until resume or stop); then returns stop, and checkpoint_now once per
-  // checkpoint request.
+  // Blocks while the job is paused (and the step has reached the pause's step), until resume or stop; then
+  // returns stop, and checkpoint_now once per checkpoint request.
   Control poll() override;
 
  private:

@@ -35,20 +35,26 @@ SampleFlops gpt_flops_per_token(const GptShape& s, int64_t seq) {
 }
 
 namespace {
-std::vector<ParamSpec> gpt_parameters(const GptShape& s, const std::vector<TransformerBlock>& blocks) {
+std::vector<ParamSpec> gpt_parameters(const GptShape& s, const std::vector<TransformerBlock>& blocks,
+                                     const TensorParallelContext* tp) {
+  const int R = tensor_size(tp);
+  LOOM_CHECK(s.padded_vocab % R == 0, "the padded vocabulary (", s.padded_vocab, " rows for model.vocab_size ",
+             s.vocab, ") must divide by parallel.tensor (", R, ")");
+  ParamSharding vocab{0, {s.padded_vocab / R}}, norm;
+  norm.grad_partial_over_tensor = sequence_parallel(tp);
   std::vector<ParamSpec> specs;
-  specs.push_back({"wte.weight", {s.padded_vocab, s.d_model}, true, Init::Normal, s.init_std});
+  specs.push_back({"wte.weight", {s.padded_vocab / R, s.d_model}, true, Init::Normal, s.init_std, vocab});
   specs.push_back({"wpe.weight", {s.max_seq, s.d_model}, true, Init::Normal, s.init_std / 2});
   for (const auto& b : blocks) b.declare_parameters(specs, s.init_std, static_cast<int>(blocks.size()));
-  specs.push_back({"norm.weight", {s.d_model}, false, Init::Ones});
-  specs.push_back({"norm.bias", {s.d_model}, false, Init::Zeros});
+  specs.push_back({"norm.weight", {s.d_model}, false, Init::Ones, 0.02, norm});
+  specs.push_back({"norm.bias", {s.d_model}, false, Init::Zeros, 0.02, norm});
   return specs;
 }
 
-std::vector<TransformerBlock> gpt_blocks(const GptShape& s) {
+std::vector<TransformerBlock> gpt_blocks(const GptShape& s, const TensorParallelContext* tp) {
   std::vector<TransformerBlock> blocks;
   for (size_t i = 0; i < s.blocks.size(); ++i)
-    blocks.emplace_back(static_cast<int>(i), s.d_model, s.blocks[i], /*causal=*/true, GeluKind::Tanh, s.ln_eps);
+    blocks.emplace_back(static_cast<int>(i), s.d_model, s.blocks[i], /*causal=*/true, GeluKind::Tanh, s.ln_eps, tp);
   return blocks;
 }
 
@@ -65,16 +71,21 @@ double sum_on_host(const Tensor& t) {
 }  // namespace
 
 GptModel::GptModel(const GptShape& shape, Backend& backend, DType master_dtype, DType compute_dtype, int64_t seq,
-                   uint64_t seed)
+                   uint64_t seed, const TensorParallelContext* tp)
     : shape_(shape),
       backend_(backend),
+      tp_(tp),
       compute_dtype_(compute_dtype),
       seq_(seq),
-      blocks_(gpt_blocks(shape)),
-      params_(ParameterLayout(gpt_parameters(shape, blocks_)), master_dtype, compute_dtype, backend.device()) {
+      blocks_(gpt_blocks(shape, tp)),
+      params_(ParameterLayout(gpt_parameters(shape, blocks_, tp)), master_dtype, compute_dtype, backend.device()) {
   LOOM_CHECK(seq > 0 && seq <= shape.max_seq, "sequence length ", seq, " must be in [1, model.max_seq_len=",
              shape.max_seq, "]");
-  params_.initialise(seed);
+  params_.initialise(seed, tensor_rank(tp), tensor_size(tp));
+  if (tensor_size(tp) > 1) {
+    table_ = Tensor::empty({shape.padded_vocab, shape.d_model}, compute_dtype, backend.device());
+    dtable_ = Tensor::empty({shape.padded_vocab, shape.d_model}, compute_dtype, backend.device());
+  }
 }
 
 GptModel::Activations& GptModel::activations_for(int64_t B, int64_t T) {
@@ -82,15 +93,22 @@ GptModel::Activations& GptModel::activations_for(int64_t B, int64_t T) {
   auto it = activations_.find(key);
   if (it != activations_.end()) return it->second;
   const Device dev = backend_.device();
-  const int64_t C = shape_.d_model, L = static_cast<int64_t>(blocks_.size());
+  const int64_t C = shape_.d_model, L = static_cast<int64_t>(blocks_.size()), N = B * T;
+  const int64_t n = sequence_rows(tp_, B, T);
+  const bool sp = sequence_parallel(tp_);
   Activations a;
-  for (int64_t i = 0; i <= L; ++i) a.resid.push_back(Tensor::empty({B, T, C}, compute_dtype_, dev));
+  for (int64_t i = 0; i <= L; ++i) a.resid.push_back(Tensor::empty({n, C}, compute_dtype_, dev));
+  a.embedded = sp ? Tensor::empty({B, T, C}, compute_dtype_, dev) : a.resid[0].view({B, T, C});
   for (const auto& b : blocks_) a.blocks.push_back(b.allocate_activations(B, T, compute_dtype_, backend_));
-  a.lnf = Tensor::empty({B * T, C}, compute_dtype_, dev);
-  a.lnf_mean = Tensor::empty({B * T}, loss_dtype(compute_dtype_), dev);
-  a.lnf_rstd = Tensor::empty({B * T}, loss_dtype(compute_dtype_), dev);
-  a.logits = Tensor::empty({B * T, shape_.padded_vocab}, compute_dtype_, dev);
-  a.losses = Tensor::empty({B * T}, loss_dtype(compute_dtype_), dev);
+  a.lnf = Tensor::empty({n, C}, compute_dtype_, dev);
+  a.lnf_mean = Tensor::empty({n}, loss_dtype(compute_dtype_), dev);
+  a.lnf_rstd = Tensor::empty({n}, loss_dtype(compute_dtype_), dev);
+  a.lnf_full = sp ? Tensor::empty({N, C}, compute_dtype_, dev) : a.lnf;
+  a.logits = Tensor::empty({N, shape_.padded_vocab}, compute_dtype_, dev);
+  a.logits_local = tensor_size(tp_) > 1
+                       ? Tensor::empty({N, shape_.padded_vocab / tensor_size(tp_)}, compute_dtype_, dev)
+                       : a.logits;
+  a.losses = Tensor::empty({N}, loss_dtype(compute_dtype_), dev);
   return activations_.emplace(key, std::move(a)).first->second;
 }
 
@@ -100,47 +118,66 @@ GptModel::Activations& GptModel::forward(const Tensor& tokens) {
   const int64_t B = tokens.dim(0), T = tokens.dim(1), L = static_cast<int64_t>(blocks_.size());
   LOOM_CHECK(T <= shape_.max_seq, "gpt forward: sequence length ", T, " exceeds model.max_seq_len ", shape_.max_seq);
   Activations& a = activations_for(B, T);
-  backend_.embedding_forward(a.resid[0], tokens, params_.weight("wte.weight"));
-  backend_.add_position_forward(a.resid[0], params_.weight("wpe.weight"));
+  VocabParallelEmbedding::forward(backend_, tp_, a.embedded, table_, tokens, params_.weight("wte.weight"));
+  backend_.add_position_forward(a.embedded, params_.weight("wpe.weight"));
+  if (sequence_parallel(tp_)) scatter_to_sequence_region_forward(backend_, tp_, a.resid[0], a.embedded);
   for (int64_t i = 0; i < L; ++i) blocks_[i].forward(backend_, params_, a.resid[i], a.resid[i + 1], a.blocks[i]);
-  Tensor x = a.resid[L].view({B * T, shape_.d_model});
-  backend_.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, params_.weight("norm.weight"),
+  backend_.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.resid[L], params_.weight("norm.weight"),
                              params_.weight("norm.bias"), shape_.ln_eps);
-  backend_.matmul_forward(a.logits, a.lnf, params_.weight("wte.weight"), Tensor());
+  if (sequence_parallel(tp_)) gather_from_sequence_region_forward(backend_, tp_, a.lnf_full, a.lnf);
+  // The output projection is column-parallel over the vocabulary: each rank's logits for its rows of wte.
+  ColumnParallelLinear::forward(backend_, a.logits_local, a.lnf_full, params_.weight("wte.weight"), Tensor());
+  if (tensor_size(tp_) > 1) gather_vocab_columns(backend_, tp_, a.logits, a.logits_local);
   return a;
 }
 
 double GptModel::forward_backward(const Batch& batch, double loss_scale) {
   Activations& a = forward(batch.inputs);
   const int64_t B = batch.inputs.dim(0), T = batch.inputs.dim(1), N = B * T, C = shape_.d_model;
-  const int64_t L = static_cast<int64_t>(blocks_.size());
+  const int64_t L = static_cast<int64_t>(blocks_.size()), n = a.lnf.dim(0);
+  const bool sp = sequence_parallel(tp_);
   LOOM_CHECK(batch.targets.numel() == N, "gpt: targets ", batch.targets.str(), " do not match inputs ",
              batch.inputs.str());
   Tensor targets = batch.targets.view({N});
-  // The loss is the mean over the N targets; the logits buffer is overwritten by its own gradient.
+  // The loss is the mean over the N targets; the logits buffer is overwritten by its own gradient. Every tensor
+  // rank computes it from the same gathered logits (a fused vocabulary-parallel cross-entropy would need only
+  // per-row maxima and sums from each rank).
   backend_.cross_entropy(a.losses, a.logits, a.logits, targets, shape_.vocab, loss_scale / N, 0.0);
   const double loss = sum_on_host(a.losses) / N;
+  if (tensor_size(tp_) > 1) take_vocab_columns(backend_, tp_, a.logits_local, a.logits);
 
   auto sk = std::make_pair(B, T);
   if (!scratch_.count(sk))
-    scratch_.emplace(sk, allocate_block_scratch(blocks_, C, B, T, compute_dtype_, backend_.device()));
+    scratch_.emplace(sk, allocate_block_scratch(blocks_, C, B, T, compute_dtype_, backend_.device(), tp_));
   BlockScratch& s = scratch_.at(sk);
   if (!dresid_.defined() || dresid_.numel() < N * C)
     dresid_ = Tensor::empty({N * C}, compute_dtype_, backend_.device());
-  Tensor dresid = dresid_.slice_flat(0, {B, T, C});
+  Tensor dresid = dresid_.slice_flat(0, {n, C});
   backend_.zero(dresid);
 
-  Tensor dlnf = s.dln.slice_flat(0, {N, C});
+  Tensor dlnf_full = s.dln.slice_flat(0, {N, C});
   Tensor dwte = params_.grad("wte.weight"), none;
-  backend_.matmul_backward(dlnf, dwte, none, a.logits, a.lnf, params_.weight("wte.weight"));
+  ColumnParallelLinear::backward(backend_, dlnf_full, dwte, none, a.logits_local, a.lnf_full,
+                                 params_.weight("wte.weight"));
+  Tensor dlnf = sp ? s.dln_part.slice_flat(0, {n, C}) : dlnf_full;
+  if (sp)
+    gather_from_sequence_region_backward(backend_, tp_, dlnf, dlnf_full, /*replicated_consumer=*/false);
+  else
+    copy_to_tensor_region_backward(backend_, tp_, dlnf_full);
   Tensor dnorm_w = params_.grad("norm.weight"), dnorm_b = params_.grad("norm.bias");
-  Tensor dresid_rows = dresid.view({N, C});
-  backend_.layernorm_backward(dresid_rows, dnorm_w, dnorm_b, dlnf, a.resid[L].view({N, C}),
-                              params_.weight("norm.weight"), a.lnf_mean, a.lnf_rstd);
-  for (int64_t i = L - 1; i >= 0; --i) blocks_[i].backward(backend_, params_, dresid, a.resid[i], a.blocks[i], s);
-  backend_.embedding_backward(dwte, dresid, batch.inputs);
+  backend_.layernorm_backward(dresid, dnorm_w, dnorm_b, dlnf, a.resid[L], params_.weight("norm.weight"), a.lnf_mean,
+                              a.lnf_rstd);
+  for (int64_t i = L - 1; i >= 0; --i) {
+    blocks_[i].backward(backend_, params_, dresid, a.resid[i], a.blocks[i], s);
+    grads_ready(blocks_[i].prefix());
+  }
+  // The embeddings see every token: under SP the rows' gradients are gathered first (s.dout_full is free now).
+  Tensor demb = sp ? s.dout_full.slice_flat(0, {B, T, C}) : dresid.view({B, T, C});
+  if (sp) scatter_to_sequence_region_backward(backend_, tp_, demb, dresid);
+  VocabParallelEmbedding::backward(backend_, tp_, dwte, dtable_, demb, batch.inputs);
   Tensor dwpe = params_.grad("wpe.weight");
-  backend_.add_position_backward(dwpe, dresid);
+  backend_.add_position_backward(dwpe, demb);
+  grads_ready("");
   return loss;
 }
 

@@ -33,8 +33,11 @@ class GptModel final : public Model {
  public:
   // Parameters are created on the backend's device: master weights in `master_dtype` (f32, or f64 for
   // gradient checks), activations and the compute copy in `compute_dtype`. Weights are initialised from `seed`.
+  // With a tensor-parallel context (not owned, may be null) this rank holds its share of every block, and the
+  // token embedding / output projection is vocabulary-parallel (rows of wte split across the group; the padded
+  // vocabulary must divide by the group size).
   GptModel(const GptShape& shape, Backend& backend, DType master_dtype, DType compute_dtype, int64_t seq,
-           uint64_t seed);
+           uint64_t seed, const TensorParallelContext* tp = nullptr);
 
   ParameterStore& params() override { return params_; }
   Backend& backend() override { return backend_; }
@@ -50,9 +53,13 @@ class GptModel final : public Model {
 
  private:
   struct Activations {
-    std::vector<Tensor> resid;  // resid[i] = input of block i; resid[L] = output of the last block
+    Tensor embedded;            // [B, T, C] token + position embeddings (resid[0] itself without SP)
+    std::vector<Tensor> resid;  // resid[i] = input of block i ([n, C] rows of this rank); resid[L] = the output
     std::vector<BlockActivations> blocks;
-    Tensor lnf, lnf_mean, lnf_rstd, logits, losses;
+    Tensor lnf, lnf_mean, lnf_rstd;  // [n, C] rows
+    Tensor lnf_full;                 // [N, C] (lnf itself without SP)
+    Tensor logits_local;             // [N, Vp / R] (logits itself without TP)
+    Tensor logits, losses;           // [N, Vp] on every rank
   };
   Activations& activations_for(int64_t batch, int64_t seq);
   // Forward through the final norm and logits; returns the activations used.
@@ -60,6 +67,7 @@ class GptModel final : public Model {
 
   GptShape shape_;
   Backend& backend_;
+  const TensorParallelContext* tp_;
   DType compute_dtype_;
   int64_t seq_;
   std::vector<TransformerBlock> blocks_;
@@ -67,6 +75,7 @@ class GptModel final : public Model {
   std::map<std::pair<int64_t, int64_t>, Activations> activations_;
   std::map<std::pair<int64_t, int64_t>, BlockScratch> scratch_;
   Tensor dresid_;
+  Tensor table_, dtable_;  // the gathered vocabulary-parallel embedding table and its gradient (TP only)
 };
 
 }  // namespace loom

@@ -4,6 +4,8 @@
 // Thread-safety: a model is driven by one thread.
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <string>
 
 #include "kernels/backend.h"
 #include "trainer/parameters.h"
@@ -42,6 +44,20 @@ class Model {
   virtual SampleFlops flops_per_sample() const = 0;
   // Tokens per sample as throughput is reported (sequence length, or patches + class tokens).
   virtual int64_t tokens_per_sample() const = 0;
+
+  // Called during forward_backward() each time the gradients of a group of parameters are final for this
+  // micro-batch: with the group's name prefix (e.g. "blocks.3.") after each block, and with "" (every parameter
+  // not yet announced) at the end. The data-parallel gradient reducer launches its buckets from it.
+  using GradReadyHook = std::function<void(const std::string& prefix)>;
+  void set_grad_ready_hook(GradReadyHook hook) { grad_ready_ = std::move(hook); }
+
+ protected:
+  void grads_ready(const std::string& prefix) {
+    if (grad_ready_) grad_ready_(prefix);
+  }
+
+ private:
+  GradReadyHook grad_ready_;
 };
 
 }  // namespace loom

@@ -1,7 +1,8 @@
 // AdamW with decoupled weight decay and global-norm gradient clipping over a model's parameter arena.
 //
 // The arena puts decayed parameters first (trainer/parameters.h), so a step is one fused update per decay
-// group. Moments are f32 (f64 when the master weights are f64) on the parameters' device.
+// group. Moments are f32 (f64 when the master weights are f64) on the parameters' device. With ZeRO-1 an
+// optimizer owns only a range of the arena (trainer/gradient_sync.h computes the norm and the shards).
 #pragma once
 #include <string>
 #include <utility>
@@ -13,25 +14,33 @@
 
 namespace loom {
 
+// Arena elements [begin, begin + length) whose moments (and, with ZeRO-1, reduced gradients) sit at
+// [offset, offset + length) of the optimizer's own buffers.
+struct ArenaRange {
+  int64_t begin = 0, length = 0, offset = 0;
+};
+
 class AdamW {
  public:
-  AdamW(ParameterStore& params, const config::OptimConfig& cfg, Backend& backend);
+  // Updates the arena `ranges` (empty: the whole arena, moments laid out like it), with moments of
+  // `moment_size` elements (-1: the whole arena). Throws loom::Error on a range outside the arena or the moments.
+  AdamW(ParameterStore& params, const config::OptimConfig& cfg, Backend& backend,
+        std::vector<ArenaRange> ranges = {}, int64_t moment_size = -1);
 
-  // Global L2 norm of the gradients (before clipping).
-  double grad_norm();
   // One update at learning rate `lr`; `step` is 1-based (bias correction). Gradients are scaled by
-  // min(1, grad_clip / norm) first when clipping is on; `norm` is grad_norm() of the same gradients.
-  void step(double lr, int64_t step, double norm);
+  // min(1, grad_clip / norm) first when clipping is on; `norm` is the global norm of the same gradients.
+  // `grads` holds each range's gradients at its offset (undefined: the arena's own gradients at `begin`).
+  void step(double lr, int64_t step, double norm, const Tensor& grads = Tensor());
 
-  // Moments for checkpoints: "optim.m" and "optim.v", flat like the parameter arena.
-  std::vector<std::pair<std::string, Tensor>> state() const;
-  // Restores moments saved by state(); throws naming `source` on a missing or mis-sized tensor.
-  void load_state(const std::vector<std::pair<std::string, Tensor>>& tensors, const std::string& source);
+  // The moments (laid out by the ranges' offsets), for layout-aware checkpoints.
+  Tensor& first_moment() { return m_; }
+  Tensor& second_moment() { return v_; }
 
  private:
   ParameterStore& params_;
   config::OptimConfig cfg_;
   Backend& backend_;
+  std::vector<ArenaRange> ranges_;
   Tensor m_, v_;
 };
 

@@ -7,6 +7,75 @@
 
 namespace loom {
 
+namespace {
+// Views a tensor of `shape` as [outer, shape[dim], inner] for the section copies below.
+struct DimSplit {
+  int64_t outer = 1, inner = 1;
+};
+DimSplit split_at(const Shape& shape, int dim) {
+  DimSplit d;
+  for (int i = 0; i < dim; ++i) d.outer *= shape[i];
+  for (size_t i = dim + 1; i < shape.size(); ++i) d.inner *= shape[i];
+  return d;
+}
+
+// Copies rank `r`'s part between a full tensor and a local one (to_local: full -> local, else local -> full).
+// Both are host F64 tensors here; callers cast.
+void copy_sections(const ParamSpec& spec, double* full, double* local, int r, int R, bool to_local) {
+  const Shape fshape = full_shape(spec, R);
+  const int dim = spec.sharding.dim;
+  const DimSplit d = split_at(spec.shape, dim);
+  const int64_t Ld = spec.shape[dim], Fd = fshape[dim];
+  int64_t local_off = 0;
+  for (int64_t s : spec.sharding.local_sections) {
+    const int64_t full_off = R * local_off + r * s;
+    for (int64_t o = 0; o < d.outer; ++o)
+      for (int64_t j = 0; j < s; ++j) {
+        double* l = local + (o * Ld + local_off + j) * d.inner;
+        double* f = full + (o * Fd + full_off + j) * d.inner;
+        if (to_local)
+          std::copy(f, f + d.inner, l);
+        else
+          std::copy(l, l + d.inner, f);
+      }
+    local_off += s;
+  }
+}
+}  // namespace
+
+Shape full_shape(const ParamSpec& spec, int tensor_size) {
+  Shape s = spec.shape;
+  if (spec.sharding.sharded()) {
+    int64_t sum = 0;
+    for (int64_t x : spec.sharding.local_sections) sum += x;
+    LOOM_CHECK(spec.sharding.dim < static_cast<int>(s.size()) && sum == s[spec.sharding.dim],
+               "parameter '", spec.name, "': sharding sections do not add up to dimension ", spec.sharding.dim,
+               " of ", shape_str(s));
+    s[spec.sharding.dim] *= tensor_size;
+  }
+  return s;
+}
+
+Tensor shard_of_full(const ParamSpec& spec, const Tensor& full, int tensor_rank, int tensor_size) {
+  LOOM_CHECK(full.shape() == full_shape(spec, tensor_size), "parameter '", spec.name, "': expected the full shape ",
+             shape_str(full_shape(spec, tensor_size)), ", got ", shape_str(full.shape()));
+  if (!spec.sharding.sharded() || tensor_size == 1) return full.cast(full.dtype());
+  Tensor f = full.cast(DType::F64), local = Tensor::empty(spec.shape, DType::F64);
+  copy_sections(spec, f.data<double>(), local.data<double>(), tensor_rank, tensor_size, /*to_local=*/true);
+  return local.cast(full.dtype());
+}
+
+Tensor full_from_shards(const ParamSpec& spec, const Tensor& parts, int tensor_size) {
+  const int64_t n = shape_numel(spec.shape);
+  LOOM_CHECK(parts.numel() == n * tensor_size, "parameter '", spec.name, "': ", parts.numel(),
+             " gathered elements, expected ", n * tensor_size);
+  if (!spec.sharding.sharded() || tensor_size == 1) return parts.cast(parts.dtype()).view(spec.shape);
+  Tensor p = parts.cast(DType::F64), full = Tensor::empty(full_shape(spec, tensor_size), DType::F64);
+  for (int r = 0; r < tensor_size; ++r)
+    copy_sections(spec, full.data<double>(), p.data<double>() + r * n, r, tensor_size, /*to_local=*/false);
+  return full.cast(parts.dtype());
+}
+
 ParameterLayout::ParameterLayout(std::vector<ParamSpec> specs) {
   std::stable_partition(specs.begin(), specs.end(), [](const ParamSpec& s) { return s.decay; });
   for (auto& spec : specs) {
@@ -50,21 +119,25 @@ Tensor ParameterStore::master_weight(const std::string& name) const {
   return master_.slice_flat(e.offset, e.spec.shape);
 }
 
-void ParameterStore::initialise(uint64_t seed) {
+void ParameterStore::initialise(uint64_t seed, int tensor_rank, int tensor_size) {
   Tensor host = Tensor::empty({layout_.total()}, DType::F64);
   double* h = host.data<double>();
   for (size_t p = 0; p < layout_.entries().size(); ++p) {
     const ParamEntry& e = layout_.entries()[p];
+    const bool sharded = e.spec.sharding.sharded() && tensor_size > 1;
+    const Shape shape = sharded ? full_shape(e.spec, tensor_size) : e.spec.shape;
+    Tensor values = Tensor::empty(shape, DType::F64);
+    double* v = values.data<double>();
     PhiloxStream rng(seed, /*stream=*/p);
-    for (int64_t i = 0; i < e.numel; ++i) {
-      double v = 0;
+    for (int64_t i = 0; i < values.numel(); ++i) {
       switch (e.spec.init) {
-        case Init::Normal: v = e.spec.init_std * rng.normal(); break;
-        case Init::Zeros: v = 0; break;
-        case Init::Ones: v = 1; break;
+        case Init::Normal: v[i] = e.spec.init_std * rng.normal(); break;
+        case Init::Zeros: v[i] = 0; break;
+        case Init::Ones: v[i] = 1; break;
       }
-      h[e.offset + i] = v;
     }
+    if (sharded) values = shard_of_full(e.spec, values, tensor_rank, tensor_size);
+    std::copy(values.data<double>(), values.data<double>() + e.numel, h + e.offset);
   }
   master_.copy_from(host.cast(master_.dtype()));
   sync_compute_from_master();

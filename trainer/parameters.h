@@ -18,13 +18,37 @@ namespace loom {
 // How a parameter is initialised.
 enum class Init { Normal, Zeros, Ones };
 
+// How a tensor-parallel rank holds a parameter (parallel/tensor_parallel.h). `dim` = -1: replicated, every
+// tensor rank holds the whole tensor. Otherwise dimension `dim` of the full tensor is made of sections (one for
+// most weights; q, k, v for the fused QKV) and each section is split evenly across the tensor ranks: rank r
+// holds rows (or columns) [r·s, (r+1)·s) of every section of full size R·s, where s is the entry of
+// `local_sections` (sizes on one rank, summing to the local shape[dim]).
+struct ParamSharding {
+  int dim = -1;
+  std::vector<int64_t> local_sections;
+  // True for a replicated parameter whose gradient each tensor rank computes from only its part of the tokens
+  // (sequence parallelism's LayerNorms): the gradients are summed over the tensor group before the update.
+  bool grad_partial_over_tensor = false;
+  bool sharded() const { return dim >= 0; }
+};
+
 struct ParamSpec {
   std::string name;
-  Shape shape;
+  Shape shape;  // this rank's shape (the full shape when replicated or without tensor parallelism)
   bool decay = true;
   Init init = Init::Normal;
   double init_std = 0.02;  // for Init::Normal
+  ParamSharding sharding = {};
 };
+
+// The full (single-process) shape of a parameter held as `spec` by one of `tensor_size` ranks.
+Shape full_shape(const ParamSpec& spec, int tensor_size);
+// Rank `tensor_rank`'s part of the full host tensor `full` (any float dtype), as a new host tensor of
+// spec.shape. Throws naming the parameter when `full` does not have the full shape.
+Tensor shard_of_full(const ParamSpec& spec, const Tensor& full, int tensor_rank, int tensor_size);
+// The full host tensor from every rank's part: `parts` is [tensor_size · numel(spec.shape)], rank-major (what an
+// all-gather of the flat parts gives).
+Tensor full_from_shards(const ParamSpec& spec, const Tensor& parts, int tensor_size);
 
 struct ParamEntry {
   ParamSpec spec;
@@ -71,7 +95,9 @@ class ParameterStore {
 
   // Draws every parameter from its Init with a Philox stream per parameter index (so the values do not
   // depend on the device or on the order of other parameters), then refreshes the compute copy.
-  void initialise(uint64_t seed);
+  // With tensor parallelism each rank draws the full parameter and keeps its shard, so the weights equal the
+  // single-process ones whatever the layout.
+  void initialise(uint64_t seed, int tensor_rank = 0, int tensor_size = 1);
   // Copies master -> compute after the master changed outside the optimizer (load, init).
   void sync_compute_from_master();
 

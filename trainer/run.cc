@@ -1,5 +1,6 @@
 #include "trainer/run.h"
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <ostream>
@@ -8,7 +9,11 @@
 #include "core/config.h"
 #include "core/safetensors.h"
 #include "core/tokenizer.h"
+#include "parallel/environment.h"
+#include "parallel/mesh.h"
+#include "parallel/mpi_communicator.h"
 #include "trainer/gpt.h"
+#include "trainer/gradient_sync.h"
 #include "trainer/hf_gpt2.h"
 #include "trainer/image_source.h"
 #include "trainer/sampler.h"
@@ -45,7 +50,7 @@ bool looks_like_hf_gpt2(const NamedTensors& tensors) {
   return false;
 }
 
-void load_initial_weights(const config::RunConfig& cfg, Model& model) {
+void load_initial_weights(const config::RunConfig& cfg, Model& model, const TensorParallelContext* tp) {
   const std::string& path = cfg.model().init_from();
   NamedTensors tensors = safetensors::read(path).tensors;
   if (cfg.model().kind() == "gpt" && looks_like_hf_gpt2(tensors)) {
@@ -54,24 +59,32 @@ void load_initial_weights(const config::RunConfig& cfg, Model& model) {
   } else if (const auto* vit = dynamic_cast<VitModel*>(&model)) {
     tensors = import_timm_vit(tensors, vit->shape());
   }
-  model.params().load_named(tensors, path);
+  if (tensor_size(tp) == 1) {
+    model.params().load_named(tensors, path);
+    return;
+  }
+  // Full tensors in the file; this tensor rank keeps its shard.
+  ParameterStore& params = model.params();
+  params.master().copy_from(arena_from_full_tensors(params.layout(), tensors, tp, "", params.master().dtype(), path));
+  params.sync_compute_from_master();
 }
 
 }  // namespace
 
-std::unique_ptr<Model> build_model(const config::RunConfig& cfg, Backend& backend, DType compute_dtype) {
+std::unique_ptr<Model> build_model(const config::RunConfig& cfg, Backend& backend, DType compute_dtype,
+                                   const TensorParallelContext* tp) {
   const auto& m = cfg.model();
   std::unique_ptr<Model> model;
   if (m.kind() == "gpt") {
     model = std::make_unique<GptModel>(gpt_shape_from_config(m), backend, DType::F32, compute_dtype,
-                                       cfg.data().seq_len(), cfg.train().seed());
+                                       cfg.data().seq_len(), cfg.train().seed(), tp);
   } else if (m.kind() == "vit") {
     model = std::make_unique<VitModel>(vit_shape_from_config(m), backend, DType::F32, compute_dtype,
-                                       cfg.train().seed(), cfg.optim().label_smoothing());
+                                       cfg.train().seed(), cfg.optim().label_smoothing(), tp);
   } else {
     fail("model.kind: expected \"gpt\" or \"vit\", got \"", m.kind(), "\"");
   }
-  if (m.has_init_from() && !m.init_from().empty()) load_initial_weights(cfg, *model);
+  if (m.has_init_from() && !m.init_from().empty()) load_initial_weights(cfg, *model, tp);
   return model;
 }
 
@@ -80,26 +93,54 @@ std::unique_ptr<DataSource> build_data_source(const config::RunConfig& cfg, int 
   return std::make_unique<ImageSource>(cfg, rank, world_size);
 }
 
-TrainResult run_training(const config::RunConfig& cfg, std::ostream& log,
-                         const std::vector<TrainingObserver*>& observers) {
+namespace {
+
+// Discards what non-writing ranks would log (world rank 0 speaks for the job).
+class NullBuffer final : public std::streambuf {
+ protected:
+  int overflow(int c) override { return c; }
+};
+
+}  // namespace
+
+TrainResult train_on_mesh(const config::RunConfig& cfg, std::ostream& rank0_log,
+                          const std::vector<TrainingObserver*>& observers, ProcessMesh* mesh) {
   const auto& t = cfg.train();
-  std::filesystem::create_directories(t.out_dir());
-  {
+  const bool writer = !mesh || mesh->world().rank() == 0;
+  NullBuffer null_buffer;
+  std::ostream null_log(&null_buffer);
+  std::ostream& log = writer ? rank0_log : null_log;
+  if (writer) {
+    std::filesystem::create_directories(t.out_dir());
     std::ofstream out(t.out_dir() + "/config.yaml");
     out << run_config_to_yaml(cfg);
     if (!out) fail(t.out_dir(), "/config.yaml: cannot write");
   }
+  if (mesh) mesh->world().barrier();  // out_dir exists for every rank
   const Device device = select_device(t);
   auto backend = make_backend(device);
+  if (mesh)
+    LOOM_CHECK(mesh->world().device() == backend->device(), "the ", mesh->world().backend_name(),
+               " communicator works on ", mesh->world().device().str(), " but the model runs on ",
+               backend->device().str(), " (the CPU/MPI path needs train.device=cpu; CUDA needs the NCCL path)");
   const DType compute = select_compute_dtype(device, t);
-  auto model = build_model(cfg, *backend, compute);
-  auto data = build_data_source(cfg, 0, 1);
+  TensorParallelContext tp;
+  if (mesh) {
+    tp.group = &mesh->tensor_group();
+    tp.sequence = cfg.parallel().sequence();
+  }
+  auto model = build_model(cfg, *backend, compute, mesh ? &tp : nullptr);
+  auto data = build_data_source(cfg, mesh ? mesh->data_index() : 0, mesh ? mesh->data_size() : 1);
   const SampleFlops flops = model->flops_per_sample();
-  log << "loom: " << cfg.model().kind() << " model, " << model->params().layout().total() << " parameters, "
-      << flops.model / model->tokens_per_sample() << " model FLOPs/token, on " << backend->name() << " ("
-      << dtype_name(compute) << ")" << std::endl;
+  log << "loom: " << cfg.model().kind() << " model, " << model->params().layout().total() << " parameters"
+      << (tp.active() ? " per tensor rank" : "") << ", " << flops.model / model->tokens_per_sample()
+      << " model FLOPs/token, on " << backend->name() << " (" << dtype_name(compute) << ")";
+  if (mesh)
+    log << ", " << mesh->data_size() << " data x " << mesh->tensor_size() << " tensor ranks"
+        << (tp.sequence_parallel() ? " with sequence parallelism" : "") << (cfg.parallel().zero1() ? ", ZeRO-1" : "");
+  log << std::endl;
 
-  Trainer trainer(cfg, *model, *data, log);
+  Trainer trainer(cfg, *model, *data, log, TrainerParallelism{mesh, mesh ? &tp : nullptr});
   for (TrainingObserver* o : observers) trainer.add_observer(o);
   if (t.has_resume() && !t.resume().empty()) {
     const std::string dir = t.resume() == "latest" ? latest_checkpoint(t.out_dir()) : t.resume();
@@ -111,6 +152,7 @@ TrainResult run_training(const config::RunConfig& cfg, std::ostream& log,
 
   std::unique_ptr<Tokenizer> tokenizer;
   if (auto* gpt = dynamic_cast<GptModel*>(model.get()); gpt && (t.sample_every() > 0)) {
+    // Every rank samples (the forward is collective over the tensor group); world rank 0 prints.
     tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_dir(gpt2_vocab_dir(cfg.data().tokenizer())));
     trainer.set_sampler([&, gpt](int64_t step) {
       PhiloxStream rng(t.seed(), 0x5a3d1e00ull + static_cast<uint64_t>(step));
@@ -123,6 +165,30 @@ TrainResult run_training(const config::RunConfig& cfg, std::ostream& log,
     });
   }
   return trainer.run();
+}
+
+TrainResult run_training(const config::RunConfig& cfg, std::ostream& log,
+                         const std::vector<TrainingObserver*>& observers) {
+  const auto& par = cfg.parallel();
+  const ProcessEnvironment env = detect_process_environment();
+  const int64_t ranks = static_cast<int64_t>(par.data()) * par.tensor();
+  if (env.world_size == 1 && ranks == 1 && env.launcher == "none") return train_on_mesh(cfg, log, observers, nullptr);
+
+  init_mpi();
+  auto world = MpiCommunicator::world();
+  LOOM_CHECK(par.data() >= 1 && par.tensor() >= 1 && ranks == world->size(), "parallel.data (", par.data(),
+             ") x parallel.tensor (", par.tensor(), ") must equal the number of processes (", world->size(),
+             "; start them with launch/loom-mpirun --np ", ranks, ")");
+  if (world->size() == 1) return train_on_mesh(cfg, log, observers, nullptr);
+  try {
+    ProcessMesh mesh(*world, par.data(), par.tensor());
+    return train_on_mesh(cfg, log, observers, &mesh);
+  } catch (const std::exception& e) {
+    // The other ranks may be blocked in a collective this rank will never join: end the whole job.
+    std::fprintf(stderr, "loom: rank %d of %d failed: %s\n", world->rank(), world->size(), e.what());
+    std::fflush(stderr);
+    abort_all_ranks(1);
+  }
 }
 
 }  // namespace loom

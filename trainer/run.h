@@ -7,6 +7,8 @@
 
 #include "core/config.pb.h"
 #include "trainer/data_source.h"
+#include "parallel/mesh.h"
+#include "parallel/tensor_parallel.h"
 #include "trainer/model.h"
 #include "trainer/trainer.h"
 
@@ -18,14 +20,26 @@ Device select_device(const config::TrainConfig& train);
 DType select_compute_dtype(Device device, const config::TrainConfig& train);
 
 // The model named by model.kind ("gpt" or "vit"), initialised from train.seed, then from model.init_from when
-// set (our safetensors layout, or Hugging Face GPT-2 / timm names, detected from the tensor names).
-std::unique_ptr<Model> build_model(const config::RunConfig& cfg, Backend& backend, DType compute_dtype);
+// set (our safetensors layout, or Hugging Face GPT-2 / timm names, detected from the tensor names). With a
+// tensor-parallel context (not owned, may be null) the model holds this rank's shard.
+std::unique_ptr<Model> build_model(const config::RunConfig& cfg, Backend& backend, DType compute_dtype,
+                                   const TensorParallelContext* tp = nullptr);
 std::unique_ptr<DataSource> build_data_source(const config::RunConfig& cfg, int rank, int world_size);
 
-// Trains as configured: writes out_dir/config.yaml, resumes when train.resume is set ("latest" resumes from
+// Trains as configured. Multi-process when the process was started by a launcher (mpirun / srun: see
+// parallel/environment.h) or parallel.data × parallel.tensor > 1: MPI is initialised here, the ranks form a
+// data × tensor mesh (their number must equal the product), every rank trains its share, and world rank 0
+// logs and writes files. An error on any rank prints it with the rank and ends the whole job
+// (abort_all_ranks), so no rank hangs in a collective. Single process: writes out_dir/config.yaml, resumes when train.resume is set ("latest" resumes from
 // the newest checkpoint in out_dir if there is one), logs to `log`, and returns the result. `observers` (not
 // owned) see every step and may stop the run or ask for checkpoints (e.g. the controller's worker client).
 TrainResult run_training(const config::RunConfig& cfg, std::ostream& log,
                          const std::vector<TrainingObserver*>& observers = {});
+
+// run_training's work on one rank of `mesh` (not owned; null: a single process), without the MPI set-up and
+// without ending the job on an error (it throws, as a single process does). Collective over mesh's world: the
+// MPI tests run several layouts in one job through it, each on a sub-communicator.
+TrainResult train_on_mesh(const config::RunConfig& cfg, std::ostream& log,
+                          const std::vector<TrainingObserver*>& observers, ProcessMesh* mesh);
 
 }  // namespace loom

@@ -41,17 +41,54 @@ void draw_progress(int64_t done, int64_t total, double eta_seconds) {
   std::fflush(stderr);
 }
 
+// Rescales a data position {"train": {"epoch", "index"}} saved with `from` data ranks to `to` ranks: the index
+// counts each rank's samples, and the ranks together have consumed index · from samples of the epoch.
+nlohmann::json rescale_data_state(nlohmann::json state, int from, int to, const std::string& source) {
+  if (from == to) return state;
+  if (!state.contains("train") || !state["train"].contains("index"))
+    fail(source, ": the data position has no train.index to convert from ", from, " to ", to, " data ranks");
+  const int64_t global = state["train"]["index"].get<int64_t>() * from;
+  if (global % to != 0)
+    fail(source, ": ", global, " samples consumed in this epoch by ", from, " data ranks cannot be split evenly over ",
+         to, " data ranks");
+  state["train"]["index"] = global / to;
+  return state;
+}
+
 }  // namespace
 
-Trainer::Trainer(const config::RunConfig& cfg, Model& model, DataSource& data, std::ostream& log)
-    : cfg_(cfg), model_(model), data_(data), log_(log), optimizer_(model.params(), cfg.optim(), model.backend()) {
-  metrics_ = std::make_unique<MetricsWriter>(cfg_.train().out_dir() + "/metrics.jsonl");
+Trainer::Trainer(const config::RunConfig& cfg, Model& model, DataSource& data, std::ostream& log,
+                 TrainerParallelism parallel)
+    : cfg_(cfg), model_(model), data_(data), log_(log), parallel_(parallel) {
+  const auto& par = cfg_.parallel();
+  sync_ = std::make_unique<GradientSync>(model.params(), model.backend(),
+                                         parallel_.mesh ? &parallel_.mesh->data_group() : nullptr, parallel_.tp,
+                                         static_cast<int64_t>(par.bucket_mb()) << 20, par.zero1());
+  optimizer_ = std::make_unique<AdamW>(model.params(), cfg.optim(), model.backend(), sync_->owned_ranges(),
+                                       sync_->shard_size());
+  model_.set_grad_ready_hook([this](const std::string& prefix) { sync_->on_grads_ready(prefix); });
+  if (writes_files()) metrics_ = std::make_unique<MetricsWriter>(cfg_.train().out_dir() + "/metrics.jsonl");
   if (cfg_.train().has_peak_flops())
     peak_flops_ = cfg_.train().peak_flops();
   else if (model.backend().device().is_cpu())
     peak_flops_ = cpu_peak_flops();
   else
     peak_flops_ = cuda_peak_flops(model.backend().name());
+}
+
+void Trainer::sum_over_data(std::vector<double>& values) {
+  if (data_size() == 1) return;
+  Tensor t = Tensor::from_vector(std::vector<float>(values.size()), {static_cast<int64_t>(values.size())}, DType::F64);
+  std::copy(values.begin(), values.end(), t.data<double>());
+  parallel_.mesh->data_group().all_reduce(t, ReduceOp::Sum);
+  std::copy(t.data<double>(), t.data<double>() + values.size(), values.begin());
+}
+
+TrainingObserver::Control Trainer::agree(TrainingObserver::Control control) {
+  if (!parallel_.mesh || parallel_.mesh->world().size() == 1) return control;
+  Tensor t = Tensor::from_vector({control.checkpoint_now ? 1.f : 0.f, control.stop ? 1.f : 0.f}, {2}, DType::F64);
+  parallel_.mesh->world().broadcast(t, 0);
+  return {t.item(0) != 0, t.item(1) != 0};
 }
 
 EvalStats Trainer::validate() {
@@ -65,30 +102,59 @@ EvalStats Trainer::validate() {
     total.correct += s.correct;
     total.classifies = s.classifies;
   }
+  // Each data rank evaluated its share of the validation set.
+  std::vector<double> sums = {total.loss_sum, static_cast<double>(total.count), static_cast<double>(total.correct)};
+  sum_over_data(sums);
+  total.loss_sum = sums[0];
+  total.count = static_cast<int64_t>(sums[1]);
+  total.correct = static_cast<int64_t>(sums[2]);
   return total;
 }
 
 std::string Trainer::save_checkpoint_now() {
+  // Every rank takes part in gathering the full tensors (tensor shards, ZeRO moment shards); world rank 0
+  // writes. The data position is the same on every data rank (they step in lockstep).
+  const ParameterLayout& layout = model_.params().layout();
   CheckpointContents c;
-  c.model = model_.params().named_master_weights();
-  c.optimizer = optimizer_.state();
+  c.model = full_tensors_from_arena(layout, model_.params().master(), parallel_.tp, "");
+  for (const auto& [prefix, moment] : {std::pair<std::string, Tensor*>{"optim.m.", &optimizer_->first_moment()},
+                                       std::pair<std::string, Tensor*>{"optim.v.", &optimizer_->second_moment()}}) {
+    const Tensor arena = sync_->zero1() ? sync_->all_gather_shards(*moment) : *moment;
+    for (auto& named : full_tensors_from_arena(layout, arena, parallel_.tp, prefix)) c.optimizer.push_back(named);
+  }
   c.state["step"] = step_;
   c.state["data"] = data_.state();
+  c.state["data_parallel_size"] = data_size();
   c.state["config_yaml"] = run_config_to_yaml(cfg_);
-  save_checkpoint(cfg_.train().out_dir(), step_, c);
   const std::string dir = checkpoint_dir(cfg_.train().out_dir(), step_);
-  prune_checkpoints(cfg_.train().out_dir(), cfg_.train().keep_checkpoints());
+  if (writes_files()) {
+    save_checkpoint(cfg_.train().out_dir(), step_, c);
+    prune_checkpoints(cfg_.train().out_dir(), cfg_.train().keep_checkpoints());
+  }
+  if (parallel_.mesh) parallel_.mesh->world().barrier();  // the checkpoint exists for every rank on return
   return dir;
 }
 
 void Trainer::resume_from(const std::string& dir) {
   CheckpointContents c = load_checkpoint(dir);
-  model_.params().load_named(c.model, dir + "/model.safetensors");
-  optimizer_.load_state(c.optimizer, dir + "/optimizer.safetensors");
+  ParameterStore& params = model_.params();
+  const ParameterLayout& layout = params.layout();
+  params.master().copy_from(
+      arena_from_full_tensors(layout, c.model, parallel_.tp, "", params.master().dtype(), dir + "/model.safetensors"));
+  params.sync_compute_from_master();
+  for (const auto& [prefix, moment] : {std::pair<std::string, Tensor*>{"optim.m.", &optimizer_->first_moment()},
+                                       std::pair<std::string, Tensor*>{"optim.v.", &optimizer_->second_moment()}}) {
+    const Tensor arena = arena_from_full_tensors(layout, c.optimizer, parallel_.tp, prefix, moment->dtype(),
+                                                 dir + "/optimizer.safetensors");
+    moment->zero_();
+    for (const ArenaRange& r : sync_->owned_ranges())
+      if (r.length > 0) moment->slice_flat(r.offset, {r.length}).copy_from(arena.slice_flat(r.begin, {r.length}));
+  }
   if (!c.state.contains("step") || !c.state.contains("data"))
     fail(dir, "/state.json: missing \"step\" or \"data\"");
   step_ = c.state["step"].get<int64_t>();
-  data_.restore(c.state["data"]);
+  const int saved_data_size = c.state.value("data_parallel_size", 1);
+  data_.restore(rescale_data_state(c.state["data"], saved_data_size, data_size(), dir + "/state.json"));
   log_ << "resumed from " << dir << " at step " << step_ << "\n";
 }
 
@@ -116,23 +182,33 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       Batch batch = data_.next_train(be.device());
       data_ms += ms_since(d0);
       const auto c0 = Clock::now();
+      sync_->arm(/*reduce=*/micro == accum - 1);  // data-parallel reduction on the last micro-step only
       loss += model_.forward_backward(batch, 1.0 / accum) / accum;
       compute_ms += ms_since(c0);
       samples += batch.inputs.dim(0);
     }
     const auto o0 = Clock::now();
+    sync_->finish();
+    // The loss of the global batch: the mean of the data ranks' means (equal micro-batch sizes).
+    std::vector<double> global = {loss, static_cast<double>(samples)};
+    sum_over_data(global);
+    loss = global[0] / data_size();
+    samples = static_cast<int64_t>(global[1]);
     const double lr = learning_rate(cfg_.optim(), step_, max_steps);
-    const double norm = optimizer_.grad_norm();
+    const double norm = sync_->grad_norm();
     LOOM_CHECK(std::isfinite(loss) && std::isfinite(norm), "step ", step_ + 1, ": loss ", loss, " / grad norm ",
                norm, " is not finite; stopping (the last checkpoint is intact)");
-    optimizer_.step(lr, step_ + 1, norm);
+    optimizer_->step(lr, step_ + 1, norm, sync_->zero1() ? sync_->shard_grads() : Tensor());
+    sync_->all_gather_parameters();
     be.synchronize();
     const double optim_ms = ms_since(o0);
     ++step_;
     const double step_ms = ms_since(step_start);
     const double tokens_per_s = samples * model_.tokens_per_sample() / (step_ms / 1e3);
     const double model_flops_per_s = samples * flops.model / (step_ms / 1e3);
-    const double mfu = peak_flops_ > 0 ? model_flops_per_s / peak_flops_ : 0;
+    // Throughput counts the global batch, so the peak is that of every device of the job.
+    const int devices = parallel_.mesh ? parallel_.mesh->world().size() : 1;
+    const double mfu = peak_flops_ > 0 ? model_flops_per_s / (peak_flops_ * devices) : 0;
     result.last_train_loss = loss;
 
     nlohmann::json rec = {{"step", step_},
@@ -177,7 +253,7 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       last_checkpoint = save_checkpoint_now();
       rec["checkpoint"] = last_checkpoint;
     }
-    metrics_->write(rec);
+    if (metrics_) metrics_->write(rec);
     TrainingObserver::Control control;
     for (TrainingObserver* o : observers_) {
       o->on_step(rec);
@@ -185,6 +261,7 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       control.checkpoint_now |= c.checkpoint_now;
       control.stop |= c.stop;
     }
+    control = agree(control);
     if ((control.checkpoint_now || control.stop) && last_checkpoint != checkpoint_dir(t.out_dir(), step_))
       last_checkpoint = save_checkpoint_now();
     if (control.stop) {

@@ -14,6 +14,9 @@
 #include "core/metrics_writer.h"
 #include "trainer/data_source.h"
 #include "trainer/model.h"
+#include "parallel/mesh.h"
+#include "parallel/tensor_parallel.h"
+#include "trainer/gradient_sync.h"
 #include "trainer/optimizer.h"
 
 namespace loom {
@@ -42,34 +45,59 @@ struct TrainResult {
   std::string last_checkpoint;     // "" when none was written
 };
 
+// Where a trainer sits in a multi-process job (parallel.data × parallel.tensor ranks). Not owned; both must
+// outlive the trainer. A default (null) layout is a single process.
+struct TrainerParallelism {
+  ProcessMesh* mesh = nullptr;
+  const TensorParallelContext* tp = nullptr;  // the context the model was built with
+};
+
 class Trainer {
  public:
   // `log` receives the per-step lines; the progress bar goes to stderr when it is a terminal.
-  Trainer(const config::RunConfig& cfg, Model& model, DataSource& data, std::ostream& log);
+  // With a mesh, every rank of the job runs a Trainer (the calls below are then collective, in the same
+  // order everywhere): gradients are averaged over the data group (parallel.bucket_mb buckets, or ZeRO-1 with
+  // parallel.zero1), the loss and validation are global, and only world rank 0 writes metrics and checkpoints.
+  Trainer(const config::RunConfig& cfg, Model& model, DataSource& data, std::ostream& log,
+          TrainerParallelism parallel = {});
 
   // Called every train.sample_every steps and at the end with the step (GPT prints a text sample).
   void set_sampler(std::function<void(int64_t step)> sampler) { sampler_ = std::move(sampler); }
   // Adds an observer (not owned; must outlive run()).
   void add_observer(TrainingObserver* observer) { observers_.push_back(observer); }
 
-  // Restores weights, optimizer moments, step and data position from a checkpoint directory.
+  // Restores weights, optimizer moments, step and data position from a checkpoint directory, whatever layout
+  // (data / tensor sizes, ZeRO) wrote it. The data position is kept in global samples: a checkpoint written
+  // with D data ranks resumed with D' continues with the next global batch, i.e. the loader's per-rank index
+  // becomes index · D / D' (loom::Error when that is not whole; the epoch boundaries agree when the number of
+  // training windows / images divides by both D and D').
   void resume_from(const std::string& checkpoint_dir);
   // Trains from the current step to train.max_steps, or only up to `stop_at_step` when that is positive (the
   // learning-rate schedule still follows max_steps; used to stop a job early, e.g. by a controller).
   TrainResult run(int64_t stop_at_step = -1);
   // Mean validation loss (and accuracy) over up to train.val_batches batches.
   EvalStats validate();
-  // Writes a checkpoint of the current state; returns its directory.
+  // Writes a checkpoint of the current state (full tensors under the single-process names: weights, and
+  // moments as "optim.m.<name>" / "optim.v.<name>"); returns its directory.
   std::string save_checkpoint_now();
 
   int64_t step() const { return step_; }
 
  private:
+  bool writes_files() const { return !parallel_.mesh || parallel_.mesh->world().rank() == 0; }
+  int data_size() const { return parallel_.mesh ? parallel_.mesh->data_size() : 1; }
+  // Sums `values` over the data group (no-op without one).
+  void sum_over_data(std::vector<double>& values);
+  // Rank 0's observer decision, on every rank.
+  TrainingObserver::Control agree(TrainingObserver::Control control);
+
   config::RunConfig cfg_;
   Model& model_;
   DataSource& data_;
   std::ostream& log_;
-  AdamW optimizer_;
+  TrainerParallelism parallel_;
+  std::unique_ptr<GradientSync> sync_;
+  std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<MetricsWriter> metrics_;
   std::function<void(int64_t)> sampler_;
   std::vector<TrainingObserver*> observers_;

@@ -4,26 +4,60 @@
 #include <cmath>
 
 namespace loom {
+namespace {
+
+// This rank's share of the full widths: heads and MLP neurons split evenly over the tensor group.
+BlockWidths local_widths(int index, const BlockWidths& full, const TensorParallelContext* tp) {
+  const int R = tensor_size(tp);
+  const std::string at = "model.blocks[" + std::to_string(index) + "]";
+  LOOM_CHECK(full.heads % R == 0, at, ".heads (", full.heads, ") must divide by parallel.tensor (", R, ")");
+  LOOM_CHECK(full.mlp_dim % R == 0, at, ".mlp_dim (", full.mlp_dim, ") must divide by parallel.tensor (", R, ")");
+  BlockWidths w = full;
+  w.heads /= R;
+  w.mlp_dim /= R;
+  return w;
+}
+
+}  // namespace
+
+int64_t sequence_rows(const TensorParallelContext* tp, int64_t B, int64_t T) {
+  if (!sequence_parallel(tp)) return B * T;
+  LOOM_CHECK(B * T % tp->size() == 0, "sequence parallelism: the ", B * T, " token rows of a micro-batch (", B,
+             " x ", T, ") must divide by parallel.tensor (", tp->size(), ")");
+  return B * T / tp->size();
+}
 
 TransformerBlock::TransformerBlock(int index, int64_t d_model, const BlockWidths& widths, bool causal,
-                                   GeluKind gelu, double ln_eps)
-    : index_(index), d_model_(d_model), widths_(widths), causal_(causal), gelu_(gelu), ln_eps_(ln_eps) {}
+                                   GeluKind gelu, double ln_eps, const TensorParallelContext* tp)
+    : index_(index),
+      d_model_(d_model),
+      widths_(local_widths(index, widths, tp)),
+      causal_(causal),
+      gelu_(gelu),
+      ln_eps_(ln_eps),
+      tp_(tp) {}
 
 void TransformerBlock::declare_parameters(std::vector<ParamSpec>& specs, double init_std, int n_layer) const {
   const std::string p = prefix();
   const int64_t C = d_model_, Q = widths_.qkv_width(), A = widths_.attn_out_width(), M = widths_.mlp_dim;
+  const int64_t QK = widths_.heads * widths_.qk_dim, V = widths_.heads * widths_.v_dim;
   const double proj_std = init_std / std::sqrt(2.0 * n_layer);
-  specs.push_back({p + "norm1.weight", {C}, false, Init::Ones});
-  specs.push_back({p + "norm1.bias", {C}, false, Init::Zeros});
-  specs.push_back({p + "attn.qkv.weight", {Q, C}, true, Init::Normal, init_std});
-  specs.push_back({p + "attn.qkv.bias", {Q}, false, Init::Zeros});
-  specs.push_back({p + "attn.proj.weight", {C, A}, true, Init::Normal, proj_std});
+  // Column-parallel layers split their output rows (q, k and v sections separately, so each rank holds whole
+  // heads of each); row-parallel layers split their input columns; the rest is replicated.
+  const ParamSharding qkv{0, {QK, QK, V}}, fc1{0, {M}}, proj{1, {A}}, fc2{1, {M}};
+  ParamSharding norm;
+  norm.grad_partial_over_tensor = sequence_parallel(tp_);
+  specs.push_back({p + "norm1.weight", {C}, false, Init::Ones, 0.02, norm});
+  specs.push_back({p + "norm1.bias", {C}, false, Init::Zeros, 0.02, norm});
+  specs.push_back({p + "attn.qkv.weight", {Q, C}, true, Init::Normal, init_std, qkv});
+  specs.push_back({p + "attn.qkv.bias", {Q}, false, Init::Zeros, 0.02, qkv});
+  specs.push_back({p + "attn.proj.weight", {C, A}, true, Init::Normal, proj_std, proj});
   specs.push_back({p + "attn.proj.bias", {C}, false, Init::Zeros});
-  specs.push_back({p + "norm2.weight", {C}, false, Init::Ones});
-  specs.push_back({p + "norm2.bias", {C}, false, Init::Zeros});
-  specs.push_back({p + "mlp.fc1.weight", {M, C}, true, Init::Normal, init_std});
-  specs.push_back({p + "mlp.fc1.bias", {M}, false, Init::Zeros});
-  specs.push_back({p + "mlp.fc2.weight", {C, M}, true, Init::Normal, proj_std});
+  specs.push_back({p + "norm2.weight", {C}, false, Init::Ones, 0.02, norm});
+  specs.push_back({p + "norm2.bias", {C}, false, Init::Zeros, 0.02, norm});
+  specs.push_back({p + "mlp.fc1.weight", {M, C}, true, Init::Normal, init_std, fc1});
+  specs.push_back({p + "mlp.fc1.bias", {M}, false, Init::Zeros, 0.02, fc1});
+  specs.push_back({p + "mlp.fc2.weight", {C, M}, true, Init::Normal, proj_std, fc2});
   specs.push_back({p + "mlp.fc2.bias", {C}, false, Init::Zeros});
 }
 
@@ -42,77 +76,124 @@ AttentionShape TransformerBlock::attention_shape(int64_t batch, int64_t seq) con
 BlockActivations TransformerBlock::allocate_activations(int64_t B, int64_t T, DType dtype,
                                                         const Backend& backend) const {
   const Device dev = backend.device();
-  const int64_t C = d_model_;
+  const int64_t C = d_model_, n = sequence_rows(tp_, B, T);
+  const bool sp = sequence_parallel(tp_);
   const AttentionShape as = attention_shape(B, T);
+  const DType stat_dtype = dtype == DType::F64 ? DType::F64 : DType::F32;
   BlockActivations a;
-  a.ln1 = Tensor::empty({B, T, C}, dtype, dev);
-  a.ln1_mean = Tensor::empty({B * T}, dtype == DType::F64 ? DType::F64 : DType::F32, dev);
-  a.ln1_rstd = Tensor::empty({B * T}, a.ln1_mean.dtype(), dev);
+  a.batch = B;
+  a.seq = T;
+  a.ln1 = Tensor::empty({n, C}, dtype, dev);
+  a.ln1_mean = Tensor::empty({n}, stat_dtype, dev);
+  a.ln1_rstd = Tensor::empty({n}, stat_dtype, dev);
+  a.ln1_full = sp ? Tensor::empty({B, T, C}, dtype, dev) : a.ln1.view({B, T, C});
   a.qkv = Tensor::empty({B, T, widths_.qkv_width()}, dtype, dev);
   a.att = Tensor::empty({B, T, widths_.attn_out_width()}, dtype, dev);
   const DType saved_dtype = backend.attention_saved_dtype() == DType::F32 && dtype == DType::F64
                                 ? DType::F64
                                 : backend.attention_saved_dtype();
   a.att_saved = Tensor::empty(backend.attention_saved_shape(as), saved_dtype, dev);
-  a.mid = Tensor::empty({B, T, C}, dtype, dev);
-  a.ln2 = Tensor::empty({B, T, C}, dtype, dev);
-  a.ln2_mean = Tensor::empty({B * T}, a.ln1_mean.dtype(), dev);
-  a.ln2_rstd = Tensor::empty({B * T}, a.ln1_mean.dtype(), dev);
+  a.mid = Tensor::empty({n, C}, dtype, dev);
+  a.ln2 = Tensor::empty({n, C}, dtype, dev);
+  a.ln2_mean = Tensor::empty({n}, stat_dtype, dev);
+  a.ln2_rstd = Tensor::empty({n}, stat_dtype, dev);
+  a.ln2_full = sp ? Tensor::empty({B, T, C}, dtype, dev) : a.ln2.view({B, T, C});
   a.fc1 = Tensor::empty({B, T, widths_.mlp_dim}, dtype, dev);
   a.gelu = Tensor::empty({B, T, widths_.mlp_dim}, dtype, dev);
+  if (sp) a.partial = Tensor::empty({B, T, C}, dtype, dev);
   return a;
 }
 
-void TransformerBlock::forward(Backend& be, const ParameterStore& p, const Tensor& x, Tensor& out,
+void TransformerBlock::forward(Backend& be, const ParameterStore& p, const Tensor& x_in, Tensor& out_in,
                                BlockActivations& a) const {
   const std::string n = prefix();
-  const AttentionShape as = attention_shape(x.dim(0), x.dim(1));
+  const int64_t B = a.batch, T = a.seq, C = d_model_, rows = a.mid.dim(0);
+  const bool sp = sequence_parallel(tp_);
+  LOOM_CHECK(x_in.numel() == rows * C && out_in.numel() == rows * C, "block ", index_, ": input ", x_in.str(),
+             " / output ", out_in.str(), " must hold ", rows, " token rows of ", C);
+  const Tensor x = x_in.view({rows, C});
+  Tensor out = out_in.view({rows, C});
+  const AttentionShape as = attention_shape(B, T);
+  // Region exits: without SP `out` holds the summed projection for a moment before it becomes the output.
+  Tensor partial = sp ? a.partial : out.view({B, T, C});
+  auto exit_region = [&]() {
+    if (sp)
+      reduce_scatter_to_sequence_region_forward(be, tp_, out, a.partial);
+    else
+      reduce_from_tensor_region_forward(be, tp_, out);
+  };
+
   be.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p.weight(n + "norm1.weight"), p.weight(n + "norm1.bias"),
                        ln_eps_);
-  be.matmul_forward(a.qkv, a.ln1, p.weight(n + "attn.qkv.weight"), p.weight(n + "attn.qkv.bias"));
+  if (sp) gather_from_sequence_region_forward(be, tp_, a.ln1_full, a.ln1);
+  ColumnParallelLinear::forward(be, a.qkv, a.ln1_full, p.weight(n + "attn.qkv.weight"), p.weight(n + "attn.qkv.bias"));
   be.attention_forward(a.att, a.att_saved, a.qkv, as);
-  // `out` holds the attention projection for a moment before it becomes the block output.
-  be.matmul_forward(out, a.att, p.weight(n + "attn.proj.weight"), p.weight(n + "attn.proj.bias"));
+  RowParallelLinear::forward(be, tp_, partial, a.att, p.weight(n + "attn.proj.weight"), p.weight(n + "attn.proj.bias"));
+  exit_region();
   be.add(a.mid, x, out);
+
   be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.mid, p.weight(n + "norm2.weight"),
                        p.weight(n + "norm2.bias"), ln_eps_);
-  be.matmul_forward(a.fc1, a.ln2, p.weight(n + "mlp.fc1.weight"), p.weight(n + "mlp.fc1.bias"));
+  if (sp) gather_from_sequence_region_forward(be, tp_, a.ln2_full, a.ln2);
+  ColumnParallelLinear::forward(be, a.fc1, a.ln2_full, p.weight(n + "mlp.fc1.weight"), p.weight(n + "mlp.fc1.bias"));
   be.gelu_forward(a.gelu, a.fc1, gelu_);
-  be.matmul_forward(out, a.gelu, p.weight(n + "mlp.fc2.weight"), p.weight(n + "mlp.fc2.bias"));
+  RowParallelLinear::forward(be, tp_, partial, a.gelu, p.weight(n + "mlp.fc2.weight"), p.weight(n + "mlp.fc2.bias"));
+  exit_region();
   be.add(out, a.mid, out);
 }
 
-void TransformerBlock::backward(Backend& be, const ParameterStore& p, Tensor& dresid, const Tensor& x,
+void TransformerBlock::backward(Backend& be, const ParameterStore& p, Tensor& dresid_in, const Tensor& x_in,
                                 const BlockActivations& a, BlockScratch& s) const {
   const std::string n = prefix();
-  const int64_t B = x.dim(0), T = x.dim(1), C = d_model_;
+  const int64_t B = a.batch, T = a.seq, C = d_model_, rows = a.mid.dim(0);
+  const bool sp = sequence_parallel(tp_);
   const AttentionShape as = attention_shape(B, T);
+  Tensor dresid = dresid_in.view({rows, C});
+  const Tensor x = x_in.view({rows, C});
   Tensor dln = s.dln.slice_flat(0, {B, T, C});
   Tensor dfc = s.dfc.slice_flat(0, {B, T, widths_.mlp_dim});
   Tensor datt = s.datt.slice_flat(0, {B, T, widths_.attn_out_width()});
   Tensor dqkv = s.dqkv.slice_flat(0, {B, T, widths_.qkv_width()});
+  // Under SP the region's output gradient is gathered from every rank's rows, and its input gradient (partial
+  // per rank) is reduce-scattered back to rows; without SP the input gradient is all-reduced in place.
+  Tensor dout = sp ? s.dout_full.slice_flat(0, {B, T, C}) : dresid.view({B, T, C});
+  Tensor dln_rows = sp ? s.dln_part.slice_flat(0, {rows, C}) : dln.view({rows, C});
+  auto enter_region_backward = [&]() {
+    if (sp)
+      reduce_scatter_to_sequence_region_backward(be, tp_, dout, dresid);
+  };
+  auto region_input_backward = [&]() {
+    if (sp)
+      gather_from_sequence_region_backward(be, tp_, dln_rows, dln, /*replicated_consumer=*/false);
+    else
+      copy_to_tensor_region_backward(be, tp_, dln);
+  };
 
   // MLP branch: dresid is dLoss/d(out) = dLoss/d(mlp output); it also flows straight into mid.
+  enter_region_backward();
   Tensor dfc2_w = p.grad(n + "mlp.fc2.weight"), dfc2_b = p.grad(n + "mlp.fc2.bias");
-  be.matmul_backward(dfc, dfc2_w, dfc2_b, dresid, a.gelu, p.weight(n + "mlp.fc2.weight"));
+  RowParallelLinear::backward(be, dfc, dfc2_w, dfc2_b, dout, a.gelu, p.weight(n + "mlp.fc2.weight"));
   be.gelu_backward(dfc, dfc, a.fc1, gelu_);
   Tensor dfc1_w = p.grad(n + "mlp.fc1.weight"), dfc1_b = p.grad(n + "mlp.fc1.bias");
-  be.matmul_backward(dln, dfc1_w, dfc1_b, dfc, a.ln2, p.weight(n + "mlp.fc1.weight"));
+  ColumnParallelLinear::backward(be, dln, dfc1_w, dfc1_b, dfc, a.ln2_full, p.weight(n + "mlp.fc1.weight"));
+  region_input_backward();
   Tensor dn2_w = p.grad(n + "norm2.weight"), dn2_b = p.grad(n + "norm2.bias");
-  be.layernorm_backward(dresid, dn2_w, dn2_b, dln, a.mid, p.weight(n + "norm2.weight"), a.ln2_mean, a.ln2_rstd);
+  be.layernorm_backward(dresid, dn2_w, dn2_b, dln_rows, a.mid, p.weight(n + "norm2.weight"), a.ln2_mean, a.ln2_rstd);
 
   // Attention branch: dresid is now dLoss/d(mid).
+  enter_region_backward();
   Tensor dproj_w = p.grad(n + "attn.proj.weight"), dproj_b = p.grad(n + "attn.proj.bias");
-  be.matmul_backward(datt, dproj_w, dproj_b, dresid, a.att, p.weight(n + "attn.proj.weight"));
+  RowParallelLinear::backward(be, datt, dproj_w, dproj_b, dout, a.att, p.weight(n + "attn.proj.weight"));
   be.attention_backward(dqkv, datt, a.qkv, a.att, a.att_saved, as);
   Tensor dqkv_w = p.grad(n + "attn.qkv.weight"), dqkv_b = p.grad(n + "attn.qkv.bias");
-  be.matmul_backward(dln, dqkv_w, dqkv_b, dqkv, a.ln1, p.weight(n + "attn.qkv.weight"));
+  ColumnParallelLinear::backward(be, dln, dqkv_w, dqkv_b, dqkv, a.ln1_full, p.weight(n + "attn.qkv.weight"));
+  region_input_backward();
   Tensor dn1_w = p.grad(n + "norm1.weight"), dn1_b = p.grad(n + "norm1.bias");
-  be.layernorm_backward(dresid, dn1_w, dn1_b, dln, x, p.weight(n + "norm1.weight"), a.ln1_mean, a.ln1_rstd);
+  be.layernorm_backward(dresid, dn1_w, dn1_b, dln_rows, x, p.weight(n + "norm1.weight"), a.ln1_mean, a.ln1_rstd);
 }
 
 BlockScratch allocate_block_scratch(const std::vector<TransformerBlock>& blocks, int64_t d_model, int64_t B,
-                                    int64_t T, DType dtype, Device device) {
+                                    int64_t T, DType dtype, Device device, const TensorParallelContext* tp) {
   int64_t qkv = 0, att = 0, mlp = 0;
   for (const auto& b : blocks) {
     qkv = std::max(qkv, b.widths().qkv_width());
@@ -124,6 +205,10 @@ BlockScratch allocate_block_scratch(const std::vector<TransformerBlock>& blocks,
   s.dqkv = Tensor::empty({B * T * qkv}, dtype, device);
   s.datt = Tensor::empty({B * T * att}, dtype, device);
   s.dfc = Tensor::empty({B * T * mlp}, dtype, device);
+  if (sequence_parallel(tp)) {
+    s.dln_part = Tensor::empty({sequence_rows(tp, B, T) * d_model}, dtype, device);
+    s.dout_full = Tensor::empty({B * T * d_model}, dtype, device);
+  }
   return s;
 }
 

@@ -7,36 +7,50 @@
 // makes them differ block by block. Parameters are named as in timm ("blocks.{i}.attn.qkv.weight", ...), which
 // makes ViT/DeiT import direct and GPT-2 import a rename (trainer/hf_gpt2.h).
 //
+// With a tensor-parallel context (parallel/tensor_parallel.h) of R ranks, this rank holds heads / R heads and
+// mlp_dim / R neurons: qkv and fc1 are column-parallel, proj and fc2 row-parallel; with sequence parallelism
+// the block's input, output and LayerNorms cover only this rank's N / R token rows. A null context (or R = 1)
+// is the single-process block.
+//
 // Thread-safety: a block is driven by one thread through one Backend.
 #pragma once
 #include <string>
 #include <vector>
 
 #include "kernels/backend.h"
+#include "parallel/tensor_parallel.h"
 #include "trainer/parameters.h"
 #include "trainer/widths.h"
 
 namespace loom {
 
 // What one block's forward saves for its backward, for one (batch, sequence) shape.
+// Rows: N = B·T tokens; n = N / R rows of this rank under sequence parallelism, else n = N. H and M are this
+// rank's heads and MLP width.
 struct BlockActivations {
-  Tensor ln1, ln1_mean, ln1_rstd;  // [B,T,C], [B*T], [B*T]
+  int64_t batch = 0, seq = 0;
+  Tensor ln1, ln1_mean, ln1_rstd;  // [n,C], [n], [n]
+  Tensor ln1_full;                 // [B,T,C]: ln1 gathered over the sequence (ln1 itself without SP)
   Tensor qkv;                      // [B,T,H*(2*dqk+dv)]
   Tensor att, att_saved;           // [B,T,H*dv], backend-specific
-  Tensor mid;                      // residual stream after attention [B,T,C]
-  Tensor ln2, ln2_mean, ln2_rstd;
+  Tensor mid;                      // residual stream after attention [n,C]
+  Tensor ln2, ln2_mean, ln2_rstd, ln2_full;
   Tensor fc1, gelu;                // [B,T,M] before and after the activation
+  Tensor partial;                  // [B,T,C]: a row-parallel layer's partial sums (SP only)
 };
 
 // Gradient buffers reused by every block's backward (sized for the widest block).
 struct BlockScratch {
   Tensor dln, dqkv, datt, dfc;
+  Tensor dln_part, dout_full;  // [n,C] and [N,C] (sequence parallelism only)
 };
 
 class TransformerBlock {
  public:
+  // `widths` are the full (single-process) widths; `tp` (may be null; not owned) selects this rank's share.
+  // Throws loom::Error naming model.blocks[index].heads / .mlp_dim when they do not divide by the tensor size.
   TransformerBlock(int index, int64_t d_model, const BlockWidths& widths, bool causal, GeluKind gelu,
-                   double ln_eps);
+                   double ln_eps, const TensorParallelContext* tp = nullptr);
 
   // Appends this block's parameters. Output projections (attn.proj, mlp.fc2) get init_std/sqrt(2·n_layer),
   // as GPT-2 does, so the residual stream's variance does not grow with depth.
@@ -44,14 +58,14 @@ class TransformerBlock {
 
   BlockActivations allocate_activations(int64_t batch, int64_t seq, DType dtype, const Backend& backend) const;
 
-  // out = block(x). `out` must not alias `x`.
+  // out = block(x). `out` must not alias `x`. x and out are [B,T,C] or, under sequence parallelism, [n,C].
   void forward(Backend& be, const ParameterStore& p, const Tensor& x, Tensor& out, BlockActivations& a) const;
 
   // On entry dresid holds dLoss/d(out); on exit dLoss/d(x). Parameter gradients accumulate into p's grads.
   void backward(Backend& be, const ParameterStore& p, Tensor& dresid, const Tensor& x, const BlockActivations& a,
                 BlockScratch& s) const;
 
-  const BlockWidths& widths() const { return widths_; }
+  const BlockWidths& widths() const { return widths_; }  // this rank's widths
   AttentionShape attention_shape(int64_t batch, int64_t seq) const;
   std::string prefix() const { return "blocks." + std::to_string(index_) + "."; }
 
@@ -62,10 +76,16 @@ class TransformerBlock {
   bool causal_;
   GeluKind gelu_;
   double ln_eps_;
+  const TensorParallelContext* tp_;
 };
 
 // Scratch sized for the widest of `blocks` at (batch, seq).
 BlockScratch allocate_block_scratch(const std::vector<TransformerBlock>& blocks, int64_t d_model, int64_t batch,
-                                    int64_t seq, DType dtype, Device device);
+                                    int64_t seq, DType dtype, Device device,
+                                    const TensorParallelContext* tp = nullptr);
+
+// Token rows this rank holds in the sequence-parallel regions: B·T / R under sequence parallelism, else B·T.
+// Throws loom::Error when B·T does not divide by R.
+int64_t sequence_rows(const TensorParallelContext* tp, int64_t batch, int64_t seq);
 
 }  // namespace loom

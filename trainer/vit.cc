@@ -40,10 +40,10 @@ SampleFlops vit_flops_per_image(const VitShape& s) {
 }
 
 namespace {
-std::vector<TransformerBlock> vit_blocks(const VitShape& s) {
+std::vector<TransformerBlock> vit_blocks(const VitShape& s, const TensorParallelContext* tp) {
   std::vector<TransformerBlock> blocks;
   for (size_t i = 0; i < s.blocks.size(); ++i)
-    blocks.emplace_back(static_cast<int>(i), s.d_model, s.blocks[i], /*causal=*/false, GeluKind::Erf, s.ln_eps);
+    blocks.emplace_back(static_cast<int>(i), s.d_model, s.blocks[i], /*causal=*/false, GeluKind::Erf, s.ln_eps, tp);
   return blocks;
 }
 
@@ -89,14 +89,15 @@ Tensor prefix_rows(const ParameterStore& p, const Tensor& arena, const VitShape&
 }  // namespace
 
 VitModel::VitModel(const VitShape& shape, Backend& backend, DType master_dtype, DType compute_dtype, uint64_t seed,
-                   double label_smoothing)
+                   double label_smoothing, const TensorParallelContext* tp)
     : shape_(shape),
       backend_(backend),
       compute_dtype_(compute_dtype),
       label_smoothing_(label_smoothing),
-      blocks_(vit_blocks(shape)),
+      tp_(tp),
+      blocks_(vit_blocks(shape, tp)),
       params_(ParameterLayout(vit_parameters(shape, blocks_)), master_dtype, compute_dtype, backend.device()) {
-  params_.initialise(seed);
+  params_.initialise(seed, tensor_rank(tp), tensor_size(tp));
 }
 
 VitModel::Activations& VitModel::activations_for(int64_t B) {
@@ -107,7 +108,11 @@ VitModel::Activations& VitModel::activations_for(int64_t B) {
   Activations a;
   a.patch_emb = Tensor::empty({B, shape_.patches(), D}, compute_dtype_, dev);
   a.pos_plus = Tensor::empty({T, D}, compute_dtype_, dev);
-  for (int64_t i = 0; i <= L; ++i) a.resid.push_back(Tensor::empty({B, T, D}, compute_dtype_, dev));
+  const int64_t n = sequence_rows(tp_, B, T);
+  const bool sp = sequence_parallel(tp_);
+  for (int64_t i = 0; i <= L; ++i) a.resid.push_back(Tensor::empty({n, D}, compute_dtype_, dev));
+  a.embedded = sp ? Tensor::empty({B, T, D}, compute_dtype_, dev) : a.resid[0].view({B, T, D});
+  a.last_full = sp ? Tensor::empty({B, T, D}, compute_dtype_, dev) : a.resid[L].view({B, T, D});
   for (const auto& b : blocks_) a.blocks.push_back(b.allocate_activations(B, T, compute_dtype_, backend_));
   a.normed = Tensor::empty({B * T, D}, compute_dtype_, dev);
   a.norm_mean = Tensor::empty({B * T}, reduced_dtype(compute_dtype_), dev);
@@ -118,6 +123,7 @@ VitModel::Activations& VitModel::activations_for(int64_t B) {
   a.losses = Tensor::empty({B}, reduced_dtype(compute_dtype_), dev);
   a.dresid = Tensor::empty({B, T, D}, compute_dtype_, dev);
   a.dpos_plus = Tensor::empty({T, D}, compute_dtype_, dev);
+  if (sp) a.drows = Tensor::empty({n, D}, compute_dtype_, dev);
   return activations_.emplace(B, std::move(a)).first->second;
 }
 
@@ -131,7 +137,7 @@ VitModel::Activations& VitModel::forward(const Tensor& patches) {
   Tensor pe = a.patch_emb.view({B * Np, D});
   backend_.matmul_forward(pe, patches.view({B * Np, shape_.patch_dim()}), params_.weight("patch_embed.proj.weight"),
                           params_.weight("patch_embed.proj.bias"));
-  Tensor& x = a.resid[0];
+  Tensor& x = a.embedded;
   backend_.zero(x);
   backend_.copy_tokens(x, k, a.patch_emb, 0, Np, /*accumulate=*/false);
   // pos_plus = pos_embed with the class (and distillation) token added to its first k rows, so one position
@@ -140,8 +146,11 @@ VitModel::Activations& VitModel::forward(const Tensor& patches) {
   Tensor pos_prefix = a.pos_plus.slice_flat(0, {k, D});
   backend_.add(pos_prefix, pos_prefix, prefix_rows(params_, params_.compute(), shape_));
   backend_.add_position_forward(x, a.pos_plus);
+  // Under SP the blocks see this rank's token rows; the final norm and heads see every token (replicated).
+  if (sequence_parallel(tp_)) scatter_to_sequence_region_forward(backend_, tp_, a.resid[0], a.embedded);
   for (int64_t i = 0; i < L; ++i) blocks_[i].forward(backend_, params_, a.resid[i], a.resid[i + 1], a.blocks[i]);
-  backend_.layernorm_forward(a.normed, a.norm_mean, a.norm_rstd, a.resid[L].view({B * T, D}),
+  if (sequence_parallel(tp_)) gather_from_sequence_region_forward(backend_, tp_, a.last_full, a.resid[L]);
+  backend_.layernorm_forward(a.normed, a.norm_mean, a.norm_rstd, a.last_full.view({B * T, D}),
                              params_.weight("norm.weight"), params_.weight("norm.bias"), shape_.ln_eps);
   const Tensor normed = a.normed.view({B, T, D});
   const char* heads[2] = {"head", "head_dist"};
@@ -162,7 +171,9 @@ double VitModel::forward_backward(const Batch& batch, double loss_scale) {
   LOOM_CHECK(batch.targets.numel() == B, "vit: ", batch.targets.str(), " labels for ", B, " images");
   const Tensor labels = batch.targets.view({B});
 
-  if (!scratch_.count(B)) scratch_.emplace(B, allocate_block_scratch(blocks_, D, B, T, compute_dtype_, backend_.device()));
+  if (!scratch_.count(B))
+    scratch_.emplace(B, allocate_block_scratch(blocks_, D, B, T, compute_dtype_, backend_.device(), tp_));
+  const bool sp = sequence_parallel(tp_);
   BlockScratch& s = scratch_.at(B);
   // The residual gradient and the final-norm gradient need [B, T, D] each; the block scratch `dln` is free
   // until the blocks run, so it carries the final norm's input gradient.
@@ -189,9 +200,17 @@ double VitModel::forward_backward(const Batch& batch, double loss_scale) {
   backend_.zero(dresid);
   Tensor dresid_rows = dresid.view({B * T, D});
   Tensor dnorm_w = params_.grad("norm.weight"), dnorm_b = params_.grad("norm.bias");
-  backend_.layernorm_backward(dresid_rows, dnorm_w, dnorm_b, dnormed.view({B * T, D}), a.resid[L].view({B * T, D}),
+  backend_.layernorm_backward(dresid_rows, dnorm_w, dnorm_b, dnormed.view({B * T, D}), a.last_full.view({B * T, D}),
                               params_.weight("norm.weight"), a.norm_mean, a.norm_rstd);
-  for (int64_t i = L - 1; i >= 0; --i) blocks_[i].backward(backend_, params_, dresid, a.resid[i], a.blocks[i], s);
+  // Under SP the blocks' gradient covers this rank's rows, and is gathered back over every token for the
+  // embeddings (into dresid, free by then).
+  Tensor drows = sp ? a.drows : dresid_rows;
+  if (sp) gather_from_sequence_region_backward(backend_, tp_, drows, dresid_rows, /*replicated_consumer=*/true);
+  for (int64_t i = L - 1; i >= 0; --i) {
+    blocks_[i].backward(backend_, params_, drows, a.resid[i], a.blocks[i], s);
+    grads_ready(blocks_[i].prefix());
+  }
+  if (sp) scatter_to_sequence_region_backward(backend_, tp_, dresid_rows, drows);
 
   // Position table (and through it the class/distillation tokens), then the patch embedding.
   Tensor& dpos_plus = a.dpos_plus;
@@ -206,6 +225,7 @@ double VitModel::forward_backward(const Batch& batch, double loss_scale) {
   Tensor none, dw = params_.grad("patch_embed.proj.weight"), db = params_.grad("patch_embed.proj.bias");
   backend_.matmul_backward(none, dw, db, dpatch.view({B * Np, D}), batch.inputs.view({B * Np, shape_.patch_dim()}),
                            params_.weight("patch_embed.proj.weight"));
+  grads_ready("");
   return loss;
 }
 

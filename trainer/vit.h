@@ -41,8 +41,11 @@ SampleFlops vit_flops_per_image(const VitShape& shape);
 
 class VitModel final : public Model {
  public:
+  // With a tensor-parallel context (not owned, may be null) this rank holds its share of every block; the
+  // patch embedding, position table, final norm and the (small) classification heads stay replicated, every
+  // tensor rank computing them in full.
   VitModel(const VitShape& shape, Backend& backend, DType master_dtype, DType compute_dtype, uint64_t seed,
-           double label_smoothing);
+           double label_smoothing, const TensorParallelContext* tp = nullptr);
 
   ParameterStore& params() override { return params_; }
   Backend& backend() override { return backend_; }
@@ -57,12 +60,14 @@ class VitModel final : public Model {
   struct Activations {
     Tensor patch_emb;            // [B, Np, D]
     Tensor pos_plus;             // [T, D]: position embedding with the class/dist tokens added to its first rows
-    std::vector<Tensor> resid;   // [B, T, D] at every block boundary
+    std::vector<Tensor> resid;   // [n, D] token rows of this rank at every block boundary (n = B·T without SP)
+    Tensor embedded, last_full;  // [B, T, D]: the blocks' input and output over every token (SP only)
     std::vector<BlockActivations> blocks;
     Tensor normed, norm_mean, norm_rstd;  // final norm over every token
     Tensor head_in;              // [B, prefix, D]: the class (and distillation) token rows
     Tensor logits, logits_dist, losses;
     Tensor dresid, dpos_plus;    // gradient buffers of the backward
+    Tensor drows;                // [n, D]: the blocks' residual gradient (SP only; dresid's view without)
   };
   Activations& activations_for(int64_t batch);
   Activations& forward(const Tensor& patches);
@@ -71,6 +76,7 @@ class VitModel final : public Model {
   Backend& backend_;
   DType compute_dtype_;
   double label_smoothing_;
+  const TensorParallelContext* tp_;
   std::vector<TransformerBlock> blocks_;
   ParameterStore params_;
   std::map<int64_t, Activations> activations_;

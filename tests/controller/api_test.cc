@@ -36,6 +36,7 @@ class ControllerApiTest : public ::testing::Test {
   controller::SubmitJobRequest job_request(int world_size = 1) {
     controller::SubmitJobRequest r;
     *r.mutable_config() = parse_run_config(tiny_job_yaml(tmp / "data", tmp / "out", 20, 10), "test.yaml");
+    r.mutable_config()->mutable_parallel()->set_data(world_size);
     r.set_world_size(world_size);
     return r;
   }
@@ -187,6 +188,11 @@ TEST_F(ControllerApiTest, MalformedRequestsGetErrorsAndTheServerStaysUp) {
   controller::SubmitJobRequest zero_ranks = job_request();
   zero_ranks.set_world_size(0);
   EXPECT_EQ(submit_code(zero_ranks).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  controller::SubmitJobRequest wrong_layout = job_request(2);
+  wrong_layout.set_world_size(4);
+  const grpc::Status layout = submit_code(wrong_layout);
+  EXPECT_EQ(layout.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(layout.error_message(), HasSubstr("parallel.data x parallel.tensor = 2"));
   controller::SubmitJobRequest no_model = job_request();
   no_model.mutable_config()->clear_model();
   const grpc::Status missing = submit_code(no_model);

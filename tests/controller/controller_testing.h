@@ -94,12 +94,13 @@ inline void write_token_data(const std::string& dir, int64_t tokens, int32_t voc
 
 // A tiny GPT job on the CPU over the data of write_token_data (vocab 64).
 inline std::string tiny_job_yaml(const std::string& data_dir, const std::string& out_dir, int max_steps,
-                                 int checkpoint_every) {
+                                 int checkpoint_every, int data_parallel = 1) {
   return "model: {kind: gpt, n_layer: 2, d_model: 32, n_head: 2, vocab_size: 64, max_seq_len: 16}\n"
          "data: {train: \"" + data_dir + "/train_*.bin\", batch_size: 2, seq_len: 16, shuffle: false}\n"
          "optim: {lr: 1.0e-3, warmup_steps: 2}\n"
          "train: {max_steps: " + std::to_string(max_steps) + ", checkpoint_every: " + std::to_string(checkpoint_every) +
-         ", keep_checkpoints: 3, log_every: 10, device: cpu, progress: false, out_dir: \"" + out_dir + "\"}\n";
+         ", keep_checkpoints: 3, log_every: 10, device: cpu, progress: false, out_dir: \"" + out_dir + "\"}\n"
+         "parallel: {data: " + std::to_string(data_parallel) + "}\n";
 }
 
 inline void write_text_file(const std::string& path, const std::string& text) {

@@ -1,0 +1,164 @@
+#include "parallel/tensor_parallel.h"
+
+namespace loom {
+namespace {
+
+// The group when communication is needed, else nullptr (no context, or a group of one).
+Communicator* group_of(const TensorParallelContext* tp) { return tp && tp->active() ? tp->group : nullptr; }
+
+// Rows per rank of an [N, C] tensor split across R ranks (`full_numel` elements, `part_numel` per rank).
+void check_split(const char* op, const Communicator& g, const Tensor& full, const Tensor& part) {
+  LOOM_CHECK(full.numel() == part.numel() * g.size(), op, ": the full tensor ", full.str(), " must hold ", g.size(),
+             " rank parts of ", part.str(), " (token rows must divide by the tensor-parallel size)");
+}
+
+// Backend work must be finished before the communicator reads the tensors, and the communicator's results
+// before the backend uses them.
+template <typename F>
+void communicate(Backend& be, Communicator& g, F&& op) {
+  be.synchronize();
+  op();
+  g.synchronize();
+}
+
+}  // namespace
+
+void copy_to_tensor_region_backward(Backend& be, const TensorParallelContext* tp, Tensor& dx) {
+  all_reduce_over_tensor_group(be, tp, dx);
+}
+
+void reduce_from_tensor_region_forward(Backend& be, const TensorParallelContext* tp, Tensor& y) {
+  all_reduce_over_tensor_group(be, tp, y);
+}
+
+void all_reduce_over_tensor_group(Backend& be, const TensorParallelContext* tp, Tensor& x) {
+  Communicator* g = group_of(tp);
+  if (!g) return;
+  communicate(be, *g, [&] { g->all_reduce(x, ReduceOp::Sum); });
+}
+
+void gather_from_sequence_region_forward(Backend& be, const TensorParallelContext* tp, Tensor& full,
+                                         const Tensor& part) {
+  Communicator* g = group_of(tp);
+  if (!g) {
+    full.copy_from(part);
+    return;
+  }
+  check_split("gather_from_sequence_region", *g, full, part);
+  communicate(be, *g, [&] { g->all_gather(full, part); });
+}
+
+void gather_from_sequence_region_backward(Backend& be, const TensorParallelContext* tp, Tensor& dpart,
+                                          const Tensor& dfull, bool replicated_consumer) {
+  Communicator* g = group_of(tp);
+  if (!g) {
+    dpart.copy_from(dfull);
+    return;
+  }
+  check_split("gather_from_sequence_region backward", *g, dfull, dpart);
+  if (replicated_consumer) {
+    be.synchronize();
+    dpart.copy_from(dfull.slice_flat(g->rank() * dpart.numel(), {dpart.numel()}));
+    return;
+  }
+  communicate(be, *g, [&] { g->reduce_scatter(dpart, dfull, ReduceOp::Sum); });
+}
+
+void reduce_scatter_to_sequence_region_forward(Backend& be, const TensorParallelContext* tp, Tensor& part,
+                                               const Tensor& full) {
+  Communicator* g = group_of(tp);
+  if (!g) {
+    part.copy_from(full);
+    return;
+  }
+  check_split("reduce_scatter_to_sequence_region", *g, full, part);
+  communicate(be, *g, [&] { g->reduce_scatter(part, full, ReduceOp::Sum); });
+}
+
+void reduce_scatter_to_sequence_region_backward(Backend& be, const TensorParallelContext* tp, Tensor& dfull,
+                                                const Tensor& dpart) {
+  gather_from_sequence_region_forward(be, tp, dfull, dpart);
+}
+
+void scatter_to_sequence_region_forward(Backend& be, const TensorParallelContext* tp, Tensor& part,
+                                        const Tensor& full) {
+  gather_from_sequence_region_backward(be, tp, part, full, /*replicated_consumer=*/true);
+}
+
+void scatter_to_sequence_region_backward(Backend& be, const TensorParallelContext* tp, Tensor& dfull,
+                                         const Tensor& dpart) {
+  gather_from_sequence_region_forward(be, tp, dfull, dpart);
+}
+
+void gather_vocab_columns(Backend& be, const TensorParallelContext* tp, Tensor& full, const Tensor& local) {
+  Communicator* g = group_of(tp);
+  if (!g) {
+    full.copy_from(local);
+    return;
+  }
+  const int R = g->size();
+  const int64_t N = local.dim(0), Vr = local.dim(1);
+  LOOM_CHECK(full.numel() == N * Vr * R, "gather_vocab_columns: ", full.str(), " cannot hold ", R, " parts of ",
+             local.str());
+  // The all-gather stacks the ranks' [N, V/R] blocks; copy_tokens interleaves them into rows of [R, V/R].
+  Tensor stacked = Tensor::empty({R * N * Vr}, full.dtype(), full.device());
+  communicate(be, *g, [&] { g->all_gather(stacked, local); });
+  Tensor dst = full.view({N, R, Vr});
+  for (int r = 0; r < R; ++r)
+    be.copy_tokens(dst, r, stacked.slice_flat(r * N * Vr, {N, 1, Vr}), 0, 1, /*accumulate=*/false);
+}
+
+void take_vocab_columns(Backend& be, const TensorParallelContext* tp, Tensor& local, const Tensor& full) {
+  const int R = tensor_size(tp);
+  const int64_t N = local.dim(0), Vr = local.dim(1);
+  LOOM_CHECK(full.numel() == N * Vr * R, "take_vocab_columns: ", full.str(), " does not hold ", R, " parts of ",
+             local.str());
+  Tensor dst = local.view({N, 1, Vr});
+  be.copy_tokens(dst, 0, full.view({N, R, Vr}), tensor_rank(tp), 1, /*accumulate=*/false);
+}
+
+void ColumnParallelLinear::forward(Backend& be, Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) {
+  be.matmul_forward(y, x, w, b);
+}
+
+void ColumnParallelLinear::backward(Backend& be, Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,
+                                    const Tensor& x, const Tensor& w) {
+  be.matmul_backward(dx, dw, db, dy, x, w);
+}
+
+void RowParallelLinear::forward(Backend& be, const TensorParallelContext* tp, Tensor& y, const Tensor& x,
+                                const Tensor& w, const Tensor& b) {
+  be.matmul_forward(y, x, w, tensor_rank(tp) == 0 ? b : Tensor());
+}
+
+void RowParallelLinear::backward(Backend& be, Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x,
+                                 const Tensor& w) {
+  be.matmul_backward(dx, dw, db, dy, x, w);
+}
+
+void VocabParallelEmbedding::forward(Backend& be, const TensorParallelContext* tp, Tensor& out, Tensor& table,
+                                     const Tensor& ids, const Tensor& w) {
+  Communicator* g = group_of(tp);
+  if (!g) {
+    be.embedding_forward(out, ids, w);
+    return;
+  }
+  LOOM_CHECK(table.numel() == w.numel() * g->size(), "VocabParallelEmbedding: table ", table.str(),
+             " cannot hold ", g->size(), " shards of ", w.str());
+  communicate(be, *g, [&] { g->all_gather(table, w); });
+  be.embedding_forward(out, ids, table);
+}
+
+void VocabParallelEmbedding::backward(Backend& be, const TensorParallelContext* tp, Tensor& dw, Tensor& dtable,
+                                      const Tensor& dout, const Tensor& ids) {
+  Communicator* g = group_of(tp);
+  if (!g) {
+    be.embedding_backward(dw, dout, ids);
+    return;
+  }
+  be.zero(dtable);
+  be.embedding_backward(dtable, dout, ids);
+  be.accumulate(dw, dtable.slice_flat(g->rank() * dw.numel(), dw.shape()));
+}
+
+}  // namespace loom
