@@ -106,7 +106,7 @@ int cmd_serve(ServeOptions o) {
   d.host = o.http_host;
   d.port = o.http_port;
   d.static_dir = o.dashboard_dir.empty() ? source + "/launch/dashboard" : o.dashboard_dir;
-  d.vendor_dir = o.vendor_dir.empty() ? source + "/build/npm/node_modules/uplot/dist" : o.vendor_dir;
+  d.vendor_dir = o.vendor_dir.empty() ? executable_dir() + "/npm/node_modules/uplot/dist" : o.vendor_dir;
   DashboardServer dashboard(*jobs, d);
   std::cerr << "controller: gRPC on " << host << ":" << grpc_port << (g.tls_cert_file.empty() ? "" : " (TLS)")
             << ", dashboard on http://" << d.host << ":" << dashboard.port() << "/, jobs in " << s.jobs_dir
@@ -248,7 +248,8 @@ int main(int argc, char** argv) {
   serve->add_option("--launcher-arg", so.launcher_args, "extra launcher option (repeatable), e.g. --cpu");
   serve->add_option("--loom", so.loom_binary, "the loom executable the jobs run (default: next to this one)");
   serve->add_option("--dashboard-dir", so.dashboard_dir, "dashboard static files (default: launch/dashboard)");
-  serve->add_option("--vendor-dir", so.vendor_dir, "uPlot's dist folder (default: build/npm/node_modules/uplot/dist)");
+  serve->add_option("--vendor-dir", so.vendor_dir,
+                    "uPlot's dist folder (default: npm/node_modules/uplot/dist beside this executable)");
   serve->add_option("--heartbeat-interval-ms", sup.heartbeat_interval_ms, "how often workers heartbeat");
   serve->add_option("--heartbeat-timeout-ms", sup.heartbeat_timeout_ms, "a rank silent this long has failed");
   serve->add_option("--register-timeout-ms", sup.register_timeout_ms, "every rank must register within this");

@@ -200,8 +200,9 @@ void JobSupervisor::set_state(Job& job, JobState state, const std::string& messa
   e.set_unix_time(unix_now());
   e.set_state(state);
   e.set_message(message);
-  *options_.log << "controller: " << job.id << ": " << job_state_name(job.state) << " -> "
-                << job_state_name(state) << ": " << message << std::endl;
+  *options_.log << "controller: " << job.id << ": ";
+  if (job.events.size() > 1) *options_.log << job_state_name(job.state) << " -> ";
+  *options_.log << job_state_name(state) << ": " << message << std::endl;
   job.state = state;
   changed_.notify_all();
 }
