@@ -253,6 +253,8 @@ int main(int argc, char** argv) {
   serve->add_option("--heartbeat-interval-ms", sup.heartbeat_interval_ms, "how often workers heartbeat");
   serve->add_option("--heartbeat-timeout-ms", sup.heartbeat_timeout_ms, "a rank silent this long has failed");
   serve->add_option("--register-timeout-ms", sup.register_timeout_ms, "every rank must register within this");
+  serve->add_option("--stall-timeout-ms", sup.stall_timeout_ms,
+                    "a job whose ranks complete no step this long has failed (0: off)");
   serve->add_option("--max-restarts", sup.max_restarts, "default restart limit per job");
   serve->add_option("--ready-file", so.ready_file, "write \"GRPC_PORT HTTP_PORT\" here once serving");
 

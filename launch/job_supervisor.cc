@@ -269,7 +269,8 @@ void JobSupervisor::start_attempt(Job& job) {
     return;
   }
   job.pid = pid;
-  job.started = Clock::now();
+  job.started = job.progress_time = Clock::now();
+  job.progress_step = -1;
   set_state(job, controller::RUNNING,
             "attempt " + std::to_string(job.attempt) + " started (launcher pid " + std::to_string(pid) +
                 ", log " + job.log_path + ")");
@@ -334,6 +335,13 @@ void JobSupervisor::check_job(Job& job) {
       return;
     }
   }
+  if (job.control.paused()) job.progress_time = now;  // a pause is no stall
+  const auto stalled = std::chrono::duration_cast<std::chrono::milliseconds>(now - job.progress_time).count();
+  if (options_.stall_timeout_ms > 0 && stalled > options_.stall_timeout_ms) {
+    fail_attempt(job, "no rank completed a step for " + std::to_string(stalled) + " ms (stall timeout; last step " +
+                          std::to_string(job.progress_step) + ")");
+    return;
+  }
   const auto since_start = std::chrono::duration_cast<std::chrono::milliseconds>(now - job.started).count();
   if (static_cast<int>(job.ranks.size()) < job.world_size && since_start > options_.register_timeout_ms)
     fail_attempt(job, "only " + std::to_string(job.ranks.size()) + " of " + std::to_string(job.world_size) +
@@ -393,6 +401,10 @@ controller::HeartbeatReply JobSupervisor::heartbeat(const controller::HeartbeatR
   Rank& r = it->second;
   r.last_heartbeat = Clock::now();
   r.status.set_step(request.step());
+  if (request.step() > job.progress_step) {
+    job.progress_step = request.step();
+    job.progress_time = r.last_heartbeat;
+  }
   r.status.set_paused(request.paused());
   if (request.has_step_times()) *r.status.mutable_step_times() = request.step_times();
   r.status.set_host_rss_bytes(request.host_rss_bytes());

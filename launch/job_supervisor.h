@@ -6,7 +6,7 @@
 // train.resume=latest`, with the job's address, id, token and attempt in the environment (forwarded to every
 // rank with mpirun -x). A job has failed when that process exits non-zero, when a registered rank misses
 // heartbeats for heartbeat_timeout_ms, or when not every rank has registered register_timeout_ms after the
-// start. Then the whole process group (and every registered rank's pid on this host) gets SIGKILL, and the
+// start (or, with stall_timeout_ms, when no rank completes a step for that long). Then the whole process group (and every registered rank's pid on this host) gets SIGKILL, and the
 // job starts again (train.resume=latest picks the newest complete checkpoint) unless it has already been
 // restarted max_restarts times, in which case it is FAILED. Every state change is logged and kept in the
 // job's events.
@@ -53,6 +53,9 @@ struct SupervisorOptions {
   int heartbeat_interval_ms = 1000;
   int heartbeat_timeout_ms = 10000;
   int register_timeout_ms = 120000;
+  // > 0: an attempt in which no rank completes a step for this long (while not paused) has failed: a deadlock
+  // that leaves the heartbeat threads alive. Off by default: first steps, validation and checkpoints can be long.
+  int stall_timeout_ms = 0;
   int max_restarts = 3;
   size_t max_metrics_per_job = 100000;  // oldest reports are dropped beyond this
   std::ostream* log = nullptr;          // state changes (default: std::cerr)
@@ -108,6 +111,8 @@ class JobSupervisor {
     controller::JobState state = controller::PENDING;
     pid_t pid = -1;  // the launcher, leader of its own process group
     Clock::time_point started;
+    int64_t progress_step = -1;         // highest step any rank of this attempt reported
+    Clock::time_point progress_time;    // when it was reached (or the attempt started / was resumed)
     controller::ControlState control;
     std::map<int, Rank> ranks;
     std::vector<controller::MetricsReport> metrics;

@@ -330,6 +330,30 @@ TEST_F(ControllerApiTest, UnregisteredRanksFailTheAttempt) {
   EXPECT_THAT(s.events().rbegin()->message(), HasSubstr("only 1 of 2 ranks registered"));
 }
 
+TEST_F(ControllerApiTest, StalledJobIsRestarted) {
+  ctl.options.stall_timeout_ms = 400;  // heartbeats keep coming: only the step stands still
+  ctl.start();
+  controller::SubmitJobRequest r = job_request();
+  r.set_max_restarts(1);
+  const auto job = submit(r);
+  ASSERT_TRUE(register_rank(job.token(), register_request(job.job_id())).ok());
+  controller::HeartbeatRequest h;
+  h.set_job_id(job.job_id());
+  h.set_attempt(1);
+  h.set_step(7);
+  auto s = ctl.status(job.job_id());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (s.attempt() == 1 && std::chrono::steady_clock::now() < deadline) {
+    controller::HeartbeatReply reply;
+    ASSERT_TRUE(ctl.stub->Heartbeat(ctl.context(job.token()).get(), h, &reply).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    s = ctl.status(job.job_id());
+  }
+  ASSERT_EQ(s.attempt(), 2);
+  EXPECT_THAT(s.events(2).message(), HasSubstr("no rank completed a step"));
+  EXPECT_THAT(s.events(2).message(), HasSubstr("last step 7"));
+}
+
 class ExitingLauncherTest : public ControllerApiTest {
  protected:
   ExitingLauncherTest() : ControllerApiTest("exit \"${LOOM_TEST_EXIT:-3}\"") {}
