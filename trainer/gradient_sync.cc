@@ -102,7 +102,8 @@ void GradientSync::on_grads_ready(const std::string& prefix) {
 }
 
 size_t GradientSync::started_buckets() const {
-  return static_cast<size_t>(std::count_if(buckets_.begin(), buckets_.end(), [](const Bucket& b) { return b.started; }));
+  return static_cast<size_t>(
+      std::count_if(buckets_.begin(), buckets_.end(), [](const Bucket& b) { return b.started; }));
 }
 
 void GradientSync::finish() {

@@ -102,7 +102,8 @@ config::RunConfig make_config(const std::string& kind, const Layout& layout, con
   // so in floating point it is rounding noise that depends on summation order; with a tiny eps AdamW turns that
   // noise into full-size steps, which no two layouts (or thread counts) can reproduce.
   y << "optim: {lr: 0.01, warmup_steps: 3, weight_decay: 0.1, grad_clip: 1.0, eps: 1.0e-6}\n"
-    << "train: {max_steps: " << kSteps << ", grad_accum_steps: " << layout.accum << ", device: cpu, progress: false, log_every: 0, seed: 7, "
+    << "train: {max_steps: " << kSteps << ", grad_accum_steps: " << layout.accum
+    << ", device: cpu, progress: false, log_every: 0, seed: 7, "
     << "keep_checkpoints: 5, out_dir: '" << out_dir << "'}\n"
     << "parallel: {data: " << layout.data << ", tensor: " << layout.tensor << ", sequence: "
     << (layout.sequence ? "true" : "false") << ", zero1: " << (layout.zero1 ? "true" : "false") << ", bucket_mb: 1}\n";
