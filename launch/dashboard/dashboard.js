@@ -12,7 +12,7 @@ function chart(id, label, color, xLabel, yScale = {}) {
   const opts = {
     width: 440, height: 200,
     scales: { x: { time: xLabel === "time" }, y: yScale },
-    axes: [{ label: xLabel }, {}],
+    axes: [{ label: xLabel }, { size: 70 }],  // room for labels such as "120,000" (tokens/s)
     series: [{ label: xLabel }, { label, stroke: color, width: 1.5 }],
   };
   charts[id] = new uPlot(opts, [[], []], section);
