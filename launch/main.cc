@@ -1,5 +1,7 @@
 // loom: the command-line tool.
-//   loom train CONFIG.yaml [key.sub=value ...]    train as configured (overrides after the file)
+//   loom train CONFIG.yaml [key.sub=value ...]    train as configured (overrides after the file); under the job
+//                                                 controller (LOOM_CONTROLLER_ADDRESS set) it registers,
+//                                                 heartbeats, reports metrics and obeys controls (launch/README.md)
 //   loom prepare --vocab DIR --out DIR INPUT...   tokenize text files/folders into llm.c token shards
 //   loom sample --checkpoint DIR [--prompt TEXT]  continue a prompt with a trained GPT
 //   loom export-hf --checkpoint DIR --out FILE    write a GPT checkpoint's weights with Hugging Face GPT-2 names
@@ -13,6 +15,8 @@
 #include "core/safetensors.h"
 #include "core/text_corpus.h"
 #include "core/tokenizer.h"
+#include "launch/worker_client.h"
+#include "parallel/environment.h"
 #include "trainer/gpt.h"
 #include "trainer/hf_gpt2.h"
 #include "trainer/run.h"
@@ -30,7 +34,13 @@ config::RunConfig checkpoint_config(const CheckpointContents& c, const std::stri
 
 int cmd_train(const std::string& config_path, const std::vector<std::string>& overrides) {
   const config::RunConfig cfg = load_run_config(config_path, overrides);
-  const TrainResult r = run_training(cfg, std::cout);
+  std::unique_ptr<WorkerClient> worker;
+  std::vector<TrainingObserver*> observers;
+  if (const auto settings = worker_settings_from_environment()) {
+    worker = std::make_unique<WorkerClient>(*settings, detect_process_environment(), select_device(cfg.train()));
+    observers.push_back(worker.get());
+  }
+  const TrainResult r = run_training(cfg, std::cout, observers);
   std::cout << "done: " << r.steps_done << " steps, train loss " << r.last_train_loss;
   if (r.last_val_loss >= 0) std::cout << ", val loss " << r.last_val_loss;
   if (r.last_val_accuracy >= 0) std::cout << ", val accuracy " << r.last_val_accuracy;

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build ccache pkg-config libyaml-cpp-dev libopenblas-openmp-dev libpcre2-dev zlib1g-dev
           libcli11-dev nlohmann-json3-dev libprotobuf-dev protobuf-compiler libgtest-dev libgmock-dev
-          openmpi-bin libopenmpi-dev linux-doc-6.1 dataset-fashion-mnist)
+          openmpi-bin libopenmpi-dev linux-doc-6.1 dataset-fashion-mnist
+          libgrpc++-dev protobuf-compiler-grpc libcpp-httplib-dev chromium prometheus openssl)
 command -v npm >/dev/null || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
@@ -17,7 +18,25 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   sudo_cmd=(); [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -q
+  # prometheus is installed for promtool only (the controller's metrics test): a policy-rc.d that answers
+  # "not allowed" keeps the package from starting its service, and is removed again right after.
+  policy=/usr/sbin/policy-rc.d
+  added_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo_cmd[@]}" tee "$policy" >/dev/null
+    "${sudo_cmd[@]}" chmod +x "$policy"
+    added_policy=1
+  fi
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+  if ((added_policy)); then "${sudo_cmd[@]}" rm -f "$policy"; fi
+fi
+
+# The dashboard's chart library (served by loom-controller) and the browser test's driver, into the ignored
+# build/npm; the browser test drives Debian's chromium, so playwright-core downloads no browser.
+npm_prefix=build/npm
+if [[ ! -s $npm_prefix/node_modules/uplot/dist/uPlot.iife.min.js || ! -d $npm_prefix/node_modules/playwright-core ]]; then
+  mkdir -p "$npm_prefix"
+  npm install --no-save --no-audit --no-fund --prefix "$npm_prefix" uplot@1.6.32 playwright-core@1.65.1 >&2
 fi
 
 bash scripts/fetch_gpt2_vocab.sh data/gpt2

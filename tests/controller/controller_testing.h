@@ -1,0 +1,119 @@
+// Shared pieces of the controller tests: an in-process controller (supervisor + gRPC service on a free port
+// of 127.0.0.1) and small data/config files for real training jobs.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "core/rng.h"
+#include "core/token_shards.h"
+#include "launch/controller_service.h"
+#include "launch/job_supervisor.h"
+#include "tests/common/test_util.h"
+
+namespace loom::testing {
+
+// A controller running inside the test process. `options` come filled with the test's defaults (the real
+// launcher and loom binary, jobs under the temp dir, short heartbeats); tests adjust them before start().
+class LocalController {
+ public:
+  explicit LocalController(const std::string& jobs_dir) {
+    options.launcher = std::string(LOOM_SOURCE_DIR) + "/launch/loom-mpirun";
+    options.loom_binary = std::string(LOOM_BINARY_DIR) + "/loom";
+    options.jobs_dir = jobs_dir;
+    options.heartbeat_interval_ms = 200;
+    options.heartbeat_timeout_ms = 3000;
+    options.max_restarts = 3;
+    options.log = &log;
+  }
+  ~LocalController() {
+    if (server) server->Shutdown(std::chrono::system_clock::now());
+  }
+  void start() {
+    jobs = std::make_unique<JobSupervisor>(options);
+    service = std::make_unique<ControllerService>(*jobs, admin_token);
+    server = start_grpc_server(*service, grpc_options, &port);
+    address = (grpc_options.tls_cert_file.empty() ? "127.0.0.1:" : "localhost:") + std::to_string(port);
+    jobs->set_worker_address(address);
+    stub = controller::Controller::NewStub(controller_channel(address, options.worker_ca_file));
+  }
+  // A call context carrying `token` (none when empty) and a 30 s deadline.
+  static std::unique_ptr<grpc::ClientContext> context(const std::string& token) {
+    auto c = std::make_unique<grpc::ClientContext>();
+    if (!token.empty()) set_call_token(*c, token);
+    c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    return c;
+  }
+  controller::JobStatusReply status(const std::string& job_id) {
+    controller::JobStatusRequest r;
+    r.set_job_id(job_id);
+    controller::JobStatusReply s;
+    const grpc::Status st = stub->JobStatus(context(admin_token).get(), r, &s);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return s;
+  }
+  // Polls the job's status every 50 ms until `done` holds or `timeout` passes; returns the last status.
+  controller::JobStatusReply wait_for(const std::string& job_id, std::chrono::milliseconds timeout,
+                                      const std::function<bool(const controller::JobStatusReply&)>& done) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    controller::JobStatusReply s = status(job_id);
+    while (!done(s) && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      s = status(job_id);
+    }
+    return s;
+  }
+
+  SupervisorOptions options;
+  GrpcServerOptions grpc_options;  // TLS: set the cert/key here and options.worker_ca_file (address: localhost)
+  std::ostringstream log;
+  std::string admin_token = "admin-token-for-tests-0123456789";
+  std::unique_ptr<JobSupervisor> jobs;
+  std::unique_ptr<ControllerService> service;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+  std::string address;
+  std::unique_ptr<controller::Controller::Stub> stub;
+};
+
+// Random tokens in [0, vocab) as a train shard (and a small val shard) under `dir`.
+inline void write_token_data(const std::string& dir, int64_t tokens, int32_t vocab, uint64_t seed) {
+  std::filesystem::create_directories(dir);
+  PhiloxStream rng(seed, 7);
+  std::vector<int32_t> t(static_cast<size_t>(tokens));
+  for (auto& v : t) v = static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab)));
+  write_shard(dir + "/train_000.bin", t);
+  write_shard(dir + "/val_000.bin", std::span<const int32_t>(t.data(), 512));
+}
+
+// A tiny GPT job on the CPU over the data of write_token_data (vocab 64).
+inline std::string tiny_job_yaml(const std::string& data_dir, const std::string& out_dir, int max_steps,
+                                 int checkpoint_every, int data_parallel = 1) {
+  return "model: {kind: gpt, n_layer: 2, d_model: 32, n_head: 2, vocab_size: 64, max_seq_len: 16}\n"
+         "data: {train: \"" + data_dir + "/train_*.bin\", batch_size: 2, seq_len: 16, shuffle: false}\n"
+         "optim: {lr: 1.0e-3, warmup_steps: 2}\n"
+         "train: {max_steps: " + std::to_string(max_steps) + ", checkpoint_every: " + std::to_string(checkpoint_every) +
+         ", keep_checkpoints: 3, log_every: 10, device: cpu, progress: false, out_dir: \"" + out_dir + "\"}\n"
+         "parallel: {data: " + std::to_string(data_parallel) + "}\n";
+}
+
+inline void write_text_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path);
+  out << text;
+  ASSERT_TRUE(out.good()) << path;
+}
+
+inline std::string file_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+}  // namespace loom::testing
