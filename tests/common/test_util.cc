@@ -3,13 +3,14 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <fstream>
 
 namespace loom::testing {
 
-TempDir::TempDir() {
+TempDir::TempDir(const std::string& label) {
   static std::atomic<int> counter{0};
   path_ = (std::filesystem::temp_directory_path() /
-           ("loom_test_" + std::to_string(getpid()) + "_" + std::to_string(counter++)))
+           ("loom_test_" + std::to_string(getpid()) + "_" + std::to_string(counter++) + (label.empty() ? "" : "_" + label)))
               .string();
   std::filesystem::remove_all(path_);
   std::filesystem::create_directories(path_);
@@ -18,6 +19,22 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
+}
+
+std::string TempDir::file(const std::string& name, const std::string& contents) const {
+  const std::filesystem::path p = std::filesystem::path(path_) / name;
+  std::filesystem::create_directories(p.parent_path());
+  std::ofstream(p, std::ios::binary) << contents;
+  return p.string();
+}
+
+std::string error_message(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no loom::Error thrown)";
 }
 
 Batch SyntheticTokens::make(int64_t index, Device device) const {

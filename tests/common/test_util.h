@@ -1,6 +1,7 @@
 // Helpers shared by the unit tests: temporary directories and small synthetic data sources.
 #pragma once
 #include <filesystem>
+#include <functional>
 #include <string>
 
 #include "core/rng.h"
@@ -8,17 +9,23 @@
 
 namespace loom::testing {
 
-// A fresh empty directory under the system temp dir, removed when the object dies.
+// A fresh empty directory under the system temp dir, removed when the object dies. `label` only makes the
+// name easier to recognise.
 class TempDir {
  public:
-  TempDir();
+  explicit TempDir(const std::string& label = "");
   ~TempDir();
   const std::string& path() const { return path_; }
   std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+  // Writes `contents` to `name` (creating parent folders) and returns the file's path.
+  std::string file(const std::string& name, const std::string& contents) const;
 
  private:
   std::string path_;
 };
+
+// The message of the loom::Error that `f` throws, or "(no loom::Error thrown)".
+std::string error_message(const std::function<void()>& f);
 
 // Random token sequences, a pure function of (seed, position): batches can be replayed from a saved position.
 // Targets are the inputs shifted by one within a (T+1)-token window, as in the real text loader.

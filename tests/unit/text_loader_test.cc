@@ -10,30 +10,13 @@
 #include <set>
 
 #include "core/error.h"
+#include "tests/common/test_util.h"
 
 namespace loom {
 namespace {
 namespace fs = std::filesystem;
-
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) {
-    path = fs::temp_directory_path() / ("loom_loader_test_" + std::to_string(::getpid()) + "_" + name);
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
-
-std::string error_message(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no loom::Error thrown)";
-}
+using testing::error_message;
+using testing::TempDir;
 
 constexpr int64_t kT = 4;
 

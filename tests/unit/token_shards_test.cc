@@ -10,30 +10,13 @@
 #include <random>
 
 #include "core/error.h"
+#include "tests/common/test_util.h"
 
 namespace loom {
 namespace {
 namespace fs = std::filesystem;
-
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) {
-    path = fs::temp_directory_path() / ("loom_shards_test_" + std::to_string(::getpid()) + "_" + name);
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
-
-std::string error_message(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no loom::Error thrown)";
-}
+using testing::error_message;
+using testing::TempDir;
 
 std::vector<int32_t> random_tokens(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -85,7 +68,7 @@ TEST(TokenShards, OverwriteLeavesNoTemporaryFiles) {
   const std::vector<int32_t> second = random_tokens(20, 2);
   write_shard(path, second);
   EXPECT_EQ(read_shard(path), second);
-  EXPECT_EQ(std::distance(fs::directory_iterator(dir.path), fs::directory_iterator()), 1);
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir.path()), fs::directory_iterator()), 1);
 }
 
 TEST(TokenShards, WriteRejectsTokensOutsideUint16) {
@@ -97,7 +80,7 @@ TEST(TokenShards, WriteRejectsTokensOutsideUint16) {
     EXPECT_NE(message.find(path), std::string::npos) << message;
     EXPECT_FALSE(fs::exists(path));
   }
-  EXPECT_EQ(std::distance(fs::directory_iterator(dir.path), fs::directory_iterator()), 0);
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir.path()), fs::directory_iterator()), 0);
   EXPECT_NE(error_message([&] { write_shard(dir / "no/such/folder.bin", std::vector<int32_t>{1}); })
                 .find("no/such/folder.bin"),
             std::string::npos);
