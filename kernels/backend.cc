@@ -1,11 +1,36 @@
 #include "kernels/backend.h"
 
+#include <chrono>
+
 #include "kernels/cpu/cpu_backend.h"
 #if LOOM_HAVE_CUDA_BACKEND
 #include "kernels/cuda/cuda_backend.h"
 #endif
 
 namespace loom {
+namespace {
+
+class HostClockMarker final : public WorkMarker {
+ public:
+  void record(void*) override {
+    at_ = std::chrono::steady_clock::now();
+    recorded_ = true;
+  }
+  double ms_since(const WorkMarker& earlier) const override {
+    const auto* e = dynamic_cast<const HostClockMarker*>(&earlier);
+    LOOM_CHECK(e && e->recorded_ && recorded_, "WorkMarker::ms_since: both markers must be host-clock markers "
+               "and recorded");
+    return std::chrono::duration<double, std::milli>(at_ - e->at_).count();
+  }
+
+ private:
+  std::chrono::steady_clock::time_point at_;
+  bool recorded_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<WorkMarker> Backend::make_marker() const { return std::make_unique<HostClockMarker>(); }
 
 bool cuda_available() {
 #if LOOM_HAVE_CUDA_BACKEND

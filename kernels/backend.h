@@ -39,6 +39,20 @@ struct AdamWHyper {
   double grad_scale = 1;   // gradients are multiplied by this first (clipping and loss-scale undo)
 };
 
+// A timestamp taken in the order of queued work, so phases can be timed without synchronising the step.
+// CUDA: an event recorded on a stream; CPU: the host clock when record() is called (CPU work is complete when
+// each call returns, and so is a host communicator's blocking operation).
+class WorkMarker {
+ public:
+  virtual ~WorkMarker() = default;
+  // Marks the point after everything queued so far on `stream` (a cudaStream_t of the backend's GPU, e.g. a
+  // communicator's; nullptr: the backend's own stream). The CPU marker ignores `stream`.
+  virtual void record(void* stream = nullptr) = 0;
+  // Milliseconds from `earlier` (made by the same backend) to this marker. Blocks until both have completed;
+  // throws loom::Error when either has not been recorded.
+  virtual double ms_since(const WorkMarker& earlier) const = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -46,6 +60,11 @@ class Backend {
   virtual std::string name() const = 0;
   // Blocks until queued work is done (no-op on the CPU).
   virtual void synchronize() {}
+  // The queue this backend's work runs on (CUDA: its cudaStream_t, a blocking stream, so Tensor copies on the
+  // legacy default stream stay ordered with it), for ordering communication against it; nullptr on the CPU.
+  virtual void* native_stream() const { return nullptr; }
+  // A new, unrecorded marker for timing this backend's work (default: the host clock).
+  virtual std::unique_ptr<WorkMarker> make_marker() const;
 
   // ---- memory and elementwise ----
   virtual void zero(Tensor& x) = 0;

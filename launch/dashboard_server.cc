@@ -13,6 +13,8 @@ nlohmann::json step_times_json(const controller::StepTimes& t) {
   return {{"data_ms", t.data_ms()},
           {"forward_backward_ms", t.forward_backward_ms()},
           {"optimizer_ms", t.optimizer_ms()},
+          {"communication_ms", t.communication_ms()},
+          {"exposed_communication_ms", t.exposed_communication_ms()},
           {"total_ms", t.total_ms()}};
 }
 

@@ -51,6 +51,8 @@ controller::StepTimes step_times_of(const nlohmann::json& record) {
     t.set_data_ms(ms.value("data", 0.0));
     t.set_forward_backward_ms(ms.value("forward_backward", 0.0));
     t.set_optimizer_ms(ms.value("optimizer", 0.0));
+    t.set_communication_ms(ms.value("communication", 0.0));
+    t.set_exposed_communication_ms(ms.value("exposed_communication", 0.0));
   }
   t.set_total_ms(record.value("ms_per_step", 0.0));
   return t;

@@ -114,6 +114,14 @@ class Communicator {
   virtual void wait_event(GpuEvent event) = 0;
   // Records `event` (created by the caller on this GPU) on stream() after every operation enqueued so far.
   virtual void record_event(GpuEvent event) = 0;
+  // Later operations on stream() start only after the work queued so far on `producer`, a CUDA stream of this
+  // GPU (e.g. Backend::native_stream()); nullptr names the legacy default stream, whose marker also covers the
+  // earlier work of every blocking stream and Tensor copies. Does not block the host. MPI: a no-op (host work
+  // is complete when its calls return).
+  virtual void wait_for_stream(GpuStream producer) = 0;
+  // Work queued later on `consumer` (a CUDA stream of this GPU; nullptr = the legacy default stream) starts
+  // only after every operation enqueued so far on stream(). Does not block the host. MPI: a no-op.
+  virtual void make_stream_wait(GpuStream consumer) = 0;
   // The CUDA stream operations are enqueued on (owned by the communicator); nullptr for MPI.
   virtual GpuStream stream() const = 0;
   // Blocks the host until every operation enqueued so far has completed (MPI: returns at once).

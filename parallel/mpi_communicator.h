@@ -7,7 +7,8 @@
 // - Blocking ops complete before returning; start_*() ops use MPI's non-blocking collectives
 //   (MPI_Iallreduce, MPI_Ireduce_scatter_block, MPI_Iallgather), which progress inside MPI calls: calling
 //   test() now and then (or any MPI op) keeps them moving while the caller computes.
-// - wait_event()/record_event() accept only nullptr; stream() is nullptr; synchronize() returns at once.
+// - wait_event()/record_event() accept only nullptr; wait_for_stream()/make_stream_wait() do nothing; stream()
+//   is nullptr; synchronize() returns at once.
 #pragma once
 #include <memory>
 
@@ -57,6 +58,8 @@ class MpiCommunicator final : public Communicator {
 
   void wait_event(GpuEvent event) override;
   void record_event(GpuEvent event) override;
+  void wait_for_stream(GpuStream) override {}
+  void make_stream_wait(GpuStream) override {}
   GpuStream stream() const override { return nullptr; }
   void synchronize() override {}
 

@@ -57,6 +57,7 @@ struct NcclCommunicator::State {
   std::unique_ptr<MpiCommunicator> group;  // the same ranks over MPI: bootstrap, barrier, split
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;
+  cudaEvent_t order_event = nullptr;  // wait_for_stream / make_stream_wait (re-recorded each time)
   int device = 0;
 
   CommOp op(const char* name) const { return {"nccl", name, group->rank(), group->size()}; }
@@ -76,6 +77,7 @@ struct NcclCommunicator::State {
     if (comm) {
       if (ncclResult_t r = ncclCommDestroy(comm); r != ncclSuccess) report("ncclCommDestroy", ncclGetErrorString(r));
     }
+    if (order_event) cudaEventDestroy(order_event);
     if (stream) {
       if (cudaError_t e = cudaStreamDestroy(stream); e != cudaSuccess) report("cudaStreamDestroy", cudaGetErrorString(e));
     }
@@ -103,6 +105,7 @@ std::unique_ptr<NcclCommunicator::State> make_state(std::unique_ptr<MpiCommunica
 
   DeviceScope scope(op, device);
   check_cuda(op, cudaStreamCreateWithFlags(&state->stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  check_cuda(op, cudaEventCreateWithFlags(&state->order_event, cudaEventDisableTiming), "cudaEventCreateWithFlags");
   check_nccl(op, ncclCommInitRank(&state->comm, state->group->size(), id, state->group->rank()), "ncclCommInitRank");
   return state;
 }
@@ -281,6 +284,22 @@ void NcclCommunicator::record_event(GpuEvent event) {
   if (!event) c.fail("the event is null");
   DeviceScope scope(c, state_->device);
   check_cuda(c, cudaEventRecord(static_cast<cudaEvent_t>(event), state_->stream), "cudaEventRecord");
+}
+
+// A stream wait captures the event's state when it is enqueued, so one event serves every call in turn.
+void NcclCommunicator::wait_for_stream(GpuStream producer) {
+  const CommOp c = state_->op("wait_for_stream");
+  DeviceScope scope(c, state_->device);
+  check_cuda(c, cudaEventRecord(state_->order_event, static_cast<cudaStream_t>(producer)), "cudaEventRecord");
+  check_cuda(c, cudaStreamWaitEvent(state_->stream, state_->order_event, 0), "cudaStreamWaitEvent");
+}
+
+void NcclCommunicator::make_stream_wait(GpuStream consumer) {
+  const CommOp c = state_->op("make_stream_wait");
+  DeviceScope scope(c, state_->device);
+  check_cuda(c, cudaEventRecord(state_->order_event, state_->stream), "cudaEventRecord");
+  check_cuda(c, cudaStreamWaitEvent(static_cast<cudaStream_t>(consumer), state_->order_event, 0),
+             "cudaStreamWaitEvent");
 }
 
 void NcclCommunicator::synchronize() {

@@ -60,6 +60,9 @@ class NcclCommunicator final : public Communicator {
   // cudaStreamWaitEvent(stream(), event) / cudaEventRecord(event, stream()). Null events throw.
   void wait_event(GpuEvent event) override;
   void record_event(GpuEvent event) override;
+  // Through an event of the communicator's own (cudaEventRecord + cudaStreamWaitEvent).
+  void wait_for_stream(GpuStream producer) override;
+  void make_stream_wait(GpuStream consumer) override;
   GpuStream stream() const override;
   void synchronize() override;
 

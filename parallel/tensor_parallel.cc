@@ -12,13 +12,15 @@ void check_split(const char* op, const Communicator& g, const Tensor& full, cons
              " rank parts of ", part.str(), " (token rows must divide by the tensor-parallel size)");
 }
 
-// Backend work must be finished before the communicator reads the tensors, and the communicator's results
-// before the backend uses them.
+// The communicator's stream waits for the backend's queued work, and the backend's stream for the result; the
+// operation's time goes to the context's timeline as exposed (the computation waits for it).
 template <typename F>
-void communicate(Backend& be, Communicator& g, F&& op) {
-  be.synchronize();
+void communicate(Backend& be, const TensorParallelContext* tp, Communicator& g, F&& op) {
+  g.wait_for_stream(be.native_stream());
+  if (tp->timeline) tp->timeline->begin(g);
   op();
-  g.synchronize();
+  if (tp->timeline) tp->timeline->end(g, /*exposed=*/true);
+  g.make_stream_wait(be.native_stream());
 }
 
 }  // namespace
@@ -34,7 +36,7 @@ void reduce_from_tensor_region_forward(Backend& be, const TensorParallelContext*
 void all_reduce_over_tensor_group(Backend& be, const TensorParallelContext* tp, Tensor& x) {
   Communicator* g = group_of(tp);
   if (!g) return;
-  communicate(be, *g, [&] { g->all_reduce(x, ReduceOp::Sum); });
+  communicate(be, tp, *g, [&] { g->all_reduce(x, ReduceOp::Sum); });
 }
 
 void gather_from_sequence_region_forward(Backend& be, const TensorParallelContext* tp, Tensor& full,
@@ -45,7 +47,7 @@ void gather_from_sequence_region_forward(Backend& be, const TensorParallelContex
     return;
   }
   check_split("gather_from_sequence_region", *g, full, part);
-  communicate(be, *g, [&] { g->all_gather(full, part); });
+  communicate(be, tp, *g, [&] { g->all_gather(full, part); });
 }
 
 void gather_from_sequence_region_backward(Backend& be, const TensorParallelContext* tp, Tensor& dpart,
@@ -57,11 +59,11 @@ void gather_from_sequence_region_backward(Backend& be, const TensorParallelConte
   }
   check_split("gather_from_sequence_region backward", *g, dfull, dpart);
   if (replicated_consumer) {
-    be.synchronize();
+    // A copy on the legacy default stream: ordered with the backend's blocking stream both ways.
     dpart.copy_from(dfull.slice_flat(g->rank() * dpart.numel(), {dpart.numel()}));
     return;
   }
-  communicate(be, *g, [&] { g->reduce_scatter(dpart, dfull, ReduceOp::Sum); });
+  communicate(be, tp, *g, [&] { g->reduce_scatter(dpart, dfull, ReduceOp::Sum); });
 }
 
 void reduce_scatter_to_sequence_region_forward(Backend& be, const TensorParallelContext* tp, Tensor& part,
@@ -72,7 +74,7 @@ void reduce_scatter_to_sequence_region_forward(Backend& be, const TensorParallel
     return;
   }
   check_split("reduce_scatter_to_sequence_region", *g, full, part);
-  communicate(be, *g, [&] { g->reduce_scatter(part, full, ReduceOp::Sum); });
+  communicate(be, tp, *g, [&] { g->reduce_scatter(part, full, ReduceOp::Sum); });
 }
 
 void reduce_scatter_to_sequence_region_backward(Backend& be, const TensorParallelContext* tp, Tensor& dfull,
@@ -102,7 +104,7 @@ void gather_vocab_columns(Backend& be, const TensorParallelContext* tp, Tensor& 
              local.str());
   // The all-gather stacks the ranks' [N, V/R] blocks; copy_tokens interleaves them into rows of [R, V/R].
   Tensor stacked = Tensor::empty({R * N * Vr}, full.dtype(), full.device());
-  communicate(be, *g, [&] { g->all_gather(stacked, local); });
+  communicate(be, tp, *g, [&] { g->all_gather(stacked, local); });
   Tensor dst = full.view({N, R, Vr});
   for (int r = 0; r < R; ++r)
     be.copy_tokens(dst, r, stacked.slice_flat(r * N * Vr, {N, 1, Vr}), 0, 1, /*accumulate=*/false);
@@ -145,7 +147,7 @@ void VocabParallelEmbedding::forward(Backend& be, const TensorParallelContext* t
   }
   LOOM_CHECK(table.numel() == w.numel() * g->size(), "VocabParallelEmbedding: table ", table.str(),
              " cannot hold ", g->size(), " shards of ", w.str());
-  communicate(be, *g, [&] { g->all_gather(table, w); });
+  communicate(be, tp, *g, [&] { g->all_gather(table, w); });
   be.embedding_forward(out, ids, table);
 }
 

@@ -17,12 +17,15 @@
 //   single-process code runs unchanged.
 // - Tensors live on the backend's device, which must be the communicator's device; `full` tensors have N rows
 //   and `part` tensors N / R rows of the same width (N must divide by R; loom::Error otherwise).
-// - Ordering: each operation synchronises the backend before communicating and the communicator after
-//   (no-ops on the CPU with MPI; on CUDA with NCCL correct but without overlap: event-based ordering on the
-//   communicator's stream is the next step there).
+// - Ordering without host synchronisation: the communicator's stream waits for the backend's queued work
+//   (Communicator::wait_for_stream) and the backend's stream for the communication (make_stream_wait), so the
+//   GPU runs region boundaries in program order while the host keeps queueing (no-ops on the CPU with MPI,
+//   where every call completes before it returns). Each operation's time is recorded in the context's
+//   CommTimeline, when it has one, as exposed communication (the computation waits for it).
 // - Errors throw loom::Error naming the operation; after one, the job should end (see communicator.h).
 #pragma once
 #include "kernels/backend.h"
+#include "parallel/comm_timeline.h"
 #include "parallel/communicator.h"
 
 namespace loom {
@@ -32,6 +35,7 @@ namespace loom {
 struct TensorParallelContext {
   Communicator* group = nullptr;  // null: no tensor parallelism
   bool sequence = false;          // Megatron-SP (only meaningful with size() > 1)
+  CommTimeline* timeline = nullptr;  // where region operations record their time (optional, not owned)
 
   int size() const { return group ? group->size() : 1; }
   int rank() const { return group ? group->rank() : 0; }

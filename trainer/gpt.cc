@@ -144,6 +144,7 @@ double GptModel::forward_backward(const Batch& batch, double loss_scale) {
   // per-row maxima and sums from each rank).
   backend_.cross_entropy(a.losses, a.logits, a.logits, targets, shape_.vocab, loss_scale / N, 0.0);
   const double loss = sum_on_host(a.losses) / N;
+  backward_starts();
   if (tensor_size(tp_) > 1) take_vocab_columns(backend_, tp_, a.logits_local, a.logits);
 
   auto sk = std::make_pair(B, T);

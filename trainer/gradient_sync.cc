@@ -4,6 +4,8 @@
 #include <cmath>
 #include <unordered_set>
 
+#include "parallel/host_collectives.h"
+
 namespace loom {
 namespace {
 
@@ -64,21 +66,30 @@ void GradientSync::arm(bool reduce) {
 
 void GradientSync::start(Bucket& b) {
   b.started = true;
-  // The backend must have written the bucket's gradients before the communicator reads them (CUDA: an event).
-  backend_.synchronize();
   Tensor slice = params_.grads().slice_flat(b.begin, {b.end - b.begin});
   if (!zero1_) {
-    if (data_) requests_.push_back(data_->start_all_reduce(slice, ReduceOp::Average));
+    if (!data_) return;
+    // The bucket's gradients are queued on the backend's stream; the reduction waits for them there, not on
+    // the host, so the backward keeps running.
+    data_->wait_for_stream(backend_.native_stream());
+    if (timeline_) timeline_->begin(*data_);
+    requests_.push_back(data_->start_all_reduce(slice, ReduceOp::Average));
+    if (timeline_) timeline_->end(*data_, /*exposed=*/false);
     return;
   }
   // Sequence-parallel partial gradients must be summed over the tensor group before leaving the bucket.
   reduce_partial_over_tensor(b.begin, b.end);
   b.staging.slice_flat(0, {slice.numel()}).copy_from(slice);
   Tensor mine = shard_grads_.slice_flat(b.offset, {b.piece});
-  if (data_)
-    requests_.push_back(data_->start_reduce_scatter(mine, b.staging, ReduceOp::Average));
-  else
+  if (!data_) {
     mine.copy_from(b.staging);
+    return;
+  }
+  // The staging copy runs on the legacy default stream (after the backend's queued work): wait for that.
+  data_->wait_for_stream(nullptr);
+  if (timeline_) timeline_->begin(*data_);
+  requests_.push_back(data_->start_reduce_scatter(mine, b.staging, ReduceOp::Average));
+  if (timeline_) timeline_->end(*data_, /*exposed=*/false);
 }
 
 void GradientSync::reduce_partial_over_tensor(int64_t begin, int64_t end) {
@@ -108,9 +119,11 @@ size_t GradientSync::started_buckets() const {
 
 void GradientSync::finish() {
   on_grads_ready("");
+  if (data_ && timeline_ && !requests_.empty()) timeline_->mark_compute_end();
   for (auto& r : requests_) r->wait();
-  requests_.clear();
   if (data_) data_->synchronize();
+  if (data_ && timeline_ && !requests_.empty()) timeline_->mark_overlap_end(*data_);
+  requests_.clear();
   armed_ = false;
   // Sequence parallelism: LayerNorm gradients from this rank's token rows only; sum over the tensor group
   // (ZeRO-1 did it per bucket before the reduce-scatter).
@@ -138,11 +151,11 @@ double GradientSync::grad_norm() {
     sums.data<double>()[0] += sharded;
     sums.data<double>()[1] += replicated;
   }
-  if (zero1_ && data_) data_->all_reduce(sums, ReduceOp::Sum);  // each data rank holds one shard
+  if (zero1_ && data_) all_reduce_host(*data_, sums, ReduceOp::Sum);  // each data rank holds one shard
   if (tp_ && tp_->active()) {
     // Replicated parameters are equal on every tensor rank: sum only the sharded part over the group.
     Tensor s = sums.slice_flat(0, {1});
-    tp_->group->all_reduce(s, ReduceOp::Sum);
+    all_reduce_host(*tp_->group, s, ReduceOp::Sum);
   }
   return std::sqrt(sums.data<double>()[0] + sums.data<double>()[1]);
 }
@@ -152,16 +165,23 @@ Tensor GradientSync::all_gather_shards(const Tensor& shard) {
              shard_size_, " elements");
   const int D = data_ ? data_->size() : 1;
   Tensor out = Tensor::empty({params_.layout().total()}, shard.dtype(), shard.device());
+  // All buckets are gathered first (the shard was written by backend kernels or legacy-stream copies: the
+  // communicator waits for both), then copied out once the communicator's stream is done.
+  if (data_) data_->wait_for_stream(nullptr);
+  std::vector<Tensor> gathered;
   for (const Bucket& b : buckets_) {
-    Tensor gathered = Tensor::empty({b.piece * D}, shard.dtype(), shard.device());
+    gathered.push_back(Tensor::empty({b.piece * D}, shard.dtype(), shard.device()));
     const Tensor mine = shard.slice_flat(b.offset, {b.piece});
     if (data_)
-      data_->all_gather(gathered, mine);
+      data_->all_gather(gathered.back(), mine);
     else
-      gathered.copy_from(mine);
-    out.slice_flat(b.begin, {b.end - b.begin}).copy_from(gathered.slice_flat(0, {b.end - b.begin}));
+      gathered.back().copy_from(mine);
   }
   if (data_) data_->synchronize();
+  for (size_t i = 0; i < buckets_.size(); ++i) {
+    const Bucket& b = buckets_[i];
+    out.slice_flat(b.begin, {b.end - b.begin}).copy_from(gathered[i].slice_flat(0, {b.end - b.begin}));
+  }
   return out;
 }
 
@@ -186,7 +206,7 @@ NamedTensors full_tensors_from_arena(const ParameterLayout& layout, const Tensor
     local.copy_from(host.slice_flat(e.offset, e.spec.shape));
     if (e.spec.sharding.sharded() && R > 1) {
       Tensor parts = Tensor::empty({e.numel * R}, host.dtype());
-      tp->group->all_gather(parts, local);
+      all_gather_host(*tp->group, parts, local);
       local = full_from_shards(e.spec, parts, R);
     }
     out.emplace_back(name_prefix + e.spec.name, local);

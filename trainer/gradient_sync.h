@@ -9,9 +9,11 @@
 // backward; finish() waits for all of them before the optimizer. Only the last micro-step of an accumulation
 // reduces (arm(true)); earlier micro-steps just accumulate locally.
 //
-// The design carries to NCCL: a bucket's start is where a CUDA build records an event on the compute stream and
-// makes the communicator's stream wait on it (Communicator::wait_event) instead of synchronising the backend;
-// finish() is where the optimizer's stream would wait on the last bucket's event.
+// On NCCL a bucket's start makes the communicator's stream wait for the backend's queued work
+// (Communicator::wait_for_stream) instead of synchronising the host, so the backward keeps running on the GPU
+// while earlier buckets are reduced on the communicator's stream; finish() waits for the reductions on the
+// host (the gradient norm needs the host anyway). With a CommTimeline each bucket's time is recorded, and the
+// part after the backward's end as exposed communication.
 //
 // ZeRO-1: a complete bucket starts a non-blocking reduce-scatter instead (the bucket padded to a multiple of
 // the data size D, so data rank d receives the averaged gradients of the bucket's d-th 1/D); the optimizer
@@ -46,6 +48,8 @@ class GradientSync {
   // Called at each micro-step's start: `reduce` is true on the last micro-step of a step (the one whose
   // gradients are complete), which then launches bucket reductions from on_grads_ready().
   void arm(bool reduce);
+  // Where bucket reductions record their time (optional; not owned, must outlive this object).
+  void set_timeline(CommTimeline* timeline) { timeline_ = timeline; }
   // The model's grad-ready hook (see Model::set_grad_ready_hook): "" means every remaining parameter.
   void on_grads_ready(const std::string& prefix);
   // Completes the step's reduction: launches what is left, waits for every request, then sums the
@@ -95,6 +99,7 @@ class GradientSync {
   Communicator* data_;
   const TensorParallelContext* tp_;
   bool zero1_;
+  CommTimeline* timeline_ = nullptr;
   bool armed_ = false;
   std::vector<Bucket> buckets_;
   std::vector<int> bucket_of_entry_;  // by index into layout().entries()

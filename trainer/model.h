@@ -50,14 +50,21 @@ class Model {
   // not yet announced) at the end. The data-parallel gradient reducer launches its buckets from it.
   using GradReadyHook = std::function<void(const std::string& prefix)>;
   void set_grad_ready_hook(GradReadyHook hook) { grad_ready_ = std::move(hook); }
+  // Called once per forward_backward() where the forward (loss included) ends and the backward begins; the
+  // trainer records a timing marker there.
+  void set_backward_start_hook(std::function<void()> hook) { backward_start_ = std::move(hook); }
 
  protected:
   void grads_ready(const std::string& prefix) {
     if (grad_ready_) grad_ready_(prefix);
   }
+  void backward_starts() {
+    if (backward_start_) backward_start_();
+  }
 
  private:
   GradReadyHook grad_ready_;
+  std::function<void()> backward_start_;
 };
 
 }  // namespace loom

@@ -12,6 +12,9 @@
 #include "parallel/environment.h"
 #include "parallel/mesh.h"
 #include "parallel/mpi_communicator.h"
+#if LOOM_HAVE_NCCL
+#include "parallel/nccl_communicator.h"
+#endif
 #include "trainer/gpt.h"
 #include "trainer/gradient_sync.h"
 #include "trainer/hf_gpt2.h"
@@ -117,18 +120,21 @@ TrainResult train_on_mesh(const config::RunConfig& cfg, std::ostream& rank0_log,
     if (!out) fail(t.out_dir(), "/config.yaml: cannot write");
   }
   if (mesh) mesh->world().barrier();  // out_dir exists for every rank
-  const Device device = select_device(t);
+  // On a GPU mesh each rank runs on its communicator's GPU (one per local rank).
+  const Device device = mesh && mesh->world().device().is_cuda() ? mesh->world().device() : select_device(t);
   auto backend = make_backend(device);
   backend->set_deterministic(t.deterministic());
   if (mesh)
-    LOOM_CHECK(mesh->world().device() == backend->device(), "the ", mesh->world().backend_name(),
-               " communicator works on ", mesh->world().device().str(), " but the model runs on ",
-               backend->device().str(), " (the CPU/MPI path needs train.device=cpu; CUDA needs the NCCL path)");
+    LOOM_CHECK(mesh->world().device() == backend->device() && t.device() != (device.is_cpu() ? "cuda" : "cpu"),
+               "train.device is \"", t.device(), "\" but the ", mesh->world().backend_name(), " communicator works on ",
+               mesh->world().device().str(), " (the CPU path uses MPI, GPUs use NCCL)");
   const DType compute = select_compute_dtype(device, t);
+  CommTimeline timeline(*backend);
   TensorParallelContext tp;
   if (mesh) {
     tp.group = &mesh->tensor_group();
     tp.sequence = cfg.parallel().sequence();
+    tp.timeline = &timeline;
   }
   auto model = build_model(cfg, *backend, compute, mesh ? &tp : nullptr);
   auto data = build_data_source(cfg, mesh ? mesh->data_index() : 0, mesh ? mesh->data_size() : 1);
@@ -182,7 +188,16 @@ TrainResult run_training(const config::RunConfig& cfg, std::ostream& log,
              "; start them with launch/loom-mpirun --np ", ranks, ")");
   if (world->size() == 1) return train_on_mesh(cfg, log, observers, nullptr);
   try {
-    ProcessMesh mesh(*world, par.data(), par.tensor());
+    // GPUs communicate over NCCL (one GPU per local rank), the CPU backend over MPI.
+    std::unique_ptr<Communicator> gpu_world;
+    if (!select_device(cfg.train()).is_cpu()) {
+#if LOOM_HAVE_NCCL
+      gpu_world = NcclCommunicator::create(*world, env.local_rank);
+#else
+      fail("train.device selects a GPU for ", world->size(), " processes but this build has no NCCL");
+#endif
+    }
+    ProcessMesh mesh(gpu_world ? *gpu_world : static_cast<Communicator&>(*world), par.data(), par.tensor());
     return train_on_mesh(cfg, log, observers, &mesh);
   } catch (const std::exception& e) {
     // The other ranks may be blocked in a collective this rank will never join: end the whole job.

@@ -10,6 +10,7 @@
 
 #include "core/checkpoint.h"
 #include "core/config.h"
+#include "parallel/host_collectives.h"
 #include "trainer/mfu.h"
 
 namespace loom {
@@ -67,6 +68,21 @@ Trainer::Trainer(const config::RunConfig& cfg, Model& model, DataSource& data, s
   optimizer_ = std::make_unique<AdamW>(model.params(), cfg.optim(), model.backend(), sync_->owned_ranges(),
                                        sync_->shard_size());
   model_.set_grad_ready_hook([this](const std::string& prefix) { sync_->on_grads_ready(prefix); });
+  // Communication is timed in the model's tensor-parallel context's timeline when it has one (so region
+  // operations and gradient buckets add up in one account), else in the trainer's own.
+  if (parallel_.tp && parallel_.tp->timeline) {
+    timeline_ = parallel_.tp->timeline;
+  } else {
+    own_timeline_ = std::make_unique<CommTimeline>(model.backend());
+    timeline_ = own_timeline_.get();
+  }
+  sync_->set_timeline(timeline_);
+  phase_markers_ = std::make_unique<MarkerPool>(model.backend());
+  model_.set_backward_start_hook([this] {
+    if (!backward_marker_) return;
+    backward_marker_->record();
+    backward_marked_ = true;
+  });
   if (writes_files()) metrics_ = std::make_unique<MetricsWriter>(cfg_.train().out_dir() + "/metrics.jsonl");
   if (cfg_.train().has_peak_flops())
     peak_flops_ = cfg_.train().peak_flops();
@@ -80,14 +96,14 @@ void Trainer::sum_over_data(std::vector<double>& values) {
   if (data_size() == 1) return;
   Tensor t = Tensor::from_vector(std::vector<float>(values.size()), {static_cast<int64_t>(values.size())}, DType::F64);
   std::copy(values.begin(), values.end(), t.data<double>());
-  parallel_.mesh->data_group().all_reduce(t, ReduceOp::Sum);
+  all_reduce_host(parallel_.mesh->data_group(), t, ReduceOp::Sum);
   std::copy(t.data<double>(), t.data<double>() + values.size(), values.begin());
 }
 
 TrainingObserver::Control Trainer::agree(TrainingObserver::Control control) {
   if (!parallel_.mesh || parallel_.mesh->world().size() == 1) return control;
   Tensor t = Tensor::from_vector({control.checkpoint_now ? 1.f : 0.f, control.stop ? 1.f : 0.f}, {2}, DType::F64);
-  parallel_.mesh->world().broadcast(t, 0);
+  broadcast_host(parallel_.mesh->world(), t, 0);
   return {t.item(0) != 0, t.item(1) != 0};
 }
 
@@ -173,7 +189,16 @@ TrainResult Trainer::run(int64_t stop_at_step) {
 
   while (step_ < end_step) {
     const auto step_start = Clock::now();
-    double data_ms = 0, compute_ms = 0;
+    // Phases are timed with markers in the backend's stream order (CUDA events), so timing adds no
+    // synchronisation; data loading is host work and timed on the host.
+    phase_markers_->reset();
+    timeline_->collect();  // drops what validation, sampling or checkpoints recorded since the last step
+    double data_ms = 0, forward_ms = 0, backward_ms = 0;
+    WorkMarker* micro_end = nullptr;
+    struct MicroMarks {
+      WorkMarker *start, *backward, *end;  // backward is null for a model without the hook (all forward)
+    };
+    std::vector<MicroMarks> micro_marks;  // read after the step's synchronize (reading waits for the GPU)
     be.zero(model_.params().grads());
     double loss = 0;
     int64_t samples = 0;
@@ -181,14 +206,21 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       const auto d0 = Clock::now();
       Batch batch = data_.next_train(be.device());
       data_ms += ms_since(d0);
-      const auto c0 = Clock::now();
       sync_->arm(/*reduce=*/micro == accum - 1);  // data-parallel reduction on the last micro-step only
+      WorkMarker& micro_start = phase_markers_->next();
+      micro_start.record();
+      backward_marker_ = &phase_markers_->next();
+      backward_marked_ = false;
       loss += model_.forward_backward(batch, 1.0 / accum) / accum;
-      compute_ms += ms_since(c0);
+      micro_end = &phase_markers_->next();
+      micro_end->record();
+      micro_marks.push_back({&micro_start, backward_marked_ ? backward_marker_ : nullptr, micro_end});
+      backward_marker_ = nullptr;
       samples += batch.inputs.dim(0);
     }
-    const auto o0 = Clock::now();
     sync_->finish();
+    WorkMarker& synced = phase_markers_->next();
+    synced.record();
     // The loss of the global batch: the mean of the data ranks' means (equal micro-batch sizes).
     std::vector<double> global = {loss, static_cast<double>(samples)};
     sum_over_data(global);
@@ -200,8 +232,16 @@ TrainResult Trainer::run(int64_t stop_at_step) {
                norm, " is not finite; stopping (the last checkpoint is intact)");
     optimizer_->step(lr, step_ + 1, norm, sync_->zero1() ? sync_->shard_grads() : Tensor());
     sync_->all_gather_parameters();
+    WorkMarker& stepped = phase_markers_->next();
+    stepped.record();
     be.synchronize();
-    const double optim_ms = ms_since(o0);
+    for (const MicroMarks& m : micro_marks) {
+      forward_ms += (m.backward ? m.backward : m.end)->ms_since(*m.start);
+      if (m.backward) backward_ms += m.end->ms_since(*m.backward);
+    }
+    const double grad_sync_ms = synced.ms_since(*micro_end);
+    const double optim_ms = stepped.ms_since(synced);
+    const CommTimeline::Totals comm = timeline_->collect();
     ++step_;
     const double step_ms = ms_since(step_start);
     const double tokens_per_s = samples * model_.tokens_per_sample() / (step_ms / 1e3);
@@ -222,7 +262,16 @@ TrainResult Trainer::run(int64_t stop_at_step) {
                           {"hardware_flops_per_s", samples * flops.hardware / (step_ms / 1e3)},
                           {"peak_flops", peak_flops_},
                           {"mfu", mfu},
-                          {"time_ms", {{"data", data_ms}, {"forward_backward", compute_ms}, {"optimizer", optim_ms}}}};
+                          {"time_ms",
+                           {{"data", data_ms},
+                            {"forward", forward_ms},
+                            {"backward", backward_ms},
+                            {"forward_backward", forward_ms + backward_ms},
+                            {"grad_sync", grad_sync_ms},
+                            {"optimizer", optim_ms},
+                            {"communication", comm.communication_ms},
+                            {"exposed_communication", comm.exposed_ms},
+                            {"compute", step_ms - comm.exposed_ms}}}};
     if (t.log_every() > 0 && (step_ % t.log_every() == 0 || step_ == max_steps)) {
       if (show_progress) std::fprintf(stderr, "\r%*s\r", 80, "");
       char line[256];
@@ -249,7 +298,7 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       }
     }
     if (sampler_ && ((t.sample_every() > 0 && step_ % t.sample_every() == 0) || last)) sampler_(step_);
-    if ((t.checkpoint_every() > 0 && step_ % t.checkpoint_every() == 0) || last) {
+    if ((t.checkpoint_every() > 0 && step_ % t.checkpoint_every() == 0) || (last && t.checkpoint_every() >= 0)) {
       last_checkpoint = save_checkpoint_now();
       rec["checkpoint"] = last_checkpoint;
     }

@@ -2,6 +2,11 @@
 // periodic validation, sampling, checkpoints and resume, a log line per step, a progress display with ETA,
 // and metrics as JSON Lines (step, loss, lr, grad norm, tokens/s, ms/step, MFU, time by phase).
 //
+// Time by phase (metrics "time_ms"): data (host clock), forward, backward, grad_sync (waiting for the gradient
+// reduction after the backward), optimizer (norm, clipping, AdamW, ZeRO gather) from markers in the backend's
+// stream order (CUDA events); communication (Σ collective durations) and exposed_communication (the part the
+// computation waited for) from the CommTimeline (parallel/comm_timeline.h); compute = step − exposed.
+//
 // Thread-safety: one thread runs a Trainer. Errors (bad checkpoint, data, write failures) throw loom::Error.
 #pragma once
 #include <functional>
@@ -99,6 +104,11 @@ class Trainer {
   std::unique_ptr<GradientSync> sync_;
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<MetricsWriter> metrics_;
+  std::unique_ptr<CommTimeline> own_timeline_;  // when the tensor-parallel context brings none
+  CommTimeline* timeline_ = nullptr;
+  std::unique_ptr<MarkerPool> phase_markers_;
+  WorkMarker* backward_marker_ = nullptr;  // recorded by the model's backward-start hook
+  bool backward_marked_ = false;
   std::function<void(int64_t)> sampler_;
   std::vector<TrainingObserver*> observers_;
   int64_t step_ = 0;

@@ -190,6 +190,7 @@ double VitModel::forward_backward(const Batch& batch, double loss_scale) {
   Tensor dnormed = s.dln.slice_flat(0, {B, T, D});
   backend_.zero(dnormed);
 
+  backward_starts();  // the heads' losses are fused with their gradients, so the loss is timed as backward
   // Each head's loss is weighted 1/k, so the total is the mean of the heads' mean losses.
   const char* heads[2] = {"head", "head_dist"};
   Tensor* logits[2] = {&a.logits, &a.logits_dist};

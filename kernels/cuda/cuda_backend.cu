@@ -35,6 +35,45 @@ CudaBackend::~CudaBackend() {
 
 void CudaBackend::activate() const { LOOM_CUDA_CALL(cudaSetDevice(device_)); }
 
+namespace {
+
+// A timing event; record() on another stream of the same device (a communicator's) is allowed.
+class EventMarker final : public WorkMarker {
+ public:
+  EventMarker(int device, cudaStream_t own_stream) : device_(device), own_stream_(own_stream) {
+    LOOM_CUDA_CALL(cudaSetDevice(device_));
+    LOOM_CUDA_CALL(cudaEventCreate(&event_));
+  }
+  ~EventMarker() override { cudaEventDestroy(event_); }  // best effort: destructors must not throw
+  EventMarker(const EventMarker&) = delete;
+  EventMarker& operator=(const EventMarker&) = delete;
+
+  void record(void* stream) override {
+    LOOM_CUDA_CALL(cudaEventRecord(event_, stream ? static_cast<cudaStream_t>(stream) : own_stream_));
+    recorded_ = true;
+  }
+  double ms_since(const WorkMarker& earlier) const override {
+    const auto* e = dynamic_cast<const EventMarker*>(&earlier);
+    LOOM_CHECK(e && e->recorded_ && recorded_ && e->device_ == device_,
+               "WorkMarker::ms_since: both markers must be recorded CUDA events of one device");
+    LOOM_CUDA_CALL(cudaEventSynchronize(event_));
+    LOOM_CUDA_CALL(cudaEventSynchronize(e->event_));
+    float ms = 0;
+    LOOM_CUDA_CALL(cudaEventElapsedTime(&ms, e->event_, event_));
+    return ms;
+  }
+
+ private:
+  int device_;
+  cudaStream_t own_stream_;
+  cudaEvent_t event_ = nullptr;
+  bool recorded_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<WorkMarker> CudaBackend::make_marker() const { return std::make_unique<EventMarker>(device_, stream_); }
+
 void CudaBackend::synchronize() {
   activate();
   LOOM_CUDA_CALL(cudaMemcpyAsync(error_flag_host_, error_flag_, sizeof(int), cudaMemcpyDeviceToHost, stream_));

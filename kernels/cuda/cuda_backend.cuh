@@ -22,6 +22,9 @@ class CudaBackend final : public Backend {
   void synchronize() override;
   // The stream all of this backend's work is queued on (for kernels added from other files).
   cudaStream_t stream() const { return stream_; }
+  void* native_stream() const override { return stream_; }
+  // A CUDA event (with timing) on this backend's device.
+  std::unique_ptr<WorkMarker> make_marker() const override;
 
   void zero(Tensor& x) override;
   void add(Tensor& out, const Tensor& a, const Tensor& b) override;

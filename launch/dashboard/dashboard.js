@@ -51,7 +51,8 @@ function drawRanks(ranks) {
     const bar = document.createElement("span");
     bar.className = "bar";
     bar.title = `data ${t.data_ms.toFixed(2)} ms, forward+backward ${t.forward_backward_ms.toFixed(2)} ms, ` +
-      `optimizer ${t.optimizer_ms.toFixed(2)} ms, step ${t.total_ms.toFixed(2)} ms`;
+      `optimizer ${t.optimizer_ms.toFixed(2)} ms, communication ${t.communication_ms.toFixed(2)} ms ` +
+      `(exposed ${t.exposed_communication_ms.toFixed(2)} ms), step ${t.total_ms.toFixed(2)} ms`;
     for (const [cls, ms] of [["data", t.data_ms], ["fb", t.forward_backward_ms], ["opt", t.optimizer_ms]]) {
       const part = document.createElement("span");
       part.className = cls;

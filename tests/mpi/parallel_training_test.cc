@@ -1,238 +1,26 @@
-// Distributed training reproduces single-process training: data, tensor and sequence parallelism, ZeRO-1, and
-// resuming a checkpoint under a different layout, for GPT and ViT on tiny synthetic data (a token shard and
-// IDX image files written by the test).
-//
-// Every layout runs through train_on_mesh (the path run_training takes) on a sub-communicator of the job's
-// first data × tensor ranks (the other ranks wait), so one mpirun checks layouts of any size dividing it. The
-// reference is the same run with one process and the global batch (data × per-rank batch), computed by every
-// rank locally. Compared: the loss of every step (relative 1e-5) and every final weight tensor (distance within
-// 1e-4 of its norm), read back from metrics.jsonl and the final checkpoint (full, layout-independent tensors).
+// Distributed training on the CPU (MPI) reproduces single-process training: data, tensor and sequence
+// parallelism, ZeRO-1, gradient accumulation and resuming a checkpoint under a different layout, for GPT and ViT
+// on tiny synthetic data, within 1e-5 (losses) and 1e-4 (weights) of the reference (tests/mpi/
+// parallel_training_harness.h). tests/gpu_mpi runs the same layouts on GPUs over NCCL.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
-#include <cmath>
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <map>
-#include <nlohmann/json.hpp>
-#include <sstream>
 
-#include "core/checkpoint.h"
-#include "core/config.h"
-#include "core/idx.h"
-#include "core/rng.h"
-#include "core/safetensors.h"
-#include "core/token_shards.h"
 #include "parallel/mesh.h"
 #include "tests/mpi/mpi_test_util.h"
+#include "tests/mpi/parallel_training_harness.h"
 #include "trainer/run.h"
 
 namespace loom::testing {
 namespace {
-
-constexpr int kSteps = 20;
-constexpr int kGlobalBatch = 4;
-
-// A directory shared by every rank: rank 0 creates it, the path is broadcast. Removed by rank 0 at exit.
-const std::string& shared_dir() {
-  static std::string dir = [] {
-    MpiCommunicator& world = test_world();
-    char path[256] = {0};
-    if (world.rank() == 0) {
-      std::string tmpl = (std::filesystem::temp_directory_path() / "loom_parallel_XXXXXX").string();
-      LOOM_CHECK(mkdtemp(tmpl.data()) != nullptr, "mkdtemp failed");
-      std::snprintf(path, sizeof path, "%s", tmpl.c_str());
-    }
-    world.broadcast_bytes(path, sizeof path, 0);
-    if (world.rank() == 0) std::atexit([] { std::filesystem::remove_all(shared_dir()); });
-    return std::string(path);
-  }();
-  return dir;
-}
-
-// The data files, written once by rank 0: 96 windows of 8 tokens (vocabulary 64) and 96 8x8 images of 4 classes.
-void write_data_once() {
-  static bool written = false;
-  if (written) return;
-  MpiCommunicator& world = test_world();
-  if (world.rank() == 0) {
-    PhiloxStream rng(2024, 1);
-    std::vector<int32_t> tokens(96 * 8 + 1);
-    for (auto& t : tokens) t = static_cast<int32_t>(rng.uniform() * 64) % 64;
-    write_shard(shared_dir() + "/tokens_000.bin", tokens);
-    IdxImages images{96, 8, 8, {}};
-    std::vector<uint8_t> labels(96);
-    for (int64_t i = 0; i < 96; ++i) {
-      labels[i] = static_cast<uint8_t>(i % 4);
-      for (int p = 0; p < 64; ++p)  // class-dependent brightness so the task is learnable
-        images.pixels.push_back(static_cast<uint8_t>(static_cast<int>(rng.uniform() * 128) % 128 + 32 * labels[i]));
-    }
-    write_idx_images(shared_dir() + "/images.idx", images);
-    write_idx_labels(shared_dir() + "/labels.idx", labels);
-  }
-  world.barrier();
-  written = true;
-}
-
-struct Layout {
-  int data = 1, tensor = 1;
-  bool sequence = false, zero1 = false;
-  int accum = 1;  // gradient accumulation micro-steps (the reference uses the same)
-  std::string name() const {
-    return "dp" + std::to_string(data) + "_tp" + std::to_string(tensor) + (sequence ? "_sp" : "") +
-           (zero1 ? "_zero1" : "") + (accum > 1 ? "_accum" + std::to_string(accum) : "");
-  }
-};
-
-config::RunConfig make_config(const std::string& kind, const Layout& layout, const std::string& out_dir) {
-  const std::string& dir = shared_dir();
-  std::ostringstream y;
-  if (kind == "gpt") {
-    y << "model: {kind: gpt, n_layer: 2, d_model: 16, n_head: 4, mlp_dim: 32, vocab_size: 64, max_seq_len: 8}\n"
-      << "data: {train: '" << dir << "/tokens_*.bin', seq_len: 8, batch_size: " << kGlobalBatch / layout.data
-      << "}\n";
-  } else {
-    y << "model: {kind: vit, n_layer: 2, d_model: 16, n_head: 4, mlp_dim: 32, image_size: 8, patch_size: 4, "
-         "in_channels: 1, num_classes: 4}\n"
-      << "data: {train: '" << dir << "/images.idx', train_labels: '" << dir << "/labels.idx', crop_padding: 1, "
-      << "batch_size: " << kGlobalBatch / layout.data << "}\n";
-  }
-  // eps 1e-6: the key bias's gradient is exactly zero in exact arithmetic (softmax ignores a per-query constant),
-  // so in floating point it is rounding noise that depends on summation order; with a tiny eps AdamW turns that
-  // noise into full-size steps, which no two layouts (or thread counts) can reproduce.
-  y << "optim: {lr: 0.01, warmup_steps: 3, weight_decay: 0.1, grad_clip: 1.0, eps: 1.0e-6}\n"
-    << "train: {max_steps: " << kSteps << ", grad_accum_steps: " << layout.accum
-    << ", device: cpu, progress: false, log_every: 0, seed: 7, "
-    << "keep_checkpoints: 5, out_dir: '" << out_dir << "'}\n"
-    << "parallel: {data: " << layout.data << ", tensor: " << layout.tensor << ", sequence: "
-    << (layout.sequence ? "true" : "false") << ", zero1: " << (layout.zero1 ? "true" : "false") << ", bucket_mb: 1}\n";
-  return parse_run_config(y.str(), kind + "_" + layout.name());
-}
-
-// Stops the run after `stop_step` on world rank 0 only: the trainer must make every rank follow rank 0.
-class StopOnRankZero final : public TrainingObserver {
- public:
-  StopOnRankZero(int64_t stop_step, bool is_rank_zero) : stop_step_(stop_step), rank_zero_(is_rank_zero) {}
-  void on_step(const nlohmann::json& record) override { step_ = record.at("step").get<int64_t>(); }
-  Control poll() override { return {false, rank_zero_ && step_ == stop_step_}; }
-
- private:
-  int64_t stop_step_, step_ = 0;
-  bool rank_zero_;
-};
-
-// Runs `cfg` on the first data × tensor ranks of the job (the others wait); returns whether this rank ran.
-bool run_layout(const config::RunConfig& cfg, int64_t stop_step = -1) {
-  MpiCommunicator& world = test_world();
-  const int ranks = cfg.parallel().data() * cfg.parallel().tensor();
-  const bool member = world.rank() < ranks;
-  std::unique_ptr<Communicator> group = world.split(member ? 0 : 1, world.rank());
-  if (member) {
-    ProcessMesh mesh(*group, cfg.parallel().data(), cfg.parallel().tensor());
-    std::ostringstream log;
-    StopOnRankZero stop(stop_step, group->rank() == 0);
-    std::vector<TrainingObserver*> observers;
-    if (stop_step > 0) observers.push_back(&stop);
-    const TrainResult r = train_on_mesh(cfg, log, observers, &mesh);
-    EXPECT_EQ(r.steps_done, stop_step > 0 ? stop_step : kSteps) << cfg.train().out_dir();
-    // The layout really is in use (a model built without its shards would reproduce the reference trivially).
-    if (group->rank() == 0) {
-      const std::string layout = std::to_string(cfg.parallel().data()) + " data x " +
-                                 std::to_string(cfg.parallel().tensor()) + " tensor ranks";
-      EXPECT_NE(log.str().find(layout), std::string::npos) << log.str();
-      if (cfg.parallel().tensor() > 1) EXPECT_NE(log.str().find("per tensor rank"), std::string::npos) << log.str();
-      if (cfg.parallel().sequence())
-        EXPECT_NE(log.str().find("with sequence parallelism"), std::string::npos) << log.str();
-      if (cfg.parallel().zero1()) EXPECT_NE(log.str().find("ZeRO-1"), std::string::npos) << log.str();
-    }
-  }
-  world.barrier();
-  return member;
-}
-
-std::map<int64_t, double> losses_by_step(const std::string& out_dir) {
-  std::ifstream in(out_dir + "/metrics.jsonl");
-  EXPECT_TRUE(in.good()) << out_dir << "/metrics.jsonl";
-  std::map<int64_t, double> out;
-  for (std::string line; std::getline(in, line);) {
-    const auto j = nlohmann::json::parse(line);
-    out[j.at("step").get<int64_t>()] = j.at("loss").get<double>();
-  }
-  return out;
-}
-
-// The single-process reference for `kind` with `accum` micro-steps, run once per rank in its own directory.
-const std::string& reference_dir(const std::string& kind, int accum = 1) {
-  static std::map<std::string, std::string> dirs;
-  const std::string key = kind + "_accum" + std::to_string(accum);
-  auto it = dirs.find(key);
-  if (it != dirs.end()) return it->second;
-  write_data_once();
-  const std::string out = shared_dir() + "/ref_" + key + "_rank" + std::to_string(test_world().rank());
-  Layout single;
-  single.accum = accum;
-  std::ostringstream log;
-  train_on_mesh(make_config(kind, single, out), log, {}, nullptr);
-  return dirs.emplace(key, out).first->second;
-}
-
-// Compares a parallel run's losses (steps first_step..kSteps) and final weights with the reference.
-void expect_matches_reference(const std::string& kind, const std::string& out_dir, int64_t first_step,
-                              int accum = 1) {
-  const std::string& ref = reference_dir(kind, accum);
-  const auto want = losses_by_step(ref), got = losses_by_step(out_dir);
-  for (int64_t step = first_step; step <= kSteps; ++step) {
-    ASSERT_TRUE(got.count(step) && want.count(step)) << out_dir << ": no loss for step " << step;
-    EXPECT_NEAR(got.at(step), want.at(step), 1e-5 * std::abs(want.at(step))) << out_dir << " step " << step;
-  }
-  const auto ref_weights = load_checkpoint(checkpoint_dir(ref, kSteps)).model;
-  const auto weights = load_checkpoint(checkpoint_dir(out_dir, kSteps)).model;
-  ASSERT_EQ(weights.size(), ref_weights.size()) << out_dir;
-  for (size_t i = 0; i < weights.size(); ++i) {
-    const auto& [name, t] = weights[i];
-    const auto& [ref_name, r] = ref_weights[i];
-    ASSERT_EQ(name, ref_name);
-    ASSERT_EQ(t.shape(), r.shape()) << name << " (checkpoints hold full tensors)";
-    double diff = 0, norm = 0;
-    for (int64_t k = 0; k < t.numel(); ++k) {
-      diff += (t.item(k) - r.item(k)) * (t.item(k) - r.item(k));
-      norm += r.item(k) * r.item(k);
-    }
-    EXPECT_LE(std::sqrt(diff), 1e-4 * std::sqrt(norm) + 1e-7) << out_dir << ": " << name;
-  }
-}
-
-// Runs `layout` for `kind` if the job has enough ranks, and checks it against the reference on its ranks.
-void check_layout(const std::string& kind, const Layout& layout) {
-  if (test_world().size() % (layout.data * layout.tensor) != 0) GTEST_SKIP() << "needs a multiple of the ranks";
-  reference_dir(kind, layout.accum);
-  const std::string out = shared_dir() + "/" + kind + "_" + layout.name();
-  if (run_layout(make_config(kind, layout, out))) expect_matches_reference(kind, out, 1, layout.accum);
-}
-
-// Trains 10 steps at `first` (stopped by rank 0's observer), resumes at `second` to step 20.
-void check_resume(const std::string& kind, const Layout& first, const Layout& second) {
-  const int world = test_world().size();
-  if (world % (first.data * first.tensor) != 0 || world % (second.data * second.tensor) != 0)
-    GTEST_SKIP() << "needs a multiple of the ranks";
-  reference_dir(kind);
-  const std::string a = shared_dir() + "/" + kind + "_resume_from_" + first.name();
-  const std::string b = shared_dir() + "/" + kind + "_resume_" + first.name() + "_to_" + second.name();
-  run_layout(make_config(kind, first, a), /*stop_step=*/10);
-  config::RunConfig cfg = make_config(kind, second, b);
-  cfg.mutable_train()->set_resume(checkpoint_dir(a, 10));
-  if (run_layout(cfg)) expect_matches_reference(kind, b, 11);
-}
 
 // After training with tensor (and sequence) parallelism, every replicated parameter is bit-identical on all
 // ranks of the tensor group, and the model's sharded parameters hold 1/R of the full tensor.
 void check_replicas_identical(const std::string& kind, int tensor, bool sequence) {
   MpiCommunicator& world = test_world();
   if (world.size() % tensor != 0) GTEST_SKIP() << "needs a multiple of the ranks";
-  write_data_once();
-  Layout layout{1, tensor, sequence};
-  config::RunConfig cfg = make_config(kind, layout, shared_dir() + "/" + kind + "_replicas_" + layout.name());
+    Layout layout{1, tensor, sequence};
+  config::RunConfig cfg = make_parallel_config(kind, layout, parallel_test_dir() + "/" + kind + "_replicas_" + layout.name(), {});
   cfg.mutable_train()->set_max_steps(5);
   const bool member = world.rank() < tensor;
   std::unique_ptr<Communicator> group = world.split(member ? 0 : 1, world.rank());
@@ -272,29 +60,29 @@ TEST_P(ParallelTraining, ReplicatedParametersStayIdenticalTensor2Sequence) {
 TEST_P(ParallelTraining, ReplicatedParametersStayIdenticalTensor4Sequence) {
   check_replicas_identical(GetParam(), 4, true);
 }
-TEST_P(ParallelTraining, TensorParallel4Sequence) { check_layout(GetParam(), {1, 4, true}); }
+TEST_P(ParallelTraining, TensorParallel4Sequence) { check_layout(GetParam(), {1, 4, true}, {}); }
 
-TEST_P(ParallelTraining, DataParallel2) { check_layout(GetParam(), {2, 1}); }
-TEST_P(ParallelTraining, DataParallel4) { check_layout(GetParam(), {4, 1}); }
-TEST_P(ParallelTraining, TensorParallel2) { check_layout(GetParam(), {1, 2}); }
-TEST_P(ParallelTraining, TensorParallel2Sequence) { check_layout(GetParam(), {1, 2, true}); }
-TEST_P(ParallelTraining, Data2Tensor2) { check_layout(GetParam(), {2, 2}); }
-TEST_P(ParallelTraining, Data2Tensor2Sequence) { check_layout(GetParam(), {2, 2, true}); }
+TEST_P(ParallelTraining, DataParallel2) { check_layout(GetParam(), {2, 1}, {}); }
+TEST_P(ParallelTraining, DataParallel4) { check_layout(GetParam(), {4, 1}, {}); }
+TEST_P(ParallelTraining, TensorParallel2) { check_layout(GetParam(), {1, 2}, {}); }
+TEST_P(ParallelTraining, TensorParallel2Sequence) { check_layout(GetParam(), {1, 2, true}, {}); }
+TEST_P(ParallelTraining, Data2Tensor2) { check_layout(GetParam(), {2, 2}, {}); }
+TEST_P(ParallelTraining, Data2Tensor2Sequence) { check_layout(GetParam(), {2, 2, true}, {}); }
 TEST_P(ParallelTraining, DataParallel2Accumulate2) {
   Layout layout{2, 1};
   layout.accum = 2;
-  check_layout(GetParam(), layout);
+  check_layout(GetParam(), layout, {});
 }
 TEST_P(ParallelTraining, Data2Tensor2SequenceZero1Accumulate2) {
   Layout layout{2, 2, true, true};
   layout.accum = 2;
-  check_layout(GetParam(), layout);
+  check_layout(GetParam(), layout, {});
 }
-TEST_P(ParallelTraining, Zero1Data2) { check_layout(GetParam(), {2, 1, false, true}); }
-TEST_P(ParallelTraining, Zero1Data2Tensor2) { check_layout(GetParam(), {2, 2, false, true}); }
-TEST_P(ParallelTraining, ResumeTensor2AsData2) { check_resume(GetParam(), {1, 2}, {2, 1}); }
-TEST_P(ParallelTraining, ResumeData4AsData2) { check_resume(GetParam(), {4, 1}, {2, 1, false, true}); }
-TEST_P(ParallelTraining, ResumeData2AsTensor2Sequence) { check_resume(GetParam(), {2, 1, false, true}, {1, 2, true}); }
+TEST_P(ParallelTraining, Zero1Data2) { check_layout(GetParam(), {2, 1, false, true}, {}); }
+TEST_P(ParallelTraining, Zero1Data2Tensor2) { check_layout(GetParam(), {2, 2, false, true}, {}); }
+TEST_P(ParallelTraining, ResumeTensor2AsData2) { check_resume(GetParam(), {1, 2}, {2, 1}, {}); }
+TEST_P(ParallelTraining, ResumeData4AsData2) { check_resume(GetParam(), {4, 1}, {2, 1, false, true}, {}); }
+TEST_P(ParallelTraining, ResumeData2AsTensor2Sequence) { check_resume(GetParam(), {2, 1, false, true}, {1, 2, true}, {}); }
 
 INSTANTIATE_TEST_SUITE_P(Models, ParallelTraining, ::testing::Values("gpt", "vit"));
 
