@@ -103,8 +103,15 @@ bool Gemm::run(const GemmSpec& s, cudaStream_t stream) {
   if (s.epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
     LOOM_CUBLAS_CALL(cublasLtMatmulDescSetAttribute(raw_op, CUBLASLT_MATMUL_DESC_EPILOGUE, &s.epilogue,
                                                     sizeof(s.epilogue)));
-    LOOM_CUBLAS_CALL(cublasLtMatmulDescSetAttribute(raw_op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &s.bias,
-                                                    sizeof(s.bias)));
+    if (s.bias)
+      LOOM_CUBLAS_CALL(cublasLtMatmulDescSetAttribute(raw_op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &s.bias,
+                                                      sizeof(s.bias)));
+    if (s.aux) {
+      LOOM_CUBLAS_CALL(cublasLtMatmulDescSetAttribute(raw_op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &s.aux,
+                                                      sizeof(s.aux)));
+      LOOM_CUBLAS_CALL(cublasLtMatmulDescSetAttribute(raw_op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &s.aux_ld,
+                                                      sizeof(s.aux_ld)));
+    }
   }
   const Layout a = make_layout(s.ab_type, s.a.transposed ? s.k : s.m, s.a.transposed ? s.m : s.k, s.a.ld, s.batch,
                                s.a.batch_stride);
@@ -115,7 +122,8 @@ bool Gemm::run(const GemmSpec& s, cudaStream_t stream) {
   const uint32_t align_a = alignment_of(s.a.ptr), align_b = alignment_of(s.b.ptr), align_d = alignment_of(s.d);
   const AlgoKey key{s.m, s.n, s.k, s.batch, s.a.ld, s.b.ld, s.ldd, s.a.batch_stride, s.b.batch_stride,
                     s.d_batch_stride, s.a.transposed, s.b.transposed, s.ab_type, s.d_type, s.epilogue,
-                    align_a, align_b, align_d, s.bias ? alignment_of(s.bias) : 0};
+                    align_a, align_b, align_d, s.bias ? alignment_of(s.bias) : 0,
+                    s.aux ? alignment_of(s.aux) : 0, s.aux_ld};
   auto cached = algos_.find(key);
   if (cached == algos_.end()) {
     const bool with_epilogue = s.epilogue != CUBLASLT_EPILOGUE_DEFAULT;
