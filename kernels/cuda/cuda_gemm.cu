@@ -135,8 +135,17 @@ bool Gemm::run(const GemmSpec& s, cudaStream_t stream) {
     fail("cuBLASLt: no algorithm for GEMM m=", s.m, " n=", s.n, " k=", s.k, " batch=", s.batch, " lda=", s.a.ld,
          " ldb=", s.b.ld, " ldd=", s.ldd);
   }
-  LOOM_CUBLAS_CALL(cublasLtMatmul(handle_, raw_op, &s.alpha, s.a.ptr, a.get(), s.b.ptr, b.get(), &s.beta, s.d,
-                                  d.get(), s.d, d.get(), &*cached->second, workspace_, workspace_bytes_, stream));
+  const cublasStatus_t status =
+      cublasLtMatmul(handle_, raw_op, &s.alpha, s.a.ptr, a.get(), s.b.ptr, b.get(), &s.beta, s.d, d.get(), s.d,
+                     d.get(), &*cached->second, workspace_, workspace_bytes_, stream);
+  // cuBLASLt checks its arguments before it launches anything, so an epilogue it refuses at this point has
+  // queued nothing either: remember the refusal and let the caller fall back.
+  if (s.epilogue != CUBLASLT_EPILOGUE_DEFAULT &&
+      (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE)) {
+    cached->second.reset();
+    return false;
+  }
+  if (status != CUBLAS_STATUS_SUCCESS) throw_cublas_error(status, "cublasLtMatmul", __FILE__, __LINE__);
   return true;
 }
 

@@ -52,7 +52,8 @@ class Gemm {
   Gemm& operator=(const Gemm&) = delete;
 
   // Runs the GEMM on `stream`. Returns false (having queued nothing) only when the spec has an epilogue
-  // and cuBLASLt offers no algorithm for it, so the caller can fall back; throws on any other failure.
+  // and cuBLASLt offers no algorithm for it or refuses it at launch (not supported / invalid value), so the
+  // caller can fall back; throws on any other failure.
   bool run(const GemmSpec& spec, cudaStream_t stream);
 
  private:
