@@ -142,7 +142,8 @@ bool Gemm::run(const GemmSpec& s, cudaStream_t stream) {
   // queued nothing either: remember the refusal and let the caller fall back.
   if (s.epilogue != CUBLASLT_EPILOGUE_DEFAULT &&
       (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE)) {
-    cached->second.reset();
+    algos_.erase(cached);  // (not optional::reset(), which crashes nvcc 13.0's front end here)
+    algos_.emplace(key, std::nullopt);
     return false;
   }
   if (status != CUBLAS_STATUS_SUCCESS) throw_cublas_error(status, "cublasLtMatmul", __FILE__, __LINE__);
