@@ -110,6 +110,28 @@ class Backend {
   virtual void matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Tensor& dout, const Tensor& x,
                                const Tensor& w) = 0;
 
+  // ---- linear layer + GELU (a transformer MLP: fc2( gelu( fc1(x) ) )) ----
+  // A linear layer followed by GELU: pre[N, M] = x[N, I] · w[M, I]^T + bias[M] (bias may be undefined) and
+  // out = gelu(pre), both written; pre is what matmul_backward_gelu needs later. out, pre and x must not alias.
+  // The default is matmul_forward then gelu_forward; CUDA fuses the GELU (tanh form, bf16/f16) into the GEMM's
+  // epilogue, which computes it from the f32 accumulator instead of the rounded pre (a difference within the
+  // dtype's rounding).
+  virtual void matmul_gelu_forward(Tensor& out, Tensor& pre, const Tensor& x, const Tensor& w, const Tensor& bias,
+                                   GeluKind kind) {
+    matmul_forward(pre, x, w, bias);
+    gelu_forward(out, pre, kind);
+  }
+  // The backward of a linear layer whose input x[N, M] = gelu(pre) came from matmul_gelu_forward, through the
+  // GELU: dpre[N, M] = (dout[N, O] · w[O, M]) ∘ gelu'(pre) (written), dw[O, M] += doutᵀ · x and
+  // dbias[O] += Σ_n dout (undefined dbias skips it). dpre must not alias pre, x or dout.
+  // The default is matmul_backward then gelu_backward; CUDA fuses gelu' (tanh form, bf16/f16) into the dx GEMM's
+  // epilogue (the product is not rounded before it is multiplied by gelu').
+  virtual void matmul_backward_gelu(Tensor& dpre, Tensor& dw, Tensor& dbias, const Tensor& dout, const Tensor& x,
+                                    const Tensor& w, const Tensor& pre, GeluKind kind) {
+    matmul_backward(dpre, dw, dbias, dout, x, w);
+    gelu_backward(dpre, dpre, pre, kind);
+  }
+
   // ---- activations ----
   // out = gelu(x); out may alias x.
   virtual void gelu_forward(Tensor& out, const Tensor& x, GeluKind kind) = 0;

@@ -135,8 +135,9 @@ void TransformerBlock::forward(Backend& be, const ParameterStore& p, const Tenso
   be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.mid, p.weight(n + "norm2.weight"),
                        p.weight(n + "norm2.bias"), ln_eps_);
   if (sp) gather_from_sequence_region_forward(be, tp_, a.ln2_full, a.ln2);
-  ColumnParallelLinear::forward(be, a.fc1, a.ln2_full, p.weight(n + "mlp.fc1.weight"), p.weight(n + "mlp.fc1.bias"));
-  be.gelu_forward(a.gelu, a.fc1, gelu_);
+  // fc1 is column-parallel, a purely local matmul (ColumnParallelLinear::forward), so it fuses with the GELU.
+  be.matmul_gelu_forward(a.gelu, a.fc1, a.ln2_full, p.weight(n + "mlp.fc1.weight"), p.weight(n + "mlp.fc1.bias"),
+                         gelu_);
   RowParallelLinear::forward(be, tp_, partial, a.gelu, p.weight(n + "mlp.fc2.weight"), p.weight(n + "mlp.fc2.bias"));
   exit_region();
   be.add(out, a.mid, out);
@@ -172,8 +173,8 @@ void TransformerBlock::backward(Backend& be, const ParameterStore& p, Tensor& dr
   // MLP branch: dresid is dLoss/d(out) = dLoss/d(mlp output); it also flows straight into mid.
   enter_region_backward();
   Tensor dfc2_w = p.grad(n + "mlp.fc2.weight"), dfc2_b = p.grad(n + "mlp.fc2.bias");
-  RowParallelLinear::backward(be, dfc, dfc2_w, dfc2_b, dout, a.gelu, p.weight(n + "mlp.fc2.weight"));
-  be.gelu_backward(dfc, dfc, a.fc1, gelu_);
+  // fc2's backward (RowParallelLinear::backward, local) fused with the GELU's: dfc = dLoss/d(fc1 output).
+  be.matmul_backward_gelu(dfc, dfc2_w, dfc2_b, dout, a.gelu, p.weight(n + "mlp.fc2.weight"), a.fc1, gelu_);
   Tensor dfc1_w = p.grad(n + "mlp.fc1.weight"), dfc1_b = p.grad(n + "mlp.fc1.bias");
   ColumnParallelLinear::backward(be, dln, dfc1_w, dfc1_b, dfc, a.ln2_full, p.weight(n + "mlp.fc1.weight"));
   region_input_backward();

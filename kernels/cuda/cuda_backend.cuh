@@ -47,6 +47,10 @@ class CudaBackend final : public Backend {
   void matmul_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) override;
   void matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Tensor& dout, const Tensor& x,
                        const Tensor& w) override;
+  void matmul_gelu_forward(Tensor& out, Tensor& pre, const Tensor& x, const Tensor& w, const Tensor& bias,
+                           GeluKind kind) override;
+  void matmul_backward_gelu(Tensor& dpre, Tensor& dw, Tensor& dbias, const Tensor& dout, const Tensor& x,
+                            const Tensor& w, const Tensor& pre, GeluKind kind) override;
 
   void gelu_forward(Tensor& out, const Tensor& x, GeluKind kind) override;
   void gelu_backward(Tensor& dx, const Tensor& dout, const Tensor& x, GeluKind kind) override;

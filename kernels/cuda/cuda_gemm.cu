@@ -103,8 +103,15 @@ bool Gemm::run(const GemmSpec& s, cudaStream_t stream) {
   if (s.epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
     LOOM_CUBLAS_CALL(cublasLtMatmulDescSetAttribute(raw_op, CUBLASLT_MATMUL_DESC_EPILOGUE, &s.epilogue,
                                                     sizeof(s.epilogue)));
-    LOOM_CUBLAS_CALL(cublasLtMatmulDescSetAttribute(raw_op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &s.bias,
-                                                    sizeof(s.bias)));
+    if (s.bias)
+      LOOM_CUBLAS_CALL(cublasLtMatmulDescSetAttribute(raw_op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &s.bias,
+                                                      sizeof(s.bias)));
+    if (s.aux) {
+      LOOM_CUBLAS_CALL(cublasLtMatmulDescSetAttribute(raw_op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &s.aux,
+                                                      sizeof(s.aux)));
+      LOOM_CUBLAS_CALL(cublasLtMatmulDescSetAttribute(raw_op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &s.aux_ld,
+                                                      sizeof(s.aux_ld)));
+    }
   }
   const Layout a = make_layout(s.ab_type, s.a.transposed ? s.k : s.m, s.a.transposed ? s.m : s.k, s.a.ld, s.batch,
                                s.a.batch_stride);
@@ -115,7 +122,8 @@ bool Gemm::run(const GemmSpec& s, cudaStream_t stream) {
   const uint32_t align_a = alignment_of(s.a.ptr), align_b = alignment_of(s.b.ptr), align_d = alignment_of(s.d);
   const AlgoKey key{s.m, s.n, s.k, s.batch, s.a.ld, s.b.ld, s.ldd, s.a.batch_stride, s.b.batch_stride,
                     s.d_batch_stride, s.a.transposed, s.b.transposed, s.ab_type, s.d_type, s.epilogue,
-                    align_a, align_b, align_d, s.bias ? alignment_of(s.bias) : 0};
+                    align_a, align_b, align_d, s.bias ? alignment_of(s.bias) : 0,
+                    s.aux ? alignment_of(s.aux) : 0, s.aux_ld};
   auto cached = algos_.find(key);
   if (cached == algos_.end()) {
     const bool with_epilogue = s.epilogue != CUBLASLT_EPILOGUE_DEFAULT;
@@ -127,8 +135,18 @@ bool Gemm::run(const GemmSpec& s, cudaStream_t stream) {
     fail("cuBLASLt: no algorithm for GEMM m=", s.m, " n=", s.n, " k=", s.k, " batch=", s.batch, " lda=", s.a.ld,
          " ldb=", s.b.ld, " ldd=", s.ldd);
   }
-  LOOM_CUBLAS_CALL(cublasLtMatmul(handle_, raw_op, &s.alpha, s.a.ptr, a.get(), s.b.ptr, b.get(), &s.beta, s.d,
-                                  d.get(), s.d, d.get(), &*cached->second, workspace_, workspace_bytes_, stream));
+  const cublasStatus_t status =
+      cublasLtMatmul(handle_, raw_op, &s.alpha, s.a.ptr, a.get(), s.b.ptr, b.get(), &s.beta, s.d, d.get(), s.d,
+                     d.get(), &*cached->second, workspace_, workspace_bytes_, stream);
+  // cuBLASLt checks its arguments before it launches anything, so an epilogue it refuses at this point has
+  // queued nothing either: remember the refusal and let the caller fall back.
+  if (s.epilogue != CUBLASLT_EPILOGUE_DEFAULT &&
+      (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE)) {
+    algos_.erase(cached);  // (not optional::reset(), which crashes nvcc 13.0's front end here)
+    algos_.emplace(key, std::nullopt);
+    return false;
+  }
+  if (status != CUBLAS_STATUS_SUCCESS) throw_cublas_error(status, "cublasLtMatmul", __FILE__, __LINE__);
   return true;
 }
 

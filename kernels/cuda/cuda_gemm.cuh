@@ -33,8 +33,14 @@ struct GemmSpec {
   float alpha = 1, beta = 0;
   // Optional epilogue: CUBLASLT_EPILOGUE_BIAS adds bias[m] (of d_type) to every column of D;
   // CUBLASLT_EPILOGUE_BGRADB writes bias[n] = Σ over k of op(B) (the bias gradient, of d_type).
+  // The GELU epilogues (cuBLASLt's GELU is the tanh approximation) use an auxiliary [m, n] matrix of d_type with
+  // leading dimension aux_ld (a multiple of 8, at least m): CUBLASLT_EPILOGUE_GELU_AUX(_BIAS) writes the GELU
+  // input (op(A)·op(B) [+ bias]) to aux and gelu of it to D; CUBLASLT_EPILOGUE_DGELU reads the GELU input from
+  // aux and writes D = op(A)·op(B) ∘ gelu'(aux).
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
   void* bias = nullptr;
+  void* aux = nullptr;
+  int64_t aux_ld = 0;
 };
 
 // One cuBLASLt handle and workspace; not thread-safe (owned by one CudaBackend).
@@ -46,7 +52,8 @@ class Gemm {
   Gemm& operator=(const Gemm&) = delete;
 
   // Runs the GEMM on `stream`. Returns false (having queued nothing) only when the spec has an epilogue
-  // and cuBLASLt offers no algorithm for it, so the caller can fall back; throws on any other failure.
+  // and cuBLASLt offers no algorithm for it or refuses it at launch (not supported / invalid value), so the
+  // caller can fall back; throws on any other failure.
   bool run(const GemmSpec& spec, cudaStream_t stream);
 
  private:
@@ -56,7 +63,7 @@ class Gemm {
                                                 uint32_t align_a, uint32_t align_b, uint32_t align_d,
                                                 bool with_epilogue);
   // Everything the heuristic's choice depends on: sizes, layouts, types, epilogue and pointer alignments.
-  using AlgoKey = std::array<int64_t, 19>;
+  using AlgoKey = std::array<int64_t, 21>;
   // Heuristic answers by key (nullopt: no algorithm with that epilogue); the query costs more than the
   // launch, and a training step repeats the same few shapes.
   std::map<AlgoKey, std::optional<cublasLtMatmulAlgo_t>> algos_;

@@ -1,4 +1,6 @@
-// Fused LayerNorm forward and backward over the last dimension (C) of N rows; statistics in f32.
+// Fused LayerNorm forward and backward over the last dimension (C) of N rows; statistics in f32. Rows with
+// C % 8 == 0, C <= 1024 and 16-byte aligned tensors (GPT-2 124M/350M, DeiT-S/B) take the vectorised kernels that
+// keep a row in one warp's registers; other rows the general one-warp-per-row kernels.
 #include "kernels/cuda/cuda_ops.cuh"
 
 namespace loom::cuda {
@@ -231,12 +233,95 @@ void layernorm_backward_vec(int chunks, T* dx, T* dw, T* db, const T* dout, cons
   if (db) add_partial_sums(db, db_partials, blocks, C, stream);
 }
 
+// The same math as layernorm_forward_kernel for rows that fit one warp's registers (C % 8 == 0, C <= 1024,
+// 16-byte aligned pointers): x is read once with 16-byte loads and both passes run over the registers,
+//   mean = Σx/C,  var = Σ(x - mean)²/C (biased),  rstd = 1/√(var + eps),  out = (x - mean)·rstd·w + b
+// so the variance keeps the two-pass form (no Σx² - mean² cancellation for rows with a large mean). Lane l
+// owns columns (k·32 + l)·P .. +P-1 for chunk k < kChunks, as in layernorm_backward_vec_kernel; one warp per
+// row. b may be null.
+template <typename T, int kChunks>
+__global__ void __launch_bounds__(kVecWarpsPerBlock * 32)
+    layernorm_forward_vec_kernel(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int64_t N,
+                                 int C, float eps) {
+  using Pack = Pack16<T>;
+  constexpr int P = Pack::kSize;
+  const int lane = threadIdx.x % 32;
+  const int64_t row = blockIdx.x * int64_t{kVecWarpsPerBlock} + threadIdx.x / 32;
+  if (row >= N) return;  // the whole warp leaves together: row is the same for all its lanes
+  const Pack* xr = reinterpret_cast<const Pack*>(x + row * C);
+  float xv[kChunks][P];
+  float sum = 0.f;
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+    const int v = k * 32 + lane;  // index of this lane's pack in the row
+    if (v * P >= C) continue;
+    const Pack p = xr[v];
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      xv[k][i] = to_f32(p.e[i]);
+      sum += xv[k][i];
+    }
+  }
+  const float m = warp_sum(sum) / static_cast<float>(C);
+  float sq = 0.f;
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+    if ((k * 32 + lane) * P >= C) continue;
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const float d = xv[k][i] - m;
+      sq += d * d;
+    }
+  }
+  const float r = rsqrtf(warp_sum(sq) / static_cast<float>(C) + eps);
+  Pack* outr = reinterpret_cast<Pack*>(out + row * C);
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+    const int v = k * 32 + lane;
+    if (v * P >= C) continue;
+    const Pack wv = reinterpret_cast<const Pack*>(w)[v];
+    Pack bv;
+    if (b) bv = reinterpret_cast<const Pack*>(b)[v];
+    Pack o;
+#pragma unroll
+    for (int i = 0; i < P; ++i)
+      o.e[i] = from_f32<T>((xv[k][i] - m) * r * to_f32(wv.e[i]) + (b ? to_f32(bv.e[i]) : 0.f));
+    outr[v] = o;
+  }
+  if (lane == 0) {
+    mean[row] = m;
+    rstd[row] = r;
+  }
+}
+
+// Launches layernorm_forward_vec_kernel<T, chunks> (chunks >= kChunks), one warp per row.
+template <typename T, int kChunks>
+void layernorm_forward_vec(int chunks, T* out, float* mean, float* rstd, const T* x, const T* w, const T* b,
+                           int64_t N, int C, float eps, cudaStream_t stream) {
+  if constexpr (kChunks < kMaxVecChunks<T>) {
+    if (chunks > kChunks) {
+      layernorm_forward_vec<T, kChunks + 1>(chunks, out, mean, rstd, x, w, b, N, C, eps, stream);
+      return;
+    }
+  }
+  const int64_t blocks = (N + kVecWarpsPerBlock - 1) / kVecWarpsPerBlock;
+  layernorm_forward_vec_kernel<T, kChunks><<<static_cast<unsigned>(blocks), kVecWarpsPerBlock * 32, 0, stream>>>(
+      out, mean, rstd, x, w, b, N, C, eps);
+  LOOM_CUDA_LAUNCHED("layernorm_forward_vec_kernel");
+}
+
 }  // namespace
 
 template <typename T>
 void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C,
                        float eps, cudaStream_t stream) {
   if (N == 0) return;
+  if (C % 8 == 0 && C <= 1024 && aligned16(out) && aligned16(x) && aligned16(w) && (!b || aligned16(b))) {
+    const int pack = Pack16<T>::kSize;
+    const int chunks = static_cast<int>((C + 32 * pack - 1) / (32 * pack));
+    layernorm_forward_vec<T, 1>(chunks, out, mean, rstd, x, w, b, N, static_cast<int>(C), eps, stream);
+    return;
+  }
   constexpr int kRowsPerBlock = 8;
   const auto blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
   layernorm_forward_kernel<<<blocks, kRowsPerBlock * 32, 0, stream>>>(out, mean, rstd, x, w, b, N, C, eps);

@@ -3,6 +3,9 @@
 //   forward   out[N, O] = x·wᵀ + bias   ⇔  outᶜ[O, N] = (wᶜ)ᵀ·xᶜ,   bias fused as the BIAS epilogue
 //   backward  dx[N, I] = dout·w        ⇔  dxᶜ[I, N]  = wᶜ·doutᶜ
 //             dw[O, I] += doutᵀ·x      ⇔  dwᶜ[I, O] += xᶜ·(doutᶜ)ᵀ,  dbias = Σ_n dout by the BGRADB epilogue
+// The MLP's GELU rides on the same GEMMs (tanh form, bf16/f16): the forward's GELU_AUX_BIAS epilogue writes
+// gelu(pre) to out and pre to the aux matrix; the backward's dx GEMM takes the DGELU epilogue, which multiplies
+// by gelu'(pre) read from aux. Each saves one elementwise pass that reads and writes [N, M] activations.
 #include "kernels/cuda/cuda_backend.cuh"
 #include "kernels/cuda/cuda_op_check.cuh"
 #include "kernels/cuda/cuda_ops.cuh"
@@ -14,6 +17,25 @@ namespace {
 // The epilogues read/write the bias vector with vector loads; a bias at an odd arena offset gets an aligned
 // copy (O elements, negligible next to the GEMM).
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// The bias pointer for an epilogue: the tensor itself when 16-byte aligned, else a copy in `copy`.
+void* epilogue_bias(const Tensor& bias, std::unique_ptr<ScratchBuffer>& copy, cudaStream_t stream) {
+  void* b = bias.raw();
+  if (aligned16(b)) return b;
+  copy = std::make_unique<ScratchBuffer>(bias.nbytes());
+  LOOM_CUDA_CALL(cudaMemcpyAsync(copy->as<void>(), b, bias.nbytes(), cudaMemcpyDeviceToDevice, stream));
+  return copy->as<void>();
+}
+
+// Whether the cuBLASLt GELU epilogues may replace the elementwise GELU kernels for a [N, width] activation
+// `aux` (the GELU input) and output `d`. cuBLASLt's GELU is the tanh form, so the erf form (ViT) never takes
+// them. They need an aux leading dimension that is a multiple of 8; the 16-byte alignment of aux and d is
+// what llm.c relies on (the heuristic is told d's alignment but not aux's). f32 keeps the elementwise kernels:
+// the epilogue's GELU accuracy is not documented, and f32 results are held to f32 accuracy.
+bool gelu_epilogue_applies(GeluKind kind, DType dtype, int64_t width, const void* aux, const void* d) {
+  return kind == GeluKind::Tanh && (dtype == DType::BF16 || dtype == DType::F16) && width % 8 == 0 &&
+         aligned16(aux) && aligned16(d);
+}
 
 }  // namespace
 
@@ -44,14 +66,8 @@ void CudaBackend::matmul_forward(Tensor& out, const Tensor& x, const Tensor& w, 
   spec.ab_type = spec.d_type = cuda_data_type(x.dtype());
   std::unique_ptr<ScratchBuffer> aligned_bias;
   if (bias.defined()) {
-    void* b = bias.raw();
-    if (!aligned16(b)) {
-      aligned_bias = std::make_unique<ScratchBuffer>(bias.nbytes());
-      LOOM_CUDA_CALL(cudaMemcpyAsync(aligned_bias->as<void>(), b, bias.nbytes(), cudaMemcpyDeviceToDevice, stream_));
-      b = aligned_bias->as<void>();
-    }
     spec.epilogue = CUBLASLT_EPILOGUE_BIAS;
-    spec.bias = b;
+    spec.bias = epilogue_bias(bias, aligned_bias, stream_);
   }
   if (gemm_->run(spec, stream_)) return;
   // No algorithm with the bias epilogue: plain GEMM, then add the bias to every row.
@@ -134,6 +150,100 @@ void CudaBackend::matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const T
     else
       cuda::add_column_sums(ptr<T>(dbias), ptr<T>(dout), N, O, stream_);
   });
+}
+
+void CudaBackend::matmul_gelu_forward(Tensor& out, Tensor& pre, const Tensor& x, const Tensor& w, const Tensor& bias,
+                                      GeluKind kind) {
+  const OpCheck check{"matmul_gelu_forward", device()};
+  check.floating("x", x);
+  check.like("w", w, "x", x);
+  check.require(w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1), "w ", w.str(),
+                " must be [M, I] with I the last dimension of x ", x.str());
+  const int64_t M = w.dim(0), I = w.dim(1), N = I ? x.numel() / I : 0;
+  check.require(I > 0, "x ", x.str(), " has an empty inner dimension");
+  check.like("pre", pre, "x", x);
+  check.rows("pre", pre, N, M);
+  check.like("out", out, "x", x);
+  check.same_shape("out", out, "pre", pre);
+  check.require(pre.numel() == 0 || (out.raw() != pre.raw() && out.raw() != x.raw() && pre.raw() != x.raw()),
+                "out ", out.str(), ", pre ", pre.str(), " and x ", x.str(), " must be distinct buffers");
+  if (bias.defined()) {
+    check.like("bias", bias, "x", x);
+    check.shape("bias", bias, {M});
+  }
+  activate();
+  if (N > 0 && M > 0 && gelu_epilogue_applies(kind, x.dtype(), M, pre.raw(), out.raw())) {
+    GemmSpec spec;
+    spec.m = M;
+    spec.n = N;
+    spec.k = I;
+    spec.a = {w.raw(), I, 0, true};
+    spec.b = {x.raw(), I, 0, false};
+    spec.d = out.raw();
+    spec.ldd = M;
+    spec.ab_type = spec.d_type = cuda_data_type(x.dtype());
+    spec.aux = pre.raw();
+    spec.aux_ld = M;
+    std::unique_ptr<ScratchBuffer> aligned_bias;
+    spec.epilogue = CUBLASLT_EPILOGUE_GELU_AUX;
+    if (bias.defined()) {
+      spec.epilogue = CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+      spec.bias = epilogue_bias(bias, aligned_bias, stream_);
+    }
+    if (gemm_->run(spec, stream_)) return;
+  }
+  // Not fusable here (or no cuBLASLt algorithm for the epilogue): the two separate passes.
+  matmul_forward(pre, x, w, bias);
+  gelu_forward(out, pre, kind);
+}
+
+void CudaBackend::matmul_backward_gelu(Tensor& dpre, Tensor& dw, Tensor& dbias, const Tensor& dout, const Tensor& x,
+                                       const Tensor& w, const Tensor& pre, GeluKind kind) {
+  const OpCheck check{"matmul_backward_gelu", device()};
+  check.floating("x", x);
+  check.like("w", w, "x", x);
+  check.require(w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1), "w ", w.str(),
+                " must be [O, M] with M the last dimension of x ", x.str());
+  const int64_t O = w.dim(0), M = w.dim(1), N = M ? x.numel() / M : 0;
+  check.require(M > 0, "x ", x.str(), " has an empty inner dimension");
+  check.like("dout", dout, "x", x);
+  check.rows("dout", dout, N, O);
+  check.like("dw", dw, "x", x);
+  check.same_shape("dw", dw, "w", w);
+  if (dbias.defined()) {
+    check.like("dbias", dbias, "x", x);
+    check.shape("dbias", dbias, {O});
+  }
+  check.like("pre", pre, "x", x);
+  check.same_shape("pre", pre, "x", x);
+  check.like("dpre", dpre, "x", x);
+  check.same_shape("dpre", dpre, "x", x);
+  check.require(x.numel() == 0 || (dpre.raw() != pre.raw() && dpre.raw() != x.raw() && dpre.raw() != dout.raw()),
+                "dpre ", dpre.str(), " must not alias pre, x or dout");
+  activate();
+  if (N > 0 && O > 0 && gelu_epilogue_applies(kind, x.dtype(), M, pre.raw(), dpre.raw())) {
+    // dpreᶜ[M, N] = (wᶜ[M, O]·doutᶜ[O, N]) ∘ gelu'(preᶜ), then dw and dbias exactly as matmul_backward.
+    GemmSpec spec;
+    spec.m = M;
+    spec.n = N;
+    spec.k = O;
+    spec.a = {w.raw(), M, 0, false};
+    spec.b = {dout.raw(), O, 0, false};
+    spec.d = dpre.raw();
+    spec.ldd = M;
+    spec.ab_type = spec.d_type = cuda_data_type(x.dtype());
+    spec.epilogue = CUBLASLT_EPILOGUE_DGELU;
+    spec.aux = pre.raw();
+    spec.aux_ld = M;
+    if (gemm_->run(spec, stream_)) {
+      Tensor no_dx;
+      matmul_backward(no_dx, dw, dbias, dout, x, w);
+      return;
+    }
+  }
+  // Not fusable here (or no cuBLASLt algorithm for the epilogue): the two separate passes.
+  matmul_backward(dpre, dw, dbias, dout, x, w);
+  gelu_backward(dpre, dpre, pre, kind);
 }
 
 }  // namespace loom::cuda

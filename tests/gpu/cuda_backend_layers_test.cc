@@ -103,6 +103,46 @@ TEST_P(CudaLayersTest, LayerNormBackwardVectorizedRows) {
   }
 }
 
+TEST_P(CudaLayersTest, LayerNormForwardVectorizedRows) {
+  // Rows that the vectorised forward takes (C % 8 == 0, C <= 1024, aligned; C = 776 with a ragged last chunk
+  // per lane, C = 8 with idle lanes), with and without bias, inputs centred on 0 and on 50 (a one-pass variance
+  // would lose it to cancellation); then rows that take the general kernel (misaligned w, C = 1032).
+  const DType dt = GetParam();
+  const double tol = tolerance(dt);
+  const int64_t N = 3001;  // not a multiple of the rows per block
+  struct Case {
+    int64_t C;
+    bool misaligned_w;
+  };
+  for (const Case c : {Case{768, false}, Case{1024, false}, Case{776, false}, Case{8, false}, Case{768, true},
+                       Case{1032, false}}) {
+    for (const float centre : {0.f, 50.f}) {
+      for (const bool with_bias : {true, false}) {
+        const int64_t C = c.C;
+        const std::string tag = " C=" + std::to_string(C) + (c.misaligned_w ? " (misaligned w)" : "") +
+                                " centre " + std::to_string(static_cast<int>(centre)) +
+                                (with_bias ? " (bias)" : " (no bias)");
+        const Tensor x = random_host({N, C}, dt, centre - 2.f, centre + 3.f), b = random_host({C}, dt);
+        const Tensor w_arena = random_host({C + 1}, dt, 0.5f, 1.5f);
+        const int64_t w_offset = c.misaligned_w ? 1 : 0;
+        const Tensor w_host = w_arena.slice_flat(w_offset, {C}), w = on_gpu(w_arena).slice_flat(w_offset, {C});
+        Tensor out = poisoned({N, C}, dt), mean = poisoned({N}, DType::F32), rstd = poisoned({N}, DType::F32);
+        gpu_->layernorm_forward(out, mean, rstd, on_gpu(x), w, with_bias ? on_gpu(b) : Tensor(), 1e-5);
+        Tensor out_ref = Tensor::empty({N, C}, DType::F64), mean_ref = Tensor::empty({N}, DType::F64),
+               rstd_ref = Tensor::empty({N}, DType::F64);
+        cpu_->layernorm_forward(out_ref, mean_ref, rstd_ref, as_f64(x), as_f64(w_host),
+                                with_bias ? as_f64(b) : Tensor(), 1e-5);
+        // Centred on 50, the f32 mean's rounding error (relative to 50, not to the spread of x) shows in
+        // x - mean: f32 outputs are held to 1e-4 there; 16-bit outputs round coarser than that anyway.
+        const double out_tol = dt == DType::F32 && centre != 0.f ? 1e-4 : tol;
+        expect_close(out, out_ref, out_tol, "layernorm_forward out" + tag);
+        expect_close(mean, mean_ref, 1e-5, "layernorm_forward mean" + tag);
+        expect_close(rstd, rstd_ref, 1e-5, "layernorm_forward rstd" + tag);
+      }
+    }
+  }
+}
+
 TEST_P(CudaLayersTest, MatmulForwardBackward) {
   const DType dt = GetParam();
   const double tol = tolerance(dt);
