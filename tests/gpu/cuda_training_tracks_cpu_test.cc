@@ -19,6 +19,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -126,6 +127,7 @@ struct RunLosses {
 
 RunLosses train_and_read_losses(const config::RunConfig& cfg) {
   RunLosses out;
+  std::filesystem::remove_all(cfg.train().out_dir());  // metrics.jsonl appends; start clean (--gtest_repeat)
   std::ostringstream log;
   const TrainResult r = train_on_mesh(cfg, log, {}, nullptr);
   out.log = log.str();
