@@ -10,6 +10,7 @@
 
 #include "core/checkpoint.h"
 #include "core/config.h"
+#include "core/tensorboard_writer.h"
 #include "parallel/host_collectives.h"
 #include "trainer/mfu.h"
 
@@ -56,6 +57,28 @@ nlohmann::json rescale_data_state(nlohmann::json state, int from, int to, const 
   return state;
 }
 
+// The step record's numbers as TensorBoard scalars: train/{loss,lr,grad_norm}, val/{loss,accuracy},
+// time_ms/<phase>, and perf/<name> for the throughput figures.
+std::vector<std::pair<std::string, double>> tensorboard_scalars(const nlohmann::json& record) {
+  std::vector<std::pair<std::string, double>> out;
+  for (const auto& [key, value] : record.items()) {
+    if (key == "step") continue;
+    if (value.is_object()) {
+      for (const auto& [sub, v] : value.items())
+        if (v.is_number()) out.emplace_back(key + "/" + sub, v.get<double>());
+      continue;
+    }
+    if (!value.is_number()) continue;
+    if (key.rfind("val_", 0) == 0)
+      out.emplace_back("val/" + key.substr(4), value.get<double>());
+    else if (key == "loss" || key == "lr" || key == "grad_norm")
+      out.emplace_back("train/" + key, value.get<double>());
+    else
+      out.emplace_back("perf/" + key, value.get<double>());
+  }
+  return out;
+}
+
 }  // namespace
 
 Trainer::Trainer(const config::RunConfig& cfg, Model& model, DataSource& data, std::ostream& log,
@@ -83,7 +106,10 @@ Trainer::Trainer(const config::RunConfig& cfg, Model& model, DataSource& data, s
     backward_marker_->record();
     backward_marked_ = true;
   });
-  if (writes_files()) metrics_ = std::make_unique<MetricsWriter>(cfg_.train().out_dir() + "/metrics.jsonl");
+  if (writes_files()) {
+    metrics_ = std::make_unique<MetricsWriter>(cfg_.train().out_dir() + "/metrics.jsonl");
+    tensorboard_ = std::make_unique<TensorBoardWriter>(cfg_.train().out_dir() + "/tensorboard");
+  }
   if (cfg_.train().has_peak_flops())
     peak_flops_ = cfg_.train().peak_flops();
   else if (model.backend().device().is_cpu())
@@ -303,6 +329,7 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       rec["checkpoint"] = last_checkpoint;
     }
     if (metrics_) metrics_->write(rec);
+    if (tensorboard_) tensorboard_->write_scalars(step_, tensorboard_scalars(rec));
     TrainingObserver::Control control;
     for (TrainingObserver* o : observers_) {
       o->on_step(rec);

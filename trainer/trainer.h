@@ -1,6 +1,7 @@
 // The training loop: micro-batches with gradient accumulation, clipping and AdamW, the learning-rate schedule,
 // periodic validation, sampling, checkpoints and resume, a log line per step, a progress display with ETA,
-// and metrics as JSON Lines (step, loss, lr, grad norm, tokens/s, ms/step, MFU, time by phase).
+// and metrics as JSON Lines (step, loss, lr, grad norm, tokens/s, ms/step, MFU, time by phase) and as
+// TensorBoard scalars (<out_dir>/tensorboard; written by world rank 0 like the JSON Lines).
 //
 // Time by phase (metrics "time_ms"): data (host clock), forward, backward, grad_sync (waiting for the gradient
 // reduction after the backward), optimizer (norm, clipping, AdamW, ZeRO gather) from markers in the backend's
@@ -17,6 +18,7 @@
 
 #include "core/config.pb.h"
 #include "core/metrics_writer.h"
+#include "core/tensorboard_writer.h"
 #include "trainer/data_source.h"
 #include "trainer/model.h"
 #include "parallel/mesh.h"
@@ -104,6 +106,7 @@ class Trainer {
   std::unique_ptr<GradientSync> sync_;
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<MetricsWriter> metrics_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;  // <out_dir>/tensorboard/events.out.tfevents.*
   std::unique_ptr<CommTimeline> own_timeline_;  // when the tensor-parallel context brings none
   CommTimeline* timeline_ = nullptr;
   std::unique_ptr<MarkerPool> phase_markers_;

@@ -2,12 +2,15 @@
 // and a failed checkpoint write that must leave the previous checkpoint usable.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "core/atomic_file.h"
 #include "core/checkpoint.h"
 #include "core/config.h"
+#include "core/tensorboard_writer.h"
 #include "tests/common/test_util.h"
 #include "trainer/gpt.h"
 #include "trainer/trainer.h"
@@ -57,6 +60,48 @@ TEST(Trainer, OverfitsOneBatch) {
   EXPECT_NEAR(losses.front(), std::log(37.0), 0.5);  // starts near uniform
   EXPECT_LT(r.last_train_loss, 0.05) << "the model should memorise 24 tokens";
   EXPECT_LT(r.last_val_loss, 0.05);
+}
+
+// Every step's record reaches TensorBoard too (as float scalars), with the time of every phase, and the phases
+// account for the step: forward + backward + grad sync + optimizer + data never exceed the step's time.
+TEST(Trainer, WritesTensorBoardScalarsAndPhaseTimes) {
+  testing::TempDir dir;
+  config::RunConfig cfg = tiny_config(dir.path(), 6);
+  TinyRun run(cfg);
+  testing::SyntheticTokens data(3, 8, 37, 5);
+  std::ostringstream log;
+  Trainer(cfg, *run.model, data, log).run();
+  std::vector<nlohmann::json> records;
+  {
+    std::ifstream in(dir / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) records.push_back(nlohmann::json::parse(line));
+  }
+  ASSERT_EQ(records.size(), 6u);
+  for (const auto& r : records) {
+    const auto& t = r.at("time_ms");
+    for (const char* phase : {"data", "forward", "backward", "grad_sync", "optimizer", "communication",
+                              "exposed_communication", "compute"})
+      EXPECT_GE(t.at(phase).get<double>(), 0.0) << phase;
+    EXPECT_GT(t.at("forward").get<double>(), 0.0);
+    EXPECT_GT(t.at("backward").get<double>(), 0.0);
+    EXPECT_LE(t.at("data").get<double>() + t.at("forward").get<double>() + t.at("backward").get<double>() +
+                  t.at("grad_sync").get<double>() + t.at("optimizer").get<double>(),
+              r.at("ms_per_step").get<double>() * 1.001);
+    EXPECT_EQ(t.at("communication").get<double>(), 0.0) << "one process communicates nothing";
+  }
+  std::vector<std::string> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir / "tensorboard")) files.push_back(e.path().string());
+  ASSERT_EQ(files.size(), 1u);
+  std::map<std::pair<int64_t, std::string>, float> scalars;
+  for (const TensorBoardScalar& s : read_tensorboard_scalars(files[0])) scalars[{s.step, s.tag}] = s.value;
+  for (const auto& r : records) {
+    const int64_t step = r.at("step").get<int64_t>();
+    ASSERT_TRUE(scalars.count({step, "train/loss"})) << "step " << step;
+    EXPECT_EQ(scalars.at({step, "train/loss"}), static_cast<float>(r.at("loss").get<double>()));
+    EXPECT_EQ(scalars.at({step, "perf/mfu"}), static_cast<float>(r.at("mfu").get<double>()));
+    EXPECT_EQ(scalars.at({step, "time_ms/backward"}), static_cast<float>(r.at("time_ms").at("backward").get<double>()));
+  }
+  EXPECT_TRUE(scalars.count({6, "val/loss"})) << "the final validation loss";
 }
 
 TEST(Trainer, ResumeContinuesBitExactly) {
