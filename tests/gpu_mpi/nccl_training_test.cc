@@ -30,6 +30,14 @@ RunSettings gpu_settings(const std::string& dtype) {
     // reduction moves the first step's loss or every later one by far more.
     s.loss_rtol = 3e-2;
     s.weight_rtol = 1e-1;
+    // Measured on 2 H200s (2026-11-26): at the f32 runs' lr 0.01 the ViT's loss rises again after step 12 and
+    // bf16 rounding differences grow into 4-10 % loss differences by step 14-20 in every layout (the f32 runs
+    // of the same layouts agree to 1e-4); a smaller step keeps the dynamics stable, so the comparison measures
+    // the layouts rather than chaos.
+    s.lr = 0.002;
+    // The key bias's true gradient is exactly zero (softmax ignores a per-query constant): in bf16 what it gets
+    // is rounding noise, which AdamW (eps 1e-6) turns into full-size steps of random sign in any layout.
+    s.weight_not_compared = {"qkv.bias"};
   }
   return s;
 }

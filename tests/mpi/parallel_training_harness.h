@@ -9,6 +9,7 @@
 // Every function here is collective over the test world: all ranks call it in the same order.
 #pragma once
 #include <cstdint>
+#include <set>
 #include <string>
 
 #include "core/config.pb.h"
@@ -30,6 +31,9 @@ struct RunSettings {
   std::string dtype = "f32";   // train.dtype on the GPU
   double loss_rtol = 1e-5;     // |loss - reference| <= loss_rtol · |reference|, every step
   double weight_rtol = 1e-4;   // ‖w - reference‖ <= weight_rtol · ‖reference‖ + 1e-7, every tensor
+  double lr = 0.01;            // optim.lr
+  // Parameters left out of the weight comparison, by the last two parts of their name (e.g. "qkv.bias").
+  std::set<std::string> weight_not_compared;
   std::string tag() const { return device + "_" + dtype; }
 };
 
