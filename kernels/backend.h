@@ -165,6 +165,30 @@ class Backend {
   virtual void cross_entropy(Tensor& losses, Tensor& dlogits, const Tensor& logits, const Tensor& targets,
                              int64_t vocab, double dloss, double label_smoothing) = 0;
 
+  // Vocabulary-parallel cross-entropy (Megatron): the same loss and gradient as cross_entropy when the logits'
+  // columns are split across R ranks, without any rank holding all of them. Each rank computes per-row partials
+  // of its columns, the ranks all-gather them (R·N·4 numbers instead of N·Vp logits), and each finishes the loss
+  // and its own columns' gradient (parallel/tensor_parallel.h: vocab_parallel_cross_entropy runs the three).
+  //
+  // Step 1. logits_local [N, Vr] holds the global columns [vocab_begin, vocab_begin + Vr); only global columns
+  // < vocab are classes (the rest is padding). targets I32 [N] in [-1, vocab), -1 ignores the row.
+  // partials [N, 4] is written, per row over this rank's class columns c:
+  //   [0] m = max_c z_c (-inf when this rank holds no class column), [1] s = Σ_c exp(z_c - m) (0 then),
+  //   [2] the target's logit z_target if vocab_begin <= target < vocab_begin + Vr, else 0,  [3] Σ_c z_c.
+  // An ignored row gets (-inf, 0, 0, 0). partials is f32 (CUDA); the CPU also takes f64.
+  virtual void cross_entropy_partials(Tensor& partials, const Tensor& logits_local, const Tensor& targets,
+                                      int64_t vocab_begin, int64_t vocab) = 0;
+  // Step 3. gathered [R, N, 4] holds every rank's partials (rank order does not matter), with the partials'
+  // dtype. Per row: M = max_r m_r, S = Σ_r s_r·exp(m_r - M), z_target = Σ_r [2], Σz = Σ_r [3], and
+  //   loss = M + log S - (1-ε)·z_target - (ε/vocab)·Σz   (cross_entropy's loss; 0 for an ignored row),
+  // written to losses [N] (the partials' dtype; the same on every rank, which combine the same numbers).
+  // If dlogits_local is defined it is written with dloss·(exp(z_c - M)/S - (1-ε)·[c = target] - ε/vocab) for
+  // this rank's class columns, 0 for its padding columns and for ignored rows; it may alias logits_local.
+  // With R = 1 and vocab_begin = 0 the pair computes cross_entropy.
+  virtual void cross_entropy_from_partials(Tensor& losses, Tensor& dlogits_local, const Tensor& gathered,
+                                           const Tensor& logits_local, const Tensor& targets, int64_t vocab_begin,
+                                           int64_t vocab, double dloss, double label_smoothing) = 0;
+
   // ---- optimizer ----
   // Σ x² over all elements of all tensors, accumulated in at least f32 (f64 on the CPU), returned to host.
   virtual double sum_squares(const std::vector<Tensor>& tensors) = 0;

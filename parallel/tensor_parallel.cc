@@ -110,13 +110,25 @@ void gather_vocab_columns(Backend& be, const TensorParallelContext* tp, Tensor& 
     be.copy_tokens(dst, r, stacked.slice_flat(r * N * Vr, {N, 1, Vr}), 0, 1, /*accumulate=*/false);
 }
 
-void take_vocab_columns(Backend& be, const TensorParallelContext* tp, Tensor& local, const Tensor& full) {
-  const int R = tensor_size(tp);
-  const int64_t N = local.dim(0), Vr = local.dim(1);
-  LOOM_CHECK(full.numel() == N * Vr * R, "take_vocab_columns: ", full.str(), " does not hold ", R, " parts of ",
-             local.str());
-  Tensor dst = local.view({N, 1, Vr});
-  be.copy_tokens(dst, 0, full.view({N, R, Vr}), tensor_rank(tp), 1, /*accumulate=*/false);
+void vocab_parallel_cross_entropy(Backend& be, const TensorParallelContext* tp, Tensor& losses, Tensor& dlogits_local,
+                                  const Tensor& logits_local, const Tensor& targets, int64_t vocab, double dloss,
+                                  double label_smoothing) {
+  Communicator* g = group_of(tp);
+  if (!g) {
+    be.cross_entropy(losses, dlogits_local, logits_local, targets, vocab, dloss, label_smoothing);
+    return;
+  }
+  LOOM_CHECK(logits_local.ndim() >= 1 && logits_local.dim(-1) > 0, "vocab_parallel_cross_entropy: logits_local ",
+             logits_local.str(), " must be [N, Vp/R]");
+  const int64_t Vr = logits_local.dim(-1), N = logits_local.numel() / Vr;
+  const int64_t vocab_begin = g->rank() * Vr;
+  // The partials take the losses' dtype: f32, or f64 in float64 gradient checks on the CPU.
+  Tensor partials = Tensor::empty({N, 4}, losses.dtype(), logits_local.device());
+  Tensor gathered = Tensor::empty({g->size(), N, 4}, losses.dtype(), logits_local.device());
+  be.cross_entropy_partials(partials, logits_local, targets, vocab_begin, vocab);
+  communicate(be, tp, *g, [&] { g->all_gather(gathered, partials); });
+  be.cross_entropy_from_partials(losses, dlogits_local, gathered, logits_local, targets, vocab_begin, vocab, dloss,
+                                 label_smoothing);
 }
 
 void ColumnParallelLinear::forward(Backend& be, Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) {

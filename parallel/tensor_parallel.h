@@ -84,10 +84,22 @@ void scatter_to_sequence_region_backward(Backend& be, const TensorParallelContex
 // Σ over the tensor group, in place, for gradients each rank computed from its part of the tokens.
 void all_reduce_over_tensor_group(Backend& be, const TensorParallelContext* tp, Tensor& x);
 
-// Vocabulary-parallel logits: local [N, V/R] (this rank's vocabulary rows) -> full [N, V] on every rank,
-// and the backward: dlocal = this rank's columns of dfull (dfull is the same on every rank).
+// Vocabulary-parallel logits: local [N, V/R] (this rank's vocabulary rows) -> full [N, V] on every rank. For
+// the few rows a sampler needs; the loss uses vocab_parallel_cross_entropy, which never gathers the logits.
 void gather_vocab_columns(Backend& be, const TensorParallelContext* tp, Tensor& full, const Tensor& local);
-void take_vocab_columns(Backend& be, const TensorParallelContext* tp, Tensor& local, const Tensor& full);
+
+// Softmax cross-entropy over logits whose columns are split across the group (Megatron's vocabulary-parallel
+// cross-entropy): logits_local [N, Vp/R] holds rank r's global columns [r·Vp/R, (r+1)·Vp/R) of the padded
+// vocabulary, of which only columns < vocab are classes. Computes what Backend::cross_entropy computes on the
+// full logits: losses [N] (f32; the CPU also takes f64; identical on every rank) and, if dlogits_local
+// is defined, this rank's columns of dloss·(softmax - target distribution) (dlogits_local may alias
+// logits_local). Each rank reduces its columns to per-row partials (Backend::cross_entropy_partials), the group
+// all-gathers them (N·4 numbers per rank, in the losses' dtype), and each rank finishes with
+// Backend::cross_entropy_from_partials.
+// With a null context or a group of one it is Backend::cross_entropy.
+void vocab_parallel_cross_entropy(Backend& be, const TensorParallelContext* tp, Tensor& losses, Tensor& dlogits_local,
+                                  const Tensor& logits_local, const Tensor& targets, int64_t vocab, double dloss,
+                                  double label_smoothing);
 
 // ---- layers named by what they shard (weights [out, in] as in backend.h) ----
 

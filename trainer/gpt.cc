@@ -104,10 +104,7 @@ GptModel::Activations& GptModel::activations_for(int64_t B, int64_t T) {
   a.lnf_mean = Tensor::empty({n}, loss_dtype(compute_dtype_), dev);
   a.lnf_rstd = Tensor::empty({n}, loss_dtype(compute_dtype_), dev);
   a.lnf_full = sp ? Tensor::empty({N, C}, compute_dtype_, dev) : a.lnf;
-  a.logits = Tensor::empty({N, shape_.padded_vocab}, compute_dtype_, dev);
-  a.logits_local = tensor_size(tp_) > 1
-                       ? Tensor::empty({N, shape_.padded_vocab / tensor_size(tp_)}, compute_dtype_, dev)
-                       : a.logits;
+  a.logits = Tensor::empty({N, shape_.padded_vocab / tensor_size(tp_)}, compute_dtype_, dev);
   a.losses = Tensor::empty({N}, loss_dtype(compute_dtype_), dev);
   return activations_.emplace(key, std::move(a)).first->second;
 }
@@ -126,8 +123,7 @@ GptModel::Activations& GptModel::forward(const Tensor& tokens) {
                              params_.weight("norm.bias"), shape_.ln_eps);
   if (sequence_parallel(tp_)) gather_from_sequence_region_forward(backend_, tp_, a.lnf_full, a.lnf);
   // The output projection is column-parallel over the vocabulary: each rank's logits for its rows of wte.
-  ColumnParallelLinear::forward(backend_, a.logits_local, a.lnf_full, params_.weight("wte.weight"), Tensor());
-  if (tensor_size(tp_) > 1) gather_vocab_columns(backend_, tp_, a.logits, a.logits_local);
+  ColumnParallelLinear::forward(backend_, a.logits, a.lnf_full, params_.weight("wte.weight"), Tensor());
   return a;
 }
 
@@ -139,13 +135,12 @@ double GptModel::forward_backward(const Batch& batch, double loss_scale) {
   LOOM_CHECK(batch.targets.numel() == N, "gpt: targets ", batch.targets.str(), " do not match inputs ",
              batch.inputs.str());
   Tensor targets = batch.targets.view({N});
-  // The loss is the mean over the N targets; the logits buffer is overwritten by its own gradient. Every tensor
-  // rank computes it from the same gathered logits (a fused vocabulary-parallel cross-entropy would need only
-  // per-row maxima and sums from each rank).
-  backend_.cross_entropy(a.losses, a.logits, a.logits, targets, shape_.vocab, loss_scale / N, 0.0);
+  // The loss is the mean over the N targets; the logits buffer is overwritten by its own gradient. Under TP
+  // the ranks exchange per-row partials of their vocabulary columns, never the logits themselves.
+  vocab_parallel_cross_entropy(backend_, tp_, a.losses, a.logits, a.logits, targets, shape_.vocab, loss_scale / N,
+                               0.0);
   const double loss = sum_on_host(a.losses) / N;
   backward_starts();
-  if (tensor_size(tp_) > 1) take_vocab_columns(backend_, tp_, a.logits_local, a.logits);
 
   auto sk = std::make_pair(B, T);
   if (!scratch_.count(sk))
@@ -158,8 +153,7 @@ double GptModel::forward_backward(const Batch& batch, double loss_scale) {
 
   Tensor dlnf_full = s.dln.slice_flat(0, {N, C});
   Tensor dwte = params_.grad("wte.weight"), none;
-  ColumnParallelLinear::backward(backend_, dlnf_full, dwte, none, a.logits_local, a.lnf_full,
-                                 params_.weight("wte.weight"));
+  ColumnParallelLinear::backward(backend_, dlnf_full, dwte, none, a.logits, a.lnf_full, params_.weight("wte.weight"));
   Tensor dlnf = sp ? s.dln_part.slice_flat(0, {n, C}) : dlnf_full;
   if (sp)
     gather_from_sequence_region_backward(backend_, tp_, dlnf, dlnf_full, /*replicated_consumer=*/false);
@@ -186,7 +180,7 @@ EvalStats GptModel::evaluate(const Batch& batch) {
   Activations& a = forward(batch.inputs);
   const int64_t N = batch.inputs.numel();
   Tensor targets = batch.targets.view({N}), none;
-  backend_.cross_entropy(a.losses, none, a.logits, targets, shape_.vocab, 1.0, 0.0);
+  vocab_parallel_cross_entropy(backend_, tp_, a.losses, none, a.logits, targets, shape_.vocab, 1.0, 0.0);
   EvalStats st;
   st.loss_sum = sum_on_host(a.losses);
   st.count = N;
@@ -210,11 +204,18 @@ std::vector<float> GptModel::last_logits(const Tensor& tokens) {
   for (int64_t b = 0; b < B; ++b)
     for (int64_t i = 0; i < t; ++i) padded.data<int32_t>()[b * seq_ + i] = host.data<int32_t>()[b * t + i];
   Activations& a = forward(padded.to(backend_.device()));
-  const std::vector<float> all = a.logits.to_vector();
+  // Only position t-1 of each sequence is needed: pick those B rows of this rank's vocabulary columns, then
+  // gather the columns of every rank for them alone.
+  const Device dev = backend_.device();
+  const int64_t Vr = a.logits.dim(1);
+  Tensor last = Tensor::empty({B, 1, Vr}, compute_dtype_, dev);
+  backend_.copy_tokens(last, 0, a.logits.view({B, seq_, Vr}), t - 1, 1, /*accumulate=*/false);
+  Tensor full = Tensor::empty({B, shape_.padded_vocab}, compute_dtype_, dev);
+  gather_vocab_columns(backend_, tp_, full, last.view({B, Vr}));
+  const std::vector<float> all = full.to_vector();
   std::vector<float> out(static_cast<size_t>(B * shape_.vocab));
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t v = 0; v < shape_.vocab; ++v)
-      out[b * shape_.vocab + v] = all[(b * seq_ + t - 1) * shape_.padded_vocab + v];
+    for (int64_t v = 0; v < shape_.vocab; ++v) out[b * shape_.vocab + v] = all[b * shape_.padded_vocab + v];
   return out;
 }
 

@@ -58,8 +58,8 @@ class GptModel final : public Model {
     std::vector<BlockActivations> blocks;
     Tensor lnf, lnf_mean, lnf_rstd;  // [n, C] rows
     Tensor lnf_full;                 // [N, C] (lnf itself without SP)
-    Tensor logits_local;             // [N, Vp / R] (logits itself without TP)
-    Tensor logits, losses;           // [N, Vp] on every rank
+    Tensor logits;                   // [N, Vp / R]: this rank's vocabulary columns (all Vp without TP)
+    Tensor losses;                   // [N] on every rank
   };
   Activations& activations_for(int64_t batch, int64_t seq);
   // Forward through the final norm and logits; returns the activations used.

@@ -403,6 +403,71 @@ void CpuBackend::cross_entropy(Tensor& losses, Tensor& dlogits, const Tensor& lo
   });
 }
 
+namespace {
+// The arguments cross_entropy_partials and cross_entropy_from_partials share: logits_local [N, Vr], the first
+// global column and the vocabulary, and one target in [-1, vocab) per row. Returns N.
+int64_t check_vocab_split(const OpCheck& check, const Tensor& logits_local, const Tensor& targets,
+                          int64_t vocab_begin, int64_t vocab) {
+  check.real("logits_local", logits_local);
+  if (!(logits_local.ndim() >= 1 && logits_local.dim(-1) > 0))
+    check.fail_with("logits_local ", logits_local.str(), " must be [N, Vr]");
+  const int64_t N = logits_local.numel() / logits_local.dim(-1);
+  if (vocab_begin < 0) check.fail_with("vocab_begin ", vocab_begin, " must not be negative");
+  if (vocab < 1) check.fail_with("vocab ", vocab, " must be positive");
+  check.ints("targets", targets);
+  if (targets.numel() != N)
+    check.fail_with("targets ", targets.str(), " must hold one target per row of logits_local ", logits_local.str());
+  check.ids_in_range("targets", targets, vocab, true);
+  return N;
+}
+}  // namespace
+
+void CpuBackend::cross_entropy_partials(Tensor& partials, const Tensor& logits_local, const Tensor& targets,
+                                        int64_t vocab_begin, int64_t vocab) {
+  const OpCheck check{"cross_entropy_partials"};
+  const int64_t N = check_vocab_split(check, logits_local, targets, vocab_begin, vocab);
+  check.real("partials", partials);
+  check.rows("partials", partials, N, 4);
+  const int64_t Vr = logits_local.dim(-1);
+  dispatch(logits_local.dtype(), [&](auto logit_tag) {
+    using T = decltype(logit_tag);
+    dispatch(partials.dtype(), [&](auto partial_tag) {
+      using P = decltype(partial_tag);
+      cpu::cross_entropy_partials(partials.data<P>(), logits_local.data<T>(), targets.data<int32_t>(), N, Vr,
+                                  vocab_begin, vocab);
+    });
+  });
+}
+
+void CpuBackend::cross_entropy_from_partials(Tensor& losses, Tensor& dlogits_local, const Tensor& gathered,
+                                             const Tensor& logits_local, const Tensor& targets, int64_t vocab_begin,
+                                             int64_t vocab, double dloss, double label_smoothing) {
+  const OpCheck check{"cross_entropy_from_partials"};
+  const int64_t N = check_vocab_split(check, logits_local, targets, vocab_begin, vocab);
+  if (!(label_smoothing >= 0 && label_smoothing <= 1))
+    check.fail_with("label smoothing ", label_smoothing, " must be in [0, 1]");
+  check.real("gathered", gathered);
+  if (!(gathered.ndim() == 3 && gathered.dim(0) >= 1 && gathered.dim(1) == N && gathered.dim(2) == 4))
+    check.fail_with("gathered ", gathered.str(), " must be [R, ", N, ", 4] (every rank's partials)");
+  check.like("losses", losses, "gathered", gathered);
+  if (losses.numel() != N)
+    check.fail_with("losses ", losses.str(), " must hold one loss per row of logits_local ", logits_local.str());
+  if (dlogits_local.defined()) {
+    check.like("dlogits_local", dlogits_local, "logits_local", logits_local);
+    check.same_shape("dlogits_local", dlogits_local, "logits_local", logits_local);
+  }
+  const int64_t Vr = logits_local.dim(-1);
+  dispatch(logits_local.dtype(), [&](auto logit_tag) {
+    using T = decltype(logit_tag);
+    dispatch(gathered.dtype(), [&](auto partial_tag) {
+      using P = decltype(partial_tag);
+      cpu::cross_entropy_from_partials(losses.data<P>(), data_or_null<T>(dlogits_local), gathered.data<P>(),
+                                       logits_local.data<T>(), targets.data<int32_t>(), gathered.dim(0), N, Vr,
+                                       vocab_begin, vocab, dloss, label_smoothing);
+    });
+  });
+}
+
 double CpuBackend::sum_squares(const std::vector<Tensor>& tensors) {
   const OpCheck check{"sum_squares"};
   double sum = 0;

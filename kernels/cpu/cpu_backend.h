@@ -3,8 +3,9 @@
 //
 // Contract (in addition to kernels/backend.h):
 // - Float tensors may be F32 or F64; all float tensors of one call share one dtype, except: cross_entropy's
-//   losses may be F32 or F64 whatever the logits are; convert/sum_squares/adamw's grad and compute_copy also
-//   take BF16/F16. ids and targets are I32. Anything else throws loom::Error naming the op and the tensors.
+//   losses may be F32 or F64 whatever the logits are, and so may the partials of the vocabulary-parallel pair
+//   (there gathered and losses share the partials' dtype); convert/sum_squares/adamw's grad and compute_copy
+//   also take BF16/F16. ids and targets are I32. Anything else throws loom::Error naming the op and the tensors.
 // - What layernorm saves (mean, rstd) and what attention saves (the probabilities [B, H, T, T]) have the dtype
 //   of the activations: F32 in training, F64 in gradient checks (attention_saved_dtype() reports F32).
 // - Deterministic: outputs are bit-identical run to run, and do not depend on the OpenMP thread count
@@ -55,6 +56,11 @@ class CpuBackend final : public Backend {
 
   void cross_entropy(Tensor& losses, Tensor& dlogits, const Tensor& logits, const Tensor& targets, int64_t vocab,
                      double dloss, double label_smoothing) override;
+  void cross_entropy_partials(Tensor& partials, const Tensor& logits_local, const Tensor& targets, int64_t vocab_begin,
+                              int64_t vocab) override;
+  void cross_entropy_from_partials(Tensor& losses, Tensor& dlogits_local, const Tensor& gathered,
+                                   const Tensor& logits_local, const Tensor& targets, int64_t vocab_begin,
+                                   int64_t vocab, double dloss, double label_smoothing) override;
 
   double sum_squares(const std::vector<Tensor>& tensors) override;
   void adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy, const AdamWHyper& hp,

@@ -134,6 +134,16 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* probs, co
 template <typename T, typename L>
 void cross_entropy(L* losses, T* dlogits, const T* logits, const int32_t* targets, int64_t N, int64_t Vp, int64_t vocab,
                    double dloss, double label_smoothing);
+// Vocabulary-parallel cross-entropy (kernels/backend.h states the math). logits [N, Vr] hold the global columns
+// [vocab_begin, vocab_begin + Vr); P (float or double) stores partials [N, 4], gathered [R, N, 4] and losses
+// [N]. dlogits may be null, or alias logits.
+template <typename T, typename P>
+void cross_entropy_partials(P* partials, const T* logits, const int32_t* targets, int64_t N, int64_t Vr,
+                            int64_t vocab_begin, int64_t vocab);
+template <typename T, typename P>
+void cross_entropy_from_partials(P* losses, T* dlogits, const P* gathered, const T* logits, const int32_t* targets,
+                                 int64_t R, int64_t N, int64_t Vr, int64_t vocab_begin, int64_t vocab, double dloss,
+                                 double label_smoothing);
 
 // ---- optimizer (cpu_optimizer.cc) ----
 struct AdamWStep {

@@ -88,7 +88,9 @@ void CudaBackend::check_error_flag() {
   *error_flag_host_ = 0;
   std::string what;
   if (bits & kBadEmbeddingId) what += " embedding_forward/backward got an id outside [0, V) (row skipped);";
-  if (bits & kBadTarget) what += " cross_entropy got a target outside [-1, vocab) (row treated as ignored);";
+  if (bits & kBadTarget)
+    what += " cross_entropy (or its vocabulary-parallel pair) got a target outside [-1, vocab) (row treated as "
+            "ignored);";
   fail(name_, ": invalid input detected on the GPU since the last synchronize():", what);
 }
 
@@ -338,6 +340,65 @@ void CudaBackend::cross_entropy(Tensor& losses, Tensor& dlogits, const Tensor& l
     using T = decltype(tag);
     cuda::cross_entropy(ptr<float>(losses), ptr<T>(dlogits), ptr<T>(logits), ptr<int32_t>(targets), N, Vp, vocab,
                         static_cast<float>(dloss), static_cast<float>(label_smoothing), error_flag_, stream_);
+  });
+}
+
+namespace {
+// The arguments the vocabulary-parallel pair shares: logits_local [N, Vr], the first global column, the
+// vocabulary and one target per row (its range is checked on the GPU, like cross_entropy's). Returns N.
+int64_t check_vocab_split(const OpCheck& check, const Tensor& logits_local, const Tensor& targets,
+                          int64_t vocab_begin, int64_t vocab) {
+  check.floating("logits_local", logits_local);
+  check.require(logits_local.ndim() >= 1 && logits_local.dim(-1) > 0, "logits_local ", logits_local.str(),
+                " must be [N, Vr]");
+  const int64_t N = logits_local.numel() / logits_local.dim(-1);
+  check.require(vocab_begin >= 0, "vocab_begin ", vocab_begin, " must not be negative");
+  check.require(vocab >= 1, "vocab ", vocab, " must be positive");
+  check.ints("targets", targets);
+  check.require(targets.numel() == N, "targets ", targets.str(), " must hold one target per row of logits_local ",
+                logits_local.str());
+  return N;
+}
+}  // namespace
+
+void CudaBackend::cross_entropy_partials(Tensor& partials, const Tensor& logits_local, const Tensor& targets,
+                                         int64_t vocab_begin, int64_t vocab) {
+  const OpCheck check{"cross_entropy_partials", device()};
+  const int64_t N = check_vocab_split(check, logits_local, targets, vocab_begin, vocab);
+  check.f32("partials", partials);
+  check.rows("partials", partials, N, 4);
+  activate();
+  dispatch_float(logits_local.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    cuda::cross_entropy_partials(ptr<float>(partials), ptr<T>(logits_local), ptr<int32_t>(targets), N,
+                                 logits_local.dim(-1), vocab_begin, vocab, error_flag_, stream_);
+  });
+}
+
+void CudaBackend::cross_entropy_from_partials(Tensor& losses, Tensor& dlogits_local, const Tensor& gathered,
+                                              const Tensor& logits_local, const Tensor& targets, int64_t vocab_begin,
+                                              int64_t vocab, double dloss, double label_smoothing) {
+  const OpCheck check{"cross_entropy_from_partials", device()};
+  const int64_t N = check_vocab_split(check, logits_local, targets, vocab_begin, vocab);
+  check.require(label_smoothing >= 0 && label_smoothing <= 1, "label smoothing ", label_smoothing,
+                " must be in [0, 1]");
+  check.f32("gathered", gathered);
+  check.require(gathered.ndim() == 3 && gathered.dim(0) >= 1 && gathered.dim(1) == N && gathered.dim(2) == 4,
+                "gathered ", gathered.str(), " must be [R, ", N, ", 4] (every rank's partials)");
+  check.f32("losses", losses);
+  check.require(losses.numel() == N, "losses ", losses.str(), " must hold one loss per row of logits_local ",
+                logits_local.str());
+  if (dlogits_local.defined()) {
+    check.like("dlogits_local", dlogits_local, "logits_local", logits_local);
+    check.same_shape("dlogits_local", dlogits_local, "logits_local", logits_local);
+  }
+  activate();
+  dispatch_float(logits_local.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    cuda::cross_entropy_from_partials(ptr<float>(losses), ptr<T>(dlogits_local), ptr<float>(gathered),
+                                      ptr<T>(logits_local), ptr<int32_t>(targets), static_cast<int>(gathered.dim(0)),
+                                      N, logits_local.dim(-1), vocab_begin, vocab, static_cast<float>(dloss),
+                                      static_cast<float>(label_smoothing), error_flag_, stream_);
   });
 }
 

@@ -68,6 +68,12 @@ class CudaBackend final : public Backend {
 
   void cross_entropy(Tensor& losses, Tensor& dlogits, const Tensor& logits, const Tensor& targets,
                      int64_t vocab, double dloss, double label_smoothing) override;
+  // partials, gathered and losses are f32.
+  void cross_entropy_partials(Tensor& partials, const Tensor& logits_local, const Tensor& targets,
+                              int64_t vocab_begin, int64_t vocab) override;
+  void cross_entropy_from_partials(Tensor& losses, Tensor& dlogits_local, const Tensor& gathered,
+                                   const Tensor& logits_local, const Tensor& targets, int64_t vocab_begin,
+                                   int64_t vocab, double dloss, double label_smoothing) override;
 
   double sum_squares(const std::vector<Tensor>& tensors) override;
   void adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy,

@@ -69,6 +69,17 @@ void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T*
 template <typename T>
 void cross_entropy(float* losses, T* dlogits, const T* logits, const int32_t* targets, int64_t N, int64_t Vp,
                    int64_t vocab, float dloss, float label_smoothing, int* error_flag, cudaStream_t stream);
+// Vocabulary-parallel pair (kernels/backend.h states the math): logits [N, Vr] hold the global columns
+// [vocab_begin, vocab_begin + Vr); partials [N, 4] and gathered [R, N, 4] are f32. dlogits may be null, or
+// alias logits.
+template <typename T>
+void cross_entropy_partials(float* partials, const T* logits, const int32_t* targets, int64_t N, int64_t Vr,
+                            int64_t vocab_begin, int64_t vocab, int* error_flag, cudaStream_t stream);
+template <typename T>
+void cross_entropy_from_partials(float* losses, T* dlogits, const float* gathered, const T* logits,
+                                 const int32_t* targets, int R, int64_t N, int64_t Vr, int64_t vocab_begin,
+                                 int64_t vocab, float dloss, float label_smoothing, int* error_flag,
+                                 cudaStream_t stream);
 
 // ---- attention helpers (cuda_attention_kernels.cu) ----
 // dst[b, h, t, :] = src[b, t, offset + h·D : offset + (h+1)·D] for src rows of width W.
