@@ -179,6 +179,10 @@ class NcclRequest final : public CommRequest {
 }  // namespace
 
 std::unique_ptr<NcclCommunicator> NcclCommunicator::create(MpiCommunicator& bootstrap, int device_index) {
+  // The process's GPU from now on: restoring a previous device (0 by default) would make every rank create a
+  // context on GPU 0 as well.
+  const CommOp op{"nccl", "create", bootstrap.rank(), bootstrap.size()};
+  check_cuda(op, cudaSetDevice(device_index), "cudaSetDevice (GPU index from the local rank)");
   // A private copy of the ranks, so `bootstrap` may go away and our MPI traffic never mixes with its.
   return std::make_unique<NcclCommunicator>(make_state(bootstrap.split_mpi(0, bootstrap.rank()), device_index));
 }

@@ -26,7 +26,8 @@ namespace loom {
 class NcclCommunicator final : public Communicator {
  public:
   // Collective over `bootstrap`: an NCCL communicator over the same ranks in the same order, on GPU
-  // `device_index` (usually ProcessEnvironment::local_rank). `bootstrap` may be destroyed afterwards.
+  // `device_index` (usually ProcessEnvironment::local_rank), which becomes the calling thread's current device
+  // (one GPU per process). `bootstrap` may be destroyed afterwards.
   // Throws loom::Error when the GPU does not exist or NCCL initialisation fails.
   static std::unique_ptr<NcclCommunicator> create(MpiCommunicator& bootstrap, int device_index);
 

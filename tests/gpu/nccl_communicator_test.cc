@@ -11,8 +11,11 @@
 #include <cmath>
 
 #include "kernels/backend.h"
+#include "parallel/comm_timeline.h"
 #include "parallel/environment.h"
+#include "parallel/host_collectives.h"
 #include "parallel/nccl_communicator.h"
+#include "tests/common/test_util.h"
 
 namespace loom {
 namespace {
@@ -132,6 +135,57 @@ TEST_P(NcclCommunicatorTest, BadArgumentsThrow) {
   EXPECT_THROW(comm_->wait_event(nullptr), Error);
   EXPECT_THROW(comm_->broadcast(seven, comm_->size()), Error);
   EXPECT_NE(std::getenv("NCCL_NVLS_ENABLE"), nullptr);
+}
+
+// The orderings the trainer relies on instead of host synchronisation: work queued on the backend's stream is
+// seen by the communicator after wait_for_stream(), and its result by the backend after make_stream_wait().
+// Also the host collectives staged through the GPU and the timeline's account of an operation.
+TEST_P(NcclCommunicatorTest, StreamOrderingHostCollectivesAndTimeline) {
+  const DType dtype = GetParam();
+  const int size = comm_->size(), rank = comm_->rank();
+  const int64_t n = 1 << 20;
+  Tensor x = device_tensor(std::vector<double>(n, 1.0), dtype, comm_->device());
+  backend_->synchronize();
+  backend_->scale(x, rank + 2);  // queued, not waited for on the host
+  CommTimeline timeline(*backend_);
+  comm_->wait_for_stream(backend_->native_stream());
+  timeline.begin(*comm_);
+  comm_->all_reduce(x, ReduceOp::Sum);
+  timeline.end(*comm_, /*exposed=*/true);
+  comm_->make_stream_wait(backend_->native_stream());
+  backend_->scale(x, 0.5);  // after the reduction, on the backend's stream
+  double expected = 0;
+  for (int r = 0; r < size; ++r) expected += r + 2;
+  const std::vector<double> got = host_values(x);
+  EXPECT_EQ(got.front(), 0.5 * expected);
+  EXPECT_EQ(got.back(), 0.5 * expected);
+  const CommTimeline::Totals t = timeline.collect();
+  EXPECT_EQ(t.operations, 1);
+  EXPECT_GT(t.communication_ms, 0.0);
+  EXPECT_EQ(t.exposed_ms, t.communication_ms);
+
+  Tensor values = Tensor::from_vector({1.0f * rank, 2.0f}, {2}, DType::F64);
+  all_reduce_host(*comm_, values, ReduceOp::Sum);
+  EXPECT_EQ(values.item(0), size * (size - 1) / 2.0);
+  EXPECT_EQ(values.item(1), 2.0 * size);
+  Tensor flag = Tensor::from_vector({rank == 0 ? 7.f : 0.f}, {1}, DType::F64);
+  broadcast_host(*comm_, flag, 0);
+  EXPECT_EQ(flag.item(0), 7.0);
+  Tensor mine = Tensor::from_vector({1.f * rank}, {1}, DType::F32);
+  Tensor all = Tensor::zeros({size}, DType::F32);
+  all_gather_host(*comm_, all, mine);
+  for (int r = 0; r < size; ++r) EXPECT_EQ(all.item(r), r);
+}
+
+TEST(NcclCommunicatorCreate, MissingGpuNamesTheCall) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  int gpus = 0;
+  ASSERT_EQ(cudaGetDeviceCount(&gpus), cudaSuccess);
+  auto world = MpiCommunicator::world();
+  const std::string message = testing::error_message([&] { NcclCommunicator::create(*world, gpus); });
+  EXPECT_NE(message.find("cudaSetDevice"), std::string::npos) << message;
+  EXPECT_NE(message.find("nccl create"), std::string::npos) << message;
+  ASSERT_EQ(cudaSetDevice(detect_process_environment().local_rank), cudaSuccess);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, NcclCommunicatorTest, ::testing::Values(DType::F32, DType::BF16, DType::F16),
