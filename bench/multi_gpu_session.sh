@@ -13,6 +13,9 @@ gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
 "$carried/loom_gpu_tests" --gtest_brief=1 > "$out/gpu_tests.log" 2>&1
 echo "gpu tests exit $?: $(grep -E '^\[  (PASSED|FAILED) ' "$out/gpu_tests.log" | tr '\n' ' ')"
 grep -E '^\[  FAILED  \]' "$out/gpu_tests.log" | head -20
+mpirun -np "$gpus" --bind-to none -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE "$carried/loom_gpu_tests" \
+  --gtest_filter='*Nccl*' > "$out/nccl_tests.log" 2>&1
+echo "nccl communicator tests ($gpus ranks) exit $?"
 mpirun -np "$gpus" --bind-to none -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE "$carried/loom_gpu_mpi_tests" \
   > "$out/gpu_mpi_tests.log" 2>&1
 echo "gpu mpi tests ($gpus ranks) exit $?: $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/gpu_mpi_tests.log" | tr '\n' ' ')"

@@ -20,7 +20,9 @@ void check_nccl(const CommOp& op, ncclResult_t result, const char* call) {
 }
 
 void check_cuda(const CommOp& op, cudaError_t result, const char* call) {
-  if (result != cudaSuccess) op.fail(call, " failed: ", cudaGetErrorString(result));
+  if (result == cudaSuccess) return;
+  cudaGetLastError();  // consumed here, so a later launch check does not report this error as its own
+  op.fail(call, " failed: ", cudaGetErrorString(result));
 }
 
 // Makes `device` current for a scope and restores the caller's device after: NCCL and stream/event calls need

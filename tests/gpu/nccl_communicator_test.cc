@@ -73,14 +73,18 @@ TEST_P(NcclCommunicatorTest, CollectivesMatchLocalReference) {
       everyone[r * n + i] = input_value(r, i);
     }
 
+  // Every tensor stays alive until synchronize(), and the communicator's stream waits for the copies that
+  // filled them (legacy default stream) — the contract of communicator.h.
   Tensor reduced = device_tensor(mine, dtype, gpu);
-  comm_->all_reduce(reduced);
   Tensor gathered = device_poisoned(size * n, dtype, gpu);
-  comm_->all_gather(gathered, device_tensor(mine, dtype, gpu));
+  Tensor gather_in = device_tensor(mine, dtype, gpu);
   Tensor scattered = device_poisoned(n, dtype, gpu);
   Tensor scatter_in = device_tensor(scatter_mine, dtype, gpu);
-  comm_->reduce_scatter(scattered, scatter_in);
   Tensor broadcast = rank == size - 1 ? device_tensor(mine, dtype, gpu) : device_poisoned(n, dtype, gpu);
+  comm_->wait_for_stream(nullptr);
+  comm_->all_reduce(reduced);
+  comm_->all_gather(gathered, gather_in);
+  comm_->reduce_scatter(scattered, scatter_in);
   comm_->broadcast(broadcast, size - 1);
   comm_->synchronize();
 
@@ -117,6 +121,7 @@ TEST_P(NcclCommunicatorTest, StartedAllReduceAfterEventAndSplit) {
   EXPECT_EQ(halves->backend_name(), "nccl");
   EXPECT_EQ(halves->size(), (size + 1 - comm_->rank() % 2) / 2);
   Tensor ones = device_tensor(std::vector<double>(3, 1.0), dtype, comm_->device());
+  halves->wait_for_stream(nullptr);  // after the copy that filled `ones`
   halves->all_reduce(ones);
   halves->synchronize();
   EXPECT_EQ(host_values(ones), std::vector<double>(3, halves->size()));
