@@ -105,8 +105,9 @@ class Backend {
   // ---- linear layers (weights stored [out, in], as in PyTorch) ----
   // out[N, O] = x[N, I] · w[O, I]^T + bias[O]; bias may be undefined.
   virtual void matmul_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) = 0;
-  // dx[N, I] = dout · w (written; undefined dx skips it), dw[O, I] += dout^T · x, dbias[O] += Σ_n dout
-  // (undefined dbias skips it).
+  // dx[N, I] = dout · w (written; undefined dx skips it), dw[O, I] += dout^T · x (undefined dw skips it and
+  // then requires an undefined dbias), dbias[O] += Σ_n dout (undefined dbias skips it). Tensor parallelism calls
+  // it twice, dx first, so the input gradient's reduction overlaps the weight-gradient GEMM.
   virtual void matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Tensor& dout, const Tensor& x,
                                const Tensor& w) = 0;
 

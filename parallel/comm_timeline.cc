@@ -21,13 +21,15 @@ void CommTimeline::end(Communicator& comm, bool exposed) {
 }
 
 void CommTimeline::mark_compute_end() {
-  compute_end_ = &markers_.next();
-  compute_end_->record(nullptr);
+  WorkMarker& compute_end = markers_.next();
+  compute_end.record(nullptr);
+  windows_.push_back({&compute_end, nullptr});
 }
 
 void CommTimeline::mark_overlap_end(Communicator& comm) {
-  overlap_end_ = &markers_.next();
-  overlap_end_->record(comm.stream());
+  LOOM_CHECK(!windows_.empty() && !windows_.back().overlap_end, "CommTimeline::mark_overlap_end without an open window");
+  windows_.back().overlap_end = &markers_.next();
+  windows_.back().overlap_end->record(comm.stream());
 }
 
 CommTimeline::Totals CommTimeline::collect() {
@@ -38,10 +40,12 @@ CommTimeline::Totals CommTimeline::collect() {
     if (s.exposed) t.exposed_ms += ms;
     ++t.operations;
   }
-  if (compute_end_ && overlap_end_) t.exposed_ms += std::max(0.0, overlap_end_->ms_since(*compute_end_));
+  for (const Window& w : windows_)
+    if (w.overlap_end) t.exposed_ms += std::max(0.0, w.overlap_end->ms_since(*w.compute_end));
   spans_.clear();
+  windows_.clear();
   markers_.reset();
-  open_ = compute_end_ = overlap_end_ = nullptr;
+  open_ = nullptr;
   return t;
 }
 

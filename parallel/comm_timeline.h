@@ -5,10 +5,12 @@
 // CUDA events, so timing never synchronises the step; on the CPU the host clock around the call.
 // - An exposed operation is one the computation waits for right after it (tensor- and sequence-parallel
 //   region boundaries): all of its time counts as exposed.
-// - An overlapped operation (a gradient bucket reduced while the backward runs) counts as exposed only for the
-//   part after the computation ran out of work: from mark_compute_end() (the backward's last kernel queued) to
-//   mark_overlap_end() (every bucket done). On the CPU, MPI's non-blocking reductions progress inside MPI, so
-//   their own durations are not seen; their exposed part still is (the wait at the end of the backward).
+// - An overlapped operation (a gradient bucket reduced while the backward runs, a tensor-parallel reduction
+//   running beside a GEMM) counts as exposed only for the part after the computation ran out of work: each
+//   overlap window runs from mark_compute_end() (the last kernel that overlaps is queued) to mark_overlap_end()
+//   (the overlapped operations are done); a window whose communication finished first exposes nothing. On the
+//   CPU, MPI's non-blocking reductions progress inside MPI, so their own durations are not seen; their exposed
+//   part still is (the wait at the end of the backward).
 //
 // Contract: driven by the training thread, like the backend it was made with (which must outlive it). Markers
 // are reused from step to step; collect() must be called once the step's work has been queued (it blocks until
@@ -46,9 +48,11 @@ class CommTimeline {
   // Call right before and right after enqueuing one operation on `comm` (after its wait_for_stream()).
   void begin(Communicator& comm);
   void end(Communicator& comm, bool exposed);
-  // The computation has queued its last kernel before waiting for the overlapped operations.
+  // Opens an overlap window: the computation has queued its last kernel that runs beside the overlapped
+  // operations.
   void mark_compute_end();
-  // Every overlapped operation of the step is complete on `comm` (record after waiting for them).
+  // Closes the window opened last: the overlapped operations queued so far on `comm` are done there (recorded
+  // on its stream after them; on the CPU after waiting for them).
   void mark_overlap_end(Communicator& comm);
 
   struct Totals {
@@ -67,7 +71,10 @@ class CommTimeline {
   };
   std::vector<Span> spans_;
   WorkMarker* open_ = nullptr;  // a begin() without its end()
-  WorkMarker *compute_end_ = nullptr, *overlap_end_ = nullptr;  // null when not marked this step
+  struct Window {
+    WorkMarker *compute_end, *overlap_end;  // overlap_end null until closed
+  };
+  std::vector<Window> windows_;
 };
 
 }  // namespace loom

@@ -1,5 +1,7 @@
 #include "parallel/tensor_parallel.h"
 
+#include <algorithm>
+
 namespace loom {
 namespace {
 
@@ -21,6 +23,26 @@ void communicate(Backend& be, const TensorParallelContext* tp, Communicator& g, 
   op();
   if (tp->timeline) tp->timeline->end(g, /*exposed=*/true);
   g.make_stream_wait(be.native_stream());
+}
+
+// Enqueues `op` on g's stream after the backend's queued work, as an operation that overlaps the computation
+// queued next (finish_overlapped() closes the stretch). A host communicator's operation is complete on return,
+// so there the computation did wait for all of it.
+template <typename F>
+void start_overlapped(Backend& be, const TensorParallelContext* tp, Communicator& g, F&& op) {
+  g.wait_for_stream(be.native_stream());
+  if (tp->timeline) tp->timeline->begin(g);
+  op();
+  if (tp->timeline) tp->timeline->end(g, /*exposed=*/g.stream() == nullptr);
+}
+
+// The overlapping computation has been queued: later backend work waits for the communication, and the
+// timeline counts as exposed only what the communication took beyond the computation.
+void finish_overlapped(Backend& be, const TensorParallelContext* tp, Communicator& g) {
+  const bool timed = tp->timeline && g.stream();
+  if (timed) tp->timeline->mark_compute_end();
+  g.make_stream_wait(be.native_stream());
+  if (timed) tp->timeline->mark_overlap_end(g);
 }
 
 }  // namespace
@@ -140,9 +162,54 @@ void ColumnParallelLinear::backward(Backend& be, Tensor& dx, Tensor& dw, Tensor&
   be.matmul_backward(dx, dw, db, dy, x, w);
 }
 
+void ColumnParallelLinear::backward_overlapped(Backend& be, const TensorParallelContext* tp, Tensor& dx_full,
+                                               Tensor& dx_part, Tensor& dw, Tensor& db, const Tensor& dy,
+                                               const Tensor& x, const Tensor& w) {
+  Communicator* g = group_of(tp);
+  if (!g) {
+    be.matmul_backward(dx_full, dw, db, dy, x, w);
+    if (dx_part.defined()) dx_part.copy_from(dx_full);
+    return;
+  }
+  Tensor none;
+  be.matmul_backward(dx_full, none, none, dy, x, w);
+  if (dx_part.defined()) {
+    check_split("gather_from_sequence_region backward", *g, dx_full, dx_part);
+    start_overlapped(be, tp, *g, [&] { g->reduce_scatter(dx_part, dx_full, ReduceOp::Sum); });
+  } else {
+    start_overlapped(be, tp, *g, [&] { g->all_reduce(dx_full, ReduceOp::Sum); });
+  }
+  be.matmul_backward(none, dw, db, dy, x, w);
+  finish_overlapped(be, tp, *g);
+}
+
 void RowParallelLinear::forward(Backend& be, const TensorParallelContext* tp, Tensor& y, const Tensor& x,
                                 const Tensor& w, const Tensor& b) {
   be.matmul_forward(y, x, w, tensor_rank(tp) == 0 ? b : Tensor());
+}
+
+void RowParallelLinear::forward_reduced(Backend& be, const TensorParallelContext* tp, Tensor& y, const Tensor& x,
+                                        const Tensor& w, const Tensor& b) {
+  Communicator* g = group_of(tp);
+  if (!g) {
+    forward(be, tp, y, x, w, b);
+    return;
+  }
+  LOOM_CHECK(!tp->sequence_parallel(), "RowParallelLinear::forward_reduced: the sequence-parallel exit scatters "
+             "rows by rank; use forward() and reduce_scatter_to_sequence_region_forward()");
+  LOOM_CHECK(tp->tiles >= 1, "parallel.comm_tiles must be at least 1, got ", tp->tiles);
+  const int64_t O = w.dim(0), I = w.dim(1), N = y.numel() / O;
+  LOOM_CHECK(y.numel() == N * O && x.numel() == N * I, "RowParallelLinear::forward_reduced: y ", y.str(), " and x ",
+             x.str(), " must hold the same rows of ", O, " and ", I);
+  const int64_t tile = (N + tp->tiles - 1) / tp->tiles;
+  const Tensor bias = tensor_rank(tp) == 0 ? b : Tensor();
+  for (int64_t r0 = 0; r0 < N; r0 += tile) {
+    const int64_t rows = std::min(tile, N - r0);
+    Tensor y_rows = y.slice_flat(r0 * O, {rows, O});
+    be.matmul_forward(y_rows, x.slice_flat(r0 * I, {rows, I}), w, bias);
+    start_overlapped(be, tp, *g, [&] { g->all_reduce(y_rows, ReduceOp::Sum); });
+  }
+  finish_overlapped(be, tp, *g);
 }
 
 void RowParallelLinear::backward(Backend& be, Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x,

@@ -36,6 +36,7 @@ struct TensorParallelContext {
   Communicator* group = nullptr;  // null: no tensor parallelism
   bool sequence = false;          // Megatron-SP (only meaningful with size() > 1)
   CommTimeline* timeline = nullptr;  // where region operations record their time (optional, not owned)
+  int tiles = 4;                     // row tiles of RowParallelLinear::forward_reduced (parallel.comm_tiles)
 
   int size() const { return group ? group->size() : 1; }
   int rank() const { return group ? group->rank() : 0; }
@@ -109,6 +110,13 @@ struct ColumnParallelLinear {
   static void forward(Backend& be, Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b);
   static void backward(Backend& be, Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x,
                        const Tensor& w);
+  // The backward at a region entry, with the entry's reduction overlapped with the weight-gradient GEMM
+  // (Megatron's asynchronous tensor-parallel all-reduce): dx_full = dy · W_r first; then, on the communicator's
+  // stream, Σ_ranks dx_full in place (copy_to_tensor_region's backward; dx_part undefined) or this rank's rows of
+  // it into dx_part (gather_from_sequence_region's backward under SP), while dW_r += dyᵀ x and db_r += Σ dy run
+  // on the backend's. The result equals backward() followed by that region operation.
+  static void backward_overlapped(Backend& be, const TensorParallelContext* tp, Tensor& dx_full, Tensor& dx_part,
+                                  Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x, const Tensor& w);
 };
 
 // y[N, O] partial = x_r[N, I/R] · W_rᵀ (+ b on tensor rank 0 only, so the bias is added once when the partial
@@ -117,6 +125,12 @@ struct ColumnParallelLinear {
 struct RowParallelLinear {
   static void forward(Backend& be, const TensorParallelContext* tp, Tensor& y, const Tensor& x, const Tensor& w,
                       const Tensor& b);
+  // forward() and the region exit reduce_from_tensor_region (y = Σ_ranks y) tile by tile (Tiling-AllReduce): the
+  // N token rows are cut into tp->tiles pieces; each piece's partial sums are all-reduced on the communicator's
+  // stream as soon as its GEMM is queued, so the reduction of piece k overlaps the GEMM of piece k + 1. Without
+  // sequence parallelism (whose exit scatters rows by rank instead).
+  static void forward_reduced(Backend& be, const TensorParallelContext* tp, Tensor& y, const Tensor& x,
+                              const Tensor& w, const Tensor& b);
   static void backward(Backend& be, Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x,
                        const Tensor& w);
 };

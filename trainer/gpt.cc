@@ -153,12 +153,10 @@ double GptModel::forward_backward(const Batch& batch, double loss_scale) {
 
   Tensor dlnf_full = s.dln.slice_flat(0, {N, C});
   Tensor dwte = params_.grad("wte.weight"), none;
-  ColumnParallelLinear::backward(backend_, dlnf_full, dwte, none, a.logits, a.lnf_full, params_.weight("wte.weight"));
   Tensor dlnf = sp ? s.dln_part.slice_flat(0, {n, C}) : dlnf_full;
-  if (sp)
-    gather_from_sequence_region_backward(backend_, tp_, dlnf, dlnf_full, /*replicated_consumer=*/false);
-  else
-    copy_to_tensor_region_backward(backend_, tp_, dlnf_full);
+  Tensor dlnf_part = sp ? dlnf : Tensor();
+  ColumnParallelLinear::backward_overlapped(backend_, tp_, dlnf_full, dlnf_part, dwte, none, a.logits, a.lnf_full,
+                                            params_.weight("wte.weight"));
   Tensor dnorm_w = params_.grad("norm.weight"), dnorm_b = params_.grad("norm.bias");
   backend_.layernorm_backward(dresid, dnorm_w, dnorm_b, dlnf, a.resid[L], params_.weight("norm.weight"), a.lnf_mean,
                               a.lnf_rstd);

@@ -135,6 +135,9 @@ TrainResult train_on_mesh(const config::RunConfig& cfg, std::ostream& rank0_log,
     tp.group = &mesh->tensor_group();
     tp.sequence = cfg.parallel().sequence();
     tp.timeline = &timeline;
+    LOOM_CHECK(cfg.parallel().comm_tiles() >= 1, "parallel.comm_tiles must be at least 1, got ",
+               cfg.parallel().comm_tiles());
+    tp.tiles = cfg.parallel().comm_tiles();
   }
   auto model = build_model(cfg, *backend, compute, mesh ? &tp : nullptr);
   auto data = build_data_source(cfg, mesh ? mesh->data_index() : 0, mesh ? mesh->data_size() : 1);

@@ -114,13 +114,15 @@ void TransformerBlock::forward(Backend& be, const ParameterStore& p, const Tenso
   const Tensor x = x_in.view({rows, C});
   Tensor out = out_in.view({rows, C});
   const AttentionShape as = attention_shape(B, T);
-  // Region exits: without SP `out` holds the summed projection for a moment before it becomes the output.
-  Tensor partial = sp ? a.partial : out.view({B, T, C});
-  auto exit_region = [&]() {
-    if (sp)
+  // Region exits: without SP `out` holds the summed projection for a moment before it becomes the output, and
+  // the sum is taken tile by tile while the GEMM runs; under SP the partial sums are reduce-scattered to rows.
+  auto row_parallel_exit = [&](const Tensor& in, const Tensor& w, const Tensor& b) {
+    if (sp) {
+      RowParallelLinear::forward(be, tp_, a.partial, in, w, b);
       reduce_scatter_to_sequence_region_forward(be, tp_, out, a.partial);
-    else
-      reduce_from_tensor_region_forward(be, tp_, out);
+    } else {
+      RowParallelLinear::forward_reduced(be, tp_, out, in, w, b);
+    }
   };
 
   be.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p.weight(n + "norm1.weight"), p.weight(n + "norm1.bias"),
@@ -128,8 +130,7 @@ void TransformerBlock::forward(Backend& be, const ParameterStore& p, const Tenso
   if (sp) gather_from_sequence_region_forward(be, tp_, a.ln1_full, a.ln1);
   ColumnParallelLinear::forward(be, a.qkv, a.ln1_full, p.weight(n + "attn.qkv.weight"), p.weight(n + "attn.qkv.bias"));
   be.attention_forward(a.att, a.att_saved, a.qkv, as);
-  RowParallelLinear::forward(be, tp_, partial, a.att, p.weight(n + "attn.proj.weight"), p.weight(n + "attn.proj.bias"));
-  exit_region();
+  row_parallel_exit(a.att, p.weight(n + "attn.proj.weight"), p.weight(n + "attn.proj.bias"));
   be.add(a.mid, x, out);
 
   be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.mid, p.weight(n + "norm2.weight"),
@@ -138,8 +139,7 @@ void TransformerBlock::forward(Backend& be, const ParameterStore& p, const Tenso
   // fc1 is column-parallel, a purely local matmul (ColumnParallelLinear::forward), so it fuses with the GELU.
   be.matmul_gelu_forward(a.gelu, a.fc1, a.ln2_full, p.weight(n + "mlp.fc1.weight"), p.weight(n + "mlp.fc1.bias"),
                          gelu_);
-  RowParallelLinear::forward(be, tp_, partial, a.gelu, p.weight(n + "mlp.fc2.weight"), p.weight(n + "mlp.fc2.bias"));
-  exit_region();
+  row_parallel_exit(a.gelu, p.weight(n + "mlp.fc2.weight"), p.weight(n + "mlp.fc2.bias"));
   be.add(out, a.mid, out);
 }
 
@@ -163,12 +163,9 @@ void TransformerBlock::backward(Backend& be, const ParameterStore& p, Tensor& dr
     if (sp)
       reduce_scatter_to_sequence_region_backward(be, tp_, dout, dresid);
   };
-  auto region_input_backward = [&]() {
-    if (sp)
-      gather_from_sequence_region_backward(be, tp_, dln_rows, dln, /*replicated_consumer=*/false);
-    else
-      copy_to_tensor_region_backward(be, tp_, dln);
-  };
+  // The column-parallel input gradient's reduction (all-reduce, or reduce-scatter to rows under SP) overlaps the
+  // weight-gradient GEMM.
+  Tensor dln_part = sp ? dln_rows : Tensor();
 
   // MLP branch: dresid is dLoss/d(out) = dLoss/d(mlp output); it also flows straight into mid.
   enter_region_backward();
@@ -176,8 +173,8 @@ void TransformerBlock::backward(Backend& be, const ParameterStore& p, Tensor& dr
   // fc2's backward (RowParallelLinear::backward, local) fused with the GELU's: dfc = dLoss/d(fc1 output).
   be.matmul_backward_gelu(dfc, dfc2_w, dfc2_b, dout, a.gelu, p.weight(n + "mlp.fc2.weight"), a.fc1, gelu_);
   Tensor dfc1_w = p.grad(n + "mlp.fc1.weight"), dfc1_b = p.grad(n + "mlp.fc1.bias");
-  ColumnParallelLinear::backward(be, dln, dfc1_w, dfc1_b, dfc, a.ln2_full, p.weight(n + "mlp.fc1.weight"));
-  region_input_backward();
+  ColumnParallelLinear::backward_overlapped(be, tp_, dln, dln_part, dfc1_w, dfc1_b, dfc, a.ln2_full,
+                                            p.weight(n + "mlp.fc1.weight"));
   Tensor dn2_w = p.grad(n + "norm2.weight"), dn2_b = p.grad(n + "norm2.bias");
   be.layernorm_backward(dresid, dn2_w, dn2_b, dln_rows, a.mid, p.weight(n + "norm2.weight"), a.ln2_mean, a.ln2_rstd);
 
@@ -187,8 +184,8 @@ void TransformerBlock::backward(Backend& be, const ParameterStore& p, Tensor& dr
   RowParallelLinear::backward(be, datt, dproj_w, dproj_b, dout, a.att, p.weight(n + "attn.proj.weight"));
   be.attention_backward(dqkv, datt, a.qkv, a.att, a.att_saved, as);
   Tensor dqkv_w = p.grad(n + "attn.qkv.weight"), dqkv_b = p.grad(n + "attn.qkv.bias");
-  ColumnParallelLinear::backward(be, dln, dqkv_w, dqkv_b, dqkv, a.ln1_full, p.weight(n + "attn.qkv.weight"));
-  region_input_backward();
+  ColumnParallelLinear::backward_overlapped(be, tp_, dln, dln_part, dqkv_w, dqkv_b, dqkv, a.ln1_full,
+                                            p.weight(n + "attn.qkv.weight"));
   Tensor dn1_w = p.grad(n + "norm1.weight"), dn1_b = p.grad(n + "norm1.bias");
   be.layernorm_backward(dresid, dn1_w, dn1_b, dln_rows, x, p.weight(n + "norm1.weight"), a.ln1_mean, a.ln1_rstd);
 }

@@ -283,8 +283,12 @@ void CpuBackend::matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Te
   const int64_t O = w.dim(0), I = w.dim(1), N = I ? x.numel() / I : 0;
   check.like("dout", dout, "x", x);
   check.rows("dout", dout, N, O);
-  check.like("dw", dw, "x", x);
-  check.same_shape("dw", dw, "w", w);
+  if (dw.defined()) {
+    check.like("dw", dw, "x", x);
+    check.same_shape("dw", dw, "w", w);
+  } else if (dbias.defined()) {
+    check.fail_with("dbias ", dbias.str(), " needs dw (an undefined dw skips the parameter gradients)");
+  }
   if (dx.defined()) {
     check.like("dx", dx, "x", x);
     check.same_shape("dx", dx, "x", x);
@@ -295,8 +299,8 @@ void CpuBackend::matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Te
   }
   dispatch(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    cpu::matmul_backward(data_or_null<T>(dx), dw.data<T>(), data_or_null<T>(dbias), dout.data<T>(), x.data<T>(),
-                         w.data<T>(), N, I, O);
+    cpu::matmul_backward(data_or_null<T>(dx), data_or_null<T>(dw), data_or_null<T>(dbias), dout.data<T>(),
+                         x.data<T>(), w.data<T>(), N, I, O);
   });
 }
 

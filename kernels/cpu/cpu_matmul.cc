@@ -34,7 +34,7 @@ void matmul_forward(T* out, const T* x, const T* w, const T* bias, int64_t N, in
 template <typename T>
 void matmul_backward(T* dx, T* dw, T* dbias, const T* dout, const T* x, const T* w, int64_t N, int64_t I, int64_t O) {
   if (dx && N > 0 && I > 0) gemm(CblasNoTrans, CblasNoTrans, N, I, O, T(1), dout, O, w, I, T(0), dx, I);
-  if (O > 0 && I > 0 && N > 0) gemm(CblasTrans, CblasNoTrans, O, I, N, T(1), dout, O, x, I, T(1), dw, I);
+  if (dw && O > 0 && I > 0 && N > 0) gemm(CblasTrans, CblasNoTrans, O, I, N, T(1), dout, O, x, I, T(1), dw, I);
   if (dbias) {
     // Column blocks: each bias element is summed over rows in ascending order by one thread.
 #pragma omp parallel for schedule(static) if (N * O > kParallelMinWork)

@@ -90,8 +90,12 @@ void CudaBackend::matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const T
   check.require(I > 0, "x ", x.str(), " has an empty inner dimension");
   check.like("dout", dout, "x", x);
   check.rows("dout", dout, N, O);
-  check.like("dw", dw, "x", x);
-  check.same_shape("dw", dw, "w", w);
+  if (dw.defined()) {
+    check.like("dw", dw, "x", x);
+    check.same_shape("dw", dw, "w", w);
+  } else {
+    check.require(!dbias.defined(), "dbias ", dbias.str(), " needs dw (an undefined dw skips the parameter gradients)");
+  }
   if (dx.defined()) {
     check.like("dx", dx, "x", x);
     check.same_shape("dx", dx, "x", x);
@@ -119,6 +123,7 @@ void CudaBackend::matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const T
     spec.ab_type = spec.d_type = type;
     gemm_->run(spec, stream_);
   }
+  if (!dw.defined()) return;
 
   GemmSpec spec;
   spec.m = I;

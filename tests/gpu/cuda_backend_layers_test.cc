@@ -177,6 +177,14 @@ TEST_P(CudaLayersTest, MatmulForwardBackward) {
       Tensor no_dx, dw_only = on_gpu(dw0);
       gpu_->matmul_backward(no_dx, dw_only, dbias, on_gpu(dout), on_gpu(x), on_gpu(w));
       expect_close(dw_only, dw_ref, tol, "matmul_backward without dx" + tag);
+
+      // dx alone (tensor parallelism's first half): dw and dbias untouched.
+      Tensor no_dw, no_db, dx_only = poisoned({N, I}, dt);
+      gpu_->matmul_backward(dx_only, no_dw, no_db, on_gpu(dout), on_gpu(x), on_gpu(w));
+      expect_close(dx_only, dx_ref, tol, "matmul_backward dx only" + tag);
+      Tensor some_db = on_gpu(Tensor::zeros({O}, dt));
+      EXPECT_THROW(gpu_->matmul_backward(dx_only, no_dw, some_db, on_gpu(dout), on_gpu(x), on_gpu(w)), Error)
+          << "a bias gradient without dw";
     }
   }
 }

@@ -94,7 +94,8 @@ config::RunConfig make_config(const std::string& kind, const Layout& layout, con
     << ", device: " << settings.device << ", dtype: " << settings.dtype << ", progress: false, log_every: 0, seed: 7, "
     << "keep_checkpoints: 5, out_dir: '" << out_dir << "'}\n"
     << "parallel: {data: " << layout.data << ", tensor: " << layout.tensor << ", sequence: "
-    << (layout.sequence ? "true" : "false") << ", zero1: " << (layout.zero1 ? "true" : "false") << ", bucket_mb: 1}\n";
+    << (layout.sequence ? "true" : "false") << ", zero1: " << (layout.zero1 ? "true" : "false")
+    << ", bucket_mb: 1, comm_tiles: " << layout.comm_tiles << "}\n";
   return parse_run_config(y.str(), kind + "_" + layout.name() + "_" + settings.tag());
 }
 
@@ -210,7 +211,8 @@ void expect_matches_reference(const std::string& kind, const std::string& out_di
 
 std::string Layout::name() const {
   return "dp" + std::to_string(data) + "_tp" + std::to_string(tensor) + (sequence ? "_sp" : "") +
-         (zero1 ? "_zero1" : "") + (accum > 1 ? "_accum" + std::to_string(accum) : "");
+         (zero1 ? "_zero1" : "") + (accum > 1 ? "_accum" + std::to_string(accum) : "") +
+         (comm_tiles != 4 ? "_tiles" + std::to_string(comm_tiles) : "");
 }
 
 config::RunConfig make_parallel_config(const std::string& kind, const Layout& layout, const std::string& out_dir,

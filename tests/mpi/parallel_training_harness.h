@@ -22,6 +22,7 @@ struct Layout {
   int data = 1, tensor = 1;
   bool sequence = false, zero1 = false;
   int accum = 1;  // gradient accumulation micro-steps (the reference uses the same)
+  int comm_tiles = 4;  // parallel.comm_tiles (Tiling-AllReduce of row-parallel outputs)
   std::string name() const;
 };
 

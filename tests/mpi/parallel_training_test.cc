@@ -65,6 +65,17 @@ TEST_P(ParallelTraining, TensorParallel4Sequence) { check_layout(GetParam(), {1,
 TEST_P(ParallelTraining, DataParallel2) { check_layout(GetParam(), {2, 1}, {}); }
 TEST_P(ParallelTraining, DataParallel4) { check_layout(GetParam(), {4, 1}, {}); }
 TEST_P(ParallelTraining, TensorParallel2) { check_layout(GetParam(), {1, 2}, {}); }
+// Row tiles that do not divide the token rows (GPT 32 = 11 + 11 + 10, ViT 20 = 7 + 7 + 6), and no tiling.
+TEST_P(ParallelTraining, TensorParallel2RaggedTiles) {
+  Layout layout{1, 2};
+  layout.comm_tiles = 3;
+  check_layout(GetParam(), layout, {});
+}
+TEST_P(ParallelTraining, TensorParallel2Untiled) {
+  Layout layout{1, 2};
+  layout.comm_tiles = 1;
+  check_layout(GetParam(), layout, {});
+}
 TEST_P(ParallelTraining, TensorParallel2Sequence) { check_layout(GetParam(), {1, 2, true}, {}); }
 TEST_P(ParallelTraining, Data2Tensor2) { check_layout(GetParam(), {2, 2}, {}); }
 TEST_P(ParallelTraining, Data2Tensor2Sequence) { check_layout(GetParam(), {2, 2, true}, {}); }

@@ -122,6 +122,12 @@ TEST_F(CpuKernelsGrad, Matmul) {
   Tensor dw_only = Tensor::zeros({O, I}, F64);
   cpu.matmul_backward(no_dx, dw_only, no_dbias, r, x, w);
   expect_scaled("dw without dx/dbias", dw_only, dw1, 1);
+
+  // An absent dw skips the parameter gradients (and then refuses a dbias): dx alone.
+  Tensor no_dw, dx_only = poisoned({5, I}, F64);
+  cpu.matmul_backward(dx_only, no_dw, no_dbias, r, x, w);
+  expect_scaled("dx without dw", dx_only, dx1, 1);
+  EXPECT_THROW(cpu.matmul_backward(dx_only, no_dw, dbias, r, x, w), Error);
 }
 
 TEST_F(CpuKernelsGrad, Gelu) {
