@@ -1,5 +1,5 @@
 """Scaling table from the runs of bench/parallel/run.sh (directories named single_b<B> or
-dp<D>_tp<T>[_sp]_b<B>, B = sequences per data rank), from the median over steps 11..end of each run's
+dp<D>_tp<T>[_sp][_c<tiles>]_b<B>, B = sequences per data rank), from the median over steps 11..end of each run's
 metrics.jsonl (the first steps warm up the allocator and cuBLASLt's heuristics).
 
 scaling = tokens/s / (GPUs x tokens/s of the one-GPU run): for data parallelism with the one-GPU batch per rank
@@ -19,7 +19,7 @@ def layout(run):
     m = re.match(r"single_b(\d+)$", run)
     if m:
         return 1, 1, False, int(m.group(1))
-    m = re.match(r"dp(\d+)_tp(\d+)(_sp)?_b(\d+)$", run)
+    m = re.match(r"dp(\d+)_tp(\d+)(_sp)?(?:_c\d+)?_b(\d+)$", run)
     return int(m.group(1)), int(m.group(2)), bool(m.group(3)), int(m.group(4))
 
 runs = {run: load(run) for run in sorted(os.listdir(runs_dir)) if load(run)}
