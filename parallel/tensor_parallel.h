@@ -36,7 +36,7 @@ struct TensorParallelContext {
   Communicator* group = nullptr;  // null: no tensor parallelism
   bool sequence = false;          // Megatron-SP (only meaningful with size() > 1)
   CommTimeline* timeline = nullptr;  // where region operations record their time (optional, not owned)
-  int tiles = 4;                     // row tiles of RowParallelLinear::forward_reduced (parallel.comm_tiles)
+  int tiles = 1;                     // row tiles of RowParallelLinear::forward_reduced (parallel.comm_tiles)
 
   int size() const { return group ? group->size() : 1; }
   int rank() const { return group ? group->rank() : 0; }

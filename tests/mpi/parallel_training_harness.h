@@ -22,7 +22,7 @@ struct Layout {
   int data = 1, tensor = 1;
   bool sequence = false, zero1 = false;
   int accum = 1;  // gradient accumulation micro-steps (the reference uses the same)
-  int comm_tiles = 4;  // parallel.comm_tiles (Tiling-AllReduce of row-parallel outputs)
+  int comm_tiles = 4;  // parallel.comm_tiles: tiled here so every layout covers Tiling-AllReduce (default 1)
   std::string name() const;
 };
 
