@@ -20,18 +20,6 @@ GptShape small_gpt() {
   return s;
 }
 
-// ||a - b|| / ||b|| over all elements.
-double relative_l2(const Tensor& a, const Tensor& b) {
-  const Tensor x = a.to(Device::cpu()).cast(DType::F64), y = b.to(Device::cpu()).cast(DType::F64);
-  double diff = 0, ref = 0;
-  for (int64_t i = 0; i < y.numel(); ++i) {
-    const double d = x.data<double>()[i] - y.data<double>()[i];
-    diff += d * d;
-    ref += y.data<double>()[i] * y.data<double>()[i];
-  }
-  return std::sqrt(diff / ref);
-}
-
 class CudaGptTest : public CudaBackendTest, public ::testing::WithParamInterface<DType> {};
 
 TEST_P(CudaGptTest, ForwardBackwardMatchesCpuFloat64) {

@@ -101,6 +101,18 @@ inline void expect_bitwise_equal(const Tensor& x, const Tensor& y, const std::st
   EXPECT_EQ(0, std::memcmp(a.raw(), b.raw(), a.nbytes())) << what << " differs between two identical runs";
 }
 
+// ||a - b|| / ||b|| over all elements (any devices and float dtypes).
+inline double relative_l2(const Tensor& a, const Tensor& b) {
+  const Tensor x = a.to(Device::cpu()).cast(DType::F64), y = b.to(Device::cpu()).cast(DType::F64);
+  double diff = 0, ref = 0;
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    const double d = x.data<double>()[i] - y.data<double>()[i];
+    diff += d * d;
+    ref += y.data<double>()[i] * y.data<double>()[i];
+  }
+  return std::sqrt(diff / ref);
+}
+
 inline std::string dtype_param_name(const ::testing::TestParamInfo<DType>& info) { return dtype_name(info.param); }
 
 }  // namespace loom::testing_cuda
