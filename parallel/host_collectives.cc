@@ -23,22 +23,24 @@ void stage_out(Communicator& comm, Tensor& host, const Tensor& staged) {
   host.copy_from(staged);
 }
 
-}  // namespace
-
-void all_reduce_host(Communicator& comm, Tensor& x, ReduceOp op) {
-  check_host(comm, "all_reduce_host", x);
-  if (comm.device().is_cpu()) return comm.all_reduce(x, op);
+// An in-place collective `op` on the host tensor x: directly on a host communicator, else on a staged copy.
+template <typename Op>
+void in_place_on_host(Communicator& comm, const char* name, Tensor& x, Op&& op) {
+  check_host(comm, name, x);
+  if (comm.device().is_cpu()) return op(x);
   Tensor staged = stage_in(comm, x);
-  comm.all_reduce(staged, op);
+  op(staged);
   stage_out(comm, x, staged);
 }
 
+}  // namespace
+
+void all_reduce_host(Communicator& comm, Tensor& x, ReduceOp op) {
+  in_place_on_host(comm, "all_reduce_host", x, [&](Tensor& t) { comm.all_reduce(t, op); });
+}
+
 void broadcast_host(Communicator& comm, Tensor& x, int root) {
-  check_host(comm, "broadcast_host", x);
-  if (comm.device().is_cpu()) return comm.broadcast(x, root);
-  Tensor staged = stage_in(comm, x);
-  comm.broadcast(staged, root);
-  stage_out(comm, x, staged);
+  in_place_on_host(comm, "broadcast_host", x, [&](Tensor& t) { comm.broadcast(t, root); });
 }
 
 void all_gather_host(Communicator& comm, Tensor& out, const Tensor& in) {

@@ -14,26 +14,28 @@ void check_split(const char* op, const Communicator& g, const Tensor& full, cons
              " rank parts of ", part.str(), " (token rows must divide by the tensor-parallel size)");
 }
 
-// The communicator's stream waits for the backend's queued work, and the backend's stream for the result; the
-// operation's time goes to the context's timeline as exposed (the computation waits for it).
+// Enqueues `op` on g's stream after the backend's queued work, bracketed in the context's timeline; `exposed`
+// says whether the computation waits for all of it.
 template <typename F>
-void communicate(Backend& be, const TensorParallelContext* tp, Communicator& g, F&& op) {
+void enqueue_timed(Backend& be, const TensorParallelContext* tp, Communicator& g, bool exposed, F&& op) {
   g.wait_for_stream(be.native_stream());
   if (tp->timeline) tp->timeline->begin(g);
   op();
-  if (tp->timeline) tp->timeline->end(g, /*exposed=*/true);
+  if (tp->timeline) tp->timeline->end(g, exposed);
+}
+
+// A boundary the computation waits at: the backend's stream continues only after the operation.
+template <typename F>
+void communicate(Backend& be, const TensorParallelContext* tp, Communicator& g, F&& op) {
+  enqueue_timed(be, tp, g, /*exposed=*/true, op);
   g.make_stream_wait(be.native_stream());
 }
 
-// Enqueues `op` on g's stream after the backend's queued work, as an operation that overlaps the computation
-// queued next (finish_overlapped() closes the stretch). A host communicator's operation is complete on return,
-// so there the computation did wait for all of it.
+// An operation that overlaps the computation queued next (finish_overlapped() closes the stretch). A host
+// communicator's operation is complete on return, so there the computation did wait for all of it.
 template <typename F>
 void start_overlapped(Backend& be, const TensorParallelContext* tp, Communicator& g, F&& op) {
-  g.wait_for_stream(be.native_stream());
-  if (tp->timeline) tp->timeline->begin(g);
-  op();
-  if (tp->timeline) tp->timeline->end(g, /*exposed=*/g.stream() == nullptr);
+  enqueue_timed(be, tp, g, /*exposed=*/g.stream() == nullptr, op);
 }
 
 // The overlapping computation has been queued: later backend work waits for the communication, and the
@@ -46,14 +48,6 @@ void finish_overlapped(Backend& be, const TensorParallelContext* tp, Communicato
 }
 
 }  // namespace
-
-void copy_to_tensor_region_backward(Backend& be, const TensorParallelContext* tp, Tensor& dx) {
-  all_reduce_over_tensor_group(be, tp, dx);
-}
-
-void reduce_from_tensor_region_forward(Backend& be, const TensorParallelContext* tp, Tensor& y) {
-  all_reduce_over_tensor_group(be, tp, y);
-}
 
 void all_reduce_over_tensor_group(Backend& be, const TensorParallelContext* tp, Tensor& x) {
   Communicator* g = group_of(tp);

@@ -51,13 +51,13 @@ inline bool sequence_parallel(const TensorParallelContext* tp) { return tp && tp
 
 // ---- region boundaries (forward / backward pairs) ----
 
-// Entry of a tensor region without sequence parallelism. Forward: identity (the input is replicated).
-// Backward: dx = Σ_ranks dx (each rank's dx is the partial gradient through its own shard), in place.
-void copy_to_tensor_region_backward(Backend& be, const TensorParallelContext* tp, Tensor& dx);
-
-// Exit of a tensor region without sequence parallelism. Forward: y = Σ_ranks y (partial sums of a row-parallel
-// layer), in place. Backward: identity.
-void reduce_from_tensor_region_forward(Backend& be, const TensorParallelContext* tp, Tensor& y);
+// Entry of a tensor region without sequence parallelism, copy_to_tensor_region. Forward: identity (the input is
+// replicated). Backward: dx = Σ_ranks dx (each rank's partial gradient through its own shard), fused with the
+// column-parallel layer's backward: ColumnParallelLinear::backward_overlapped.
+//
+// Exit of a tensor region without sequence parallelism, reduce_from_tensor_region. Forward: y = Σ_ranks y (the
+// row-parallel layer's partial sums), fused with that layer: RowParallelLinear::forward_reduced. Backward:
+// identity.
 
 // Entry of a tensor region with sequence parallelism. Forward: full = concat_ranks(part) (all-gather).
 // Backward: dpart = this rank's rows of Σ_ranks dfull (reduce-scatter), when the region's gradient is partial

@@ -68,13 +68,10 @@ void GradientSync::start(Bucket& b) {
   b.started = true;
   Tensor slice = params_.grads().slice_flat(b.begin, {b.end - b.begin});
   if (!zero1_) {
-    if (!data_) return;
     // The bucket's gradients are queued on the backend's stream; the reduction waits for them there, not on
     // the host, so the backward keeps running.
-    data_->wait_for_stream(backend_.native_stream());
-    if (timeline_) timeline_->begin(*data_);
-    requests_.push_back(data_->start_all_reduce(slice, ReduceOp::Average));
-    if (timeline_) timeline_->end(*data_, /*exposed=*/false);
+    if (data_)
+      start_reduction(backend_.native_stream(), [&] { return data_->start_all_reduce(slice, ReduceOp::Average); });
     return;
   }
   // Sequence-parallel partial gradients must be summed over the tensor group before leaving the bucket.
@@ -86,9 +83,13 @@ void GradientSync::start(Bucket& b) {
     return;
   }
   // The staging copy runs on the legacy default stream (after the backend's queued work): wait for that.
-  data_->wait_for_stream(nullptr);
+  start_reduction(nullptr, [&] { return data_->start_reduce_scatter(mine, b.staging, ReduceOp::Average); });
+}
+
+void GradientSync::start_reduction(GpuStream producer, const std::function<std::unique_ptr<CommRequest>()>& start) {
+  data_->wait_for_stream(producer);
   if (timeline_) timeline_->begin(*data_);
-  requests_.push_back(data_->start_reduce_scatter(mine, b.staging, ReduceOp::Average));
+  requests_.push_back(start());
   if (timeline_) timeline_->end(*data_, /*exposed=*/false);
 }
 
@@ -119,10 +120,11 @@ size_t GradientSync::started_buckets() const {
 
 void GradientSync::finish() {
   on_grads_ready("");
-  if (data_ && timeline_ && !requests_.empty()) timeline_->mark_compute_end();
+  const bool timed = timeline_ && !requests_.empty();  // requests exist only with a data group
+  if (timed) timeline_->mark_compute_end();
   for (auto& r : requests_) r->wait();
   if (data_) data_->synchronize();
-  if (data_ && timeline_ && !requests_.empty()) timeline_->mark_overlap_end(*data_);
+  if (timed) timeline_->mark_overlap_end(*data_);
   requests_.clear();
   armed_ = false;
   // Sequence parallelism: LayerNorm gradients from this rank's token rows only; sum over the tensor group

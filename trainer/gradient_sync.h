@@ -24,6 +24,7 @@
 // uses (data group, tensor group) and must be made in the same order on every rank.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -88,6 +89,9 @@ class GradientSync {
     Tensor staging;
   };
   void start(Bucket& b);
+  // Makes the data group's stream wait for `producer`'s queued work, then starts and keeps a reduction (timed
+  // as overlapped communication).
+  void start_reduction(GpuStream producer, const std::function<std::unique_ptr<CommRequest>()>& start);
   // Sums the sequence-parallel partial gradients of the parameters inside arena range [begin, end).
   void reduce_partial_over_tensor(int64_t begin, int64_t end);
   // Σ g² of the sharded and of the replicated parameters' gradients in arena range [begin, begin + n) held

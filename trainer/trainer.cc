@@ -101,10 +101,10 @@ Trainer::Trainer(const config::RunConfig& cfg, Model& model, DataSource& data, s
   }
   sync_->set_timeline(timeline_);
   phase_markers_ = std::make_unique<MarkerPool>(model.backend());
+  // Inside a training step's forward_backward (the only caller) the backward's start gets a marker.
   model_.set_backward_start_hook([this] {
-    if (!backward_marker_) return;
+    backward_marker_ = &phase_markers_->next();
     backward_marker_->record();
-    backward_marked_ = true;
   });
   if (writes_files()) {
     metrics_ = std::make_unique<MetricsWriter>(cfg_.train().out_dir() + "/metrics.jsonl");
@@ -235,13 +235,11 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       sync_->arm(/*reduce=*/micro == accum - 1);  // data-parallel reduction on the last micro-step only
       WorkMarker& micro_start = phase_markers_->next();
       micro_start.record();
-      backward_marker_ = &phase_markers_->next();
-      backward_marked_ = false;
+      backward_marker_ = nullptr;
       loss += model_.forward_backward(batch, 1.0 / accum) / accum;
       micro_end = &phase_markers_->next();
       micro_end->record();
-      micro_marks.push_back({&micro_start, backward_marked_ ? backward_marker_ : nullptr, micro_end});
-      backward_marker_ = nullptr;
+      micro_marks.push_back({&micro_start, backward_marker_, micro_end});
       samples += batch.inputs.dim(0);
     }
     sync_->finish();

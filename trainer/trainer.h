@@ -110,8 +110,7 @@ class Trainer {
   std::unique_ptr<CommTimeline> own_timeline_;  // when the tensor-parallel context brings none
   CommTimeline* timeline_ = nullptr;
   std::unique_ptr<MarkerPool> phase_markers_;
-  WorkMarker* backward_marker_ = nullptr;  // recorded by the model's backward-start hook
-  bool backward_marked_ = false;
+  WorkMarker* backward_marker_ = nullptr;  // the current micro-step's backward start (null until the hook runs)
   std::function<void(int64_t)> sampler_;
   std::vector<TrainingObserver*> observers_;
   int64_t step_ = 0;
