@@ -20,6 +20,7 @@
 #include "trainer/hf_gpt2.h"
 #include "trainer/image_source.h"
 #include "trainer/sampler.h"
+#include "trainer/shared_out_dir.h"
 #include "trainer/text_source.h"
 #include "trainer/timm_vit.h"
 #include "trainer/vit.h"
@@ -191,6 +192,8 @@ TrainResult run_training(const config::RunConfig& cfg, std::ostream& log,
              "; start them with launch/loom-mpirun --np ", ranks, ")");
   if (world->size() == 1) return train_on_mesh(cfg, log, observers, nullptr);
   try {
+    // Checkpoints go to rank 0's out_dir: every host must see that folder (an error now, not at a resume).
+    check_out_dir_shared(cfg.train().out_dir(), *world);
     // GPUs communicate over NCCL (one GPU per local rank), the CPU backend over MPI.
     std::unique_ptr<Communicator> gpu_world;
     if (!select_device(cfg.train()).is_cpu()) {

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The fixture itself: hosts have their own hostname and address on the test subnet and reach each other over
+# the bridge (an MPI job across them), and everything is torn down even when the test using it fails.
+#
+#   fixture_test.sh SOURCE_DIR
+#
+# A child bash brings up 3 hosts, checks them, starts a process on host2 that would outlive it, and exits
+# with status 3 (a failing test); this script then checks the child's status and that none of its
+# namespaces, links or processes remain. Exit 0 pass, 1 fail, 77 skip.
+set -euo pipefail
+source_dir="$1"
+here="$source_dir/tests/multinode"
+. "$here/netns_fixture.sh"
+mn_require_namespaces
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+status=0
+bash -c '
+  set -euo pipefail
+  . "$1/netns_fixture.sh"
+  echo "$MN_PREFIX" >"$2/prefix"
+  mn_up 3
+  for i in 0 1 2; do
+    [ "$(mn_exec host$i hostname)" = host$i ] || { echo "host$i: hostname $(mn_exec host$i hostname)"; exit 1; }
+    mn_exec host$i ip -4 -o addr show dev eth0 | grep -q "inet $(mn_address host$i)/24" ||
+      { echo "host$i: no address $(mn_address host$i) on eth0"; exit 1; }
+    ! mn_exec host$i ip -4 -o addr show | grep -v " lo \| eth0 " | grep -q inet ||
+      { echo "host$i: an address outside lo and eth0"; exit 1; }
+  done
+  printf "host0 slots=1\nhost1 slots=1\nhost2 slots=1\n" >"$2/hostfile"
+  LOOM_MN_PREFIX="$MN_PREFIX" mn_exec host0 timeout 60 mpirun --allow-run-as-root -np 3 --hostfile "$2/hostfile" \
+    -mca plm_rsh_agent "$1/rsh_agent.sh" -mca btl_tcp_if_include "$MN_SUBNET" -mca oob_tcp_if_include "$MN_SUBNET" \
+    hostname | sort >"$2/mpi_hosts"
+  mn_exec host2 sleep 600 &
+  echo $! >"$2/sleeper"
+  sleep 0.5
+  exit 3
+' fixture-child "$here" "$work" || status=$?
+fail=0
+if ((status != 3)); then echo "FAIL: the child fixture ended with $status, not 3"; fail=1; fi
+if [ "$(tr '\n' ' ' <"$work/mpi_hosts" 2>/dev/null)" != "host0 host1 host2 " ]; then
+  echo "FAIL: mpirun across the hosts ran on: $(cat "$work/mpi_hosts" 2>/dev/null)"
+  fail=1
+fi
+prefix="$(cat "$work/prefix")"
+if ip netns list | grep -q "^$prefix"; then echo "FAIL: namespaces left: $(ip netns list | grep "^$prefix")"; fail=1; fi
+if ip -o link show | grep -q ": $prefix"; then echo "FAIL: links left: $(ip -o link show | grep ": $prefix")"; fail=1; fi
+sleeper="$(cat "$work/sleeper")"
+sleep 0.2
+if kill -0 "$sleeper" 2>/dev/null || pgrep -f "^sleep 600$" >/dev/null; then
+  echo "FAIL: the process started on host2 survived the teardown"
+  fail=1
+fi
+((fail == 0)) && echo "PASS: 3 hosts up, checked, and torn down after a failure"
+exit $fail
