@@ -9,6 +9,7 @@ packages=(build-essential cmake ninja-build ccache pkg-config libyaml-cpp-dev li
           libcli11-dev nlohmann-json3-dev libprotobuf-dev protobuf-compiler libgtest-dev libgmock-dev
           openmpi-bin libopenmpi-dev linux-doc-6.1 dataset-fashion-mnist
           libgrpc++-dev protobuf-compiler-grpc libcpp-httplib-dev chromium prometheus openssl)
+packages+=(iproute2 procps)  # the multinode tests: simulated hosts (ip netns), process checks (pgrep)
 command -v npm >/dev/null || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do

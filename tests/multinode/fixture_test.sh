@@ -32,9 +32,8 @@ bash -c '
   LOOM_MN_PREFIX="$MN_PREFIX" mn_exec host0 timeout 60 mpirun --allow-run-as-root -np 3 --hostfile "$2/hostfile" \
     -mca plm_rsh_agent "$1/rsh_agent.sh" -mca btl_tcp_if_include "$MN_SUBNET" -mca oob_tcp_if_include "$MN_SUBNET" \
     hostname | sort >"$2/mpi_hosts"
-  mn_exec host2 sleep 600 &
-  echo $! >"$2/sleeper"
-  sleep 0.5
+  mn_exec host2 sh -c "echo \$\$ >$2/sleeper; exec sleep 600" &
+  for _ in $(seq 50); do [ -s "$2/sleeper" ] && break; sleep 0.1; done
   exit 3
 ' fixture-child "$here" "$work" || status=$?
 fail=0
@@ -46,10 +45,12 @@ fi
 prefix="$(cat "$work/prefix")"
 if ip netns list | grep -q "^$prefix"; then echo "FAIL: namespaces left: $(ip netns list | grep "^$prefix")"; fail=1; fi
 if ip -o link show | grep -q ": $prefix"; then echo "FAIL: links left: $(ip -o link show | grep ": $prefix")"; fail=1; fi
-sleeper="$(cat "$work/sleeper")"
-sleep 0.2
-if kill -0 "$sleeper" 2>/dev/null || pgrep -f "^sleep 600$" >/dev/null; then
-  echo "FAIL: the process started on host2 survived the teardown"
+sleeper="$(cat "$work/sleeper" 2>/dev/null)"
+if [ -z "$sleeper" ]; then
+  echo "FAIL: the process on host2 did not start"
+  fail=1
+elif kill -0 "$sleeper" 2>/dev/null; then
+  echo "FAIL: the process started on host2 (pid $sleeper) survived the teardown"
   fail=1
 fi
 ((fail == 0)) && echo "PASS: 3 hosts up, checked, and torn down after a failure"

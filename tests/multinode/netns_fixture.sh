@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the multinode tests: simulated hosts on one machine. Each host is a Linux network namespace
 # (LOOM_MN_PREFIX-hI) with a veth pair whose other end joins a bridge the fixture creates (LOOM_MN_PREFIX-br
 # style names, below), address 10.231.0.(I+1)/24 on its eth0 and its own loopback. No address goes to the
@@ -81,7 +82,7 @@ mn_remove_stale() {
 mn_up() {
   local n="$1" i ns
   mn_remove_stale
-  trap 'status=$?; mn_down; exit $status' EXIT
+  trap 'mn_status=$?; mn_down; exit $mn_status' EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
   ip link add "${MN_PREFIX}br" type bridge

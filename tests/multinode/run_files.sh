@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the multinode tests: the tiny runs they train.
 #
 # mn_write_run KIND WORK STEPS: writes WORK/data (loom_multinode_tool's synthetic data) and WORK/KIND.yaml, a

@@ -51,7 +51,7 @@ fail=0
 # ranks stays inside a host; one of more ranks spans hosts).
 for ((i = 0; i < hosts && i * slots < data * tensor; i++)); do
   want=$((data * tensor - i * slots < slots ? data * tensor - i * slots : slots))
-  if ! grep -Eq "Data for node: host$i[[:space:]].*Num procs: $want\b" "$work/run.log"; then
+  if ! grep -Eq "Data for node: host${i}[[:space:]].*Num procs: $want\b" "$work/run.log"; then
     echo "FAIL: mpirun's map does not show $want rank(s) on host$i"
     fail=1
   fi
