@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The fixture itself: hosts have their own hostname and address on the test subnet and reach each other over
-# the bridge (an MPI job across them), and everything is torn down even when the test using it fails.
+# the bridge (a loom-mpirun job across them, which also hands every rank the --controller address), and
+# everything is torn down even when the test using it fails.
 #
 #   fixture_test.sh SOURCE_DIR
 #
@@ -29,17 +30,19 @@ bash -c '
       { echo "host$i: an address outside lo and eth0"; exit 1; }
   done
   printf "host0 slots=1\nhost1 slots=1\nhost2 slots=1\n" >"$2/hostfile"
-  LOOM_MN_PREFIX="$MN_PREFIX" mn_exec host0 timeout 60 mpirun --allow-run-as-root -np 3 --hostfile "$2/hostfile" \
-    -mca plm_rsh_agent "$1/rsh_agent.sh" -mca btl_tcp_if_include "$MN_SUBNET" -mca oob_tcp_if_include "$MN_SUBNET" \
-    hostname | sort >"$2/mpi_hosts"
+  # One rank a host through loom-mpirun, each printing its hostname and the controller address it got.
+  LOOM_MN_PREFIX="$MN_PREFIX" mn_exec host0 timeout 60 "$1/../../launch/loom-mpirun" --np 3 --hostfile "$2/hostfile" \
+    --net "$MN_SUBNET" --rsh-agent "$1/rsh_agent.sh" --controller 10.231.0.1:50051 --loom /bin/sh -- \
+    -c "echo \$(hostname) \$LOOM_CONTROLLER_ADDRESS" | sort >"$2/mpi_hosts"
   mn_exec host2 sh -c "echo \$\$ >$2/sleeper; exec sleep 600" &
   for _ in $(seq 50); do [ -s "$2/sleeper" ] && break; sleep 0.1; done
   exit 3
 ' fixture-child "$here" "$work" || status=$?
 fail=0
 if ((status != 3)); then echo "FAIL: the child fixture ended with $status, not 3"; fail=1; fi
-if [ "$(tr '\n' ' ' <"$work/mpi_hosts" 2>/dev/null)" != "host0 host1 host2 " ]; then
-  echo "FAIL: mpirun across the hosts ran on: $(cat "$work/mpi_hosts" 2>/dev/null)"
+expected="host0 10.231.0.1:50051 host1 10.231.0.1:50051 host2 10.231.0.1:50051 "
+if [ "$(tr '\n' ' ' <"$work/mpi_hosts" 2>/dev/null)" != "$expected" ]; then
+  echo "FAIL: loom-mpirun across the hosts printed: $(cat "$work/mpi_hosts" 2>/dev/null) (want $expected)"
   fail=1
 fi
 prefix="$(cat "$work/prefix")"

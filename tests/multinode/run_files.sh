@@ -6,6 +6,11 @@
 # MN_GLOBAL_BATCH, parallel.data = parallel.tensor = 1 (the tests override them), a checkpoint every 5 steps
 # and at the end. Prints the config's path. Needs MN_BUILD_DIR.
 MN_GLOBAL_BATCH=4
+# loom-mpirun options for every MPI job across the simulated hosts. They share this machine's cores, but each
+# host's Open MPI daemon sees all of them and believes it is not oversubscribed, so its ranks busy-poll
+# without yielding and starve the ranks of the other hosts pinned to the same cores (collectives then take
+# tens of milliseconds, and TCP connects between hosts can time out). Real hosts do not need this.
+MN_SHARED_CORES=(--mpi -mca --mpi mpi_yield_when_idle --mpi 1)
 
 mn_write_run() {
   local kind="$1" work="$2" steps="$3" config="$2/$1.yaml"

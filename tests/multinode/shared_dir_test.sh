@@ -26,7 +26,7 @@ run_dir="$work/shared/run"
 status=0
 LOOM_MN_PREFIX="$MN_PREFIX" LOOM_MN_NO_SHARED_HOSTS=host1 LOOM_MN_SHARED_DIR="$work/shared" \
   mn_exec host0 timeout 60 "$source_dir/launch/loom-mpirun" --hostfile "$work/hostfile" --net "$MN_SUBNET" \
-  --rsh-agent "$here/rsh_agent.sh" --cpu --loom "$build_dir/loom" -- \
+  --rsh-agent "$here/rsh_agent.sh" --cpu --loom "$build_dir/loom" "${MN_SHARED_CORES[@]}" -- \
   train "$config" parallel.data=2 data.batch_size=2 train.out_dir="$run_dir" >"$work/run.log" 2>&1 || status=$?
 cat "$work/run.log"
 fail=0

@@ -40,7 +40,7 @@ echo "== $((data * tensor)) ranks over $hosts hosts x $slots slots: data $data x
 run_dir="$work/shared/run"
 status=0
 mn_exec host0 timeout 120 "$source_dir/launch/loom-mpirun" --hostfile "$hostfile" --net "$MN_SUBNET" \
-  --rsh-agent "$here/rsh_agent.sh" --cpu --loom "$build_dir/loom" --mpi --display-map -- \
+  --rsh-agent "$here/rsh_agent.sh" --cpu --loom "$build_dir/loom" "${MN_SHARED_CORES[@]}" --mpi --display-map -- \
   train "$config" parallel.data="$data" parallel.tensor="$tensor" data.batch_size=$((MN_GLOBAL_BATCH / data)) \
   train.out_dir="$run_dir" >"$work/run.log" 2>&1 || status=$?
 cat "$work/run.log"
