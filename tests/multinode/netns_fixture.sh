@@ -1,8 +1,8 @@
 # shellcheck shell=bash
-# Sourced by the multinode tests: simulated hosts on one machine. Each host is a Linux network namespace
-# (LOOM_MN_PREFIX-hI) with a veth pair whose other end joins a bridge the fixture creates (LOOM_MN_PREFIX-br
-# style names, below), address 10.231.0.(I+1)/24 on its eth0 and its own loopback. No address goes to the
-# bridge or anywhere outside the namespaces, so test traffic stays among the addresses assigned here. The
+# Sourced by the multinode tests: simulated hosts on one machine. Host I ("hostI") is a Linux network
+# namespace (lmn<pid>h<I>) with a veth pair (lmn<pid>v<I>) whose other end, eth0 inside the namespace, has
+# address 10.231.0.(I+1)/24; the outer ends join a bridge the fixture creates (lmn<pid>br). No address goes to
+# the bridge or anywhere outside the namespaces, so test traffic stays among the addresses assigned here. The
 # filesystem is shared (every host sees the build tree and the test's folders), as on a cluster with NFS.
 #
 # Processes enter a host with `mn_exec HOST CMD...` (a network namespace plus a UTS namespace whose hostname
