@@ -29,6 +29,7 @@ grpc::Status guarded(const char* rpc, Body&& body) {
     switch (e.code()) {
       case JobError::Code::kNotFound: return {grpc::StatusCode::NOT_FOUND, e.what()};
       case JobError::Code::kStaleAttempt: return {grpc::StatusCode::FAILED_PRECONDITION, e.what()};
+      case JobError::Code::kPermissionDenied: return {grpc::StatusCode::PERMISSION_DENIED, e.what()};
       case JobError::Code::kInvalidArgument: break;
     }
     return {grpc::StatusCode::INVALID_ARGUMENT, e.what()};
@@ -54,7 +55,7 @@ grpc::Status ControllerService::authorize(const grpc::ServerContext* context, Al
   if (allowed != Allowed::kJob && secrets_equal(token, admin_token_)) return grpc::Status::OK;
   if (allowed != Allowed::kAdmin && jobs_.job_token_matches(job_id, token)) return grpc::Status::OK;
   return {grpc::StatusCode::UNAUTHENTICATED,
-          allowed == Allowed::kAdmin ? "wrong admin token" : "wrong token for job \"" + job_id + "\""};
+          allowed == Allowed::kAdmin ? "wrong admin token" : "wrong token for job " + quoted(job_id)};
 }
 
 grpc::Status ControllerService::SubmitJob(grpc::ServerContext* context, const controller::SubmitJobRequest* request,
