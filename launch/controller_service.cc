@@ -1,5 +1,11 @@
 #include "launch/controller_service.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -126,6 +132,27 @@ std::string read_file_text(const std::string& path) {
   std::ostringstream text;
   text << in.rdbuf();
   return text.str();
+}
+
+void write_secret_file(const std::string& path, const std::string& text) {
+  const std::string temporary = path + ".tmp-" + random_token().substr(0, 16);
+  const int fd = open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) fail(path, ": cannot create ", temporary, ": ", std::strerror(errno));
+  bool ok = fchmod(fd, 0600) == 0;  // the mode given to open() is filtered by the umask; this is not
+  for (size_t done = 0; ok && done < text.size();) {
+    const ssize_t n = write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    ok = n > 0;
+    if (ok) done += static_cast<size_t>(n);
+  }
+  ok = ok && fsync(fd) == 0;
+  const int saved = errno;
+  ok = close(fd) == 0 && ok;
+  if (!ok || rename(temporary.c_str(), path.c_str()) != 0) {
+    const int error = ok ? errno : saved;
+    unlink(temporary.c_str());
+    fail(path, ": cannot write: ", std::strerror(error));
+  }
 }
 
 std::unique_ptr<grpc::Server> start_grpc_server(ControllerService& service, const GrpcServerOptions& options,

@@ -68,4 +68,10 @@ void set_call_token(grpc::ClientContext& context, const std::string& token);
 // The whole contents of a file (for tokens and PEM files); throws loom::Error naming the file.
 std::string read_file_text(const std::string& path);
 
+// Writes a secret (a token) to `path`, readable and writable by the owner only: mode 0600 set explicitly with
+// fchmod (whatever the umask) on a new file beside `path` that then replaces it. A file there before, whatever
+// its mode, is replaced rather than rewritten (a reader that opened it earlier sees nothing new); a symbolic
+// link there is replaced, not followed. Throws loom::Error naming the file.
+void write_secret_file(const std::string& path, const std::string& text);
+
 }  // namespace loom

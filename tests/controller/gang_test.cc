@@ -24,12 +24,6 @@ std::string host_name() {
   return name;
 }
 
-// Alive: it exists and is neither a zombie nor dead.
-bool process_alive(pid_t pid) {
-  const auto s = read_process_stat(pid);
-  return s && s->state != 'Z' && s->state != 'X';
-}
-
 // A `sleep 300` child of the test, in a process group of its own (like a process of another user's shell).
 class Bystander {
  public:
