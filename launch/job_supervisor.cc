@@ -216,16 +216,18 @@ void JobSupervisor::set_state(Job& job, JobState state, const std::string& messa
   changed_.notify_all();
 }
 
+std::vector<std::pair<std::string, std::string>> JobSupervisor::job_variables(const Job& job) const {
+  return {{"LOOM_CONTROLLER_ADDRESS", options_.worker_address},
+          {"LOOM_JOB_ID", job.id},
+          {"LOOM_JOB_TOKEN", job.token},
+          {"LOOM_JOB_ATTEMPT", std::to_string(job.attempt)},
+          {"LOOM_HEARTBEAT_MS", std::to_string(options_.heartbeat_interval_ms)},
+          {"LOOM_CONTROLLER_CA", options_.worker_ca_file}};
+}
+
 // The job's own variables, and the controller's environment without its secrets and without the variables
-// of the controller's own clients (LOOM_CONTROLLER_TOKEN may hold the admin token).
+// of the controller's own clients (LOOM_CONTROLLER_TOKEN may hold the admin token) or of an outer job.
 std::vector<std::string> JobSupervisor::job_environment(const Job& job) const {
-  const std::vector<std::pair<std::string, std::string>> own = {
-      {"LOOM_CONTROLLER_ADDRESS", options_.worker_address},
-      {"LOOM_JOB_ID", job.id},
-      {"LOOM_JOB_TOKEN", job.token},
-      {"LOOM_JOB_ATTEMPT", std::to_string(job.attempt)},
-      {"LOOM_HEARTBEAT_MS", std::to_string(options_.heartbeat_interval_ms)},
-      {"LOOM_CONTROLLER_CA", options_.worker_ca_file}};
   std::vector<std::string> env;
   for (char** e = environ; *e; ++e) {
     const std::string entry = *e;
@@ -235,7 +237,7 @@ std::vector<std::string> JobSupervisor::job_environment(const Job& job) const {
       dropped |= !secret.empty() && entry.find(secret) != std::string::npos;
     if (!dropped) env.push_back(entry);
   }
-  for (const auto& [name, value] : own) env.push_back(name + "=" + value);
+  for (const auto& [name, value] : job_variables(job)) env.push_back(name + "=" + value);
   return env;
 }
 
@@ -250,9 +252,7 @@ void JobSupervisor::start_attempt(Job& job) {
   if (!job.device_flag.empty()) args.push_back(job.device_flag);
   args.insert(args.end(), options_.launcher_args.begin(), options_.launcher_args.end());
   args.insert(args.end(), {"--np", std::to_string(job.world_size), "--loom", options_.loom_binary});
-  for (const char* name : {"LOOM_CONTROLLER_ADDRESS", "LOOM_JOB_ID", "LOOM_JOB_TOKEN", "LOOM_JOB_ATTEMPT",
-                           "LOOM_HEARTBEAT_MS", "LOOM_CONTROLLER_CA"})
-    args.insert(args.end(), {"--mpi", "-x", "--mpi", name});
+  for (const auto& [name, value] : job_variables(job)) args.insert(args.end(), {"--mpi", "-x", "--mpi", name});
   args.insert(args.end(), {"--", "train", job.config_path});
   args.insert(args.end(), job.args.begin(), job.args.end());
   args.push_back("train.resume=latest");

@@ -126,6 +126,7 @@ class JobSupervisor {
   const Job& find(const std::string& job_id) const;
   void set_state(Job& job, controller::JobState state, const std::string& message);
   void start_attempt(Job& job);
+  std::vector<std::pair<std::string, std::string>> job_variables(const Job& job) const;
   std::vector<std::string> job_environment(const Job& job) const;
   void kill_gang(Job& job);
   void fail_attempt(Job& job, const std::string& reason);

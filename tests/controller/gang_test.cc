@@ -138,9 +138,12 @@ TEST_F(ControllerGangTest, RegisteredPidsOutsideTheGangAreRefusedAndNeverSignall
   EXPECT_TRUE(elsewhere.running());
 }
 
-// The stand-in launchers start a child in a process group of its own, as mpirun does with each rank.
-constexpr char kEscapedChild[] = "perl -e 'setpgrp(0, 0); exec @ARGV' sleep 300 & echo $! > \"$DIR/child.tmp\" && "
-                                 "mv \"$DIR/child.tmp\" \"$DIR/child.pid\"";
+// The stand-in launchers start a child that moves to a process group of its own (as mpirun does with each
+// rank), then writes its pid to $DIR/child.pid; the launcher goes on once the file is there.
+constexpr char kEscapedChild[] =
+    "perl -e 'setpgrp(0, 0); open(my $f, \">\", \"$ARGV[0].tmp\") or die; print $f $$; close $f; "
+    "rename(\"$ARGV[0].tmp\", $ARGV[0]) or die; shift; exec @ARGV' \"$DIR/child.pid\" sleep 300 &\n"
+    "while [ ! -e \"$DIR/child.pid\" ]; do sleep 0.05; done";
 
 TEST_F(ControllerGangTest, GangKillReachesRanksInTheirOwnProcessGroups) {
   ctl.options.heartbeat_interval_ms = 50;
