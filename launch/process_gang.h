@@ -10,6 +10,8 @@
 // process (here the leader, alive or a zombie) still holds it. Callers therefore look at an exited leader with
 // leader_has_exited() (which does not reap it), kill the session, and only then reap the leader (waitpid).
 //
+// Needs Linux >= 5.3 (pidfd_open, pidfd_send_signal).
+//
 // Thread-safety: the functions share no state; kill_session() may take up to ~10 s for processes that do not
 // die at once (uninterruptible sleep) and returns false if some are still alive then.
 #pragma once
