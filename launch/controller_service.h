@@ -3,9 +3,12 @@
 // Authentication (every call, from the "authorization: Bearer <token>" metadata entry): SubmitJob and ListJobs
 // need the admin token; Register, Heartbeat and ReportMetrics the job's token; Control, JobStatus and
 // WatchMetrics either. A missing or wrong token gives UNAUTHENTICATED (a job token for an unknown job too, so
-// tokens cannot be used to probe job ids); a refused request INVALID_ARGUMENT, NOT_FOUND (unknown job, with
-// the admin token) or FAILED_PRECONDITION (a worker of an earlier attempt); an unexpected exception INTERNAL.
-// No request crashes the server.
+// tokens cannot be used to probe job ids); a refused request INVALID_ARGUMENT (a field out of range:
+// launch/request_checks.h), NOT_FOUND (unknown job, with the admin token), FAILED_PRECONDITION (a worker of an
+// earlier attempt) or PERMISSION_DENIED (a Register pid on this host that is no process of the job's
+// launcher); an unexpected exception INTERNAL. No request crashes the server. The handlers can be called
+// directly (a default-constructed grpc::ServerContext, metadata added with grpc::testing::ServerContextTestSpouse),
+// without a running server.
 //
 // Thread-safety: gRPC calls the handlers from its own threads; all shared state lives in the JobSupervisor.
 #pragma once
