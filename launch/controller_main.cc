@@ -309,7 +309,8 @@ int main(int argc, char** argv) {
   try {
     if (serve->parsed()) return cmd_serve(so);
     Client client(co);
-    if (submit->parsed()) return cmd_submit(client, config_path, overrides, np, name, max_restarts, token_out, out_dir_anywhere);
+    if (submit->parsed())
+      return cmd_submit(client, config_path, overrides, np, name, max_restarts, token_out, out_dir_anywhere);
     if (status->parsed()) return cmd_status(client, job, json);
     if (watch->parsed()) return cmd_watch(client, job);
     for (const auto& [sub, action] : controls)
