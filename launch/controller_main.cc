@@ -42,7 +42,7 @@ std::string executable_dir() {
 
 struct ServeOptions {
   std::string address = "127.0.0.1:50051", http_host = "127.0.0.1", admin_token_file, tls_cert, tls_key, tls_ca;
-  std::string worker_address, jobs_dir = "runs/controller", launcher, loom_binary, dashboard_dir, vendor_dir;
+  std::string worker_address, jobs_dir = "runs/controller", runs_root, launcher, loom_binary, dashboard_dir, vendor_dir;
   std::string ready_file;
   int http_port = 8080;
   std::vector<std::string> launcher_args;
@@ -50,21 +50,22 @@ struct ServeOptions {
 };
 
 // The admin token: from --admin-token-file, else $LOOM_CONTROLLER_ADMIN_TOKEN, else a new random one written to
-// JOBS_DIR/admin_token (mode 0600) for the CLI to use.
+// JOBS_DIR/admin_token (mode 0600) for the CLI to use. The variables that may hold it are removed from this
+// process's environment (before any thread starts), and the supervisor keeps it out of every job's.
 std::string admin_token(const ServeOptions& o) {
+  const std::string from_env = env_or("LOOM_CONTROLLER_ADMIN_TOKEN", "");
+  unsetenv("LOOM_CONTROLLER_ADMIN_TOKEN");
+  unsetenv("LOOM_CONTROLLER_TOKEN");
   if (!o.admin_token_file.empty()) {
     const std::string t = trimmed(read_file_text(o.admin_token_file));
     if (t.size() < 16) fail(o.admin_token_file, ": the admin token must have at least 16 characters");
     return t;
   }
-  const std::string from_env = env_or("LOOM_CONTROLLER_ADMIN_TOKEN", "");
   if (!from_env.empty()) return from_env;
   const std::string path = o.jobs_dir + "/admin_token";
   std::filesystem::create_directories(o.jobs_dir);
   const std::string t = random_token();
-  const mode_t old_mask = umask(077);
-  std::ofstream(path) << t << '\n';
-  umask(old_mask);
+  write_secret_file(path, t + "\n");
   std::cerr << "controller: admin token written to " << path << std::endl;
   return t;
 }
@@ -81,9 +82,11 @@ int cmd_serve(ServeOptions o) {
   const std::string token = admin_token(o);
   const std::string source = LOOM_SOURCE_DIR;
   SupervisorOptions& s = o.supervisor;
+  s.secrets = {token};
   s.launcher = o.launcher.empty() ? source + "/launch/loom-mpirun" : o.launcher;
   s.loom_binary = o.loom_binary.empty() ? executable_dir() + "/loom" : o.loom_binary;
   s.jobs_dir = std::filesystem::absolute(o.jobs_dir).string();
+  s.runs_root = o.runs_root.empty() ? "" : std::filesystem::absolute(o.runs_root).string();
   s.worker_ca_file = o.tls_ca.empty() ? "" : std::filesystem::absolute(o.tls_ca).string();
   s.launcher_args = o.launcher_args;
   GrpcServerOptions g;
@@ -153,7 +156,7 @@ void check(const grpc::Status& s, const std::string& what) {
 }
 
 int cmd_submit(Client& c, const std::string& config_path, const std::vector<std::string>& overrides, int np,
-               const std::string& name, int max_restarts, const std::string& token_out) {
+               const std::string& name, int max_restarts, const std::string& token_out, bool out_dir_anywhere) {
   controller::SubmitJobRequest r;
   *r.mutable_config() = load_run_config(config_path);
   if (np <= 0) {  // the ranks the config's layout needs, as loom-mpirun counts them
@@ -164,12 +167,11 @@ int cmd_submit(Client& c, const std::string& config_path, const std::vector<std:
   for (const auto& o : overrides) r.add_args(o);
   if (!name.empty()) r.set_name(name);
   if (max_restarts >= 0) r.set_max_restarts(max_restarts);
+  if (out_dir_anywhere) r.set_allow_out_dir_outside_root(true);
   controller::SubmitJobReply reply;
   check(c.stub().SubmitJob(c.context().get(), r, &reply), "SubmitJob");
   if (!token_out.empty()) {
-    const mode_t old_mask = umask(077);
-    std::ofstream(token_out) << reply.token() << '\n';
-    umask(old_mask);
+    write_secret_file(token_out, reply.token() + "\n");
   } else {
     std::cerr << "token: " << reply.token() << std::endl;
   }
@@ -244,6 +246,8 @@ int main(int argc, char** argv) {
   serve->add_option("--tls-key", so.tls_key, "PEM private key for --tls-cert");
   serve->add_option("--tls-ca", so.tls_ca, "PEM root certificate the job's workers trust (with --tls-cert)");
   serve->add_option("--jobs-dir", so.jobs_dir, "folder for job configs, logs and the generated admin token");
+  serve->add_option("--runs-root", so.runs_root,
+                    "every job's train.out_dir must lie in this folder (default: the folder holding --jobs-dir)");
   serve->add_option("--launcher", so.launcher, "job launcher (default: launch/loom-mpirun of the source tree)");
   serve->add_option("--launcher-arg", so.launcher_args, "extra launcher option (repeatable), e.g. --cpu");
   serve->add_option("--loom", so.loom_binary, "the loom executable the jobs run (default: next to this one)");
@@ -267,7 +271,7 @@ int main(int argc, char** argv) {
   std::string config_path, name, token_out, job;
   std::vector<std::string> overrides;
   int np = 0, max_restarts = -1;
-  bool json = false;
+  bool json = false, out_dir_anywhere = false;
   auto* submit = app.add_subcommand("submit", "submit a training job");
   submit->add_option("config", config_path, "YAML config file")->required();
   submit->add_option("overrides", overrides, "key.sub=value overrides");
@@ -275,6 +279,8 @@ int main(int argc, char** argv) {
   submit->add_option("--name", name, "job name for the dashboard");
   submit->add_option("--max-restarts", max_restarts, "restart limit (default: the controller's)");
   submit->add_option("--token-out", token_out, "write the job's token to this file (mode 0600)");
+  submit->add_flag("--allow-out-dir-anywhere", out_dir_anywhere,
+                   "let train.out_dir lie outside the controller's runs root (admin token only)");
   add_client_options(submit);
   auto* status = app.add_subcommand("status", "show a job's state, ranks and events");
   status->add_option("job", job, "job id")->required();
@@ -303,7 +309,8 @@ int main(int argc, char** argv) {
   try {
     if (serve->parsed()) return cmd_serve(so);
     Client client(co);
-    if (submit->parsed()) return cmd_submit(client, config_path, overrides, np, name, max_restarts, token_out);
+    if (submit->parsed())
+      return cmd_submit(client, config_path, overrides, np, name, max_restarts, token_out, out_dir_anywhere);
     if (status->parsed()) return cmd_status(client, job, json);
     if (watch->parsed()) return cmd_watch(client, job);
     for (const auto& [sub, action] : controls)

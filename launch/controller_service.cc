@@ -1,5 +1,11 @@
 #include "launch/controller_service.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -29,6 +35,7 @@ grpc::Status guarded(const char* rpc, Body&& body) {
     switch (e.code()) {
       case JobError::Code::kNotFound: return {grpc::StatusCode::NOT_FOUND, e.what()};
       case JobError::Code::kStaleAttempt: return {grpc::StatusCode::FAILED_PRECONDITION, e.what()};
+      case JobError::Code::kPermissionDenied: return {grpc::StatusCode::PERMISSION_DENIED, e.what()};
       case JobError::Code::kInvalidArgument: break;
     }
     return {grpc::StatusCode::INVALID_ARGUMENT, e.what()};
@@ -54,7 +61,7 @@ grpc::Status ControllerService::authorize(const grpc::ServerContext* context, Al
   if (allowed != Allowed::kJob && secrets_equal(token, admin_token_)) return grpc::Status::OK;
   if (allowed != Allowed::kAdmin && jobs_.job_token_matches(job_id, token)) return grpc::Status::OK;
   return {grpc::StatusCode::UNAUTHENTICATED,
-          allowed == Allowed::kAdmin ? "wrong admin token" : "wrong token for job \"" + job_id + "\""};
+          allowed == Allowed::kAdmin ? "wrong admin token" : "wrong token for job " + quoted(job_id)};
 }
 
 grpc::Status ControllerService::SubmitJob(grpc::ServerContext* context, const controller::SubmitJobRequest* request,
@@ -125,6 +132,27 @@ std::string read_file_text(const std::string& path) {
   std::ostringstream text;
   text << in.rdbuf();
   return text.str();
+}
+
+void write_secret_file(const std::string& path, const std::string& text) {
+  const std::string temporary = path + ".tmp-" + random_token().substr(0, 16);
+  const int fd = open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) fail(path, ": cannot create ", temporary, ": ", std::strerror(errno));
+  bool ok = fchmod(fd, 0600) == 0;  // the mode given to open() is filtered by the umask; this is not
+  for (size_t done = 0; ok && done < text.size();) {
+    const ssize_t n = write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    ok = n > 0;
+    if (ok) done += static_cast<size_t>(n);
+  }
+  ok = ok && fsync(fd) == 0;
+  const int saved = errno;
+  ok = close(fd) == 0 && ok;
+  if (!ok || rename(temporary.c_str(), path.c_str()) != 0) {
+    const int error = ok ? errno : saved;
+    unlink(temporary.c_str());
+    fail(path, ": cannot write: ", std::strerror(error));
+  }
 }
 
 std::unique_ptr<grpc::Server> start_grpc_server(ControllerService& service, const GrpcServerOptions& options,

@@ -3,9 +3,12 @@
 // Authentication (every call, from the "authorization: Bearer <token>" metadata entry): SubmitJob and ListJobs
 // need the admin token; Register, Heartbeat and ReportMetrics the job's token; Control, JobStatus and
 // WatchMetrics either. A missing or wrong token gives UNAUTHENTICATED (a job token for an unknown job too, so
-// tokens cannot be used to probe job ids); a refused request INVALID_ARGUMENT, NOT_FOUND (unknown job, with
-// the admin token) or FAILED_PRECONDITION (a worker of an earlier attempt); an unexpected exception INTERNAL.
-// No request crashes the server.
+// tokens cannot be used to probe job ids); a refused request INVALID_ARGUMENT (a field out of range:
+// launch/request_checks.h), NOT_FOUND (unknown job, with the admin token), FAILED_PRECONDITION (a worker of an
+// earlier attempt) or PERMISSION_DENIED (a Register pid on this host that is no process of the job's
+// launcher); an unexpected exception INTERNAL. No request crashes the server. The handlers can be called
+// directly (a default-constructed grpc::ServerContext, metadata added with grpc::testing::ServerContextTestSpouse),
+// without a running server.
 //
 // Thread-safety: gRPC calls the handlers from its own threads; all shared state lives in the JobSupervisor.
 #pragma once
@@ -67,5 +70,11 @@ void set_call_token(grpc::ClientContext& context, const std::string& token);
 
 // The whole contents of a file (for tokens and PEM files); throws loom::Error naming the file.
 std::string read_file_text(const std::string& path);
+
+// Writes a secret (a token) to `path`, readable and writable by the owner only: mode 0600 set explicitly with
+// fchmod (whatever the umask) on a new file beside `path` that then replaces it. A file there before, whatever
+// its mode, is replaced rather than rewritten (a reader that opened it earlier sees nothing new); a symbolic
+// link there is replaced, not followed. Throws loom::Error naming the file.
+void write_secret_file(const std::string& path, const std::string& text);
 
 }  // namespace loom

@@ -2,7 +2,10 @@
 
 #include <httplib.h>
 
+#include <condition_variable>
+#include <deque>
 #include <filesystem>
+#include <mutex>
 #include <sstream>
 
 namespace loom {
@@ -50,6 +53,61 @@ std::vector<controller::MetricsReport> thinned(std::vector<controller::MetricsRe
 }
 
 constexpr size_t kMaxChartPoints = 2000;
+constexpr size_t kMaxRequestBodyBytes = 1 << 16;  // every route is a GET
+
+// httplib's task queue with a bound: `threads` workers, and enqueue() (called by the accept loop, one task per
+// accepted connection) blocks while `max_waiting` connections already wait, so the server stops accepting
+// rather than piling up connections. Hand-written because cpp-httplib 0.11's own ThreadPool has neither a
+// bound nor a size other than its compile-time default; the interface is its TaskQueue.
+class BoundedTaskQueue final : public httplib::TaskQueue {
+ public:
+  BoundedTaskQueue(size_t threads, size_t max_waiting) : max_waiting_(max_waiting) {
+    for (size_t i = 0; i < threads; ++i) workers_.emplace_back([this] { work(); });
+  }
+  ~BoundedTaskQueue() override {
+    if (!workers_.empty()) shutdown();
+  }
+  void enqueue(std::function<void()> task) override {
+    std::unique_lock lock(mu_);
+    room_.wait(lock, [this] { return waiting_.size() < max_waiting_ || stopping_; });
+    waiting_.push_back(std::move(task));
+    ready_.notify_one();
+  }
+  // Serves what is queued, then joins the workers (httplib calls it once its accept loop has ended).
+  void shutdown() override {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    ready_.notify_all();
+    room_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+  }
+
+ private:
+  void work() {
+    while (true) {
+      std::function<void()> task;
+      {
+        std::unique_lock lock(mu_);
+        ready_.wait(lock, [this] { return !waiting_.empty() || stopping_; });
+        if (waiting_.empty()) return;
+        task = std::move(waiting_.front());
+        waiting_.pop_front();
+      }
+      room_.notify_one();
+      task();  // serves one connection and closes it
+    }
+  }
+
+  const size_t max_waiting_;
+  std::mutex mu_;
+  std::condition_variable ready_, room_;
+  std::deque<std::function<void()>> waiting_;
+  bool stopping_ = false;
+  std::vector<std::thread> workers_;
+};
 
 }  // namespace
 
@@ -160,6 +218,15 @@ DashboardServer::DashboardServer(const JobSupervisor& jobs, const DashboardOptio
            "scripts/setup.sh)");
   if (!server_->set_mount_point("/vendor", options.vendor_dir) || !server_->set_mount_point("/", options.static_dir))
     fail("dashboard: cannot serve ", options.static_dir, " / ", options.vendor_dir);
+  LOOM_CHECK(options.max_connections > 0 && options.idle_timeout_s > 0 && options.io_timeout_s > 0,
+             "dashboard: max_connections (", options.max_connections, "), idle_timeout_s (", options.idle_timeout_s,
+             ") and io_timeout_s (", options.io_timeout_s, ") must be positive");
+  const auto connections = static_cast<size_t>(options.max_connections);
+  server_->new_task_queue = [connections] { return new BoundedTaskQueue(connections, connections); };
+  server_->set_keep_alive_timeout(options.idle_timeout_s);
+  server_->set_read_timeout(options.io_timeout_s, 0);
+  server_->set_write_timeout(options.io_timeout_s, 0);
+  server_->set_payload_max_length(kMaxRequestBodyBytes);
 
   server_->Get("/api/jobs", [this](const httplib::Request&, httplib::Response& res) {
     nlohmann::json list = nlohmann::json::array();

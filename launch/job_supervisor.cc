@@ -1,8 +1,6 @@
 #include "launch/job_supervisor.h"
 
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,6 +12,7 @@
 #include <regex>
 
 #include "core/config.h"
+#include "launch/process_gang.h"
 
 extern char** environ;
 
@@ -87,6 +86,8 @@ std::string job_state_name(JobState state) {
 
 JobSupervisor::JobSupervisor(SupervisorOptions options) : options_(std::move(options)) {
   if (!options_.log) options_.log = &std::cerr;
+  if (options_.runs_root.empty())
+    options_.runs_root = std::filesystem::absolute(options_.jobs_dir).lexically_normal().parent_path().string();
   LOOM_CHECK(options_.heartbeat_interval_ms > 0 && options_.heartbeat_timeout_ms > options_.heartbeat_interval_ms,
              "heartbeat timeout (", options_.heartbeat_timeout_ms, " ms) must exceed the heartbeat interval (",
              options_.heartbeat_interval_ms, " ms)");
@@ -110,16 +111,11 @@ JobSupervisor::~JobSupervisor() {
 }
 
 controller::SubmitJobReply JobSupervisor::submit(const controller::SubmitJobRequest& request) {
-  if (!request.has_config()) throw JobError(Code::kInvalidArgument, "SubmitJob: missing config");
-  if (!request.has_world_size() || request.world_size() < 1 || request.world_size() > 65536)
-    throw JobError(Code::kInvalidArgument, "SubmitJob: world_size must be in [1, 65536], got " +
-                                               std::to_string(request.world_size()));
-  if (request.has_max_restarts() && request.max_restarts() < 0)
-    throw JobError(Code::kInvalidArgument, "SubmitJob: max_restarts must be >= 0");
+  check_submit_request(request);
   std::vector<std::string> args(request.args().begin(), request.args().end());
   for (const std::string& a : args)
     if (!is_override(a))
-      throw JobError(Code::kInvalidArgument, "SubmitJob: argument \"" + a + "\" is not a key.path=value override");
+      throw JobError(Code::kInvalidArgument, "SubmitJob: argument " + quoted(a) + " is not a key.path=value override");
 
   auto job = std::make_unique<Job>();
   std::string dir;
@@ -156,6 +152,11 @@ controller::SubmitJobReply JobSupervisor::submit(const controller::SubmitJobRequ
   job->name = request.has_name() && !request.name().empty() ? request.name() : job->id;
   job->token = random_token();
   job->out_dir = effective.train().out_dir();
+  OutDirRules rules;
+  rules.runs_root = options_.runs_root;
+  rules.jobs_dir = options_.jobs_dir;
+  rules.own_job_dir = dir;
+  rules.allow_outside_root = request.allow_out_dir_outside_root();
   job->args = args;
   // The launcher reads train.device from the YAML itself, but not in the quoted form written above.
   if (effective.train().device() == "cpu") job->device_flag = "--cpu";
@@ -166,7 +167,15 @@ controller::SubmitJobReply JobSupervisor::submit(const controller::SubmitJobRequ
   controller::SubmitJobReply reply;
   reply.set_job_id(job->id);
   reply.set_token(job->token);
-  std::lock_guard lock(mu_);
+  std::lock_guard lock(mu_);  // checked and taken at once: two submits cannot claim one out_dir
+  for (const auto& [id, other] : jobs_)
+    if (!is_over(other->state)) rules.busy_out_dirs.emplace_back(id, other->resolved_out_dir);
+  try {
+    job->resolved_out_dir = check_out_dir(job->out_dir, rules);
+  } catch (const JobError&) {
+    std::filesystem::remove_all(dir);
+    throw;
+  }
   Job& j = *jobs_.emplace(job->id, std::move(job)).first->second;
   set_state(j, controller::PENDING,
             "submitted: " + std::to_string(j.world_size) + " rank(s), out_dir " + j.out_dir);
@@ -187,7 +196,7 @@ bool JobSupervisor::job_token_matches(const std::string& job_id, const std::stri
 
 JobSupervisor::Job& JobSupervisor::find(const std::string& job_id) {
   auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) throw JobError(Code::kNotFound, "no job \"" + job_id + "\"");
+  if (it == jobs_.end()) throw JobError(Code::kNotFound, "no job " + quoted(job_id));
   return *it->second;
 }
 
@@ -207,65 +216,52 @@ void JobSupervisor::set_state(Job& job, JobState state, const std::string& messa
   changed_.notify_all();
 }
 
-// posix_spawn rather than fork: the controller is multi-threaded (gRPC), and spawning starts the new process
-// in its own process group (the job's "gang") with its output in the attempt's log file.
+std::vector<std::pair<std::string, std::string>> JobSupervisor::job_variables(const Job& job) const {
+  return {{"LOOM_CONTROLLER_ADDRESS", options_.worker_address},
+          {"LOOM_JOB_ID", job.id},
+          {"LOOM_JOB_TOKEN", job.token},
+          {"LOOM_JOB_ATTEMPT", std::to_string(job.attempt)},
+          {"LOOM_HEARTBEAT_MS", std::to_string(options_.heartbeat_interval_ms)},
+          {"LOOM_CONTROLLER_CA", options_.worker_ca_file}};
+}
+
+// The job's own variables, and the controller's environment without its secrets and without the variables
+// of the controller's own clients (LOOM_CONTROLLER_TOKEN may hold the admin token) or of an outer job.
+std::vector<std::string> JobSupervisor::job_environment(const Job& job) const {
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e) {
+    const std::string entry = *e;
+    bool dropped = entry.rfind("LOOM_CONTROLLER_", 0) == 0 || entry.rfind("LOOM_JOB_", 0) == 0 ||
+                   entry.rfind("LOOM_HEARTBEAT_MS=", 0) == 0;
+    for (const std::string& secret : options_.secrets)
+      dropped |= !secret.empty() && entry.find(secret) != std::string::npos;
+    if (!dropped) env.push_back(entry);
+  }
+  for (const auto& [name, value] : job_variables(job)) env.push_back(name + "=" + value);
+  return env;
+}
+
+// posix_spawn rather than fork: the controller is multi-threaded (gRPC). The launcher leads a new session (the
+// job's "gang"), with its output in the attempt's log file.
 void JobSupervisor::start_attempt(Job& job) {
   ++job.attempt;
   job.ranks.clear();
   job.log_path = options_.jobs_dir + "/" + job.id + "/attempt_" + std::to_string(job.attempt) + ".log";
 
-  const std::vector<std::pair<std::string, std::string>> job_env = {
-      {"LOOM_CONTROLLER_ADDRESS", options_.worker_address},
-      {"LOOM_JOB_ID", job.id},
-      {"LOOM_JOB_TOKEN", job.token},
-      {"LOOM_JOB_ATTEMPT", std::to_string(job.attempt)},
-      {"LOOM_HEARTBEAT_MS", std::to_string(options_.heartbeat_interval_ms)},
-      {"LOOM_CONTROLLER_CA", options_.worker_ca_file}};
   std::vector<std::string> args = {options_.launcher};
   if (!job.device_flag.empty()) args.push_back(job.device_flag);
   args.insert(args.end(), options_.launcher_args.begin(), options_.launcher_args.end());
   args.insert(args.end(), {"--np", std::to_string(job.world_size), "--loom", options_.loom_binary});
-  for (const auto& [name, value] : job_env) args.insert(args.end(), {"--mpi", "-x", "--mpi", name});
+  for (const auto& [name, value] : job_variables(job)) args.insert(args.end(), {"--mpi", "-x", "--mpi", name});
   args.insert(args.end(), {"--", "train", job.config_path});
   args.insert(args.end(), job.args.begin(), job.args.end());
   args.push_back("train.resume=latest");
 
-  std::vector<std::string> env;
-  for (char** e = environ; *e; ++e) {
-    const std::string entry = *e;
-    bool ours = false;
-    for (const auto& [name, value] : job_env) ours |= entry.rfind(name + "=", 0) == 0;
-    if (!ours) env.push_back(entry);
-  }
-  for (const auto& [name, value] : job_env) env.push_back(name + "=" + value);
-
-  std::vector<char*> argv, envp;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  for (auto& e : env) envp.push_back(e.data());
-  envp.push_back(nullptr);
-
-  posix_spawn_file_actions_t files;
-  posix_spawn_file_actions_init(&files);
-  posix_spawn_file_actions_addopen(&files, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&files, 1, job.log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&files, 1, 2);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t no_signals, default_signals;
-  sigemptyset(&no_signals);
-  sigemptyset(&default_signals);
-  sigaddset(&default_signals, SIGPIPE);
-  posix_spawnattr_setsigmask(&attr, &no_signals);
-  posix_spawnattr_setsigdefault(&attr, &default_signals);
-  posix_spawnattr_setpgroup(&attr, 0);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   pid_t pid = -1;
-  const int rc = posix_spawn(&pid, argv[0], &files, &attr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&files);
-  posix_spawnattr_destroy(&attr);
-  if (rc != 0) {
-    set_state(job, controller::FAILED, "cannot start " + options_.launcher + ": " + std::strerror(rc));
+  try {
+    pid = spawn_session(args, job_environment(job), job.log_path);
+  } catch (const Error& e) {
+    set_state(job, controller::FAILED, e.what());
     return;
   }
   job.pid = pid;
@@ -276,19 +272,15 @@ void JobSupervisor::start_attempt(Job& job) {
                 ", log " + job.log_path + ")");
 }
 
-// SIGKILL to the launcher's process group and to every registered rank on this host (mpirun may start ranks
-// in process groups of their own), then reaps the launcher.
+// SIGKILL to every process of the launcher's session (mpirun starts ranks in process groups of their own,
+// but in its session), then reaps the launcher. A registered rank's pid plays no part.
 void JobSupervisor::kill_gang(Job& job) {
-  if (job.pid > 0) kill(-job.pid, SIGKILL);
-  const std::string host = this_host();
-  for (const auto& [rank, r] : job.ranks)
-    if (r.status.host() == host && r.status.pid() > 0 && !r.status.finished())
-      kill(static_cast<pid_t>(r.status.pid()), SIGKILL);
-  if (job.pid > 0) {
-    int status = 0;
-    waitpid(job.pid, &status, 0);
-    job.pid = -1;
-  }
+  if (job.pid <= 0) return;
+  if (!kill_session(job.pid))
+    *options_.log << "controller: " << job.id << ": warning: processes of session " << job.pid
+                  << " still alive after SIGKILL" << std::endl;
+  waitpid(job.pid, nullptr, 0);
+  job.pid = -1;
 }
 
 void JobSupervisor::fail_attempt(Job& job, const std::string& reason) {
@@ -309,19 +301,20 @@ void JobSupervisor::fail_attempt(Job& job, const std::string& reason) {
 }
 
 void JobSupervisor::check_job(Job& job) {
-  int status = 0;
-  if (job.pid > 0 && waitpid(job.pid, &status, WNOHANG) == job.pid) {
-    const pid_t group = job.pid;
+  if (job.pid > 0 && leader_has_exited(job.pid)) {
+    // Stragglers, if any, die before the launcher is reaped: until then no other process can take its pid,
+    // which numbers the session.
+    kill_session(job.pid);
+    int status = 0;
+    waitpid(job.pid, &status, 0);
     job.pid = -1;
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
-      kill(-group, SIGKILL);  // stragglers, if any
       const std::string step = std::to_string(job.metrics.empty() ? 0 : job.metrics.back().step());
       if (job.control.stop())
         set_state(job, controller::STOPPED, "stopped on request at step " + step);
       else
         set_state(job, controller::FINISHED, "launcher exited 0 at step " + step);
     } else {
-      kill(-group, SIGKILL);
       fail_attempt(job, describe_exit(status));
     }
     return;
@@ -358,6 +351,7 @@ void JobSupervisor::monitor_loop() {
 }
 
 controller::RegisterReply JobSupervisor::register_rank(const controller::RegisterRequest& request) {
+  check_register_request(request);
   std::lock_guard lock(mu_);
   Job& job = find(request.job_id());
   if (request.attempt() != job.attempt || job.state != controller::RUNNING)
@@ -369,7 +363,12 @@ controller::RegisterReply JobSupervisor::register_rank(const controller::Registe
   if (request.rank() < 0 || request.rank() >= job.world_size)
     throw JobError(Code::kInvalidArgument, "Register: rank " + std::to_string(request.rank()) + " outside [0, " +
                                                std::to_string(job.world_size) + ")");
-  if (request.pid() <= 0) throw JobError(Code::kInvalidArgument, "Register: pid must be positive");
+  // On this host the pid must be one of the launcher's processes (shown in the status; never signalled). A
+  // pid on another host cannot be checked from here and is shown as given.
+  if (request.host() == this_host() && !descends_from(static_cast<pid_t>(request.pid()), job.pid))
+    throw JobError(Code::kPermissionDenied, "Register: pid " + std::to_string(request.pid()) + " on " +
+                                                request.host() + " is not a process of " + job.id +
+                                                "'s launcher (pid " + std::to_string(job.pid) + ")");
   Rank& r = job.ranks[request.rank()];
   r.status.Clear();
   r.status.set_rank(request.rank());
@@ -386,6 +385,7 @@ controller::RegisterReply JobSupervisor::register_rank(const controller::Registe
 }
 
 controller::HeartbeatReply JobSupervisor::heartbeat(const controller::HeartbeatRequest& request) {
+  check_heartbeat_request(request);
   std::lock_guard lock(mu_);
   Job& job = find(request.job_id());
   controller::HeartbeatReply reply;
@@ -413,12 +413,13 @@ controller::HeartbeatReply JobSupervisor::heartbeat(const controller::HeartbeatR
 }
 
 void JobSupervisor::report_metrics(const controller::MetricsReport& report) {
+  check_metrics_report(report);
   std::lock_guard lock(mu_);
   Job& job = find(report.job_id());
   if (report.attempt() != job.attempt) return;  // a process of an earlier attempt winding down
-  if (report.rank() < 0 || report.rank() >= job.world_size || report.step() < 0)
-    throw JobError(Code::kInvalidArgument, "ReportMetrics: rank " + std::to_string(report.rank()) + " / step " +
-                                               std::to_string(report.step()) + " out of range");
+  if (report.rank() < 0 || report.rank() >= job.world_size)
+    throw JobError(Code::kInvalidArgument, "ReportMetrics: rank " + std::to_string(report.rank()) + " outside [0, " +
+                                               std::to_string(job.world_size) + ")");
   // After a restart the steps since the checkpoint are trained again: their reports replace the old ones.
   while (!job.metrics.empty() && job.metrics.back().step() >= report.step()) job.metrics.pop_back();
   if (job.metrics.size() >= options_.max_metrics_per_job) job.metrics.erase(job.metrics.begin());
@@ -430,11 +431,10 @@ void JobSupervisor::report_metrics(const controller::MetricsReport& report) {
 controller::ControlReply JobSupervisor::control(const controller::ControlRequest& request) {
   std::lock_guard lock(mu_);
   Job& job = find(request.job_id());
-  if (!request.has_action()) throw JobError(Code::kInvalidArgument, "Control: missing action");
+  check_control_request(request);
   controller::ControlState& c = job.control;
   switch (request.action()) {
     case controller::ControlRequest::PAUSE:
-      if (request.step() < 0) throw JobError(Code::kInvalidArgument, "Control: pause step must be >= 0");
       c.set_paused(true);
       c.set_pause_at_step(request.step());
       break;

@@ -2,18 +2,20 @@
 // The gRPC service (launch/controller_service.h) and the dashboard (launch/dashboard_server.h) are views on it.
 //
 // A job goes PENDING -> RUNNING -> (RESTARTING -> RUNNING)* -> FINISHED | STOPPED | FAILED. Running a job
-// means one process group: `LAUNCHER --np N --loom LOOM -- train JOBS_DIR/<id>/config.yaml ARGS...
-// train.resume=latest`, with the job's address, id, token and attempt in the environment (forwarded to every
-// rank with mpirun -x). A job has failed when that process exits non-zero, when a registered rank misses
-// heartbeats for heartbeat_timeout_ms, or when not every rank has registered register_timeout_ms after the
-// start (or, with stall_timeout_ms, when no rank completes a step for that long). Then the whole process group (and every registered rank's pid on this host) gets SIGKILL, and the
-// job starts again (train.resume=latest picks the newest complete checkpoint) unless it has already been
-// restarted max_restarts times, in which case it is FAILED. Every state change is logged and kept in the
-// job's events.
+// means one session of processes (launch/process_gang.h): `LAUNCHER --np N --loom LOOM -- train
+// JOBS_DIR/<id>/config.yaml ARGS... train.resume=latest`, started as the leader of a new session, with the
+// job's address, id, token and attempt in the environment (forwarded to every rank with mpirun -x) and no
+// secret of the controller (see SupervisorOptions::secrets). A job has failed when that process exits
+// non-zero, when a registered rank misses heartbeats for heartbeat_timeout_ms, or when not every rank has
+// registered register_timeout_ms after the start (or, with stall_timeout_ms, when no rank completes a step for
+// that long). Then every process of the session gets SIGKILL (found by the supervisor in /proc; a pid from a
+// request is never signalled), and the job starts again (train.resume=latest picks the newest complete
+// checkpoint) unless it has already been restarted max_restarts times, in which case it is FAILED. Every state
+// change is logged and kept in the job's events.
 //
 // Thread-safety: every public method may be called from any thread (one mutex guards all jobs); a monitor
-// thread started by the constructor checks the jobs every 50 ms until the destructor, which kills the process
-// groups of jobs still running.
+// thread started by the constructor checks the jobs every 50 ms until the destructor, which kills the sessions
+// of jobs still running.
 #pragma once
 #include <sys/types.h>
 
@@ -29,24 +31,21 @@
 
 #include "core/error.h"
 #include "launch/controller.pb.h"
+#include "launch/request_checks.h"
 
 namespace loom {
-
-// A request the supervisor refuses; `code` says why (the service maps it onto a gRPC status code).
-class JobError : public Error {
- public:
-  enum class Code { kInvalidArgument, kNotFound, kStaleAttempt };
-  JobError(Code code, const std::string& what) : Error(what), code_(code) {}
-  Code code() const { return code_; }
-
- private:
-  Code code_;
-};
 
 struct SupervisorOptions {
   std::string launcher;        // launch/loom-mpirun
   std::string loom_binary;     // build/loom (passed as --loom)
   std::string jobs_dir;        // per job <id>/config.yaml and <id>/attempt_<n>.log
+  // Every job's train.out_dir must lie inside this folder (unless the admin's SubmitJobRequest says
+  // allow_out_dir_outside_root); "" = the folder that holds jobs_dir (runs/ for runs/controller).
+  std::string runs_root;
+  // Values that never reach a job (the admin token): an inherited environment variable whose name or value
+  // holds one is left out of the launcher's environment, and so are inherited LOOM_CONTROLLER_* and LOOM_JOB_*
+  // variables (the job gets only its own: address, CA, id, token, attempt, heartbeat interval).
+  std::vector<std::string> secrets;
   std::string worker_address;  // the controller address handed to workers (LOOM_CONTROLLER_ADDRESS)
   std::string worker_ca_file;  // root certificate workers use for TLS ("" = plaintext)
   std::vector<std::string> launcher_args;  // extra launcher options, e.g. {"--cpu"}
@@ -68,8 +67,9 @@ class JobSupervisor {
   JobSupervisor(const JobSupervisor&) = delete;
   JobSupervisor& operator=(const JobSupervisor&) = delete;
 
-  // Validates the request (config complete and loadable with its args, args key=value, world_size >= 1 and
-  // equal to parallel.data x parallel.tensor),
+  // Validates the request (check_submit_request; config complete and loadable with its args, args
+  // key=value, world_size equal to parallel.data x parallel.tensor; train.out_dir allowed by check_out_dir:
+  // inside runs_root, not in the jobs folder but inside the job's own, not overlapping a live job's out_dir),
   // writes the config file and starts the job. Throws JobError(kInvalidArgument) on a bad request.
   controller::SubmitJobReply submit(const controller::SubmitJobRequest& request);
 
@@ -79,8 +79,10 @@ class JobSupervisor {
   // True when the job exists and `token` is its token (compared in constant time).
   bool job_token_matches(const std::string& job_id, const std::string& token) const;
 
-  // Worker calls. Throw JobError: kNotFound (unknown job), kInvalidArgument (rank/world size out of range),
-  // kStaleAttempt (Register from an attempt that is not the current one; Heartbeat answers stale=true).
+  // Worker calls. Throw JobError: kNotFound (unknown job), kInvalidArgument (a field out of range, see
+  // request_checks.h), kStaleAttempt (Register from an attempt that is not the current one; Heartbeat answers
+  // stale=true), kPermissionDenied (Register of a pid on this host that is no descendant of the job's
+  // launcher). A registered pid is shown in the status only; nothing signals it.
   controller::RegisterReply register_rank(const controller::RegisterRequest& request);
   controller::HeartbeatReply heartbeat(const controller::HeartbeatRequest& request);
   void report_metrics(const controller::MetricsReport& report);
@@ -105,11 +107,12 @@ class JobSupervisor {
   };
   struct Job {
     std::string id, name, token, config_path, out_dir, log_path;
+    std::string resolved_out_dir;  // absolute, symbolic links resolved (check_out_dir)
     std::vector<std::string> args;
     std::string device_flag;  // --cpu / --gpu for the launcher from train.device ("" for auto)
     int world_size = 1, max_restarts = 0, attempt = 0, restarts = 0;
     controller::JobState state = controller::PENDING;
-    pid_t pid = -1;  // the launcher, leader of its own process group
+    pid_t pid = -1;  // the launcher: leader of the job's session, a child of ours not yet reaped
     Clock::time_point started;
     int64_t progress_step = -1;         // highest step any rank of this attempt reported
     Clock::time_point progress_time;    // when it was reached (or the attempt started / was resumed)
@@ -123,6 +126,8 @@ class JobSupervisor {
   const Job& find(const std::string& job_id) const;
   void set_state(Job& job, controller::JobState state, const std::string& message);
   void start_attempt(Job& job);
+  std::vector<std::pair<std::string, std::string>> job_variables(const Job& job) const;
+  std::vector<std::string> job_environment(const Job& job) const;
   void kill_gang(Job& job);
   void fail_attempt(Job& job, const std::string& reason);
   void check_job(Job& job);

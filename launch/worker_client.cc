@@ -83,7 +83,7 @@ WorkerClient::WorkerClient(const WorkerSettings& settings, const ProcessEnvironm
   request.set_attempt(settings_.attempt);
   request.set_rank(process_.rank);
   request.set_world_size(process_.world_size);
-  request.set_host(host_name());
+  request.set_host(settings_.host.empty() ? host_name() : settings_.host);
   request.set_pid(getpid());
   request.set_device(device_.str());
   grpc::ClientContext context;

@@ -34,6 +34,9 @@ namespace loom {
 
 struct WorkerSettings {
   std::string address, job_id, token, ca_file;
+  // The host named in Register ("": this machine's name). On the controller's own host the controller checks
+  // that the registering pid is one of the job launcher's processes.
+  std::string host;
   int attempt = 1;
   int heartbeat_interval_ms = 1000;
 };

@@ -35,7 +35,9 @@ class ControllerApiTest : public ::testing::Test {
 
   controller::SubmitJobRequest job_request(int world_size = 1) {
     controller::SubmitJobRequest r;
-    *r.mutable_config() = parse_run_config(tiny_job_yaml(tmp / "data", tmp / "out", 20, 10), "test.yaml");
+    // A folder of its own per job: the controller refuses an out_dir that a live job uses.
+    const std::string out = tmp / ("out_" + std::to_string(++jobs_requested));
+    *r.mutable_config() = parse_run_config(tiny_job_yaml(tmp / "data", out, 20, 10), "test.yaml");
     r.mutable_config()->mutable_parallel()->set_data(world_size);
     r.set_world_size(world_size);
     return r;
@@ -135,6 +137,7 @@ class ControllerApiTest : public ::testing::Test {
 
   TempDir tmp;
   LocalController ctl;
+  int jobs_requested = 0;
 };
 
 TEST_F(ControllerApiTest, CallsWithoutATokenAreRefused) {
@@ -388,6 +391,7 @@ TEST_F(ControllerApiTest, WorkerClientReportsAndObeysControls) {
   settings.address = ctl.address;
   settings.job_id = job.job_id();
   settings.token = job.token();
+  settings.host = "worker-test-host";  // this test process is no process of the job's launcher
   ProcessEnvironment process;  // rank 0 of 1
   auto worker = std::make_unique<WorkerClient>(settings, process, Device::cpu());
 

@@ -15,6 +15,7 @@
 #include "core/token_shards.h"
 #include "launch/controller_service.h"
 #include "launch/job_supervisor.h"
+#include "launch/process_gang.h"
 #include "tests/common/test_util.h"
 
 namespace loom::testing {
@@ -36,6 +37,7 @@ class LocalController {
     if (server) server->Shutdown(std::chrono::system_clock::now());
   }
   void start() {
+    options.secrets.push_back(admin_token);  // as loom-controller serve does
     jobs = std::make_unique<JobSupervisor>(options);
     service = std::make_unique<ControllerService>(*jobs, admin_token);
     server = start_grpc_server(*service, grpc_options, &port);
@@ -101,6 +103,12 @@ inline std::string tiny_job_yaml(const std::string& data_dir, const std::string&
          "train: {max_steps: " + std::to_string(max_steps) + ", checkpoint_every: " + std::to_string(checkpoint_every) +
          ", keep_checkpoints: 3, log_every: 10, device: cpu, progress: false, out_dir: \"" + out_dir + "\"}\n"
          "parallel: {data: " + std::to_string(data_parallel) + "}\n";
+}
+
+// Alive: the process exists and is neither a zombie nor dead.
+inline bool process_alive(pid_t pid) {
+  const auto s = read_process_stat(pid);
+  return s && s->state != 'Z' && s->state != 'X';
 }
 
 inline void write_text_file(const std::string& path, const std::string& text) {

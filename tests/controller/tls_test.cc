@@ -54,6 +54,7 @@ TEST(ControllerTlsTest, TrustedClientsAndWorkersConnectPlaintextDoesNot) {
   settings.job_id = job.job_id();
   settings.token = job.token();
   settings.ca_file = tmp / "cert.pem";
+  settings.host = "tls-test-host";  // this test process is no process of the job's launcher
   {
     WorkerClient worker(settings, ProcessEnvironment{}, Device::cpu());
     const auto s = ctl.status(job.job_id());
