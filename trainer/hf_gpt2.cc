@@ -157,6 +157,12 @@ NamedTensors import_hf_gpt2(const NamedTensors& hf, int64_t padded_vocab) {
     fail(what, ": tensor 'wte.weight' has shape ", shape_str(wte_in.shape()),
          ", expected [V, C] with V <= padded vocab ", padded_vocab);
   const int64_t V = wte_in.dim(0), C = wte_in.dim(1);
+  // The width is confirmed before padded_vocab x C floats are allocated: a transposed wte [C, V] would ask
+  // for padded_vocab x V (10 GB for GPT-2).
+  const Tensor& wpe_in = pool.peek("wpe.weight");
+  if (wpe_in.ndim() != 2 || wpe_in.dim(1) != C)
+    fail(what, ": tensor 'wte.weight' has shape ", shape_str(wte_in.shape()), " but 'wpe.weight' has shape ",
+         shape_str(wpe_in.shape()), ": expected wte [V, C] and wpe [maxT, C] (is one of them transposed?)");
   const int64_t n_layer = pool.count_indexed("h");
 
   NamedTensors ours;
