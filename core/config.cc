@@ -10,6 +10,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <string_view>
 
 #include "core/error.h"
 
@@ -464,11 +465,41 @@ void emit_message(YAML::Emitter& out, const pb::Message& msg, bool include_defau
   out << YAML::EndMap;
 }
 
+// Offset of the first byte that breaks UTF-8 (overlong forms, surrogates and code points above U+10FFFF
+// included), or npos. Hand-written: none of the libraries in use exposes a UTF-8 check.
+size_t invalid_utf8_offset(std::string_view text) {
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  for (size_t i = 0; i < text.size();) {
+    const unsigned c = p[i];
+    const size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (n == 0 || i + n > text.size()) return i;
+    uint32_t code = n == 1 ? c : c & (0x7f >> n);
+    for (size_t k = 1; k < n; ++k) {
+      if ((p[i + k] & 0xc0) != 0x80) return i;
+      code = (code << 6) | (p[i + k] & 0x3f);
+    }
+    static constexpr uint32_t kMinForLength[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (code < kMinForLength[n] || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) return i;
+    i += n;
+  }
+  return std::string_view::npos;
+}
+
+// YAML is Unicode text; yaml-cpp passes other bytes through into strings, which then cannot be written back
+// (run_config_to_yaml) unchanged.
+void check_utf8(std::string_view text, const std::string& what) {
+  if (const size_t at = invalid_utf8_offset(text); at != std::string_view::npos)
+    fail(what, ": not UTF-8 text (invalid byte 0x", std::hex, unsigned{static_cast<unsigned char>(text[at])},
+         std::dec, " at byte offset ", at, ")");
+}
+
 }  // namespace
 
 config::RunConfig parse_run_config(const std::string& yaml_text, const std::string& source_name,
                                    const std::vector<std::string>& overrides) {
   const Source src{source_name, ""};
+  check_utf8(yaml_text, source_name);
+  for (const std::string& o : overrides) check_utf8(o, source_name + ": override '" + o + "'");
   std::vector<YAML::Node> docs;
   try {
     docs = YAML::LoadAll(yaml_text);

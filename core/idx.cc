@@ -169,8 +169,10 @@ IdxImages read_idx_images(const std::string& path) {
   images.cols = dims[2];
   if (images.rows <= 0 || images.cols <= 0)
     fail("IDX file ", path, ": image size ", images.rows, "x", images.cols, " has a zero dimension");
-  // Each dimension is below 2^32, so the product fits int64 only after this check on the first two.
-  if (images.rows * images.cols > (int64_t{1} << 30))
+  // Each factor is checked before the product is formed (two uint32 dimensions can overflow int64); then
+  // count (< 2^32) x rows x cols (<= 2^30) fits int64 too.
+  constexpr int64_t kMaxImageBytes = int64_t{1} << 30;
+  if (images.rows > kMaxImageBytes || images.cols > kMaxImageBytes || images.rows * images.cols > kMaxImageBytes)
     fail("IDX file ", path, ": image size ", images.rows, "x", images.cols, " is implausibly large");
   const int64_t bytes = images.count * images.rows * images.cols;
   check_announced_size(f.get(), path, 4 + 4 * 3, bytes);

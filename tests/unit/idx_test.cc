@@ -225,6 +225,16 @@ TEST(Idx, HeaderAnnouncingMoreThanTheFileCanHoldIsRefusedUpFront) {
   expect_error([&] { read_idx_images(dir / "huge"); }, {dir / "huge", "truncated data (784 of 4704000000 bytes"});
 }
 
+// rows x cols of two uint32 dimensions used to overflow int64 (undefined; found by tests/fuzz/fuzz_idx) and
+// let a 1-image file with 2^32-1 x 2^32-1 pixels and no data through.
+TEST(Idx, HugeImageDimensionsAreRefusedWithoutOverflow) {
+  testing::TempDir dir;
+  write_bytes(dir / "wide", images_header(1, 0xffffffffu, 0xffffffffu));
+  expect_error([&] { read_idx_images(dir / "wide"); }, {dir / "wide", "4294967295x4294967295 is implausibly large"});
+  write_bytes(dir / "tall", images_header(1, (1u << 30) + 1, 1));
+  expect_error([&] { read_idx_images(dir / "tall"); }, {dir / "tall", "is implausibly large"});
+}
+
 #if !defined(__SANITIZE_ADDRESS__)  // ASan reserves terabytes of shadow memory: an address-space limit breaks it
 // In a death-test child: caps the address space 256 MB above its current size, reads `path` and exits 0 if
 // that ends in a loom::Error naming the file and the lack of memory (printed to stderr), non-zero otherwise.
