@@ -1,5 +1,6 @@
 #include "core/config.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -485,6 +486,37 @@ size_t invalid_utf8_offset(std::string_view text) {
   return std::string_view::npos;
 }
 
+// Documents in `text` that have content, counting up to 2 and stopping at the first empty one. Not
+// YAML::LoadAll: in yaml-cpp 0.7 it never returns on some invalid input (e.g. ", ", found by
+// tests/fuzz/fuzz_config), adding empty documents until memory runs out (jbeder/yaml-cpp#1040, fixed
+// upstream by stopping at the first empty document, as here).
+int count_documents(const std::string& text) {
+  struct ContentSeen : YAML::EventHandler {
+    bool content = false;
+    void OnDocumentStart(const YAML::Mark&) override {}
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+    void OnAlias(const YAML::Mark&, YAML::anchor_t) override { content = true; }
+    void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {
+      content = true;
+    }
+    void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+      content = true;
+    }
+    void OnSequenceEnd() override {}
+    void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+      content = true;
+    }
+    void OnMapEnd() override {}
+  };
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  int documents = 0;
+  for (ContentSeen seen; documents < 2 && parser.HandleNextDocument(seen) && seen.content; seen.content = false)
+    ++documents;
+  return documents;
+}
+
 // YAML is Unicode text; yaml-cpp passes other bytes through into strings, which then cannot be written back
 // (run_config_to_yaml) unchanged.
 void check_utf8(std::string_view text, const std::string& what) {
@@ -500,16 +532,18 @@ config::RunConfig parse_run_config(const std::string& yaml_text, const std::stri
   const Source src{source_name, ""};
   check_utf8(yaml_text, source_name);
   for (const std::string& o : overrides) check_utf8(o, source_name + ": override '" + o + "'");
-  std::vector<YAML::Node> docs;
+  YAML::Node root;
+  int documents = 0;
   try {
-    docs = YAML::LoadAll(yaml_text);
+    root = YAML::Load(yaml_text);
+    documents = count_documents(yaml_text);
   } catch (const YAML::Exception& e) {
     fail(source_name, ":", e.mark.line + 1, ":", e.mark.column + 1, ": YAML syntax error: ", e.msg);
   }
-  if (docs.size() > 1) fail(source_name, ": expected one YAML document, found ", docs.size());
-  if (docs.empty() || docs[0].IsNull()) fail(source_name, ": the config is empty");
+  if (documents > 1) fail(source_name, ": expected one YAML document, found several");
+  if (root.IsNull()) fail(source_name, ": the config is empty");
   config::RunConfig config;
-  fill_message(&config, docs[0], src, "");
+  fill_message(&config, root, src, "");
   for (const std::string& o : overrides) apply_override(&config, o, source_name);
   check_required(config, src, "");
   return config;

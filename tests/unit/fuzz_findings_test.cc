@@ -39,3 +39,17 @@ TEST(FuzzFindings, ConfigTextMustBeUtf8) {
 
 }  // namespace
 }  // namespace loom
+
+namespace loom {
+namespace {
+
+// fuzz_config: yaml-cpp's LoadAll never returned on ", " (each pass added an empty document, growing memory
+// without bound), so `loom train` hung on such a config. Now it is an error at once.
+TEST(FuzzFindings, ConfigThatIsJustACommaIsAnErrorNotAHang) {
+  EXPECT_EQ(error_message([] { parse_run_config(", ", "comma.yaml"); }), "comma.yaml: the config is empty");
+  EXPECT_EQ(error_message([] { parse_run_config("model: {}\n---\ntrain: {}\n", "two.yaml"); }),
+            "two.yaml: expected one YAML document, found several");
+}
+
+}  // namespace
+}  // namespace loom
