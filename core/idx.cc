@@ -22,6 +22,10 @@ struct GzCloser {
 using GzFile = std::unique_ptr<gzFile_s, GzCloser>;
 
 GzFile open_gz(const std::string& path, const char* mode, const char* verb) {
+  // Only regular files are read: gzopen would wait forever on a FIFO without a writer.
+  struct stat st {};
+  if (mode[0] == 'r' && ::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    fail("IDX file ", path, ": not a regular file");
   errno = 0;
   gzFile f = gzopen(path.c_str(), mode);
   if (!f) fail("IDX file ", path, ": cannot ", verb, " (", errno ? std::strerror(errno) : "zlib error", ")");
