@@ -179,10 +179,7 @@ NamedTensors import_hf_gpt2(const NamedTensors& hf, int64_t padded_vocab) {
   Tensor wte_padded = Tensor::zeros({padded_vocab, C}, DType::F32);
   wte_padded.narrow0(0, V).copy_from(wte);
   ours.emplace_back("wte.weight", wte_padded);
-  const Tensor& wpe = pool.peek("wpe.weight");
-  if (wpe.ndim() != 2)
-    fail(what, ": tensor 'wpe.weight' has shape ", shape_str(wpe.shape()), ", expected [maxT, ", C, "]");
-  ours.emplace_back("wpe.weight", clone(pool.take("wpe.weight", {wpe.dim(0), C})));
+  ours.emplace_back("wpe.weight", clone(pool.take("wpe.weight", {wpe_in.dim(0), C})));
   for (int64_t i = 0; i < n_layer; ++i) {
     const std::string hf_prefix = "h." + std::to_string(i) + ".";
     const std::string c_fc = hf_prefix + "mlp.c_fc.weight";
