@@ -1,5 +1,6 @@
 #include "core/config.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <string_view>
 
 #include "core/error.h"
 
@@ -464,21 +466,84 @@ void emit_message(YAML::Emitter& out, const pb::Message& msg, bool include_defau
   out << YAML::EndMap;
 }
 
+// Offset of the first byte that breaks UTF-8 (overlong forms, surrogates and code points above U+10FFFF
+// included), or npos. Hand-written: none of the libraries in use exposes a UTF-8 check.
+size_t invalid_utf8_offset(std::string_view text) {
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  for (size_t i = 0; i < text.size();) {
+    const unsigned c = p[i];
+    const size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (n == 0 || i + n > text.size()) return i;
+    uint32_t code = n == 1 ? c : c & (0x7f >> n);
+    for (size_t k = 1; k < n; ++k) {
+      if ((p[i + k] & 0xc0) != 0x80) return i;
+      code = (code << 6) | (p[i + k] & 0x3f);
+    }
+    static constexpr uint32_t kMinForLength[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (code < kMinForLength[n] || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) return i;
+    i += n;
+  }
+  return std::string_view::npos;
+}
+
+// Documents in `text` that have content, counting up to 2 and stopping at the first empty one. Not
+// YAML::LoadAll: in yaml-cpp 0.7 it never returns on some invalid input (e.g. ", ", found by
+// tests/fuzz/fuzz_config), adding empty documents until memory runs out (jbeder/yaml-cpp#1040, fixed
+// upstream by stopping at the first empty document, as here).
+int count_documents(const std::string& text) {
+  struct ContentSeen : YAML::EventHandler {
+    bool content = false;
+    void OnDocumentStart(const YAML::Mark&) override {}
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+    void OnAlias(const YAML::Mark&, YAML::anchor_t) override { content = true; }
+    void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {
+      content = true;
+    }
+    void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+      content = true;
+    }
+    void OnSequenceEnd() override {}
+    void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+      content = true;
+    }
+    void OnMapEnd() override {}
+  };
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  int documents = 0;
+  for (ContentSeen seen; documents < 2 && parser.HandleNextDocument(seen) && seen.content; seen.content = false)
+    ++documents;
+  return documents;
+}
+
+// YAML is Unicode text; yaml-cpp passes other bytes through into strings, which then cannot be written back
+// (run_config_to_yaml) unchanged.
+void check_utf8(std::string_view text, const std::string& what) {
+  if (const size_t at = invalid_utf8_offset(text); at != std::string_view::npos)
+    fail(what, ": not UTF-8 text (invalid byte 0x", std::hex, unsigned{static_cast<unsigned char>(text[at])},
+         std::dec, " at byte offset ", at, ")");
+}
+
 }  // namespace
 
 config::RunConfig parse_run_config(const std::string& yaml_text, const std::string& source_name,
                                    const std::vector<std::string>& overrides) {
   const Source src{source_name, ""};
-  std::vector<YAML::Node> docs;
+  check_utf8(yaml_text, source_name);
+  for (const std::string& o : overrides) check_utf8(o, source_name + ": override '" + o + "'");
+  YAML::Node root;
+  int documents = 0;
   try {
-    docs = YAML::LoadAll(yaml_text);
+    root = YAML::Load(yaml_text);
+    documents = count_documents(yaml_text);
   } catch (const YAML::Exception& e) {
     fail(source_name, ":", e.mark.line + 1, ":", e.mark.column + 1, ": YAML syntax error: ", e.msg);
   }
-  if (docs.size() > 1) fail(source_name, ": expected one YAML document, found ", docs.size());
-  if (docs.empty() || docs[0].IsNull()) fail(source_name, ": the config is empty");
+  if (documents > 1) fail(source_name, ": expected one YAML document, found several");
+  if (root.IsNull()) fail(source_name, ": the config is empty");
   config::RunConfig config;
-  fill_message(&config, docs[0], src, "");
+  fill_message(&config, root, src, "");
   for (const std::string& o : overrides) apply_override(&config, o, source_name);
   check_required(config, src, "");
   return config;

@@ -1,5 +1,6 @@
 #include "core/idx.h"
 
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <new>
 
 #include "core/error.h"
 
@@ -20,6 +22,10 @@ struct GzCloser {
 using GzFile = std::unique_ptr<gzFile_s, GzCloser>;
 
 GzFile open_gz(const std::string& path, const char* mode, const char* verb) {
+  // Only regular files are read: gzopen would wait forever on a FIFO without a writer.
+  struct stat st {};
+  if (mode[0] == 'r' && ::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    fail("IDX file ", path, ": not a regular file");
   errno = 0;
   gzFile f = gzopen(path.c_str(), mode);
   if (!f) fail("IDX file ", path, ": cannot ", verb, " (", errno ? std::strerror(errno) : "zlib error", ")");
@@ -78,15 +84,46 @@ std::vector<int64_t> read_header(gzFile f, const std::string& path, uint32_t exp
   return dims;
 }
 
+int64_t file_size(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) fail("IDX file ", path, ": cannot stat (", std::strerror(errno), ")");
+  return st.st_size;
+}
+
+// Checks the `count` data bytes a header announces against what the file can hold, before anything is
+// allocated for them. A plain file holds exactly its size after the header. A gzip file inflates to at most
+// 1032 times its size (deflate's largest expansion: a 258-byte match per 2 bits), which refuses a mutated
+// header at once; within that bound the data is still only allocated as it arrives (see read_data).
+void check_announced_size(gzFile f, const std::string& path, int64_t header_bytes, int64_t count) {
+  constexpr int64_t kMaxDeflateExpansion = 1032;
+  const int64_t bytes = file_size(path);
+  if (gzdirect(f)) {
+    const int64_t held = bytes - header_bytes;
+    if (held < count) fail("IDX file ", path, ": truncated data (", held, " of ", count, " bytes after the header)");
+    if (held > count)
+      fail("IDX file ", path, ": unexpected bytes after the ", count, " data bytes the header announces (",
+           held, " bytes follow the header)");
+  } else if (count / kMaxDeflateExpansion > bytes) {
+    fail("IDX file ", path, ": the header announces ", count, " data bytes, more than a gzip file of ", bytes,
+         " bytes can hold (at most ", kMaxDeflateExpansion, " x ", bytes, " bytes inflated)");
+  }
+}
+
 // Reads exactly `count` data bytes and checks nothing follows them. The vector grows as data arrives, so a
-// corrupt header announcing a huge array fails as "truncated" instead of allocating that much up front.
+// gzip stream that ends early fails as "truncated" without the whole announced size ever being allocated;
+// running out of memory on a (real) huge stream is an error naming the file, not a bare std::bad_alloc.
 std::vector<uint8_t> read_data(gzFile f, const std::string& path, int64_t count) {
   constexpr int64_t kChunk = int64_t{1} << 24;
   std::vector<uint8_t> data;
   while (static_cast<int64_t>(data.size()) < count) {
     const size_t old = data.size();
     const size_t want = static_cast<size_t>(std::min(count - static_cast<int64_t>(old), kChunk));
-    data.resize(old + want);
+    try {
+      data.resize(old + want);
+    } catch (const std::bad_alloc&) {
+      fail("IDX file ", path, ": out of memory after reading ", old, " of the ", count,
+           " data bytes the header announces");
+    }
     const size_t got = read_some(f, data.data() + old, want, path);
     if (got < want)
       fail("IDX file ", path, ": truncated data (", old + got, " of ", count, " bytes after the header)");
@@ -136,10 +173,14 @@ IdxImages read_idx_images(const std::string& path) {
   images.cols = dims[2];
   if (images.rows <= 0 || images.cols <= 0)
     fail("IDX file ", path, ": image size ", images.rows, "x", images.cols, " has a zero dimension");
-  // Each dimension is below 2^32, so the product fits int64 only after this check on the first two.
-  if (images.rows * images.cols > (int64_t{1} << 30))
+  // Each factor is checked before the product is formed (two uint32 dimensions can overflow int64); then
+  // count (< 2^32) x rows x cols (<= 2^30) fits int64 too.
+  constexpr int64_t kMaxImageBytes = int64_t{1} << 30;
+  if (images.rows > kMaxImageBytes || images.cols > kMaxImageBytes || images.rows * images.cols > kMaxImageBytes)
     fail("IDX file ", path, ": image size ", images.rows, "x", images.cols, " is implausibly large");
-  images.pixels = read_data(f.get(), path, images.count * images.rows * images.cols);
+  const int64_t bytes = images.count * images.rows * images.cols;
+  check_announced_size(f.get(), path, 4 + 4 * 3, bytes);
+  images.pixels = read_data(f.get(), path, bytes);
   return images;
 }
 
@@ -148,6 +189,7 @@ std::vector<uint8_t> read_idx_labels(const std::string& path, int num_classes) {
     fail("IDX file ", path, ": num_classes ", num_classes, " is outside 1..256 (uint8 labels)");
   GzFile f = open_gz(path, "rb", "open");
   const std::vector<int64_t> dims = read_header(f.get(), path, kIdxLabelsMagic, "labels [count]");
+  check_announced_size(f.get(), path, 4 + 4 * 1, dims[0]);
   std::vector<uint8_t> labels = read_data(f.get(), path, dims[0]);
   for (size_t i = 0; i < labels.size(); ++i)
     if (labels[i] >= num_classes)

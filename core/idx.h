@@ -9,7 +9,10 @@
 //
 // Errors: every function throws loom::Error naming the file and the reason (cannot open, wrong magic, truncated
 // header, truncated data, trailing bytes, zero or absurd dimensions, label out of range, image/label count
-// mismatch). Thread-safety: the functions share no state; call them from any thread.
+// mismatch, out of memory). Memory: the data size a header announces is checked against the file before
+// anything is allocated for it (a plain file must hold exactly that many bytes after the header; a gzip file
+// can inflate to at most 1032 times its size), and gzip data is allocated only as it is inflated.
+// Thread-safety: the functions share no state; call them from any thread.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -28,11 +28,17 @@ constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 class InputFile {
  public:
   explicit InputFile(const std::string& path) : path_(path) {
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO would otherwise wait for a writer; it changes nothing for regular files.
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd_ < 0) fail(path, ": cannot open: ", std::strerror(errno));
     struct stat st {};
-    if (::fstat(fd_, &st) != 0) fail(path, ": cannot stat: ", std::strerror(errno));
-    LOOM_CHECK(S_ISREG(st.st_mode), path, ": not a regular file");
+    const bool stat_ok = ::fstat(fd_, &st) == 0;
+    const std::string reason = stat_ok ? "" : std::strerror(errno);
+    if (!stat_ok || !S_ISREG(st.st_mode)) {
+      ::close(fd_);  // the destructor does not run for a constructor that throws
+      if (!stat_ok) fail(path, ": cannot stat: ", reason);
+      fail(path, ": not a regular file");
+    }
     size_ = static_cast<uint64_t>(st.st_size);
   }
   ~InputFile() { ::close(fd_); }

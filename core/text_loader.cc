@@ -53,7 +53,7 @@ TextLoader::TextLoader(const TextLoaderOptions& options) : options_(options) {
   const int64_t T = options.seq_len;
   window_offsets_.push_back(0);
   for (const std::string& path : glob_files(options.pattern)) {
-    shards_.emplace_back(path);
+    shards_.emplace_back(path, options.vocab_size);
     const int64_t n = shards_.back().size();
     total_tokens_ += n;
     window_offsets_.push_back(window_offsets_.back() + (n > 0 ? (n - 1) / T : 0));
@@ -84,14 +84,7 @@ void TextLoader::copy_window(int64_t window, int32_t* inputs, int32_t* targets) 
   const TokenShard& shard = shards_[shard_index];
   const int64_t T = options_.seq_len;
   const int64_t start = (window - window_offsets_[shard_index]) * T;
-  const uint16_t* tokens = shard.tokens().data() + start;
-  if (options_.vocab_size > 0) {
-    for (int64_t t = 0; t <= T; ++t) {
-      if (tokens[t] >= options_.vocab_size)
-        fail("text loader: token ", start + t, " of shard '", shard.path(), "' is ", tokens[t],
-             ", not below the vocabulary size ", options_.vocab_size);
-    }
-  }
+  const uint16_t* tokens = shard.tokens().data() + start;  // checked against vocab_size when the shard opened
   for (int64_t t = 0; t < T; ++t) {
     inputs[t] = tokens[t];
     targets[t] = tokens[t + 1];

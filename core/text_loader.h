@@ -45,7 +45,8 @@ struct TextLoaderOptions {
   int world_size = 1;
   uint64_t seed = 1337;
   bool shuffle = true;
-  int32_t vocab_size = 0;   // when > 0, every served token must be below it (else loom::Error naming the shard)
+  int32_t vocab_size = 0;   // when > 0, every token of every shard must be below it: checked when the shards
+                            // open (loom::Error naming the shard, the token's index and byte offset)
 };
 
 // Not thread-safe: one thread calls next_batch(); separate loaders may be used from separate threads.

@@ -24,6 +24,14 @@ namespace {
 
 std::string errno_text() { return std::strerror(errno); }
 
+const char* file_kind(mode_t mode) {
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISDIR(mode)) return "a folder";
+  if (S_ISCHR(mode) || S_ISBLK(mode)) return "a device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a regular file";
+}
+
 // Writes all of `bytes` to fd, retrying short writes and EINTR.
 void write_all(int fd, const void* bytes, size_t size, const std::string& path) {
   const char* p = static_cast<const char*>(bytes);
@@ -85,14 +93,21 @@ void write_shard(const std::string& path, std::span<const int32_t> tokens) {
   sync_parent_folder(path);
 }
 
-TokenShard::TokenShard(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+TokenShard::TokenShard(const std::string& path, int32_t vocab_size) : path_(path) {
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever; it changes nothing for
+  // the regular files accepted below (the tokens are read through the mapping).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) fail("token shard '", path, "': cannot open: ", errno_text());
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     const std::string reason = errno_text();
     ::close(fd);
     fail("token shard '", path, "': cannot stat: ", reason);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail("token shard '", path, "': not a regular file (", file_kind(st.st_mode),
+         "); shard files must be regular files");
   }
   const int64_t file_bytes = st.st_size;
   if (file_bytes < kShardHeaderBytes) {
@@ -133,6 +148,16 @@ TokenShard::TokenShard(const std::string& path) : path_(path) {
   tokens_ = std::span<const uint16_t>(
       reinterpret_cast<const uint16_t*>(static_cast<const char*>(mapping_) + kShardHeaderBytes),
       static_cast<size_t>(count));
+  if (vocab_size > 0) {
+    const auto bad = std::find_if(tokens_.begin(), tokens_.end(), [&](uint16_t t) { return t >= vocab_size; });
+    if (bad != tokens_.end()) {
+      const int64_t index = bad - tokens_.begin();
+      const int32_t token = *bad;
+      unmap();
+      fail("token shard '", path, "': token ", index, " (byte offset ", kShardHeaderBytes + 2 * index, ") is ",
+           token, ", not below the vocabulary size ", vocab_size);
+    }
+  }
 }
 
 void TokenShard::unmap() {

@@ -23,10 +23,13 @@ void write_shard(const std::string& path, std::span<const int32_t> tokens);
 // tokens() from several threads is safe.
 class TokenShard {
  public:
-  // Opens and validates `path`. Throws loom::Error naming the file when it cannot be opened, is shorter
-  // than the header, has a bad magic or version, or its size disagrees with the header's token count
-  // ("truncated" when the file is too short, "count mismatch" when it has bytes past the tokens).
-  explicit TokenShard(const std::string& path);
+  // Opens and validates `path`. Throws loom::Error naming the file when it cannot be opened, is not a
+  // regular file (a FIFO, device or folder: refused without waiting for a writer), is shorter than the
+  // header, has a bad magic or version, or its size disagrees with the header's token count ("truncated"
+  // when the file is too short, "count mismatch" when it has bytes past the tokens). With vocab_size > 0,
+  // every token is checked at open to be below it; the error names the file, the first offending token's
+  // index and its byte offset in the file.
+  explicit TokenShard(const std::string& path, int32_t vocab_size = 0);
   ~TokenShard();
   TokenShard(TokenShard&& other) noexcept;
   TokenShard& operator=(TokenShard&& other) noexcept;

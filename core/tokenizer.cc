@@ -2,6 +2,7 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <sys/stat.h>
 
 #include <array>
 #include <cstdlib>
@@ -24,6 +25,9 @@ constexpr const char* kEndOfText = "<|endoftext|>";
 constexpr size_t kMaxCacheEntries = size_t{1} << 20;
 
 std::string read_whole_file(const std::string& path, const char* what) {
+  // Only regular files are read: opening a FIFO without a writer would wait forever.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) fail(what, " '", path, "': not a regular file");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(what, " '", path, "': cannot open for reading (missing? run scripts/fetch_gpt2_vocab.sh)");
   std::ostringstream os;

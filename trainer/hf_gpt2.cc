@@ -157,6 +157,12 @@ NamedTensors import_hf_gpt2(const NamedTensors& hf, int64_t padded_vocab) {
     fail(what, ": tensor 'wte.weight' has shape ", shape_str(wte_in.shape()),
          ", expected [V, C] with V <= padded vocab ", padded_vocab);
   const int64_t V = wte_in.dim(0), C = wte_in.dim(1);
+  // The width is confirmed before padded_vocab x C floats are allocated: a transposed wte [C, V] would ask
+  // for padded_vocab x V (10 GB for GPT-2).
+  const Tensor& wpe_in = pool.peek("wpe.weight");
+  if (wpe_in.ndim() != 2 || wpe_in.dim(1) != C)
+    fail(what, ": tensor 'wte.weight' has shape ", shape_str(wte_in.shape()), " but 'wpe.weight' has shape ",
+         shape_str(wpe_in.shape()), ": expected wte [V, C] and wpe [maxT, C] (is one of them transposed?)");
   const int64_t n_layer = pool.count_indexed("h");
 
   NamedTensors ours;
@@ -173,10 +179,7 @@ NamedTensors import_hf_gpt2(const NamedTensors& hf, int64_t padded_vocab) {
   Tensor wte_padded = Tensor::zeros({padded_vocab, C}, DType::F32);
   wte_padded.narrow0(0, V).copy_from(wte);
   ours.emplace_back("wte.weight", wte_padded);
-  const Tensor& wpe = pool.peek("wpe.weight");
-  if (wpe.ndim() != 2)
-    fail(what, ": tensor 'wpe.weight' has shape ", shape_str(wpe.shape()), ", expected [maxT, ", C, "]");
-  ours.emplace_back("wpe.weight", clone(pool.take("wpe.weight", {wpe.dim(0), C})));
+  ours.emplace_back("wpe.weight", clone(pool.take("wpe.weight", {wpe_in.dim(0), C})));
   for (int64_t i = 0; i < n_layer; ++i) {
     const std::string hf_prefix = "h." + std::to_string(i) + ".";
     const std::string c_fc = hf_prefix + "mlp.c_fc.weight";

@@ -190,6 +190,17 @@ TEST(HfGpt2, ImportErrorsNameTheTensor) {
             std::string::npos);
 }
 
+// A transposed wte [C, V] is refused by its shape against wpe's before the padded embedding is allocated:
+// padded_vocab x V floats (10 GB for GPT-2) used to be asked for before any shape check failed.
+TEST(HfGpt2, ImportRefusesATransposedEmbeddingBeforeAllocating) {
+  NamedTensors hf = export_hf_gpt2(make_ours(6), kVocab);
+  for (auto& [name, t] : hf)
+    if (name == "wte.weight") t = Tensor::zeros({kC, kVocab}, DType::F32);
+  EXPECT_EQ(error_of([&] { import_hf_gpt2(hf, kPaddedVocab); }),
+            "import_hf_gpt2: tensor 'wte.weight' has shape [8, 100] but 'wpe.weight' has shape [16, 8]: expected "
+            "wte [V, C] and wpe [maxT, C] (is one of them transposed?)");
+}
+
 TEST(HfGpt2, ExportErrorsNameTheTensor) {
   NamedTensors ours = make_ours(5);
   for (auto& [name, t] : ours)

@@ -1,5 +1,9 @@
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <zlib.h>
+
+#include <cstdio>
+#include <cstdlib>
 
 #include <fstream>
 #include <functional>
@@ -194,6 +198,87 @@ TEST(Idx, WriterRejectsInconsistentImages) {
                {dir / "bad", "17 pixels"});
   expect_error([&] { write_idx_labels("/nonexistent/dir/labels", {1}); }, {"/nonexistent/dir/labels"});
 }
+
+}  // namespace
+}  // namespace loom
+
+namespace loom {
+namespace {
+
+std::vector<uint8_t> images_header(uint32_t count, uint32_t rows, uint32_t cols) {
+  std::vector<uint8_t> header = {0, 0, 8, 3};
+  for (uint32_t v : {count, rows, cols})
+    for (int shift = 24; shift >= 0; shift -= 8) header.push_back(static_cast<uint8_t>(v >> shift));
+  return header;
+}
+
+// A header announcing 6e6 Fashion-MNIST-sized images (4.7 GB) over one image of data: refused by comparing
+// the announced size with what the file can hold, before anything is allocated or inflated.
+TEST(Idx, HeaderAnnouncingMoreThanTheFileCanHoldIsRefusedUpFront) {
+  testing::TempDir dir;
+  std::vector<uint8_t> bytes = images_header(6'000'000, 28, 28);
+  bytes.resize(bytes.size() + 28 * 28, 7);
+  write_gzip_bytes(dir / "huge.gz", bytes);
+  expect_error([&] { read_idx_images(dir / "huge.gz"); },
+               {dir / "huge.gz", "announces 4704000000 data bytes, more than a gzip file of"});
+  write_bytes(dir / "huge", bytes);
+  expect_error([&] { read_idx_images(dir / "huge"); }, {dir / "huge", "truncated data (784 of 4704000000 bytes"});
+}
+
+// rows x cols of two uint32 dimensions used to overflow int64 (undefined; found by tests/fuzz/fuzz_idx) and
+// let a 1-image file with 2^32-1 x 2^32-1 pixels and no data through.
+TEST(Idx, HugeImageDimensionsAreRefusedWithoutOverflow) {
+  testing::TempDir dir;
+  write_bytes(dir / "wide", images_header(1, 0xffffffffu, 0xffffffffu));
+  expect_error([&] { read_idx_images(dir / "wide"); }, {dir / "wide", "4294967295x4294967295 is implausibly large"});
+  write_bytes(dir / "tall", images_header(1, (1u << 30) + 1, 1));
+  expect_error([&] { read_idx_images(dir / "tall"); }, {dir / "tall", "is implausibly large"});
+}
+
+#if !defined(__SANITIZE_ADDRESS__)  // ASan reserves terabytes of shadow memory: an address-space limit breaks it
+// In a death-test child: caps the address space 256 MB above its current size, reads `path` and exits 0 if
+// that ends in a loom::Error naming the file and the lack of memory (printed to stderr), non-zero otherwise.
+[[noreturn]] void read_images_under_memory_cap(const std::string& path) {
+  std::ifstream status("/proc/self/status");
+  int64_t vm_kb = -1;
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmSize:", 0) == 0) vm_kb = std::stoll(line.substr(7));
+  const rlim_t limit = static_cast<rlim_t>(vm_kb + (256 << 10)) * 1024;
+  const rlimit cap{limit, limit};
+  if (vm_kb < 0 || setrlimit(RLIMIT_AS, &cap) != 0) std::_Exit(2);
+  try {
+    read_idx_images(path);
+    std::_Exit(3);  // the cap did not bite: the test would prove nothing
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    std::fprintf(stderr, "%s\n", message.c_str());
+    const bool named = message.find(path) != std::string::npos && message.find("out of memory") != std::string::npos;
+    std::_Exit(named ? 0 : 4);
+  } catch (const std::bad_alloc&) {
+    std::_Exit(5);
+  }
+}
+
+// A gzip file that really inflates to more than the memory available (384 MB of zeros from a ~0.4 MB file,
+// within deflate's 1032:1 limit) ends in a loom::Error naming the file, not in a bare std::bad_alloc. The
+// read runs in a child process with a capped address space.
+TEST(Idx, RunningOutOfMemoryOnAHugeGzipStreamNamesTheFile) {
+  testing::TempDir dir;
+  const std::string path = dir / "bomb.gz";
+  constexpr uint32_t kCount = 384, kSide = 1024;  // 384 images of 1 MB
+  {
+    gzFile f = gzopen(path.c_str(), "wb1R");  // run-length strategy: fast on zeros
+    ASSERT_NE(f, nullptr);
+    const std::vector<uint8_t> header = images_header(kCount, kSide, kSide);
+    ASSERT_EQ(gzwrite(f, header.data(), header.size()), int(header.size()));
+    const std::vector<uint8_t> image(size_t{kSide} * kSide, 0);
+    for (uint32_t i = 0; i < kCount; ++i) ASSERT_EQ(gzwrite(f, image.data(), image.size()), int(image.size()));
+    ASSERT_EQ(gzclose(f), Z_OK);
+  }
+  ASSERT_LT(file_bytes(path).size(), size_t{4} << 20);
+  EXPECT_EXIT(read_images_under_memory_cap(path), ::testing::ExitedWithCode(0), "bomb.gz: out of memory after reading");
+}
+#endif
 
 }  // namespace
 }  // namespace loom

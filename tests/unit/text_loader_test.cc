@@ -171,12 +171,14 @@ TEST(TextLoader, RejectsBadSetup) {
   EXPECT_THROW(nlohmann::json::parse(R"({"epoch": 1})").get<LoaderPosition>(), Error);
   EXPECT_THROW(nlohmann::json::parse(R"({"epoch": 1, "index": "2"})").get<LoaderPosition>(), Error);
 
+  // Out-of-vocabulary tokens are found when the shards open, not when their window is first served.
   o = options_for(shards, 9, 1, false);
-  o.vocab_size = 1000;  // shard b's tokens are >= 1000
-  TextLoader checked(o);
-  std::vector<int32_t> inputs(9 * kT), targets(9 * kT);
-  EXPECT_NE(error_message([&] { checked.next_batch(inputs.data(), targets.data()); }).find("b_shard.bin"),
-            std::string::npos);
+  o.vocab_size = 1000;  // shard b's tokens are >= 1000, from its first token on
+  const std::string oov = error_message([&] { TextLoader loader(o); });
+  EXPECT_NE(oov.find("b_shard.bin"), std::string::npos) << oov;
+  EXPECT_NE(oov.find("token 0 (byte offset 1024) is 1000"), std::string::npos) << oov;
+  o.vocab_size = 1017;  // exactly covers shard b's largest token, 1016
+  EXPECT_NO_THROW(TextLoader loader(o));
 }
 
 }  // namespace

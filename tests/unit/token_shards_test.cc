@@ -1,6 +1,8 @@
 #include "core/token_shards.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -137,6 +139,51 @@ TEST(TokenShards, RejectsCountMismatch) {
 TEST(TokenShards, RejectsMissingFile) {
   TempDir dir("missing");
   expect_rejected(dir / "absent.bin", "cannot open");
+}
+
+// A FIFO among the shards must be refused at once, naming it: opening one for reading used to wait for a writer
+// forever. Here a writer holds the FIFO open, so the old code did not hang but misread it as a truncated shard.
+TEST(TokenShards, RefusesAFifoWithAWriterAsNotARegularFile) {
+  TempDir dir("fifo_writer");
+  const std::string path = dir / "train_000000.bin";
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  const int writer = ::open(path.c_str(), O_RDWR | O_NONBLOCK);  // O_RDWR on a FIFO does not block on Linux
+  ASSERT_GE(writer, 0);
+  const std::string message = error_message([&] { TokenShard shard(path); });
+  ::close(writer);
+  EXPECT_NE(message.find(path), std::string::npos) << message;
+  EXPECT_NE(message.find("not a regular file (a FIFO)"), std::string::npos) << message;
+}
+
+// The reported hang: nobody writes to the FIFO.
+TEST(TokenShards, RefusesAFifoWithoutAWriterInsteadOfWaiting) {
+  TempDir dir("fifo");
+  const std::string path = dir / "train_000000.bin";
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  const std::string message = error_message([&] { read_shard(path); });
+  EXPECT_NE(message.find(path), std::string::npos) << message;
+  EXPECT_NE(message.find("shard files must be regular files"), std::string::npos) << message;
+}
+
+TEST(TokenShards, RefusesAFolder) {
+  TempDir dir("folder");
+  const std::string path = dir / "val_000000.bin";
+  fs::create_directory(path);
+  const std::string message = error_message([&] { TokenShard shard(path); });
+  EXPECT_NE(message.find("not a regular file (a folder)"), std::string::npos) << message;
+}
+
+TEST(TokenShards, ChecksTheVocabularyAtOpenNamingTheOffset) {
+  TempDir dir("vocab");
+  const std::string path = dir / "shard.bin";
+  write_shard(path, std::vector<int32_t>{5, 50256, 9, 50257, 65535});
+  EXPECT_EQ(TokenShard(path).size(), 5);  // no vocabulary given: any uint16 is fine
+  EXPECT_EQ(TokenShard(path, 65536).size(), 5);
+  const std::string message = error_message([&] { TokenShard shard(path, 50257); });
+  EXPECT_NE(message.find(path), std::string::npos) << message;
+  EXPECT_NE(message.find("token 3 (byte offset 1030) is 50257, not below the vocabulary size 50257"),
+            std::string::npos)
+      << message;
 }
 
 TEST(TokenShards, GlobIsSortedAndNamesThePatternWhenEmpty) {
