@@ -163,6 +163,24 @@ std::string describe_counts(const std::vector<int64_t>& c) {
   return detail::concat(c[0], " parameter, ", c[1], " first-moment and ", c[2], " second-moment values are NaN or Inf");
 }
 
+// The same counts for a checkpoint read from disk (host tensors, full on every rank, so every rank decides
+// alike without communicating).
+std::vector<int64_t> nonfinite_counts(const CheckpointContents& c) {
+  std::vector<Tensor> parts[3];
+  for (const auto& [name, t] : c.model)
+    if (is_floating(t.dtype())) parts[0].push_back(t);
+  for (const auto& [name, t] : c.optimizer) {
+    if (!is_floating(t.dtype())) continue;
+    if (name.rfind("optim.m.", 0) == 0) parts[1].push_back(t);
+    if (name.rfind("optim.v.", 0) == 0) parts[2].push_back(t);
+  }
+  auto cpu = make_backend(Device::cpu());
+  std::vector<int64_t> counts;
+  for (const auto& part : parts) counts.push_back(cpu->count_nonfinite(part));
+  if (counts[0] + counts[1] + counts[2] == 0) return {};
+  return counts;
+}
+
 }  // namespace
 
 void Trainer::check_state_finite(const std::string& what) {
@@ -242,6 +260,8 @@ void Trainer::load_state(const std::string& dir, bool with_data) {
                                   : 1;
   const nlohmann::json data_state =
       with_data ? rescale_data_state(c.state["data"], saved_data_size, data_size(), state_file) : nlohmann::json();
+  if (const std::vector<int64_t> counts = nonfinite_counts(c); !counts.empty())
+    fail(dir, ": the checkpoint is not finite (", describe_counts(counts), "); not loading it");
   ParameterStore& params = model_.params();
   const ParameterLayout& layout = params.layout();
   params.master().copy_from(
@@ -261,11 +281,6 @@ void Trainer::load_state(const std::string& dir, bool with_data) {
 
 void Trainer::resume_from(const std::string& dir) {
   load_state(dir, /*with_data=*/true);
-  const std::vector<int64_t> counts =
-      nonfinite_counts(model_.backend(),
-                       {model_.params().master(), optimizer_->first_moment(), optimizer_->second_moment()},
-                       [this](std::vector<double>& v) { sum_over_world(v); });
-  if (!counts.empty()) fail(dir, ": the checkpoint is not finite (", describe_counts(counts), "); not resuming from it");
   last_good_checkpoint_ = dir;
   log_ << "resumed from " << dir << " at step " << step_ << "\n";
 }

@@ -12,7 +12,7 @@
 // run()) the parameters and both AdamW moments are checked on the device (Backend::count_nonfinite, summed
 // over all ranks); a non-finite state, loss or gradient norm ends the run with loom::Error naming the last
 // good checkpoint: the newest one this trainer wrote or resumed from (with train.spike_guard, the newest one
-// whose following step had an accepted loss). resume_from() refuses a checkpoint that holds non-finite values.
+// whose following step had an accepted loss). resume_from() (and a spike-guard restore) refuses a checkpoint that holds non-finite values.
 // train.spike_guard (core/config.proto) restores the last good checkpoint on a non-finite or spiking loss,
 // skips batches and lowers the learning rate for a while instead of stopping.
 //
@@ -115,7 +115,8 @@ class Trainer {
   void check_state_finite(const std::string& what);
   // "The last good checkpoint is <dir>." or that there is none: the end of every stopping message.
   std::string last_good_sentence() const;
-  // Loads weights and moments (and the step) from a checkpoint, and the data position when `with_data`.
+  // Loads weights and moments (and the step) from a checkpoint, and the data position when `with_data`. Checks
+  // state.json and the finiteness of every tensor first: a bad checkpoint throws and changes nothing.
   void load_state(const std::string& checkpoint_dir, bool with_data);
   // Spike guard: whether this step's loss / norm is to be rejected, and the recovery when it is.
   bool is_spike(double loss, double norm) const;

@@ -213,7 +213,14 @@ class ResumeChecksTest : public ::testing::Test {
     testing::SyntheticTokens data(3, 8, 37, 2);
     std::ostringstream log;
     Trainer trainer(cfg_, *run.model, data, log);
-    return testing::error_message([&] { trainer.resume_from(ckpt_); });
+    const std::vector<float> before = run.model->params().master().to_vector();
+    const std::string message = testing::error_message([&] { trainer.resume_from(ckpt_); });
+    // A refused checkpoint changes nothing.
+    EXPECT_EQ(trainer.step(), 0);
+    EXPECT_EQ(run.model->params().master().to_vector(), before);
+    EXPECT_EQ(data.state(), testing::SyntheticTokens(3, 8, 37, 2).state());
+    EXPECT_EQ(trainer.last_good_checkpoint(), "");
+    return message;
   }
   void edit_state(const std::function<void(nlohmann::json&)>& edit) {
     nlohmann::json state = nlohmann::json::parse(std::ifstream(ckpt_ + "/state.json"));
@@ -239,7 +246,7 @@ TEST_F(ResumeChecksTest, NaNInTheOptimizerStateIsRefused) {
   safetensors::write(ckpt_ + "/optimizer.safetensors", f.tensors, f.metadata);
   EXPECT_EQ(resume_error(), ckpt_ +
                                 ": the checkpoint is not finite (0 parameter, 0 first-moment and 2 second-moment "
-                                "values are NaN or Inf); not resuming from it");
+                                "values are NaN or Inf); not loading it");
 }
 
 TEST_F(ResumeChecksTest, StateFieldsAreCheckedNotNarrowed) {
