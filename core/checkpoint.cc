@@ -10,10 +10,13 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <regex>
+#include <set>
 #include <sstream>
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/run_dir_lock.h"
 
 namespace loom {
 namespace {
@@ -58,19 +61,48 @@ void move_into_place(const fs::path& tmp, const fs::path& final_dir) {
     fail(final_dir.string(), ": cannot replace the existing checkpoint: ", std::strerror(errno));
 }
 
+// Parses JSON text, rejecting a key that appears twice in one object (nlohmann keeps the last one silently,
+// so a hand-edited or corrupted state.json could say two things at once).
+nlohmann::json parse_json_without_duplicate_keys(std::istream& in, const std::string& file) {
+  struct Frame {
+    std::set<std::string> keys;
+    std::string current;
+  };
+  std::vector<Frame> objects;
+  const auto path_to = [&](const std::string& key) {
+    std::string path;
+    for (size_t i = 0; i + 1 < objects.size(); ++i) path += objects[i].current + ".";
+    return path + key;
+  };
+  using Event = nlohmann::json::parse_event_t;
+  const nlohmann::json::parser_callback_t reject_duplicates = [&](int, Event event, nlohmann::json& parsed) {
+    if (event == Event::object_start) {
+      objects.emplace_back();
+    } else if (event == Event::object_end) {
+      if (!objects.empty()) objects.pop_back();
+    } else if (event == Event::key && !objects.empty()) {
+      const std::string key = parsed.get<std::string>();
+      if (!objects.back().keys.insert(key).second) fail(file, ": duplicate key \"", path_to(key), "\"");
+      objects.back().current = key;
+    }
+    return true;
+  };
+  try {
+    return nlohmann::json::parse(in, reject_duplicates);
+  } catch (const nlohmann::json::exception& e) {
+    fail(file, ": bad JSON: ", e.what());
+  }
+}
+
 nlohmann::json read_state(const fs::path& file) {
   std::ifstream in(file, std::ios::binary);
   if (!in) fail(file.string(), ": cannot open");
-  nlohmann::json state;
-  try {
-    state = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    fail(file.string(), ": bad JSON: ", e.what());
-  }
+  const nlohmann::json state = parse_json_without_duplicate_keys(in, file.string());
   if (!state.is_object()) fail(file.string(), ": expected a JSON object");
   if (!state.contains("format") || state["format"] != kFormat)
     fail(file.string(), ": not a loom checkpoint (expected \"format\": \"", kFormat, "\")");
-  if (!state.contains("step") || !state["step"].is_number_integer()) fail(file.string(), ": missing integer \"step\"");
+  if (!state.contains("step")) fail(file.string(), ": missing integer \"step\"");
+  state_integer(state, "step", 0, kMaxStep, file.string());
   return state;
 }
 
@@ -144,21 +176,52 @@ std::string latest_checkpoint(const std::string& out_dir) {
   return all.empty() ? "" : all.back().second;
 }
 
-void prune_checkpoints(const std::string& out_dir, int keep_last) {
+void prune_checkpoints(const std::string& out_dir, int keep_last, const std::string& keep_also) {
   LOOM_CHECK(keep_last >= 0, out_dir, ": keep_last must be >= 0 (0 keeps all), got ", keep_last);
   if (keep_last == 0) return;
   const auto all = list_checkpoints(out_dir);
   if (all.size() <= static_cast<size_t>(keep_last)) return;
+  std::error_code ec;
   for (size_t i = 0; i + keep_last < all.size(); ++i) {
+    if (!keep_also.empty() && fs::equivalent(all[i].second, keep_also, ec)) continue;
     // Renamed away first, so a crash mid-removal leaves a hidden directory, not a half-deleted checkpoint.
     const fs::path doomed =
         fs::path(out_dir) / detail::concat(".", fs::path(all[i].second).filename().string(), ".deleting.", ::getpid());
-    std::error_code ec;
     fs::rename(all[i].second, doomed, ec);
     if (!ec) fs::remove_all(doomed, ec);
     if (ec) fail(all[i].second, ": cannot remove old checkpoint: ", ec.message());
   }
   fsync_directory(out_dir);
+}
+
+int64_t state_integer(const nlohmann::json& state, const std::string& key, int64_t min, int64_t max,
+                      const std::string& file) {
+  if (!state.is_object() || !state.contains(key)) fail(file, ": missing integer \"", key, "\"");
+  const nlohmann::json& v = state.at(key);
+  if (!v.is_number_integer()) fail(file, ": \"", key, "\": expected an integer, got ", v.dump());
+  // Unsigned JSON numbers beyond int64 are out of every range here; compare without narrowing.
+  const bool beyond_int64 = v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX);
+  const int64_t value = beyond_int64 ? 0 : v.get<int64_t>();
+  if (beyond_int64 || value < min || value > max)
+    fail(file, ": \"", key, "\": ", v.dump(), " is out of range [", min, ", ", max, "]");
+  return value;
+}
+
+int remove_stale_checkpoint_temporaries(const RunDirectoryLock& lock) {
+  // Exactly the names save_checkpoint and prune_checkpoints give their hidden directories.
+  static const std::regex temporary(R"(\.ckpt_[0-9]{8}\.(tmp\.[0-9]+\.[0-9]+|deleting\.[0-9]+))");
+  int removed = 0;
+  std::error_code ec;
+  for (const fs::directory_entry& e : fs::directory_iterator(lock.dir(), ec)) {
+    if (!std::regex_match(e.path().filename().string(), temporary) || !e.is_directory(ec) || e.is_symlink(ec))
+      continue;
+    fs::remove_all(e.path(), ec);
+    if (ec) fail(e.path().string(), ": cannot remove a stale temporary checkpoint directory: ", ec.message());
+    ++removed;
+  }
+  if (ec) fail(lock.dir(), ": cannot list the run folder: ", ec.message());
+  if (removed > 0) fsync_directory(lock.dir());
+  return removed;
 }
 
 }  // namespace loom

@@ -9,7 +9,8 @@
 // Atomicity: save_checkpoint writes everything into a hidden temporary directory next to the final one
 // (".ckpt_<step>.tmp.<pid>.<n>"), fsyncs every file and the directory, renames it into place and fsyncs
 // <out_dir>. A crash or error at any point leaves the earlier checkpoints untouched; on an error the
-// temporary directory is removed. Readers (latest_checkpoint) never see temporary directories.
+// temporary directory is removed; after a crash it stays until the next run into out_dir removes it
+// (remove_stale_checkpoint_temporaries). Readers (latest_checkpoint) never see temporary directories.
 //
 // Errors: throw loom::Error naming the directory or file and the reason.
 // Threads: not thread-safe against concurrent saves into the same out_dir (one process, one rank saves).
@@ -37,8 +38,15 @@ std::string checkpoint_dir(const std::string& out_dir, int64_t step);
 // object, or holds a "step" different from `step`.
 void save_checkpoint(const std::string& out_dir, int64_t step, const CheckpointContents& contents);
 
-// Loads a checkpoint directory written by save_checkpoint. state["step"] holds the step.
+// Loads a checkpoint directory written by save_checkpoint. state["step"] holds the step. state.json is
+// checked before anything else is read: valid JSON without a key repeated in any object, an object with
+// "format": "loom-checkpoint-1" and an integer "step" in [0, 99999999]; each error names the file and field.
 CheckpointContents load_checkpoint(const std::string& dir);
+
+// state[key] as an integer in [min, max]: a missing key, a non-integer (1.5, "3", 1e3) or a value outside the
+// range (2^40 where an int is meant) throws "<file>: "<key>": ..." instead of being narrowed.
+int64_t state_integer(const nlohmann::json& state, const std::string& key, int64_t min, int64_t max,
+                      const std::string& file);
 
 // Complete checkpoints in out_dir as (step, directory), oldest first. A directory counts only if it is
 // named ckpt_<8 digits> and holds all three files. Missing out_dir: empty list.
@@ -47,8 +55,16 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
 // The directory of the newest complete checkpoint in out_dir, or "" if there is none.
 std::string latest_checkpoint(const std::string& out_dir);
 
-// Removes all but the newest `keep_last` complete checkpoints. keep_last == 0 keeps everything; negative
-// throws. Temporary directories are left alone (one may belong to a save in progress).
-void prune_checkpoints(const std::string& out_dir, int keep_last);
+// Removes all but the newest `keep_last` complete checkpoints, and never `keep_also` (a checkpoint directory,
+// e.g. the last one known to be good; "" for none). keep_last == 0 keeps everything; negative throws.
+// Temporary directories are left alone (one may belong to a save in progress).
+void prune_checkpoints(const std::string& out_dir, int keep_last, const std::string& keep_also = "");
+
+class RunDirectoryLock;
+// Removes the hidden directories that a save or prune interrupted by a crash or an error left in the run
+// folder (".ckpt_<8 digits>.tmp.<pid>.<n>", ".ckpt_<8 digits>.deleting.<pid>"; nothing else, symlinks
+// neither). Only safe while no other process writes checkpoints there, hence the lock (core/run_dir_lock.h).
+// Returns how many were removed; throws naming the directory when one cannot be removed.
+int remove_stale_checkpoint_temporaries(const RunDirectoryLock& lock);
 
 }  // namespace loom

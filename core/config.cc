@@ -163,28 +163,83 @@ Float to_float(const YAML::Node& node, const Source& src, const std::string& pat
 
 void fill_message(pb::Message* msg, const YAML::Node& node, const Source& src, const std::string& path);
 
-// Stores a non-null YAML value into the slot, checking its type against the field's.
+std::string format_double(double v);
+
+// The field's inclusive range from its (min) / (max) options; every numeric field of config.proto has both
+// (tests/unit/config_ranges_test.cc checks that), so a missing bound is an error in the schema itself.
+std::pair<double, double> field_range(const pb::FieldDescriptor* field) {
+  const pb::FieldOptions& o = field->options();
+  LOOM_CHECK(o.HasExtension(config::min) && o.HasExtension(config::max), "config.proto: numeric field ",
+             field->full_name(), " lacks a (min) / (max) range");
+  return {o.GetExtension(config::min), o.GetExtension(config::max)};
+}
+
+// `text` is how the value is written in the error (integers exactly, floats in shortest form). NaN is out of
+// every range (both comparisons are false).
+template <typename T>
+T checked_range(T value, const std::string& text, const pb::FieldDescriptor* field, const Source& src,
+                const std::string& path) {
+  const auto [lo, hi] = field_range(field);
+  const double v = static_cast<double>(value);
+  if (!(v >= lo && v <= hi))
+    fail_at(src, path, text, " is out of range [", format_double(lo), ", ", format_double(hi), "]");
+  return value;
+}
+template <typename Int>
+Int integer_in_range(const YAML::Node& node, const Source& src, const std::string& path, const char* type_name,
+                     const pb::FieldDescriptor* field) {
+  const Int value = to_integer<Int>(node, src, path, type_name);
+  return checked_range(value, std::to_string(value), field, src, path);
+}
+template <typename Float>
+Float float_in_range(const YAML::Node& node, const Source& src, const std::string& path, const char* type_name,
+                     const pb::FieldDescriptor* field) {
+  const Float value = to_float<Float>(node, src, path, type_name);
+  return checked_range(value, format_double(value), field, src, path);
+}
+
+// A string field with a (choices) option ("a|b|c") takes only those values.
+std::string string_in_choices(const YAML::Node& node, const Source& src, const std::string& path,
+                              const pb::FieldDescriptor* field) {
+  const std::string& value = node.Scalar();
+  if (!field->options().HasExtension(config::choices)) return value;
+  const std::string& choices = field->options().GetExtension(config::choices);
+  std::vector<std::string> allowed;
+  for (size_t begin = 0;;) {
+    const size_t bar = choices.find('|', begin);
+    allowed.push_back(choices.substr(begin, bar - begin));
+    if (bar == std::string::npos) break;
+    begin = bar + 1;
+  }
+  if (std::find(allowed.begin(), allowed.end(), value) != allowed.end()) return value;
+  std::string names;
+  for (size_t i = 0; i < allowed.size(); ++i) names += (i ? ", " : "") + allowed[i];
+  fail_at(src, path, "expected one of ", names, ", got \"", value, "\"");
+}
+
+// Stores a non-null YAML value into the slot, checking its type and range against the field's.
 void store_value(const Slot& s, const YAML::Node& node, const Source& src, const std::string& path) {
   using R = pb::Reflection;
   using F = pb::FieldDescriptor;
-  switch (s.field->cpp_type()) {
+  const F* f = s.field;
+  switch (f->cpp_type()) {
     case F::CPPTYPE_INT32:
-      return store<int32_t>(s, to_integer<int32_t>(node, src, path, "int32"), &R::SetInt32, &R::AddInt32,
+      return store<int32_t>(s, integer_in_range<int32_t>(node, src, path, "int32", f), &R::SetInt32, &R::AddInt32,
                             &R::SetRepeatedInt32);
     case F::CPPTYPE_INT64:
-      return store<int64_t>(s, to_integer<int64_t>(node, src, path, "int64"), &R::SetInt64, &R::AddInt64,
+      return store<int64_t>(s, integer_in_range<int64_t>(node, src, path, "int64", f), &R::SetInt64, &R::AddInt64,
                             &R::SetRepeatedInt64);
     case F::CPPTYPE_UINT32:
-      return store<uint32_t>(s, to_integer<uint32_t>(node, src, path, "uint32"), &R::SetUInt32, &R::AddUInt32,
-                             &R::SetRepeatedUInt32);
+      return store<uint32_t>(s, integer_in_range<uint32_t>(node, src, path, "uint32", f), &R::SetUInt32,
+                             &R::AddUInt32, &R::SetRepeatedUInt32);
     case F::CPPTYPE_UINT64:
-      return store<uint64_t>(s, to_integer<uint64_t>(node, src, path, "uint64"), &R::SetUInt64, &R::AddUInt64,
-                             &R::SetRepeatedUInt64);
+      return store<uint64_t>(s, integer_in_range<uint64_t>(node, src, path, "uint64", f), &R::SetUInt64,
+                             &R::AddUInt64, &R::SetRepeatedUInt64);
     case F::CPPTYPE_FLOAT:
-      return store<float>(s, to_float<float>(node, src, path, "float"), &R::SetFloat, &R::AddFloat,
+      return store<float>(s, float_in_range<float>(node, src, path, "float", f), &R::SetFloat, &R::AddFloat,
                           &R::SetRepeatedFloat);
     case F::CPPTYPE_DOUBLE:
-      return store<double>(s, to_float<double>(node, src, path, "double"), &R::SetDouble, &R::AddDouble,
+      return store<double>(s, float_in_range<double>(node, src, path, "double", f), &R::SetDouble, &R::AddDouble,
                            &R::SetRepeatedDouble);
     case F::CPPTYPE_BOOL: {
       const std::optional<bool> b =
@@ -194,7 +249,8 @@ void store_value(const Slot& s, const YAML::Node& node, const Source& src, const
     }
     case F::CPPTYPE_STRING:
       if (!node.IsScalar()) fail_at(src, path, "expected a string, got ", describe(node));
-      return store<std::string>(s, node.Scalar(), &R::SetString, &R::AddString, &R::SetRepeatedString);
+      return store<std::string>(s, string_in_choices(node, src, path, f), &R::SetString, &R::AddString,
+                                &R::SetRepeatedString);
     case F::CPPTYPE_ENUM: {
       const pb::EnumValueDescriptor* v =
           node.IsScalar() ? s.field->enum_type()->FindValueByName(node.Scalar()) : nullptr;

@@ -9,6 +9,11 @@
 // - Fields marked `[(loom.config.required) = true]` must be present, checked recursively in every message
 //   that is present (including list elements); a required message field must be present.
 // Quoted scalars ("12") are strings and are rejected where a number or bool is expected.
+// - Ranges: every numeric field has an inclusive range, `[(loom.config.min) = a, (loom.config.max) = b]`, and a
+//   value outside it (or NaN) is an error naming the file, the key path, the value and the range, e.g.
+//   configs/x.yaml: optim.beta1: 1 is out of range [0, 0.999999]
+//   (each element of a repeated field is checked). A string field with `(loom.config.choices) = "a|b"` takes
+//   only those values, whatever the device (train.dtype: bert is an error on the CPU too).
 //
 // Overrides ("key.sub=value", e.g. from the command line) are applied after the file and before the
 // required-field check. The value is parsed as YAML (so `optim.lr=3e-4`, `data.mean=[0.5]` and

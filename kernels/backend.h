@@ -200,6 +200,13 @@ class Backend {
   // it receives param converted to its dtype (bf16/f16 weights used by the forward).
   virtual void adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy,
                             const AdamWHyper& hp, double weight_decay) = 0;
+
+  // ---- finiteness (checkpoint safety: trainer/trainer.cc checks the state before writing a checkpoint) ----
+  // The number of NaN and ±Inf elements over all `tensors` (float dtypes; CPU: f32, f64, bf16, f16; CUDA: f32,
+  // bf16, f16; any sizes, 0 included), counted where the tensors live (CUDA: one kernel over the whole list;
+  // only the count crosses to the host). Blocks until the count is known.
+  virtual int64_t count_nonfinite(const std::vector<Tensor>& tensors) = 0;
+  // ---- end of finiteness ----
 };
 
 // A backend for `device`. CUDA throws loom::Error when the build has no CUDA or no GPU is present.

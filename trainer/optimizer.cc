@@ -8,6 +8,15 @@ namespace loom {
 AdamW::AdamW(ParameterStore& params, const config::OptimConfig& cfg, Backend& backend, std::vector<ArenaRange> ranges,
              int64_t moment_size)
     : params_(params), cfg_(cfg), backend_(backend), ranges_(std::move(ranges)) {
+  // The YAML loader checks the same ranges (core/config.proto); configs built in code meet them here. β = 1
+  // would divide by 1 - β^step = 0, eps = 0 by sqrt(v) = 0.
+  for (const auto& [name, beta] : {std::pair<const char*, double>{"beta1", cfg.beta1()}, {"beta2", cfg.beta2()}})
+    LOOM_CHECK(beta >= 0 && beta < 1, "optim.", name, " must be in [0, 1), got ", beta);
+  LOOM_CHECK(cfg.eps() > 0 && std::isfinite(cfg.eps()), "optim.eps must be positive, got ", cfg.eps());
+  LOOM_CHECK(cfg.lr() >= 0 && std::isfinite(cfg.lr()), "optim.lr must be >= 0, got ", cfg.lr());
+  LOOM_CHECK(cfg.weight_decay() >= 0 && std::isfinite(cfg.weight_decay()), "optim.weight_decay must be >= 0, got ",
+             cfg.weight_decay());
+  LOOM_CHECK(cfg.grad_clip() >= 0, "optim.grad_clip must be >= 0 (0 disables clipping), got ", cfg.grad_clip());
   const int64_t total = params.layout().total();
   if (ranges_.empty()) ranges_.push_back({0, total, 0});
   if (moment_size < 0) moment_size = total;

@@ -23,7 +23,9 @@ struct ArenaRange {
 class AdamW {
  public:
   // Updates the arena `ranges` (empty: the whole arena, moments laid out like it), with moments of
-  // `moment_size` elements (-1: the whole arena). Throws loom::Error on a range outside the arena or the moments.
+  // `moment_size` elements (-1: the whole arena). Throws loom::Error on a range outside the arena or the moments,
+  // and on hyperparameters that cannot give a finite update (β1, β2 outside [0, 1), eps <= 0, lr or
+  // weight_decay < 0, grad_clip < 0).
   AdamW(ParameterStore& params, const config::OptimConfig& cfg, Backend& backend,
         std::vector<ArenaRange> ranges = {}, int64_t moment_size = -1);
 

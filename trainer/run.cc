@@ -3,10 +3,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <ostream>
 
 #include "core/checkpoint.h"
 #include "core/config.h"
+#include "core/run_dir_lock.h"
 #include "core/safetensors.h"
 #include "core/tokenizer.h"
 #include "parallel/environment.h"
@@ -39,11 +41,17 @@ Device select_device(const config::TrainConfig& t) {
 }
 
 DType select_compute_dtype(Device device, const config::TrainConfig& t) {
-  if (device.is_cpu()) return DType::F32;
-  if (t.dtype() == "bf16") return DType::BF16;
-  if (t.dtype() == "f16") return DType::F16;
-  if (t.dtype() == "f32") return DType::F32;
-  fail("train.dtype: expected bf16, f16 or f32, got \"", t.dtype(), "\"");
+  // Checked on the CPU too (where the value is not used), so a typo fails on every machine.
+  DType requested;
+  if (t.dtype() == "bf16")
+    requested = DType::BF16;
+  else if (t.dtype() == "f16")
+    requested = DType::F16;
+  else if (t.dtype() == "f32")
+    requested = DType::F32;
+  else
+    fail("train.dtype: expected bf16, f16 or f32, got \"", t.dtype(), "\"");
+  return device.is_cpu() ? DType::F32 : requested;
 }
 
 namespace {
@@ -114,8 +122,13 @@ TrainResult train_on_mesh(const config::RunConfig& cfg, std::ostream& rank0_log,
   NullBuffer null_buffer;
   std::ostream null_log(&null_buffer);
   std::ostream& log = writer ? rank0_log : null_log;
+  // World rank 0 holds out_dir's lock for the whole run (no second run writes into it), and under the lock
+  // removes what interrupted checkpoint writes left behind.
+  std::optional<RunDirectoryLock> out_dir_lock;
   if (writer) {
-    std::filesystem::create_directories(t.out_dir());
+    out_dir_lock.emplace(t.out_dir());
+    if (const int stale = remove_stale_checkpoint_temporaries(*out_dir_lock))
+      log << "removed " << stale << " stale temporary checkpoint folder(s) from " << t.out_dir() << std::endl;
     std::ofstream out(t.out_dir() + "/config.yaml");
     out << run_config_to_yaml(cfg);
     if (!out) fail(t.out_dir(), "/config.yaml: cannot write");

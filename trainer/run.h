@@ -16,7 +16,8 @@ namespace loom {
 
 // train.device: "cpu", "cuda" (throws when no GPU is usable) or "auto" (CUDA when available).
 Device select_device(const config::TrainConfig& train);
-// The activation/compute dtype: f32 on the CPU, train.dtype (bf16 or f16) on CUDA.
+// The activation/compute dtype: f32 on the CPU, train.dtype (bf16, f16 or f32) on CUDA. Throws for any other
+// train.dtype on every device.
 DType select_compute_dtype(Device device, const config::TrainConfig& train);
 
 // The model named by model.kind ("gpt" or "vit"), initialised from train.seed, then from model.init_from when
@@ -30,7 +31,9 @@ std::unique_ptr<DataSource> build_data_source(const config::RunConfig& cfg, int 
 // parallel/environment.h) or parallel.data × parallel.tensor > 1: MPI is initialised here, the ranks form a
 // data × tensor mesh (their number must equal the product), every rank trains its share, and world rank 0
 // logs and writes files. An error on any rank prints it with the rank and ends the whole job
-// (abort_all_ranks), so no rank hangs in a collective. Single process: writes out_dir/config.yaml, resumes when train.resume is set ("latest" resumes from
+// (abort_all_ranks), so no rank hangs in a collective. World rank 0 locks out_dir for the run
+// (core/run_dir_lock.h: a second run into the same folder fails at once) and removes stale temporary
+// checkpoint folders there. Single process: writes out_dir/config.yaml, resumes when train.resume is set ("latest" resumes from
 // the newest checkpoint in out_dir if there is one), logs to `log`, and returns the result. `observers` (not
 // owned) see every step and may stop the run or ask for checkpoints (e.g. the controller's worker client).
 TrainResult run_training(const config::RunConfig& cfg, std::ostream& log,

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -49,7 +50,8 @@ nlohmann::json rescale_data_state(nlohmann::json state, int from, int to, const 
   if (from == to) return state;
   if (!state.contains("train") || !state["train"].contains("index"))
     fail(source, ": the data position has no train.index to convert from ", from, " to ", to, " data ranks");
-  const int64_t global = state["train"]["index"].get<int64_t>() * from;
+  // Bounded so that index · from cannot overflow (from is at most 2^20).
+  const int64_t global = state_integer(state["train"], "index", 0, int64_t{1} << 40, source + ": data.train") * from;
   if (global % to != 0)
     fail(source, ": ", global, " samples consumed in this epoch by ", from, " data ranks cannot be split evenly over ",
          to, " data ranks");
@@ -106,6 +108,8 @@ Trainer::Trainer(const config::RunConfig& cfg, Model& model, DataSource& data, s
     backward_marker_ = &phase_markers_->next();
     backward_marker_->record();
   });
+  LOOM_CHECK(!cfg_.train().spike_guard().enabled() || cfg_.train().checkpoint_every() >= 0,
+             "train.spike_guard restores checkpoints, but train.checkpoint_every is -1 (never)");
   if (writes_files()) {
     metrics_ = std::make_unique<MetricsWriter>(cfg_.train().out_dir() + "/metrics.jsonl");
     tensorboard_ = std::make_unique<TensorBoardWriter>(cfg_.train().out_dir() + "/tensorboard");
@@ -124,6 +128,69 @@ void Trainer::sum_over_data(std::vector<double>& values) {
   std::copy(values.begin(), values.end(), t.data<double>());
   all_reduce_host(parallel_.mesh->data_group(), t, ReduceOp::Sum);
   std::copy(t.data<double>(), t.data<double>() + values.size(), values.begin());
+}
+
+void Trainer::sum_over_world(std::vector<double>& values) {
+  if (!parallel_.mesh || parallel_.mesh->world().size() == 1) return;
+  Tensor t = Tensor::zeros({static_cast<int64_t>(values.size())}, DType::F64);
+  std::copy(values.begin(), values.end(), t.data<double>());
+  all_reduce_host(parallel_.mesh->world(), t, ReduceOp::Sum);
+  std::copy(t.data<double>(), t.data<double>() + values.size(), values.begin());
+}
+
+std::string Trainer::last_good_sentence() const {
+  if (last_good_checkpoint_.empty()) return "No good checkpoint was written or resumed from by this run.";
+  return "The last good checkpoint is " + last_good_checkpoint_ + " (resume with train.resume=" +
+         last_good_checkpoint_ + ").";
+}
+
+namespace {
+
+// NaN/Inf counts of (parameters, first moment, second moment) over the whole job; empty when all are finite.
+// Every rank counts its own shards on its device (one fused reduction), and every rank gets the same answer.
+std::vector<int64_t> nonfinite_counts(Backend& backend, const std::vector<Tensor>& parts,
+                                      const std::function<void(std::vector<double>&)>& sum_over_world) {
+  std::vector<double> total = {static_cast<double>(backend.count_nonfinite(parts))};
+  sum_over_world(total);
+  if (total[0] == 0) return {};
+  std::vector<double> by_part;
+  for (const Tensor& part : parts) by_part.push_back(static_cast<double>(backend.count_nonfinite({part})));
+  sum_over_world(by_part);
+  return {static_cast<int64_t>(by_part[0]), static_cast<int64_t>(by_part[1]), static_cast<int64_t>(by_part[2])};
+}
+
+std::string describe_counts(const std::vector<int64_t>& c) {
+  return detail::concat(c[0], " parameter, ", c[1], " first-moment and ", c[2], " second-moment values are NaN or Inf");
+}
+
+// The same counts for a checkpoint read from disk (host tensors, full on every rank, so every rank decides
+// alike without communicating).
+std::vector<int64_t> nonfinite_counts(const CheckpointContents& c) {
+  std::vector<Tensor> parts[3];
+  for (const auto& [name, t] : c.model)
+    if (is_floating(t.dtype())) parts[0].push_back(t);
+  for (const auto& [name, t] : c.optimizer) {
+    if (!is_floating(t.dtype())) continue;
+    if (name.rfind("optim.m.", 0) == 0) parts[1].push_back(t);
+    if (name.rfind("optim.v.", 0) == 0) parts[2].push_back(t);
+  }
+  auto cpu = make_backend(Device::cpu());
+  std::vector<int64_t> counts;
+  for (const auto& part : parts) counts.push_back(cpu->count_nonfinite(part));
+  if (counts[0] + counts[1] + counts[2] == 0) return {};
+  return counts;
+}
+
+}  // namespace
+
+void Trainer::check_state_finite(const std::string& what) {
+  const std::vector<int64_t> counts =
+      nonfinite_counts(model_.backend(),
+                       {model_.params().master(), optimizer_->first_moment(), optimizer_->second_moment()},
+                       [this](std::vector<double>& v) { sum_over_world(v); });
+  if (counts.empty()) return;
+  fail("step ", step_, ": the training state is not finite (", describe_counts(counts), "); stopped before ", what,
+       ". ", last_good_sentence());
 }
 
 TrainingObserver::Control Trainer::agree(TrainingObserver::Control control) {
@@ -154,6 +221,7 @@ EvalStats Trainer::validate() {
 }
 
 std::string Trainer::save_checkpoint_now() {
+  check_state_finite(detail::concat("writing the checkpoint of step ", step_));
   // Every rank takes part in gathering the full tensors (tensor shards, ZeRO moment shards); world rank 0
   // writes. The data position is the same on every data rank (they step in lockstep).
   const ParameterLayout& layout = model_.params().layout();
@@ -169,16 +237,31 @@ std::string Trainer::save_checkpoint_now() {
   c.state["data_parallel_size"] = data_size();
   c.state["config_yaml"] = run_config_to_yaml(cfg_);
   const std::string dir = checkpoint_dir(cfg_.train().out_dir(), step_);
+  // Without the spike guard a checkpoint of a finite state is good at once; with it, only after the next step's
+  // loss is accepted (until then the previous good one is kept from pruning).
+  const bool guarded = cfg_.train().spike_guard().enabled();
   if (writes_files()) {
     save_checkpoint(cfg_.train().out_dir(), step_, c);
-    prune_checkpoints(cfg_.train().out_dir(), cfg_.train().keep_checkpoints());
+    prune_checkpoints(cfg_.train().out_dir(), cfg_.train().keep_checkpoints(), guarded ? last_good_checkpoint_ : dir);
   }
   if (parallel_.mesh) parallel_.mesh->world().barrier();  // the checkpoint exists for every rank on return
+  (guarded ? pending_checkpoint_ : last_good_checkpoint_) = dir;
   return dir;
 }
 
-void Trainer::resume_from(const std::string& dir) {
+void Trainer::load_state(const std::string& dir, bool with_data) {
   CheckpointContents c = load_checkpoint(dir);
+  // The state's fields first, so a bad state.json changes nothing.
+  const std::string state_file = dir + "/state.json";
+  const int64_t step = state_integer(c.state, "step", 0, cfg_.train().max_steps(), state_file + " (train.max_steps)");
+  if (!c.state.contains("data")) fail(state_file, ": missing \"data\"");
+  const int saved_data_size = c.state.contains("data_parallel_size")
+                                  ? static_cast<int>(state_integer(c.state, "data_parallel_size", 1, 1 << 20, state_file))
+                                  : 1;
+  const nlohmann::json data_state =
+      with_data ? rescale_data_state(c.state["data"], saved_data_size, data_size(), state_file) : nlohmann::json();
+  if (const std::vector<int64_t> counts = nonfinite_counts(c); !counts.empty())
+    fail(dir, ": the checkpoint is not finite (", describe_counts(counts), "); not loading it");
   ParameterStore& params = model_.params();
   const ParameterLayout& layout = params.layout();
   params.master().copy_from(
@@ -192,12 +275,48 @@ void Trainer::resume_from(const std::string& dir) {
     for (const ArenaRange& r : sync_->owned_ranges())
       if (r.length > 0) moment->slice_flat(r.offset, {r.length}).copy_from(arena.slice_flat(r.begin, {r.length}));
   }
-  if (!c.state.contains("step") || !c.state.contains("data"))
-    fail(dir, "/state.json: missing \"step\" or \"data\"");
-  step_ = c.state["step"].get<int64_t>();
-  const int saved_data_size = c.state.value("data_parallel_size", 1);
-  data_.restore(rescale_data_state(c.state["data"], saved_data_size, data_size(), dir + "/state.json"));
+  step_ = step;
+  if (with_data) data_.restore(data_state);
+}
+
+void Trainer::resume_from(const std::string& dir) {
+  load_state(dir, /*with_data=*/true);
+  last_good_checkpoint_ = dir;
   log_ << "resumed from " << dir << " at step " << step_ << "\n";
+}
+
+bool Trainer::is_spike(double loss, double norm) const {
+  if (!std::isfinite(loss) || !std::isfinite(norm)) return true;
+  if (recent_losses_.empty()) return false;
+  std::vector<double> sorted = recent_losses_;
+  std::sort(sorted.begin(), sorted.end());
+  const double median = sorted[sorted.size() / 2];
+  return loss > cfg_.train().spike_guard().spike_factor() * median;
+}
+
+void Trainer::recover_from_spike(double loss, double norm) {
+  const config::SpikeGuardConfig& g = cfg_.train().spike_guard();
+  const int64_t bad_step = step_ + 1;
+  const std::string why = std::isfinite(loss) && std::isfinite(norm)
+                              ? detail::concat("loss ", loss, " is a spike (above ", g.spike_factor(),
+                                               " x the median of the last ", recent_losses_.size(), " losses)")
+                              : detail::concat("loss ", loss, " / grad norm ", norm, " is not finite");
+  pending_checkpoint_.clear();  // the step after it spiked: it is not good
+  if (last_good_checkpoint_.empty()) fail("step ", bad_step, ": ", why, "; no good checkpoint to restore, stopping");
+  if (restores_in_a_row_ >= g.max_restores())
+    fail("step ", bad_step, ": ", why, " after ", restores_in_a_row_,
+         " restores without reaching a new good checkpoint (train.spike_guard.max_restores); stopping. ",
+         last_good_sentence());
+  ++restores_in_a_row_;
+  load_state(last_good_checkpoint_, /*with_data=*/false);
+  // The data position stays where the spike left it (the batches since the checkpoint are not seen again);
+  // each data rank skips its share of `skip_batches` more global batches.
+  const int64_t skip = static_cast<int64_t>(g.skip_batches()) * cfg_.train().grad_accum_steps();
+  for (int64_t i = 0; i < skip; ++i) data_.next_train(model_.backend().device());
+  recovery_until_step_ = step_ + g.recovery_steps();
+  log_ << "step " << bad_step << ": " << why << "; restored " << last_good_checkpoint_ << " (step " << step_
+       << "), skipped " << g.skip_batches() << " more batches, lr x " << g.lr_scale() << " for "
+       << g.recovery_steps() << " steps" << std::endl;
 }
 
 TrainResult Trainer::run(int64_t stop_at_step) {
@@ -212,6 +331,10 @@ TrainResult Trainer::run(int64_t stop_at_step) {
   const auto run_start = Clock::now();
   const int64_t first_step = step_;
   std::string last_checkpoint;
+  const config::SpikeGuardConfig& guard = t.spike_guard();
+  // The guard needs a state to go back to: the initial one, when nothing was resumed or written yet.
+  if (guard.enabled() && step_ < end_step && last_good_checkpoint_.empty() && pending_checkpoint_.empty())
+    last_checkpoint = save_checkpoint_now();
 
   while (step_ < end_step) {
     const auto step_start = Clock::now();
@@ -250,10 +373,25 @@ TrainResult Trainer::run(int64_t stop_at_step) {
     sum_over_data(global);
     loss = global[0] / data_size();
     samples = static_cast<int64_t>(global[1]);
-    const double lr = learning_rate(cfg_.optim(), step_, max_steps);
+    const double lr =
+        learning_rate(cfg_.optim(), step_, max_steps) * (step_ < recovery_until_step_ ? guard.lr_scale() : 1.0);
     const double norm = sync_->grad_norm();
-    LOOM_CHECK(std::isfinite(loss) && std::isfinite(norm), "step ", step_ + 1, ": loss ", loss, " / grad norm ",
-               norm, " is not finite; stopping (the last checkpoint is intact)");
+    if (guard.enabled()) {
+      if (is_spike(loss, norm)) {
+        recover_from_spike(loss, norm);
+        continue;
+      }
+      recent_losses_.push_back(loss);
+      if (recent_losses_.size() > static_cast<size_t>(guard.window())) recent_losses_.erase(recent_losses_.begin());
+      if (!pending_checkpoint_.empty()) {
+        last_good_checkpoint_ = pending_checkpoint_;  // the step after it was accepted
+        pending_checkpoint_.clear();
+        restores_in_a_row_ = 0;
+      }
+    }
+    if (!std::isfinite(loss) || !std::isfinite(norm))
+      fail("step ", step_ + 1, ": loss ", loss, " / grad norm ", norm, " is not finite; stopped before the update. ",
+           last_good_sentence());
     optimizer_->step(lr, step_ + 1, norm, sync_->zero1() ? sync_->shard_grads() : Tensor());
     sync_->all_gather_parameters();
     WorkMarker& stepped = phase_markers_->next();
@@ -348,6 +486,8 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       draw_progress(step_, end_step, per_step * static_cast<double>(end_step - step_));
     }
   }
+  // The run ends with exit status 0 only from a finite state, whether or not the last step was saved.
+  check_state_finite(detail::concat("finishing at step ", step_));
   result.steps_done = step_;
   result.last_checkpoint = last_checkpoint;
   return result;

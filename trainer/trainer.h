@@ -8,6 +8,14 @@
 // stream order (CUDA events); communication (Σ collective durations) and exposed_communication (the part the
 // computation waited for) from the CommTimeline (parallel/comm_timeline.h); compute = step − exposed.
 //
+// Checkpoint safety: a checkpoint is written only from a finite state. Before each save (and at the end of
+// run()) the parameters and both AdamW moments are checked on the device (Backend::count_nonfinite, summed
+// over all ranks); a non-finite state, loss or gradient norm ends the run with loom::Error naming the last
+// good checkpoint: the newest one this trainer wrote or resumed from (with train.spike_guard, the newest one
+// whose following step had an accepted loss). resume_from() (and a spike-guard restore) refuses a checkpoint that holds non-finite values.
+// train.spike_guard (core/config.proto) restores the last good checkpoint on a non-finite or spiking loss,
+// skips batches and lowers the learning rate for a while instead of stopping.
+//
 // Thread-safety: one thread runs a Trainer. Errors (bad checkpoint, data, write failures) throw loom::Error.
 #pragma once
 #include <functional>
@@ -85,10 +93,13 @@ class Trainer {
   // Mean validation loss (and accuracy) over up to train.val_batches batches.
   EvalStats validate();
   // Writes a checkpoint of the current state (full tensors under the single-process names: weights, and
-  // moments as "optim.m.<name>" / "optim.v.<name>"); returns its directory.
+  // moments as "optim.m.<name>" / "optim.v.<name>"); returns its directory. Throws (writing nothing) when the
+  // state is not finite.
   std::string save_checkpoint_now();
 
   int64_t step() const { return step_; }
+  // The last checkpoint known to be good ("" when none): see "Checkpoint safety" above.
+  const std::string& last_good_checkpoint() const { return last_good_checkpoint_; }
 
  private:
   bool writes_files() const { return !parallel_.mesh || parallel_.mesh->world().rank() == 0; }
@@ -97,6 +108,19 @@ class Trainer {
   void sum_over_data(std::vector<double>& values);
   // Rank 0's observer decision, on every rank.
   TrainingObserver::Control agree(TrainingObserver::Control control);
+  // Sums `values` over every rank of the job (no-op in a single process).
+  void sum_over_world(std::vector<double>& values);
+  // Throws, naming the last good checkpoint, when a parameter or moment anywhere in the job is NaN or ±Inf.
+  // `what` says what was about to happen ("writing the checkpoint of step 10").
+  void check_state_finite(const std::string& what);
+  // "The last good checkpoint is <dir>." or that there is none: the end of every stopping message.
+  std::string last_good_sentence() const;
+  // Loads weights and moments (and the step) from a checkpoint, and the data position when `with_data`. Checks
+  // state.json and the finiteness of every tensor first: a bad checkpoint throws and changes nothing.
+  void load_state(const std::string& checkpoint_dir, bool with_data);
+  // Spike guard: whether this step's loss / norm is to be rejected, and the recovery when it is.
+  bool is_spike(double loss, double norm) const;
+  void recover_from_spike(double loss, double norm);
 
   config::RunConfig cfg_;
   Model& model_;
@@ -115,6 +139,13 @@ class Trainer {
   std::vector<TrainingObserver*> observers_;
   int64_t step_ = 0;
   double peak_flops_ = 0;
+  std::string last_good_checkpoint_;
+  // Spike guard state: a checkpoint written but not yet followed by an accepted step, the recent accepted
+  // losses, restores since the last newly confirmed checkpoint, and the step until which lr is scaled.
+  std::string pending_checkpoint_;
+  std::vector<double> recent_losses_;
+  int restores_in_a_row_ = 0;
+  int64_t recovery_until_step_ = 0;
 };
 
 }  // namespace loom

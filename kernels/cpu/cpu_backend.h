@@ -65,6 +65,9 @@ class CpuBackend final : public Backend {
   double sum_squares(const std::vector<Tensor>& tensors) override;
   void adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy, const AdamWHyper& hp,
                     double weight_decay) override;
+
+  // Finiteness (kernels/cpu/cpu_finite.cc).
+  int64_t count_nonfinite(const std::vector<Tensor>& tensors) override;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -79,6 +79,9 @@ class CudaBackend final : public Backend {
   void adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy,
                     const AdamWHyper& hp, double weight_decay) override;
 
+  // Finiteness (cuda_finite.cu).
+  int64_t count_nonfinite(const std::vector<Tensor>& tensors) override;
+
  private:
   // Makes this backend's device current for the calling thread (allocations and launches go to it).
   void activate() const;

@@ -188,13 +188,13 @@ TEST(Config, BadOverridesNameTheOverride) {
 TEST(Config, YamlRoundTrip) {
   config::RunConfig c = load_run_config(kFixture);
   // Values that are easy to get wrong in YAML: strings that look like other types, special characters,
-  // doubles that need all their digits, infinities.
+  // doubles that need all their digits (within the fields' ranges, which the loader checks).
   c.mutable_train()->set_out_dir("true");
   c.mutable_train()->set_resume("123");
   c.mutable_data()->set_val("a \"quoted\": path\nwith newline # and hash");
   c.mutable_optim()->set_lr(0.1 + 0.2);
-  c.mutable_optim()->set_eps(4.9e-324);
-  c.mutable_train()->set_peak_flops(std::numeric_limits<double>::infinity());
+  c.mutable_optim()->set_eps(std::nextafter(1e-30, 1.0));
+  c.mutable_train()->set_peak_flops(std::nextafter(1e21, 0.0));
   c.mutable_data()->add_std(1.0f / 3.0f);
   c.mutable_model()->set_init_from("");
   const std::string yaml = run_config_to_yaml(c);
