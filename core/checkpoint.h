@@ -5,6 +5,8 @@
 //   optimizer.safetensors  optimizer state (moments, ...)
 //   state.json             {"format": "loom-checkpoint-1", "step": <step>, ...whatever the trainer adds:
 //                           RNG state, data-loader position, the resolved config YAML, ...}
+//   model.json             (optional) the model's shape (trainer/models/model_shape.h), also stored in
+//                          model.safetensors' metadata as "loom_model" so the weights file alone describes it
 //
 // Atomicity: save_checkpoint writes everything into a hidden temporary directory next to the final one
 // (".ckpt_<step>.tmp.<pid>.<n>"), fsyncs every file and the directory, renames it into place and fsyncs
@@ -27,6 +29,7 @@ struct CheckpointContents {
   NamedTensors model;      // any device; loaded back as CPU tensors in the same order
   NamedTensors optimizer;  // any device; loaded back as CPU tensors in the same order
   nlohmann::json state;    // a JSON object (or null for none); "format" and "step" are set by save_checkpoint
+  nlohmann::json model_shape;  // null: none (checkpoints older than model.json); else written as model.json
 };
 
 // The directory name of a step's checkpoint inside out_dir: "<out_dir>/ckpt_00001000".
@@ -37,7 +40,8 @@ std::string checkpoint_dir(const std::string& out_dir, int64_t step);
 // object, or holds a "step" different from `step`.
 void save_checkpoint(const std::string& out_dir, int64_t step, const CheckpointContents& contents);
 
-// Loads a checkpoint directory written by save_checkpoint. state["step"] holds the step.
+// Loads a checkpoint directory written by save_checkpoint. state["step"] holds the step; model_shape is the
+// parsed model.json, or null when the checkpoint has none (throws naming the file when it is not JSON).
 CheckpointContents load_checkpoint(const std::string& dir);
 
 // Complete checkpoints in out_dir as (step, directory), oldest first. A directory counts only if it is

@@ -96,11 +96,17 @@ class Backend {
 
   // ---- LayerNorm over the last dimension ----
   // out = (x - mean) * rstd * w + b, with mean and rstd [N] saved in f32 for the backward.
+  // `channels` (0: all C) is how many of the C channels count in the statistics, for a model whose embedding
+  // channels are masked (pruning): the other C - channels entries of every row of x must be exact zeros, so
+  //   mean = Σx / channels,  var = (Σ(x - mean)² - (C - channels)·mean²) / channels
+  // are the statistics of the active channels alone (their w and b, zero on masked channels, make the output
+  // zero there). Requires 1 <= channels <= C.
   virtual void layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
-                                 const Tensor& b, double eps) = 0;
-  // Accumulates into dx (the residual stream's gradient), dw and db.
+                                 const Tensor& b, double eps, int64_t channels = 0) = 0;
+  // Accumulates into dx (the residual stream's gradient), dw and db. `channels` as in the forward (the row
+  // means of the backward divide by it; w is zero on masked channels).
   virtual void layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x,
-                                  const Tensor& w, const Tensor& mean, const Tensor& rstd) = 0;
+                                  const Tensor& w, const Tensor& mean, const Tensor& rstd, int64_t channels = 0) = 0;
 
   // ---- linear layers (weights stored [out, in], as in PyTorch) ----
   // out[N, O] = x[N, I] · w[O, I]^T + bias[O]; bias may be undefined.

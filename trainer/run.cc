@@ -15,15 +15,14 @@
 #if LOOM_HAVE_NCCL
 #include "parallel/nccl_communicator.h"
 #endif
-#include "trainer/gpt.h"
 #include "trainer/gradient_sync.h"
-#include "trainer/hf_gpt2.h"
 #include "trainer/image_source.h"
+#include "trainer/models/gpt.h"
+#include "trainer/models/interop/import.h"
+#include "trainer/models/vit.h"
 #include "trainer/sampler.h"
 #include "trainer/shared_out_dir.h"
 #include "trainer/text_source.h"
-#include "trainer/timm_vit.h"
-#include "trainer/vit.h"
 
 namespace loom {
 
@@ -46,23 +45,39 @@ DType select_compute_dtype(Device device, const config::TrainConfig& t) {
   fail("train.dtype: expected bf16, f16 or f32, got \"", t.dtype(), "\"");
 }
 
-namespace {
-
-bool looks_like_hf_gpt2(const NamedTensors& tensors) {
-  for (const auto& [name, t] : tensors)
-    if (name.rfind("h.0.", 0) == 0 || name.rfind("transformer.h.0.", 0) == 0) return true;
-  return false;
+std::string resume_checkpoint_dir(const config::RunConfig& cfg) {
+  const auto& t = cfg.train();
+  if (!t.has_resume() || t.resume().empty()) return "";
+  return t.resume() == "latest" ? latest_checkpoint(t.out_dir()) : t.resume();
 }
 
-void load_initial_weights(const config::RunConfig& cfg, Model& model, const TensorParallelContext* tp) {
-  const std::string& path = cfg.model().init_from();
-  NamedTensors tensors = safetensors::read(path).tensors;
-  if (cfg.model().kind() == "gpt" && looks_like_hf_gpt2(tensors)) {
-    const auto* gpt = dynamic_cast<GptModel*>(&model);
-    tensors = import_hf_gpt2(tensors, gpt->shape().padded_vocab);
-  } else if (const auto* vit = dynamic_cast<VitModel*>(&model)) {
-    tensors = import_timm_vit(tensors, vit->shape());
+ModelShape resolve_model_shape(const config::RunConfig& cfg) {
+  const auto& m = cfg.model();
+  LOOM_CHECK(m.kind() == "gpt" || m.kind() == "vit", "model.kind: expected \"gpt\" or \"vit\", got \"", m.kind(), "\"");
+  const std::string resume = resume_checkpoint_dir(cfg);
+  if (!resume.empty()) {
+    const std::string file = resume + "/model.json";
+    if (std::filesystem::is_regular_file(file)) {
+      std::ifstream in(file);
+      nlohmann::json json;
+      try {
+        json = nlohmann::json::parse(in);
+      } catch (const nlohmann::json::exception& e) {
+        fail(file, ": not valid JSON: ", e.what());
+      }
+      return reconcile_model_shape(m, model_shape_from_json(json, file), file);
+    }
+  } else if (m.has_init_from() && !m.init_from().empty()) {
+    const safetensors::File file = safetensors::read(m.init_from());
+    if (const auto saved = shape_in_file(file, m.init_from())) return reconcile_model_shape(m, *saved, m.init_from());
   }
+  return model_shape_from_config(m);
+}
+
+namespace {
+
+void load_initial_weights(const std::string& path, Model& model, const TensorParallelContext* tp) {
+  const NamedTensors tensors = to_own_layout(model.shape(), safetensors::read(path).tensors);
   if (tensor_size(tp) == 1) {
     model.params().load_named(tensors, path);
     return;
@@ -75,20 +90,22 @@ void load_initial_weights(const config::RunConfig& cfg, Model& model, const Tens
 
 }  // namespace
 
+std::unique_ptr<Model> build_model_of_shape(const ModelShape& shape, const config::RunConfig& cfg, Backend& backend,
+                                            DType master_dtype, DType compute_dtype, const TensorParallelContext* tp) {
+  if (shape.is_gpt())
+    return std::make_unique<GptModel>(shape, backend, master_dtype, compute_dtype, cfg.data().seq_len(),
+                                      cfg.train().seed(), tp);
+  return std::make_unique<VitModel>(shape, backend, master_dtype, compute_dtype, cfg.train().seed(),
+                                    cfg.optim().label_smoothing(), tp);
+}
+
 std::unique_ptr<Model> build_model(const config::RunConfig& cfg, Backend& backend, DType compute_dtype,
                                    const TensorParallelContext* tp) {
   const auto& m = cfg.model();
-  std::unique_ptr<Model> model;
-  if (m.kind() == "gpt") {
-    model = std::make_unique<GptModel>(gpt_shape_from_config(m), backend, DType::F32, compute_dtype,
-                                       cfg.data().seq_len(), cfg.train().seed(), tp);
-  } else if (m.kind() == "vit") {
-    model = std::make_unique<VitModel>(vit_shape_from_config(m), backend, DType::F32, compute_dtype,
-                                       cfg.train().seed(), cfg.optim().label_smoothing(), tp);
-  } else {
-    fail("model.kind: expected \"gpt\" or \"vit\", got \"", m.kind(), "\"");
-  }
-  if (m.has_init_from() && !m.init_from().empty()) load_initial_weights(cfg, *model, tp);
+  auto model = build_model_of_shape(resolve_model_shape(cfg), cfg, backend, DType::F32, compute_dtype, tp);
+  // A resumed run loads its weights from the checkpoint (Trainer::resume_from); init_from is for fresh runs.
+  if (m.has_init_from() && !m.init_from().empty() && resume_checkpoint_dir(cfg).empty())
+    load_initial_weights(m.init_from(), *model, tp);
   return model;
 }
 
@@ -154,7 +171,7 @@ TrainResult train_on_mesh(const config::RunConfig& cfg, std::ostream& rank0_log,
   Trainer trainer(cfg, *model, *data, log, TrainerParallelism{mesh, mesh ? &tp : nullptr});
   for (TrainingObserver* o : observers) trainer.add_observer(o);
   if (t.has_resume() && !t.resume().empty()) {
-    const std::string dir = t.resume() == "latest" ? latest_checkpoint(t.out_dir()) : t.resume();
+    const std::string dir = resume_checkpoint_dir(cfg);
     if (!dir.empty())
       trainer.resume_from(dir);
     else
@@ -162,16 +179,16 @@ TrainResult train_on_mesh(const config::RunConfig& cfg, std::ostream& rank0_log,
   }
 
   std::unique_ptr<Tokenizer> tokenizer;
-  if (auto* gpt = dynamic_cast<GptModel*>(model.get()); gpt && (t.sample_every() > 0)) {
+  if (model->shape().is_gpt() && t.sample_every() > 0) {
     // Every rank samples (the forward is collective over the tensor group); world rank 0 prints.
     tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_dir(gpt2_vocab_dir(cfg.data().tokenizer())));
-    trainer.set_sampler([&, gpt](int64_t step) {
+    trainer.set_sampler([&](int64_t step) {
       PhiloxStream rng(t.seed(), 0x5a3d1e00ull + static_cast<uint64_t>(step));
       SampleOptions opts;
       opts.max_new_tokens = t.sample_tokens();
       opts.temperature = 1.0;
       opts.top_k = 40;
-      const auto ids = sample_tokens(*gpt, {tokenizer->eot_token()}, opts, rng);
+      const auto ids = sample_tokens(*model, {tokenizer->eot_token()}, opts, rng);
       log << "sample at step " << step << ": " << tokenizer->decode(ids) << std::endl;
     });
   }

@@ -168,6 +168,7 @@ std::string Trainer::save_checkpoint_now() {
   c.state["data"] = data_.state();
   c.state["data_parallel_size"] = data_size();
   c.state["config_yaml"] = run_config_to_yaml(cfg_);
+  c.model_shape = model_shape_to_json(model_.shape());  // model.json: resume and export build this shape
   const std::string dir = checkpoint_dir(cfg_.train().out_dir(), step_);
   if (writes_files()) {
     save_checkpoint(cfg_.train().out_dir(), step_, c);

@@ -20,7 +20,7 @@
 #include "core/metrics_writer.h"
 #include "core/tensorboard_writer.h"
 #include "trainer/data_source.h"
-#include "trainer/model.h"
+#include "trainer/models/model.h"
 #include "parallel/mesh.h"
 #include "parallel/tensor_parallel.h"
 #include "trainer/gradient_sync.h"

@@ -1,4 +1,4 @@
-#include "trainer/hf_gpt2.h"
+#include "trainer/models/interop/hf_gpt2.h"
 
 #include <gtest/gtest.h>
 
