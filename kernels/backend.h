@@ -206,6 +206,28 @@ class Backend {
   // it receives param converted to its dtype (bf16/f16 weights used by the forward).
   virtual void adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy,
                             const AdamWHyper& hp, double weight_decay) = 0;
+
+  // ==== structural pruning (trainer/pruning) ====
+  // Per-position dot products along dimension `axis` of two tensors of one shape: with both viewed as
+  // [outer, D, inner] (D = shape[axis], outer the product of the dimensions before it, inner of those after),
+  //   out[i] = Σ_{o < outer, n < inner} a[o, i, n]·b[o, i, n]   for i < D   (written).
+  // Saliency takes a = weight, b = its gradient (Σ g·w per row or column); weight magnitude a = b = weight.
+  // a and b share one float dtype; out is [D]. CPU: a, b f32 or f64, out f32 or f64, summed in double.
+  // CUDA: a, b f32, bf16 or f16, out f32, summed in f32 in a fixed order (deterministic).
+  virtual void dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, int axis) = 0;
+
+  // Knowledge distillation (Hinton et al. 2015) per row of student and teacher logits [N, Vp] whose first
+  // `classes` columns are classes (the rest is padding). With temperature τ, p = softmax(teacher/τ) and
+  // q = softmax(student/τ) over the classes:
+  //   losses[n] = τ²·KL(p ‖ q) = τ²·Σ_c p_c (log p_c − log q_c)      (written, [N])
+  //   dstudent[n, c] = dloss·τ·(q_c − p_c) for c < classes, 0 for padding   (= dloss·∂losses[n]/∂student[n, c])
+  // The τ² keeps the gradient's scale independent of τ. dstudent may be undefined (losses only) and may alias
+  // student or teacher (each element is read before its gradient is written). The hard-label loss is
+  // cross_entropy's, called separately (its dloss carries the 1 − α weight).
+  // CPU: f32/f64 logits, losses f32 or f64. CUDA: logits f32, bf16 or f16 (one dtype), losses f32.
+  virtual void distillation_loss(Tensor& losses, Tensor& dstudent, const Tensor& student, const Tensor& teacher,
+                                 int64_t classes, double temperature, double dloss) = 0;
+  // ==== end structural pruning ====
 };
 
 // A backend for `device`. CUDA throws loom::Error when the build has no CUDA or no GPU is present.

@@ -7,6 +7,9 @@
 //   loom export-hf --checkpoint DIR --out FILE    write a GPT checkpoint's weights with Hugging Face GPT-2 names
 //   loom export --checkpoint DIR --out DIR        write a checkpoint's weights in this project's layout plus a
 //                                                 YAML model section (any widths, e.g. a pruned model)
+//   loom latency-table CONFIG.yaml [key=value ...] --out FILE
+//                                                 time one transformer block over the prune.latency_grid widths
+//                                                 on this machine's device (trainer/pruning/latency_table.h)
 // Every error is printed as "loom: error: ..." naming the file or field, with exit status 1.
 #include <CLI/CLI.hpp>
 
@@ -22,6 +25,8 @@
 #include "launch/worker_client.h"
 #include "parallel/environment.h"
 #include "trainer/models/interop/hf_gpt2.h"
+#include "trainer/pruning/latency_table.h"
+#include "trainer/pruning/prune_config.h"
 #include "trainer/run.h"
 #include "trainer/sampler.h"
 
@@ -43,6 +48,7 @@ ModelShape checkpoint_shape(const CheckpointContents& c, const config::RunConfig
 
 int cmd_train(const std::string& config_path, const std::vector<std::string>& overrides) {
   const config::RunConfig cfg = load_run_config(config_path, overrides);
+  reject_unwired_prune_section(cfg);
   std::unique_ptr<WorkerClient> worker;
   std::vector<TrainingObserver*> observers;
   if (const auto settings = worker_settings_from_environment()) {
@@ -126,6 +132,19 @@ int cmd_export(const std::string& dir, const std::string& out_dir) {
   return 0;
 }
 
+int cmd_latency_table(const std::string& config_path, const std::vector<std::string>& overrides,
+                      const std::string& out) {
+  const config::RunConfig cfg = load_run_config(config_path, overrides);
+  auto backend = make_backend(select_device(cfg.train()));
+  const LatencyTable table = build_latency_table(cfg, *backend, &std::cout);
+  table.save(out);
+  std::cout << "wrote " << out << ": " << table.grid().points() << " block shapes on " << table.key().device << " ("
+            << table.key().dtype << ", batch " << table.key().batch << ", " << table.key().tokens << " tokens, "
+            << latency_mode_name(table.key().mode) << "); the unpruned model is predicted at "
+            << table.model_ms(cfg.model().d_model(), resolve_block_widths(cfg.model())) << " ms" << std::endl;
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -170,6 +189,12 @@ int main(int argc, char** argv) {
   auto* export_own = app.add_subcommand("export", "export a checkpoint's weights and model section (any widths)");
   export_own->add_option("--checkpoint", checkpoint, "checkpoint directory")->required();
   export_own->add_option("--out", export_dir, "output folder (model.safetensors, model.yaml)")->required();
+  std::string table_config, table_out;
+  std::vector<std::string> table_overrides;
+  auto* latency_table = app.add_subcommand("latency-table", "time one transformer block over a grid of widths");
+  latency_table->add_option("config", table_config, "YAML config file (its prune: section sets the grid)")->required();
+  latency_table->add_option("overrides", table_overrides, "key.sub=value overrides of config fields");
+  latency_table->add_option("--out", table_out, "output table (.json)")->required();
 
   CLI11_PARSE(app, argc, argv);
   try {
@@ -178,6 +203,7 @@ int main(int argc, char** argv) {
     if (sample->parsed()) return cmd_sample(checkpoint, prompt, tokens, temperature, top_k, seed);
     if (export_hf->parsed()) return cmd_export_hf(checkpoint, out_file);
     if (export_own->parsed()) return cmd_export(checkpoint, export_dir);
+    if (latency_table->parsed()) return cmd_latency_table(table_config, table_overrides, table_out);
   } catch (const std::exception& e) {
     std::cerr << "loom: error: " << e.what() << std::endl;
     return 1;

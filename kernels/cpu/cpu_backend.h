@@ -65,6 +65,12 @@ class CpuBackend final : public Backend {
   double sum_squares(const std::vector<Tensor>& tensors) override;
   void adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy, const AdamWHyper& hp,
                     double weight_decay) override;
+
+  // ==== structural pruning (cpu_pruning.cc) ====
+  void dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, int axis) override;
+  void distillation_loss(Tensor& losses, Tensor& dstudent, const Tensor& student, const Tensor& teacher,
+                         int64_t classes, double temperature, double dloss) override;
+  // ==== end structural pruning ====
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -79,6 +79,12 @@ class CudaBackend final : public Backend {
   void adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy,
                     const AdamWHyper& hp, double weight_decay) override;
 
+  // ==== structural pruning (cuda_pruning.cu) ====
+  void dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, int axis) override;
+  void distillation_loss(Tensor& losses, Tensor& dstudent, const Tensor& student, const Tensor& teacher,
+                         int64_t classes, double temperature, double dloss) override;
+  // ==== end structural pruning ====
+
  private:
   // Makes this backend's device current for the calling thread (allocations and launches go to it).
   void activate() const;
