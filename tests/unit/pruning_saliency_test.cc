@@ -15,8 +15,9 @@
 namespace loom {
 namespace {
 
-GptShape tiny_gpt() {
-  GptShape s;
+ModelShape tiny_gpt() {
+  ModelShape s;
+  s.kind = "gpt";
   s.vocab = 11;
   s.padded_vocab = pad_vocab(s.vocab);
   s.max_seq = 6;

@@ -251,8 +251,10 @@ double LatencyTable::model_ms(int64_t embedding, const std::vector<BlockWidths>&
 
 LatencyGrid latency_grid_for(const config::RunConfig& cfg) {
   const auto& p = cfg.prune();
-  const std::vector<BlockWidths> blocks = resolve_block_widths(cfg.model());
-  int64_t widest[5] = {cfg.model().d_model(), 0, 0, 0, 0};
+  // The run's shape: a pruning config takes its widths from the model.init_from checkpoint.
+  const ModelShape shape = resolve_model_shape(cfg);
+  const std::vector<BlockWidths>& blocks = shape.blocks;
+  int64_t widest[5] = {shape.d_model, 0, 0, 0, 0};
   for (const auto& b : blocks) {
     widest[1] = std::max(widest[1], b.heads);
     widest[2] = std::max(widest[2], b.qk_dim);
@@ -290,7 +292,7 @@ LatencyTableKey latency_key_for(const config::RunConfig& cfg, const Backend& bac
   key.device = latency_device_name(backend);
   key.dtype = dtype_name(select_compute_dtype(backend.device(), cfg.train()));
   key.batch = cfg.data().batch_size();
-  key.tokens = cfg.model().kind() == "vit" ? vit_shape_from_config(cfg.model()).tokens() : cfg.data().seq_len();
+  key.tokens = cfg.model().kind() == "vit" ? resolve_model_shape(cfg).tokens() : cfg.data().seq_len();
   key.mode = cfg.prune().latency_mode() == config::PruneConfig::inference ? LatencyMode::Inference
                                                                            : LatencyMode::Training;
   return key;
@@ -393,7 +395,7 @@ struct Timing {
       data.inputs = Tensor::from_ints(inputs, {batch, tokens}).to(be.device());
       data.targets = Tensor::from_ints(targets, {batch, tokens}).to(be.device());
     } else {
-      const VitShape shape = vit_shape_from_config(*m);
+      const ModelShape shape = model_shape_from_config(*m);
       data.inputs = random_tensor({batch, shape.patches(), shape.patch_dim()}, DType::F32, be.device(), rng);
       std::uniform_int_distribution<int32_t> label(0, m->num_classes() - 1);
       std::vector<int32_t> labels(static_cast<size_t>(batch));
