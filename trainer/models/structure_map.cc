@@ -184,9 +184,9 @@ Tensor mask_arena(const ParameterLayout& layout, const StructureMap& map, const 
              "' ", shape_str(shape), " (masks take the single-process model, not a tensor-parallel shard)");
     }
   const Deleted deleted = deleted_positions(map, selection);
-  Tensor mask = Tensor::empty({layout.total()}, DType::F64);
-  double* m = mask.data<double>();
-  std::fill(m, m + layout.total(), 1.0);
+  Tensor mask = Tensor::empty({layout.total()}, DType::F32);
+  float* m = mask.data<float>();
+  std::fill(m, m + layout.total(), 1.0f);
   for (const auto& [key, positions] : deleted) {
     const auto& [param, dim] = key;
     const ParamEntry& e = layout.entry(param);
@@ -198,8 +198,8 @@ Tensor mask_arena(const ParameterLayout& layout, const StructureMap& map, const 
       LOOM_CHECK(pos < shape[dim], "structure map: position ", pos, " is outside dimension ", dim, " of '", param, "' ",
                  shape_str(shape));
       for (int64_t o = 0; o < outer; ++o) {
-        double* base = m + e.offset + o * shape[dim] * st[dim] + pos * st[dim];
-        std::fill(base, base + st[dim], 0.0);
+        float* base = m + e.offset + o * shape[dim] * st[dim] + pos * st[dim];
+        std::fill(base, base + st[dim], 0.0f);
       }
     }
   }
@@ -207,13 +207,21 @@ Tensor mask_arena(const ParameterLayout& layout, const StructureMap& map, const 
 }
 
 void apply_mask(Tensor& arena, const Tensor& mask) {
-  LOOM_CHECK(arena.numel() == mask.numel(), "apply_mask: arena ", arena.str(), " and mask ", mask.str(),
-             " differ in size");
-  Tensor host = arena.to(Device::cpu()).cast(DType::F64);
-  const Tensor m = mask.to(Device::cpu()).cast(DType::F64);
-  double* h = host.data<double>();
-  const double* k = m.data<double>();
-  for (int64_t i = 0; i < host.numel(); ++i) h[i] = k[i] == 0 ? 0.0 : h[i] * k[i];
+  if (arena.numel() != mask.numel())
+    fail("apply_mask: arena ", arena.str(), " and mask ", mask.str(), " differ in size");
+  // On the host in f64 for f64 arenas, else in f32 (exact for bf16/f16 values; the mask is 0 or 1).
+  const DType work = arena.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  Tensor host = arena.to(Device::cpu()).cast(work);
+  const Tensor m = mask.to(Device::cpu()).cast(DType::F32);
+  const float* k = m.data<float>();
+  auto multiply = [&](auto* h) {
+    for (int64_t i = 0; i < host.numel(); ++i)
+      if (k[i] == 0) h[i] = 0;
+  };
+  if (work == DType::F64)
+    multiply(host.data<double>());
+  else
+    multiply(host.data<float>());
   arena.copy_from(host.cast(arena.dtype()));
 }
 
