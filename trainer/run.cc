@@ -124,9 +124,9 @@ class NullBuffer final : public std::streambuf {
 
 }  // namespace
 
-TrainResult train_on_mesh(const config::RunConfig& cfg, std::ostream& rank0_log,
+TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_log,
                           const std::vector<TrainingObserver*>& observers, ProcessMesh* mesh) {
-  const auto& t = cfg.train();
+  const auto& t = cfg_in.train();
   const bool writer = !mesh || mesh->world().rank() == 0;
   NullBuffer null_buffer;
   std::ostream null_log(&null_buffer);
@@ -134,7 +134,7 @@ TrainResult train_on_mesh(const config::RunConfig& cfg, std::ostream& rank0_log,
   if (writer) {
     std::filesystem::create_directories(t.out_dir());
     std::ofstream out(t.out_dir() + "/config.yaml");
-    out << run_config_to_yaml(cfg);
+    out << run_config_to_yaml(cfg_in);
     if (!out) fail(t.out_dir(), "/config.yaml: cannot write");
   }
   if (mesh) mesh->world().barrier();  // out_dir exists for every rank
@@ -151,13 +151,19 @@ TrainResult train_on_mesh(const config::RunConfig& cfg, std::ostream& rank0_log,
   TensorParallelContext tp;
   if (mesh) {
     tp.group = &mesh->tensor_group();
-    tp.sequence = cfg.parallel().sequence();
+    tp.sequence = cfg_in.parallel().sequence();
     tp.timeline = &timeline;
-    LOOM_CHECK(cfg.parallel().comm_tiles() >= 1, "parallel.comm_tiles must be at least 1, got ",
-               cfg.parallel().comm_tiles());
-    tp.tiles = cfg.parallel().comm_tiles();
+    LOOM_CHECK(cfg_in.parallel().comm_tiles() >= 1, "parallel.comm_tiles must be at least 1, got ",
+               cfg_in.parallel().comm_tiles());
+    tp.tiles = cfg_in.parallel().comm_tiles();
   }
-  auto model = build_model(cfg, *backend, compute, mesh ? &tp : nullptr);
+  auto model = build_model(cfg_in, *backend, compute, mesh ? &tp : nullptr);
+  // From here on the config's model section spells out the model's shape (which a checkpoint may have filled
+  // in): the data sources read the vocabulary or image geometry from it, and checkpoints record it.
+  config::RunConfig cfg = cfg_in;
+  const std::string init_from = cfg.model().init_from();
+  *cfg.mutable_model() = model_config_of_shape(model->shape());
+  if (!init_from.empty()) cfg.mutable_model()->set_init_from(init_from);
   auto data = build_data_source(cfg, mesh ? mesh->data_index() : 0, mesh ? mesh->data_size() : 1);
   const SampleFlops flops = model->flops_per_sample();
   log << "loom: " << cfg.model().kind() << " model, " << model->params().layout().total() << " parameters"

@@ -243,7 +243,7 @@ void layernorm_backward_vec(int chunks, T* dx, T* dw, T* db, const T* dout, cons
 
 // The same math as layernorm_forward_kernel for rows that fit one warp's registers (C % 8 == 0, C <= 1024,
 // 16-byte aligned pointers): x is read once with 16-byte loads and both passes run over the registers,
-//   mean = Σx/C,  var = Σ(x - mean)²/C (biased),  rstd = 1/√(var + eps),  out = (x - mean)·rstd·w + b
+//   mean = Σx/K,  var = (Σ(x - mean)² - zeros·mean²)/K (biased),  rstd = 1/√(var + eps),  out = (x - mean)·rstd·w + b
 // so the variance keeps the two-pass form (no Σx² - mean² cancellation for rows with a large mean). Lane l
 // owns columns (k·32 + l)·P .. +P-1 for chunk k < kChunks, as in layernorm_backward_vec_kernel; one warp per
 // row. b may be null.

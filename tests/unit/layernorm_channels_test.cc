@@ -23,8 +23,8 @@ TEST(LayerNormChannels, EqualsTheLayerNormOfTheActiveChannelsAlone) {
   };
   // Full rows (masked channels zero, w and b zero there) and the compact rows of the active channels.
   Tensor x = random({N, C}, 2.0), w = random({C}, 1.0), b = random({C}, 0.0), dout = random({N, C}, 0.0);
-  Tensor xs = Tensor::empty({N, K}, DType::F64), ws = Tensor::empty({K}, DType::F64), bs = Tensor::empty({K}, DType::F64),
-         douts = Tensor::empty({N, K}, DType::F64);
+  Tensor xs = Tensor::empty({N, K}, DType::F64), ws = Tensor::empty({K}, DType::F64),
+         bs = Tensor::empty({K}, DType::F64), douts = Tensor::empty({N, K}, DType::F64);
   std::vector<bool> on(C, false);
   for (int64_t k : active) on[k] = true;
   for (int64_t c = 0; c < C; ++c)
@@ -40,8 +40,10 @@ TEST(LayerNormChannels, EqualsTheLayerNormOfTheActiveChannelsAlone) {
       douts.data<double>()[n * K + j] = dout.data<double>()[n * C + active[j]];
     }
   }
-  Tensor out = Tensor::empty({N, C}, DType::F64), mean = Tensor::empty({N}, DType::F64), rstd = Tensor::empty({N}, DType::F64);
-  Tensor outs = Tensor::empty({N, K}, DType::F64), means = Tensor::empty({N}, DType::F64), rstds = Tensor::empty({N}, DType::F64);
+  Tensor out = Tensor::empty({N, C}, DType::F64), mean = Tensor::empty({N}, DType::F64),
+         rstd = Tensor::empty({N}, DType::F64);
+  Tensor outs = Tensor::empty({N, K}, DType::F64), means = Tensor::empty({N}, DType::F64),
+         rstds = Tensor::empty({N}, DType::F64);
   be->layernorm_forward(out, mean, rstd, x, w, b, 1e-5, K);
   be->layernorm_forward(outs, means, rstds, xs, ws, bs, 1e-5);
   for (int64_t n = 0; n < N; ++n) {
@@ -51,8 +53,10 @@ TEST(LayerNormChannels, EqualsTheLayerNormOfTheActiveChannelsAlone) {
       if (!on[c]) EXPECT_EQ(out.item(n * C + c), 0.0);
     for (int64_t j = 0; j < K; ++j) EXPECT_NEAR(out.item(n * C + active[j]), outs.item(n * K + j), 1e-12);
   }
-  Tensor dx = Tensor::zeros({N, C}, DType::F64), dw = Tensor::zeros({C}, DType::F64), db = Tensor::zeros({C}, DType::F64);
-  Tensor dxs = Tensor::zeros({N, K}, DType::F64), dws = Tensor::zeros({K}, DType::F64), dbs = Tensor::zeros({K}, DType::F64);
+  Tensor dx = Tensor::zeros({N, C}, DType::F64), dw = Tensor::zeros({C}, DType::F64),
+         db = Tensor::zeros({C}, DType::F64);
+  Tensor dxs = Tensor::zeros({N, K}, DType::F64), dws = Tensor::zeros({K}, DType::F64),
+         dbs = Tensor::zeros({K}, DType::F64);
   be->layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, K);
   be->layernorm_backward(dxs, dws, dbs, douts, xs, ws, means, rstds);
   for (int64_t j = 0; j < K; ++j) {

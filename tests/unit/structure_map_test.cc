@@ -3,6 +3,8 @@
 // same loss and the same gradient of every remaining parameter as the shrunk model without that index.
 // Also: tensor-parallel sharding derived from the map equals the blocks' declared sharding, and the
 // selection contracts.
+#include "trainer/models/structure_map.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,7 +14,6 @@
 #include "kernels/backend.h"
 #include "tests/common/test_util.h"
 #include "trainer/models/gpt.h"
-#include "trainer/models/structure_map.h"
 #include "trainer/models/vit.h"
 
 namespace loom {
@@ -158,8 +159,11 @@ TEST(StructureMap, DeitMaskedEqualsShrunkOnEveryAxis) { check_every_axis(uneven_
 TEST(StructureMap, ShrinkKeepsTheAttentionScaleAndCountsWidths) {
   const ModelShape shape = uneven_gpt();
   const StructureMap map = structure_map(shape);
-  AxisSelection sel = {{"blocks.0.qk_dims", {0, 3}}, {"blocks.1.heads", {1}}, {"embedding", {0, 2, 3, 4, 7}},
-                       {"blocks.2.mlp", {0, 5}}, {"blocks.1.v_dims", {0, 2, 4}}};
+  AxisSelection sel = {{"blocks.0.qk_dims", {0, 3}},
+                       {"blocks.1.heads", {1}},
+                       {"embedding", {0, 2, 3, 4, 7}},
+                       {"blocks.2.mlp", {0, 5}},
+                       {"blocks.1.v_dims", {0, 2, 4}}};
   const ModelShape small = shrink_shape(shape, map, sel);
   EXPECT_EQ(small.d_model, 5);
   EXPECT_EQ(small.blocks[0], (BlockWidths{3, 2, 2, 10, 0.5}));  // 1/sqrt(4) kept although q/k is 2 wide now
@@ -191,7 +195,9 @@ TEST(StructureMap, TensorShardingIsAContiguousRangeOfAnAxis) {
   EXPECT_EQ(proj.local_sections, (std::vector<int64_t>{10}));
   const ParamSharding fc2 = sharding_from_axis(axes[3], "blocks.0.mlp.fc2.weight", {8, 12}, 4);
   EXPECT_EQ(fc2.local_sections, (std::vector<int64_t>{3}));
-  EXPECT_EQ(testing::error_message([&] { sharding_from_axis(axes[0], "blocks.0.attn.qkv.weight", {44, 8}, 3); }),
+  EXPECT_EQ(testing::error_message([&] {
+              sharding_from_axis(axes[0], "blocks.0.attn.qkv.weight", {44, 8}, 3);
+            }),
             "tensor parallelism: axis 'blocks.0.heads' has 4 indices, which do not divide by parallel.tensor (3)");
   // q/k dims interleave across heads: not a contiguous shard.
   EXPECT_THROW(sharding_from_axis(axes[1], "blocks.0.attn.qkv.weight", {44, 8}, 1), Error);
@@ -199,13 +205,21 @@ TEST(StructureMap, TensorShardingIsAContiguousRangeOfAnAxis) {
 
 TEST(StructureMap, SelectionsAreChecked) {
   const StructureMap map = structure_map(uneven_gpt());
-  EXPECT_EQ(testing::error_message([&] { check_selection(map, {{"blocks.9.heads", {0}}}); }),
+  EXPECT_EQ(testing::error_message([&] {
+              check_selection(map, {{"blocks.9.heads", {0}}});
+            }),
             "structure map: no axis named 'blocks.9.heads'");
-  EXPECT_EQ(testing::error_message([&] { check_selection(map, {{"blocks.0.heads", {}}}); }),
+  EXPECT_EQ(testing::error_message([&] {
+              check_selection(map, {{"blocks.0.heads", {}}});
+            }),
             "selection of axis 'blocks.0.heads': keeps no index (at least one must stay)");
-  EXPECT_EQ(testing::error_message([&] { check_selection(map, {{"blocks.0.heads", {2, 1}}}); }),
+  EXPECT_EQ(testing::error_message([&] {
+              check_selection(map, {{"blocks.0.heads", {2, 1}}});
+            }),
             "selection of axis 'blocks.0.heads': kept indices must be ascending and unique, got 2 then 1");
-  EXPECT_EQ(testing::error_message([&] { check_selection(map, {{"embedding", {8}}}); }),
+  EXPECT_EQ(testing::error_message([&] {
+              check_selection(map, {{"embedding", {8}}});
+            }),
             "selection of axis 'embedding': index 8 is outside [0, 8)");
 }
 

@@ -11,16 +11,17 @@ namespace {
 constexpr const char* kShapeFormat = "loom-model-1";
 
 void check_kind_fields(const ModelShape& s, const std::string& where) {
-  LOOM_CHECK(s.d_model > 0, where, "d_model must be positive, got ", s.d_model);
-  LOOM_CHECK(s.ln_eps > 0, where, "ln_eps must be positive, got ", s.ln_eps);
+  if (!(s.d_model > 0)) fail(where, "d_model must be positive, got ", s.d_model);
+  if (!(s.ln_eps > 0)) fail(where, "ln_eps must be positive, got ", s.ln_eps);
   if (s.is_gpt()) {
-    LOOM_CHECK(s.vocab > 0, where, "vocab_size must be positive, got ", s.vocab);
-    LOOM_CHECK(s.max_seq > 0, where, "max_seq_len must be positive, got ", s.max_seq);
+    if (!(s.vocab > 0)) fail(where, "vocab_size must be positive, got ", s.vocab);
+    if (!(s.max_seq > 0)) fail(where, "max_seq_len must be positive, got ", s.max_seq);
   } else if (s.is_vit()) {
-    LOOM_CHECK(s.image_size > 0 && s.patch_size > 0 && s.image_size % s.patch_size == 0, where, "image_size (",
-               s.image_size, ") must be a positive multiple of ", where, "patch_size (", s.patch_size, ")");
-    LOOM_CHECK(s.in_channels > 0, where, "in_channels must be positive, got ", s.in_channels);
-    LOOM_CHECK(s.num_classes > 1, where, "num_classes must be at least 2, got ", s.num_classes);
+    if (!(s.image_size > 0 && s.patch_size > 0 && s.image_size % s.patch_size == 0))
+      fail(where, "image_size (", s.image_size, ") must be a positive multiple of ", where, "patch_size (",
+           s.patch_size, ")");
+    if (!(s.in_channels > 0)) fail(where, "in_channels must be positive, got ", s.in_channels);
+    if (!(s.num_classes > 1)) fail(where, "num_classes must be at least 2, got ", s.num_classes);
   } else {
     fail(where, "kind: expected \"gpt\" or \"vit\", got \"", s.kind, "\"");
   }
@@ -31,9 +32,10 @@ void check_kind_fields(const ModelShape& s, const std::string& where) {
 ModelShape model_shape_from_config(const config::ModelConfig& m) {
   for (const auto& [present, name] : {std::pair{m.has_n_layer(), "n_layer"}, std::pair{m.has_d_model(), "d_model"},
                                       std::pair{m.has_n_head(), "n_head"}})
-    LOOM_CHECK(present, "model.", name,
-               ": missing required field (it may be left out only when the model comes from a checkpoint: "
-               "train.resume or a model.init_from file with its shape)");
+    if (!(present))
+      fail("model.", name,
+           ": missing required field (it may be left out only when the model comes from a checkpoint: "
+           "train.resume or a model.init_from file with its shape)");
   ModelShape s;
   s.kind = m.kind();
   s.d_model = m.d_model();
@@ -75,7 +77,10 @@ nlohmann::json model_shape_to_json(const ModelShape& s) {
   }
   nlohmann::json blocks = nlohmann::json::array();
   for (const BlockWidths& b : s.blocks)
-    blocks.push_back({{"heads", b.heads}, {"qk_head_dim", b.qk_dim}, {"v_head_dim", b.v_dim}, {"mlp_dim", b.mlp_dim},
+    blocks.push_back({{"heads", b.heads},
+                      {"qk_head_dim", b.qk_dim},
+                      {"v_head_dim", b.v_dim},
+                      {"mlp_dim", b.mlp_dim},
                       {"attention_scale", b.scale()}});
   j["blocks"] = blocks;
   return j;
@@ -84,34 +89,34 @@ nlohmann::json model_shape_to_json(const ModelShape& s) {
 namespace {
 
 const nlohmann::json& member(const nlohmann::json& j, const char* key, const std::string& where) {
-  LOOM_CHECK(j.is_object() && j.contains(key), where, ": missing \"", key, "\"");
+  if (!(j.is_object() && j.contains(key))) fail(where, ": missing \"", key, "\"");
   return j.at(key);
 }
 
 int64_t positive_int(const nlohmann::json& j, const char* key, const std::string& where) {
   const nlohmann::json& v = member(j, key, where);
-  LOOM_CHECK(v.is_number_integer() && v.get<int64_t>() > 0 && v.get<int64_t>() <= (int64_t{1} << 31), where, ": \"",
-             key, "\" must be a positive integer, got ", v.dump());
+  if (!(v.is_number_integer() && v.get<int64_t>() > 0 && v.get<int64_t>() <= (int64_t{1} << 31)))
+    fail(where, ": \"", key, "\" must be a positive integer, got ", v.dump());
   return v.get<int64_t>();
 }
 
 double positive_number(const nlohmann::json& j, const char* key, const std::string& where) {
   const nlohmann::json& v = member(j, key, where);
-  LOOM_CHECK(v.is_number() && v.get<double>() > 0 && std::isfinite(v.get<double>()), where, ": \"", key,
-             "\" must be a positive number, got ", v.dump());
+  if (!(v.is_number() && v.get<double>() > 0 && std::isfinite(v.get<double>())))
+    fail(where, ": \"", key, "\" must be a positive number, got ", v.dump());
   return v.get<double>();
 }
 
 }  // namespace
 
 ModelShape model_shape_from_json(const nlohmann::json& j, const std::string& source) {
-  LOOM_CHECK(j.is_object(), source, ": expected a JSON object, got ", j.type_name());
+  if (!(j.is_object())) fail(source, ": expected a JSON object, got ", j.type_name());
   const nlohmann::json& format = member(j, "format", source);
-  LOOM_CHECK(format == kShapeFormat, source, ": \"format\" is ", format.dump(), ", expected \"", kShapeFormat, "\"");
+  if (!(format == kShapeFormat)) fail(source, ": \"format\" is ", format.dump(), ", expected \"", kShapeFormat, "\"");
   ModelShape s;
   const nlohmann::json& kind = member(j, "kind", source);
-  LOOM_CHECK(kind.is_string() && (kind == "gpt" || kind == "vit"), source,
-             ": \"kind\" must be \"gpt\" or \"vit\", got ", kind.dump());
+  if (!(kind.is_string() && (kind == "gpt" || kind == "vit")))
+    fail(source, ": \"kind\" must be \"gpt\" or \"vit\", got ", kind.dump());
   s.kind = kind.get<std::string>();
   s.d_model = positive_int(j, "d_model", source);
   s.ln_eps = positive_number(j, "ln_eps", source);
@@ -126,13 +131,13 @@ ModelShape model_shape_from_json(const nlohmann::json& j, const std::string& sou
     s.in_channels = positive_int(j, "in_channels", source);
     s.num_classes = positive_int(j, "num_classes", source);
     const nlohmann::json& d = member(j, "distilled", source);
-    LOOM_CHECK(d.is_boolean(), source, ": \"distilled\" must be true or false, got ", d.dump());
+    if (!(d.is_boolean())) fail(source, ": \"distilled\" must be true or false, got ", d.dump());
     s.distilled = d.get<bool>();
   }
   check_kind_fields(s, source + ": ");
   const nlohmann::json& blocks = member(j, "blocks", source);
-  LOOM_CHECK(blocks.is_array() && !blocks.empty(), source, ": \"blocks\" must be a non-empty list, got ",
-             blocks.dump());
+  if (!(blocks.is_array() && !blocks.empty()))
+    fail(source, ": \"blocks\" must be a non-empty list, got ", blocks.dump());
   for (size_t i = 0; i < blocks.size(); ++i) {
     const std::string at = source + ": blocks[" + std::to_string(i) + "]";
     BlockWidths w;
@@ -158,8 +163,8 @@ void agree(bool present, const std::string& field, const A& config_value, const 
 }  // namespace
 
 ModelShape reconcile_model_shape(const config::ModelConfig& m, const ModelShape& saved, const std::string& source) {
-  LOOM_CHECK(m.kind() == saved.kind, "model.kind is \"", m.kind(), "\" in the config but \"", saved.kind, "\" in ",
-             source);
+  if (!(m.kind() == saved.kind))
+    fail("model.kind is \"", m.kind(), "\" in the config but \"", saved.kind, "\" in ", source);
   agree(m.has_n_layer(), "n_layer", m.n_layer(), saved.n_layer(), source);
   agree(m.has_d_model(), "d_model", m.d_model(), saved.d_model, source);
   agree(m.has_ln_eps(), "ln_eps", m.ln_eps(), saved.ln_eps, source);
@@ -172,8 +177,9 @@ ModelShape reconcile_model_shape(const config::ModelConfig& m, const ModelShape&
   agree(m.has_num_classes(), "num_classes", m.num_classes(), saved.num_classes, source);
   agree(m.has_distilled(), "distilled", m.distilled(), saved.distilled, source);
   if (m.blocks_size() != 0)
-    LOOM_CHECK(m.blocks_size() == saved.n_layer(), "model.blocks has ", m.blocks_size(), " entries in the config but ",
-               source, " has ", saved.n_layer(), " blocks");
+    if (!(m.blocks_size() == saved.n_layer()))
+      fail("model.blocks has ", m.blocks_size(), " entries in the config but ", source, " has ", saved.n_layer(),
+           " blocks");
   for (int i = 0; i < saved.n_layer(); ++i) {
     const BlockWidths& w = saved.blocks[i];
     const config::BlockSpec none;

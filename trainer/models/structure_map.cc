@@ -42,7 +42,10 @@ std::vector<Axis> block_axes(int block, const BlockWidths& w, std::vector<ParamS
   }
   heads.slices.push_back({proj_w, 1, 0, dv, dv});
   v.slices.push_back({proj_w, 1, 0, 1, 1, H, dv});
-  Axis mlp{p + "mlp", AxisKind::MlpNeurons, block, w.mlp_dim,
+  Axis mlp{p + "mlp",
+           AxisKind::MlpNeurons,
+           block,
+           w.mlp_dim,
            {{p + "mlp.fc1.weight", 0}, {p + "mlp.fc1.bias", 0}, {p + "mlp.fc2.weight", 1}}};
   if (embedding) {
     for (const char* t : {"norm1.weight", "norm1.bias", "attn.proj.bias", "norm2.weight", "norm2.bias",
@@ -90,8 +93,8 @@ std::vector<int64_t> owned_positions(const ParamSlice& s, int64_t index) {
 
 ParamSharding sharding_from_axis(const Axis& axis, const std::string& param, const Shape& full, int R) {
   if (!(R >= 1 && axis.size % R == 0))
-    fail("tensor parallelism: axis '", axis.name, "' has ", axis.size, " indices, which do not divide by parallel.tensor (",
-         R, ")");
+    fail("tensor parallelism: axis '", axis.name, "' has ", axis.size,
+         " indices, which do not divide by parallel.tensor (", R, ")");
   std::vector<const ParamSlice*> slices;
   for (const ParamSlice& s : axis.slices)
     if (s.param == param) slices.push_back(&s);
@@ -109,8 +112,9 @@ ParamSharding sharding_from_axis(const Axis& axis, const std::string& param, con
     next += axis.size * s->stride;
   }
   LOOM_CHECK(sharding.dim < static_cast<int>(full.size()) && next == full[sharding.dim], "tensor parallelism: axis '",
-             axis.name, "' covers ", next, " of the ", sharding.dim < static_cast<int>(full.size()) ? full[sharding.dim] : 0,
-             " positions of '", param, "' along dimension ", sharding.dim);
+             axis.name, "' covers ", next, " of the ",
+             sharding.dim < static_cast<int>(full.size()) ? full[sharding.dim] : 0, " positions of '", param,
+             "' along dimension ", sharding.dim);
   return sharding;
 }
 
@@ -180,9 +184,9 @@ Tensor mask_arena(const ParameterLayout& layout, const StructureMap& map, const 
              "' ", shape_str(shape), " (masks take the single-process model, not a tensor-parallel shard)");
     }
   const Deleted deleted = deleted_positions(map, selection);
-  Tensor mask = Tensor::empty({layout.total()}, DType::F64);
-  double* m = mask.data<double>();
-  std::fill(m, m + layout.total(), 1.0);
+  Tensor mask = Tensor::empty({layout.total()}, DType::F32);
+  float* m = mask.data<float>();
+  std::fill(m, m + layout.total(), 1.0f);
   for (const auto& [key, positions] : deleted) {
     const auto& [param, dim] = key;
     const ParamEntry& e = layout.entry(param);
@@ -191,11 +195,11 @@ Tensor mask_arena(const ParameterLayout& layout, const StructureMap& map, const 
     const std::vector<int64_t> st = strides_of(shape);
     const int64_t outer = e.numel / (shape[dim] * st[dim]);
     for (int64_t pos : positions) {
-      LOOM_CHECK(pos < shape[dim], "structure map: position ", pos, " is outside dimension ", dim, " of '", param,
-                 "' ", shape_str(shape));
+      LOOM_CHECK(pos < shape[dim], "structure map: position ", pos, " is outside dimension ", dim, " of '", param, "' ",
+                 shape_str(shape));
       for (int64_t o = 0; o < outer; ++o) {
-        double* base = m + e.offset + o * shape[dim] * st[dim] + pos * st[dim];
-        std::fill(base, base + st[dim], 0.0);
+        float* base = m + e.offset + o * shape[dim] * st[dim] + pos * st[dim];
+        std::fill(base, base + st[dim], 0.0f);
       }
     }
   }
@@ -203,13 +207,21 @@ Tensor mask_arena(const ParameterLayout& layout, const StructureMap& map, const 
 }
 
 void apply_mask(Tensor& arena, const Tensor& mask) {
-  LOOM_CHECK(arena.numel() == mask.numel(), "apply_mask: arena ", arena.str(), " and mask ", mask.str(),
-             " differ in size");
-  Tensor host = arena.to(Device::cpu()).cast(DType::F64);
-  const Tensor m = mask.to(Device::cpu()).cast(DType::F64);
-  double* h = host.data<double>();
-  const double* k = m.data<double>();
-  for (int64_t i = 0; i < host.numel(); ++i) h[i] = k[i] == 0 ? 0.0 : h[i] * k[i];
+  if (arena.numel() != mask.numel())
+    fail("apply_mask: arena ", arena.str(), " and mask ", mask.str(), " differ in size");
+  // On the host in f64 for f64 arenas, else in f32 (exact for bf16/f16 values; the mask is 0 or 1).
+  const DType work = arena.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  Tensor host = arena.to(Device::cpu()).cast(work);
+  const Tensor m = mask.to(Device::cpu()).cast(DType::F32);
+  const float* k = m.data<float>();
+  auto multiply = [&](auto* h) {
+    for (int64_t i = 0; i < host.numel(); ++i)
+      if (k[i] == 0) h[i] = 0;
+  };
+  if (work == DType::F64)
+    multiply(host.data<double>());
+  else
+    multiply(host.data<float>());
   arena.copy_from(host.cast(arena.dtype()));
 }
 
@@ -261,8 +273,9 @@ NamedTensors shrink_tensors(const NamedTensors& tensors, const StructureMap& map
     }
     for (const auto& [key, positions] : deleted)
       if (key.first == param)
-        LOOM_CHECK(key.second < static_cast<int>(shape.size()) && *positions.rbegin() < shape[key.second], "shrink: tensor '",
-                   name, "' ", shape_str(shape), " does not have the shape the structure map expects");
+        LOOM_CHECK(key.second < static_cast<int>(shape.size()) && *positions.rbegin() < shape[key.second],
+                   "shrink: tensor '", name, "' ", shape_str(shape),
+                   " does not have the shape the structure map expects");
     if (!cut) {
       out.emplace_back(name, t.device().is_cpu() ? t : t.to(Device::cpu()));
       continue;

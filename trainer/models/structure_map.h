@@ -99,10 +99,12 @@ AxisSelection delete_one(const StructureMap& map, const std::string& axis, int64
 
 // ---- masks (pruning while training) ----
 // 1 where a position is kept, 0 where a deleted index of some axis owns it, for an arena laid out as `layout`
-// (the full single-process layout of the map's model): F64 CPU [layout.total()].
+// (the full single-process layout of the map's model): F32 CPU [layout.total()]. Throws when a slice of the
+// map does not fit its parameter (a tensor-parallel shard's layout, another model's).
 Tensor mask_arena(const ParameterLayout& layout, const StructureMap& map, const AxisSelection& selection);
-// arena ⊙= mask, for any arena of mask's size (master weights, compute copy, gradients, AdamW moments) on any
-// device and float dtype.
+// Zeroes the positions where `mask` is 0, in any arena of mask's size (master weights, compute copy,
+// gradients, AdamW moments) on any device and float dtype. It goes through the host (a copy of the arena each
+// call): fine at mask changes, a device kernel is the job of a per-step caller.
 void apply_mask(Tensor& arena, const Tensor& mask);
 // Masks `model` (not tensor-parallel): master and compute weights and the gradients are multiplied by the
 // mask, and the LayerNorms count the kept embedding channels (Model::set_active_embedding_channels). The
