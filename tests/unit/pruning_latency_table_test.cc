@@ -146,7 +146,9 @@ TEST(PruningLatencyTable, DefaultGridRunsFromOneGroupToTheModelWidthInGroupMulti
   EXPECT_NE(m.find("prune.latency_grid.mlp must be strictly increasing"), std::string::npos) << m;
 }
 
-// Median of 5 steps of a 2-block ViT of these widths: forward, backward and AdamW, as the table's training mode.
+// The fastest of 9 steps of a 2-block ViT of these widths (forward, backward and AdamW, as the table's training
+// mode): on a shared machine the fastest step is the one least disturbed by other processes (a preempted 2 ms
+// step measures 10 ms), while the table's medians of sub-millisecond blocks are rarely hit.
 double measured_step_ms(const config::RunConfig& base, int64_t E, const BlockWidths& w) {
   config::RunConfig cfg = base;
   auto* m = cfg.mutable_model();
@@ -169,7 +171,7 @@ double measured_step_ms(const config::RunConfig& base, int64_t E, const BlockWid
   batch.inputs = Tensor::from_vector(pixels, {32, 16, 49});
   batch.targets = Tensor::zeros({32}, DType::I32);
   std::vector<double> times;
-  for (int i = 0; i < 7; ++i) {
+  for (int i = 0; i < 11; ++i) {
     auto start = be->make_marker(), end = be->make_marker();
     start->record();
     be->zero(model->params().grads());
@@ -178,8 +180,7 @@ double measured_step_ms(const config::RunConfig& base, int64_t E, const BlockWid
     end->record();
     if (i >= 2) times.push_back(end->ms_since(*start));
   }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
+  return *std::min_element(times.begin(), times.end());
 }
 
 TEST(PruningLatencyTable, RealTinyTableOnTheCpu) {

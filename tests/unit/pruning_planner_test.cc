@@ -150,8 +150,8 @@ TEST(PruningPlanner, UnreachableTargetsAndBadInputsAreErrorsNamingTheField) {
   const PlannerOptions mlp_only = options(0, {PruneAxis::Mlp});
   const double floor_ms = t.model_ms(32, {{4, 8, 8, 4}, {4, 8, 8, 4}});
   EXPECT_NO_THROW(check_target_reachable(f.units, t, mlp_only, floor_ms, "prune.target_ms"));
-  const std::string m =
-      testing::error_message([&] { check_target_reachable(f.units, t, mlp_only, floor_ms - 0.01, "prune.target_ratio"); });
+  const std::string m = testing::error_message(
+      [&] { check_target_reachable(f.units, t, mlp_only, floor_ms - 0.01, "prune.target_ratio"); });
   EXPECT_NE(m.find("prune.target_ratio"), std::string::npos) << m;
   EXPECT_NE(m.find("cannot be reached"), std::string::npos) << m;
 

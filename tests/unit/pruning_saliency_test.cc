@@ -143,7 +143,8 @@ TEST_F(PruningSaliency, UnitSumIsTheLossDerivativeAlongTheUnitsWeights) {
   const Batch b = batch(3);
   gradients(b);
   const auto sums = acc.unit_sums(*be_, model_.params());
-  for (const auto& [structure, unit] : std::vector<std::pair<int, int>>{{0, 2}, {0, 8}, {1, 0}, {1, 1}, {2, 0}, {2, 5}}) {
+  const std::vector<std::pair<int, int>> units{{0, 2}, {0, 8}, {1, 0}, {1, 1}, {2, 0}, {2, 5}};
+  for (const auto& [structure, unit] : units) {
     const auto offsets = unit_offsets(model_.params(), structures[structure], unit);
     double* w = model_.params().master().data<double>();
     std::vector<double> saved;
