@@ -80,7 +80,7 @@ TEST(Config, UnknownKeysNameFileAndPath) {
             "configs/gpt_tiny.yaml: model.blocks[1].wombat: unknown key (BlockSpec has: heads, qk_head_dim, "
             "v_head_dim, mlp_dim, attention_scale)");
   EXPECT_EQ(error_of([] { parse_run_config(kMinimal + "extra: 1\n", kSource, {}); }),
-            "configs/gpt_tiny.yaml: extra: unknown key (RunConfig has: model, data, optim, train, parallel)");
+            "configs/gpt_tiny.yaml: extra: unknown key (RunConfig has: model, data, optim, train, parallel, prune)");
   EXPECT_EQ(error_of([] { parse_run_config(edited("  n_head: 4", "  n_head: 4\n  n_head: 8"), kSource, {}); }),
             "configs/gpt_tiny.yaml: model.n_head: duplicate key");
 }

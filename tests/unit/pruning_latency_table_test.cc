@@ -2,7 +2,8 @@
 // file format and its errors, the run-key checks, the default grid, and a real table of a tiny ViT built on the
 // CPU. Timings are never asserted tightly: the real-table test asserts only that predictions are positive, that
 // a clearly wider model (4x MLP, 4x heads, 2x embedding) is not predicted faster than a narrower one, and that the
-// prediction of a whole 2-block step is within a factor of 4 of the measured step.
+// prediction of a whole 2-block step is within a factor of 5 of the measured step (ctest runs these tests on one
+// OpenMP thread, see CMakeLists.txt).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -145,7 +146,9 @@ TEST(PruningLatencyTable, DefaultGridRunsFromOneGroupToTheModelWidthInGroupMulti
   EXPECT_NE(m.find("prune.latency_grid.mlp must be strictly increasing"), std::string::npos) << m;
 }
 
-// Median of 5 steps of a 2-block ViT of these widths: forward, backward and AdamW, as the table's training mode.
+// The fastest of 9 steps of a 2-block ViT of these widths (forward, backward and AdamW, as the table's training
+// mode): on a shared machine the fastest step is the one least disturbed by other processes (a preempted 2 ms
+// step measures 10 ms), while the table's medians of sub-millisecond blocks are rarely hit.
 double measured_step_ms(const config::RunConfig& base, int64_t E, const BlockWidths& w) {
   config::RunConfig cfg = base;
   auto* m = cfg.mutable_model();
@@ -162,10 +165,13 @@ double measured_step_ms(const config::RunConfig& base, int64_t E, const BlockWid
   auto model = build_model(cfg, *be, DType::F32);
   AdamW adamw(model->params(), cfg.optim(), *be);
   Batch batch;
-  batch.inputs = Tensor::zeros({32, 16, 49}, DType::F32);
+  // Image-like inputs: all-zero patches would make the activations tiny and the arithmetic subnormal (slow).
+  std::vector<float> pixels(32 * 16 * 49);
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<float>((i * 7919) % 255) / 255.f;
+  batch.inputs = Tensor::from_vector(pixels, {32, 16, 49});
   batch.targets = Tensor::zeros({32}, DType::I32);
   std::vector<double> times;
-  for (int i = 0; i < 7; ++i) {
+  for (int i = 0; i < 11; ++i) {
     auto start = be->make_marker(), end = be->make_marker();
     start->record();
     be->zero(model->params().grads());
@@ -174,8 +180,7 @@ double measured_step_ms(const config::RunConfig& base, int64_t E, const BlockWid
     end->record();
     if (i >= 2) times.push_back(end->ms_since(*start));
   }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
+  return *std::min_element(times.begin(), times.end());
 }
 
 TEST(PruningLatencyTable, RealTinyTableOnTheCpu) {
@@ -196,9 +201,12 @@ TEST(PruningLatencyTable, RealTinyTableOnTheCpu) {
   const std::vector<std::pair<int64_t, BlockWidths>> shapes{{32, narrow}, {48, medium}, {64, wide}};
   for (const auto& [E, w] : shapes) {
     const double predicted = t.model_ms(E, {w, w}), measured = measured_step_ms(cfg, E, w);
+    // Kept in the test report (--gtest_output) for a look at the model's accuracy.
+    ::testing::Test::RecordProperty("E" + std::to_string(E) + "_predicted_vs_measured_ms",
+                                    std::to_string(predicted) + " / " + std::to_string(measured));
     EXPECT_GT(predicted, 0);
-    EXPECT_LT(predicted, 4 * measured) << "E " << E << " predicted " << predicted << " ms, measured " << measured;
-    EXPECT_GT(predicted, measured / 4) << "E " << E << " predicted " << predicted << " ms, measured " << measured;
+    EXPECT_LT(predicted, 5 * measured) << "E " << E << " predicted " << predicted << " ms, measured " << measured;
+    EXPECT_GT(predicted, measured / 5) << "E " << E << " predicted " << predicted << " ms, measured " << measured;
   }
   // Ordering only between clearly different shapes: 4x the MLP (and everything wider) is not predicted faster.
   EXPECT_GE(t.block_ms(64, {4, 16, 16, 256}), t.block_ms(64, {4, 16, 16, 64}));

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "tests/common/test_util.h"
 #include "trainer/pruning/planner.h"
@@ -149,8 +150,8 @@ TEST(PruningPlanner, UnreachableTargetsAndBadInputsAreErrorsNamingTheField) {
   const PlannerOptions mlp_only = options(0, {PruneAxis::Mlp});
   const double floor_ms = t.model_ms(32, {{4, 8, 8, 4}, {4, 8, 8, 4}});
   EXPECT_NO_THROW(check_target_reachable(f.units, t, mlp_only, floor_ms, "prune.target_ms"));
-  const std::string m =
-      testing::error_message([&] { check_target_reachable(f.units, t, mlp_only, floor_ms - 0.01, "prune.target_ratio"); });
+  const std::string m = testing::error_message(
+      [&] { check_target_reachable(f.units, t, mlp_only, floor_ms - 0.01, "prune.target_ratio"); });
   EXPECT_NE(m.find("prune.target_ratio"), std::string::npos) << m;
   EXPECT_NE(m.find("cannot be reached"), std::string::npos) << m;
 
@@ -158,6 +159,12 @@ TEST(PruningPlanner, UnreachableTargetsAndBadInputsAreErrorsNamingTheField) {
   short_saliency.blocks[1].qk_dim.resize(5);
   const std::string s = testing::error_message([&] { plan_pruning_step(f.units, short_saliency, t, mlp_only, 0); });
   EXPECT_NE(s.find("blocks[1].qk_dim has 5 saliencies"), std::string::npos) << s;
+
+  ModelSaliency nan_saliency = f.saliency;
+  nan_saliency.blocks[0].mlp[3] = std::nan("");
+  EXPECT_NE(testing::error_message([&] { plan_pruning_step(f.units, nan_saliency, t, mlp_only, 0); })
+                .find("blocks[0].mlp unit 3 is nan"),
+            std::string::npos);
 
   ModelUnits unsorted = f.units;
   std::swap(unsorted.blocks[0].heads[0], unsorted.blocks[0].heads[1]);

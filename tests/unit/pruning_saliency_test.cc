@@ -1,7 +1,7 @@
-// Saliency from a real model's gradients (tiny GPT, float64 CPU): terms built by hand for the MLP neurons of one
-// block and the heads of another; the accumulator's Σ g·w equals the hand-computed sum, equals the finite-
-// difference derivative of the loss along the unit's weights (the gate derivative), and Taylor², |Taylor| and
-// magnitude average over batches as documented.
+// Saliency from a real model's gradients (tiny GPT, float64 CPU): terms built by hand for the MLP neurons of
+// one block, the heads of another and the embedding channels (every tensor of width C). The accumulator's Σ g·w
+// equals the hand-computed sum and the finite-difference derivative of the loss along the unit's weights (the
+// gate derivative); Taylor², |Taylor| and magnitude average over batches as documented.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -57,6 +57,21 @@ SaliencyStructure heads() {
           {{"blocks.0.attn.qkv.weight", 0, qkv_rows},
            {"blocks.0.attn.qkv.bias", 0, qkv_rows},
            {"blocks.0.attn.proj.weight", 1, proj_cols}}};
+}
+
+// The 8 embedding channels: every tensor of width C, in every block, plus the embeddings and the final norm.
+SaliencyStructure embedding_channels() {
+  SaliencyStructure s{"embedding", 8, {{"wte.weight", 1, identity(8)}, {"wpe.weight", 1, identity(8)}}};
+  for (int b = 0; b < 2; ++b) {
+    const std::string p = "blocks." + std::to_string(b) + ".";
+    for (const char* name : {"norm1.weight", "norm1.bias", "attn.proj.weight", "attn.proj.bias", "norm2.weight",
+                             "norm2.bias", "mlp.fc2.weight", "mlp.fc2.bias"})
+      s.terms.push_back({p + name, 0, identity(8)});
+    for (const char* name : {"attn.qkv.weight", "mlp.fc1.weight"}) s.terms.push_back({p + name, 1, identity(8)});
+  }
+  s.terms.push_back({"norm.weight", 0, identity(8)});
+  s.terms.push_back({"norm.bias", 0, identity(8)});
+  return s;
 }
 
 // Arena offsets of unit `unit`'s positions in the structure's terms (row-major, by hand).
@@ -124,12 +139,13 @@ TEST_F(PruningSaliency, Taylor2OfOneUnitIsTheSquaredHandSumOverBatches) {
 
 TEST_F(PruningSaliency, UnitSumIsTheLossDerivativeAlongTheUnitsWeights) {
   // s_u = d/dε L((1+ε)·w_u): scale the unit's positions in the master weights (the compute weights on the CPU).
-  const std::vector<SaliencyStructure> structures{mlp_neurons(), heads()};
+  const std::vector<SaliencyStructure> structures{mlp_neurons(), heads(), embedding_channels()};
   SaliencyAccumulator acc(structures, SaliencyKind::Taylor2, model_.params().layout());
   const Batch b = batch(3);
   gradients(b);
   const auto sums = acc.unit_sums(*be_, model_.params());
-  for (const auto& [structure, unit] : std::vector<std::pair<int, int>>{{0, 2}, {0, 8}, {1, 0}, {1, 1}}) {
+  const std::vector<std::pair<int, int>> units{{0, 2}, {0, 8}, {1, 0}, {1, 1}, {2, 0}, {2, 5}};
+  for (const auto& [structure, unit] : units) {
     const auto offsets = unit_offsets(model_.params(), structures[structure], unit);
     double* w = model_.params().master().data<double>();
     std::vector<double> saved;

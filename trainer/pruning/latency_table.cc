@@ -1,7 +1,6 @@
 #include "trainer/pruning/latency_table.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <ctime>
 #include <fstream>
@@ -9,7 +8,6 @@
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <random>
-#include <sstream>
 
 #include "core/atomic_file.h"
 #include "core/error.h"

@@ -1,6 +1,7 @@
 #include "trainer/pruning/planner.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "core/error.h"
@@ -39,6 +40,16 @@ auto& layer(Units& units, PruneAxis a, int block) {
   }
 }
 
+// The width of a block axis (not the embedding) in `w`.
+int64_t& width_of(BlockWidths& w, PruneAxis a) {
+  switch (a) {
+    case PruneAxis::Heads: return w.heads;
+    case PruneAxis::QkDim: return w.qk_dim;
+    case PruneAxis::VDim: return w.v_dim;
+    default: return w.mlp_dim;
+  }
+}
+
 // Size of a layer's next group: the remainder first, then whole groups; 0 when it may not shrink.
 int64_t next_group_size(int64_t count, int64_t group) {
   const int64_t size = count % group ? count % group : group;
@@ -70,6 +81,9 @@ void check_inputs(const ModelUnits& current, const ModelSaliency& saliency, cons
       }
       LOOM_CHECK(static_cast<int64_t>(values.size()) > kept.back(), "pruning planner: ", layer_name(a, b), " has ",
                  values.size(), " saliencies but keeps unit ", kept.back());
+      for (int32_t u : kept)
+        LOOM_CHECK(std::isfinite(values[u]), "pruning planner: the saliency of ", layer_name(a, b), " unit ", u,
+                   " is ", values[u], " (non-finite gradients?)");
     }
   }
 }
@@ -141,8 +155,7 @@ PruneStepPlan plan_pruning_step(const ModelUnits& current, const ModelSaliency& 
       after = table.model_ms(kept.embedding_width() - size, widths);
     } else {
       BlockWidths w = widths[b];
-      (a == PruneAxis::Heads ? w.heads : a == PruneAxis::QkDim ? w.qk_dim : a == PruneAxis::VDim ? w.v_dim : w.mlp_dim) -=
-          size;
+      width_of(w, a) -= size;
       after = predicted - table.block_ms(kept.embedding_width(), widths[b]) + table.block_ms(kept.embedding_width(), w);
     }
     out = {a, b, std::move(order), sum, predicted - after, 0};

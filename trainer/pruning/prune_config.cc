@@ -48,8 +48,8 @@ PruneSchedule prune_schedule(const config::PruneConfig& p) {
 
 double final_target_ms(const config::PruneConfig& p, double original_ms, std::string* field) {
   LOOM_CHECK(p.has_target_ratio() != p.has_target_ms(),
-             "prune: set exactly one of prune.target_ratio and prune.target_ms (", p.has_target_ratio() ? "both" : "neither",
-             " is set)");
+             "prune: set exactly one of prune.target_ratio and prune.target_ms (",
+             p.has_target_ratio() ? "both" : "neither", " is set)");
   const std::string name = p.has_target_ratio() ? "prune.target_ratio" : "prune.target_ms";
   const double target = p.has_target_ratio() ? p.target_ratio() * original_ms : p.target_ms();
   LOOM_CHECK(target > 0 && target < original_ms, name, ": the target of ", target,
