@@ -48,7 +48,6 @@ ModelShape checkpoint_shape(const CheckpointContents& c, const config::RunConfig
 
 int cmd_train(const std::string& config_path, const std::vector<std::string>& overrides) {
   const config::RunConfig cfg = load_run_config(config_path, overrides);
-  reject_unwired_prune_section(cfg);
   std::unique_ptr<WorkerClient> worker;
   std::vector<TrainingObserver*> observers;
   if (const auto settings = worker_settings_from_environment()) {

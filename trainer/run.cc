@@ -20,6 +20,7 @@
 #include "trainer/models/gpt.h"
 #include "trainer/models/interop/import.h"
 #include "trainer/models/vit.h"
+#include "trainer/pruning/engine.h"
 #include "trainer/sampler.h"
 #include "trainer/shared_out_dir.h"
 #include "trainer/text_source.h"
@@ -116,6 +117,37 @@ std::unique_ptr<DataSource> build_data_source(const config::RunConfig& cfg, int 
 
 namespace {
 
+// True when `dir` (a checkpoint) holds the dense model a pruning run produced (state.json "prune".pruned):
+// resuming there fine-tunes, it does not prune again.
+bool checkpoint_is_pruned(const std::string& dir) {
+  std::ifstream in(dir + "/state.json");
+  if (!in) fail(dir, "/state.json: cannot read");
+  nlohmann::json state;
+  try {
+    state = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    fail(dir, "/state.json: not valid JSON: ", e.what());
+  }
+  return state.contains("prune") && state["prune"].value("pruned", false);
+}
+
+// The end of the pruning phase: the per-block widths of the unpruned and the pruned model.
+void log_width_table(std::ostream& log, const ModelShape& from, const ModelShape& to) {
+  char line[160];
+  std::snprintf(line, sizeof line, "pruned widths (was → now): embedding %lld → %lld\n", static_cast<long long>(from.d_model),
+                static_cast<long long>(to.d_model));
+  log << line << "block | heads     | qk dim    | v dim     | mlp\n";
+  for (size_t b = 0; b < to.blocks.size(); ++b) {
+    const BlockWidths &f = from.blocks[b], &w = to.blocks[b];
+    std::snprintf(line, sizeof line, "%5zu | %3lld → %-3lld | %3lld → %-3lld | %3lld → %-3lld | %5lld → %lld\n", b,
+                  static_cast<long long>(f.heads), static_cast<long long>(w.heads), static_cast<long long>(f.qk_dim),
+                  static_cast<long long>(w.qk_dim), static_cast<long long>(f.v_dim), static_cast<long long>(w.v_dim),
+                  static_cast<long long>(f.mlp_dim), static_cast<long long>(w.mlp_dim));
+    log << line;
+  }
+  log << std::flush;
+}
+
 // Discards what non-writing ranks would log (world rank 0 speaks for the job).
 class NullBuffer final : public std::streambuf {
  protected:
@@ -157,6 +189,17 @@ TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_l
                cfg_in.parallel().comm_tiles());
     tp.tiles = cfg_in.parallel().comm_tiles();
   }
+  // A pruning run (prune:) starts from a trained checkpoint, unless it resumes one: checked before any work.
+  const std::string resume_dir = resume_checkpoint_dir(cfg_in);
+  const bool prunes = cfg_in.has_prune() && (resume_dir.empty() || !checkpoint_is_pruned(resume_dir));
+  if (prunes) {
+    LOOM_CHECK(!resume_dir.empty() || (cfg_in.model().has_init_from() && !cfg_in.model().init_from().empty()),
+               "prune: a pruning run starts from a trained model: set model.init_from to its checkpoint's "
+               "model.safetensors");
+    LOOM_CHECK(cfg_in.prune().has_latency_table() && !cfg_in.prune().latency_table().empty(),
+               "prune.latency_table: a pruning run needs the latency table of its device (write it with "
+               "`loom latency-table CONFIG --out table.json`)");
+  }
   auto model = build_model(cfg_in, *backend, compute, mesh ? &tp : nullptr);
   // From here on the config's model section spells out the model's shape (which a checkpoint may have filled
   // in): the data sources read the vocabulary or image geometry from it, and checkpoints record it.
@@ -174,7 +217,15 @@ TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_l
         << (tp.sequence_parallel() ? " with sequence parallelism" : "") << (cfg.parallel().zero1() ? ", ZeRO-1" : "");
   log << std::endl;
 
+  std::unique_ptr<PruningEngine> pruning;
+  if (prunes) {
+    const std::string& table = cfg.prune().latency_table();
+    pruning = std::make_unique<PruningEngine>(cfg, *model, LatencyTable::load(table), table);
+    log << "pruning: predicted " << pruning->original_ms() << " ms (latency table " << table << "), target "
+        << pruning->final_target_ms() << " ms" << std::endl;
+  }
   Trainer trainer(cfg, *model, *data, log, TrainerParallelism{mesh, mesh ? &tp : nullptr});
+  if (pruning) trainer.set_pruning(pruning.get());
   for (TrainingObserver* o : observers) trainer.add_observer(o);
   if (t.has_resume() && !t.resume().empty()) {
     const std::string dir = resume_checkpoint_dir(cfg);
@@ -198,7 +249,22 @@ TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_l
       log << "sample at step " << step << ": " << tokenizer->decode(ids) << std::endl;
     });
   }
-  return trainer.run();
+  TrainResult result = trainer.run();
+  if (pruning && result.pruned_checkpoint.empty())
+    log << "pruning: train.max_steps ended the run before the latency target (predicted " << pruning->predicted_ms()
+        << " ms, target " << pruning->final_target_ms() << " ms); the last checkpoint holds the masked model"
+        << std::endl;
+  if (result.pruned_checkpoint.empty()) return result;
+  log_width_table(log, model->shape(), pruning->pruned_shape());
+  if (result.steps_done >= t.max_steps()) return result;
+  // Fine-tuning: the rest of train.max_steps (learning-rate schedule continued) on the dense pruned model,
+  // resumed from its checkpoint exactly as `train.resume` would.
+  config::RunConfig finetune = cfg_in;
+  finetune.mutable_train()->set_resume(result.pruned_checkpoint);
+  log << "fine-tuning the pruned model from step " << result.steps_done << " to " << t.max_steps() << std::endl;
+  TrainResult tuned = train_on_mesh(finetune, rank0_log, observers, mesh);
+  tuned.pruned_checkpoint = result.pruned_checkpoint;
+  return tuned;
 }
 
 TrainResult run_training(const config::RunConfig& cfg, std::ostream& log,

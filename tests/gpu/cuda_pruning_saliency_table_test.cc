@@ -22,7 +22,8 @@ class CudaPruningSaliencyTest : public CudaBackendTest, public ::testing::WithPa
 
 TEST_P(CudaPruningSaliencyTest, UnitSumsMatchTheCpuModel) {
   const DType compute = GetParam();
-  GptShape shape;
+  ModelShape shape;
+  shape.kind = "gpt";
   shape.vocab = 77;
   shape.padded_vocab = pad_vocab(shape.vocab);
   shape.max_seq = 16;

@@ -1,5 +1,5 @@
 // The prune: config section: schema (enums by name), the cross-field checks naming their fields, and the
-// command line: `loom train` refuses a prune: section until the engine is wired, `loom latency-table` writes a
+// command line: `loom train` refuses a prune: section without model.init_from, `loom latency-table` writes a
 // table that loads and matches the run.
 #include <gtest/gtest.h>
 
@@ -63,10 +63,6 @@ TEST(PruningConfig, CrossFieldErrorsNameTheField) {
             std::string::npos);
   EXPECT_NE(message([] { final_target_ms(prune_of("{target_ms: 12}"), 10); }).find("prune.target_ms"),
             std::string::npos);
-  const std::string unwired = message([] { reject_unwired_prune_section(parse_run_config(
-                                                std::string(kBase) + "prune: {target_ratio: 0.5}\n", "p.yaml")); });
-  EXPECT_NE(unwired.find("not wired"), std::string::npos) << unwired;
-  EXPECT_NO_THROW(reject_unwired_prune_section(parse_run_config(kBase, "p.yaml")));
 }
 
 struct Outcome {
@@ -94,7 +90,8 @@ TEST(PruningConfig, CommandLine) {
                                               "latency_grid: {points_per_axis: 2, warmup: 0, repeats: 1}}\n");
   const Outcome train = run_loom("train " + config);
   EXPECT_EQ(train.status, 1) << train.output;
-  EXPECT_NE(train.output.find("pruning runs are not wired"), std::string::npos) << train.output;
+  // A pruning run starts from a trained checkpoint: none is named.
+  EXPECT_NE(train.output.find("model.init_from"), std::string::npos) << train.output;
 
   const Outcome table = run_loom("latency-table " + config + " data.batch_size=2 --out " + dir / "t.json");
   ASSERT_EQ(table.status, 0) << table.output;

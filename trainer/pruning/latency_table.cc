@@ -416,7 +416,11 @@ struct Timing {
 
 }  // namespace
 
-LatencyTable build_latency_table(const config::RunConfig& cfg, Backend& backend, std::ostream* progress) {
+LatencyTable build_latency_table(const config::RunConfig& run_cfg, Backend& backend, std::ostream* progress) {
+  // The model section spelled out from the run's shape (a pruning config takes it from model.init_from), so
+  // the timed blocks and fixed parts are those of the model the run prunes.
+  config::RunConfig cfg = run_cfg;
+  *cfg.mutable_model() = model_config_of_shape(resolve_model_shape(run_cfg));
   const LatencyTableKey key = latency_key_for(cfg, backend);
   const LatencyGrid grid = latency_grid_for(cfg);
   const auto& g = cfg.prune().latency_grid();

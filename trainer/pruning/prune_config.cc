@@ -58,9 +58,4 @@ double final_target_ms(const config::PruneConfig& p, double original_ms, std::st
   return target;
 }
 
-void reject_unwired_prune_section(const config::RunConfig& cfg) {
-  LOOM_CHECK(!cfg.has_prune(), "prune: pruning runs are not wired into `loom train` yet; only `loom latency-table` "
-             "reads the prune: section (remove it to train)");
-}
-
 }  // namespace loom

@@ -22,8 +22,4 @@ PruneSchedule prune_schedule(const config::PruneConfig& prune);
 // field. `field` receives the name of the one used (for check_target_reachable).
 double final_target_ms(const config::PruneConfig& prune, double original_ms, std::string* field = nullptr);
 
-// `loom train` until the pruning engine is wired: throws loom::Error when `cfg` has a prune: section, so no
-// pruning field is silently ignored. (`loom latency-table` reads the section.)
-void reject_unwired_prune_section(const config::RunConfig& cfg);
-
 }  // namespace loom
