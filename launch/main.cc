@@ -140,7 +140,11 @@ int cmd_latency_table(const std::string& config_path, const std::vector<std::str
   std::cout << "wrote " << out << ": " << table.grid().points() << " block shapes on " << table.key().device << " ("
             << table.key().dtype << ", batch " << table.key().batch << ", " << table.key().tokens << " tokens, "
             << latency_mode_name(table.key().mode) << "); the unpruned model is predicted at "
-            << table.model_ms(cfg.model().d_model(), resolve_block_widths(cfg.model())) << " ms" << std::endl;
+            << [&] {
+                 const ModelShape shape = resolve_model_shape(cfg);  // a pruning config's widths: model.init_from
+                 return table.model_ms(shape.d_model, shape.blocks);
+               }()
+            << " ms" << std::endl;
   return 0;
 }
 

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <ostream>
 
 #include "core/checkpoint.h"
@@ -21,6 +22,7 @@
 #include "trainer/models/interop/import.h"
 #include "trainer/models/vit.h"
 #include "trainer/pruning/engine.h"
+#include "trainer/pruning/report.h"
 #include "trainer/sampler.h"
 #include "trainer/shared_out_dir.h"
 #include "trainer/text_source.h"
@@ -131,21 +133,26 @@ bool checkpoint_is_pruned(const std::string& dir) {
   return state.contains("prune") && state["prune"].value("pruned", false);
 }
 
-// The end of the pruning phase: the per-block widths of the unpruned and the pruned model.
-void log_width_table(std::ostream& log, const ModelShape& from, const ModelShape& to) {
-  char line[160];
-  std::snprintf(line, sizeof line, "pruned widths (was → now): embedding %lld → %lld\n", static_cast<long long>(from.d_model),
-                static_cast<long long>(to.d_model));
-  log << line << "block | heads     | qk dim    | v dim     | mlp\n";
-  for (size_t b = 0; b < to.blocks.size(); ++b) {
-    const BlockWidths &f = from.blocks[b], &w = to.blocks[b];
-    std::snprintf(line, sizeof line, "%5zu | %3lld → %-3lld | %3lld → %-3lld | %3lld → %-3lld | %5lld → %lld\n", b,
-                  static_cast<long long>(f.heads), static_cast<long long>(w.heads), static_cast<long long>(f.qk_dim),
-                  static_cast<long long>(w.qk_dim), static_cast<long long>(f.v_dim), static_cast<long long>(w.v_dim),
-                  static_cast<long long>(f.mlp_dim), static_cast<long long>(w.mlp_dim));
-    log << line;
+// The end of a pruning run: <out_dir>/pruning.svg from the run's metrics.jsonl (the predicted latency each
+// step recorded while pruning, the final one after the shrink, and the loss of every step).
+void write_pruning_picture(const std::string& out_dir, const ModelShape& from, const ModelShape& to,
+                           double final_ms, std::ostream& log) {
+  std::map<int64_t, PruningPoint> points;  // the last record of each step (a resumed run repeats some)
+  std::ifstream in(out_dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json rec = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!rec.is_object() || !rec.contains("step") || !rec.contains("loss")) continue;
+    PruningPoint p{rec["step"].get<int64_t>(), final_ms, rec["loss"].get<double>()};
+    if (rec.contains("prune")) p.predicted_ms = rec["prune"].value("predicted_ms", final_ms);
+    points[p.step] = p;
   }
-  log << std::flush;
+  std::vector<PruningPoint> history;
+  for (const auto& [step, p] : points) history.push_back(p);
+  const std::string path = out_dir + "/pruning.svg";
+  std::ofstream out(path);
+  out << pruning_svg(from, to, history);
+  if (!out) fail(path, ": cannot write");
+  log << "pruning: widths per block and predicted latency vs loss in " << path << std::endl;
 }
 
 // Discards what non-writing ranks would log (world rank 0 speaks for the job).
@@ -255,8 +262,16 @@ TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_l
         << " ms, target " << pruning->final_target_ms() << " ms); the last checkpoint holds the masked model"
         << std::endl;
   if (result.pruned_checkpoint.empty()) return result;
-  log_width_table(log, model->shape(), pruning->pruned_shape());
-  if (result.steps_done >= t.max_steps()) return result;
+  log << width_table(model->shape(), pruning->pruned_shape()) << std::flush;
+  const ModelShape original = model->shape(), pruned_shape = pruning->pruned_shape();
+  const double final_ms = pruning->predicted_ms();
+  auto picture = [&] {
+    if (writer) write_pruning_picture(t.out_dir(), original, pruned_shape, final_ms, log);
+  };
+  if (result.steps_done >= t.max_steps()) {
+    picture();
+    return result;
+  }
   // Fine-tuning: the rest of train.max_steps (learning-rate schedule continued) on the dense pruned model,
   // resumed from its checkpoint exactly as `train.resume` would.
   config::RunConfig finetune = cfg_in;
@@ -264,6 +279,7 @@ TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_l
   log << "fine-tuning the pruned model from step " << result.steps_done << " to " << t.max_steps() << std::endl;
   TrainResult tuned = train_on_mesh(finetune, rank0_log, observers, mesh);
   tuned.pruned_checkpoint = result.pruned_checkpoint;
+  picture();
   return tuned;
 }
 

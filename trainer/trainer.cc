@@ -168,7 +168,10 @@ CheckpointContents Trainer::checkpoint_contents() {
   c.state["data"] = data_.state();
   c.state["data_parallel_size"] = data_size();
   c.state["config_yaml"] = run_config_to_yaml(cfg_);
-  if (pruning_) c.state["prune"] = pruning_->state();
+  if (pruning_)
+    c.state["prune"] = pruning_->state();
+  else if (!carried_prune_state_.is_null())
+    c.state["prune"] = carried_prune_state_;
   c.model_shape = model_shape_to_json(model_.shape());  // model.json: resume and export build this shape
   return c;
 }
@@ -206,9 +209,12 @@ void Trainer::resume_from(const std::string& dir) {
   const int saved_data_size = c.state.value("data_parallel_size", 1);
   data_.restore(rescale_data_state(c.state["data"], saved_data_size, data_size(), dir + "/state.json"));
   // A pruning run resumed while masking takes up its decisions (and masks) again.
+  // A pruned model's checkpoints keep the pruning record, so resuming them fine-tunes instead of pruning again.
   if (pruning_ && c.state.contains("prune"))
     pruning_->restore(c.state["prune"], optimizer_->first_moment(), optimizer_->second_moment(),
                       dir + "/state.json");
+  else if (c.state.contains("prune"))
+    carried_prune_state_ = c.state["prune"];
   log_ << "resumed from " << dir << " at step " << step_ << "\n";
 }
 
@@ -322,8 +328,8 @@ TrainResult Trainer::run(int64_t stop_at_step) {
                     step_ms, 100 * mfu);
       log_ << line;
       if (pruning_) {
-        std::snprintf(line, sizeof line, " | params %lld | predicted %.3f ms (%.3f of %.3f)",
-                      static_cast<long long>(pruning_->parameters()), pruning_->predicted_ms(),
+        std::snprintf(line, sizeof line, " | params %lld | %.3g FLOPs/sample | predicted %.3f ms (%.3f of %.3f)",
+                      static_cast<long long>(pruning_->parameters()), pruning_->flops(), pruning_->predicted_ms(),
                       pruning_->predicted_ms() / pruning_->original_ms(), pruning_->original_ms());
         log_ << line;
       }

@@ -128,6 +128,7 @@ class Trainer {
   std::function<void(int64_t)> sampler_;
   std::vector<TrainingObserver*> observers_;
   PruningEngine* pruning_ = nullptr;
+  nlohmann::json carried_prune_state_;  // state.json "prune" of a resumed checkpoint, written on unchanged
   int64_t step_ = 0;
   double peak_flops_ = 0;
 };

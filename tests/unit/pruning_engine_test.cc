@@ -163,6 +163,8 @@ prune: {schedule: one_shot, begin_step: 2, saliency_batches: 2, target_ratio: 0.
   int64_t shrunk_params = 0;
   for (const ParamEntry& e : shrunk.params().layout().entries()) shrunk_params += e.numel;
   EXPECT_EQ(engine.parameters(), shrunk_params);
+  EXPECT_DOUBLE_EQ(engine.flops(), gpt_flops_per_token(small, 5).model * 5);
+  EXPECT_LT(engine.flops(), gpt_flops_per_token(shape, 5).model * 5);
 
   const Batch batch = make_batch(shape, 77);
   be->zero(model.params().grads());

@@ -4,6 +4,8 @@
 #include <map>
 
 #include "core/error.h"
+#include "trainer/models/gpt.h"
+#include "trainer/models/vit.h"
 #include "trainer/pruning/prune_config.h"
 
 namespace loom {
@@ -122,6 +124,7 @@ PruningEngine::PruningEngine(const config::RunConfig& cfg, Model& model, Latency
   target_ms_ = loom::final_target_ms(cfg.prune(), original_ms_, &field);
   check_target_reachable(original_, table_, options_, target_ms_, field);
   parameters_ = kept_parameters(model.params().layout(), mask_arena(model.params().layout(), map_, {}));
+  flops_ = flops_of(shape);
 }
 
 bool PruningEngine::needs_saliency(int64_t step) const {
@@ -144,6 +147,12 @@ void PruningEngine::apply(Tensor& first_moment, Tensor& second_moment) {
   apply_mask(second_moment, mask_);
   parameters_ = kept_parameters(model_.params().layout(), mask_);
   predicted_ms_ = table_.model_ms(kept_.embedding_width(), kept_.widths());
+  flops_ = flops_of(pruned_shape());
+}
+
+double PruningEngine::flops_of(const ModelShape& shape) const {
+  if (shape.is_vit()) return vit_flops_per_image(shape).model;
+  return gpt_flops_per_token(shape, model_.tokens_per_sample()).model * static_cast<double>(model_.tokens_per_sample());
 }
 
 bool PruningEngine::after_update(int64_t step, Tensor& first_moment, Tensor& second_moment) {
@@ -164,6 +173,7 @@ bool PruningEngine::after_update(int64_t step, Tensor& first_moment, Tensor& sec
 
 nlohmann::json PruningEngine::metrics() const {
   return {{"parameters", parameters_},
+          {"model_flops_per_sample", flops_},
           {"predicted_ms", predicted_ms_},
           {"latency_ratio", predicted_ms_ / original_ms_},
           {"groups_pruned", groups_pruned_}};

@@ -64,7 +64,10 @@ class PruningEngine {
   // Parameters the kept units own (the shrunk model's count).
   int64_t parameters() const { return parameters_; }
   int64_t groups_pruned() const { return groups_pruned_; }
-  // What the step record and log carry: {"parameters", "predicted_ms", "latency_ratio", "groups_pruned"}.
+  // Model FLOPs per sample (forward + backward) of the kept widths.
+  double flops() const { return flops_; }
+  // What the step record and log carry: {"parameters", "model_flops_per_sample", "predicted_ms",
+  // "latency_ratio", "groups_pruned"}.
   nlohmann::json metrics() const;
   // {"kept": {axis: [indices]}, "target_reached": bool}: saved in checkpoints; restore() re-applies it
   // (masks included) on resume. restore throws naming `source` on a malformed value.
@@ -74,6 +77,7 @@ class PruningEngine {
  private:
   bool needs_saliency(int64_t step) const;
   void apply(Tensor& first_moment, Tensor& second_moment);
+  double flops_of(const ModelShape& shape) const;  // model FLOPs per sample, forward + backward
 
   Model& model_;
   StructureMap map_;
@@ -85,6 +89,7 @@ class PruningEngine {
   ModelUnits original_, kept_;
   Tensor mask_;  // mask_arena of kept_ (empty until the first decision)
   double original_ms_ = 0, target_ms_ = 0, predicted_ms_ = 0;
+  double flops_ = 0;
   int64_t parameters_ = 0, groups_pruned_ = 0;
   bool reached_ = false;
 };
