@@ -186,6 +186,30 @@ prune: {schedule: one_shot, begin_step: 2, saliency_batches: 2, target_ratio: 0.
       ASSERT_EQ(m.item(k), 0.0) << "first moment of masked position " << k;
       ASSERT_EQ(v.item(k), 0.0) << "second moment of masked position " << k;
     }
+  // A resumed run takes up the decisions: a fresh engine restored from state() masks a fresh model alike.
+  GptModel resumed(shape, *be, DType::F64, DType::F64, 5, 1);
+  randomise(resumed);
+  Tensor m2 = Tensor::empty({layout.total()}, DType::F64), v2 = Tensor::empty({layout.total()}, DType::F64);
+  m2.fill_(0.5);
+  v2.fill_(0.25);
+  PruningEngine again(cfg, resumed, multilinear_table(latency_key_for(cfg, *be)), "table");
+  again.restore(nlohmann::json::parse(engine.state().dump()), m2, v2, "state.json");
+  EXPECT_EQ(again.selection(), sel);
+  EXPECT_EQ(again.predicted_ms(), engine.predicted_ms());
+  EXPECT_EQ(again.parameters(), engine.parameters());
+  EXPECT_TRUE(again.target_reached());
+  for (int64_t k = 0; k < layout.total(); ++k)
+    if (mask.data<float>()[k] == 0) {
+      ASSERT_EQ(resumed.params().master().item(k), 0.0) << "restored weight of masked position " << k;
+      ASSERT_EQ(m2.item(k), 0.0) << "restored first moment of masked position " << k;
+    }
+  try {
+    again.restore(nlohmann::json::parse(R"({"kept": {"blocks.0.mlp": [3, 1]}, "groups_pruned": 1})"), m2, v2,
+                  "bad/state.json");
+    ADD_FAILURE() << "an unsorted selection was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad/state.json"), std::string::npos) << e.what();
+  }
   const NamedTensors remaining = shrink_tensors(grads, map, sel);
   for (const auto& [name, g] : remaining) {
     const Tensor s = shrunk.params().grad(name);
