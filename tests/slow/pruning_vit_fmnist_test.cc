@@ -52,7 +52,7 @@ TEST(PruningVitFashionMnist, HalfTheLatencyWithinOneAndAHalfPointsThenDenseTrain
   std::ostringstream log;
   const TrainResult unpruned = run_training(
       load_run_config(base, {"train.out_dir=" + dir / "unpruned", "train.device=cpu", "train.progress=false",
-                             "train.max_steps=500", "train.val_every=0", "train.log_every=100",
+                             "train.max_steps=400", "train.val_every=0", "train.log_every=100", "data.batch_size=64",
                              "train.checkpoint_every=0", "optim.warmup_steps=50"}),
       log);
   ASSERT_FALSE(unpruned.last_checkpoint.empty()) << log.str();
@@ -68,7 +68,8 @@ TEST(PruningVitFashionMnist, HalfTheLatencyWithinOneAndAHalfPointsThenDenseTrain
                                               "train.out_dir=" + dir / "pruned",
                                               "train.device=cpu",
                                               "train.progress=false",
-                                              "train.max_steps=400",
+                                              "train.max_steps=300",
+                                              "data.batch_size=64",
                                               "train.val_every=0",
                                               "prune.begin_step=5",
                                               "prune.every=5",
@@ -79,7 +80,7 @@ TEST(PruningVitFashionMnist, HalfTheLatencyWithinOneAndAHalfPointsThenDenseTrain
   const TrainResult pruned = run_training(cfg, log);
   std::cout << log.str();
   ASSERT_FALSE(pruned.pruned_checkpoint.empty()) << "the target was never reached";
-  EXPECT_EQ(pruned.steps_done, 400);
+  EXPECT_EQ(pruned.steps_done, 300);
   const double drop = 100 * (unpruned.last_val_accuracy - pruned.last_val_accuracy);
   std::cout << "test accuracy: unpruned " << unpruned.last_val_accuracy << ", pruned + fine-tuned "
             << pruned.last_val_accuracy << " (drop " << drop << " points)\n";
@@ -103,7 +104,7 @@ TEST(PruningVitFashionMnist, HalfTheLatencyWithinOneAndAHalfPointsThenDenseTrain
   const int64_t s = pruned.pruned_checkpoint.empty() ? 0 : dense.state["step"].get<int64_t>();
   auto continue_from = [&](const std::string& resume, const std::string& out, int64_t steps, int64_t every) {
     config::RunConfig c = load_run_config(base, {"train.out_dir=" + out, "train.device=cpu", "train.progress=false",
-                                                 "train.resume=" + resume, "train.val_every=0",
+                                                 "train.resume=" + resume, "train.val_every=0", "data.batch_size=64",
                                                  "train.max_steps=" + std::to_string(steps),
                                                  "train.checkpoint_every=" + std::to_string(every)});
     c.mutable_model()->clear_n_layer();
