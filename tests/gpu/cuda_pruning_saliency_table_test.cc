@@ -5,7 +5,7 @@
 
 #include "core/config.h"
 #include "tests/gpu/cuda_backend_test_util.h"
-#include "trainer/gpt.h"
+#include "trainer/models/gpt.h"
 #include "trainer/pruning/latency_table.h"
 #include "trainer/pruning/saliency.h"
 
