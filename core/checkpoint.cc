@@ -26,6 +26,7 @@ namespace fs = std::filesystem;
 constexpr const char* kModelFile = "model.safetensors";
 constexpr const char* kOptimizerFile = "optimizer.safetensors";
 constexpr const char* kStateFile = "state.json";
+constexpr const char* kModelShapeFile = "model.json";
 constexpr const char* kFormat = "loom-checkpoint-1";
 constexpr int64_t kMaxStep = 99999999;  // eight digits in the directory name
 
@@ -132,7 +133,12 @@ void save_checkpoint(const std::string& out_dir, int64_t step, const CheckpointC
   try {
     if (!fs::create_directory(tmp, ec) || ec) fail(tmp.string(), ": cannot create temporary directory: ", ec.message());
     const std::map<std::string, std::string> metadata = {{"format", "pt"}, {"loom_step", std::to_string(step)}};
-    safetensors::write((tmp / kModelFile).string(), contents.model, metadata);
+    std::map<std::string, std::string> model_metadata = metadata;
+    if (!contents.model_shape.is_null()) {
+      model_metadata["loom_model"] = contents.model_shape.dump();
+      write_file_atomically((tmp / kModelShapeFile).string(), contents.model_shape.dump(2) + "\n");
+    }
+    safetensors::write((tmp / kModelFile).string(), contents.model, model_metadata);
     safetensors::write((tmp / kOptimizerFile).string(), contents.optimizer, metadata);
     write_file_atomically((tmp / kStateFile).string(), state.dump(2) + "\n");
     fsync_directory(tmp.string());
@@ -155,6 +161,14 @@ CheckpointContents load_checkpoint(const std::string& dir) {
   c.state = read_state(d / kStateFile);
   c.model = safetensors::read((d / kModelFile).string()).tensors;
   c.optimizer = safetensors::read((d / kOptimizerFile).string()).tensors;
+  if (fs::is_regular_file(d / kModelShapeFile)) {
+    std::ifstream in(d / kModelShapeFile);
+    try {
+      c.model_shape = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      fail((d / kModelShapeFile).string(), ": not valid JSON: ", e.what());
+    }
+  }
   return c;
 }
 

@@ -5,6 +5,8 @@
 //   optimizer.safetensors  optimizer state (moments, ...)
 //   state.json             {"format": "loom-checkpoint-1", "step": <step>, ...whatever the trainer adds:
 //                           RNG state, data-loader position, the resolved config YAML, ...}
+//   model.json             (optional) the model's shape (trainer/models/model_shape.h), also stored in
+//                          model.safetensors' metadata as "loom_model" so the weights file alone describes it
 //
 // Atomicity: save_checkpoint writes everything into a hidden temporary directory next to the final one
 // (".ckpt_<step>.tmp.<pid>.<n>"), fsyncs every file and the directory, renames it into place and fsyncs
@@ -28,6 +30,7 @@ struct CheckpointContents {
   NamedTensors model;      // any device; loaded back as CPU tensors in the same order
   NamedTensors optimizer;  // any device; loaded back as CPU tensors in the same order
   nlohmann::json state;    // a JSON object (or null for none); "format" and "step" are set by save_checkpoint
+  nlohmann::json model_shape;  // null: none (checkpoints older than model.json); else written as model.json
 };
 
 // The directory name of a step's checkpoint inside out_dir: "<out_dir>/ckpt_00001000".
@@ -38,9 +41,11 @@ std::string checkpoint_dir(const std::string& out_dir, int64_t step);
 // object, or holds a "step" different from `step`.
 void save_checkpoint(const std::string& out_dir, int64_t step, const CheckpointContents& contents);
 
-// Loads a checkpoint directory written by save_checkpoint. state["step"] holds the step. state.json is
-// checked before anything else is read: valid JSON without a key repeated in any object, an object with
-// "format": "loom-checkpoint-1" and an integer "step" in [0, 99999999]; each error names the file and field.
+// Loads a checkpoint directory written by save_checkpoint. state["step"] holds the step; model_shape is the
+// parsed model.json, or null when the checkpoint has none (throws naming the file when it is not JSON).
+// state.json is checked before anything else is read: valid JSON without a key repeated in any object, an
+// object with "format": "loom-checkpoint-1" and an integer "step" in [0, 99999999]; each error names the file
+// and field.
 CheckpointContents load_checkpoint(const std::string& dir);
 
 // state[key] as an integer in [min, max]: a missing key, a non-integer (1.5, "3", 1e3) or a value outside the

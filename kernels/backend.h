@@ -96,11 +96,17 @@ class Backend {
 
   // ---- LayerNorm over the last dimension ----
   // out = (x - mean) * rstd * w + b, with mean and rstd [N] saved in f32 for the backward.
+  // `channels` (0: all C) is how many of the C channels count in the statistics, for a model whose embedding
+  // channels are masked (pruning): the other C - channels entries of every row of x must be exact zeros, so
+  //   mean = Σx / channels,  var = (Σ(x - mean)² - (C - channels)·mean²) / channels
+  // are the statistics of the active channels alone (their w and b, zero on masked channels, make the output
+  // zero there). Requires 1 <= channels <= C.
   virtual void layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
-                                 const Tensor& b, double eps) = 0;
-  // Accumulates into dx (the residual stream's gradient), dw and db.
+                                 const Tensor& b, double eps, int64_t channels = 0) = 0;
+  // Accumulates into dx (the residual stream's gradient), dw and db. `channels` as in the forward (the row
+  // means of the backward divide by it; w is zero on masked channels).
   virtual void layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x,
-                                  const Tensor& w, const Tensor& mean, const Tensor& rstd) = 0;
+                                  const Tensor& w, const Tensor& mean, const Tensor& rstd, int64_t channels = 0) = 0;
 
   // ---- linear layers (weights stored [out, in], as in PyTorch) ----
   // out[N, O] = x[N, I] · w[O, I]^T + bias[O]; bias may be undefined.
@@ -207,6 +213,28 @@ class Backend {
   // only the count crosses to the host). Blocks until the count is known.
   virtual int64_t count_nonfinite(const std::vector<Tensor>& tensors) = 0;
   // ---- end of finiteness ----
+
+  // ==== structural pruning (trainer/pruning) ====
+  // Per-position dot products along dimension `axis` of two tensors of one shape: with both viewed as
+  // [outer, D, inner] (D = shape[axis], outer the product of the dimensions before it, inner of those after),
+  //   out[i] = Σ_{o < outer, n < inner} a[o, i, n]·b[o, i, n]   for i < D   (written).
+  // Saliency takes a = weight, b = its gradient (Σ g·w per row or column); weight magnitude a = b = weight.
+  // a and b share one float dtype; out is [D]. CPU: a, b f32 or f64, out f32 or f64, summed in double.
+  // CUDA: a, b f32, bf16 or f16, out f32, summed in f32 in a fixed order (deterministic).
+  virtual void dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, int axis) = 0;
+
+  // Knowledge distillation (Hinton et al. 2015) per row of student and teacher logits [N, Vp] whose first
+  // `classes` columns are classes (the rest is padding). With temperature τ, p = softmax(teacher/τ) and
+  // q = softmax(student/τ) over the classes:
+  //   losses[n] = τ²·KL(p ‖ q) = τ²·Σ_c p_c (log p_c − log q_c)      (written, [N])
+  //   dstudent[n, c] = dloss·τ·(q_c − p_c) for c < classes, 0 for padding   (= dloss·∂losses[n]/∂student[n, c])
+  // The τ² keeps the gradient's scale independent of τ. dstudent may be undefined (losses only) and may alias
+  // student or teacher (each element is read before its gradient is written). The hard-label loss is
+  // cross_entropy's, called separately (its dloss carries the 1 − α weight).
+  // CPU: f32/f64 logits, losses f32 or f64. CUDA: logits f32, bf16 or f16 (one dtype), losses f32.
+  virtual void distillation_loss(Tensor& losses, Tensor& dstudent, const Tensor& student, const Tensor& teacher,
+                                 int64_t classes, double temperature, double dloss) = 0;
+  // ==== end structural pruning ====
 };
 
 // A backend for `device`. CUDA throws loom::Error when the build has no CUDA or no GPU is present.

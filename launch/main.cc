@@ -5,9 +5,16 @@
 //   loom prepare --vocab DIR --out DIR INPUT...   tokenize text files/folders into llm.c token shards
 //   loom sample --checkpoint DIR [--prompt TEXT]  continue a prompt with a trained GPT
 //   loom export-hf --checkpoint DIR --out FILE    write a GPT checkpoint's weights with Hugging Face GPT-2 names
+//   loom export --checkpoint DIR --out DIR        write a checkpoint's weights in this project's layout plus a
+//                                                 YAML model section (any widths, e.g. a pruned model)
+//   loom latency-table CONFIG.yaml [key=value ...] --out FILE
+//                                                 time one transformer block over the prune.latency_grid widths
+//                                                 on this machine's device (trainer/pruning/latency_table.h)
 // Every error is printed as "loom: error: ..." naming the file or field, with exit status 1.
 #include <CLI/CLI.hpp>
 
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 
 #include "core/checkpoint.h"
@@ -17,8 +24,9 @@
 #include "core/tokenizer.h"
 #include "launch/worker_client.h"
 #include "parallel/environment.h"
-#include "trainer/gpt.h"
-#include "trainer/hf_gpt2.h"
+#include "trainer/models/interop/hf_gpt2.h"
+#include "trainer/pruning/latency_table.h"
+#include "trainer/pruning/prune_config.h"
 #include "trainer/run.h"
 #include "trainer/sampler.h"
 
@@ -30,6 +38,12 @@ using namespace loom;
 config::RunConfig checkpoint_config(const CheckpointContents& c, const std::string& dir) {
   if (!c.state.contains("config_yaml")) fail(dir, "/state.json: missing \"config_yaml\"");
   return parse_run_config(c.state["config_yaml"].get<std::string>(), dir + "/state.json");
+}
+
+// The shape of a checkpoint's model: its model.json, or (older checkpoints) the config it was trained with.
+ModelShape checkpoint_shape(const CheckpointContents& c, const config::RunConfig& cfg, const std::string& dir) {
+  if (!c.model_shape.is_null()) return model_shape_from_json(c.model_shape, dir + "/model.json");
+  return model_shape_from_config(cfg.model());
 }
 
 int cmd_train(const std::string& config_path, const std::vector<std::string>& overrides) {
@@ -67,11 +81,13 @@ int cmd_sample(const std::string& dir, const std::string& prompt, int64_t tokens
                uint64_t seed) {
   const CheckpointContents c = load_checkpoint(dir);
   config::RunConfig cfg = checkpoint_config(c, dir);
-  if (cfg.model().kind() != "gpt") fail(dir, ": sampling needs a GPT checkpoint, this one is \"", cfg.model().kind(), "\"");
+  const ModelShape shape = checkpoint_shape(c, cfg, dir);
+  if (!shape.is_gpt()) fail(dir, ": sampling needs a GPT checkpoint, this one is \"", shape.kind, "\"");
   cfg.mutable_train()->set_device("cpu");
+  cfg.mutable_train()->set_seed(seed);
   auto backend = make_backend(Device::cpu());
-  GptModel model(gpt_shape_from_config(cfg.model()), *backend, DType::F32, DType::F32, cfg.data().seq_len(), seed);
-  model.params().load_named(c.model, dir + "/model.safetensors");
+  auto model = build_model_of_shape(shape, cfg, *backend, DType::F32, DType::F32);
+  model->params().load_named(c.model, dir + "/model.safetensors");
   const Tokenizer tok = Tokenizer::from_dir(gpt2_vocab_dir(cfg.data().tokenizer()));
   std::vector<int32_t> ids = prompt.empty() ? std::vector<int32_t>{tok.eot_token()} : tok.encode(prompt);
   PhiloxStream rng(seed, 0);
@@ -79,7 +95,7 @@ int cmd_sample(const std::string& dir, const std::string& prompt, int64_t tokens
   opts.max_new_tokens = tokens;
   opts.temperature = temperature;
   opts.top_k = top_k;
-  const auto out = sample_tokens(model, ids, opts, rng);
+  const auto out = sample_tokens(*model, ids, opts, rng);
   std::cout << prompt << tok.decode(out) << std::endl;
   return 0;
 }
@@ -87,9 +103,48 @@ int cmd_sample(const std::string& dir, const std::string& prompt, int64_t tokens
 int cmd_export_hf(const std::string& dir, const std::string& out) {
   const CheckpointContents c = load_checkpoint(dir);
   const config::RunConfig cfg = checkpoint_config(c, dir);
-  if (cfg.model().kind() != "gpt") fail(dir, ": export-hf needs a GPT checkpoint");
-  safetensors::write(out, export_hf_gpt2(c.model, cfg.model().vocab_size()), {{"format", "pt"}});
+  const ModelShape shape = checkpoint_shape(c, cfg, dir);
+  if (!shape.is_gpt()) fail(dir, ": export-hf needs a GPT checkpoint, this one is \"", shape.kind, "\"");
+  check_hf_gpt2_representable(shape, dir);
+  safetensors::write(out, export_hf_gpt2(c.model, shape.vocab), {{"format", "pt"}});
   std::cout << "wrote " << out << std::endl;
+  return 0;
+}
+
+// out_dir/model.safetensors (our names, the shape in its "loom_model" metadata) and out_dir/model.yaml, a
+// `model:` section describing every width, with init_from pointing at the weights.
+int cmd_export(const std::string& dir, const std::string& out_dir) {
+  const CheckpointContents c = load_checkpoint(dir);
+  const ModelShape shape = checkpoint_shape(c, checkpoint_config(c, dir), dir);
+  std::filesystem::create_directories(out_dir);
+  const std::string weights = out_dir + "/model.safetensors", yaml = out_dir + "/model.yaml";
+  safetensors::write(weights, c.model, {{"format", "pt"}, {"loom_model", model_shape_to_json(shape).dump()}});
+  config::RunConfig section;
+  *section.mutable_model() = model_config_of_shape(shape);
+  section.mutable_model()->set_init_from(weights);
+  std::ofstream f(yaml);
+  f << "# The model section of " << dir << " for a run config (widths per block, as trained).\n"
+    << run_config_to_yaml(section);
+  f.close();
+  if (!f) fail(yaml, ": cannot write");
+  std::cout << "wrote " << weights << " and " << yaml << std::endl;
+  return 0;
+}
+
+int cmd_latency_table(const std::string& config_path, const std::vector<std::string>& overrides,
+                      const std::string& out) {
+  const config::RunConfig cfg = load_run_config(config_path, overrides);
+  auto backend = make_backend(select_device(cfg.train()));
+  const LatencyTable table = build_latency_table(cfg, *backend, &std::cout);
+  table.save(out);
+  std::cout << "wrote " << out << ": " << table.grid().points() << " block shapes on " << table.key().device << " ("
+            << table.key().dtype << ", batch " << table.key().batch << ", " << table.key().tokens << " tokens, "
+            << latency_mode_name(table.key().mode) << "); the unpruned model is predicted at "
+            << [&] {
+                 const ModelShape shape = resolve_model_shape(cfg);  // a pruning config's widths: model.init_from
+                 return table.model_ms(shape.d_model, shape.blocks);
+               }()
+            << " ms" << std::endl;
   return 0;
 }
 
@@ -133,12 +188,25 @@ int main(int argc, char** argv) {
   export_hf->add_option("--checkpoint", checkpoint, "checkpoint directory")->required();
   export_hf->add_option("--out", out_file, "output .safetensors file")->required();
 
+  std::string export_dir;
+  auto* export_own = app.add_subcommand("export", "export a checkpoint's weights and model section (any widths)");
+  export_own->add_option("--checkpoint", checkpoint, "checkpoint directory")->required();
+  export_own->add_option("--out", export_dir, "output folder (model.safetensors, model.yaml)")->required();
+  std::string table_config, table_out;
+  std::vector<std::string> table_overrides;
+  auto* latency_table = app.add_subcommand("latency-table", "time one transformer block over a grid of widths");
+  latency_table->add_option("config", table_config, "YAML config file (its prune: section sets the grid)")->required();
+  latency_table->add_option("overrides", table_overrides, "key.sub=value overrides of config fields");
+  latency_table->add_option("--out", table_out, "output table (.json)")->required();
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (train->parsed()) return cmd_train(config_path, overrides);
     if (prepare->parsed()) return cmd_prepare(vocab, out_dir, inputs, val_fraction, shard_tokens, max_files);
     if (sample->parsed()) return cmd_sample(checkpoint, prompt, tokens, temperature, top_k, seed);
     if (export_hf->parsed()) return cmd_export_hf(checkpoint, out_file);
+    if (export_own->parsed()) return cmd_export(checkpoint, export_dir);
+    if (latency_table->parsed()) return cmd_latency_table(table_config, table_overrides, table_out);
   } catch (const std::exception& e) {
     std::cerr << "loom: error: " << e.what() << std::endl;
     return 1;

@@ -4,7 +4,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
-#include "trainer/model.h"
+#include "trainer/models/model.h"
 
 namespace loom {
 

@@ -2,7 +2,7 @@
 //
 // Peak: the config's train.peak_flops when set; for CUDA a table by device name (dense bf16/fp16 tensor-core
 // rates); for the CPU an estimate of cores × clock × 32 fp32 FLOP/cycle (two 8-wide FMA units), read from
-// /proc/cpuinfo. The convention for model FLOPs is in trainer/gpt.h and docs/ARCHITECTURE.md.
+// /proc/cpuinfo. The convention for model FLOPs is in trainer/models/gpt.h and docs/ARCHITECTURE.md.
 #pragma once
 #include <string>
 

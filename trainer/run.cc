@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <ostream>
 
@@ -17,15 +18,16 @@
 #if LOOM_HAVE_NCCL
 #include "parallel/nccl_communicator.h"
 #endif
-#include "trainer/gpt.h"
 #include "trainer/gradient_sync.h"
-#include "trainer/hf_gpt2.h"
 #include "trainer/image_source.h"
+#include "trainer/models/gpt.h"
+#include "trainer/models/interop/import.h"
+#include "trainer/models/vit.h"
+#include "trainer/pruning/engine.h"
+#include "trainer/pruning/report.h"
 #include "trainer/sampler.h"
 #include "trainer/shared_out_dir.h"
 #include "trainer/text_source.h"
-#include "trainer/timm_vit.h"
-#include "trainer/vit.h"
 
 namespace loom {
 
@@ -54,23 +56,39 @@ DType select_compute_dtype(Device device, const config::TrainConfig& t) {
   return device.is_cpu() ? DType::F32 : requested;
 }
 
-namespace {
-
-bool looks_like_hf_gpt2(const NamedTensors& tensors) {
-  for (const auto& [name, t] : tensors)
-    if (name.rfind("h.0.", 0) == 0 || name.rfind("transformer.h.0.", 0) == 0) return true;
-  return false;
+std::string resume_checkpoint_dir(const config::RunConfig& cfg) {
+  const auto& t = cfg.train();
+  if (!t.has_resume() || t.resume().empty()) return "";
+  return t.resume() == "latest" ? latest_checkpoint(t.out_dir()) : t.resume();
 }
 
-void load_initial_weights(const config::RunConfig& cfg, Model& model, const TensorParallelContext* tp) {
-  const std::string& path = cfg.model().init_from();
-  NamedTensors tensors = safetensors::read(path).tensors;
-  if (cfg.model().kind() == "gpt" && looks_like_hf_gpt2(tensors)) {
-    const auto* gpt = dynamic_cast<GptModel*>(&model);
-    tensors = import_hf_gpt2(tensors, gpt->shape().padded_vocab);
-  } else if (const auto* vit = dynamic_cast<VitModel*>(&model)) {
-    tensors = import_timm_vit(tensors, vit->shape());
+ModelShape resolve_model_shape(const config::RunConfig& cfg) {
+  const auto& m = cfg.model();
+  LOOM_CHECK(m.kind() == "gpt" || m.kind() == "vit", "model.kind: expected \"gpt\" or \"vit\", got \"", m.kind(), "\"");
+  const std::string resume = resume_checkpoint_dir(cfg);
+  if (!resume.empty()) {
+    const std::string file = resume + "/model.json";
+    if (std::filesystem::is_regular_file(file)) {
+      std::ifstream in(file);
+      nlohmann::json json;
+      try {
+        json = nlohmann::json::parse(in);
+      } catch (const nlohmann::json::exception& e) {
+        fail(file, ": not valid JSON: ", e.what());
+      }
+      return reconcile_model_shape(m, model_shape_from_json(json, file), file);
+    }
+  } else if (m.has_init_from() && !m.init_from().empty()) {
+    const safetensors::File file = safetensors::read(m.init_from());
+    if (const auto saved = shape_in_file(file, m.init_from())) return reconcile_model_shape(m, *saved, m.init_from());
   }
+  return model_shape_from_config(m);
+}
+
+namespace {
+
+void load_initial_weights(const std::string& path, Model& model, const TensorParallelContext* tp) {
+  const NamedTensors tensors = to_own_layout(model.shape(), safetensors::read(path).tensors);
   if (tensor_size(tp) == 1) {
     model.params().load_named(tensors, path);
     return;
@@ -83,20 +101,22 @@ void load_initial_weights(const config::RunConfig& cfg, Model& model, const Tens
 
 }  // namespace
 
+std::unique_ptr<Model> build_model_of_shape(const ModelShape& shape, const config::RunConfig& cfg, Backend& backend,
+                                            DType master_dtype, DType compute_dtype, const TensorParallelContext* tp) {
+  if (shape.is_gpt())
+    return std::make_unique<GptModel>(shape, backend, master_dtype, compute_dtype, cfg.data().seq_len(),
+                                      cfg.train().seed(), tp);
+  return std::make_unique<VitModel>(shape, backend, master_dtype, compute_dtype, cfg.train().seed(),
+                                    cfg.optim().label_smoothing(), tp);
+}
+
 std::unique_ptr<Model> build_model(const config::RunConfig& cfg, Backend& backend, DType compute_dtype,
                                    const TensorParallelContext* tp) {
   const auto& m = cfg.model();
-  std::unique_ptr<Model> model;
-  if (m.kind() == "gpt") {
-    model = std::make_unique<GptModel>(gpt_shape_from_config(m), backend, DType::F32, compute_dtype,
-                                       cfg.data().seq_len(), cfg.train().seed(), tp);
-  } else if (m.kind() == "vit") {
-    model = std::make_unique<VitModel>(vit_shape_from_config(m), backend, DType::F32, compute_dtype,
-                                       cfg.train().seed(), cfg.optim().label_smoothing(), tp);
-  } else {
-    fail("model.kind: expected \"gpt\" or \"vit\", got \"", m.kind(), "\"");
-  }
-  if (m.has_init_from() && !m.init_from().empty()) load_initial_weights(cfg, *model, tp);
+  auto model = build_model_of_shape(resolve_model_shape(cfg), cfg, backend, DType::F32, compute_dtype, tp);
+  // A resumed run loads its weights from the checkpoint (Trainer::resume_from); init_from is for fresh runs.
+  if (m.has_init_from() && !m.init_from().empty() && resume_checkpoint_dir(cfg).empty())
+    load_initial_weights(m.init_from(), *model, tp);
   return model;
 }
 
@@ -107,6 +127,42 @@ std::unique_ptr<DataSource> build_data_source(const config::RunConfig& cfg, int 
 
 namespace {
 
+// True when `dir` (a checkpoint) holds the dense model a pruning run produced (state.json "prune".pruned):
+// resuming there fine-tunes, it does not prune again.
+bool checkpoint_is_pruned(const std::string& dir) {
+  std::ifstream in(dir + "/state.json");
+  if (!in) fail(dir, "/state.json: cannot read");
+  nlohmann::json state;
+  try {
+    state = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    fail(dir, "/state.json: not valid JSON: ", e.what());
+  }
+  return state.contains("prune") && state["prune"].value("pruned", false);
+}
+
+// The end of a pruning run: <out_dir>/pruning.svg from the run's metrics.jsonl (the predicted latency each
+// step recorded while pruning, the final one after the shrink, and the loss of every step).
+void write_pruning_picture(const std::string& out_dir, const ModelShape& from, const ModelShape& to,
+                           double final_ms, std::ostream& log) {
+  std::map<int64_t, PruningPoint> points;  // the last record of each step (a resumed run repeats some)
+  std::ifstream in(out_dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json rec = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!rec.is_object() || !rec.contains("step") || !rec.contains("loss")) continue;
+    PruningPoint p{rec["step"].get<int64_t>(), final_ms, rec["loss"].get<double>()};
+    if (rec.contains("prune")) p.predicted_ms = rec["prune"].value("predicted_ms", final_ms);
+    points[p.step] = p;
+  }
+  std::vector<PruningPoint> history;
+  for (const auto& [step, p] : points) history.push_back(p);
+  const std::string path = out_dir + "/pruning.svg";
+  std::ofstream out(path);
+  out << pruning_svg(from, to, history);
+  if (!out) fail(path, ": cannot write");
+  log << "pruning: widths per block and predicted latency vs loss in " << path << std::endl;
+}
+
 // Discards what non-writing ranks would log (world rank 0 speaks for the job).
 class NullBuffer final : public std::streambuf {
  protected:
@@ -115,9 +171,9 @@ class NullBuffer final : public std::streambuf {
 
 }  // namespace
 
-TrainResult train_on_mesh(const config::RunConfig& cfg, std::ostream& rank0_log,
+TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_log,
                           const std::vector<TrainingObserver*>& observers, ProcessMesh* mesh) {
-  const auto& t = cfg.train();
+  const auto& t = cfg_in.train();
   const bool writer = !mesh || mesh->world().rank() == 0;
   NullBuffer null_buffer;
   std::ostream null_log(&null_buffer);
@@ -130,7 +186,7 @@ TrainResult train_on_mesh(const config::RunConfig& cfg, std::ostream& rank0_log,
     if (const int stale = remove_stale_checkpoint_temporaries(*out_dir_lock))
       log << "removed " << stale << " stale temporary checkpoint folder(s) from " << t.out_dir() << std::endl;
     std::ofstream out(t.out_dir() + "/config.yaml");
-    out << run_config_to_yaml(cfg);
+    out << run_config_to_yaml(cfg_in);
     if (!out) fail(t.out_dir(), "/config.yaml: cannot write");
   }
   if (mesh) mesh->world().barrier();  // out_dir exists for every rank
@@ -147,13 +203,30 @@ TrainResult train_on_mesh(const config::RunConfig& cfg, std::ostream& rank0_log,
   TensorParallelContext tp;
   if (mesh) {
     tp.group = &mesh->tensor_group();
-    tp.sequence = cfg.parallel().sequence();
+    tp.sequence = cfg_in.parallel().sequence();
     tp.timeline = &timeline;
-    LOOM_CHECK(cfg.parallel().comm_tiles() >= 1, "parallel.comm_tiles must be at least 1, got ",
-               cfg.parallel().comm_tiles());
-    tp.tiles = cfg.parallel().comm_tiles();
+    LOOM_CHECK(cfg_in.parallel().comm_tiles() >= 1, "parallel.comm_tiles must be at least 1, got ",
+               cfg_in.parallel().comm_tiles());
+    tp.tiles = cfg_in.parallel().comm_tiles();
   }
-  auto model = build_model(cfg, *backend, compute, mesh ? &tp : nullptr);
+  // A pruning run (prune:) starts from a trained checkpoint, unless it resumes one: checked before any work.
+  const std::string resume_dir = resume_checkpoint_dir(cfg_in);
+  const bool prunes = cfg_in.has_prune() && (resume_dir.empty() || !checkpoint_is_pruned(resume_dir));
+  if (prunes) {
+    LOOM_CHECK(!resume_dir.empty() || (cfg_in.model().has_init_from() && !cfg_in.model().init_from().empty()),
+               "prune: a pruning run starts from a trained model: set model.init_from to its checkpoint's "
+               "model.safetensors");
+    LOOM_CHECK(cfg_in.prune().has_latency_table() && !cfg_in.prune().latency_table().empty(),
+               "prune.latency_table: a pruning run needs the latency table of its device (write it with "
+               "`loom latency-table CONFIG --out table.json`)");
+  }
+  auto model = build_model(cfg_in, *backend, compute, mesh ? &tp : nullptr);
+  // From here on the config's model section spells out the model's shape (which a checkpoint may have filled
+  // in): the data sources read the vocabulary or image geometry from it, and checkpoints record it.
+  config::RunConfig cfg = cfg_in;
+  const std::string init_from = cfg.model().init_from();
+  *cfg.mutable_model() = model_config_of_shape(model->shape());
+  if (!init_from.empty()) cfg.mutable_model()->set_init_from(init_from);
   auto data = build_data_source(cfg, mesh ? mesh->data_index() : 0, mesh ? mesh->data_size() : 1);
   const SampleFlops flops = model->flops_per_sample();
   log << "loom: " << cfg.model().kind() << " model, " << model->params().layout().total() << " parameters"
@@ -164,10 +237,18 @@ TrainResult train_on_mesh(const config::RunConfig& cfg, std::ostream& rank0_log,
         << (tp.sequence_parallel() ? " with sequence parallelism" : "") << (cfg.parallel().zero1() ? ", ZeRO-1" : "");
   log << std::endl;
 
+  std::unique_ptr<PruningEngine> pruning;
+  if (prunes) {
+    const std::string& table = cfg.prune().latency_table();
+    pruning = std::make_unique<PruningEngine>(cfg, *model, LatencyTable::load(table), table);
+    log << "pruning: predicted " << pruning->original_ms() << " ms (latency table " << table << "), target "
+        << pruning->final_target_ms() << " ms" << std::endl;
+  }
   Trainer trainer(cfg, *model, *data, log, TrainerParallelism{mesh, mesh ? &tp : nullptr});
+  if (pruning) trainer.set_pruning(pruning.get());
   for (TrainingObserver* o : observers) trainer.add_observer(o);
   if (t.has_resume() && !t.resume().empty()) {
-    const std::string dir = t.resume() == "latest" ? latest_checkpoint(t.out_dir()) : t.resume();
+    const std::string dir = resume_checkpoint_dir(cfg);
     if (!dir.empty())
       trainer.resume_from(dir);
     else
@@ -175,20 +256,44 @@ TrainResult train_on_mesh(const config::RunConfig& cfg, std::ostream& rank0_log,
   }
 
   std::unique_ptr<Tokenizer> tokenizer;
-  if (auto* gpt = dynamic_cast<GptModel*>(model.get()); gpt && (t.sample_every() > 0)) {
+  if (model->shape().is_gpt() && t.sample_every() > 0) {
     // Every rank samples (the forward is collective over the tensor group); world rank 0 prints.
     tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_dir(gpt2_vocab_dir(cfg.data().tokenizer())));
-    trainer.set_sampler([&, gpt](int64_t step) {
+    trainer.set_sampler([&](int64_t step) {
       PhiloxStream rng(t.seed(), 0x5a3d1e00ull + static_cast<uint64_t>(step));
       SampleOptions opts;
       opts.max_new_tokens = t.sample_tokens();
       opts.temperature = 1.0;
       opts.top_k = 40;
-      const auto ids = sample_tokens(*gpt, {tokenizer->eot_token()}, opts, rng);
+      const auto ids = sample_tokens(*model, {tokenizer->eot_token()}, opts, rng);
       log << "sample at step " << step << ": " << tokenizer->decode(ids) << std::endl;
     });
   }
-  return trainer.run();
+  TrainResult result = trainer.run();
+  if (pruning && result.pruned_checkpoint.empty())
+    log << "pruning: train.max_steps ended the run before the latency target (predicted " << pruning->predicted_ms()
+        << " ms, target " << pruning->final_target_ms() << " ms); the last checkpoint holds the masked model"
+        << std::endl;
+  if (result.pruned_checkpoint.empty()) return result;
+  log << width_table(model->shape(), pruning->pruned_shape()) << std::flush;
+  const ModelShape original = model->shape(), pruned_shape = pruning->pruned_shape();
+  const double final_ms = pruning->predicted_ms();
+  auto picture = [&] {
+    if (writer) write_pruning_picture(t.out_dir(), original, pruned_shape, final_ms, log);
+  };
+  if (result.steps_done >= t.max_steps()) {
+    picture();
+    return result;
+  }
+  // Fine-tuning: the rest of train.max_steps (learning-rate schedule continued) on the dense pruned model,
+  // resumed from its checkpoint exactly as `train.resume` would.
+  config::RunConfig finetune = cfg_in;
+  finetune.mutable_train()->set_resume(result.pruned_checkpoint);
+  log << "fine-tuning the pruned model from step " << result.steps_done << " to " << t.max_steps() << std::endl;
+  TrainResult tuned = train_on_mesh(finetune, rank0_log, observers, mesh);
+  tuned.pruned_checkpoint = result.pruned_checkpoint;
+  picture();
+  return tuned;
 }
 
 TrainResult run_training(const config::RunConfig& cfg, std::ostream& log,

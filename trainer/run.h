@@ -3,13 +3,14 @@
 #pragma once
 #include <iosfwd>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/config.pb.h"
 #include "trainer/data_source.h"
 #include "parallel/mesh.h"
 #include "parallel/tensor_parallel.h"
-#include "trainer/model.h"
+#include "trainer/models/model.h"
 #include "trainer/trainer.h"
 
 namespace loom {
@@ -20,9 +21,25 @@ Device select_device(const config::TrainConfig& train);
 // train.dtype on every device.
 DType select_compute_dtype(Device device, const config::TrainConfig& train);
 
-// The model named by model.kind ("gpt" or "vit"), initialised from train.seed, then from model.init_from when
-// set (our safetensors layout, or Hugging Face GPT-2 / timm names, detected from the tensor names). With a
-// tensor-parallel context (not owned, may be null) the model holds this rank's shard.
+// The checkpoint directory train.resume names ("latest": the newest in train.out_dir), or "" for none.
+std::string resume_checkpoint_dir(const config::RunConfig& cfg);
+
+// The shape of the model a run builds: the resumed checkpoint's model.json, else the "loom_model" metadata of
+// model.init_from's file, reconciled with the config (reconcile_model_shape: fields the config leaves out come
+// from the checkpoint, disagreeing ones are an error naming both values); the config alone when neither has
+// a shape (a fresh run, Hugging Face or timm weights, checkpoints older than model.json).
+ModelShape resolve_model_shape(const config::RunConfig& cfg);
+
+// A freshly initialised model of `shape` (weights from train.seed; GPT runs data.seq_len tokens, ViT uses
+// optim.label_smoothing). With a tensor-parallel context (not owned, may be null) it holds this rank's shard.
+std::unique_ptr<Model> build_model_of_shape(const ModelShape& shape, const config::RunConfig& cfg, Backend& backend,
+                                            DType master_dtype, DType compute_dtype,
+                                            const TensorParallelContext* tp = nullptr);
+
+// The model of resolve_model_shape(cfg), initialised from train.seed, then (unless the run resumes) from
+// model.init_from when set (our safetensors layout, or Hugging Face GPT-2 / timm names, detected from the
+// tensor names and shapes). With a tensor-parallel context (not owned, may be null) the model holds this
+// rank's shard.
 std::unique_ptr<Model> build_model(const config::RunConfig& cfg, Backend& backend, DType compute_dtype,
                                    const TensorParallelContext* tp = nullptr);
 std::unique_ptr<DataSource> build_data_source(const config::RunConfig& cfg, int rank, int world_size);

@@ -28,7 +28,7 @@ int32_t pick_token(const float* logits, int64_t vocab, double temperature, int64
   return order[k - 1];
 }
 
-std::vector<int32_t> sample_tokens(GptModel& model, const std::vector<int32_t>& prompt, const SampleOptions& opts,
+std::vector<int32_t> sample_tokens(Model& model, const std::vector<int32_t>& prompt, const SampleOptions& opts,
                                    PhiloxStream& rng) {
   LOOM_CHECK(!prompt.empty(), "sample: the prompt must have at least one token");
   const int64_t ctx_max = model.tokens_per_sample();

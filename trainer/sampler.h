@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "core/rng.h"
-#include "trainer/gpt.h"
+#include "trainer/models/model.h"
 
 namespace loom {
 
@@ -16,9 +16,9 @@ struct SampleOptions {
   int32_t stop_token = -1;   // stop after emitting this token (e.g. <|endoftext|>), -1: never
 };
 
-// Continues `prompt` (non-empty) and returns only the new tokens. The context is truncated to the model's
-// sequence length from the left.
-std::vector<int32_t> sample_tokens(GptModel& model, const std::vector<int32_t>& prompt, const SampleOptions& opts,
+// Continues `prompt` (non-empty) with a language model (Model::last_logits; other models throw) and returns
+// only the new tokens. The context is truncated to the model's sequence length from the left.
+std::vector<int32_t> sample_tokens(Model& model, const std::vector<int32_t>& prompt, const SampleOptions& opts,
                                    PhiloxStream& rng);
 
 // Picks one index from `logits` with temperature and top-k (exposed for tests).

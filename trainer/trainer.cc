@@ -220,8 +220,7 @@ EvalStats Trainer::validate() {
   return total;
 }
 
-std::string Trainer::save_checkpoint_now() {
-  check_state_finite(detail::concat("writing the checkpoint of step ", step_));
+CheckpointContents Trainer::checkpoint_contents() {
   // Every rank takes part in gathering the full tensors (tensor shards, ZeRO moment shards); world rank 0
   // writes. The data position is the same on every data rank (they step in lockstep).
   const ParameterLayout& layout = model_.params().layout();
@@ -236,6 +235,16 @@ std::string Trainer::save_checkpoint_now() {
   c.state["data"] = data_.state();
   c.state["data_parallel_size"] = data_size();
   c.state["config_yaml"] = run_config_to_yaml(cfg_);
+  if (pruning_)
+    c.state["prune"] = pruning_->state();
+  else if (!carried_prune_state_.is_null())
+    c.state["prune"] = carried_prune_state_;
+  c.model_shape = model_shape_to_json(model_.shape());  // model.json: resume and export build this shape
+  return c;
+}
+
+std::string Trainer::write_checkpoint(const CheckpointContents& c) {
+  check_state_finite(detail::concat("writing the checkpoint of step ", step_));
   const std::string dir = checkpoint_dir(cfg_.train().out_dir(), step_);
   // Without the spike guard a checkpoint of a finite state is good at once; with it, only after the next step's
   // loss is accepted (until then the previous good one is kept from pruning).
@@ -248,6 +257,8 @@ std::string Trainer::save_checkpoint_now() {
   (guarded ? pending_checkpoint_ : last_good_checkpoint_) = dir;
   return dir;
 }
+
+std::string Trainer::save_checkpoint_now() { return write_checkpoint(checkpoint_contents()); }
 
 void Trainer::load_state(const std::string& dir, bool with_data) {
   CheckpointContents c = load_checkpoint(dir);
@@ -277,6 +288,12 @@ void Trainer::load_state(const std::string& dir, bool with_data) {
   }
   step_ = step;
   if (with_data) data_.restore(data_state);
+  // A pruning run resumed while masking takes up its decisions (and masks) again.
+  // A pruned model's checkpoints keep the pruning record, so resuming them fine-tunes instead of pruning again.
+  if (pruning_ && c.state.contains("prune"))
+    pruning_->restore(c.state["prune"], optimizer_->first_moment(), optimizer_->second_moment(), state_file);
+  else if (c.state.contains("prune"))
+    carried_prune_state_ = c.state["prune"];
 }
 
 void Trainer::resume_from(const std::string& dir) {
@@ -366,6 +383,8 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       samples += batch.inputs.dim(0);
     }
     sync_->finish();
+    // Every data rank holds the averaged gradients now: saliency, then the masked positions' gradients zeroed.
+    if (pruning_) pruning_->gradients_ready(step_ + 1);
     WorkMarker& synced = phase_markers_->next();
     synced.record();
     // The loss of the global batch: the mean of the data ranks' means (equal micro-batch sizes).
@@ -396,6 +415,8 @@ TrainResult Trainer::run(int64_t stop_at_step) {
     sync_->all_gather_parameters();
     WorkMarker& stepped = phase_markers_->next();
     stepped.record();
+    const bool pruned =
+        pruning_ && pruning_->after_update(step_ + 1, optimizer_->first_moment(), optimizer_->second_moment());
     be.synchronize();
     for (const MicroMarks& m : micro_marks) {
       forward_ms += (m.backward ? m.backward : m.end)->ms_since(*m.start);
@@ -434,14 +455,22 @@ TrainResult Trainer::run(int64_t stop_at_step) {
                             {"communication", comm.communication_ms},
                             {"exposed_communication", comm.exposed_ms},
                             {"compute", step_ms - comm.exposed_ms}}}};
-    if (t.log_every() > 0 && (step_ % t.log_every() == 0 || step_ == max_steps)) {
+    if (pruning_) rec["prune"] = pruning_->metrics();
+    if (t.log_every() > 0 && (step_ % t.log_every() == 0 || step_ == max_steps || pruned)) {
       if (show_progress) std::fprintf(stderr, "\r%*s\r", 80, "");
       char line[256];
       std::snprintf(line, sizeof line,
                     "step %6lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %.1f ms | MFU %.2f%%",
                     static_cast<long long>(step_), static_cast<long long>(max_steps), loss, lr, norm, tokens_per_s,
                     step_ms, 100 * mfu);
-      log_ << line << std::endl;
+      log_ << line;
+      if (pruning_) {
+        std::snprintf(line, sizeof line, " | params %lld | %.3g FLOPs/sample | predicted %.3f ms (%.3f of %.3f)",
+                      static_cast<long long>(pruning_->parameters()), pruning_->flops(), pruning_->predicted_ms(),
+                      pruning_->predicted_ms() / pruning_->original_ms(), pruning_->original_ms());
+        log_ << line;
+      }
+      log_ << std::endl;
     }
     const bool last = step_ == max_steps;
     if ((t.val_every() > 0 && step_ % t.val_every() == 0) || last) {
@@ -460,6 +489,19 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       }
     }
     if (sampler_ && ((t.sample_every() > 0 && step_ % t.sample_every() == 0) || last)) sampler_(step_);
+    if (pruned) {
+      // The target is reached: the dense smaller model (weights, moments, shape sliced) is the checkpoint of
+      // this step; fine-tuning resumes from it (trainer/run.cc).
+      CheckpointContents c = shrink_checkpoint(checkpoint_contents(), model_.shape(), pruning_->selection());
+      c.state["prune"] = {{"pruned", true}, {"kept", pruning_->state()["kept"]}, {"metrics", pruning_->metrics()}};
+      last_checkpoint = write_checkpoint(c);
+      result.pruned_checkpoint = last_checkpoint;
+      rec["checkpoint"] = last_checkpoint;
+      log_ << "step " << step_ << " | pruning target reached: dense pruned model in " << last_checkpoint << std::endl;
+      if (metrics_) metrics_->write(rec);
+      if (tensorboard_) tensorboard_->write_scalars(step_, tensorboard_scalars(rec));
+      break;
+    }
     if ((t.checkpoint_every() > 0 && step_ % t.checkpoint_every() == 0) || (last && t.checkpoint_every() >= 0)) {
       last_checkpoint = save_checkpoint_now();
       rec["checkpoint"] = last_checkpoint;

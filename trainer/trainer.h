@@ -24,15 +24,17 @@
 #include <string>
 #include <vector>
 
+#include "core/checkpoint.h"
 #include "core/config.pb.h"
 #include "core/metrics_writer.h"
 #include "core/tensorboard_writer.h"
 #include "trainer/data_source.h"
-#include "trainer/model.h"
+#include "trainer/models/model.h"
 #include "parallel/mesh.h"
 #include "parallel/tensor_parallel.h"
 #include "trainer/gradient_sync.h"
 #include "trainer/optimizer.h"
+#include "trainer/pruning/engine.h"
 
 namespace loom {
 
@@ -58,6 +60,9 @@ struct TrainResult {
   double last_val_loss = -1;       // -1 when never evaluated
   double last_val_accuracy = -1;   // -1 when never evaluated (or for language models)
   std::string last_checkpoint;     // "" when none was written
+  // Pruning runs: the shrunk (dense, smaller) checkpoint written when the latency target was reached, and
+  // run() returned there; "" otherwise.
+  std::string pruned_checkpoint;
 };
 
 // Where a trainer sits in a multi-process job (parallel.data × parallel.tensor ranks). Not owned; both must
@@ -78,6 +83,11 @@ class Trainer {
 
   // Called every train.sample_every steps and at the end with the step (GPT prints a text sample).
   void set_sampler(std::function<void(int64_t step)> sampler) { sampler_ = std::move(sampler); }
+  // Makes this a pruning run (trainer/pruning/engine.h; not owned, must outlive the trainer; call before
+  // resume_from): saliency after each step's gradient reduction, masks after the update, the engine's metrics
+  // in the log line and metrics.jsonl ("prune"), its decisions in checkpoints; when the target is reached,
+  // run() writes the shrunk checkpoint (TrainResult::pruned_checkpoint) and returns.
+  void set_pruning(PruningEngine* engine) { pruning_ = engine; }
   // Adds an observer (not owned; must outlive run()).
   void add_observer(TrainingObserver* observer) { observers_.push_back(observer); }
 
@@ -106,6 +116,10 @@ class Trainer {
   int data_size() const { return parallel_.mesh ? parallel_.mesh->data_size() : 1; }
   // Sums `values` over the data group (no-op without one).
   void sum_over_data(std::vector<double>& values);
+  // Weights, moments (full tensors) and state of the current step, as checkpoints hold them.
+  CheckpointContents checkpoint_contents();
+  // Writes `c` as the checkpoint of the current step (world rank 0) and returns its directory.
+  std::string write_checkpoint(const CheckpointContents& c);
   // Rank 0's observer decision, on every rank.
   TrainingObserver::Control agree(TrainingObserver::Control control);
   // Sums `values` over every rank of the job (no-op in a single process).
@@ -137,6 +151,8 @@ class Trainer {
   WorkMarker* backward_marker_ = nullptr;  // the current micro-step's backward start (null until the hook runs)
   std::function<void(int64_t)> sampler_;
   std::vector<TrainingObserver*> observers_;
+  PruningEngine* pruning_ = nullptr;
+  nlohmann::json carried_prune_state_;  // state.json "prune" of a resumed checkpoint, written on unchanged
   int64_t step_ = 0;
   double peak_flops_ = 0;
   std::string last_good_checkpoint_;

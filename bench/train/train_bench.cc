@@ -15,11 +15,11 @@
 
 #include "core/config.h"
 #include "core/rng.h"
-#include "trainer/gpt.h"
+#include "trainer/models/gpt.h"
 #include "trainer/mfu.h"
 #include "trainer/optimizer.h"
 #include "trainer/run.h"
-#include "trainer/vit.h"
+#include "trainer/models/vit.h"
 
 namespace {
 using namespace loom;
@@ -28,8 +28,8 @@ using namespace loom;
 Batch synthetic_batch(const config::RunConfig& cfg, Model& model, int64_t batch, int64_t seq, Device device) {
   PhiloxStream rng(1234, 0);
   Batch b;
-  if (auto* vit = dynamic_cast<VitModel*>(&model)) {
-    const VitShape& s = vit->shape();
+  if (model.shape().is_vit()) {
+    const ModelShape& s = model.shape();
     std::vector<float> patches(static_cast<size_t>(batch * s.patches() * s.patch_dim()));
     for (auto& v : patches) v = rng.normal();
     std::vector<int32_t> labels(static_cast<size_t>(batch));

@@ -200,7 +200,7 @@ void CpuBackend::copy_tokens(Tensor& dst, int64_t dst_start, const Tensor& src, 
 }
 
 void CpuBackend::layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
-                                   const Tensor& b, double eps) {
+                                   const Tensor& b, double eps, int64_t channels) {
   const OpCheck check{"layernorm_forward"};
   check.real("x", x);
   if (!(x.ndim() >= 1 && x.dim(-1) > 0)) check.fail_with("x ", x.str(), " must have a non-empty last dimension");
@@ -218,15 +218,16 @@ void CpuBackend::layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, cons
   if (!(mean.numel() == N && rstd.numel() == N))
     check.fail_with("mean ", mean.str(), " and rstd ", rstd.str(), " must hold ", N, " rows of x ", x.str());
   if (!(eps >= 0)) check.fail_with("eps ", eps, " is negative");
+  if (!(channels >= 0 && channels <= C)) check.fail_with("channels ", channels, " must be in [1, ", C, "] (0: all)");
   dispatch(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     cpu::layernorm_forward(out.data<T>(), mean.data<T>(), rstd.data<T>(), x.data<T>(), w.data<T>(), data_or_null<T>(b),
-                           N, C, eps);
+                           N, C, eps, channels == 0 ? C : channels);
   });
 }
 
 void CpuBackend::layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x,
-                                    const Tensor& w, const Tensor& mean, const Tensor& rstd) {
+                                    const Tensor& w, const Tensor& mean, const Tensor& rstd, int64_t channels) {
   const OpCheck check{"layernorm_backward"};
   check.real("x", x);
   if (!(x.ndim() >= 1 && x.dim(-1) > 0)) check.fail_with("x ", x.str(), " must have a non-empty last dimension");
@@ -247,10 +248,11 @@ void CpuBackend::layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Te
   check.like("rstd", rstd, "x", x);
   if (!(mean.numel() == N && rstd.numel() == N))
     check.fail_with("mean ", mean.str(), " and rstd ", rstd.str(), " must hold ", N, " rows of x ", x.str());
+  if (!(channels >= 0 && channels <= C)) check.fail_with("channels ", channels, " must be in [1, ", C, "] (0: all)");
   dispatch(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     cpu::layernorm_backward(dx.data<T>(), dw.data<T>(), data_or_null<T>(db), dout.data<T>(), x.data<T>(), w.data<T>(),
-                            mean.data<T>(), rstd.data<T>(), N, C);
+                            mean.data<T>(), rstd.data<T>(), N, C, channels == 0 ? C : channels);
   });
 }
 

@@ -37,9 +37,9 @@ class CpuBackend final : public Backend {
                    bool accumulate) override;
 
   void layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w, const Tensor& b,
-                         double eps) override;
+                         double eps, int64_t channels = 0) override;
   void layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x, const Tensor& w,
-                          const Tensor& mean, const Tensor& rstd) override;
+                          const Tensor& mean, const Tensor& rstd, int64_t channels = 0) override;
 
   void matmul_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) override;
   void matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Tensor& dout, const Tensor& x,
@@ -68,6 +68,12 @@ class CpuBackend final : public Backend {
 
   // Finiteness (kernels/cpu/cpu_finite.cc).
   int64_t count_nonfinite(const std::vector<Tensor>& tensors) override;
+
+  // ==== structural pruning (cpu_pruning.cc) ====
+  void dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, int axis) override;
+  void distillation_loss(Tensor& losses, Tensor& dstudent, const Tensor& student, const Tensor& teacher,
+                         int64_t classes, double temperature, double dloss) override;
+  // ==== end structural pruning ====
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -93,15 +93,18 @@ template <typename T>
 void gelu_backward(T* dx, const T* dout, const T* x, int64_t n, bool tanh_approx);
 
 // ---- LayerNorm (cpu_layernorm.cc) ----
-// Per row: mean = Σx/C, var = Σ(x-mean)²/C (biased), rstd = 1/√(var+eps), out = (x-mean)·rstd·w + b.
+// Per row, over K of the C channels (K = C unless embedding channels are masked; the other C - K entries of
+// x are then exact zeros, Backend::layernorm_forward):
+//   mean = Σx/K, var = (Σ(x-mean)² - (C-K)·mean²)/K (biased), rstd = 1/√(var+eps), out = (x-mean)·rstd·w + b.
 // Row statistics are accumulated in double. b may be null.
 template <typename T>
-void layernorm_forward(T* out, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C, double eps);
-// With x̂ = (x-mean)·rstd and g = dout·w:
+void layernorm_forward(T* out, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C, double eps,
+                       int64_t K);
+// With x̂ = (x-mean)·rstd, g = dout·w and row means over K channels (g is zero on masked channels):
 //   dx += rstd·(g - mean(g) - x̂·mean(g·x̂)),  dw += Σ_n dout·x̂,  db += Σ_n dout.   db may be null.
 template <typename T>
 void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T* w, const T* mean, const T* rstd,
-                        int64_t N, int64_t C);
+                        int64_t N, int64_t C, int64_t K);
 
 // ---- linear layers through OpenBLAS (cpu_matmul.cc); w is [O, I] ----
 // out[N, O] = x[N, I]·wᵀ + bias[O]   (bias may be null)

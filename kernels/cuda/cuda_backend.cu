@@ -229,7 +229,7 @@ void CudaBackend::add_position_backward(Tensor& dpos, const Tensor& dx) {
 // ---- LayerNorm ----
 
 void CudaBackend::layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
-                                    const Tensor& b, double eps) {
+                                    const Tensor& b, double eps, int64_t channels) {
   const OpCheck check{"layernorm_forward", device()};
   check.floating("x", x);
   check.require(x.ndim() >= 1 && x.dim(-1) > 0, "x ", x.str(), " must have a non-empty last dimension");
@@ -247,16 +247,17 @@ void CudaBackend::layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, con
   check.require(mean.numel() == N && rstd.numel() == N, "mean ", mean.str(), " and rstd ", rstd.str(),
                 " must hold ", N, " rows of x ", x.str());
   check.require(eps >= 0, "eps ", eps, " is negative");
+  check.require(channels >= 0 && channels <= C, "channels ", channels, " must be in [1, ", C, "] (0: all)");
   activate();
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     cuda::layernorm_forward(ptr<T>(out), ptr<float>(mean), ptr<float>(rstd), ptr<T>(x), ptr<T>(w), ptr<T>(b), N,
-                            C, static_cast<float>(eps), stream_);
+                            C, static_cast<float>(eps), channels == 0 ? C : channels, stream_);
   });
 }
 
 void CudaBackend::layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x,
-                                     const Tensor& w, const Tensor& mean, const Tensor& rstd) {
+                                     const Tensor& w, const Tensor& mean, const Tensor& rstd, int64_t channels) {
   const OpCheck check{"layernorm_backward", device()};
   check.floating("x", x);
   check.require(x.ndim() >= 1 && x.dim(-1) > 0, "x ", x.str(), " must have a non-empty last dimension");
@@ -277,11 +278,12 @@ void CudaBackend::layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const T
   check.f32("rstd", rstd);
   check.require(mean.numel() == N && rstd.numel() == N, "mean ", mean.str(), " and rstd ", rstd.str(),
                 " must hold ", N, " rows of x ", x.str());
+  check.require(channels >= 0 && channels <= C, "channels ", channels, " must be in [1, ", C, "] (0: all)");
   activate();
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     cuda::layernorm_backward(ptr<T>(dx), ptr<T>(dw), ptr<T>(db), ptr<T>(dout), ptr<T>(x), ptr<T>(w),
-                             ptr<float>(mean), ptr<float>(rstd), N, C, stream_);
+                             ptr<float>(mean), ptr<float>(rstd), N, C, channels == 0 ? C : channels, stream_);
   });
 }
 

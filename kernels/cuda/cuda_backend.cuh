@@ -40,9 +40,9 @@ class CudaBackend final : public Backend {
                    bool accumulate) override;
 
   void layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
-                         const Tensor& b, double eps) override;
+                         const Tensor& b, double eps, int64_t channels = 0) override;
   void layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x,
-                          const Tensor& w, const Tensor& mean, const Tensor& rstd) override;
+                          const Tensor& w, const Tensor& mean, const Tensor& rstd, int64_t channels = 0) override;
 
   void matmul_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) override;
   void matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Tensor& dout, const Tensor& x,
@@ -81,6 +81,12 @@ class CudaBackend final : public Backend {
 
   // Finiteness (cuda_finite.cu).
   int64_t count_nonfinite(const std::vector<Tensor>& tensors) override;
+
+  // ==== structural pruning (cuda_pruning.cu) ====
+  void dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, int axis) override;
+  void distillation_loss(Tensor& losses, Tensor& dstudent, const Tensor& student, const Tensor& teacher,
+                         int64_t classes, double temperature, double dloss) override;
+  // ==== end structural pruning ====
 
  private:
   // Makes this backend's device current for the calling thread (allocations and launches go to it).

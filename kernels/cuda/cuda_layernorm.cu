@@ -1,6 +1,11 @@
 // Fused LayerNorm forward and backward over the last dimension (C) of N rows; statistics in f32. Rows with
 // C % 8 == 0, C <= 1024 and 16-byte aligned tensors (GPT-2 124M/350M, DeiT-S/B) take the vectorised kernels that
 // keep a row in one warp's registers; other rows the general one-warp-per-row kernels.
+//
+// Masked embedding channels (pruning): the statistics cover K of the C channels, the other C - K entries of
+// every row being exact zeros (Backend::layernorm_forward). The kernels take K as the float `count` and the
+// number of zero entries as `zeros`: mean = Σx/K, var = (Σ(x - mean)² - zeros·mean²)/K, and the backward's row
+// means divide by K. With K = C both reduce to the unmasked arithmetic, rounding included.
 #include "kernels/cuda/cuda_ops.cuh"
 
 namespace loom::cuda {
@@ -10,24 +15,25 @@ namespace {
 constexpr int kWarpsPerBlock = 4;
 
 // One warp per row, two passes over the row (the second hits L1/L2):
-//   mean = Σx/C,  var = Σ(x - mean)²/C (biased),  rstd = 1/√(var + eps),  out = (x - mean)·rstd·w + b
+//   mean = Σx/K,  var = (Σ(x - mean)² - zeros·mean²)/K (biased),  rstd = 1/√(var + eps),
+//   out = (x - mean)·rstd·w + b
 // b may be null. mean and rstd are saved in f32 for the backward.
 template <typename T>
 __global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b,
-                                         int64_t N, int64_t C, float eps) {
+                                         int64_t N, int64_t C, float eps, float count, float zeros) {
   const int lane = threadIdx.x % 32;
   const int64_t row = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32;
   if (row >= N) return;
   const T* xr = x + row * C;
   float sum = 0.f;
   for (int64_t c = lane; c < C; c += 32) sum += to_f32(xr[c]);
-  const float m = warp_sum(sum) / static_cast<float>(C);
+  const float m = warp_sum(sum) / count;
   float sq = 0.f;
   for (int64_t c = lane; c < C; c += 32) {
     const float d = to_f32(xr[c]) - m;
     sq += d * d;
   }
-  const float r = rsqrtf(warp_sum(sq) / static_cast<float>(C) + eps);
+  const float r = rsqrtf(fmaxf(warp_sum(sq) - zeros * m * m, 0.f) / count + eps);
   T* outr = out + row * C;
   for (int64_t c = lane; c < C; c += 32) {
     const float y = (to_f32(xr[c]) - m) * r * to_f32(w[c]) + (b ? to_f32(b[c]) : 0.f);
@@ -40,7 +46,7 @@ __global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const
 }
 
 // With x̂ = (x - mean)·rstd and g = dout·w, per row:
-//   dx += rstd·(g - mean_c(g) - x̂·mean_c(g·x̂))
+//   dx += rstd·(g - mean_c(g) - x̂·mean_c(g·x̂))   (means over the K counted channels: Σ_c / count)
 // and the parameter gradients dw = Σ_n dout·x̂, db = Σ_n dout, summed deterministically: each warp owns the
 // rows row ≡ warp (mod all warps of the grid), accumulating per-column sums in its own shared-memory slice
 // (each lane owns columns lane, lane+32, ...); at the end the block adds its warps' slices in warp order and
@@ -48,7 +54,7 @@ __global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const
 template <typename T>
 __global__ void layernorm_backward_kernel(T* dx, float* dw_partials, float* db_partials, const T* dout,
                                           const T* x, const T* w, const float* mean, const float* rstd, int64_t N,
-                                          int64_t C) {
+                                          int64_t C, float count) {
   extern __shared__ float shared[];  // [warps][2][C]: dw then db sums of each warp
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   float* dw_sum = shared + int64_t{warp} * 2 * C;
@@ -66,8 +72,8 @@ __global__ void layernorm_backward_kernel(T* dx, float* dw_partials, float* db_p
       sum_g += g;
       sum_gx += g * (to_f32(xr[c]) - m) * r;
     }
-    const float mean_g = warp_sum(sum_g) / static_cast<float>(C);
-    const float mean_gx = warp_sum(sum_gx) / static_cast<float>(C);
+    const float mean_g = warp_sum(sum_g) / count;
+    const float mean_gx = warp_sum(sum_gx) / count;
     T* dxr = dx + row * C;
     for (int64_t c = lane; c < C; c += 32) {
       const float d = to_f32(dr[c]);
@@ -112,7 +118,8 @@ constexpr int kVecWarpsPerBlock = 4;
 template <typename T, int kChunks>
 __global__ void __launch_bounds__(kVecWarpsPerBlock * 32)
     layernorm_backward_vec_kernel(T* dx, float* dw_partials, float* db_partials, const T* dout, const T* x,
-                                  const T* w, const float* mean, const float* rstd, int64_t N, int C) {
+                                  const T* w, const float* mean, const float* rstd, int64_t N, int C,
+                                  float count) {
   using Pack = Pack16<T>;
   constexpr int P = Pack::kSize;
   extern __shared__ float shared[];  // [warps][2][C]: dw then db sums of each warp
@@ -152,8 +159,8 @@ __global__ void __launch_bounds__(kVecWarpsPerBlock * 32)
         sum_gx += g * (to_f32(xv[k].e[i]) - m) * r;
       }
     }
-    const float mean_g = warp_sum(sum_g) / static_cast<float>(C);
-    const float mean_gx = warp_sum(sum_gx) / static_cast<float>(C);
+    const float mean_g = warp_sum(sum_g) / count;
+    const float mean_gx = warp_sum(sum_gx) / count;
 #pragma unroll
     for (int k = 0; k < kChunks; ++k) {
       const int v = k * 32 + lane;
@@ -207,10 +214,11 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 // the GPU (fewer when N is small), then adds the partial rows into dw and db.
 template <typename T, int kChunks>
 void layernorm_backward_vec(int chunks, T* dx, T* dw, T* db, const T* dout, const T* x, const T* w,
-                            const float* mean, const float* rstd, int64_t N, int C, cudaStream_t stream) {
+                            const float* mean, const float* rstd, int64_t N, int C, float count,
+                            cudaStream_t stream) {
   if constexpr (kChunks < kMaxVecChunks<T>) {
     if (chunks > kChunks) {
-      layernorm_backward_vec<T, kChunks + 1>(chunks, dx, dw, db, dout, x, w, mean, rstd, N, C, stream);
+      layernorm_backward_vec<T, kChunks + 1>(chunks, dx, dw, db, dout, x, w, mean, rstd, N, C, count, stream);
       return;
     }
   }
@@ -227,7 +235,7 @@ void layernorm_backward_vec(int chunks, T* dx, T* dw, T* db, const T* dout, cons
   float* dw_partials = partials.as<float>();
   float* db_partials = dw_partials + blocks * C;
   kernel<<<static_cast<unsigned>(blocks), threads, shared_bytes, stream>>>(dx, dw_partials, db_partials, dout, x,
-                                                                          w, mean, rstd, N, C);
+                                                                          w, mean, rstd, N, C, count);
   LOOM_CUDA_LAUNCHED("layernorm_backward_vec_kernel");
   add_partial_sums(dw, dw_partials, blocks, C, stream);
   if (db) add_partial_sums(db, db_partials, blocks, C, stream);
@@ -235,14 +243,14 @@ void layernorm_backward_vec(int chunks, T* dx, T* dw, T* db, const T* dout, cons
 
 // The same math as layernorm_forward_kernel for rows that fit one warp's registers (C % 8 == 0, C <= 1024,
 // 16-byte aligned pointers): x is read once with 16-byte loads and both passes run over the registers,
-//   mean = Σx/C,  var = Σ(x - mean)²/C (biased),  rstd = 1/√(var + eps),  out = (x - mean)·rstd·w + b
+//   mean = Σx/K,  var = (Σ(x - mean)² - zeros·mean²)/K (biased),  rstd = 1/√(var + eps),  out = (x - mean)·rstd·w + b
 // so the variance keeps the two-pass form (no Σx² - mean² cancellation for rows with a large mean). Lane l
 // owns columns (k·32 + l)·P .. +P-1 for chunk k < kChunks, as in layernorm_backward_vec_kernel; one warp per
 // row. b may be null.
 template <typename T, int kChunks>
 __global__ void __launch_bounds__(kVecWarpsPerBlock * 32)
     layernorm_forward_vec_kernel(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int64_t N,
-                                 int C, float eps) {
+                                 int C, float eps, float count, float zeros) {
   using Pack = Pack16<T>;
   constexpr int P = Pack::kSize;
   const int lane = threadIdx.x % 32;
@@ -262,7 +270,7 @@ __global__ void __launch_bounds__(kVecWarpsPerBlock * 32)
       sum += xv[k][i];
     }
   }
-  const float m = warp_sum(sum) / static_cast<float>(C);
+  const float m = warp_sum(sum) / count;
   float sq = 0.f;
 #pragma unroll
   for (int k = 0; k < kChunks; ++k) {
@@ -273,7 +281,7 @@ __global__ void __launch_bounds__(kVecWarpsPerBlock * 32)
       sq += d * d;
     }
   }
-  const float r = rsqrtf(warp_sum(sq) / static_cast<float>(C) + eps);
+  const float r = rsqrtf(fmaxf(warp_sum(sq) - zeros * m * m, 0.f) / count + eps);
   Pack* outr = reinterpret_cast<Pack*>(out + row * C);
 #pragma unroll
   for (int k = 0; k < kChunks; ++k) {
@@ -297,16 +305,16 @@ __global__ void __launch_bounds__(kVecWarpsPerBlock * 32)
 // Launches layernorm_forward_vec_kernel<T, chunks> (chunks >= kChunks), one warp per row.
 template <typename T, int kChunks>
 void layernorm_forward_vec(int chunks, T* out, float* mean, float* rstd, const T* x, const T* w, const T* b,
-                           int64_t N, int C, float eps, cudaStream_t stream) {
+                           int64_t N, int C, float eps, float count, float zeros, cudaStream_t stream) {
   if constexpr (kChunks < kMaxVecChunks<T>) {
     if (chunks > kChunks) {
-      layernorm_forward_vec<T, kChunks + 1>(chunks, out, mean, rstd, x, w, b, N, C, eps, stream);
+      layernorm_forward_vec<T, kChunks + 1>(chunks, out, mean, rstd, x, w, b, N, C, eps, count, zeros, stream);
       return;
     }
   }
   const int64_t blocks = (N + kVecWarpsPerBlock - 1) / kVecWarpsPerBlock;
   layernorm_forward_vec_kernel<T, kChunks><<<static_cast<unsigned>(blocks), kVecWarpsPerBlock * 32, 0, stream>>>(
-      out, mean, rstd, x, w, b, N, C, eps);
+      out, mean, rstd, x, w, b, N, C, eps, count, zeros);
   LOOM_CUDA_LAUNCHED("layernorm_forward_vec_kernel");
 }
 
@@ -314,28 +322,31 @@ void layernorm_forward_vec(int chunks, T* out, float* mean, float* rstd, const T
 
 template <typename T>
 void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C,
-                       float eps, cudaStream_t stream) {
+                       float eps, int64_t K, cudaStream_t stream) {
   if (N == 0) return;
+  const float count = static_cast<float>(K), zeros = static_cast<float>(C - K);
   if (C % 8 == 0 && C <= 1024 && aligned16(out) && aligned16(x) && aligned16(w) && (!b || aligned16(b))) {
     const int pack = Pack16<T>::kSize;
     const int chunks = static_cast<int>((C + 32 * pack - 1) / (32 * pack));
-    layernorm_forward_vec<T, 1>(chunks, out, mean, rstd, x, w, b, N, static_cast<int>(C), eps, stream);
+    layernorm_forward_vec<T, 1>(chunks, out, mean, rstd, x, w, b, N, static_cast<int>(C), eps, count, zeros, stream);
     return;
   }
   constexpr int kRowsPerBlock = 8;
   const auto blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
-  layernorm_forward_kernel<<<blocks, kRowsPerBlock * 32, 0, stream>>>(out, mean, rstd, x, w, b, N, C, eps);
+  layernorm_forward_kernel<<<blocks, kRowsPerBlock * 32, 0, stream>>>(out, mean, rstd, x, w, b, N, C, eps, count,
+                                                                      zeros);
   LOOM_CUDA_LAUNCHED("layernorm_forward_kernel");
 }
 
 template <typename T>
 void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T* w, const float* mean,
-                        const float* rstd, int64_t N, int64_t C, cudaStream_t stream) {
+                        const float* rstd, int64_t N, int64_t C, int64_t K, cudaStream_t stream) {
   if (N == 0) return;
+  const float count = static_cast<float>(K);
   if (C % 8 == 0 && C <= 1024 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(w)) {
     const int pack = Pack16<T>::kSize;
     const int chunks = static_cast<int>((C + 32 * pack - 1) / (32 * pack));
-    layernorm_backward_vec<T, 1>(chunks, dx, dw, db, dout, x, w, mean, rstd, N, static_cast<int>(C), stream);
+    layernorm_backward_vec<T, 1>(chunks, dx, dw, db, dout, x, w, mean, rstd, N, static_cast<int>(C), count, stream);
     return;
   }
   // The general case: 512 blocks of 4 warps fill an H100 a few times over; fewer when N is small. Every block writes a partial
@@ -349,7 +360,7 @@ void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T*
   float* dw_partials = partials.as<float>();
   float* db_partials = dw_partials + blocks * C;
   layernorm_backward_kernel<<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, shared_bytes, stream>>>(
-      dx, dw_partials, db_partials, dout, x, w, mean, rstd, N, C);
+      dx, dw_partials, db_partials, dout, x, w, mean, rstd, N, C, count);
   LOOM_CUDA_LAUNCHED("layernorm_backward_kernel");
   add_partial_sums(dw, dw_partials, blocks, C, stream);
   if (db) add_partial_sums(db, db_partials, blocks, C, stream);
@@ -357,9 +368,9 @@ void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T*
 
 #define LOOM_INSTANTIATE(T)                                                                                     \
   template void layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*, int64_t, int64_t, float, \
-                                     cudaStream_t);                                                            \
+                                     int64_t, cudaStream_t);                                                   \
   template void layernorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const float*, const float*,     \
-                                      int64_t, int64_t, cudaStream_t);
+                                      int64_t, int64_t, int64_t, cudaStream_t);
 LOOM_INSTANTIATE(float)
 LOOM_INSTANTIATE(bf16)
 LOOM_INSTANTIATE(f16)

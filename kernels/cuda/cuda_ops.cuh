@@ -59,11 +59,12 @@ void embedding_backward(T* dtable, const T* dout, const int32_t* ids, int64_t N,
 
 // ---- LayerNorm (cuda_layernorm.cu) ----
 template <typename T>
+// Statistics over K of the C channels (K = C unless embedding channels are masked: Backend::layernorm_forward).
 void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int64_t N,
-                       int64_t C, float eps, cudaStream_t stream);
+                       int64_t C, float eps, int64_t K, cudaStream_t stream);
 template <typename T>
 void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T* w, const float* mean,
-                        const float* rstd, int64_t N, int64_t C, cudaStream_t stream);
+                        const float* rstd, int64_t N, int64_t C, int64_t K, cudaStream_t stream);
 
 // ---- loss (cuda_loss.cu); bad targets set kBadTarget and are treated as ignored ----
 template <typename T>

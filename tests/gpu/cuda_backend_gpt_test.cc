@@ -3,13 +3,14 @@
 #include <cmath>
 
 #include "tests/gpu/cuda_backend_test_util.h"
-#include "trainer/gpt.h"
+#include "trainer/models/gpt.h"
 
 namespace loom::testing_cuda {
 namespace {
 
-GptShape small_gpt() {
-  GptShape s;
+ModelShape small_gpt() {
+  ModelShape s;
+  s.kind = "gpt";
   s.vocab = 77;
   s.padded_vocab = pad_vocab(s.vocab);  // 128
   s.max_seq = 16;
@@ -24,7 +25,7 @@ class CudaGptTest : public CudaBackendTest, public ::testing::WithParamInterface
 
 TEST_P(CudaGptTest, ForwardBackwardMatchesCpuFloat64) {
   const DType compute = GetParam();
-  const GptShape shape = small_gpt();
+  const ModelShape shape = small_gpt();
   const int64_t B = 3, T = 13;
   Batch host;
   host.inputs = Tensor::from_ints(ints(B * T, 0, static_cast<int32_t>(shape.vocab - 1)), {B, T});
@@ -53,7 +54,7 @@ TEST_P(CudaGptTest, ForwardBackwardMatchesCpuFloat64) {
 
 TEST_P(CudaGptTest, ForwardBackwardIsDeterministic) {
   const DType compute = GetParam();
-  const GptShape shape = small_gpt();
+  const ModelShape shape = small_gpt();
   const int64_t B = 4, T = 16;
   Batch dev;
   dev.inputs = on_gpu(Tensor::from_ints(ints(B * T, 0, static_cast<int32_t>(shape.vocab - 1)), {B, T}));

@@ -6,15 +6,16 @@
 #include <tuple>
 
 #include "tests/gpu/cuda_backend_test_util.h"
-#include "trainer/vit.h"
+#include "trainer/models/vit.h"
 
 namespace loom::testing_cuda {
 namespace {
 
 constexpr double kLabelSmoothing = 0.1;
 
-VitShape small_vit(bool distilled) {
-  VitShape s;
+ModelShape small_vit(bool distilled) {
+  ModelShape s;
+  s.kind = "vit";
   s.image_size = 12;
   s.patch_size = 4;  // 9 patches, so 10 or 11 tokens (ragged)
   s.in_channels = 3;
@@ -33,7 +34,7 @@ class CudaVitTest : public CudaBackendTest, public ::testing::WithParamInterface
 
 TEST_P(CudaVitTest, ForwardBackwardMatchesCpuFloat64) {
   const auto [compute, distilled] = GetParam();
-  const VitShape shape = small_vit(distilled);
+  const ModelShape shape = small_vit(distilled);
   const int64_t B = 5;
   // Patch rows already rounded to the compute dtype, so the GPU and the f64 reference see the same inputs.
   const Tensor patches = random_host({B, shape.patches(), shape.patch_dim()}, compute);
@@ -76,7 +77,7 @@ TEST_P(CudaVitTest, ForwardBackwardMatchesCpuFloat64) {
 
 TEST_P(CudaVitTest, ForwardBackwardIsDeterministic) {
   const auto [compute, distilled] = GetParam();
-  const VitShape shape = small_vit(distilled);
+  const ModelShape shape = small_vit(distilled);
   const int64_t B = 8;
   gpu_->set_deterministic(true);
   const Batch dev{on_gpu(random_host({B, shape.patches(), shape.patch_dim()}, DType::F32)),

@@ -11,13 +11,13 @@
 #include "core/config.h"
 #include "core/rng.h"
 #include "tests/mpi/mpi_test_util.h"
-#include "trainer/gpt.h"
+#include "trainer/models/gpt.h"
 #include "trainer/gradient_sync.h"
 
 namespace loom::testing {
 namespace {
 
-GptShape tiny_gpt() {
+ModelShape tiny_gpt() {
   config::ModelConfig m;
   m.set_kind("gpt");
   m.set_n_layer(3);
@@ -26,7 +26,7 @@ GptShape tiny_gpt() {
   m.set_mlp_dim(16);
   m.set_vocab_size(50);
   m.set_max_seq_len(6);
-  return gpt_shape_from_config(m);
+  return model_shape_from_config(m);
 }
 
 // Micro-batch `index` of `rows` sequences: a pure function of (seed, index).
@@ -116,7 +116,7 @@ TEST(TensorParallelWidths, IndivisibleHeadsAndMlpNameTheBlock) {
   std::unique_ptr<Communicator> pair = world.split(world.rank() / 2, world.rank());
   TensorParallelContext tp{pair.get(), false};
   auto backend = make_backend(Device::cpu());
-  GptShape shape = tiny_gpt();
+  ModelShape shape = tiny_gpt();
   shape.blocks[1].heads = 3;
   try {
     GptModel model(shape, *backend, DType::F32, DType::F32, 6, 1, &tp);

@@ -11,7 +11,7 @@
 #include "kernels/backend.h"
 #include "parallel/tensor_parallel.h"
 #include "tests/mpi/mpi_test_util.h"
-#include "trainer/gpt.h"
+#include "trainer/models/gpt.h"
 
 namespace loom::testing {
 namespace {
@@ -70,7 +70,7 @@ TEST(VocabParallelLoss, MatchesCrossEntropyFloat64) { check_against_cross_entrop
 TEST(VocabParallelLoss, MatchesCrossEntropyFloat32) { check_against_cross_entropy(DType::F32, 2e-6); }
 
 // vocab 50 pads to 128 rows: over 4 ranks (32 each) rank 1 holds 18 classes and ranks 2 and 3 only padding.
-GptShape small_gpt() {
+ModelShape small_gpt() {
   config::ModelConfig m;
   m.set_kind("gpt");
   m.set_n_layer(2);
@@ -79,13 +79,13 @@ GptShape small_gpt() {
   m.set_mlp_dim(16);
   m.set_vocab_size(50);
   m.set_max_seq_len(6);
-  return gpt_shape_from_config(m);
+  return model_shape_from_config(m);
 }
 
 TEST(VocabParallelLoss, GptEvaluateAndLastLogitsMatchOneProcess) {
   MpiCommunicator& world = test_world();
   auto cpu = make_backend(Device::cpu());
-  const GptShape shape = small_gpt();
+  const ModelShape shape = small_gpt();
   const uint64_t seed = shared_seed(world);
   const int64_t B = 2, T = 6;
   PhiloxStream rng(seed, 0);

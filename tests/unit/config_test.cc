@@ -78,9 +78,9 @@ TEST(Config, UnknownKeysNameFileAndPath) {
               parse_run_config(edited("  n_head: 4", "  n_head: 4\n  blocks: [{heads: 4}, {wombat: 1}]"), kSource, {});
             }),
             "configs/gpt_tiny.yaml: model.blocks[1].wombat: unknown key (BlockSpec has: heads, qk_head_dim, "
-            "v_head_dim, mlp_dim)");
+            "v_head_dim, mlp_dim, attention_scale)");
   EXPECT_EQ(error_of([] { parse_run_config(kMinimal + "extra: 1\n", kSource, {}); }),
-            "configs/gpt_tiny.yaml: extra: unknown key (RunConfig has: model, data, optim, train, parallel)");
+            "configs/gpt_tiny.yaml: extra: unknown key (RunConfig has: model, data, optim, train, parallel, prune)");
   EXPECT_EQ(error_of([] { parse_run_config(edited("  n_head: 4", "  n_head: 4\n  n_head: 8"), kSource, {}); }),
             "configs/gpt_tiny.yaml: model.n_head: duplicate key");
 }
@@ -124,8 +124,8 @@ TEST(Config, WrongTypesNameFileAndPath) {
 }
 
 TEST(Config, MissingRequiredFieldsNameFileAndPath) {
-  EXPECT_EQ(error_of([] { parse_run_config(edited("  d_model: 32\n", ""), kSource, {}); }),
-            "configs/gpt_tiny.yaml: model.d_model: missing required field");
+  EXPECT_EQ(error_of([] { parse_run_config(edited("  batch_size: 2\n", ""), kSource, {}); }),
+            "configs/gpt_tiny.yaml: data.batch_size: missing required field");
   EXPECT_EQ(error_of([] { parse_run_config(edited("train:\n  max_steps: 10\n", ""), kSource, {}); }),
             "configs/gpt_tiny.yaml: train: missing required field");
   // A present but empty message is checked too.

@@ -6,13 +6,14 @@
 
 #include "kernels/backend.h"
 #include "tests/common/test_util.h"
-#include "trainer/gpt.h"
+#include "trainer/models/gpt.h"
 
 namespace loom {
 namespace {
 
-GptShape two_unequal_blocks() {
-  GptShape s;
+ModelShape two_unequal_blocks() {
+  ModelShape s;
+  s.kind = "gpt";
   s.vocab = 11;
   s.padded_vocab = pad_vocab(s.vocab);
   s.max_seq = 6;
@@ -31,7 +32,7 @@ double loss_at(GptModel& model, const Batch& batch) {
 
 TEST(GptModel, GradientMatchesFiniteDifferencesInFloat64) {
   auto backend = make_backend(Device::cpu());
-  const GptShape shape = two_unequal_blocks();
+  const ModelShape shape = two_unequal_blocks();
   GptModel model(shape, *backend, DType::F64, DType::F64, /*seq=*/5, /*seed=*/7);
   testing::SyntheticTokens data(/*batch=*/2, /*seq=*/5, shape.vocab, /*seed=*/3);
   const Batch batch = data.next_train(Device::cpu());
@@ -85,7 +86,8 @@ TEST(GptModel, GradientsAccumulateAcrossMicroBatches) {
 }
 
 TEST(GptModel, FlopsFollowTheDocumentedConvention) {
-  GptShape s;
+  ModelShape s;
+  s.kind = "gpt";
   s.vocab = 50257;
   s.padded_vocab = pad_vocab(s.vocab);
   EXPECT_EQ(s.padded_vocab, 50304);
@@ -106,7 +108,7 @@ TEST(GptModel, FlopsFollowTheDocumentedConvention) {
 
 TEST(GptModel, RejectsBadShapes) {
   auto backend = make_backend(Device::cpu());
-  const GptShape shape = two_unequal_blocks();
+  const ModelShape shape = two_unequal_blocks();
   EXPECT_THROW(GptModel(shape, *backend, DType::F32, DType::F32, /*seq=*/7, 1), Error);  // > max_seq
   GptModel model(shape, *backend, DType::F32, DType::F32, 5, 1);
   Batch bad;

@@ -1,4 +1,4 @@
-#include "trainer/hf_gpt2.h"
+#include "trainer/models/interop/hf_gpt2.h"
 
 #include <gtest/gtest.h>
 
@@ -215,6 +215,25 @@ TEST(HfGpt2, ExportErrorsNameTheTensor) {
   extra.emplace_back("head.weight", Tensor::zeros({2}, DType::F32));
   EXPECT_EQ(error_of([&] { export_hf_gpt2(extra, kVocab); }), "export_hf_gpt2: unexpected tensor 'head.weight'");
   EXPECT_NE(error_of([&] { export_hf_gpt2(make_ours(5), kPaddedVocab + 1); }).find("'wte.weight'"), std::string::npos);
+}
+
+TEST(HfGpt2, OnlyEvenWidthsAreRepresentable) {
+  ModelShape s;
+  s.kind = "gpt";
+  s.vocab = 50257;
+  s.padded_vocab = pad_vocab(s.vocab);
+  s.max_seq = 1024;
+  s.d_model = 768;
+  s.blocks.assign(12, BlockWidths{12, 64, 64, 3072});
+  EXPECT_NO_THROW(check_hf_gpt2_representable(s, "ckpt"));
+  s.blocks[3].v_dim = 32;
+  const std::string message = error_of([&] { check_hf_gpt2_representable(s, "ckpt"); });
+  EXPECT_EQ(message.rfind("ckpt: Hugging Face GPT-2 cannot represent per-block widths: block 3 has 12 heads", 0), 0u)
+      << message;
+  EXPECT_NE(message.find("loom export"), std::string::npos) << message;
+  s.blocks[3].v_dim = 64;
+  s.blocks[5].attention_scale = 0.25;  // a shrunk block keeps its original scale: not GPT-2's
+  EXPECT_NE(error_of([&] { check_hf_gpt2_representable(s, "ckpt"); }).find("block 5"), std::string::npos);
 }
 
 }  // namespace

@@ -2,13 +2,14 @@
 
 #include "core/safetensors.h"
 #include "tests/common/test_util.h"
-#include "trainer/timm_vit.h"
+#include "trainer/models/interop/timm_vit.h"
 
 namespace loom {
 namespace {
 
-VitShape deit_like() {
-  VitShape s;
+ModelShape deit_like() {
+  ModelShape s;
+  s.kind = "vit";
   s.image_size = 8;
   s.patch_size = 4;
   s.in_channels = 3;
@@ -21,7 +22,7 @@ VitShape deit_like() {
 
 TEST(TimmVit, RoundTripThroughTimmLayoutAndSafetensors) {
   auto backend = make_backend(Device::cpu());
-  const VitShape shape = deit_like();
+  const ModelShape shape = deit_like();
   VitModel model(shape, *backend, DType::F32, DType::F32, 3, 0.0);
   const NamedTensors ours = model.params().named_master_weights();
   const NamedTensors timm = export_timm_vit(ours, shape);
@@ -46,7 +47,7 @@ TEST(TimmVit, RoundTripThroughTimmLayoutAndSafetensors) {
 }
 
 TEST(TimmVit, WrongShapeNamesTheTensor) {
-  const VitShape shape = deit_like();
+  const ModelShape shape = deit_like();
   NamedTensors bad = {{"pos_embed", Tensor::zeros({1, 7, 12}, DType::F32)}};
   try {
     import_timm_vit(bad, shape);

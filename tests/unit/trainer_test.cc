@@ -12,7 +12,7 @@
 #include "core/config.h"
 #include "core/tensorboard_writer.h"
 #include "tests/common/test_util.h"
-#include "trainer/gpt.h"
+#include "trainer/models/gpt.h"
 #include "trainer/trainer.h"
 
 namespace loom {
@@ -41,7 +41,7 @@ struct TinyRun {
   std::unique_ptr<Backend> backend = make_backend(Device::cpu());
   std::unique_ptr<GptModel> model;
   explicit TinyRun(const config::RunConfig& cfg) {
-    model = std::make_unique<GptModel>(gpt_shape_from_config(cfg.model()), *backend, DType::F32, DType::F32,
+    model = std::make_unique<GptModel>(model_shape_from_config(cfg.model()), *backend, DType::F32, DType::F32,
                                        cfg.data().seq_len(), cfg.train().seed());
   }
 };

@@ -8,13 +8,14 @@
 #include "core/config.h"
 #include "tests/common/test_util.h"
 #include "trainer/trainer.h"
-#include "trainer/vit.h"
+#include "trainer/models/vit.h"
 
 namespace loom {
 namespace {
 
-VitShape small_vit(bool distilled) {
-  VitShape s;
+ModelShape small_vit(bool distilled) {
+  ModelShape s;
+  s.kind = "vit";
   s.image_size = 6;
   s.patch_size = 3;
   s.in_channels = 2;
@@ -26,7 +27,7 @@ VitShape small_vit(bool distilled) {
   return s;
 }
 
-Batch random_batch(const VitShape& s, int64_t B, uint64_t seed) {
+Batch random_batch(const ModelShape& s, int64_t B, uint64_t seed) {
   PhiloxStream rng(seed, 0);
   std::vector<float> patches(static_cast<size_t>(B * s.patches() * s.patch_dim()));
   for (auto& v : patches) v = rng.normal();
@@ -42,7 +43,7 @@ class VitGradient : public ::testing::TestWithParam<bool> {};
 
 TEST_P(VitGradient, MatchesFiniteDifferencesInFloat64) {
   auto backend = make_backend(Device::cpu());
-  const VitShape shape = small_vit(GetParam());
+  const ModelShape shape = small_vit(GetParam());
   VitModel model(shape, *backend, DType::F64, DType::F64, /*seed=*/4, /*label_smoothing=*/0.1);
   Batch batch = random_batch(shape, 3, 8);
   batch.inputs = batch.inputs.cast(DType::F64);
@@ -91,7 +92,7 @@ TEST(VitModel, OverfitsOneBatch) {
       "train: {max_steps: 120, log_every: 0, progress: false, out_dir: \"" + dir.path() + "\"}\n",
       "vit_overfit");
   auto backend = make_backend(Device::cpu());
-  VitModel model(vit_shape_from_config(cfg.model()), *backend, DType::F32, DType::F32, 1, 0.0);
+  VitModel model(model_shape_from_config(cfg.model()), *backend, DType::F32, DType::F32, 1, 0.0);
   testing::FixedBatch data(random_batch(model.shape(), 6, 3));
   std::ostringstream log;
   const TrainResult r = Trainer(cfg, model, data, log).run();
@@ -100,7 +101,8 @@ TEST(VitModel, OverfitsOneBatch) {
 }
 
 TEST(VitModel, FlopsFollowTheDocumentedConvention) {
-  VitShape s;  // DeiT-S at 224/16
+  ModelShape s;  // DeiT-S at 224/16
+  s.kind = "vit";
   s.image_size = 224;
   s.patch_size = 16;
   s.in_channels = 3;
@@ -129,7 +131,7 @@ TEST(VitModel, RejectsBadInput) {
   m.set_n_head(2);
   m.set_image_size(28);
   m.set_patch_size(5);
-  EXPECT_THROW(vit_shape_from_config(m), Error);
+  EXPECT_THROW(model_shape_from_config(m), Error);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
-#include "trainer/hf_gpt2.h"
+#include "trainer/models/interop/hf_gpt2.h"
 
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <regex>
@@ -102,6 +103,23 @@ int64_t mlp_width(const Tensor& w, size_t dim, const std::string& name, const ch
 }
 
 }  // namespace
+
+void check_hf_gpt2_representable(const ModelShape& s, const std::string& source) {
+  const int64_t heads = s.blocks.empty() ? 0 : s.blocks[0].heads;
+  for (size_t i = 0; i < s.blocks.size(); ++i) {
+    const BlockWidths& b = s.blocks[i];
+    const bool even = heads > 0 && b.heads == heads && s.d_model % heads == 0 && b.qk_dim == s.d_model / heads &&
+                      b.v_dim == b.qk_dim && b.mlp_dim == s.blocks[0].mlp_dim &&
+                      b.scale() == 1.0 / std::sqrt(static_cast<double>(b.qk_dim));
+    if (!even)
+      fail(source, ": Hugging Face GPT-2 cannot represent per-block widths: block ", i, " has ", b.heads,
+           " heads of q/k dim ", b.qk_dim, " and v dim ", b.v_dim, ", MLP ", b.mlp_dim, ", attention scale ", b.scale(),
+           " (GPT-2 needs ", heads, " heads of ", heads > 0 ? s.d_model / heads : 0, " dims = d_model ", s.d_model,
+           " / heads, MLP ", s.blocks[0].mlp_dim,
+           " in every block, scale 1/sqrt(head dim)); `loom export --checkpoint DIR --out DIR` writes this "
+           "project's safetensors and a YAML model section, which load with any widths");
+  }
+}
 
 NamedTensors export_hf_gpt2(const NamedTensors& ours, int64_t vocab) {
   const char* what = "export_hf_gpt2";

@@ -24,8 +24,15 @@
 #include <string>
 
 #include "core/safetensors.h"
+#include "trainer/models/model_shape.h"
 
 namespace loom {
+
+// Throws unless `shape` is a GPT that Hugging Face GPT-2 can represent: every block with the same heads, q/k and
+// v head dims equal to d_model / heads, the same MLP width and the default scale 1/sqrt(head dim). The error
+// names the first block that differs and points to `loom export` (this project's safetensors and a YAML model
+// section), which represents any widths. `source` names the checkpoint in the message.
+void check_hf_gpt2_representable(const ModelShape& shape, const std::string& source);
 
 // Our parameters -> Hugging Face names (no "transformer." prefix, no lm_head: it is tied to wte), as new
 // F32 CPU tensors: the padded wte rows beyond `vocab` are dropped and Linear weights transposed to [in, out].

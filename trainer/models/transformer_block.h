@@ -5,7 +5,7 @@
 //
 // Every block carries its own widths (heads, q/k head dim, v head dim, MLP width), because structural pruning
 // makes them differ block by block. Parameters are named as in timm ("blocks.{i}.attn.qkv.weight", ...), which
-// makes ViT/DeiT import direct and GPT-2 import a rename (trainer/hf_gpt2.h).
+// makes ViT/DeiT import direct and GPT-2 import a rename (trainer/models/interop/hf_gpt2.h).
 //
 // With a tensor-parallel context (parallel/tensor_parallel.h) of R ranks, this rank holds heads / R heads and
 // mlp_dim / R neurons: qkv and fc1 are column-parallel, proj and fc2 row-parallel; with sequence parallelism
@@ -20,7 +20,7 @@
 #include "kernels/backend.h"
 #include "parallel/tensor_parallel.h"
 #include "trainer/parameters.h"
-#include "trainer/widths.h"
+#include "trainer/models/widths.h"
 
 namespace loom {
 
@@ -66,16 +66,19 @@ class TransformerBlock {
                 BlockScratch& s) const;
 
   const BlockWidths& widths() const { return widths_; }  // this rank's widths
+  // LayerNorm statistics over `channels` embedding channels (0: all); see Model::set_active_embedding_channels.
+  void set_layernorm_channels(int64_t channels) { ln_channels_ = channels; }
   AttentionShape attention_shape(int64_t batch, int64_t seq) const;
   std::string prefix() const { return "blocks." + std::to_string(index_) + "."; }
 
  private:
   int index_;
   int64_t d_model_;
-  BlockWidths widths_;
+  BlockWidths full_widths_, widths_;  // single-process widths, and this rank's share
   bool causal_;
   GeluKind gelu_;
   double ln_eps_;
+  int64_t ln_channels_ = 0;
   const TensorParallelContext* tp_;
 };
 

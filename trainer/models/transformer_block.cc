@@ -1,7 +1,9 @@
-#include "trainer/transformer_block.h"
+#include "trainer/models/transformer_block.h"
 
 #include <algorithm>
 #include <cmath>
+
+#include "trainer/models/structure_map.h"
 
 namespace loom {
 namespace {
@@ -31,6 +33,7 @@ TransformerBlock::TransformerBlock(int index, int64_t d_model, const BlockWidths
                                    GeluKind gelu, double ln_eps, const TensorParallelContext* tp)
     : index_(index),
       d_model_(d_model),
+      full_widths_(widths),
       widths_(local_widths(index, widths, tp)),
       causal_(causal),
       gelu_(gelu),
@@ -40,23 +43,31 @@ TransformerBlock::TransformerBlock(int index, int64_t d_model, const BlockWidths
 void TransformerBlock::declare_parameters(std::vector<ParamSpec>& specs, double init_std, int n_layer) const {
   const std::string p = prefix();
   const int64_t C = d_model_, Q = widths_.qkv_width(), A = widths_.attn_out_width(), M = widths_.mlp_dim;
-  const int64_t QK = widths_.heads * widths_.qk_dim, V = widths_.heads * widths_.v_dim;
   const double proj_std = init_std / std::sqrt(2.0 * n_layer);
   // Column-parallel layers split their output rows (q, k and v sections separately, so each rank holds whole
-  // heads of each); row-parallel layers split their input columns; the rest is replicated.
-  const ParamSharding qkv{0, {QK, QK, V}}, fc1{0, {M}}, proj{1, {A}}, fc2{1, {M}};
+  // heads of each); row-parallel layers split their input columns; the rest is replicated. A rank's share is a
+  // contiguous range of the heads and MLP axes of the block's structure map.
+  const int R = tensor_size(tp_);
+  const std::vector<Axis> axes = block_axes(index_, full_widths_);
+  const Axis &heads = axes[0], &mlp = axes[3];
+  const ParamSharding qkv = sharding_from_axis(heads, p + "attn.qkv.weight", {R * Q, C}, R);
+  const ParamSharding qkv_bias = sharding_from_axis(heads, p + "attn.qkv.bias", {R * Q}, R);
+  const ParamSharding proj = sharding_from_axis(heads, p + "attn.proj.weight", {C, R * A}, R);
+  const ParamSharding fc1 = sharding_from_axis(mlp, p + "mlp.fc1.weight", {R * M, C}, R);
+  const ParamSharding fc1_bias = sharding_from_axis(mlp, p + "mlp.fc1.bias", {R * M}, R);
+  const ParamSharding fc2 = sharding_from_axis(mlp, p + "mlp.fc2.weight", {C, R * M}, R);
   ParamSharding norm;
   norm.grad_partial_over_tensor = sequence_parallel(tp_);
   specs.push_back({p + "norm1.weight", {C}, false, Init::Ones, 0.02, norm});
   specs.push_back({p + "norm1.bias", {C}, false, Init::Zeros, 0.02, norm});
   specs.push_back({p + "attn.qkv.weight", {Q, C}, true, Init::Normal, init_std, qkv});
-  specs.push_back({p + "attn.qkv.bias", {Q}, false, Init::Zeros, 0.02, qkv});
+  specs.push_back({p + "attn.qkv.bias", {Q}, false, Init::Zeros, 0.02, qkv_bias});
   specs.push_back({p + "attn.proj.weight", {C, A}, true, Init::Normal, proj_std, proj});
   specs.push_back({p + "attn.proj.bias", {C}, false, Init::Zeros});
   specs.push_back({p + "norm2.weight", {C}, false, Init::Ones, 0.02, norm});
   specs.push_back({p + "norm2.bias", {C}, false, Init::Zeros, 0.02, norm});
   specs.push_back({p + "mlp.fc1.weight", {M, C}, true, Init::Normal, init_std, fc1});
-  specs.push_back({p + "mlp.fc1.bias", {M}, false, Init::Zeros, 0.02, fc1});
+  specs.push_back({p + "mlp.fc1.bias", {M}, false, Init::Zeros, 0.02, fc1_bias});
   specs.push_back({p + "mlp.fc2.weight", {C, M}, true, Init::Normal, proj_std, fc2});
   specs.push_back({p + "mlp.fc2.bias", {C}, false, Init::Zeros});
 }
@@ -69,7 +80,7 @@ AttentionShape TransformerBlock::attention_shape(int64_t batch, int64_t seq) con
   s.qk_dim = widths_.qk_dim;
   s.v_dim = widths_.v_dim;
   s.causal = causal_;
-  s.scale = 1.0 / std::sqrt(static_cast<double>(widths_.qk_dim));
+  s.scale = widths_.scale();
   return s;
 }
 
@@ -126,7 +137,7 @@ void TransformerBlock::forward(Backend& be, const ParameterStore& p, const Tenso
   };
 
   be.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p.weight(n + "norm1.weight"), p.weight(n + "norm1.bias"),
-                       ln_eps_);
+                       ln_eps_, ln_channels_);
   if (sp) gather_from_sequence_region_forward(be, tp_, a.ln1_full, a.ln1);
   ColumnParallelLinear::forward(be, a.qkv, a.ln1_full, p.weight(n + "attn.qkv.weight"), p.weight(n + "attn.qkv.bias"));
   be.attention_forward(a.att, a.att_saved, a.qkv, as);
@@ -134,7 +145,7 @@ void TransformerBlock::forward(Backend& be, const ParameterStore& p, const Tenso
   be.add(a.mid, x, out);
 
   be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.mid, p.weight(n + "norm2.weight"),
-                       p.weight(n + "norm2.bias"), ln_eps_);
+                       p.weight(n + "norm2.bias"), ln_eps_, ln_channels_);
   if (sp) gather_from_sequence_region_forward(be, tp_, a.ln2_full, a.ln2);
   // fc1 is column-parallel, a purely local matmul (ColumnParallelLinear::forward), so it fuses with the GELU.
   be.matmul_gelu_forward(a.gelu, a.fc1, a.ln2_full, p.weight(n + "mlp.fc1.weight"), p.weight(n + "mlp.fc1.bias"),
@@ -176,7 +187,8 @@ void TransformerBlock::backward(Backend& be, const ParameterStore& p, Tensor& dr
   ColumnParallelLinear::backward_overlapped(be, tp_, dln, dln_part, dfc1_w, dfc1_b, dfc, a.ln2_full,
                                             p.weight(n + "mlp.fc1.weight"));
   Tensor dn2_w = p.grad(n + "norm2.weight"), dn2_b = p.grad(n + "norm2.bias");
-  be.layernorm_backward(dresid, dn2_w, dn2_b, dln_rows, a.mid, p.weight(n + "norm2.weight"), a.ln2_mean, a.ln2_rstd);
+  be.layernorm_backward(dresid, dn2_w, dn2_b, dln_rows, a.mid, p.weight(n + "norm2.weight"), a.ln2_mean, a.ln2_rstd,
+                        ln_channels_);
 
   // Attention branch: dresid is now dLoss/d(mid).
   enter_region_backward();
@@ -187,7 +199,8 @@ void TransformerBlock::backward(Backend& be, const ParameterStore& p, Tensor& dr
   ColumnParallelLinear::backward_overlapped(be, tp_, dln, dln_part, dqkv_w, dqkv_b, dqkv, a.ln1_full,
                                             p.weight(n + "attn.qkv.weight"));
   Tensor dn1_w = p.grad(n + "norm1.weight"), dn1_b = p.grad(n + "norm1.bias");
-  be.layernorm_backward(dresid, dn1_w, dn1_b, dln_rows, x, p.weight(n + "norm1.weight"), a.ln1_mean, a.ln1_rstd);
+  be.layernorm_backward(dresid, dn1_w, dn1_b, dln_rows, x, p.weight(n + "norm1.weight"), a.ln1_mean, a.ln1_rstd,
+                        ln_channels_);
 }
 
 BlockScratch allocate_block_scratch(const std::vector<TransformerBlock>& blocks, int64_t d_model, int64_t B,

@@ -5,7 +5,7 @@
 // Inputs are patch rows [B, Np, C·P·P], each row ordered (channel, dy, dx) like a flattened timm
 // `patch_embed.proj.weight` [D, C, P, P]; the image loader patchifies on the host (core/image_loader.h).
 // Parameter names are timm's, with 2-D shapes (`cls_token` [1, D] for timm's [1, 1, D], `pos_embed` [T, D],
-// `patch_embed.proj.weight` [D, C·P·P]); trainer/timm_vit.h converts.
+// `patch_embed.proj.weight` [D, C·P·P]); trainer/models/interop/timm_vit.h converts.
 //
 // Without a teacher, the distillation head is trained on the true labels (loss = mean of both heads' losses)
 // and, as in timm, evaluation averages the two heads' logits.
@@ -14,37 +14,23 @@
 #include <vector>
 
 #include "core/config.pb.h"
-#include "trainer/model.h"
-#include "trainer/transformer_block.h"
+#include "trainer/models/model.h"
+#include "trainer/models/transformer_block.h"
 
 namespace loom {
-
-struct VitShape {
-  int64_t image_size = 0, patch_size = 0, in_channels = 0, num_classes = 0, d_model = 0;
-  bool distilled = false;
-  std::vector<BlockWidths> blocks;
-  double ln_eps = 1e-6, init_std = 0.02;
-
-  int64_t patches() const { return (image_size / patch_size) * (image_size / patch_size); }
-  int64_t patch_dim() const { return in_channels * patch_size * patch_size; }
-  int64_t prefix_tokens() const { return distilled ? 2 : 1; }
-  int64_t tokens() const { return patches() + prefix_tokens(); }
-};
-
-// Resolves the shape from the config. Throws loom::Error naming the field on invalid values.
-VitShape vit_shape_from_config(const config::ModelConfig& model);
 
 // FLOPs of one image, forward + backward: per token (patches + class tokens) the blocks' matmuls as for GPT,
 // 6·T·Σ heads·(qk_dim + v_dim) per token for attention, the patch embedding per patch, and the head(s) per
 // head token.
-SampleFlops vit_flops_per_image(const VitShape& shape);
+SampleFlops vit_flops_per_image(const ModelShape& shape);
 
 class VitModel final : public Model {
  public:
   // With a tensor-parallel context (not owned, may be null) this rank holds its share of every block; the
   // patch embedding, position table, final norm and the (small) classification heads stay replicated, every
   // tensor rank computing them in full.
-  VitModel(const VitShape& shape, Backend& backend, DType master_dtype, DType compute_dtype, uint64_t seed,
+  // `shape.kind` must be "vit".
+  VitModel(const ModelShape& shape, Backend& backend, DType master_dtype, DType compute_dtype, uint64_t seed,
            double label_smoothing, const TensorParallelContext* tp = nullptr);
 
   ParameterStore& params() override { return params_; }
@@ -54,7 +40,8 @@ class VitModel final : public Model {
   EvalStats evaluate(const Batch& batch) override;
   SampleFlops flops_per_sample() const override { return vit_flops_per_image(shape_); }
   int64_t tokens_per_sample() const override { return shape_.tokens(); }
-  const VitShape& shape() const { return shape_; }
+  const ModelShape& shape() const override { return shape_; }
+  void set_active_embedding_channels(int64_t channels) override;
 
  private:
   struct Activations {
@@ -74,7 +61,8 @@ class VitModel final : public Model {
   Activations& activations_for(int64_t batch);
   Activations& forward(const Tensor& patches);
 
-  VitShape shape_;
+  ModelShape shape_;
+  int64_t ln_channels_ = 0;  // LayerNorm statistics over this many channels (0: all d_model)
   Backend& backend_;
   DType compute_dtype_;
   double label_smoothing_;

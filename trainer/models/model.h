@@ -1,13 +1,16 @@
 // What the training loop needs from a model (GPT or ViT): its parameters, a fused forward+backward on a
-// micro-batch, a forward-only evaluation, and its FLOP counts for MFU.
+// micro-batch, a forward-only evaluation, its FLOP counts for MFU, and its shape (what checkpoints record and
+// the run, export and pruning read; callers never need the concrete class).
 //
 // Thread-safety: a model is driven by one thread.
 #pragma once
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "kernels/backend.h"
+#include "trainer/models/model_shape.h"
 #include "trainer/parameters.h"
 
 namespace loom {
@@ -44,6 +47,19 @@ class Model {
   virtual SampleFlops flops_per_sample() const = 0;
   // Tokens per sample as throughput is reported (sequence length, or patches + class tokens).
   virtual int64_t tokens_per_sample() const = 0;
+  // The full (single-process) shape the model was built from, whatever share a tensor-parallel rank holds.
+  virtual const ModelShape& shape() const = 0;
+  // Language models: logits of the last position of each sequence in `tokens` (I32 [B, t]) as host floats
+  // [B, vocab]. Other models throw loom::Error naming their kind.
+  virtual std::vector<float> last_logits(const Tensor& tokens) {
+    fail("a ", shape().kind, " model does not predict tokens");
+  }
+  // Every LayerNorm takes its statistics over `channels` of the d_model embedding channels (d_model: all, the
+  // default). The other channels must be held at exact zeros in the residual stream, and their LayerNorm
+  // weights and biases zero, by a mask of the embedding axis (trainer/models/structure_map.h apply_mask); then
+  // the model computes exactly what the model without those channels computes. Throws unless
+  // 1 <= channels <= d_model.
+  virtual void set_active_embedding_channels(int64_t channels) = 0;
 
   // Called during forward_backward() each time the gradients of a group of parameters are final for this
   // micro-batch: with the group's name prefix (e.g. "blocks.3.") after each block, and with "" (every parameter

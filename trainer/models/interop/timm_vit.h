@@ -7,11 +7,11 @@
 // so a conversion is a reshape. Errors name the tensor and both shapes.
 #pragma once
 #include "core/safetensors.h"
-#include "trainer/vit.h"
+#include "trainer/models/vit.h"
 
 namespace loom {
 
-NamedTensors export_timm_vit(const NamedTensors& ours, const VitShape& shape);
-NamedTensors import_timm_vit(const NamedTensors& timm, const VitShape& shape);
+NamedTensors export_timm_vit(const NamedTensors& ours, const ModelShape& shape);
+NamedTensors import_timm_vit(const NamedTensors& timm, const ModelShape& shape);
 
 }  // namespace loom

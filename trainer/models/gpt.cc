@@ -1,27 +1,10 @@
-#include "trainer/gpt.h"
+#include "trainer/models/gpt.h"
 
 #include <cmath>
 
 namespace loom {
 
-int64_t pad_vocab(int64_t vocab) { return (vocab + 127) / 128 * 128; }
-
-GptShape gpt_shape_from_config(const config::ModelConfig& m) {
-  LOOM_CHECK(m.kind() == "gpt", "model.kind: expected \"gpt\", got \"", m.kind(), "\"");
-  LOOM_CHECK(m.vocab_size() > 0, "model.vocab_size must be positive, got ", m.vocab_size());
-  LOOM_CHECK(m.max_seq_len() > 0, "model.max_seq_len must be positive, got ", m.max_seq_len());
-  GptShape s;
-  s.vocab = m.vocab_size();
-  s.padded_vocab = pad_vocab(s.vocab);
-  s.max_seq = m.max_seq_len();
-  s.d_model = m.d_model();
-  s.blocks = resolve_block_widths(m);
-  s.ln_eps = m.has_ln_eps() ? m.ln_eps() : 1e-5;
-  s.init_std = m.init_std();
-  return s;
-}
-
-SampleFlops gpt_flops_per_token(const GptShape& s, int64_t seq) {
+SampleFlops gpt_flops_per_token(const ModelShape& s, int64_t seq) {
   double matmul_weights = 0, attention = 0;
   for (const auto& b : s.blocks) {
     matmul_weights += static_cast<double>(b.qkv_width()) * s.d_model + static_cast<double>(b.attn_out_width()) * s.d_model +
@@ -35,7 +18,7 @@ SampleFlops gpt_flops_per_token(const GptShape& s, int64_t seq) {
 }
 
 namespace {
-std::vector<ParamSpec> gpt_parameters(const GptShape& s, const std::vector<TransformerBlock>& blocks,
+std::vector<ParamSpec> gpt_parameters(const ModelShape& s, const std::vector<TransformerBlock>& blocks,
                                      const TensorParallelContext* tp) {
   const int R = tensor_size(tp);
   LOOM_CHECK(s.padded_vocab % R == 0, "the padded vocabulary (", s.padded_vocab, " rows for model.vocab_size ",
@@ -51,7 +34,7 @@ std::vector<ParamSpec> gpt_parameters(const GptShape& s, const std::vector<Trans
   return specs;
 }
 
-std::vector<TransformerBlock> gpt_blocks(const GptShape& s, const TensorParallelContext* tp) {
+std::vector<TransformerBlock> gpt_blocks(const ModelShape& s, const TensorParallelContext* tp) {
   std::vector<TransformerBlock> blocks;
   for (size_t i = 0; i < s.blocks.size(); ++i)
     blocks.emplace_back(static_cast<int>(i), s.d_model, s.blocks[i], /*causal=*/true, GeluKind::Tanh, s.ln_eps, tp);
@@ -70,7 +53,7 @@ double sum_on_host(const Tensor& t) {
 }
 }  // namespace
 
-GptModel::GptModel(const GptShape& shape, Backend& backend, DType master_dtype, DType compute_dtype, int64_t seq,
+GptModel::GptModel(const ModelShape& shape, Backend& backend, DType master_dtype, DType compute_dtype, int64_t seq,
                    uint64_t seed, const TensorParallelContext* tp)
     : shape_(shape),
       backend_(backend),
@@ -79,6 +62,7 @@ GptModel::GptModel(const GptShape& shape, Backend& backend, DType master_dtype, 
       seq_(seq),
       blocks_(gpt_blocks(shape, tp)),
       params_(ParameterLayout(gpt_parameters(shape, blocks_, tp)), master_dtype, compute_dtype, backend.device()) {
+  LOOM_CHECK(shape.is_gpt(), "GptModel: the shape is of kind \"", shape.kind, "\"");
   LOOM_CHECK(seq > 0 && seq <= shape.max_seq, "sequence length ", seq, " must be in [1, model.max_seq_len=",
              shape.max_seq, "]");
   params_.initialise(seed, tensor_rank(tp), tensor_size(tp));
@@ -120,7 +104,7 @@ GptModel::Activations& GptModel::forward(const Tensor& tokens) {
   if (sequence_parallel(tp_)) scatter_to_sequence_region_forward(backend_, tp_, a.resid[0], a.embedded);
   for (int64_t i = 0; i < L; ++i) blocks_[i].forward(backend_, params_, a.resid[i], a.resid[i + 1], a.blocks[i]);
   backend_.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.resid[L], params_.weight("norm.weight"),
-                             params_.weight("norm.bias"), shape_.ln_eps);
+                             params_.weight("norm.bias"), shape_.ln_eps, ln_channels_);
   if (sequence_parallel(tp_)) gather_from_sequence_region_forward(backend_, tp_, a.lnf_full, a.lnf);
   // The output projection is column-parallel over the vocabulary: each rank's logits for its rows of wte.
   ColumnParallelLinear::forward(backend_, a.logits, a.lnf_full, params_.weight("wte.weight"), Tensor());
@@ -159,7 +143,7 @@ double GptModel::forward_backward(const Batch& batch, double loss_scale) {
                                             params_.weight("wte.weight"));
   Tensor dnorm_w = params_.grad("norm.weight"), dnorm_b = params_.grad("norm.bias");
   backend_.layernorm_backward(dresid, dnorm_w, dnorm_b, dlnf, a.resid[L], params_.weight("norm.weight"), a.lnf_mean,
-                              a.lnf_rstd);
+                              a.lnf_rstd, ln_channels_);
   for (int64_t i = L - 1; i >= 0; --i) {
     blocks_[i].backward(backend_, params_, dresid, a.resid[i], a.blocks[i], s);
     grads_ready(blocks_[i].prefix());
@@ -190,6 +174,13 @@ SampleFlops GptModel::flops_per_sample() const {
   f.model *= seq_;
   f.hardware *= seq_;
   return f;
+}
+
+void GptModel::set_active_embedding_channels(int64_t channels) {
+  LOOM_CHECK(channels >= 1 && channels <= shape_.d_model, "active embedding channels ", channels,
+             " must be in [1, d_model=", shape_.d_model, "]");
+  ln_channels_ = channels == shape_.d_model ? 0 : channels;
+  for (auto& b : blocks_) b.set_layernorm_channels(ln_channels_);
 }
 
 std::vector<float> GptModel::last_logits(const Tensor& tokens) {

@@ -1,29 +1,10 @@
-#include "trainer/vit.h"
+#include "trainer/models/vit.h"
 
 #include <algorithm>
 
 namespace loom {
 
-VitShape vit_shape_from_config(const config::ModelConfig& m) {
-  LOOM_CHECK(m.kind() == "vit", "model.kind: expected \"vit\", got \"", m.kind(), "\"");
-  VitShape s;
-  s.image_size = m.image_size();
-  s.patch_size = m.patch_size();
-  s.in_channels = m.in_channels();
-  s.num_classes = m.num_classes();
-  s.d_model = m.d_model();
-  s.distilled = m.distilled();
-  LOOM_CHECK(s.image_size > 0 && s.patch_size > 0 && s.image_size % s.patch_size == 0, "model.image_size (",
-             s.image_size, ") must be a positive multiple of model.patch_size (", s.patch_size, ")");
-  LOOM_CHECK(s.in_channels > 0, "model.in_channels must be positive, got ", s.in_channels);
-  LOOM_CHECK(s.num_classes > 1, "model.num_classes must be at least 2, got ", s.num_classes);
-  s.blocks = resolve_block_widths(m);
-  s.ln_eps = m.has_ln_eps() ? m.ln_eps() : 1e-6;
-  s.init_std = m.init_std();
-  return s;
-}
-
-SampleFlops vit_flops_per_image(const VitShape& s) {
+SampleFlops vit_flops_per_image(const ModelShape& s) {
   const double T = static_cast<double>(s.tokens()), D = static_cast<double>(s.d_model);
   double block_weights = 0, attention = 0;
   for (const auto& b : s.blocks) {
@@ -40,14 +21,14 @@ SampleFlops vit_flops_per_image(const VitShape& s) {
 }
 
 namespace {
-std::vector<TransformerBlock> vit_blocks(const VitShape& s, const TensorParallelContext* tp) {
+std::vector<TransformerBlock> vit_blocks(const ModelShape& s, const TensorParallelContext* tp) {
   std::vector<TransformerBlock> blocks;
   for (size_t i = 0; i < s.blocks.size(); ++i)
     blocks.emplace_back(static_cast<int>(i), s.d_model, s.blocks[i], /*causal=*/false, GeluKind::Erf, s.ln_eps, tp);
   return blocks;
 }
 
-std::vector<ParamSpec> vit_parameters(const VitShape& s, const std::vector<TransformerBlock>& blocks) {
+std::vector<ParamSpec> vit_parameters(const ModelShape& s, const std::vector<TransformerBlock>& blocks) {
   const int64_t D = s.d_model;
   std::vector<ParamSpec> specs;
   specs.push_back({"patch_embed.proj.weight", {D, s.patch_dim()}, true, Init::Normal, s.init_std});
@@ -79,7 +60,7 @@ double sum_on_host(const Tensor& t) {
 }
 
 // The [k, D] block of the class (and distillation) token in an arena (values or gradients).
-Tensor prefix_rows(const ParameterStore& p, const Tensor& arena, const VitShape& s) {
+Tensor prefix_rows(const ParameterStore& p, const Tensor& arena, const ModelShape& s) {
   const auto& cls = p.layout().entry("cls_token");
   if (s.distilled)
     LOOM_CHECK(p.layout().entry("dist_token").offset == cls.offset + s.d_model,
@@ -88,7 +69,7 @@ Tensor prefix_rows(const ParameterStore& p, const Tensor& arena, const VitShape&
 }
 }  // namespace
 
-VitModel::VitModel(const VitShape& shape, Backend& backend, DType master_dtype, DType compute_dtype, uint64_t seed,
+VitModel::VitModel(const ModelShape& shape, Backend& backend, DType master_dtype, DType compute_dtype, uint64_t seed,
                    double label_smoothing, const TensorParallelContext* tp)
     : shape_(shape),
       backend_(backend),
@@ -97,7 +78,15 @@ VitModel::VitModel(const VitShape& shape, Backend& backend, DType master_dtype, 
       tp_(tp),
       blocks_(vit_blocks(shape, tp)),
       params_(ParameterLayout(vit_parameters(shape, blocks_)), master_dtype, compute_dtype, backend.device()) {
+  LOOM_CHECK(shape.is_vit(), "VitModel: the shape is of kind \"", shape.kind, "\"");
   params_.initialise(seed, tensor_rank(tp), tensor_size(tp));
+}
+
+void VitModel::set_active_embedding_channels(int64_t channels) {
+  LOOM_CHECK(channels >= 1 && channels <= shape_.d_model, "active embedding channels ", channels,
+             " must be in [1, d_model=", shape_.d_model, "]");
+  ln_channels_ = channels == shape_.d_model ? 0 : channels;
+  for (auto& b : blocks_) b.set_layernorm_channels(ln_channels_);
 }
 
 VitModel::Activations& VitModel::activations_for(int64_t B) {
@@ -160,7 +149,7 @@ VitModel::Activations& VitModel::forward(const Tensor& patches) {
   for (int64_t i = 0; i < L; ++i) blocks_[i].forward(backend_, params_, a.resid[i], a.resid[i + 1], a.blocks[i]);
   if (sequence_parallel(tp_)) gather_from_sequence_region_forward(backend_, tp_, a.last_full, a.resid[L]);
   backend_.layernorm_forward(a.normed, a.norm_mean, a.norm_rstd, a.last_full.view({B * T, D}),
-                             params_.weight("norm.weight"), params_.weight("norm.bias"), shape_.ln_eps);
+                             params_.weight("norm.weight"), params_.weight("norm.bias"), shape_.ln_eps, ln_channels_);
   const Tensor normed = a.normed.view({B, T, D});
   const char* heads[2] = {"head", "head_dist"};
   Tensor* logits[2] = {&a.logits, &a.logits_dist};
@@ -211,7 +200,7 @@ double VitModel::forward_backward(const Batch& batch, double loss_scale) {
   Tensor dresid_rows = dresid.view({B * T, D});
   Tensor dnorm_w = params_.grad("norm.weight"), dnorm_b = params_.grad("norm.bias");
   backend_.layernorm_backward(dresid_rows, dnorm_w, dnorm_b, dnormed.view({B * T, D}), a.last_full.view({B * T, D}),
-                              params_.weight("norm.weight"), a.norm_mean, a.norm_rstd);
+                              params_.weight("norm.weight"), a.norm_mean, a.norm_rstd, ln_channels_);
   // Under SP the blocks' gradient covers this rank's rows, and is gathered back over every token for the
   // embeddings (into dresid, free by then).
   Tensor drows = sp ? a.drows : dresid_rows;

@@ -9,25 +9,15 @@
 #include <vector>
 
 #include "core/config.pb.h"
-#include "trainer/model.h"
-#include "trainer/transformer_block.h"
+#include "trainer/models/model.h"
+#include "trainer/models/transformer_block.h"
 
 namespace loom {
-
-struct GptShape {
-  int64_t vocab = 0, padded_vocab = 0, max_seq = 0, d_model = 0;
-  std::vector<BlockWidths> blocks;
-  double ln_eps = 1e-5, init_std = 0.02;
-};
-
-// Resolves the shape from the config. Throws loom::Error naming the field on invalid values.
-GptShape gpt_shape_from_config(const config::ModelConfig& model);
-int64_t pad_vocab(int64_t vocab);
 
 // Model FLOPs per token, forward + backward: 6·N + 6·T·Σ_blocks heads·(qk_dim + v_dim), N the weights of every
 // matmul (qkv, proj, fc1, fc2 of every block, and the V×C output projection), biases, norms and position
 // embeddings not. Causal masking is not discounted. Hardware FLOPs use the padded vocabulary.
-SampleFlops gpt_flops_per_token(const GptShape& shape, int64_t seq);
+SampleFlops gpt_flops_per_token(const ModelShape& shape, int64_t seq);
 
 class GptModel final : public Model {
  public:
@@ -36,7 +26,8 @@ class GptModel final : public Model {
   // With a tensor-parallel context (not owned, may be null) this rank holds its share of every block, and the
   // token embedding / output projection is vocabulary-parallel (rows of wte split across the group; the padded
   // vocabulary must divide by the group size).
-  GptModel(const GptShape& shape, Backend& backend, DType master_dtype, DType compute_dtype, int64_t seq,
+  // `shape.kind` must be "gpt".
+  GptModel(const ModelShape& shape, Backend& backend, DType master_dtype, DType compute_dtype, int64_t seq,
            uint64_t seed, const TensorParallelContext* tp = nullptr);
 
   ParameterStore& params() override { return params_; }
@@ -48,8 +39,9 @@ class GptModel final : public Model {
 
   // Logits of the last position of each sequence in `tokens` (I32 [B, t], t <= max_seq), as host floats
   // [B, vocab] (padding dropped). Used for sampling.
-  std::vector<float> last_logits(const Tensor& tokens);
-  const GptShape& shape() const { return shape_; }
+  std::vector<float> last_logits(const Tensor& tokens) override;
+  const ModelShape& shape() const override { return shape_; }
+  void set_active_embedding_channels(int64_t channels) override;
 
  private:
   struct Activations {
@@ -65,7 +57,8 @@ class GptModel final : public Model {
   // Forward through the final norm and logits; returns the activations used.
   Activations& forward(const Tensor& tokens);
 
-  GptShape shape_;
+  ModelShape shape_;
+  int64_t ln_channels_ = 0;  // LayerNorm statistics over this many channels (0: all d_model)
   Backend& backend_;
   const TensorParallelContext* tp_;
   DType compute_dtype_;

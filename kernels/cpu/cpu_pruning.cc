@@ -1,0 +1,127 @@
+// CpuBackend's structural-pruning ops (kernels/backend.h states the math): per-position dot products along one
+// axis (saliency Σ g·w, weight magnitude Σ w²) and the distillation loss. Validation runs before any output is
+// touched; the kernels below it never throw (they run inside OpenMP regions).
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_parallel.h"
+
+namespace loom {
+namespace {
+
+// out[i] = Σ_{o, n} a[o, i, n]·b[o, i, n], in double. Each i is one thread's work, o and n ascending, so the
+// result does not depend on the thread count.
+template <typename T, typename O>
+void dot_along_axis_kernel(O* out, const T* a, const T* b, int64_t outer, int64_t D, int64_t inner) {
+#pragma omp parallel for schedule(static) if (outer * D * inner > cpu::kParallelMinWork)
+  for (int64_t i = 0; i < D; ++i) {
+    double sum = 0;
+    for (int64_t o = 0; o < outer; ++o) {
+      const int64_t base = (o * D + i) * inner;
+      for (int64_t n = 0; n < inner; ++n) sum += static_cast<double>(a[base + n]) * static_cast<double>(b[base + n]);
+    }
+    out[i] = static_cast<O>(sum);
+  }
+}
+
+// Per row, over the classes c < classes, with u = teacher/τ and v = student/τ (double throughout):
+//   lse_u = log Σ exp(u_c), lse_v likewise, p_c = exp(u_c − lse_u), q_c = exp(v_c − lse_v),
+//   KL(p‖q) = Σ p_c (u_c − v_c) − lse_u + lse_v   (because Σ p_c = 1), loss = τ²·KL,
+//   dstudent_c = dloss·τ·(q_c − p_c); padding columns get 0.
+// All statistics are taken before the last pass writes, and that pass reads both logits of a column before
+// writing its gradient, so dstudent may alias student or teacher.
+template <typename T, typename L>
+void distillation_kernel(L* losses, T* dstudent, const T* student, const T* teacher, int64_t N, int64_t Vp,
+                         int64_t classes, double tau, double dloss) {
+#pragma omp parallel for schedule(static) if (N * Vp > cpu::kParallelMinWork)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* s = student + n * Vp;
+    const T* t = teacher + n * Vp;
+    double max_u = -INFINITY, max_v = -INFINITY;
+    for (int64_t c = 0; c < classes; ++c) {
+      max_u = std::max(max_u, static_cast<double>(t[c]) / tau);
+      max_v = std::max(max_v, static_cast<double>(s[c]) / tau);
+    }
+    double sum_u = 0, sum_v = 0, weighted = 0;
+    for (int64_t c = 0; c < classes; ++c) {
+      const double u = static_cast<double>(t[c]) / tau, v = static_cast<double>(s[c]) / tau;
+      const double e = std::exp(u - max_u);
+      sum_u += e;
+      sum_v += std::exp(v - max_v);
+      weighted += e * (u - v);
+    }
+    const double lse_u = max_u + std::log(sum_u), lse_v = max_v + std::log(sum_v);
+    losses[n] = static_cast<L>(tau * tau * (weighted / sum_u - lse_u + lse_v));
+    if (!dstudent) continue;
+    T* d = dstudent + n * Vp;
+    for (int64_t c = 0; c < classes; ++c) {
+      const double p = std::exp(static_cast<double>(t[c]) / tau - lse_u);
+      const double q = std::exp(static_cast<double>(s[c]) / tau - lse_v);
+      d[c] = static_cast<T>(dloss * tau * (q - p));
+    }
+    for (int64_t c = classes; c < Vp; ++c) d[c] = T(0);
+  }
+}
+
+bool real(const Tensor& t) {
+  return t.defined() && t.device().is_cpu() && (t.dtype() == DType::F32 || t.dtype() == DType::F64);
+}
+
+}  // namespace
+
+void CpuBackend::dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, int axis) {
+  LOOM_CHECK(real(a) && real(b) && a.dtype() == b.dtype(), "dot_along_axis: a ", a.str(), " and b ", b.str(),
+             " must be CPU f32 or f64 tensors of one dtype");
+  LOOM_CHECK(a.shape() == b.shape(), "dot_along_axis: b ", b.str(), " must have the shape of a ", a.str());
+  LOOM_CHECK(axis >= 0 && axis < a.ndim(), "dot_along_axis: axis ", axis, " is outside the ", a.ndim(),
+             " dimensions of a ", a.str());
+  const int64_t D = a.dim(axis);
+  LOOM_CHECK(real(out) && out.numel() == D && out.ndim() == 1, "dot_along_axis: out ", out.str(),
+             " must be a CPU f32 or f64 tensor of shape [", D, "]");
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < axis; ++d) outer *= a.dim(d);
+  for (int d = axis + 1; d < a.ndim(); ++d) inner *= a.dim(d);
+  auto run = [&](auto in_tag, auto out_tag) {
+    using T = decltype(in_tag);
+    using O = decltype(out_tag);
+    dot_along_axis_kernel(out.data<O>(), a.data<T>(), b.data<T>(), outer, D, inner);
+  };
+  if (a.dtype() == DType::F64)
+    out.dtype() == DType::F64 ? run(double{}, double{}) : run(double{}, float{});
+  else
+    out.dtype() == DType::F64 ? run(float{}, double{}) : run(float{}, float{});
+}
+
+void CpuBackend::distillation_loss(Tensor& losses, Tensor& dstudent, const Tensor& student, const Tensor& teacher,
+                                   int64_t classes, double temperature, double dloss) {
+  LOOM_CHECK(real(student) && student.ndim() >= 1, "distillation_loss: student ", student.str(),
+             " must be a CPU f32 or f64 tensor [N, Vp]");
+  LOOM_CHECK(real(teacher) && teacher.dtype() == student.dtype() && teacher.shape() == student.shape(),
+             "distillation_loss: teacher ", teacher.str(), " must have the dtype and shape of student ",
+             student.str());
+  const int64_t Vp = student.dim(-1), N = Vp ? student.numel() / Vp : 0;
+  LOOM_CHECK(classes >= 1 && classes <= Vp, "distillation_loss: classes ", classes, " must be in [1, ", Vp,
+             "] for student ", student.str());
+  LOOM_CHECK(temperature > 0 && std::isfinite(temperature), "distillation_loss: temperature ", temperature,
+             " must be positive and finite");
+  LOOM_CHECK(real(losses) && losses.numel() == N, "distillation_loss: losses ", losses.str(),
+             " must be a CPU f32 or f64 tensor of ", N, " elements");
+  if (dstudent.defined())
+    LOOM_CHECK(real(dstudent) && dstudent.dtype() == student.dtype() && dstudent.shape() == student.shape(),
+               "distillation_loss: dstudent ", dstudent.str(), " must have the dtype and shape of student ",
+               student.str());
+  auto run = [&](auto tag, auto loss_tag) {
+    using T = decltype(tag);
+    using L = decltype(loss_tag);
+    distillation_kernel(losses.data<L>(), dstudent.defined() ? dstudent.data<T>() : nullptr, student.data<T>(),
+                        teacher.data<T>(), N, Vp, classes, temperature, dloss);
+  };
+  if (student.dtype() == DType::F64)
+    losses.dtype() == DType::F64 ? run(double{}, double{}) : run(double{}, float{});
+  else
+    losses.dtype() == DType::F64 ? run(float{}, double{}) : run(float{}, float{});
+}
+
+}  // namespace loom
