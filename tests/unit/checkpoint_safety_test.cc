@@ -16,7 +16,7 @@
 #include "core/safetensors.h"
 #include "kernels/backend.h"
 #include "tests/common/test_util.h"
-#include "trainer/gpt.h"
+#include "trainer/models/gpt.h"
 #include "trainer/trainer.h"
 
 namespace loom {
@@ -75,7 +75,7 @@ struct TinyRun {
   std::unique_ptr<Backend> backend = make_backend(Device::cpu());
   std::unique_ptr<GptModel> model;
   explicit TinyRun(const config::RunConfig& cfg) {
-    model = std::make_unique<GptModel>(gpt_shape_from_config(cfg.model()), *backend, DType::F32, DType::F32,
+    model = std::make_unique<GptModel>(model_shape_from_config(cfg.model()), *backend, DType::F32, DType::F32,
                                        cfg.data().seq_len(), cfg.train().seed());
   }
 };
@@ -98,6 +98,8 @@ class BadBatches final : public Model {
   EvalStats evaluate(const Batch& batch) override { return inner_.evaluate(batch); }
   SampleFlops flops_per_sample() const override { return inner_.flops_per_sample(); }
   int64_t tokens_per_sample() const override { return inner_.tokens_per_sample(); }
+  const ModelShape& shape() const override { return inner_.shape(); }
+  void set_active_embedding_channels(int64_t channels) override { inner_.set_active_embedding_channels(channels); }
 
  private:
   Model& inner_;
