@@ -320,12 +320,17 @@ void layernorm_forward_vec(int chunks, T* out, float* mean, float* rstd, const T
 
 }  // namespace
 
+std::string layernorm_vectorised_rule(int64_t C) {
+  if (C % 8 == 0 && C <= 1024) return "";
+  return "width " + std::to_string(C) + " is not a multiple of 8 up to 1024 (the vectorised warp-per-row kernels)";
+}
+
 template <typename T>
 void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C,
                        float eps, int64_t K, cudaStream_t stream) {
   if (N == 0) return;
   const float count = static_cast<float>(K), zeros = static_cast<float>(C - K);
-  if (C % 8 == 0 && C <= 1024 && aligned16(out) && aligned16(x) && aligned16(w) && (!b || aligned16(b))) {
+  if (layernorm_vectorised_rule(C).empty() && aligned16(out) && aligned16(x) && aligned16(w) && (!b || aligned16(b))) {
     const int pack = Pack16<T>::kSize;
     const int chunks = static_cast<int>((C + 32 * pack - 1) / (32 * pack));
     layernorm_forward_vec<T, 1>(chunks, out, mean, rstd, x, w, b, N, static_cast<int>(C), eps, count, zeros, stream);
@@ -343,7 +348,7 @@ void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T*
                         const float* rstd, int64_t N, int64_t C, int64_t K, cudaStream_t stream) {
   if (N == 0) return;
   const float count = static_cast<float>(K);
-  if (C % 8 == 0 && C <= 1024 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(w)) {
+  if (layernorm_vectorised_rule(C).empty() && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(w)) {
     const int pack = Pack16<T>::kSize;
     const int chunks = static_cast<int>((C + 32 * pack - 1) / (32 * pack));
     layernorm_backward_vec<T, 1>(chunks, dx, dw, db, dout, x, w, mean, rstd, N, static_cast<int>(C), count, stream);
