@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_timing.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/cuda/cuda_check.h"
@@ -60,40 +61,6 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-// Median milliseconds of fn(), each run bracketed by events.
-double median_ms(const std::function<void()>& fn, int warmup, int reps) {
-  for (int i = 0; i < warmup; ++i) fn();
-  CUDA_CHECK(cudaDeviceSynchronize());
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    CUDA_CHECK(cudaEventRecord(start));
-    fn();
-    CUDA_CHECK(cudaEventRecord(stop));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    t.push_back(ms);
-  }
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-// Standard-normal-ish 16-bit values from a xorshift generator (fast enough for 10^8 elements).
-void fill_random(std::vector<uint16_t>& v, loom::DType t, uint64_t seed) {
-  uint64_t x = seed | 1;
-  for (auto& e : v) {
-    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-    const float u = float((x >> 40) & 0xffffff) / float(1 << 24);                      // [0, 1)
-    const float n = (u - 0.5f) * 3.4641016f;                                           // unit variance
-    e = t == loom::DType::BF16 ? loom::float_to_bf16(n) : loom::float_to_f16(n);
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -112,9 +79,9 @@ int main(int argc, char** argv) try {
   CUDA_CHECK(cudaMalloc(&dqkv, qkv_elems * 2));
   CUDA_CHECK(cudaMalloc(&out, out_elems * 2));
   CUDA_CHECK(cudaMalloc(&dout, out_elems * 2));
-  fill_random(host, o.dtype, 12345);
+  loom::bench::fill_random(host, o.dtype, 12345);
   CUDA_CHECK(cudaMemcpy(qkv, host.data(), qkv_elems * 2, cudaMemcpyHostToDevice));
-  fill_random(host, o.dtype, 777);
+  loom::bench::fill_random(host, o.dtype, 777);
   CUDA_CHECK(cudaMemcpy(dout, host.data(), out_elems * 2, cudaMemcpyHostToDevice));
   size_t ws_bytes = 0;
   int64_t max_rows = 0;
@@ -144,7 +111,7 @@ int main(int argc, char** argv) try {
             fwd();
             loom::cuda::flash_attention_backward(a, o.dtype, qkv, out, dout, lse, dqkv, ws, ws_bytes, det, nullptr);
           };
-          const double tf = median_ms(fwd, o.warmup, o.reps), tfb = median_ms(fwd_bwd, o.warmup, o.reps);
+          const double tf = loom::bench::median_ms(fwd, o.warmup, o.reps), tfb = loom::bench::median_ms(fwd_bwd, o.warmup, o.reps);
           const nlohmann::json r = {{"backend", backend}, {"d", d}, {"causal", causal}, {"seqlen", s},
                                     {"batch", a.batch}, {"heads", a.heads}, {"fwd", flops / tf / 1e9},
                                     {"bwd", 2.5 * flops / (tfb - tf) / 1e9}, {"fwd_bwd", 3.5 * flops / tfb / 1e9}};
