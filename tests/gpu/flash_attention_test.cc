@@ -314,7 +314,8 @@ std::vector<Case> cases() {
     v.push_back({1, 1000, 1, 64, causal, DType::F16});
     v.push_back({1, 256, 2, 128, causal, DType::BF16, 8.f});  // scores of std ~64: one key dominates
     v.push_back({1, 130, 2, 64, causal, DType::F16, 4.f});
-    // Head dims other than 64/128 and pruned heads with Dqk != Dv (run in a wider tile, padded with zeros).
+    // Head dims other than 64/128 and pruned heads with Dqk != Dv (run in a wider tile, padded with zeros;
+    // PrunedDims below covers every pair).
     v.push_back({1, 197, 3, 96, causal, DType::BF16});
     v.push_back({2, 65, 2, 64, causal, DType::BF16, 1.f, 32});
     v.push_back({1, 130, 2, 40, causal, DType::F16, 1.f, 72});
@@ -324,6 +325,30 @@ std::vector<Case> cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Grid, FlashAttentionTest, ::testing::ValuesIn(cases()),
+                         [](const ::testing::TestParamInfo<Case>& i) { return case_name(i.param); });
+
+// What pruning produces: every pair of q/k and v head dims among 8 … 128 (each tile width 32, 64 and 128 with
+// head dims below, at and between them), causal and not, at ragged lengths (one partial block, several key and
+// query blocks), alternating bf16 and f16 so each tile pair runs in both.
+std::vector<Case> pruned_cases() {
+  const int64_t dims[] = {8, 16, 24, 32, 40, 48, 56, 64, 72, 96, 128};
+  const int64_t seqs[] = {17, 70, 130, 197};
+  std::vector<Case> v;
+  int pair = 0;
+  for (int64_t dqk : dims)
+    for (int64_t dv : dims) {
+      if (dqk == dv && (dqk == 64 || dqk == 128)) continue;  // in cases()
+      for (int causal = 0; causal < 2; ++causal) {
+        const DType dtype = (pair + causal) % 2 ? DType::F16 : DType::BF16;
+        const int64_t seq = seqs[(pair + 2 * causal) % 4], heads = 1 + pair % 3 / 2;
+        v.push_back({1, seq, heads, dqk, causal == 1, dtype, 1.f, dv == dqk ? 0 : dv});
+      }
+      ++pair;
+    }
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(PrunedDims, FlashAttentionTest, ::testing::ValuesIn(pruned_cases()),
                          [](const ::testing::TestParamInfo<Case>& i) { return case_name(i.param); });
 
 // Argument checks run on the host, so these need no GPU.
