@@ -1,5 +1,5 @@
-// Helpers shared by the kernel benchmarks (bench/attention, bench/kernels): event-timed medians and random
-// 16-bit inputs. Host code; every CUDA call is checked (loom::Error).
+// Helpers shared by the kernel benchmarks (bench/attention, bench/kernels): event-timed medians, random inputs
+// and the card's DRAM bandwidth. Host code; every CUDA call is checked (loom::Error).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/tensor.h"
 #include "kernels/cuda/cuda_check.h"
 
 namespace loom::bench {
@@ -47,6 +48,17 @@ inline void fill_random(std::vector<uint16_t>& v, DType t, uint64_t seed) {
     const float n = (u - 0.5f) * 3.4641016f;                         // unit variance
     e = t == DType::BF16 ? float_to_bf16(n) : float_to_f16(n);
   }
+}
+
+// A tensor of `shape` on GPU 0 holding uniform values in [lo, hi) (xorshift, seeded) rounded to dtype.
+inline Tensor random_on_gpu(const Shape& shape, DType dtype, uint64_t seed, float lo, float hi) {
+  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+  uint64_t x = seed | 1;
+  for (auto& e : v) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    e = lo + (hi - lo) * float((x >> 40) & 0xffffff) / float(1 << 24);
+  }
+  return Tensor::from_vector(v, shape, dtype).to(Device::cuda(0));
 }
 
 // Peak DRAM bandwidth of the current device in bytes per second (2 transfers per memory clock).

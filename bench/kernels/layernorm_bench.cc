@@ -20,21 +20,6 @@
 #include "bench/bench_timing.h"
 #include "kernels/backend.h"
 
-namespace {
-
-// A tensor of `shape` on the GPU holding uniform values in [lo, hi) rounded to dtype.
-loom::Tensor random_on_gpu(const loom::Shape& shape, loom::DType dtype, uint64_t seed, float lo, float hi) {
-  std::vector<float> v(static_cast<size_t>(loom::shape_numel(shape)));
-  uint64_t x = seed | 1;
-  for (auto& e : v) {
-    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-    e = lo + (hi - lo) * float((x >> 40) & 0xffffff) / float(1 << 24);
-  }
-  return loom::Tensor::from_vector(v, shape, dtype).to(loom::Device::cuda(0));
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   CLI::App app{"loom_layernorm_bench: LayerNorm forward/backward bandwidth per width"};
   int64_t rows = 16384;
@@ -61,6 +46,7 @@ int main(int argc, char** argv) {
       const int64_t N = rows;
       using loom::Tensor;
       const loom::Device gpu = loom::Device::cuda(0);
+      using loom::bench::random_on_gpu;
       const Tensor x = random_on_gpu({N, C}, dtype, 1, -2.f, 3.f), dout = random_on_gpu({N, C}, dtype, 2, -1.f, 1.f);
       const Tensor w = random_on_gpu({C}, dtype, 3, 0.5f, 1.5f), b = random_on_gpu({C}, dtype, 4, -1.f, 1.f);
       Tensor out = Tensor::empty({N, C}, dtype, gpu), mean = Tensor::empty({N}, loom::DType::F32, gpu),

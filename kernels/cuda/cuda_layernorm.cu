@@ -99,13 +99,6 @@ __global__ void layernorm_backward_kernel(T* dx, float* dw_partials, float* db_p
   }
 }
 
-// 16 bytes of T: the unit of the vectorised kernels' loads and stores (8 bf16/f16 or 4 f32).
-template <typename T>
-struct alignas(16) Pack16 {
-  static constexpr int kSize = 16 / sizeof(T);
-  T e[kSize];
-};
-
 // How the vectorised kernels spread rows of C = packs·P elements (P = Pack16<T>::kSize): a row group of `tpr`
 // threads (tpr / 32 warps) holds one row, thread t of the group owning the packs t, t + tpr, ...,
 // t + (chunks - 1)·tpr that are < packs; a block holds `groups` row groups (blockDim = groups·tpr).
@@ -350,8 +343,6 @@ __global__ void __launch_bounds__(kMaxRowWarps * 32)
   }
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 // Calls fn.template operator()<chunks, one_warp>() for plan.chunks (in [kChunks, kMaxChunks<T>]) and whether a
 // row takes one warp: the register arrays of the vectorised kernels need the chunks at compile time, and a
 // compile-time row group of one warp (the common case, C <= 1024 for bf16) saves the registers of run-time
@@ -402,7 +393,7 @@ void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* w,
   if (N == 0) return;
   const float count = static_cast<float>(K), zeros = static_cast<float>(C - K);
   const RowPlan plan = plan_rows<T>(C);
-  if (plan.tpr > 0 && aligned16(out) && aligned16(x) && aligned16(w) && (!b || aligned16(b))) {
+  if (plan.tpr > 0 && is_aligned16(out) && is_aligned16(x) && is_aligned16(w) && (!b || is_aligned16(b))) {
     with_chunks<T>(plan, [&]<int kChunks, bool kOneWarp>() {
       const int64_t blocks = (N + plan.groups - 1) / plan.groups;
       layernorm_forward_vec_kernel<T, kChunks, kOneWarp><<<static_cast<unsigned>(blocks), plan.threads(), 0, stream>>>(
@@ -424,7 +415,7 @@ void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T*
   if (N == 0) return;
   const float count = static_cast<float>(K);
   const RowPlan plan = plan_rows<T>(C);
-  if (plan.tpr > 0 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(w)) {
+  if (plan.tpr > 0 && is_aligned16(dx) && is_aligned16(dout) && is_aligned16(x) && is_aligned16(w)) {
     layernorm_backward_vec(plan, dx, dw, db, dout, x, w, mean, rstd, N, static_cast<int>(C), count, stream);
     return;
   }

@@ -276,7 +276,8 @@ struct DqTile {
   static constexpr int kD = DQK > DV ? DQK : DV;
   static constexpr int kWarps = 8, kThreads = kWarps * 32, kBr = 128, kBc = 64;
   static constexpr int kQkCols = atom_cols(DQK), kVCols = atom_cols(DV);
-  static constexpr int kSmemBytes = (kBr * (kQkCols + kVCols) + 2 * kBc * (kQkCols + kVCols)) * 2;  // Q, dO; 2 stages of K, V
+  // Q, dO; 2 stages of K and V.
+  static constexpr int kSmemBytes = (kBr * (kQkCols + kVCols) + 2 * kBc * (kQkCols + kVCols)) * 2;
 };
 
 template <typename T, int DQK, int DV>

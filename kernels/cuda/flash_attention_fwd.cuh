@@ -31,7 +31,8 @@ struct FwdTile {
   // faster than 64; one warpgroup was 30% slower); at D = 64, one warpgroup (64 rows: more blocks per SM, 3-5%
   // faster than two) and key blocks of 64 (128 was 15% slower). Other pairs take the choice of the wider one.
   static constexpr int kD = DQK > DV ? DQK : DV;
-  static constexpr int kWarps = kD == 128 ? 8 : 4, kThreads = kWarps * 32, kBr = kWarps * 16, kBc = kD == 128 ? 128 : 64;
+  static constexpr int kWarps = kD == 128 ? 8 : 4, kThreads = kWarps * 32, kBr = kWarps * 16;
+  static constexpr int kBc = kD == 128 ? 128 : 64;
   static constexpr int kQkCols = atom_cols(DQK), kVCols = atom_cols(DV);  // see atom_cols
   static constexpr int kSmemBytes = (kBr * kQkCols + 2 * kBc * kQkCols + 2 * kBc * kVCols) * 2;  // Q, 2 stages of K, V
 };
