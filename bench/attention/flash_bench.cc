@@ -18,14 +18,13 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "bench/bench_timing.h"
+#include "bench/bench_util.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/cuda/cuda_check.h"
@@ -197,11 +196,7 @@ int main(int argc, char** argv) try {
   CUDA_CHECK(cudaFree(buf.dout));
   CUDA_CHECK(cudaFree(buf.ws));
   CUDA_CHECK(cudaFree(buf.lse));
-  if (!o.json.empty()) {
-    std::ofstream f(o.json);
-    LOOM_CHECK(f.good(), "flash_bench: cannot write ", o.json);
-    f << nlohmann::json{{"card", prop.name}, {"rows", rows}}.dump(1) << "\n";
-  }
+  loom::bench::write_json(o.json, {{"card", prop.name}, {"rows", rows}});
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "flash_bench: %s\n", e.what());

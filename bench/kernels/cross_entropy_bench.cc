@@ -11,11 +11,10 @@
 //                                 [--reps 20] [--warmup 5] [--json FILE]
 #include <CLI/CLI.hpp>
 #include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "bench/bench_timing.h"
+#include "bench/bench_util.h"
 #include "kernels/backend.h"
 
 int main(int argc, char** argv) {
@@ -54,14 +53,9 @@ int main(int argc, char** argv) {
     std::printf("cross_entropy N=%lld Vp=%lld: %.1f us, %.0f GB/s, floor %.1f us (%.1f%% of the time)\n",
                 static_cast<long long>(rows), static_cast<long long>(padded), ms * 1e3, bytes / ms / 1e6, floor_us,
                 floor_us / ms / 10);
-    if (!json_path.empty()) {
-      std::ofstream f(json_path);
-      LOOM_CHECK(f.good(), "cross_entropy_bench: cannot write ", json_path);
-      f << nlohmann::json{{"card", backend->name()}, {"dtype", dtype_name}, {"peak_bytes_per_s", peak},
-                          {"rows", rows}, {"padded", padded}, {"vocab", vocab}, {"us", ms * 1e3}, {"bytes", bytes}}
-               .dump(1)
-        << "\n";
-    }
+    loom::bench::write_json(json_path, {{"card", backend->name()}, {"dtype", dtype_name}, {"peak_bytes_per_s", peak},
+                                        {"rows", rows}, {"padded", padded}, {"vocab", vocab}, {"us", ms * 1e3},
+                                        {"bytes", bytes}});
     return 0;
   } catch (const std::exception& ex) {
     std::fprintf(stderr, "cross_entropy_bench: %s\n", ex.what());

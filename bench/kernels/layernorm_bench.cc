@@ -13,11 +13,10 @@
 //                             [--warmup 5] [--json FILE]
 #include <CLI/CLI.hpp>
 #include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "bench/bench_timing.h"
+#include "bench/bench_util.h"
 #include "kernels/backend.h"
 
 int main(int argc, char** argv) {
@@ -70,14 +69,8 @@ int main(int argc, char** argv) {
       out_rows.push_back({{"width", C}, {"rows", N}, {"fwd_us", fwd_ms * 1e3}, {"bwd_us", bwd_ms * 1e3},
                           {"fwd_bytes", fwd_bytes}, {"bwd_bytes", bwd_bytes}});
     }
-    if (!json_path.empty()) {
-      std::ofstream f(json_path);
-      LOOM_CHECK(f.good(), "layernorm_bench: cannot write ", json_path);
-      f << nlohmann::json{{"card", backend->name()}, {"dtype", dtype_name}, {"peak_bytes_per_s", peak},
-                          {"rows", out_rows}}
-               .dump(1)
-        << "\n";
-    }
+    loom::bench::write_json(json_path, {{"card", backend->name()}, {"dtype", dtype_name}, {"peak_bytes_per_s", peak},
+                                        {"rows", out_rows}});
     return 0;
   } catch (const std::exception& ex) {
     std::fprintf(stderr, "layernorm_bench: %s\n", ex.what());

@@ -1,14 +1,18 @@
-// Helpers shared by the kernel benchmarks (bench/attention, bench/kernels): event-timed medians, random inputs
-// and the card's DRAM bandwidth. Host code; every CUDA call is checked (loom::Error).
+// Helpers shared by the kernel benchmarks (bench/attention, bench/kernels): event-timed medians, random inputs,
+// the card's DRAM bandwidth and the JSON result files. Host code; every CUDA call is checked (loom::Error).
 #pragma once
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <fstream>
 #include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/error.h"
 #include "core/tensor.h"
 #include "kernels/cuda/cuda_check.h"
 
@@ -68,6 +72,14 @@ inline double peak_dram_bytes_per_s() {
   CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device));
   CUDA_CHECK(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device));
   return 2.0 * clock_khz * 1e3 * bus_bits / 8;
+}
+
+// Writes `results` to `path` (nothing when path is empty); loom::Error if the file cannot be written.
+inline void write_json(const std::string& path, const nlohmann::json& results) {
+  if (path.empty()) return;
+  std::ofstream f(path);
+  f << results.dump(1) << "\n";
+  LOOM_CHECK(f.good(), "cannot write ", path);
 }
 
 }  // namespace loom::bench
