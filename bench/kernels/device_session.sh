@@ -22,9 +22,9 @@ grep -E '^\[  FAILED  \]|Failure|naive 16-bit error' "$out/gpu_tests.log" | head
 
 san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 {
-  timeout 150 "$san" --tool memcheck "$c/loom_gpu_tests" --gtest_filter='PrunedDims/*/b1_t70_h1_d32_v128_causal_bf16:PrunedDims/*/b1_t130_h1_d128_v32_causal_f16:PrunedDims/*/b1_t197_h1_d16_v40_full_f16:Widths/*.MatchesTheCpuReference/bf16_C2056:Widths/*.MatchesTheCpuReference/f32_C8192:Dtypes/CudaLossTest.CrossEntropyVectorisedAndScalarRows/bf16'
-  timeout 150 "$san" --tool racecheck "$c/loom_gpu_tests" --gtest_filter='PrunedDims/*/b1_t70_h1_d32_v128_causal_bf16:PrunedDims/*/b1_t17_h1_d128_v32_full_bf16:Widths/*.MatchesTheCpuReference/bf16_C1280:Widths/*.MatchesTheCpuReference/bf16_C768'
-  timeout 150 "$san" --tool synccheck "$c/loom_gpu_tests" --gtest_filter='Widths/*.MatchesTheCpuReference/bf16_C2560'
+  timeout 150 "$san" --tool memcheck "$c/loom_gpu_tests" --gtest_filter='Grid/*t50_h1_d8_v16*:Grid/*t70_h2_d32_v128*:Grid/*t77_h1_d128_v24*:Grid/*t130_h2_d40_v72*:Widths/*.MatchesTheCpuReference/bf16_C2056:Widths/*.MatchesTheCpuReference/f32_C8192:Dtypes/CudaLossTest.CrossEntropyVectorisedAndScalarRows/bf16'
+  timeout 150 "$san" --tool racecheck "$c/loom_gpu_tests" --gtest_filter='Grid/*t70_h2_d32_v128_full*:Grid/*t77_h1_d128_v24_causal*:Widths/*.MatchesTheCpuReference/bf16_C1280:Widths/*.MatchesTheCpuReference/bf16_C768'
+  timeout 150 "$san" --tool synccheck "$c/loom_gpu_tests" --gtest_filter='Grid/*t50_h1_d8_v16_full*:Widths/*.MatchesTheCpuReference/bf16_C2560'
 } >"$out/sanitizer.log" 2>&1
 grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^\[  (PASSED|FAILED) " "$out/sanitizer.log"
 

@@ -80,6 +80,8 @@ std::string flash_attention_check(const AttentionShape& s, DType dtype) {
   return "";
 }
 
+int flash_attention_tile_width(int64_t head_dim) { return flash::tile_width(head_dim); }
+
 void flash_attention_forward(const AttentionShape& s, DType dtype, const void* qkv, void* out, float* lse,
                              cudaStream_t stream) {
   check_supported(s, dtype);

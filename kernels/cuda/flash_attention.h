@@ -34,6 +34,10 @@ namespace loom::cuda {
 // Returns "" if (shape, dtype) is supported by these kernels, otherwise a sentence saying why not.
 std::string flash_attention_check(const AttentionShape& shape, DType dtype);
 
+// The tile width a supported head dim (q/k or v) runs in: 32, 64 or 128. A head costs the tensor-core work of
+// its two tile widths, so pruning a head dim within one tile saves none of it.
+int flash_attention_tile_width(int64_t head_dim);
+
 // out = softmax(scale · q kᵀ [+ causal mask]) v per batch and head; lse = the rows' logsumexp.
 // qkv: [B, T, qkv_width] of dtype; out: [B, T, H*Dv] of dtype (fully written); lse: [B, H, T] f32 (written).
 void flash_attention_forward(const AttentionShape& shape, DType dtype, const void* qkv, void* out, float* lse,
