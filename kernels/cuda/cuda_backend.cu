@@ -91,7 +91,7 @@ std::vector<SlowPath> CudaBackend::slow_paths(const BlockKernelShape& b, DType d
                                  1.0 / std::sqrt(static_cast<double>(b.qk_dim))};
   if (const std::string why = flash_attention_check(attention, dtype); !why.empty())
     slow.push_back({"attention", "materialised [B, H, T, T] scores instead of flash attention: " + why});
-  if (const std::string why = layernorm_vectorised_rule(b.d_model); !why.empty())
+  if (const std::string why = layernorm_vectorised_rule(b.d_model, dtype); !why.empty())
     slow.push_back({"layernorm", "the general kernels: " + why});
   if (const std::string why = gelu_epilogue_rule(b.gelu, dtype, b.mlp_dim); !why.empty())
     slow.push_back({"mlp", why});

@@ -48,7 +48,9 @@ TEST_F(CudaBackendTest, SlowPathsNameEachFallbackAndItsRule) {
   EXPECT_TRUE(contains(odd_head[0].rule, "materialised")) << odd_head[0].rule;
   EXPECT_TRUE(contains(odd_head[0].rule, "q/k head dim 12")) << odd_head[0].rule;
   EXPECT_EQ(ops_of(gpu_->slow_paths(block(768, 64, 136, 3072), DType::BF16)), Ops{"attention"});
-  EXPECT_EQ(ops_of(gpu_->slow_paths(block(1000, 64, 64, 3072), DType::BF16)), Ops{"layernorm"});
+  EXPECT_EQ(ops_of(gpu_->slow_paths(block(1001, 64, 64, 3072), DType::BF16)), Ops{"layernorm"});
+  EXPECT_EQ(ops_of(gpu_->slow_paths(block(12288, 64, 64, 3072), DType::BF16)), Ops{"layernorm"});
+  EXPECT_TRUE(gpu_->slow_paths(block(2056, 64, 64, 3072), DType::BF16).empty());  // wide, a multiple of 8 only
   EXPECT_EQ(ops_of(gpu_->slow_paths(block(768, 64, 64, 3076), DType::BF16)), Ops{"mlp"});
   // f32 activations: no flash attention and no GELU epilogue.
   EXPECT_EQ(ops_of(gpu_->slow_paths(block(768, 64, 64, 3072), DType::F32)), (Ops{"attention", "mlp"}));
