@@ -11,7 +11,7 @@
 // Quoted scalars ("12") are strings and are rejected where a number or bool is expected.
 // - Ranges: every numeric field has an inclusive range, `[(loom.config.min) = a, (loom.config.max) = b]`, and a
 //   value outside it (or NaN) is an error naming the file, the key path, the value and the range, e.g.
-//   configs/x.yaml: optim.beta1: 1 is out of range [0, 0.999999]
+//   configs/x.yaml:9:10: optim.beta1: 1 is out of range [0, 0.999999]
 //   (each element of a repeated field is checked). A string field with `(loom.config.choices) = "a|b"` takes
 //   only those values, whatever the device (train.dtype: bert is an error on the CPU too).
 //
@@ -20,9 +20,12 @@
 // `train.resume=` (null: unset) all work). List elements are addressed by index, `model.blocks.1.heads=4`
 // or `model.blocks[1].heads=4`; the index must exist or equal the list size (which appends an element).
 //
-// Errors: every failure throws loom::Error "<file>: <key path>: <reason>", e.g.
-//   configs/gpt_tiny.yaml: model.n_layer: expected an integer, got "twelve"
-// and errors in overrides name the override: "<file>: override 'model.n_layer=x': model.n_layer: ...".
+// Errors: every failure throws loom::Error "<file>:<line>:<column>: <key path>: <reason>", the position
+// (1-based) being where the offending key or value starts, e.g.
+//   configs/gpt_tiny.yaml:3:12: model.n_layer: expected an integer, got "twelve"
+// A YAML syntax error reads "<file>:<line>:<column>: YAML syntax error: ...". A missing required field has no
+// position ("<file>: train.max_steps: missing required field"), and errors in overrides name the override
+// instead: "<file>: override 'model.n_layer=x': model.n_layer: ...".
 // Threads: the functions keep no state; concurrent calls are fine.
 #pragma once
 #include <string>

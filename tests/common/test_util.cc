@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 
@@ -35,6 +36,12 @@ std::string error_message(const std::function<void()>& f) {
     return e.what();
   }
   return "(no loom::Error thrown)";
+}
+
+std::string line_column(const std::string& text, size_t offset) {
+  const size_t line_start = offset == 0 ? 0 : text.rfind('\n', offset - 1) + 1;  // npos + 1 == 0: the first line
+  const auto line = 1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(offset), '\n');
+  return std::to_string(line) + ":" + std::to_string(offset - line_start + 1);
 }
 
 Batch SyntheticTokens::make(int64_t index, Device device) const {

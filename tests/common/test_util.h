@@ -27,6 +27,9 @@ class TempDir {
 // The message of the loom::Error that `f` throws, or "(no loom::Error thrown)".
 std::string error_message(const std::function<void()>& f);
 
+// "<line>:<column>" (1-based, as the config loader reports positions) of byte `offset` of `text`.
+std::string line_column(const std::string& text, size_t offset);
+
 // Random token sequences, a pure function of (seed, position): batches can be replayed from a saved position.
 // Targets are the inputs shifted by one within a (T+1)-token window, as in the real text loader.
 class SyntheticTokens final : public DataSource {
