@@ -13,6 +13,7 @@
 #include <sstream>
 #include <string_view>
 
+#include "core/config_text.h"
 #include "core/error.h"
 
 namespace loom {
@@ -159,17 +160,18 @@ Int to_integer(const YAML::Node& node, const Source& src, const std::string& pat
 
 template <typename Float>
 Float to_float(const YAML::Node& node, const Source& src, const std::string& path, const char* type_name) {
-  if (!node.IsScalar() || is_string_literal(node)) fail_at(src, node.Mark(), path, "expected a number, got ", describe(node));
+  if (!node.IsScalar() || is_string_literal(node))
+    fail_at(src, node.Mark(), path, "expected a number, got ", describe(node));
   bool too_large = false;
   const std::optional<Float> value = parse_float_literal<Float>(node.Scalar(), &too_large);
-  if (too_large) fail_at(src, node.Mark(), path, "expected a number, got ", node.Scalar(), " (out of range for ", type_name, ")");
+  if (too_large)
+    fail_at(src, node.Mark(), path, "expected a number, got ", node.Scalar(), " (out of range for ", type_name, ")");
   if (!value) fail_at(src, node.Mark(), path, "expected a number, got ", describe(node));
   return *value;
 }
 
 void fill_message(pb::Message* msg, const YAML::Node& node, const Source& src, const std::string& path);
 
-std::string format_double(double v);
 
 // The field's inclusive range from its (min) / (max) options; every numeric field of config.proto has both
 // (tests/unit/config_ranges_test.cc checks that), so a missing bound is an error in the schema itself.
@@ -188,7 +190,7 @@ T checked_range(T value, const std::string& text, const pb::FieldDescriptor* fie
   const auto [lo, hi] = field_range(field);
   const double v = static_cast<double>(value);
   if (!(v >= lo && v <= hi))
-    fail_at(src, at, path, text, " is out of range [", format_double(lo), ", ", format_double(hi), "]");
+    fail_at(src, at, path, text, " is out of range [", yaml_double(lo), ", ", yaml_double(hi), "]");
   return value;
 }
 template <typename Int>
@@ -201,7 +203,7 @@ template <typename Float>
 Float float_in_range(const YAML::Node& node, const Source& src, const std::string& path, const char* type_name,
                      const pb::FieldDescriptor* field) {
   const Float value = to_float<Float>(node, src, path, type_name);
-  return checked_range(value, format_double(value), field, src, node.Mark(), path);
+  return checked_range(value, yaml_double(value), field, src, node.Mark(), path);
 }
 
 // A string field with a (choices) option ("a|b|c") takes only those values.
@@ -323,11 +325,13 @@ const pb::FieldDescriptor* find_field(const pb::Descriptor* type, const std::str
 }
 
 void fill_message(pb::Message* msg, const YAML::Node& node, const Source& src, const std::string& path) {
-  if (!node.IsMap()) fail_at(src, node.Mark(), path.empty() ? "(top level)" : path, "expected a map, got ", describe(node));
+  if (!node.IsMap())
+    fail_at(src, node.Mark(), path.empty() ? "(top level)" : path, "expected a map, got ", describe(node));
   std::set<std::string> seen;
   for (const auto& kv : node) {
     if (!kv.first.IsScalar())
-      fail_at(src, kv.first.Mark(), path.empty() ? "(top level)" : path, "keys must be plain names, got ", describe(kv.first));
+      fail_at(src, kv.first.Mark(), path.empty() ? "(top level)" : path, "keys must be plain names, got ",
+              describe(kv.first));
     const std::string& key = kv.first.Scalar();
     const std::string key_path = join_key(path, key);
     if (!seen.insert(key).second) fail_at(src, kv.first.Mark(), key_path, "duplicate key");
@@ -335,15 +339,14 @@ void fill_message(pb::Message* msg, const YAML::Node& node, const Source& src, c
   }
 }
 
-bool is_required(const pb::FieldDescriptor* field) { return field->options().GetExtension(config::required); }
-
 void check_required(const pb::Message& msg, const Source& src, const std::string& path) {
   const pb::Reflection* r = msg.GetReflection();
   const pb::Descriptor* type = msg.GetDescriptor();
   for (int i = 0; i < type->field_count(); ++i) {
     const pb::FieldDescriptor* f = type->field(i);
     const std::string key_path = join_key(path, f->name());
-    if (!f->is_repeated() && is_required(f) && !r->HasField(msg, f)) fail_at(src, kNowhere, key_path, "missing required field");
+    if (!f->is_repeated() && config_field_required(f) && !r->HasField(msg, f))
+      fail_at(src, kNowhere, key_path, "missing required field");
     if (f->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE) continue;
     if (f->is_repeated()) {
       for (int j = 0; j < r->FieldSize(msg, f); ++j)
@@ -419,7 +422,8 @@ void apply_override(pb::Message* root, const std::string& text, const std::strin
     const auto [end, ec] = std::from_chars(index_text.data(), index_text.data() + index_text.size(), index);
     if (ec != std::errc() || end != index_text.data() + index_text.size() || index < 0)
       fail_at(src, kNowhere, path, "is a list; expected an element index, got \"", index_text, "\"");
-    if (index > size) fail_at(src, kNowhere, join_index(path, index), "index out of range (the list has ", size, " elements)");
+    if (index > size)
+      fail_at(src, kNowhere, join_index(path, index), "index out of range (the list has ", size, " elements)");
     path = join_index(path, index);
     const Slot slot{msg, field, index == size ? kAppend : index};
     if (p + 1 == parts.size()) {
@@ -431,101 +435,6 @@ void apply_override(pb::Message* root, const std::string& text, const std::strin
     const pb::Reflection* r = msg->GetReflection();
     msg = index == size ? r->AddMessage(msg, field) : r->MutableRepeatedMessage(msg, field, index);
   }
-}
-
-// ---- YAML output ----
-
-std::string format_double(double v) {
-  if (std::isnan(v)) return ".nan";
-  if (std::isinf(v)) return v > 0 ? ".inf" : "-.inf";
-  char buf[64];
-  return std::string(buf, std::to_chars(buf, buf + sizeof buf, v).ptr);  // shortest round-trip form
-}
-std::string format_float(float v) {
-  if (std::isnan(v) || std::isinf(v)) return format_double(v);
-  char buf[64];
-  return std::string(buf, std::to_chars(buf, buf + sizeof buf, v).ptr);
-}
-
-bool has_required_fields(const pb::Descriptor* type) {
-  for (int i = 0; i < type->field_count(); ++i)
-    if (is_required(type->field(i))) return true;
-  return false;
-}
-
-void emit_message(YAML::Emitter& out, const pb::Message& msg, bool include_defaults);
-
-void emit_scalar(YAML::Emitter& out, const pb::Message& msg, const pb::FieldDescriptor* f, int index) {
-  const pb::Reflection* r = msg.GetReflection();
-  const bool rep = index >= 0;
-  using F = pb::FieldDescriptor;
-  switch (f->cpp_type()) {
-    case F::CPPTYPE_INT32:
-      out << std::to_string(rep ? r->GetRepeatedInt32(msg, f, index) : r->GetInt32(msg, f));
-      break;
-    case F::CPPTYPE_INT64:
-      out << std::to_string(rep ? r->GetRepeatedInt64(msg, f, index) : r->GetInt64(msg, f));
-      break;
-    case F::CPPTYPE_UINT32:
-      out << std::to_string(rep ? r->GetRepeatedUInt32(msg, f, index) : r->GetUInt32(msg, f));
-      break;
-    case F::CPPTYPE_UINT64:
-      out << std::to_string(rep ? r->GetRepeatedUInt64(msg, f, index) : r->GetUInt64(msg, f));
-      break;
-    case F::CPPTYPE_FLOAT:
-      out << format_float(rep ? r->GetRepeatedFloat(msg, f, index) : r->GetFloat(msg, f));
-      break;
-    case F::CPPTYPE_DOUBLE:
-      out << format_double(rep ? r->GetRepeatedDouble(msg, f, index) : r->GetDouble(msg, f));
-      break;
-    case F::CPPTYPE_BOOL:
-      out << ((rep ? r->GetRepeatedBool(msg, f, index) : r->GetBool(msg, f)) ? "true" : "false");
-      break;
-    case F::CPPTYPE_STRING:  // always quoted, so "123" or "true" stay strings
-      out << YAML::DoubleQuoted << (rep ? r->GetRepeatedString(msg, f, index) : r->GetString(msg, f));
-      break;
-    case F::CPPTYPE_ENUM:
-      out << (rep ? r->GetRepeatedEnum(msg, f, index) : r->GetEnum(msg, f))->name();
-      break;
-    case F::CPPTYPE_MESSAGE:
-      break;  // handled by emit_message
-  }
-}
-
-void emit_message(YAML::Emitter& out, const pb::Message& msg, bool include_defaults) {
-  const pb::Reflection* r = msg.GetReflection();
-  const pb::Descriptor* type = msg.GetDescriptor();
-  out << YAML::BeginMap;
-  for (int i = 0; i < type->field_count(); ++i) {
-    const pb::FieldDescriptor* f = type->field(i);
-    const bool is_message = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE;
-    if (f->is_repeated()) {
-      const int n = r->FieldSize(msg, f);
-      if (n == 0) continue;
-      out << YAML::Key << f->name() << YAML::Value;
-      if (!is_message) out << YAML::Flow;
-      out << YAML::BeginSeq;
-      for (int j = 0; j < n; ++j) {
-        if (is_message)
-          emit_message(out, r->GetRepeatedMessage(msg, f, j), include_defaults);
-        else
-          emit_scalar(out, msg, f, j);
-      }
-      out << YAML::EndSeq;
-      continue;
-    }
-    const bool present = r->HasField(msg, f);
-    // Unset fields without a declared default mean "derive it" (head_dim: d_model / n_head): never written.
-    const bool write_default =
-        include_defaults && (is_message ? !has_required_fields(f->message_type()) : f->has_default_value());
-    if (!present && !write_default) continue;
-    out << YAML::Key << f->name() << YAML::Value;
-    if (is_message)
-      emit_message(out, r->GetMessage(msg, f), include_defaults);
-    else
-      emit_scalar(out, msg, f, -1);
-  }
-  out << YAML::EndMap;
 }
 
 // Offset of the first byte that breaks UTF-8 (overlong forms, surrogates and code points above U+10FFFF
@@ -625,13 +534,6 @@ config::RunConfig load_run_config(const std::string& yaml_path, const std::vecto
   text << in.rdbuf();
   if (in.bad()) fail(yaml_path, ": error reading config file");
   return parse_run_config(text.str(), yaml_path, overrides);
-}
-
-std::string run_config_to_yaml(const config::RunConfig& config, bool include_defaults) {
-  YAML::Emitter out;
-  emit_message(out, config, include_defaults);
-  LOOM_CHECK(out.good(), "run_config_to_yaml: ", out.GetLastError());
-  return std::string(out.c_str()) + "\n";
 }
 
 }  // namespace loom

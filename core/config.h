@@ -45,9 +45,17 @@ config::RunConfig parse_run_config(const std::string& yaml_text, const std::stri
 // Serialises a config as YAML that parse_run_config reads back into an identical message (same fields set,
 // same values; doubles and floats are written in shortest round-trip form, strings always quoted).
 // With `include_defaults`, unset fields that have a declared default in config.proto are written with it,
-// and absent sub-messages without required fields are written with their defaults: the resolved config
-// saved in checkpoints, which parses back to equal values (with more fields marked present). Unset fields
-// without a declared default (e.g. head_dim, derived from d_model / n_head) stay unset either way.
+// and absent sub-messages without required fields are written with their defaults (except a section whose
+// presence turns a feature on, (enables_feature): prune), so the result parses back to equal values (with more
+// fields marked present). Unset fields without a declared default (e.g. head_dim, derived from d_model /
+// n_head) stay unset either way.
 std::string run_config_to_yaml(const config::RunConfig& config, bool include_defaults = false);
+
+// What `loom config` prints: `config` as commented YAML with every field of the schema in schema order, each
+// followed by one line of help (its comment in core/config.proto, then its range, choices or type). A field
+// neither set nor with a declared default is written `~` (unset: derived, as its comment says); an absent
+// section that turns a feature on (prune) is written `~` with its fields and their defaults commented out
+// below it. The text parses back (parse_run_config) to `config` with every default filled in.
+std::string run_config_reference(const config::RunConfig& config);
 
 }  // namespace loom

@@ -2,6 +2,8 @@
 //   loom train CONFIG.yaml [key.sub=value ...]    train as configured (overrides after the file); under the job
 //                                                 controller (LOOM_CONTROLLER_ADDRESS set) it registers,
 //                                                 heartbeats, reports metrics and obeys controls (launch/README.md)
+//   loom config CONFIG.yaml [key.sub=value ...]   print the resolved config: every field, its value or default,
+//                                                 and one line of help from core/config.proto
 //   loom prepare --vocab DIR --out DIR INPUT...   tokenize text files/folders into llm.c token shards
 //   loom sample --checkpoint DIR [--prompt TEXT]  continue a prompt with a trained GPT
 //   loom export-hf --checkpoint DIR --out FILE    write a GPT checkpoint's weights with Hugging Face GPT-2 names
@@ -60,6 +62,11 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
   if (r.last_val_accuracy >= 0) std::cout << ", val accuracy " << r.last_val_accuracy;
   if (!r.last_checkpoint.empty()) std::cout << ", checkpoint " << r.last_checkpoint;
   std::cout << std::endl;
+  return 0;
+}
+
+int cmd_config(const std::string& config_path, const std::vector<std::string>& overrides) {
+  std::cout << run_config_reference(load_run_config(config_path, overrides));
   return 0;
 }
 
@@ -160,6 +167,10 @@ int main(int argc, char** argv) {
   train->add_option("config", config_path, "YAML config file")->required();
   train->add_option("overrides", overrides, "key.sub=value overrides of config fields");
 
+  auto* show_config = app.add_subcommand("config", "print the resolved config with every default and its help");
+  show_config->add_option("config", config_path, "YAML config file")->required();
+  show_config->add_option("overrides", overrides, "key.sub=value overrides of config fields");
+
   std::string vocab = "data/gpt2", out_dir;
   std::vector<std::string> inputs;
   double val_fraction = 0.05;
@@ -202,6 +213,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     if (train->parsed()) return cmd_train(config_path, overrides);
+    if (show_config->parsed()) return cmd_config(config_path, overrides);
     if (prepare->parsed()) return cmd_prepare(vocab, out_dir, inputs, val_fraction, shard_tokens, max_files);
     if (sample->parsed()) return cmd_sample(checkpoint, prompt, tokens, temperature, top_k, seed);
     if (export_hf->parsed()) return cmd_export_hf(checkpoint, out_file);
