@@ -3,10 +3,10 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <fstream>
 #include <iostream>
 
 #include "core/allocator.h"
+#include "core/host_memory.h"
 #include "launch/controller_service.h"
 
 namespace loom {
@@ -29,13 +29,6 @@ int positive_env(const char* name, int fallback) {
   const long n = std::strtol(v.c_str(), &end, 10);
   if (*end != '\0' || n <= 0 || n > 1'000'000) fail(name, "=\"", v, "\": expected a positive integer");
   return static_cast<int>(n);
-}
-
-int64_t host_rss_bytes() {
-  std::ifstream statm("/proc/self/statm");
-  int64_t pages_total = 0, pages_resident = 0;
-  statm >> pages_total >> pages_resident;
-  return pages_resident * sysconf(_SC_PAGESIZE);
 }
 
 std::string host_name() {

@@ -25,6 +25,7 @@
 #include "trainer/models/vit.h"
 #include "trainer/pruning/engine.h"
 #include "trainer/pruning/report.h"
+#include "trainer/run_folder.h"
 #include "trainer/sampler.h"
 #include "trainer/shared_out_dir.h"
 #include "trainer/text_source.h"
@@ -179,12 +180,17 @@ TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_l
   std::ostream null_log(&null_buffer);
   std::ostream& log = writer ? rank0_log : null_log;
   // World rank 0 holds out_dir's lock for the whole run (no second run writes into it), and under the lock
-  // removes what interrupted checkpoint writes left behind.
+  // removes what interrupted checkpoint writes left behind. A new run does not take over a folder holding
+  // another run unless told to (trainer/run_folder.h).
   std::optional<RunDirectoryLock> out_dir_lock;
+  const bool resumes = t.has_resume() && !t.resume().empty();
   if (writer) {
     out_dir_lock.emplace(t.out_dir());
     if (const int stale = remove_stale_checkpoint_temporaries(*out_dir_lock))
       log << "removed " << stale << " stale temporary checkpoint folder(s) from " << t.out_dir() << std::endl;
+    if (!resumes) take_over_run_folder(*out_dir_lock, t.overwrite(), log);
+    if (const std::string dir = resumes ? resume_checkpoint_dir(cfg_in) : ""; !dir.empty())
+      remove_later_checkpoints(*out_dir_lock, checkpoint_step(dir), t.overwrite(), log);
     std::ofstream out(t.out_dir() + "/config.yaml");
     out << run_config_to_yaml(cfg_in);
     if (!out) fail(t.out_dir(), "/config.yaml: cannot write");
@@ -247,12 +253,14 @@ TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_l
   Trainer trainer(cfg, *model, *data, log, TrainerParallelism{mesh, mesh ? &tp : nullptr});
   if (pruning) trainer.set_pruning(pruning.get());
   for (TrainingObserver* o : observers) trainer.add_observer(o);
-  if (t.has_resume() && !t.resume().empty()) {
+  if (resumes) {
     const std::string dir = resume_checkpoint_dir(cfg);
-    if (!dir.empty())
+    if (!dir.empty()) {
       trainer.resume_from(dir);
-    else
+    } else {
       log << "no checkpoint in " << t.out_dir() << " yet: starting from scratch" << std::endl;
+      if (writer) rewind_run_outputs(t.out_dir(), 0);  // what an attempt without a checkpoint logged goes
+    }
   }
 
   std::unique_ptr<Tokenizer> tokenizer;
@@ -266,7 +274,7 @@ TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_l
       opts.temperature = 1.0;
       opts.top_k = 40;
       const auto ids = sample_tokens(*model, {tokenizer->eot_token()}, opts, rng);
-      log << "sample at step " << step << ": " << tokenizer->decode(ids) << std::endl;
+      trainer.log() << "sample at step " << step << ": " << tokenizer->decode(ids) << std::endl;
     });
   }
   TrainResult result = trainer.run();
