@@ -26,6 +26,7 @@
 #include "core/tokenizer.h"
 #include "launch/worker_client.h"
 #include "parallel/environment.h"
+#include "parallel/mpi_communicator.h"
 #include "trainer/models/interop/hf_gpt2.h"
 #include "trainer/pruning/latency_table.h"
 #include "trainer/pruning/prune_config.h"
@@ -49,14 +50,31 @@ ModelShape checkpoint_shape(const CheckpointContents& c, const config::RunConfig
 }
 
 int cmd_train(const std::string& config_path, const std::vector<std::string>& overrides) {
-  const config::RunConfig cfg = load_run_config(config_path, overrides);
+  const ProcessEnvironment env = detect_process_environment();
+  config::RunConfig cfg;
+  if (env.world_size > 1) {
+    // Every rank reads the config; they agree on its errors (and on the layout), so one line reports them.
+    init_mpi();
+    auto world = MpiCommunicator::world();
+    agree_on_failure(*world, [&] {
+      cfg = load_run_config(config_path, overrides);
+      const int64_t ranks = static_cast<int64_t>(cfg.parallel().data()) * cfg.parallel().tensor();
+      if (ranks != world->size())
+        fail("parallel.data (", cfg.parallel().data(), ") x parallel.tensor (", cfg.parallel().tensor(),
+             ") must equal the number of processes (", world->size(), "; start them with launch/loom-mpirun --np ",
+             ranks, ")");
+    });
+  } else {
+    cfg = load_run_config(config_path, overrides);
+  }
   std::unique_ptr<WorkerClient> worker;
   std::vector<TrainingObserver*> observers;
   if (const auto settings = worker_settings_from_environment()) {
-    worker = std::make_unique<WorkerClient>(*settings, detect_process_environment(), select_device(cfg.train()));
+    worker = std::make_unique<WorkerClient>(*settings, env, select_device(cfg.train()));
     observers.push_back(worker.get());
   }
   const TrainResult r = run_training(cfg, std::cout, observers);
+  if (env.rank != 0) return 0;  // world rank 0 speaks for the job
   std::cout << "done: " << r.steps_done << " steps, train loss " << r.last_train_loss;
   if (r.last_val_loss >= 0) std::cout << ", val loss " << r.last_val_loss;
   if (r.last_val_accuracy >= 0) std::cout << ", val accuracy " << r.last_val_accuracy;
@@ -219,6 +237,10 @@ int main(int argc, char** argv) {
     if (export_hf->parsed()) return cmd_export_hf(checkpoint, out_file);
     if (export_own->parsed()) return cmd_export(checkpoint, export_dir);
     if (latency_table->parsed()) return cmd_latency_table(table_config, table_overrides, table_out);
+  } catch (const JobWideError& e) {
+    // Every rank of the job has this error: world rank 0 prints it.
+    if (detect_process_environment().rank == 0) std::cerr << "loom: error: " << e.what() << std::endl;
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "loom: error: " << e.what() << std::endl;
     return 1;

@@ -190,8 +190,8 @@ void Trainer::check_state_finite(const std::string& what) {
                        {model_.params().master(), optimizer_->first_moment(), optimizer_->second_moment()},
                        [this](std::vector<double>& v) { sum_over_world(v); });
   if (counts.empty()) return;
-  fail("step ", step_, ": the training state is not finite (", describe_counts(counts), "); stopped before ", what,
-       ". ", last_good_sentence());
+  fail_job_wide("step ", step_, ": the training state is not finite (", describe_counts(counts), "); stopped before ",
+                what, ". ", last_good_sentence());
 }
 
 TrainingObserver::Control Trainer::agree(TrainingObserver::Control control) {
@@ -347,11 +347,12 @@ void Trainer::recover_from_spike(double loss, double norm) {
                                                " x the median of the last ", recent_losses_.size(), " losses)")
                               : detail::concat("loss ", loss, " / grad norm ", norm, " is not finite");
   pending_checkpoint_.clear();  // the step after it spiked: it is not good
-  if (last_good_checkpoint_.empty()) fail("step ", bad_step, ": ", why, "; no good checkpoint to restore, stopping");
+  if (last_good_checkpoint_.empty())
+    fail_job_wide("step ", bad_step, ": ", why, "; no good checkpoint to restore, stopping");
   if (restores_in_a_row_ >= g.max_restores())
-    fail("step ", bad_step, ": ", why, " after ", restores_in_a_row_,
-         " restores without reaching a new good checkpoint (train.spike_guard.max_restores); stopping. ",
-         last_good_sentence());
+    fail_job_wide("step ", bad_step, ": ", why, " after ", restores_in_a_row_,
+                  " restores without reaching a new good checkpoint (train.spike_guard.max_restores); stopping. ",
+                  last_good_sentence());
   ++restores_in_a_row_;
   load_state(last_good_checkpoint_, /*with_data=*/false);
   rewind_outputs("restored", last_good_checkpoint_);  // the steps after the checkpoint are trained again
@@ -437,8 +438,8 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       }
     }
     if (!std::isfinite(loss) || !std::isfinite(norm))
-      fail("step ", step_ + 1, ": loss ", loss, " / grad norm ", norm, " is not finite; stopped before the update. ",
-           last_good_sentence());
+      fail_job_wide("step ", step_ + 1, ": loss ", loss, " / grad norm ", norm,
+                    " is not finite; stopped before the update. ", last_good_sentence());
     optimizer_->step(lr, step_ + 1, norm, sync_->zero1() ? sync_->shard_grads() : Tensor());
     sync_->all_gather_parameters();
     WorkMarker& stepped = phase_markers_->next();

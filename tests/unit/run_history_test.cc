@@ -145,7 +145,9 @@ TEST_F(RunHistoryTest, AfterAResumeMetricsAndTensorBoardListEveryStepOnce) {
       continue;
     }
     steps.push_back(r.at("step").get<int64_t>());
-    if (r.at("step").get<int64_t>() <= 4) EXPECT_EQ(r.at("loss").get<double>(), first_attempt.at(r.at("step")));
+    if (r.at("step").get<int64_t>() <= 4) {
+      EXPECT_EQ(r.at("loss").get<double>(), first_attempt.at(r.at("step")));
+    }
   }
   EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
   ASSERT_EQ(events.size(), 1u);
