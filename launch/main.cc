@@ -4,7 +4,8 @@
 //                                                 heartbeats, reports metrics and obeys controls (launch/README.md)
 //   loom config CONFIG.yaml [key.sub=value ...]   print the resolved config: every field, its value or default,
 //                                                 and one line of help from core/config.proto
-//   loom prepare --vocab DIR --out DIR INPUT...   tokenize text files/folders into llm.c token shards
+//   loom prepare --vocab DIR --out DIR INPUT...   tokenize text files/folders (--glob '*.md') into llm.c token
+//                                                 shards
 //   loom sample --checkpoint DIR [--prompt TEXT]  continue a prompt with a trained GPT
 //   loom export-hf --checkpoint DIR --out FILE    write a GPT checkpoint's weights with Hugging Face GPT-2 names
 //   loom export --checkpoint DIR --out DIR        write a checkpoint's weights in this project's layout plus a
@@ -89,16 +90,15 @@ int cmd_config(const std::string& config_path, const std::vector<std::string>& o
 }
 
 int cmd_prepare(const std::string& vocab, const std::string& out, const std::vector<std::string>& inputs,
-                double val_fraction, int64_t shard_tokens, int64_t max_files) {
+                const TextCorpusOptions& options) {
   const Tokenizer tok = Tokenizer::from_dir(vocab);
-  TextCorpusOptions o;
-  o.val_fraction = val_fraction;
-  o.shard_tokens = shard_tokens;
-  o.max_files = max_files;
-  const TextCorpusSummary s = prepare_text_corpus(inputs, out, tok, o);
+  const TextCorpusSummary s = prepare_text_corpus(inputs, out, tok, options);
   std::cout << "prepared " << s.documents << " documents: " << s.train_tokens << " train tokens in "
             << s.train_shards.size() << " shard(s), " << s.val_tokens << " val tokens in " << s.val_shards.size()
             << " shard(s), in " << out << std::endl;
+  if (s.split_by_tokens)
+    std::cout << "(fewer documents than 1 / --val-fraction: validation is the last " << s.val_tokens
+              << " tokens of the text, not whole documents)" << std::endl;
   return 0;
 }
 
@@ -190,16 +190,17 @@ int main(int argc, char** argv) {
   show_config->add_option("overrides", overrides, "key.sub=value overrides of config fields");
 
   std::string vocab = "data/gpt2", out_dir;
-  std::vector<std::string> inputs;
-  double val_fraction = 0.05;
-  int64_t shard_tokens = 100'000'000, max_files = 0;
+  std::vector<std::string> inputs, globs;
+  TextCorpusOptions corpus;
   auto* prepare = app.add_subcommand("prepare", "tokenize text files into token shards");
   prepare->add_option("--vocab", vocab, "folder with GPT-2's encoder.json and vocab.bpe");
   prepare->add_option("--out", out_dir, "output folder for train_*.bin and val_*.bin")->required();
-  prepare->add_option("--val-fraction", val_fraction, "share of documents for validation");
-  prepare->add_option("--shard-tokens", shard_tokens, "tokens per shard file");
-  prepare->add_option("--max-files", max_files, "use only the first N files (0: all)");
-  prepare->add_option("inputs", inputs, "text files or folders (*.txt, recursively)")->required();
+  prepare->add_option("--val-fraction", corpus.val_fraction,
+                      "share of documents for validation (of the tokens, with fewer than 1/fraction documents)");
+  prepare->add_option("--shard-tokens", corpus.shard_tokens, "tokens per shard file");
+  prepare->add_option("--max-files", corpus.max_files, "use only the first N files (0: all)");
+  prepare->add_option("--glob", globs, "file names read in folders, e.g. --glob '*.md' --glob '*.rst' (default *.txt)");
+  prepare->add_option("inputs", inputs, "text files, or folders (searched recursively, see --glob)")->required();
 
   std::string checkpoint, prompt, out_file;
   int64_t tokens = 64, top_k = 40;
@@ -232,7 +233,10 @@ int main(int argc, char** argv) {
   try {
     if (train->parsed()) return cmd_train(config_path, overrides);
     if (show_config->parsed()) return cmd_config(config_path, overrides);
-    if (prepare->parsed()) return cmd_prepare(vocab, out_dir, inputs, val_fraction, shard_tokens, max_files);
+    if (prepare->parsed()) {
+      if (!globs.empty()) corpus.patterns = globs;
+      return cmd_prepare(vocab, out_dir, inputs, corpus);
+    }
     if (sample->parsed()) return cmd_sample(checkpoint, prompt, tokens, temperature, top_k, seed);
     if (export_hf->parsed()) return cmd_export_hf(checkpoint, out_file);
     if (export_own->parsed()) return cmd_export(checkpoint, export_dir);
