@@ -7,7 +7,9 @@
 //   loom prepare --vocab DIR --out DIR INPUT...   tokenize text files/folders (--glob '*.md') into llm.c token
 //                                                 shards
 //   loom sample --checkpoint DIR [--prompt TEXT]  continue a prompt with a trained GPT
-//   loom export-hf --checkpoint DIR --out FILE    write a GPT checkpoint's weights with Hugging Face GPT-2 names
+//   loom export-hf --checkpoint DIR --out DIR     a folder GPT2LMHeadModel.from_pretrained loads (Hugging Face
+//                                                 GPT-2 names, config.json, the tokenizer)
+//   loom export-timm --checkpoint DIR --out DIR   a ViT/DeiT checkpoint in timm's names with timm's config.json
 //   loom export --checkpoint DIR --out DIR        write a checkpoint's weights in this project's layout plus a
 //                                                 YAML model section (any widths, e.g. a pruned model)
 //   loom latency-table CONFIG.yaml [key=value ...] --out FILE
@@ -16,39 +18,22 @@
 // Every error is printed as "loom: error: ..." naming the file or field, with exit status 1.
 #include <CLI/CLI.hpp>
 
-#include <filesystem>
-#include <fstream>
 #include <iostream>
 
-#include "core/checkpoint.h"
 #include "core/config.h"
-#include "core/safetensors.h"
 #include "core/text_corpus.h"
 #include "core/tokenizer.h"
+#include "launch/checkpoint_commands.h"
 #include "launch/worker_client.h"
 #include "parallel/environment.h"
 #include "parallel/mpi_communicator.h"
-#include "trainer/models/interop/hf_gpt2.h"
 #include "trainer/pruning/latency_table.h"
 #include "trainer/pruning/prune_config.h"
 #include "trainer/run.h"
-#include "trainer/sampler.h"
 
 namespace {
 
 using namespace loom;
-
-// The run configuration a checkpoint was trained with (saved in its state.json).
-config::RunConfig checkpoint_config(const CheckpointContents& c, const std::string& dir) {
-  if (!c.state.contains("config_yaml")) fail(dir, "/state.json: missing \"config_yaml\"");
-  return parse_run_config(c.state["config_yaml"].get<std::string>(), dir + "/state.json");
-}
-
-// The shape of a checkpoint's model: its model.json, or (older checkpoints) the config it was trained with.
-ModelShape checkpoint_shape(const CheckpointContents& c, const config::RunConfig& cfg, const std::string& dir) {
-  if (!c.model_shape.is_null()) return model_shape_from_json(c.model_shape, dir + "/model.json");
-  return model_shape_from_config(cfg.model());
-}
 
 int cmd_train(const std::string& config_path, const std::vector<std::string>& overrides) {
   const ProcessEnvironment env = detect_process_environment();
@@ -99,60 +84,6 @@ int cmd_prepare(const std::string& vocab, const std::string& out, const std::vec
   if (s.split_by_tokens)
     std::cout << "(fewer documents than 1 / --val-fraction: validation is the last " << s.val_tokens
               << " tokens of the text, not whole documents)" << std::endl;
-  return 0;
-}
-
-int cmd_sample(const std::string& dir, const std::string& prompt, int64_t tokens, double temperature, int64_t top_k,
-               uint64_t seed) {
-  const CheckpointContents c = load_checkpoint(dir);
-  config::RunConfig cfg = checkpoint_config(c, dir);
-  const ModelShape shape = checkpoint_shape(c, cfg, dir);
-  if (!shape.is_gpt()) fail(dir, ": sampling needs a GPT checkpoint, this one is \"", shape.kind, "\"");
-  cfg.mutable_train()->set_device("cpu");
-  cfg.mutable_train()->set_seed(seed);
-  auto backend = make_backend(Device::cpu());
-  auto model = build_model_of_shape(shape, cfg, *backend, DType::F32, DType::F32);
-  model->params().load_named(c.model, dir + "/model.safetensors");
-  const Tokenizer tok = Tokenizer::from_dir(gpt2_vocab_dir(cfg.data().tokenizer()));
-  std::vector<int32_t> ids = prompt.empty() ? std::vector<int32_t>{tok.eot_token()} : tok.encode(prompt);
-  PhiloxStream rng(seed, 0);
-  SampleOptions opts;
-  opts.max_new_tokens = tokens;
-  opts.temperature = temperature;
-  opts.top_k = top_k;
-  const auto out = sample_tokens(*model, ids, opts, rng);
-  std::cout << prompt << tok.decode(out) << std::endl;
-  return 0;
-}
-
-int cmd_export_hf(const std::string& dir, const std::string& out) {
-  const CheckpointContents c = load_checkpoint(dir);
-  const config::RunConfig cfg = checkpoint_config(c, dir);
-  const ModelShape shape = checkpoint_shape(c, cfg, dir);
-  if (!shape.is_gpt()) fail(dir, ": export-hf needs a GPT checkpoint, this one is \"", shape.kind, "\"");
-  check_hf_gpt2_representable(shape, dir);
-  safetensors::write(out, export_hf_gpt2(c.model, shape.vocab), {{"format", "pt"}});
-  std::cout << "wrote " << out << std::endl;
-  return 0;
-}
-
-// out_dir/model.safetensors (our names, the shape in its "loom_model" metadata) and out_dir/model.yaml, a
-// `model:` section describing every width, with init_from pointing at the weights.
-int cmd_export(const std::string& dir, const std::string& out_dir) {
-  const CheckpointContents c = load_checkpoint(dir);
-  const ModelShape shape = checkpoint_shape(c, checkpoint_config(c, dir), dir);
-  std::filesystem::create_directories(out_dir);
-  const std::string weights = out_dir + "/model.safetensors", yaml = out_dir + "/model.yaml";
-  safetensors::write(weights, c.model, {{"format", "pt"}, {"loom_model", model_shape_to_json(shape).dump()}});
-  config::RunConfig section;
-  *section.mutable_model() = model_config_of_shape(shape);
-  section.mutable_model()->set_init_from(weights);
-  std::ofstream f(yaml);
-  f << "# The model section of " << dir << " for a run config (widths per block, as trained).\n"
-    << run_config_to_yaml(section);
-  f.close();
-  if (!f) fail(yaml, ": cannot write");
-  std::cout << "wrote " << weights << " and " << yaml << std::endl;
   return 0;
 }
 
@@ -214,9 +145,12 @@ int main(int argc, char** argv) {
   sample->add_option("--top-k", top_k, "sample among the k most likely tokens (0: all)");
   sample->add_option("--seed", seed, "random seed");
 
-  auto* export_hf = app.add_subcommand("export-hf", "export GPT weights with Hugging Face GPT-2 names");
+  auto* export_hf = app.add_subcommand("export-hf", "export a GPT for Hugging Face transformers (GPT2LMHeadModel)");
   export_hf->add_option("--checkpoint", checkpoint, "checkpoint directory")->required();
-  export_hf->add_option("--out", out_file, "output .safetensors file")->required();
+  export_hf->add_option("--out", out_file, "output folder (model.safetensors, config.json, tokenizer)")->required();
+  auto* export_timm = app.add_subcommand("export-timm", "export a ViT/DeiT for timm");
+  export_timm->add_option("--checkpoint", checkpoint, "checkpoint directory")->required();
+  export_timm->add_option("--out", out_file, "output folder (model.safetensors, config.json)")->required();
 
   std::string export_dir;
   auto* export_own = app.add_subcommand("export", "export a checkpoint's weights and model section (any widths)");
@@ -239,6 +173,7 @@ int main(int argc, char** argv) {
     }
     if (sample->parsed()) return cmd_sample(checkpoint, prompt, tokens, temperature, top_k, seed);
     if (export_hf->parsed()) return cmd_export_hf(checkpoint, out_file);
+    if (export_timm->parsed()) return cmd_export_timm(checkpoint, out_file);
     if (export_own->parsed()) return cmd_export(checkpoint, export_dir);
     if (latency_table->parsed()) return cmd_latency_table(table_config, table_overrides, table_out);
   } catch (const JobWideError& e) {
