@@ -94,7 +94,8 @@ int cmd_export_hf(const std::string& dir, const std::string& out_dir) {
   std::cout << "wrote " << out_dir << "/model.safetensors and config.json";
   // GPT-2's tokenizer under the names transformers reads (vocab.json, merges.txt), when this is its vocabulary.
   const std::string vocab = gpt2_vocab_dir(cfg.data().tokenizer());
-  if (shape.vocab == 50257 && fs::is_regular_file(vocab + "/encoder.json") && fs::is_regular_file(vocab + "/vocab.bpe")) {
+  if (shape.vocab == 50257 && fs::is_regular_file(vocab + "/encoder.json") &&
+      fs::is_regular_file(vocab + "/vocab.bpe")) {
     fs::copy_file(vocab + "/encoder.json", out_dir + "/vocab.json", fs::copy_options::overwrite_existing);
     fs::copy_file(vocab + "/vocab.bpe", out_dir + "/merges.txt", fs::copy_options::overwrite_existing);
     std::cout << ", and the tokenizer (vocab.json, merges.txt from " << vocab << ")";

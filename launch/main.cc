@@ -12,6 +12,8 @@
 //   loom export-timm --checkpoint DIR --out DIR   a ViT/DeiT checkpoint in timm's names with timm's config.json
 //   loom export --checkpoint DIR --out DIR        write a checkpoint's weights in this project's layout plus a
 //                                                 YAML model section (any widths, e.g. a pruned model)
+//   loom dashboard [RUN_DIR ...]                  live charts of run folders in the browser (launch/dashboard_server.h)
+//   loom plot RUN_DIR... --out curves.png         loss, MFU, throughput and learning rate of runs as a picture
 //   loom latency-table CONFIG.yaml [key=value ...] --out FILE
 //                                                 time one transformer block over the prune.latency_grid widths
 //                                                 on this machine's device (trainer/pruning/latency_table.h)
@@ -24,6 +26,7 @@
 #include "core/text_corpus.h"
 #include "core/tokenizer.h"
 #include "launch/checkpoint_commands.h"
+#include "launch/dashboard_commands.h"
 #include "launch/worker_client.h"
 #include "parallel/environment.h"
 #include "parallel/mpi_communicator.h"
@@ -163,6 +166,28 @@ int main(int argc, char** argv) {
   latency_table->add_option("overrides", table_overrides, "key.sub=value overrides of config fields");
   latency_table->add_option("--out", table_out, "output table (.json)")->required();
 
+  std::vector<std::string> run_dirs;
+  std::string dashboard_host = "127.0.0.1", ready_file;
+  int dashboard_port = 8080;
+  FrontEndFiles front_end = default_front_end_files();
+  auto* dashboard = app.add_subcommand("dashboard", "serve live charts of run folders (their metrics.jsonl)");
+  dashboard->add_option("run_dirs", run_dirs, "run folders (train.out_dir; default: those in runs/)");
+  dashboard->add_option("--host", dashboard_host, "address to listen on (no authentication: keep it local)");
+  dashboard->add_option("--port", dashboard_port, "port (0: any free one)");
+  dashboard->add_option("--ready-file", ready_file, "write the port here once serving");
+  PlotOptions plot_options;
+  auto* plot = app.add_subcommand("plot", "draw runs' loss, MFU, throughput and learning rate into a PNG");
+  plot->add_option("run_dirs", run_dirs, "run folders (train.out_dir)")->required();
+  plot->add_option("--out", plot_options.out, "the PNG to write")->required();
+  plot->add_option("--width", plot_options.width, "picture width in pixels");
+  plot->add_option("--height", plot_options.height, "picture height in pixels");
+  plot->add_option("--smoothing", plot_options.smoothing, "moving-average weight in [0, 1), as on the dashboard");
+  plot->add_option("--chromium", plot_options.chromium, "the headless browser that draws it");
+  for (CLI::App* sub : {dashboard, plot}) {
+    sub->add_option("--static-dir", front_end.static_dir, "the dashboard's page (launch/dashboard)");
+    sub->add_option("--vendor-dir", front_end.vendor_dir, "uPlot's dist folder (scripts/setup.sh installs it)");
+  }
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (train->parsed()) return cmd_train(config_path, overrides);
@@ -175,6 +200,8 @@ int main(int argc, char** argv) {
     if (export_hf->parsed()) return cmd_export_hf(checkpoint, out_file);
     if (export_timm->parsed()) return cmd_export_timm(checkpoint, out_file);
     if (export_own->parsed()) return cmd_export(checkpoint, export_dir);
+    if (dashboard->parsed()) return cmd_dashboard(run_dirs, dashboard_host, dashboard_port, front_end, ready_file);
+    if (plot->parsed()) return cmd_plot(run_dirs, plot_options, front_end);
     if (latency_table->parsed()) return cmd_latency_table(table_config, table_overrides, table_out);
   } catch (const JobWideError& e) {
     // Every rank of the job has this error: world rank 0 prints it.

@@ -46,6 +46,9 @@ controller::StepTimes step_times_of(const nlohmann::json& record) {
     t.set_optimizer_ms(ms.value("optimizer", 0.0));
     t.set_communication_ms(ms.value("communication", 0.0));
     t.set_exposed_communication_ms(ms.value("exposed_communication", 0.0));
+    t.set_forward_ms(ms.value("forward", 0.0));
+    t.set_backward_ms(ms.value("backward", 0.0));
+    t.set_grad_sync_ms(ms.value("grad_sync", 0.0));
   }
   t.set_total_ms(record.value("ms_per_step", 0.0));
   return t;
@@ -127,6 +130,7 @@ void WorkerClient::on_step(const nlohmann::json& record) {
   m.set_mfu(record.value("mfu", 0.0));
   m.set_lr(record.value("lr", 0.0));
   m.set_grad_norm(record.value("grad_norm", 0.0));
+  if (record.contains("val_loss")) m.set_val_loss(record.value("val_loss", 0.0));
   *m.mutable_step_times() = step_times_;
   m.set_host_rss_bytes(host_rss_bytes());
   m.set_device_bytes_in_use(static_cast<int64_t>(allocator_for(device_).bytes_in_use()));

@@ -213,8 +213,13 @@ void agree_on_failure(Communicator& world, const std::function<void()>& step) {
   throw JobWideError(message);
 }
 
-TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_log,
-                          const std::vector<TrainingObserver*>& observers, ProcessMesh* mesh) {
+namespace {
+
+// train_on_mesh's work; `held` is out_dir's lock when this process holds it already (a pruning run's
+// fine-tuning continues in the folder its pruning locked), else null.
+TrainResult train_in_folder(const config::RunConfig& cfg_in, std::ostream& rank0_log,
+                            const std::vector<TrainingObserver*>& observers, ProcessMesh* mesh,
+                            const RunDirectoryLock* held) {
   const auto& t = cfg_in.train();
   const bool writer = !mesh || mesh->world().rank() == 0;
   NullBuffer null_buffer;
@@ -227,12 +232,12 @@ TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_l
   const bool resumes = t.has_resume() && !t.resume().empty();
   on_every_rank(mesh, [&] {
     if (!writer) return;
-    out_dir_lock.emplace(t.out_dir());
-    if (const int stale = remove_stale_checkpoint_temporaries(*out_dir_lock))
+    if (!held) held = &out_dir_lock.emplace(t.out_dir());
+    if (const int stale = remove_stale_checkpoint_temporaries(*held))
       log << "removed " << stale << " stale temporary checkpoint folder(s) from " << t.out_dir() << std::endl;
-    if (!resumes) take_over_run_folder(*out_dir_lock, t.overwrite(), log);
+    if (!resumes) take_over_run_folder(*held, t.overwrite(), log);
     if (const std::string dir = resumes ? resume_checkpoint_dir(cfg_in) : ""; !dir.empty())
-      remove_later_checkpoints(*out_dir_lock, checkpoint_step(dir), t.overwrite(), log);
+      remove_later_checkpoints(*held, checkpoint_step(dir), t.overwrite(), log);
     std::ofstream out(t.out_dir() + "/config.yaml");
     out << run_config_to_yaml(cfg_in);
     if (!out) fail(t.out_dir(), "/config.yaml: cannot write");
@@ -349,10 +354,17 @@ TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_l
   config::RunConfig finetune = cfg_in;
   finetune.mutable_train()->set_resume(result.pruned_checkpoint);
   log << "fine-tuning the pruned model from step " << result.steps_done << " to " << t.max_steps() << std::endl;
-  TrainResult tuned = train_on_mesh(finetune, rank0_log, observers, mesh);
+  TrainResult tuned = train_in_folder(finetune, rank0_log, observers, mesh, held);
   tuned.pruned_checkpoint = result.pruned_checkpoint;
   picture();
   return tuned;
+}
+
+}  // namespace
+
+TrainResult train_on_mesh(const config::RunConfig& cfg, std::ostream& log,
+                          const std::vector<TrainingObserver*>& observers, ProcessMesh* mesh) {
+  return train_in_folder(cfg, log, observers, mesh, nullptr);
 }
 
 TrainResult run_training(const config::RunConfig& cfg, std::ostream& log,

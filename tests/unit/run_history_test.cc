@@ -14,6 +14,8 @@
 #include "core/config.h"
 #include "core/tensorboard_writer.h"
 #include "core/token_shards.h"
+#include "kernels/backend.h"
+#include "trainer/pruning/latency_table.h"
 #include "tests/common/test_util.h"
 #include "trainer/run.h"
 
@@ -162,6 +164,38 @@ TEST_F(RunHistoryTest, AfterAResumeMetricsAndTensorBoardListEveryStepOnce) {
       if (s.tag == "train/loss") ++losses_per_step[s.step];
   EXPECT_EQ(losses_per_step.size(), 8u);
   for (const auto& [step, count] : losses_per_step) EXPECT_EQ(count, 1) << "step " << step;
+}
+
+// A pruning run writes its shrunk checkpoint and fine-tunes the smaller model in the same folder (it failed:
+// the fine-tuning asked for the folder's lock, which the pruning run itself held). The metrics list every step
+// once, across the switch to the smaller model.
+TEST_F(RunHistoryTest, APruningRunFineTunesInItsOwnFolder) {
+  const TrainResult base = train("base", {"train.max_steps=4", "model.d_model=32", "model.n_head=2"});
+  const config::RunConfig cfg = parse_run_config(
+      "model: {kind: gpt, init_from: \"" + base.last_checkpoint + "/model.safetensors\"}\n"
+      "data: {train: \"" + dir_ / "train_*.bin" + "\", batch_size: 2, seq_len: 8}\n"
+      "train: {max_steps: 12, device: cpu, progress: false, log_every: 0, out_dir: \"" + dir_ / "pruned" + "\"}\n"
+      "prune: {latency_table: \"" + dir_ / "table.json" + "\", latency_grid: {points_per_axis: 2, warmup: 0, "
+      "repeats: 1}, embedding_group: 16, heads_group: 1, qk_group: 8, v_group: 8, mlp_group: 32, "
+      "saliency_batches: 1, eta: 0, target_ratio: 0.7, every: 1, begin_step: 1, groups_per_step: 4}\n",
+      "prune.yaml");
+  auto cpu = make_backend(Device::cpu());
+  build_latency_table(cfg, *cpu).save(dir_ / "table.json");
+  std::ostringstream log;
+  const TrainResult pruned = run_training(cfg, log);
+  ASSERT_FALSE(pruned.pruned_checkpoint.empty()) << log.str();
+  EXPECT_EQ(pruned.steps_done, 12) << log.str();
+  EXPECT_NE(log.str().find("fine-tuning the pruned model"), std::string::npos) << log.str();
+  std::vector<int64_t> steps;
+  std::ifstream in(dir_ / "pruned/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto r = nlohmann::json::parse(line);
+    if (!r.contains("event")) steps.push_back(r.at("step").get<int64_t>());
+  }
+  std::vector<int64_t> expected(12);
+  for (int64_t i = 0; i < 12; ++i) expected[static_cast<size_t>(i)] = i + 1;
+  EXPECT_EQ(steps, expected);
+  EXPECT_EQ(checkpoint_run_id(pruned.pruned_checkpoint), checkpoint_run_id(latest_checkpoint(dir_ / "pruned")));
 }
 
 }  // namespace
