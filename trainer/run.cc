@@ -220,6 +220,7 @@ namespace {
 TrainResult train_in_folder(const config::RunConfig& cfg_in, std::ostream& rank0_log,
                             const std::vector<TrainingObserver*>& observers, ProcessMesh* mesh,
                             const RunDirectoryLock* held) {
+  const bool fine_tuning = held != nullptr;  // only a pruning run's fine-tuning comes with the lock held
   const auto& t = cfg_in.train();
   const bool writer = !mesh || mesh->world().rank() == 0;
   NullBuffer null_buffer;
@@ -311,7 +312,7 @@ TrainResult train_in_folder(const config::RunConfig& cfg_in, std::ostream& rank0
     if (resumes) {
       const std::string dir = resume_checkpoint_dir(cfg);
       if (!dir.empty()) {
-        trainer->resume_from(dir);
+        trainer->resume_from(dir, fine_tuning ? "fine-tuning" : "resumed");
       } else {
         log << "no checkpoint in " << t.out_dir() << " yet: starting from scratch" << std::endl;
         if (writer) rewind_run_outputs(t.out_dir(), 0);  // what an attempt without a checkpoint logged goes

@@ -300,13 +300,13 @@ nlohmann::json Trainer::load_state(const std::string& dir, bool with_data) {
   return c.state;
 }
 
-void Trainer::resume_from(const std::string& dir) {
+void Trainer::resume_from(const std::string& dir, const std::string& event) {
   const nlohmann::json state = load_state(dir, /*with_data=*/true);
   // The run goes on: its checkpoints keep its id, so keep_checkpoints prunes them and no other run's.
   if (state.contains("run_id") && state["run_id"].is_string()) run_id_ = state["run_id"].get<std::string>();
   last_good_checkpoint_ = dir;
   log_ << "resumed from " << dir << " at step " << step_;
-  if (const int64_t dropped = rewind_outputs("resumed", dir))
+  if (const int64_t dropped = rewind_outputs(event, dir))
     log_ << " (" << dropped << " records after it dropped from metrics.jsonl and TensorBoard)";
   log_ << std::endl;
 }

@@ -99,12 +99,13 @@ class Trainer {
 
   // Restores weights, optimizer moments, step and data position from a checkpoint directory, whatever layout
   // (data / tensor sizes, ZeRO) wrote it, and continues its run: the checkpoint's run id (so keep_checkpoints
-  // prunes the run's checkpoints), and its metrics.jsonl and TensorBoard files rewound to the step (world rank 0;
-  // trainer/run_folder.h), with a {"step", "event": "resumed", "checkpoint", "time"} line in metrics.jsonl. The data position is kept in global samples: a checkpoint written
-  // with D data ranks resumed with D' continues with the next global batch, i.e. the loader's per-rank index
-  // becomes index · D / D' (loom::Error when that is not whole; the epoch boundaries agree when the number of
-  // training windows / images divides by both D and D').
-  void resume_from(const std::string& checkpoint_dir);
+  // prunes the run's checkpoints), and its metrics.jsonl and TensorBoard files rewound to the step (world rank
+  // 0; trainer/run_folder.h), with a {"step", "event", "checkpoint", "time"} line in metrics.jsonl; `event` is
+  // "resumed" (a restart) or "fine-tuning" (a pruning run going on with its shrunk model). The data position is
+  // kept in global samples: a checkpoint written with D data ranks resumed with D' continues with the next
+  // global batch, i.e. the loader's per-rank index becomes index · D / D' (loom::Error when that is not whole;
+  // the epoch boundaries agree when the number of training windows / images divides by both D and D').
+  void resume_from(const std::string& checkpoint_dir, const std::string& event = "resumed");
   // Trains from the current step to train.max_steps, or only up to `stop_at_step` when that is positive (the
   // learning-rate schedule still follows max_steps; used to stop a job early, e.g. by a controller).
   TrainResult run(int64_t stop_at_step = -1);

@@ -27,11 +27,20 @@ window.loomCharts = charts;
 
 // ---- numbers and axes ----
 
-const compact = new Intl.NumberFormat("en-US", { maximumSignificantDigits: 3, notation: "compact" });
-function formatNumber(v) {
+const compactFormats = {};
+function formatNumber(v, digits = 3) {
   if (v == null || !Number.isFinite(v)) return "";
-  if (v !== 0 && Math.abs(v) < 0.01) return v.toExponential(0);
-  return compact.format(v);
+  if (v !== 0 && Math.abs(v) < 0.01) return v.toExponential(Math.max(0, digits - 3));
+  compactFormats[digits] ??= new Intl.NumberFormat("en-US", { maximumSignificantDigits: digits, notation: "compact" });
+  return compactFormats[digits].format(v);
+}
+// Tick labels with the fewest digits that still tell every tick apart (6e-4 for five ticks near 6e-4 would not).
+function tickLabels(values) {
+  for (let digits = 3; digits <= 8; ++digits) {
+    const labels = values.map(v => formatNumber(v, digits));
+    if (new Set(labels).size === new Set(values).size) return labels;
+  }
+  return values.map(v => String(v));
 }
 
 // Wide enough for its longest tick label (uPlot's own size is fixed).
@@ -55,7 +64,7 @@ function xAxis(kind) {
   return { label: "step", space: 70, incrs: stepIncrements,
            values: (u, vals) => vals.map(v => (Number.isInteger(v) ? v.toLocaleString("en-US") : "")) };
 }
-function yAxis() { return { size: axisSize, values: (u, vals) => vals.map(formatNumber) }; }
+function yAxis() { return { size: axisSize, values: (u, vals) => tickLabels(vals) }; }
 
 // ---- series helpers ----
 
@@ -138,6 +147,7 @@ const specs = {
   "chart-step-time": () => {
     const d = selectedDocs()[0];
     if (!d) return { x: "step", tables: [], series: [] };
+    document.querySelector("#chart-step-time h2").textContent = `step time (ms): ${runName(d)}`;
     const s = d.series;
     const other = s.step_ms.map((total, i) => (total == null ? null : Math.max(0, total -
       phases.slice(0, 5).reduce((sum, [key]) => sum + (s[key][i] || 0), 0))));
@@ -202,7 +212,8 @@ const specs = {
     const attention = w => w.heads.map((h, i) => h * w.v_dim[i]);
     const bars = (size, color) => ({ paths: uPlot.paths.bars({ size: [size, 60] }), fill: color, stroke: color,
                                      points: { show: false } });
-    return { x: "block", log: false, tables: [[blocks, first.mlp, last.mlp, attention(first), attention(last)]],
+    return { x: "block", log: false, xRange: [-0.5, blocks.length - 0.5],
+             tables: [[blocks, first.mlp, last.mlp, attention(first), attention(last)]],
              series: [{ label: `MLP, step ${first.step}`, ...bars(0.8, "#90caf9") },
                       { label: `MLP, step ${last.step}`, ...bars(0.45, "#1565c0") },
                       { label: `heads × v dim, step ${first.step}`, ...bars(0.3, "#ffcc80") },
@@ -213,6 +224,8 @@ const specs = {
 // ---- drawing ----
 
 function chartWidth(section) { return Math.max(280, section.clientWidth - 16); }
+// A picture (`loom plot`) is two rows of charts filling the window; the live page has rows of fixed height.
+function chartHeight() { return staticRuns ? Math.max(150, Math.floor((innerHeight - 50) / 2) - 110) : 230; }
 
 function draw(id) {
   const section = document.getElementById(id);
@@ -226,8 +239,9 @@ function draw(id) {
   }
   if (!u) {
     u = new uPlot({
-      width: chartWidth(section), height: 230,
-      scales: { x: { time: spec.x === "time" }, y: { distr: spec.log && state.logScale ? 3 : 1, ...(spec.range ? { range: spec.range } : {}) } },
+      width: chartWidth(section), height: chartHeight(),
+      scales: { x: { time: spec.x === "time", ...(spec.xRange ? { range: () => spec.xRange } : {}) },
+                y: { distr: spec.log && state.logScale ? 3 : 1, ...(spec.range ? { range: spec.range } : {}) } },
       axes: [xAxis(spec.x), yAxis()],
       series: [{ label: spec.x }, ...spec.series.map(s => ({ spanGaps: true, ...s }))],
       bands: spec.bands || [],
@@ -255,7 +269,8 @@ function drawAll() {
 }
 
 new ResizeObserver(() => {
-  for (const [id, u] of Object.entries(charts)) u.setSize({ width: chartWidth(document.getElementById(id)), height: 230 });
+  for (const [id, u] of Object.entries(charts))
+    u.setSize({ width: chartWidth(document.getElementById(id)), height: chartHeight() });
 }).observe(document.querySelector("main"));
 
 // ---- the controller's job: ranks, events, heartbeat history ----
@@ -321,7 +336,8 @@ function drawPicker() {
   if (!picker) return;
   picker.replaceChildren(...state.runs.map(run => {
     const label = document.createElement("label");
-    const box = Object.assign(document.createElement("input"), { type: "checkbox", checked: state.selected.includes(run.id) });
+    const box = Object.assign(document.createElement("input"),
+                              { type: "checkbox", checked: state.selected.includes(run.id) });
     box.addEventListener("change", () => {
       state.selected = box.checked ? [...state.selected, run.id] : state.selected.filter(id => id !== run.id);
       refresh();
@@ -359,7 +375,8 @@ async function refresh() {
   const job = selectedDocs().find(d => d.job);
   document.getElementById("summary").textContent = job
     ? `${job.name}: ${job.job.state}${job.job.paused ? " (paused)" : ""} · step ${job.job.step} · ` +
-      `${job.job.world_size} rank(s) · attempt ${job.job.attempt} · restarts ${job.job.restarts}/${job.job.max_restarts}`
+      `${job.job.world_size} rank(s) · attempt ${job.job.attempt} · ` +
+      `restarts ${job.job.restarts}/${job.job.max_restarts}`
     : `${state.selected.length} of ${state.runs.length} run(s)`;
   drawRanks(job && job.job);
   drawEvents(job);
