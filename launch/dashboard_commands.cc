@@ -151,15 +151,17 @@ int cmd_plot(const std::vector<std::string>& run_dirs, const PlotOptions& o, con
   // The data in a script of its own (no HTML escaping of the JSON needed); the page is the dashboard's, with
   // only the charts of the picture.
   write_file_atomically(work + "/data.js",
-                        "window.loomStatic = " + nlohmann::json({{"runs", runs}, {"smoothing", o.smoothing}}).dump() +
+                        "window.loomStatic = " +
+                            nlohmann::json({{"runs", runs}, {"smoothing", o.smoothing}, {"height", o.height}}).dump() +
                             ";\n");
   const std::string page = work + "/plot.html";
   std::ostringstream html;
   html << "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
        << "<link rel=\"stylesheet\" href=\"" << file_url(files.vendor_dir + "/uPlot.min.css") << "\">\n"
        << "<link rel=\"stylesheet\" href=\"" << file_url(files.static_dir + "/dashboard.css") << "\">\n"
+       << "<title>" << html_escaped(title) << "</title>\n"
        << "<style>body { background: #fff; }</style></head><body>\n"
-       << "<p class=\"plot-title\">" << html_escaped(title) << "</p>\n<main class=\"plot\">\n"
+       << "<p class=\"plot-title\" id=\"plot-legend\"></p>\n<main class=\"plot\">\n"
        << "<section class=\"chart\" id=\"chart-loss\"><h2>loss <small>(train, val dashed)</small></h2></section>\n"
        << "<section class=\"chart\" id=\"chart-mfu\"><h2>MFU (%)</h2></section>\n"
        << "<section class=\"chart\" id=\"chart-throughput\"><h2>throughput</h2></section>\n"

@@ -64,7 +64,9 @@ function xAxis(kind) {
   return { label: "step", space: 70, incrs: stepIncrements,
            values: (u, vals) => vals.map(v => (Number.isInteger(v) ? v.toLocaleString("en-US") : "")) };
 }
-function yAxis() { return { size: axisSize, values: (u, vals) => tickLabels(vals) }; }
+function yAxis(integers) {
+  return { size: axisSize, values: (u, vals) => tickLabels(vals), ...(integers ? { incrs: stepIncrements } : {}) };
+}
 
 // ---- series helpers ----
 
@@ -186,7 +188,7 @@ const specs = {
       tables.push([times, counts]);
       series.push({ label: runName(d), stroke: runColor(d.id), width: 2, paths: uPlot.paths.stepped({ align: 1 }) });
     }
-    return { x: "time", log: false, tables, series, range: (u, min, max) => [0, Math.max(1, max)],
+    return { x: "time", log: false, integers: true, tables, series, range: (u, min, max) => [0, Math.max(1, max)],
              empty: "no restarts to show: no run has a timed history yet" };
   },
   "chart-heartbeat": () => {
@@ -225,7 +227,9 @@ const specs = {
 
 function chartWidth(section) { return Math.max(280, section.clientWidth - 16); }
 // A picture (`loom plot`) is two rows of charts filling the window; the live page has rows of fixed height.
-function chartHeight() { return staticRuns ? Math.max(150, Math.floor((innerHeight - 50) / 2) - 110) : 230; }
+function chartHeight() {
+  return staticRuns ? Math.max(150, Math.floor((window.loomStatic.height - 50) / 2) - 46) : 230;
+}
 
 function draw(id) {
   const section = document.getElementById(id);
@@ -242,10 +246,10 @@ function draw(id) {
       width: chartWidth(section), height: chartHeight(),
       scales: { x: { time: spec.x === "time", ...(spec.xRange ? { range: () => spec.xRange } : {}) },
                 y: { distr: spec.log && state.logScale ? 3 : 1, ...(spec.range ? { range: spec.range } : {}) } },
-      axes: [xAxis(spec.x), yAxis()],
+      axes: [xAxis(spec.x), yAxis(spec.integers)],
       series: [{ label: spec.x }, ...spec.series.map(s => ({ spanGaps: true, ...s }))],
       bands: spec.bands || [],
-      legend: { live: !staticRuns },
+      legend: { show: !staticRuns },  // a picture has one legend for all its charts
       cursor: { show: !staticRuns },
     }, data, section);
     u.loomKey = key;
@@ -397,6 +401,14 @@ if (staticRuns) {
   for (const doc of staticRuns) state.docs[doc.id] = doc;
   state.selected = staticRuns.map(d => d.id);
   state.smoothing = window.loomStatic.smoothing || 0;
+  const legend = document.getElementById("plot-legend");
+  legend.replaceChildren(...staticRuns.map(d => {
+    const item = Object.assign(document.createElement("span"), { className: "plot-run" });
+    item.append(Object.assign(document.createElement("span"), { className: "swatch" }), runName(d));
+    item.firstChild.style.background = runColor(d.id);
+    return item;
+  }), Object.assign(document.createElement("span"), { className: "plot-note",
+    textContent: `validation dashed${state.smoothing ? ` · smoothing ${state.smoothing}` : ""}` }));
   drawAll();
   document.documentElement.dataset.ready = "1";
 } else {
