@@ -82,14 +82,14 @@ int cmd_export(const std::string& dir, const std::string& out_dir) {
 }
 
 int cmd_export_hf(const std::string& dir, const std::string& out_dir) {
-  if (out_dir.size() >= 12 && out_dir.compare(out_dir.size() - 12, 12, ".safetensors") == 0)
-    fail("export-hf --out ", out_dir, ": names a folder (model.safetensors and config.json go into it, for "
-         "from_pretrained), not a .safetensors file");
   const CheckpointContents c = load_checkpoint(dir);
   const config::RunConfig cfg = checkpoint_config(c, dir);
   const ModelShape shape = checkpoint_shape(c, cfg, dir);
   if (!shape.is_gpt()) fail(dir, ": export-hf needs a GPT checkpoint, this one is \"", shape.kind, "\"");
   check_hf_gpt2_representable(shape, dir);
+  if (out_dir.size() >= 12 && out_dir.compare(out_dir.size() - 12, 12, ".safetensors") == 0)
+    fail("export-hf --out ", out_dir, ": names a folder (model.safetensors and config.json go into it, for "
+         "from_pretrained), not a .safetensors file");
   write_model_folder(out_dir, export_hf_gpt2(c.model, shape.vocab), hf_gpt2_config(shape));
   std::cout << "wrote " << out_dir << "/model.safetensors and config.json";
   // GPT-2's tokenizer under the names transformers reads (vocab.json, merges.txt), when this is its vocabulary.
