@@ -108,7 +108,7 @@ TEST(Cli, ExportHfWritesAFolderWithConfigJson) {
   write_shard(dir / "train_000000.bin", tokens);
   write_text(dir / "c.yaml", config_text(dir / "train_*.bin"));
   ASSERT_EQ(run_loom("train " + dir / "c.yaml" + " train.max_steps=2").status, 0);
-  const Outcome o = run_loom("export-hf --checkpoint " + dir / "run/ckpt_00000002" + " --out " + dir / "hf");
+  const testing::CommandOutcome o = run_loom("export-hf --checkpoint " + dir / "run/ckpt_00000002" + " --out " + dir / "hf");
   ASSERT_EQ(o.status, 0) << o.output;
   const nlohmann::json config = read_json(dir / "hf/config.json");
   EXPECT_EQ(config["model_type"], "gpt2");
@@ -126,7 +126,7 @@ TEST(Cli, ExportHfWritesAFolderWithConfigJson) {
   for (const auto& [name, t] : weights.tensors)
     if (name == "wte.weight") has_wte = t.shape() == Shape{50, 8};
   EXPECT_TRUE(has_wte);
-  const Outcome file = run_loom("export-hf --checkpoint " + dir / "run/ckpt_00000002" + " --out " + dir / "x.safetensors");
+  const testing::CommandOutcome file = run_loom("export-hf --checkpoint " + dir / "run/ckpt_00000002" + " --out " + dir / "x.safetensors");
   EXPECT_EQ(file.status, 1);
   EXPECT_NE(file.output.find("names a folder"), std::string::npos) << file.output;
 }
@@ -147,7 +147,7 @@ TEST(Cli, ExportTimmWritesTimmNamesAndConfig) {
                  "\", batch_size: 4, mean: [0.5], std: [0.25]}\n"
              "train: {max_steps: 2, progress: false, device: cpu, out_dir: \"" + dir / "run" + "\"}\n");
   ASSERT_EQ(run_loom("train " + dir / "v.yaml").status, 0);
-  const Outcome o = run_loom("export-timm --checkpoint " + dir / "run/ckpt_00000002" + " --out " + dir / "timm");
+  const testing::CommandOutcome o = run_loom("export-timm --checkpoint " + dir / "run/ckpt_00000002" + " --out " + dir / "timm");
   ASSERT_EQ(o.status, 0) << o.output;
   const nlohmann::json config = read_json(dir / "timm/config.json");
   EXPECT_EQ(config["architecture"], "deit_base_distilled_patch16_224");
@@ -166,7 +166,7 @@ TEST(Cli, ExportTimmWritesTimmNamesAndConfig) {
   EXPECT_EQ(shapes["pos_embed"], (Shape{1, 6, 8}));  // 4 patches, class and distillation tokens
   EXPECT_EQ(shapes["patch_embed.proj.weight"], (Shape{8, 1, 4, 4}));
   EXPECT_EQ(shapes["head_dist.weight"], (Shape{3, 8}));
-  const Outcome missing = run_loom("export-timm --checkpoint " + dir / "nowhere" + " --out " + dir / "t2");
+  const testing::CommandOutcome missing = run_loom("export-timm --checkpoint " + dir / "nowhere" + " --out " + dir / "t2");
   EXPECT_EQ(missing.status, 1);
   EXPECT_NE(missing.output.find(dir / "nowhere"), std::string::npos) << missing.output;
 }
