@@ -27,6 +27,7 @@ class LocalController {
   explicit LocalController(const std::string& jobs_dir) {
     options.launcher = std::string(LOOM_SOURCE_DIR) + "/launch/loom-mpirun";
     options.loom_binary = std::string(LOOM_BINARY_DIR) + "/loom";
+    options.keeper = std::string(LOOM_BINARY_DIR) + "/loom-gang-keeper";
     options.jobs_dir = jobs_dir;
     options.heartbeat_interval_ms = 200;
     options.heartbeat_timeout_ms = 3000;
