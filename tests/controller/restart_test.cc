@@ -37,19 +37,28 @@ class ControllerProcess {
     std::filesystem::remove(ready);
     std::vector<std::string> args = {std::string(LOOM_BINARY_DIR) + "/loom-controller", "serve", "--address",
                                      "127.0.0.1:" + std::to_string(port_), "--jobs-dir", jobs_dir_, "--http-port", "0",
-                                     "--ready-file", ready, "--heartbeat-interval-ms", "200",
+                                     "--ready-file", ready, "--vendor-dir", jobs_dir_ + ".vendor",
+                                     "--heartbeat-interval-ms", "200",
                                      "--heartbeat-timeout-ms", "3000", "--register-timeout-ms", "30000"};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
+    std::filesystem::create_directories(jobs_dir_);
     posix_spawn_file_actions_t files;
     posix_spawn_file_actions_init(&files);
     posix_spawn_file_actions_addopen(&files, 2, (jobs_dir_ + ".log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     ASSERT_EQ(posix_spawn(&pid_, argv[0], &files, nullptr, argv.data(), environ), 0);
     posix_spawn_file_actions_destroy(&files);
+    // No dashboard in these tests: an empty folder stands in for the chart library's.
+    std::filesystem::create_directories(jobs_dir_ + ".vendor");
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    while (!std::filesystem::exists(ready) && std::chrono::steady_clock::now() < deadline)
+    while (!std::filesystem::exists(ready) && std::chrono::steady_clock::now() < deadline) {
+      if (waitpid(pid_, nullptr, WNOHANG) == pid_) {  // it exited (and is reaped: never signal that pid)
+        pid_ = -1;
+        break;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
     ASSERT_TRUE(std::filesystem::exists(ready)) << log();
     port_ = std::atoi(file_text(ready).c_str());
     token_ = file_text(jobs_dir_ + "/admin_token");
@@ -225,7 +234,8 @@ TEST_F(ControllerRestartTest, AttemptThatFailedWhileNoControllerRanRestartsFromI
 
 TEST_F(ControllerRestartTest, ASecondControllerOnTheSameJobsFolderIsRefused) {
   ctl.start();
-  const std::string cmd = std::string(LOOM_BINARY_DIR) + "/loom-controller serve --address 127.0.0.1:0 --jobs-dir " +
+  const std::string cmd = "timeout 20 " + std::string(LOOM_BINARY_DIR) +
+                          "/loom-controller serve --address 127.0.0.1:0 --jobs-dir " +
                           (tmp / "runs/controller") + " --http-port 0 > " + (tmp / "second.log") + " 2>&1";
   EXPECT_NE(std::system(cmd.c_str()), 0);
   EXPECT_THAT(file_text(tmp / "second.log"), HasSubstr("another controller serves this folder?"));

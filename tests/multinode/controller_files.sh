@@ -28,7 +28,7 @@ mc_serve() {
   rm -f "$MC_WORK/ready"
   mn_exec host0 "$MC_BUILD/loom-controller" serve --address "$MC_ADDRESS" --tls-cert "$MC_CA" \
     --tls-key "$MC_WORK/tls/key.pem" --tls-ca "$MC_CA" --jobs-dir "$MC_JOBS" --http-port 0 \
-    --ready-file "$MC_WORK/ready" --launcher-arg=--net "--launcher-arg=$MN_SUBNET" --launcher-arg=--rsh-agent \
+    --ready-file "$MC_WORK/ready" --vendor-dir "$MC_WORK" --launcher-arg=--net "--launcher-arg=$MN_SUBNET" --launcher-arg=--rsh-agent \
     "--launcher-arg=$here/rsh_agent.sh" --launcher-arg=--mpi --launcher-arg=-mca --launcher-arg=--mpi \
     --launcher-arg=mpi_yield_when_idle --launcher-arg=--mpi --launcher-arg=1 "$@" >>"$MC_WORK/controller.log" 2>&1 &
   mc_wait 30 "the controller to serve" test -s "$MC_WORK/ready"

@@ -53,7 +53,7 @@ done
 echo "controller RSS: at most $max_rss KiB during the run (limit $max_rss_kib KiB)"
 ((max_rss < max_rss_kib)) || { echo "FAIL: the controller's RSS exceeded $max_rss_kib KiB"; fail=1; }
 "$build_dir/loom_multinode_load" report --max-p99-ms 10 "$work"/latencies_*.txt || fail=1
-mc_cli status "$job" | head -n 3
+mc_cli status "$job" | sed -n 1,3p
 for check in "state RUNNING" "attempt 1" "restarts 0" "ranks.# $world"; do
   got="$(mc_field "$job" "${check% *}")"
   [ "$got" = "${check#* }" ] || { echo "FAIL: ${check% *} is '$got', expected '${check#* }' (a false alarm?)"; fail=1; }
