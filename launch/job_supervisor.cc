@@ -279,6 +279,9 @@ controller::HeartbeatReply JobSupervisor::heartbeat(const controller::HeartbeatR
     reply.set_stale(true);
     return reply;
   }
+  if (request.rank() < 0 || request.rank() >= job.world_size)
+    throw JobError(Code::kInvalidArgument, "Heartbeat: rank " + std::to_string(request.rank()) + " outside [0, " +
+                                               std::to_string(job.world_size) + ")");
   auto it = job.ranks.find(request.rank());
   if (it == job.ranks.end()) {
     // A rank of the current attempt the controller does not know: it was restarted and took the job up from

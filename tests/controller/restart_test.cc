@@ -9,9 +9,7 @@
 #include <spawn.h>
 #include <sys/wait.h>
 
-#include "core/checkpoint.h"
 #include "core/config.h"
-#include "core/safetensors.h"
 #include "tests/controller/controller_testing.h"
 
 extern char** environ;
@@ -77,32 +75,13 @@ class ControllerProcess {
   const std::string& token() const { return token_; }
   std::string log() const { return file_text(jobs_dir_ + ".log"); }
 
-  controller::JobStatusReply status(const std::string& job_id) {
-    controller::JobStatusRequest r;
-    r.set_job_id(job_id);
-    controller::JobStatusReply s;
-    const grpc::Status st = stub_->JobStatus(LocalController::context(token_).get(), r, &s);
-    EXPECT_TRUE(st.ok()) << st.error_message();
-    return s;
-  }
+  controller::JobStatusReply status(const std::string& job_id) { return job_status(*stub_, token_, job_id); }
   controller::JobStatusReply wait_for(const std::string& job_id, std::chrono::seconds timeout,
                                       const std::function<bool(const controller::JobStatusReply&)>& done) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    auto s = status(job_id);
-    while (!done(s) && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      s = status(job_id);
-    }
-    return s;
+    return wait_for_job(*stub_, token_, job_id, timeout, done);
   }
   void control(const std::string& job_id, controller::ControlRequest::Action action, int64_t step = 0) {
-    controller::ControlRequest r;
-    r.set_job_id(job_id);
-    r.set_action(action);
-    r.set_step(step);
-    controller::ControlReply reply;
-    const grpc::Status s = stub_->Control(LocalController::context(token_).get(), r, &reply);
-    ASSERT_TRUE(s.ok()) << s.error_message();
+    control_job(*stub_, token_, job_id, action, step);
   }
 
  private:
@@ -121,13 +100,9 @@ class ControllerRestartTest : public ::testing::Test {
 
   // The uninterrupted run: the same config and ranks, started by the launcher without a controller.
   std::string reference_run() {
-    const std::string out = tmp / "runs/reference", config = tmp / "reference.yaml";
-    write_text_file(config, tiny_job_yaml(tmp / "data", out, kMaxSteps, kCheckpointEvery, kRanks));
-    const std::string cmd = std::string(LOOM_SOURCE_DIR) + "/launch/loom-mpirun --np " + std::to_string(kRanks) +
-                            " --loom " + LOOM_BINARY_DIR + "/loom -- train " + config + " > " +
-                            (tmp / "reference.log") + " 2>&1";
-    EXPECT_EQ(std::system(cmd.c_str()), 0) << file_text(tmp / "reference.log");
-    return checkpoint_dir(out, kMaxSteps);
+    const std::string out = tmp / "runs/reference";
+    return run_without_controller(tmp.path(), tiny_job_yaml(tmp / "data", out, kMaxSteps, kCheckpointEvery, kRanks),
+                                  kRanks, kMaxSteps, out);
   }
 
   // Submits the job, paused after kPauseStep (asked at once, so the ranks learn it when they register), and
@@ -138,7 +113,7 @@ class ControllerRestartTest : public ::testing::Test {
         tiny_job_yaml(tmp / "data", tmp / "runs/job", kMaxSteps, kCheckpointEvery, kRanks), "job.yaml");
     r.set_world_size(kRanks);
     controller::SubmitJobReply job;
-    const grpc::Status s = ctl.stub().SubmitJob(LocalController::context(ctl.token()).get(), r, &job);
+    const grpc::Status s = ctl.stub().SubmitJob(call_context(ctl.token()).get(), r, &job);
     EXPECT_TRUE(s.ok()) << s.error_message();
     ctl.control(job.job_id(), controller::ControlRequest::PAUSE, kPauseStep);
     const auto paused = ctl.wait_for(job.job_id(), std::chrono::seconds(120), [](const auto& s) {
@@ -146,17 +121,6 @@ class ControllerRestartTest : public ::testing::Test {
     });
     EXPECT_EQ(paused.step(), kPauseStep) << ctl.log() << file_text(paused.log_path());
     return job.job_id();
-  }
-
-  void expect_same_weights(const std::string& reference_dir, const std::string& job_dir) {
-    const auto a = safetensors::read(reference_dir + "/model.safetensors").tensors;
-    const auto b = safetensors::read(job_dir + "/model.safetensors").tensors;
-    ASSERT_EQ(a.size(), b.size());
-    ASSERT_FALSE(a.empty());
-    for (size_t i = 0; i < a.size(); ++i) {
-      ASSERT_EQ(a[i].second.nbytes(), b[i].second.nbytes()) << a[i].first;
-      EXPECT_EQ(std::memcmp(a[i].second.raw(), b[i].second.raw(), a[i].second.nbytes()), 0) << a[i].first;
-    }
   }
 
   controller::JobStatusReply finish(const std::string& job_id) {

@@ -11,6 +11,7 @@
 #   mc_cli COMMAND [ARGS...]             loom-controller COMMAND with the address, CA and admin token
 #   mc_field JOB PATH                    one field of `status JOB --json` (loom_multinode_tool field)
 #   mc_wait SECONDS WHAT COMMAND...      polls COMMAND every 0.2 s; fails the test naming WHAT at the timeout
+#   mc_begin_fault_test NAME             the start of a fault test (below)
 MC_ADDRESS=10.231.0.1:50051
 
 mc_setup() {
@@ -73,4 +74,25 @@ mc_loom_pids() {
   for p in $(ip netns pids "$(mn_netns "$1")"); do
     [ "$(readlink "/proc/$p/exe" 2>/dev/null)" = "$(readlink -f "$MC_BUILD/loom")" ] && echo "$p"
   done
+}
+
+# mc_begin_fault_test NAME (with source_dir and build_dir set): the start every controller fault test shares.
+# Checks that elastic_reference.sh's runs exist (MC_REFERENCE), makes a fresh MC_WORK = BUILD_DIR/multinode/NAME
+# with the elastic run's config (MC_CONFIG), brings up host0 .. host2, sets the controller up, writes the
+# cluster's hostfile (host1 and host2, 2 slots each) and fills MC_SERVE_OPTIONS: that hostfile, probe_host.sh as
+# the host probe, heartbeats every 0.5 s with a 4 s timeout.
+mc_begin_fault_test() {
+  MC_REFERENCE="$build_dir/multinode/elastic_reference"
+  [ -f "$MC_REFERENCE/done" ] || { echo "FAIL: no reference runs in $MC_REFERENCE (multinode_elastic_reference)"; exit 1; }
+  local work="$build_dir/multinode/$1"
+  rm -rf "$work"
+  mkdir -p "$work"
+  MN_BUILD_DIR="$build_dir"
+  MC_CONFIG="$(mn_write_elastic_run "$work")"
+  mn_up 3
+  export LOOM_MN_PREFIX="$MN_PREFIX"
+  mc_setup "$work" "$build_dir" "$source_dir"
+  printf 'host1 slots=2\nhost2 slots=2\n' >"$work/hosts.txt"
+  MC_SERVE_OPTIONS=(--hostfile "$work/hosts.txt" --host-probe "exec $source_dir/tests/multinode/probe_host.sh \"\$1\""
+    --probe-timeout-ms 5000 --heartbeat-interval-ms 500 --heartbeat-timeout-ms 4000 --register-timeout-ms 60000)
 }

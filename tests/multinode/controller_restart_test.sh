@@ -21,23 +21,13 @@ here="$source_dir/tests/multinode"
 . "$here/controller_files.sh"
 mn_require_namespaces
 
-reference="$build_dir/multinode/elastic_reference"
-[ -f "$reference/done" ] || { echo "FAIL: no reference runs in $reference (multinode_elastic_reference)"; exit 1; }
-work="$build_dir/multinode/controller_restart"
-rm -rf "$work"
-mkdir -p "$work"
-MN_BUILD_DIR="$build_dir"
-config="$(mn_write_elastic_run "$work")"
-mn_up 3
-export LOOM_MN_PREFIX="$MN_PREFIX"
-mc_setup "$work" "$build_dir" "$source_dir"
-printf 'host1 slots=2\nhost2 slots=2\n' >"$work/hosts.txt"
-serve_options=(--hostfile "$work/hosts.txt" --host-probe "exec $here/probe_host.sh \"\$1\"" --probe-timeout-ms 5000
-  --heartbeat-interval-ms 500 --heartbeat-timeout-ms 4000 --register-timeout-ms 60000 --max-restarts 0)
+mc_begin_fault_test controller_restart
+work="$MC_WORK" reference="$MC_REFERENCE"
+serve_options=("${MC_SERVE_OPTIONS[@]}" --max-restarts 0)
 mc_serve "${serve_options[@]}"
 
 run_dir="$work/runs/job"
-job="$(mc_cli submit "$config" parallel.data=4 data.batch_size=1 train.out_dir="$run_dir" --name restart \
+job="$(mc_cli submit "$MC_CONFIG" parallel.data=4 data.batch_size=1 train.out_dir="$run_dir" --name restart \
   --token-out "$work/job_token")"
 mc_cli pause "$job" --at-step "$MN_PAUSE_STEP"
 mc_wait 120 "rank 0 to pause after step $MN_PAUSE_STEP" mc_is "$job" ranks.0.paused true
