@@ -293,6 +293,8 @@ int main(int argc, char** argv) {
   serve->add_option("--probe-timeout-ms", sup.probe_timeout_ms, "a probe running longer counts as down")
       ->check(CLI::Range(100, 600000));
   serve->add_option("--keeper", so.keeper, "the gang keeper (default: loom-gang-keeper next to this executable)");
+  serve->add_flag("--leave-jobs-running", sup.leave_jobs_running,
+                  "on SIGTERM/SIGINT exit without ending the jobs: the next controller on --jobs-dir takes them up");
 
   ClientOptions co;
   auto add_client_options = [&](CLI::App* cmd) {

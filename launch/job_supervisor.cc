@@ -99,12 +99,8 @@ JobSupervisor::~JobSupervisor() {
   monitor_.join();
   std::lock_guard lock(mu_);
   for (auto& [id, job] : jobs_) {
-    for (Probe& p : job->probes) {
-      kill_session(p.pid);
-      waitpid(p.pid, nullptr, 0);
-    }
-    job->probes.clear();
-    if (job_is_over(job->state)) continue;
+    stop_probes(*job);
+    if (job_is_over(job->state) || options_.leave_jobs_running) continue;
     kill_gang(*job);
     set_state(*job, controller::FAILED, "controller shut down; the job's processes were killed");
   }
@@ -344,11 +340,7 @@ controller::ControlReply JobSupervisor::control(const controller::ControlRequest
                 << " requested" << std::endl;
   // Not started yet (or between attempts, probing hosts): nothing runs that could write a checkpoint.
   if (c.stop() && !job.gang && !job_is_over(job.state)) {
-    for (Probe& p : job.probes) {
-      kill_session(p.pid);
-      waitpid(p.pid, nullptr, 0);
-    }
-    job.probes.clear();
+    stop_probes(job);
     set_state(job, controller::STOPPED, job.attempt == 0 ? "stopped before start" : "stopped between attempts");
   } else {
     journal(job);

@@ -73,8 +73,13 @@ struct SupervisorOptions {
   std::vector<controller::HostSlots> hosts;
   // A shell command run with the host as $1 (sh -c COMMAND probe HOST); exit status 0 within probe_timeout_ms
   // means the host is up. Runs in its own session with the controller's environment without its secrets.
+  // When the hosts that are up fit no layout, that counts as a failed attempt: the job probes again
+  // probe_timeout_ms later while restarts are left.
   std::string host_probe = "exec ssh -o BatchMode=yes -o ConnectTimeout=5 -- \"$1\" true";
   int probe_timeout_ms = 10000;
+  // On destruction, leave the jobs' processes running (the journal still says running) for the next
+  // controller on this jobs folder to take up; by default they are killed and the jobs marked failed.
+  bool leave_jobs_running = false;
   int heartbeat_interval_ms = 1000;
   int heartbeat_timeout_ms = 10000;
   int register_timeout_ms = 120000;
@@ -156,7 +161,9 @@ class JobSupervisor {
     std::unique_ptr<Gang> gang;  // the current attempt's processes (null between attempts)
     std::string claim_file;      // the current attempt's keeper claims it here (launch/process_gang.h)
     std::string status_file;     // where its keeper writes the launcher's wait status
-    std::vector<Probe> probes;   // hosts being probed before the next attempt (empty otherwise)
+    bool placing = false;        // probing the hosts for the next attempt (then started, or retried)
+    Clock::time_point probe_at;  // when the probes start (a retry waits probe_timeout_ms)
+    std::vector<Probe> probes;   // hosts being probed now
     Clock::time_point probes_started;
     Clock::time_point started;
     int64_t progress_step = -1;         // highest step any rank of this attempt reported
@@ -170,11 +177,14 @@ class JobSupervisor {
   Job& find(const std::string& job_id);
   const Job& find(const std::string& job_id) const;
   void set_state(Job& job, controller::JobState state, const std::string& message);
-  // Places the next attempt: probes the hosts (with a host list) or starts it at once.
-  void begin_attempt(Job& job);
+  // Places the next attempt: probes the hosts (with a host list; after `delay`) or starts it at once.
+  void begin_attempt(Job& job, std::chrono::milliseconds delay = std::chrono::milliseconds(0));
   void start_attempt(Job& job, const controller::JobLayout& layout);
-  // With probes under way: collects their answers, and once all have answered starts the attempt.
+  void start_probes(Job& job);
+  // While placing: starts the probes when due, collects their answers, and once all have answered starts the
+  // attempt on the hosts that are up, or, when no layout fits them, counts a restart and probes again later.
   void check_probes(Job& job);
+  void stop_probes(Job& job);
   std::vector<std::pair<std::string, std::string>> job_variables(const Job& job) const;
   // The controller's environment without its secrets (and without LOOM_CONTROLLER_* / LOOM_JOB_*).
   std::vector<std::string> clean_environment() const;

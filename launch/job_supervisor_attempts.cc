@@ -69,11 +69,27 @@ std::vector<std::string> JobSupervisor::job_environment(const Job& job) const {
   return env;
 }
 
-void JobSupervisor::begin_attempt(Job& job) {
+void JobSupervisor::begin_attempt(Job& job, std::chrono::milliseconds delay) {
   if (options_.hosts.empty()) {
     start_attempt(job, job.submitted);
     return;
   }
+  job.placing = true;
+  job.probe_at = Clock::now() + delay;
+  if (delay.count() == 0) start_probes(job);
+}
+
+void JobSupervisor::stop_probes(Job& job) {
+  for (Probe& p : job.probes) {
+    if (p.pid <= 0) continue;
+    kill_session(p.pid);
+    waitpid(p.pid, nullptr, 0);
+  }
+  job.probes.clear();
+  job.placing = false;
+}
+
+void JobSupervisor::start_probes(Job& job) {
   // Each probe leads a session of its own (posix_spawn, like a gang), so a hung one is killed whole.
   const std::vector<std::string> env = clean_environment();
   for (const controller::HostSlots& host : options_.hosts) {
@@ -90,6 +106,10 @@ void JobSupervisor::begin_attempt(Job& job) {
 }
 
 void JobSupervisor::check_probes(Job& job) {
+  if (job.probes.empty()) {
+    if (Clock::now() >= job.probe_at) start_probes(job);
+    return;
+  }
   const bool late = milliseconds_since(job.probes_started) > options_.probe_timeout_ms;
   bool waiting = false;
   for (Probe& p : job.probes) {
@@ -118,16 +138,26 @@ void JobSupervisor::check_probes(Job& job) {
       down += (down.empty() ? "" : ", ") + p.host.name();
   }
   job.probes.clear();
+  job.placing = false;
   const auto layout = fit_layout(job.submitted, job.min_data, up);
   if (!layout) {
     int slots = 0;
     for (const auto& h : up) slots += h.slots();
-    set_state(job, controller::FAILED,
-              "no layout fits the " + std::to_string(slots) + " slot(s) of the hosts that answered (" +
-                  (down.empty() ? "none down" : "down: " + down) + "): " + std::to_string(job.submitted.tensor()) +
-                  " tensor ranks times at least parallel.elastic.min_data = " + std::to_string(job.min_data) +
-                  " data ranks, dividing parallel.data x train.grad_accum_steps = " +
-                  std::to_string(job.submitted.data() * job.submitted.grad_accum_steps()));
+    const std::string why =
+        "no layout fits the " + std::to_string(slots) + " slot(s) of the hosts that answered (" +
+        (down.empty() ? "none down" : "down: " + down) + "): " + std::to_string(job.submitted.tensor()) +
+        " tensor ranks times at least parallel.elastic.min_data = " + std::to_string(job.min_data) +
+        " data ranks, dividing parallel.data x train.grad_accum_steps = " +
+        std::to_string(job.submitted.data() * job.submitted.grad_accum_steps());
+    if (job.restarts >= job.max_restarts) {
+      set_state(job, controller::FAILED, why + "; giving up after " + std::to_string(job.restarts) + " restart(s)");
+      return;
+    }
+    ++job.restarts;
+    set_state(job, controller::RESTARTING,
+              why + "; probing again in " + std::to_string(options_.probe_timeout_ms) + " ms (restart " +
+                  std::to_string(job.restarts) + " of " + std::to_string(job.max_restarts) + ")");
+    begin_attempt(job, std::chrono::milliseconds(options_.probe_timeout_ms));
     return;
   }
   if (!down.empty())
@@ -232,7 +262,7 @@ void JobSupervisor::end_attempt(Job& job, std::optional<int> wait_status, const 
 }
 
 void JobSupervisor::check_job(Job& job) {
-  if (!job.probes.empty()) {
+  if (job.placing) {
     check_probes(job);
     return;
   }

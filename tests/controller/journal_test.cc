@@ -182,14 +182,22 @@ TEST_F(ControllerJournalTest, NoFittingLayoutFailsTheJobAndSlowProbesCountAsDown
   ctl.options.hosts[0].set_slots(8);
   ctl.options.host_probe = "exec sleep 30";
   ctl.options.probe_timeout_ms = 300;
+  ctl.options.max_restarts = 1;
   ctl.start();
   controller::SubmitJobReply job;
   ASSERT_TRUE(submit(request(2, "parallel: {data: 2, elastic: {min_data: 1}}\n"), &job).ok());
   const auto s = ctl.wait_for(job.job_id(), std::chrono::seconds(15),
                               [](const auto& s) { return s.state() == controller::FAILED; });
   ASSERT_EQ(s.state(), controller::FAILED) << ctl.log.str();
-  EXPECT_THAT(s.events().rbegin()->message(), HasSubstr("no layout fits the 0 slot(s)"));
-  EXPECT_THAT(s.events().rbegin()->message(), HasSubstr("down: node-a"));
+  // Probed twice: the first time counts as a failed attempt (restart 1 of 1), the second ends the job.
+  EXPECT_EQ(s.restarts(), 1);
+  EXPECT_EQ(s.attempt(), 0);
+  ASSERT_EQ(s.events_size(), 3);
+  EXPECT_EQ(s.events(1).state(), controller::RESTARTING);
+  EXPECT_THAT(s.events(1).message(), HasSubstr("probing again in 300 ms (restart 1 of 1)"));
+  EXPECT_THAT(s.events(2).message(), HasSubstr("no layout fits the 0 slot(s)"));
+  EXPECT_THAT(s.events(2).message(), HasSubstr("down: node-a"));
+  EXPECT_THAT(s.events(2).message(), HasSubstr("giving up after 1 restart(s)"));
 }
 
 TEST_F(ControllerJournalTest, MinDataAboveDataIsRefusedAtSubmit) {

@@ -1,5 +1,5 @@
-// The durable controller with real jobs: `loom-controller serve` killed with SIGKILL and started again on the
-// same jobs folder takes its jobs up from the journal. A job whose attempt still runs is supervised again (its
+// The durable controller with real jobs: `loom-controller serve` killed with SIGKILL (or stopped with
+// --leave-jobs-running) and started again on the same jobs folder takes its jobs up from the journal. A job whose attempt still runs is supervised again (its
 // ranks register anew) and finishes in that attempt; one whose attempt failed while no controller ran is
 // restarted from its last complete checkpoint. Either way the final weights equal an uninterrupted run's, bit
 // for bit, and no attempt runs twice.
@@ -28,6 +28,7 @@ constexpr int kRanks = 2;
 class ControllerProcess {
  public:
   explicit ControllerProcess(std::string jobs_dir) : jobs_dir_(std::move(jobs_dir)) {}
+  std::vector<std::string> extra_args;  // more serve options
   ~ControllerProcess() { stop(SIGTERM); }
 
   void start() {
@@ -38,6 +39,7 @@ class ControllerProcess {
                                      "--ready-file", ready, "--vendor-dir", jobs_dir_ + ".vendor",
                                      "--heartbeat-interval-ms", "200",
                                      "--heartbeat-timeout-ms", "3000", "--register-timeout-ms", "30000"};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -134,15 +136,20 @@ class ControllerRestartTest : public ::testing::Test {
   ControllerProcess ctl;
 };
 
-TEST_F(ControllerRestartTest, KilledControllerTakesUpItsRunningJob) {
+// SIGKILL: a crash. SIGTERM with --leave-jobs-running: a controller stopped on purpose (an upgrade) that
+// leaves its jobs to the next one.
+class ControllerTakeoverTest : public ControllerRestartTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(ControllerTakeoverTest, RestartedControllerTakesUpItsRunningJob) {
   const std::string reference = reference_run();
+  if (GetParam() == SIGTERM) ctl.extra_args = {"--leave-jobs-running"};
   ctl.start();
   const std::string job = submit_and_pause();
   const auto before = ctl.status(job);
   std::vector<pid_t> ranks;
   for (const auto& r : before.ranks()) ranks.push_back(static_cast<pid_t>(r.pid()));
 
-  ctl.stop(SIGKILL);
+  ctl.stop(GetParam());
   for (pid_t p : ranks) EXPECT_TRUE(process_alive(p)) << "rank pid " << p << " died with the controller";
   ctl.start();
   auto s = ctl.status(job);
@@ -163,6 +170,9 @@ TEST_F(ControllerRestartTest, KilledControllerTakesUpItsRunningJob) {
   EXPECT_THAT(s.events(before.events_size()).message(), HasSubstr("controller restarted: took up attempt 1 again"));
   expect_same_weights(reference, checkpoint_dir(tmp / "runs/job", kMaxSteps));
 }
+
+INSTANTIATE_TEST_SUITE_P(Stops, ControllerTakeoverTest, ::testing::Values(SIGKILL, SIGTERM),
+                         [](const auto& info) { return info.param == SIGKILL ? "Killed" : "LeftJobsRunning"; });
 
 TEST_F(ControllerRestartTest, AttemptThatFailedWhileNoControllerRanRestartsFromItsCheckpoint) {
   const std::string reference = reference_run();
