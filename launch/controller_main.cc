@@ -217,7 +217,8 @@ int cmd_status(Client& c, const std::string& job, bool json) {
   std::cout << s.job_id() << " (" << s.name() << "): " << job_state_name(s.state()) << ", step " << s.step()
             << ", attempt " << s.attempt() << ", restarts " << s.restarts() << "/" << s.max_restarts()
             << (s.control().paused() ? ", paused" : "") << "\n  out_dir " << s.out_dir() << ", log " << s.log_path()
-            << "\n";
+            << "\n  layout: " << describe_layout(s.layout()) << ", last checkpoint "
+            << (s.last_checkpoint().empty() ? "(none)" : s.last_checkpoint()) << "\n";
   for (const auto& r : s.ranks())
     std::cout << "  rank " << r.rank() << ": pid " << r.pid() << " on " << r.host() << " (" << r.device()
               << "), step " << r.step() << ", last heartbeat " << r.seconds_since_heartbeat() << " s ago"

@@ -177,12 +177,14 @@ class JobSupervisor {
   Job& find(const std::string& job_id);
   const Job& find(const std::string& job_id) const;
   void set_state(Job& job, controller::JobState state, const std::string& message);
-  // Places the next attempt: probes the hosts (with a host list; after `delay`) or starts it at once.
+  // Places the next attempt after `delay`: probes the hosts (with a host list) or starts it. Nothing starts
+  // before the workers' address is known (set_worker_address): until then the monitor thread waits.
   void begin_attempt(Job& job, std::chrono::milliseconds delay = std::chrono::milliseconds(0));
   void start_attempt(Job& job, const controller::JobLayout& layout);
   void start_probes(Job& job);
-  // While placing: starts the probes when due, collects their answers, and once all have answered starts the
-  // attempt on the hosts that are up, or, when no layout fits them, counts a restart and probes again later.
+  // While placing: starts the probes when due (or, without a host list, the attempt), collects their
+  // answers, and once all have answered starts the attempt on the hosts that are up, or, when no layout fits
+  // them, counts a restart and probes again later.
   void check_probes(Job& job);
   void stop_probes(Job& job);
   std::vector<std::pair<std::string, std::string>> job_variables(const Job& job) const;

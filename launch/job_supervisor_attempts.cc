@@ -70,13 +70,9 @@ std::vector<std::string> JobSupervisor::job_environment(const Job& job) const {
 }
 
 void JobSupervisor::begin_attempt(Job& job, std::chrono::milliseconds delay) {
-  if (options_.hosts.empty()) {
-    start_attempt(job, job.submitted);
-    return;
-  }
   job.placing = true;
   job.probe_at = Clock::now() + delay;
-  if (delay.count() == 0) start_probes(job);
+  check_probes(job);  // starts at once when due, else from the monitor thread
 }
 
 void JobSupervisor::stop_probes(Job& job) {
@@ -107,7 +103,14 @@ void JobSupervisor::start_probes(Job& job) {
 
 void JobSupervisor::check_probes(Job& job) {
   if (job.probes.empty()) {
-    if (Clock::now() >= job.probe_at) start_probes(job);
+    // Not before the workers' address is known (a controller taking its jobs up learns it after binding).
+    if (Clock::now() < job.probe_at || options_.worker_address.empty()) return;
+    if (!options_.hosts.empty()) {
+      start_probes(job);
+      return;
+    }
+    job.placing = false;
+    start_attempt(job, job.submitted);
     return;
   }
   const bool late = milliseconds_since(job.probes_started) > options_.probe_timeout_ms;

@@ -219,7 +219,9 @@ void JobSupervisor::recover_job(const controller::JobRecord& r) {
   const std::string attempt = "attempt " + std::to_string(job.attempt);
   job.claim_file = r.gang().claim_file();
   if (job.claim_file.empty()) {  // no attempt was being started: the job was placing one (probing hosts)
-    set_state(job, job.state, "controller restarted: placing " + (job.attempt ? "the attempt after " + attempt : "the first attempt") + " again");
+    set_state(job, job.state,
+              "controller restarted: placing " +
+                  (job.attempt ? "the attempt after " + attempt : std::string("the first attempt")) + " again");
     begin_attempt(job);
     return;
   }

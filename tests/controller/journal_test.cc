@@ -101,7 +101,8 @@ TEST_F(ControllerJournalTest, JournalHoldsTheRunningJobAndOnlyItsTokensHash) {
 TEST_F(ControllerJournalTest, ABrokenJournalStopsTheControllerNamingTheFile) {
   std::filesystem::create_directories(tmp / "jobs/job-3");
   for (const std::string& text :
-       {std::string("{ not json"), std::string("{\"jobId\": \"job-3\", \"state\": \"RUNNING\", \"tokenSha256\": [\"xyz\"]}"),
+       {std::string("{ not json"),
+        std::string("{\"jobId\": \"job-3\", \"state\": \"RUNNING\", \"tokenSha256\": [\"xyz\"]}"),
         std::string("{\"jobId\": \"job-7\"}")}) {
     write_text_file(tmp / "jobs/job-3/job.json", text);
     const std::string message = error_message([&] { JobSupervisor supervisor(ctl.options); });
@@ -137,7 +138,8 @@ TEST_F(ControllerJournalTest, AnAttemptItsKeeperNeverClaimedIsCancelledAndPlaced
   EXPECT_EQ(read_claim(claim_file).state, Claim::State::kCancelled);
   // A keeper of attempt 1 starting late finds the attempt cancelled and starts nothing.
   const std::string marker = tmp / "marker";
-  const std::string keeper = ctl.options.keeper + " " + claim_file + " " + (tmp / "late.status") + " /usr/bin/touch " + marker;
+  const std::string keeper =
+      ctl.options.keeper + " " + claim_file + " " + (tmp / "late.status") + " /usr/bin/touch " + marker;
   EXPECT_EQ(WEXITSTATUS(std::system(keeper.c_str())), 3);
   EXPECT_FALSE(std::filesystem::exists(marker));
   // Attempt 2 was started with a new token (the journal has none to hand out); the submitter's still works.

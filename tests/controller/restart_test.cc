@@ -1,6 +1,6 @@
 // The durable controller with real jobs: `loom-controller serve` killed with SIGKILL (or stopped with
-// --leave-jobs-running) and started again on the same jobs folder takes its jobs up from the journal. A job whose attempt still runs is supervised again (its
-// ranks register anew) and finishes in that attempt; one whose attempt failed while no controller ran is
+// --leave-jobs-running) and started again on the same jobs folder takes its jobs up from the journal. A job
+// whose attempt still runs is supervised again (its ranks register anew) and finishes in that attempt; one whose attempt failed while no controller ran is
 // restarted from its last complete checkpoint. Either way the final weights equal an uninterrupted run's, bit
 // for bit, and no attempt runs twice.
 #include <gmock/gmock.h>
@@ -197,7 +197,8 @@ TEST_F(ControllerRestartTest, AttemptThatFailedWhileNoControllerRanRestartsFromI
   EXPECT_EQ(s.last_checkpoint(), checkpoint_dir(tmp / "runs/job", 20));
   bool found = false;
   for (const auto& e : s.events())
-    found |= e.state() == controller::RESTARTING && e.message().find("while no controller was running") != std::string::npos;
+    found |= e.state() == controller::RESTARTING &&
+             e.message().find("while no controller was running") != std::string::npos;
   EXPECT_TRUE(found) << ctl.log();
   s = finish(job);
   ASSERT_EQ(s.state(), controller::FINISHED) << ctl.log() << file_text(s.log_path());

@@ -29,9 +29,10 @@ mc_serve() {
   rm -f "$MC_WORK/ready"
   mn_exec host0 "$MC_BUILD/loom-controller" serve --address "$MC_ADDRESS" --tls-cert "$MC_CA" \
     --tls-key "$MC_WORK/tls/key.pem" --tls-ca "$MC_CA" --jobs-dir "$MC_JOBS" --http-port 0 \
-    --ready-file "$MC_WORK/ready" --vendor-dir "$MC_WORK" --launcher-arg=--net "--launcher-arg=$MN_SUBNET" --launcher-arg=--rsh-agent \
-    "--launcher-arg=$here/rsh_agent.sh" --launcher-arg=--mpi --launcher-arg=-mca --launcher-arg=--mpi \
-    --launcher-arg=mpi_yield_when_idle --launcher-arg=--mpi --launcher-arg=1 "$@" >>"$MC_WORK/controller.log" 2>&1 &
+    --ready-file "$MC_WORK/ready" --vendor-dir "$MC_WORK" --launcher-arg=--net "--launcher-arg=$MN_SUBNET" \
+    --launcher-arg=--rsh-agent "--launcher-arg=$here/rsh_agent.sh" --launcher-arg=--mpi --launcher-arg=-mca \
+    --launcher-arg=--mpi --launcher-arg=mpi_yield_when_idle --launcher-arg=--mpi --launcher-arg=1 \
+    "$@" >>"$MC_WORK/controller.log" 2>&1 &
   mc_wait 30 "the controller to serve" test -s "$MC_WORK/ready"
   MC_PID=""
   for p in $(ip netns pids "$(mn_netns host0)"); do
@@ -83,7 +84,10 @@ mc_loom_pids() {
 # the host probe, heartbeats every 0.5 s with a 4 s timeout.
 mc_begin_fault_test() {
   MC_REFERENCE="$build_dir/multinode/elastic_reference"
-  [ -f "$MC_REFERENCE/done" ] || { echo "FAIL: no reference runs in $MC_REFERENCE (multinode_elastic_reference)"; exit 1; }
+  if [ ! -f "$MC_REFERENCE/done" ]; then
+    echo "FAIL: no reference runs in $MC_REFERENCE (multinode_elastic_reference)"
+    exit 1
+  fi
   local work="$build_dir/multinode/$1"
   rm -rf "$work"
   mkdir -p "$work"

@@ -107,7 +107,8 @@ expect layout.gradAccumSteps 2
 expect layout.hosts.# 1
 expect layout.hosts.0.name "$survivor"
 checkpoint="$(printf 'ckpt_%08d' "$MN_FAULT_CHECKPOINT")"
-if ! grep -q "resumed from $run_dir/$checkpoint at step $MN_FAULT_CHECKPOINT" "$work/runs/controller/$job/attempt_2.log"; then
+attempt_log="$work/runs/controller/$job/attempt_2.log"
+if ! grep -q "resumed from $run_dir/$checkpoint at step $MN_FAULT_CHECKPOINT" "$attempt_log"; then
   echo "FAIL: attempt 2 did not resume from $checkpoint"
   fail=1
 fi
