@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # the variables set here are the sourcing test's
 # Sourced by the multinode tests that run the job controller on host0 (after netns_fixture.sh's mn_up and
 # with LOOM_MN_PREFIX exported, which the jobs' rsh agent reads): a TLS certificate for host0's address,
 # `loom-controller serve` in host0 listening on that address (not loopback), and its client commands, which
@@ -11,7 +11,7 @@
 #   mc_cli COMMAND [ARGS...]             loom-controller COMMAND with the address, CA and admin token
 #   mc_field JOB PATH                    one field of `status JOB --json` (loom_multinode_tool field)
 #   mc_wait SECONDS WHAT COMMAND...      polls COMMAND every 0.2 s; fails the test naming WHAT at the timeout
-#   mc_begin_fault_test NAME             the start of a fault test (below)
+#   mc_begin_fault_test SOURCE BUILD NAME  the start of a fault test (below)
 MC_ADDRESS=10.231.0.1:50051
 
 mc_setup() {
@@ -77,18 +77,19 @@ mc_loom_pids() {
   done
 }
 
-# mc_begin_fault_test NAME (with source_dir and build_dir set): the start every controller fault test shares.
+# mc_begin_fault_test SOURCE_DIR BUILD_DIR NAME: the start every controller fault test shares.
 # Checks that elastic_reference.sh's runs exist (MC_REFERENCE), makes a fresh MC_WORK = BUILD_DIR/multinode/NAME
 # with the elastic run's config (MC_CONFIG), brings up host0 .. host2, sets the controller up, writes the
 # cluster's hostfile (host1 and host2, 2 slots each) and fills MC_SERVE_OPTIONS: that hostfile, probe_host.sh as
 # the host probe, heartbeats every 0.5 s with a 4 s timeout.
 mc_begin_fault_test() {
+  local source_dir="$1" build_dir="$2"
   MC_REFERENCE="$build_dir/multinode/elastic_reference"
   if [ ! -f "$MC_REFERENCE/done" ]; then
     echo "FAIL: no reference runs in $MC_REFERENCE (multinode_elastic_reference)"
     exit 1
   fi
-  local work="$build_dir/multinode/$1"
+  local work="$build_dir/multinode/$3"
   rm -rf "$work"
   mkdir -p "$work"
   MN_BUILD_DIR="$build_dir"

@@ -21,7 +21,7 @@ here="$source_dir/tests/multinode"
 . "$here/controller_files.sh"
 mn_require_namespaces
 
-mc_begin_fault_test controller_restart
+mc_begin_fault_test "$source_dir" "$build_dir" controller_restart
 work="$MC_WORK" reference="$MC_REFERENCE"
 serve_options=("${MC_SERVE_OPTIONS[@]}" --max-restarts 0)
 mc_serve "${serve_options[@]}"

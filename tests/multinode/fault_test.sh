@@ -34,7 +34,7 @@ case "$mode" in
   *) echo "fault_test.sh: unknown mode '$mode'"; exit 2 ;;
 esac
 
-mc_begin_fault_test "fault_$mode"
+mc_begin_fault_test "$source_dir" "$build_dir" "fault_$mode"
 work="$MC_WORK" reference="$MC_REFERENCE"
 mc_serve "${MC_SERVE_OPTIONS[@]}" --max-restarts 2
 
@@ -57,6 +57,7 @@ if [ "$mode" = host_death ]; then
   for _ in $(seq 50); do
     pids="$(ip netns pids "$(mn_netns "$victim")")"
     [ -z "$pids" ] && break
+    # shellcheck disable=SC2086  # one pid a word
     kill -KILL $pids 2>/dev/null || true
     sleep 0.1
   done
@@ -119,15 +120,16 @@ echo "== the job against the run without faults (loss curve within 1e-5)"
 "$build_dir/loom_multinode_tool" compare "$reference/no_fault" "$run_dir" --steps "$MN_STEPS" --loss-rtol 1e-5 \
   --weight-rtol 1e-4 || fail=1
 
+# shellcheck disable=SC2317  # called through mc_wait
+victim_ranks_gone() {
+  local p
+  for p in $victim_ranks; do kill -0 "$p" 2>/dev/null && return 1; done
+  return 0
+}
 if [ "$mode" = partition ]; then
   echo "== $victim's link comes back: its ranks of attempt 1 must exit by themselves"
   ip link set "${MN_PREFIX}v$victim_index" up
-  all_gone() {
-    local p
-    for p in $victim_ranks; do kill -0 "$p" 2>/dev/null && return 1; done
-    return 0
-  }
-  mc_wait 60 "the cut-off ranks to exit after their stale heartbeat" all_gone
+  mc_wait 60 "the cut-off ranks to exit after their stale heartbeat" victim_ranks_gone
 fi
 ((fail == 0)) && echo "PASS: $mode detected in $seconds s; the job finished on $survivor as the elastic reference"
 exit $fail
