@@ -152,7 +152,9 @@ TEST_P(ControllerTakeoverTest, RestartedControllerTakesUpItsRunningJob) {
   ctl.stop(GetParam());
   ctl.extra_args.clear();  // the next controller ends the job at the test's end, whatever happens
   for (pid_t p : ranks) EXPECT_TRUE(process_alive(p)) << "rank pid " << p << " died with the controller";
+  const std::string admin_token = ctl.token();
   ctl.start();
+  EXPECT_EQ(ctl.token(), admin_token) << "the generated admin token was not kept";
   auto s = ctl.status(job);
   EXPECT_EQ(s.state(), controller::RUNNING);
   EXPECT_EQ(s.attempt(), 1);

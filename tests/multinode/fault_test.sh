@@ -10,8 +10,9 @@
 #   host_death  every process of host1 (its Open MPI daemon and ranks 0 and 1) gets SIGKILL, and its link goes
 #               down (a dead machine answers nothing);
 #   partition   host2's link goes down; its ranks keep running, cut off.
-# The controller must notice within 10 s (heartbeat timeout 4 s), end the attempt (only the processes of its own
-# gang: the partitioned host's ranks are still alive afterwards), find the lost host unreachable (the host probe:
+# The controller must notice within 10 s (heartbeat timeout 4 s), end the attempt (the surviving host's ranks of
+# attempt 1 end; the controller kills only the processes of its own gang: the partitioned host's ranks are still
+# alive afterwards), find the lost host unreachable (the host probe:
 # probe_host.sh), and restart from the last complete checkpoint (step MN_FAULT_CHECKPOINT) on the other host with
 # parallel.data 2 and train.grad_accum_steps 2. The job then finishes, and:
 #   - every step's loss and the final weights equal, bit for bit, the uninterrupted run with the same layout
@@ -49,7 +50,8 @@ if [ "$step" != "$MN_PAUSE_STEP" ]; then echo "FAIL: paused at step $step, not $
 echo "== attempt 1: $(mc_field "$job" layout | tr -d '\n'), paused at step $step"
 
 victim_ranks="$(mc_loom_pids "$victim" | tr '\n' ' ')"
-[ -n "$victim_ranks" ] || { echo "FAIL: no rank runs on $victim"; exit 1; }
+survivor_ranks="$(mc_loom_pids "$survivor" | tr '\n' ' ')"
+[ -n "$victim_ranks" ] && [ -n "$survivor_ranks" ] || { echo "FAIL: no ranks on $victim or $survivor"; exit 1; }
 victim_index="${victim#host}"
 fault_time="$(date +%s.%N)"
 if [ "$mode" = host_death ]; then
@@ -84,6 +86,15 @@ if [ -z "$detected" ] || awk -v s="$seconds" 'BEGIN { exit !(s > 10) }'; then
   echo "FAIL: the fault was not detected within 10 s"
   fail=1
 fi
+# The ranks of attempt 1 on the host that is left end with the attempt (Open MPI's daemon there ends them when
+# the controller kills mpirun); attempt 2's ranks are new processes.
+# shellcheck disable=SC2317  # called through mc_wait
+survivor_ranks_gone() {
+  local p
+  for p in $survivor_ranks; do kill -0 "$p" 2>/dev/null && return 1; done
+  return 0
+}
+mc_wait 30 "attempt 1's ranks on $survivor ($survivor_ranks) to end" survivor_ranks_gone
 if [ "$mode" = partition ]; then
   for p in $victim_ranks; do
     if ! kill -0 "$p" 2>/dev/null; then
