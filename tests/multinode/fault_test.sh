@@ -51,7 +51,10 @@ echo "== attempt 1: $(mc_field "$job" layout | tr -d '\n'), paused at step $step
 
 victim_ranks="$(mc_loom_pids "$victim" | tr '\n' ' ')"
 survivor_ranks="$(mc_loom_pids "$survivor" | tr '\n' ' ')"
-[ -n "$victim_ranks" ] && [ -n "$survivor_ranks" ] || { echo "FAIL: no ranks on $victim or $survivor"; exit 1; }
+if [ -z "$victim_ranks" ] || [ -z "$survivor_ranks" ]; then
+  echo "FAIL: no ranks on $victim or $survivor"
+  exit 1
+fi
 victim_index="${victim#host}"
 fault_time="$(date +%s.%N)"
 if [ "$mode" = host_death ]; then
