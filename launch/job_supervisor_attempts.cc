@@ -1,5 +1,4 @@
 // JobSupervisor: placing, starting, watching and ending a job's attempts (launch/job_supervisor.h).
-#include <signal.h>
 #include <sys/wait.h>
 
 #include <cstring>

@@ -4,7 +4,6 @@
 
 #include <google/protobuf/util/json_util.h>
 #include <openssl/evp.h>
-#include <sys/wait.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -248,10 +247,7 @@ void JobSupervisor::recover_job(const controller::JobRecord& r) {
     return;
   }
   // The keeper is gone, so is its session: the attempt ended while no controller watched it.
-  std::ifstream in(job.status_file);
-  std::stringstream text;
-  text << in.rdbuf();
-  end_attempt(job, parse_launcher_status(text.str()), " (while no controller was running)");
+  end_attempt(job, read_launcher_status(job.status_file), " (while no controller was running)");
 }
 
 }  // namespace loom

@@ -305,12 +305,14 @@ bool Gang::kill() {
   return done;
 }
 
-std::optional<int> Gang::launcher_status() const {
-  std::ifstream in(status_file_);
+std::optional<int> read_launcher_status(const std::string& status_file) {
+  std::ifstream in(status_file);
   if (!in) return std::nullopt;
   std::stringstream text;
   text << in.rdbuf();
   return parse_launcher_status(text.str());
 }
+
+std::optional<int> Gang::launcher_status() const { return read_launcher_status(status_file_); }
 
 }  // namespace loom

@@ -131,9 +131,10 @@ class Gang {
 };
 
 // The keeper's side: the status file's text for a launcher wait status, and the status read back from it
-// (nullopt when the text is not one the keeper writes).
+// (nullopt when the text is not one the keeper writes, or the file cannot be read).
 std::string launcher_status_text(int wait_status);
 std::optional<int> parse_launcher_status(const std::string& text);
+std::optional<int> read_launcher_status(const std::string& status_file);
 
 // True when `pid` is a strict descendant of `ancestor` now (the parent chain in /proc/<pid>/stat reaches it).
 bool descends_from(pid_t pid, pid_t ancestor);
