@@ -80,7 +80,10 @@ TEST_F(ControllerJournalTest, JournalHoldsTheRunningJobAndOnlyItsTokensHash) {
   ASSERT_EQ(r.token_sha256_size(), 1);
   EXPECT_EQ(r.token_sha256(0), sha256_hex(job.token()));
   EXPECT_THAT(r.gang().claim_file(), HasSubstr("attempt_1.keeper"));
-  // The keeper claimed the attempt with its own identity, which the journal repeats.
+  // The keeper claims the attempt (as it starts) with its own identity, which the journal repeats.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (read_claim(r.gang().claim_file()).state == Claim::State::kNone && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   const Claim claim = read_claim(r.gang().claim_file());
   ASSERT_EQ(claim.state, Claim::State::kKeeper);
   EXPECT_EQ(claim.keeper.keeper, r.gang().keeper_pid());
