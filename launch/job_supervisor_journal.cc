@@ -239,6 +239,10 @@ void JobSupervisor::recover_job(const controller::JobRecord& r) {
     return;
   }
   job.gang = Gang::adopt(claim.keeper, job.status_file);
+  if (job.gang && job.gang->launcher_done()) {  // the keeper still holds stragglers of an ended attempt
+    end_attempt(job, job.gang->launcher_status(), " (while no controller was running)");
+    return;
+  }
   if (job.gang) {
     job.started = job.progress_time = Clock::now();  // its ranks register anew within register_timeout_ms
     set_state(job, controller::RUNNING,
