@@ -199,6 +199,10 @@ bool WorkerClient::send_heartbeat(bool finished) {
       std::cerr << "loom: warning: heartbeat to the controller at " << settings_.address << " failed: "
                 << s.error_message() << " (training goes on; retrying every heartbeat)" << std::endl;
     controller_lost_ = true;
+    // A channel whose connection failed can stay failed well after the controller is back (gRPC 1.51's
+    // pick_first waits for a re-resolution before it connects again): the next heartbeat dials anew.
+    channel_ = controller_channel(settings_.address, settings_.ca_file);
+    stub_ = controller::Controller::NewStub(channel_);
     return false;
   }
   if (controller_lost_) std::cerr << "loom: the controller at " << settings_.address << " answers again" << std::endl;

@@ -73,6 +73,8 @@ class WorkerClient final : public TrainingObserver {
   WorkerSettings settings_;
   ProcessEnvironment process_;
   Device device_;
+  // Used by the background thread only (and by the constructor before it starts, the destructor after it ends);
+  // replaced after a failed heartbeat.
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<controller::Controller::Stub> stub_;
 
