@@ -10,10 +10,10 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
-#include <sstream>
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "launch/controller_service.h"
 #include "launch/job_supervisor.h"
 
 namespace loom {
@@ -21,14 +21,6 @@ namespace loom {
 namespace {
 
 constexpr char kRecordName[] = "job.json";
-
-std::string whole_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, ": cannot read");
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 }  // namespace
 
@@ -61,7 +53,7 @@ void write_job_record(const std::string& path, const controller::JobRecord& reco
 
 controller::JobRecord read_job_record(const std::string& path) {
   controller::JobRecord record;
-  const auto status = google::protobuf::util::JsonStringToMessage(whole_file(path), &record);
+  const auto status = google::protobuf::util::JsonStringToMessage(read_file_text(path), &record);
   if (!status.ok()) fail(path, ": not a job record: ", status.ToString());
   const std::string folder = std::filesystem::path(path).parent_path().filename().string();
   if (record.job_id() != folder)

@@ -19,12 +19,6 @@ namespace {
 using controller::ControlRequest;
 using ::testing::HasSubstr;
 
-std::string write_script(const std::string& path, const std::string& body) {
-  write_text_file(path, "#!/bin/sh\n" + body + "\n");
-  chmod(path.c_str(), 0755);
-  return path;
-}
-
 class ControllerApiTest : public ::testing::Test {
  protected:
   explicit ControllerApiTest(const std::string& launcher_body = "exec sleep 60") : ctl(tmp / "jobs") {

@@ -2,6 +2,7 @@
 // of 127.0.0.1) and small data/config files for real training jobs.
 #pragma once
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <cstring>
@@ -148,6 +149,13 @@ inline std::string file_text(const std::string& path) {
   std::stringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+// Writes an executable shell script (#!/bin/sh and `body`) to `path`; returns the path.
+inline std::string write_script(const std::string& path, const std::string& body) {
+  write_text_file(path, "#!/bin/sh\n" + body + "\n");
+  chmod(path.c_str(), 0755);
+  return path;
 }
 
 // The uninterrupted run a fault test compares with: `yaml` (written to DIR/reference.yaml) on `ranks` ranks,

@@ -15,12 +15,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string write_script(const std::string& path, const std::string& body) {
-  write_text_file(path, "#!/bin/sh\n" + body + "\n");
-  chmod(path.c_str(), 0755);
-  return path;
-}
-
 class ControllerJournalTest : public ::testing::Test {
  protected:
   ControllerJournalTest() : ctl(tmp / "jobs") {
