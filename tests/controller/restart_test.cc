@@ -143,9 +143,10 @@ class ControllerTakeoverTest : public ControllerRestartTest, public ::testing::W
 TEST_P(ControllerTakeoverTest, RestartedControllerTakesUpItsRunningJob) {
   const std::string reference = reference_run();
   if (GetParam() == SIGTERM) ctl.extra_args = {"--leave-jobs-running"};
-  ctl.start();
+  ASSERT_NO_FATAL_FAILURE(ctl.start());
   const std::string job = submit_and_pause();
   const auto before = ctl.status(job);
+  ASSERT_EQ(before.ranks_size(), kRanks) << ctl.log();
   std::vector<pid_t> ranks;
   for (const auto& r : before.ranks()) ranks.push_back(static_cast<pid_t>(r.pid()));
 
@@ -153,7 +154,7 @@ TEST_P(ControllerTakeoverTest, RestartedControllerTakesUpItsRunningJob) {
   ctl.extra_args.clear();  // the next controller ends the job at the test's end, whatever happens
   for (pid_t p : ranks) EXPECT_TRUE(process_alive(p)) << "rank pid " << p << " died with the controller";
   const std::string admin_token = ctl.token();
-  ctl.start();
+  ASSERT_NO_FATAL_FAILURE(ctl.start());
   EXPECT_EQ(ctl.token(), admin_token) << "the generated admin token was not kept";
   auto s = ctl.status(job);
   EXPECT_EQ(s.state(), controller::RUNNING);
@@ -179,9 +180,10 @@ INSTANTIATE_TEST_SUITE_P(Stops, ControllerTakeoverTest, ::testing::Values(SIGKIL
 
 TEST_F(ControllerRestartTest, AttemptThatFailedWhileNoControllerRanRestartsFromItsCheckpoint) {
   const std::string reference = reference_run();
-  ctl.start();
+  ASSERT_NO_FATAL_FAILURE(ctl.start());
   const std::string job = submit_and_pause();
   const auto before = ctl.status(job);
+  ASSERT_EQ(before.ranks_size(), kRanks) << ctl.log();
   ctl.stop(SIGKILL);
   // With no controller watching, a rank dies: mpirun ends the attempt, its keeper records the exit status.
   ASSERT_EQ(kill(static_cast<pid_t>(before.ranks(kRanks - 1).pid()), SIGKILL), 0);
@@ -191,7 +193,7 @@ TEST_F(ControllerRestartTest, AttemptThatFailedWhileNoControllerRanRestartsFromI
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   ASSERT_TRUE(std::filesystem::exists(tmp / ("runs/controller/" + job + "/attempt_1.status")));
 
-  ctl.start();
+  ASSERT_NO_FATAL_FAILURE(ctl.start());
   auto s = ctl.wait_for(job, std::chrono::seconds(30), [](const auto& s) {
     return s.attempt() == 2 && s.state() == controller::RUNNING;
   });
@@ -211,7 +213,7 @@ TEST_F(ControllerRestartTest, AttemptThatFailedWhileNoControllerRanRestartsFromI
 }
 
 TEST_F(ControllerRestartTest, ASecondControllerOnTheSameJobsFolderIsRefused) {
-  ctl.start();
+  ASSERT_NO_FATAL_FAILURE(ctl.start());
   const std::string cmd = "timeout 20 " + std::string(LOOM_BINARY_DIR) +
                           "/loom-controller serve --address 127.0.0.1:0 --jobs-dir " +
                           (tmp / "runs/controller") + " --http-port 0 > " + (tmp / "second.log") + " 2>&1";
