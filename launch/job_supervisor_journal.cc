@@ -163,6 +163,7 @@ std::vector<controller::MetricsReport> metrics_from_run(const std::string& out_d
     m.set_lr(number("lr"));
     m.set_grad_norm(number("grad_norm"));
     m.mutable_step_times()->set_total_ms(number("ms_per_step"));
+    if (rec.contains("val_loss") && rec["val_loss"].is_number()) m.set_val_loss(number("val_loss"));
     try {
       check_metrics_report(m);
     } catch (const JobError&) {
@@ -202,6 +203,12 @@ void JobSupervisor::recover_job(const controller::JobRecord& r) {
   job.status_file = r.gang().status_file();
   job.last_checkpoint = r.last_checkpoint();
   job.metrics = metrics_from_run(job.resolved_out_dir, job.id, job.attempt, options_.max_metrics_per_job);
+  // The exposition's counters start again from what the run folder holds (a counter reset to Prometheus).
+  for (const controller::MetricsReport& m : job.metrics) {
+    ++job.steps_total;
+    job.tokens_total += m.tokens_per_s() * m.step_times().total_ms() / 1e3;
+    if (m.has_val_loss()) job.last_val_loss = m.val_loss();
+  }
   const std::string number = job.id.substr(job.id.find('-') + 1);
   next_job_number_ = std::max(next_job_number_, std::stoi(number) + 1);
   jobs_.emplace(job.id, std::move(owned));
