@@ -1,5 +1,7 @@
 // loom-controller: the job controller and its command-line client (see launch/README.md).
-//   loom-controller serve [options]                      run the controller (gRPC + dashboard/metrics HTTP)
+//   loom-controller serve [options]                      run the controller (gRPC + dashboard/metrics HTTP);
+//                                                        restarted on the same --jobs-dir, it takes its jobs up
+//                                                        again from the journal there
 //   loom-controller submit CONFIG.yaml [k=v ...] --np N  submit a job; prints its id (token: --token-out)
 //   loom-controller status|stop|checkpoint|pause [--at-step N]|resume|watch JOB
 // Client commands find the controller in --address (default $LOOM_CONTROLLER_ADDRESS, else 127.0.0.1:50051)
@@ -14,11 +16,14 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 
 #include "core/config.h"
+#include "core/run_dir_lock.h"
 #include "launch/controller_service.h"
 #include "launch/dashboard_server.h"
 #include "launch/job_supervisor.h"
+#include "launch/job_supervisor_layout.h"
 
 namespace {
 
@@ -43,7 +48,7 @@ std::string executable_dir() {
 struct ServeOptions {
   std::string address = "127.0.0.1:50051", http_host = "127.0.0.1", admin_token_file, tls_cert, tls_key, tls_ca;
   std::string worker_address, jobs_dir = "runs/controller", runs_root, launcher, loom_binary, dashboard_dir, vendor_dir;
-  std::string ready_file;
+  std::string ready_file, hostfile, keeper;
   int http_port = 8080;
   std::vector<std::string> launcher_args;
   SupervisorOptions supervisor;
@@ -64,6 +69,16 @@ std::string admin_token(const ServeOptions& o) {
   if (!from_env.empty()) return from_env;
   const std::string path = o.jobs_dir + "/admin_token";
   std::filesystem::create_directories(o.jobs_dir);
+  // A controller restarted on the same jobs folder keeps the token it generated (its clients hold it), when the
+  // file is still a plain file of ours that only we can read.
+  struct stat st {};
+  if (lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() && (st.st_mode & 077) == 0) {
+    const std::string kept = trimmed(read_file_text(path));
+    if (kept.size() >= 16) {
+      std::cerr << "controller: admin token read from " << path << std::endl;
+      return kept;
+    }
+  }
   const std::string t = random_token();
   write_secret_file(path, t + "\n");
   std::cerr << "controller: admin token written to " << path << std::endl;
@@ -79,12 +94,21 @@ int cmd_serve(ServeOptions o) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  // One controller per jobs folder: a second one would take up the same jobs from the journal.
+  std::optional<RunDirectoryLock> jobs_dir_lock;
+  try {
+    jobs_dir_lock.emplace(o.jobs_dir);
+  } catch (const Error& e) {
+    fail("--jobs-dir: another controller serves this folder? ", e.what());
+  }
   const std::string token = admin_token(o);
   const std::string source = LOOM_SOURCE_DIR;
   SupervisorOptions& s = o.supervisor;
   s.secrets = {token};
   s.launcher = o.launcher.empty() ? source + "/launch/loom-mpirun" : o.launcher;
   s.loom_binary = o.loom_binary.empty() ? executable_dir() + "/loom" : o.loom_binary;
+  s.keeper = o.keeper.empty() ? executable_dir() + "/loom-gang-keeper" : o.keeper;
+  if (!o.hostfile.empty()) s.hosts = read_hostfile(o.hostfile);
   s.jobs_dir = std::filesystem::absolute(o.jobs_dir).string();
   s.runs_root = o.runs_root.empty() ? "" : std::filesystem::absolute(o.runs_root).string();
   s.worker_ca_file = o.tls_ca.empty() ? "" : std::filesystem::absolute(o.tls_ca).string();
@@ -193,7 +217,8 @@ int cmd_status(Client& c, const std::string& job, bool json) {
   std::cout << s.job_id() << " (" << s.name() << "): " << job_state_name(s.state()) << ", step " << s.step()
             << ", attempt " << s.attempt() << ", restarts " << s.restarts() << "/" << s.max_restarts()
             << (s.control().paused() ? ", paused" : "") << "\n  out_dir " << s.out_dir() << ", log " << s.log_path()
-            << "\n";
+            << "\n  layout: " << describe_layout(s.layout()) << ", last checkpoint "
+            << (s.last_checkpoint().empty() ? "(none)" : s.last_checkpoint()) << "\n";
   for (const auto& r : s.ranks())
     std::cout << "  rank " << r.rank() << ": pid " << r.pid() << " on " << r.host() << " (" << r.device()
               << "), step " << r.step() << ", last heartbeat " << r.seconds_since_heartbeat() << " s ago"
@@ -261,6 +286,16 @@ int main(int argc, char** argv) {
                     "a job whose ranks complete no step this long has failed (0: off)");
   serve->add_option("--max-restarts", sup.max_restarts, "default restart limit per job");
   serve->add_option("--ready-file", so.ready_file, "write \"GRPC_PORT HTTP_PORT\" here once serving");
+  serve->add_option("--hostfile", so.hostfile,
+                    "the cluster's hosts (HOST slots=N lines): each attempt runs on those that answer --host-probe, "
+                    "shrunk as parallel.elastic allows");
+  serve->add_option("--host-probe", sup.host_probe,
+                    "shell command that exits 0 when the host given as $1 is up (default: ssh HOST true)");
+  serve->add_option("--probe-timeout-ms", sup.probe_timeout_ms, "a probe running longer counts as down")
+      ->check(CLI::Range(100, 600000));
+  serve->add_option("--keeper", so.keeper, "the gang keeper (default: loom-gang-keeper next to this executable)");
+  serve->add_flag("--leave-jobs-running", sup.leave_jobs_running,
+                  "on SIGTERM/SIGINT exit without ending the jobs: the next controller on --jobs-dir takes them up");
 
   ClientOptions co;
   auto add_client_options = [&](CLI::App* cmd) {

@@ -176,10 +176,17 @@ std::unique_ptr<grpc::Server> start_grpc_server(ControllerService& service, cons
 }
 
 std::shared_ptr<grpc::Channel> controller_channel(const std::string& address, const std::string& ca_file) {
-  if (ca_file.empty()) return grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  // gRPC backs off up to 120 s between reconnects by default; a worker whose controller restarts (or whose
+  // network comes back) should find it within a heartbeat or two.
+  grpc::ChannelArguments arguments;
+  arguments.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a channel of its own: a new one dials anew
+  arguments.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 500);
+  arguments.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  arguments.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, 1000);
+  if (ca_file.empty()) return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), arguments);
   grpc::SslCredentialsOptions ssl;
   ssl.pem_root_certs = read_file_text(ca_file);
-  return grpc::CreateChannel(address, grpc::SslCredentials(ssl));
+  return grpc::CreateCustomChannel(address, grpc::SslCredentials(ssl), arguments);
 }
 
 void set_call_token(grpc::ClientContext& context, const std::string& token) {

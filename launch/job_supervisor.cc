@@ -1,10 +1,7 @@
 #include "launch/job_supervisor.h"
 
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -12,9 +9,8 @@
 #include <regex>
 
 #include "core/config.h"
+#include "launch/job_supervisor_journal.h"
 #include "launch/process_gang.h"
-
-extern char** environ;
 
 namespace loom {
 
@@ -23,26 +19,14 @@ using Code = JobError::Code;
 
 namespace {
 
-constexpr auto kMonitorPeriod = std::chrono::milliseconds(50);
-
 double unix_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-bool is_over(JobState s) {
-  return s == controller::FINISHED || s == controller::STOPPED || s == controller::FAILED;
 }
 
 std::string this_host() {
   char name[256] = {};
   gethostname(name, sizeof name - 1);
   return name;
-}
-
-std::string describe_exit(int status) {
-  if (WIFEXITED(status)) return "launcher exited with status " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return std::string("launcher killed by signal ") + strsignal(WTERMSIG(status));
-  return "launcher ended with wait status " + std::to_string(status);
 }
 
 // `key=value` with a config key path (letters, digits, '_' and '.'): what `loom train` takes as an override.
@@ -72,6 +56,10 @@ bool secrets_equal(const std::string& a, const std::string& b) {
   return diff == 0;
 }
 
+bool job_is_over(JobState s) {
+  return s == controller::FINISHED || s == controller::STOPPED || s == controller::FAILED;
+}
+
 std::string job_state_name(JobState state) {
   switch (state) {
     case controller::PENDING: return "pending";
@@ -92,6 +80,10 @@ JobSupervisor::JobSupervisor(SupervisorOptions options) : options_(std::move(opt
              "heartbeat timeout (", options_.heartbeat_timeout_ms, " ms) must exceed the heartbeat interval (",
              options_.heartbeat_interval_ms, " ms)");
   std::filesystem::create_directories(options_.jobs_dir);
+  {
+    std::lock_guard lock(mu_);
+    recover();
+  }
   monitor_ = std::thread([this] { monitor_loop(); });
 }
 
@@ -103,11 +95,12 @@ JobSupervisor::~JobSupervisor() {
   changed_.notify_all();
   monitor_.join();
   std::lock_guard lock(mu_);
-  for (auto& [id, job] : jobs_)
-    if (job->state == controller::RUNNING) {
-      kill_gang(*job);
-      set_state(*job, controller::FAILED, "controller shut down; the job's processes were killed");
-    }
+  for (auto& [id, job] : jobs_) {
+    stop_probes(*job);
+    if (job_is_over(job->state) || options_.leave_jobs_running) continue;
+    kill_gang(*job);
+    set_state(*job, controller::FAILED, "controller shut down; the job's processes were killed");
+  }
 }
 
 controller::SubmitJobReply JobSupervisor::submit(const controller::SubmitJobRequest& request) {
@@ -140,7 +133,8 @@ controller::SubmitJobReply JobSupervisor::submit(const controller::SubmitJobRequ
     std::filesystem::remove_all(dir);
     throw JobError(Code::kInvalidArgument, std::string("SubmitJob: invalid config: ") + e.what());
   }
-  const int64_t layout = int64_t{effective.parallel().data()} * effective.parallel().tensor();
+  const auto& parallel = effective.parallel();
+  const int64_t layout = int64_t{parallel.data()} * parallel.tensor();
   if (request.world_size() != layout) {
     std::filesystem::remove_all(dir);
     throw JobError(Code::kInvalidArgument,
@@ -149,8 +143,20 @@ controller::SubmitJobReply JobSupervisor::submit(const controller::SubmitJobRequ
                        " of the config (e.g. add the override parallel.data=" +
                        std::to_string(request.world_size()) + ")");
   }
+  if (parallel.has_elastic() && parallel.elastic().min_data() > parallel.data()) {
+    std::filesystem::remove_all(dir);
+    throw JobError(Code::kInvalidArgument, "SubmitJob: parallel.elastic.min_data (" +
+                                               std::to_string(parallel.elastic().min_data()) +
+                                               ") exceeds parallel.data (" + std::to_string(parallel.data()) + ")");
+  }
+  job->submitted.set_data(parallel.data());
+  job->submitted.set_tensor(parallel.tensor());
+  job->submitted.set_grad_accum_steps(effective.train().grad_accum_steps());
+  job->layout = job->submitted;
+  job->min_data = parallel.has_elastic() ? parallel.elastic().min_data() : parallel.data();
   job->name = request.has_name() && !request.name().empty() ? request.name() : job->id;
   job->token = random_token();
+  job->token_hashes.push_back(sha256_hex(job->token));
   job->out_dir = effective.train().out_dir();
   OutDirRules rules;
   rules.runs_root = options_.runs_root;
@@ -169,7 +175,7 @@ controller::SubmitJobReply JobSupervisor::submit(const controller::SubmitJobRequ
   reply.set_token(job->token);
   std::lock_guard lock(mu_);  // checked and taken at once: two submits cannot claim one out_dir
   for (const auto& [id, other] : jobs_)
-    if (!is_over(other->state)) rules.busy_out_dirs.emplace_back(id, other->resolved_out_dir);
+    if (!job_is_over(other->state)) rules.busy_out_dirs.emplace_back(id, other->resolved_out_dir);
   try {
     job->resolved_out_dir = check_out_dir(job->out_dir, rules);
   } catch (const JobError&) {
@@ -179,7 +185,7 @@ controller::SubmitJobReply JobSupervisor::submit(const controller::SubmitJobRequ
   Job& j = *jobs_.emplace(job->id, std::move(job)).first->second;
   set_state(j, controller::PENDING,
             "submitted: " + std::to_string(j.world_size) + " rank(s), out_dir " + j.out_dir);
-  start_attempt(j);
+  begin_attempt(j);
   return reply;
 }
 
@@ -191,7 +197,11 @@ void JobSupervisor::set_worker_address(const std::string& address) {
 bool JobSupervisor::job_token_matches(const std::string& job_id, const std::string& token) const {
   std::lock_guard lock(mu_);
   auto it = jobs_.find(job_id);
-  return it != jobs_.end() && secrets_equal(token, it->second->token);
+  if (it == jobs_.end() || token.empty()) return false;
+  const std::string hash = sha256_hex(token);
+  bool match = false;
+  for (const std::string& h : it->second->token_hashes) match |= secrets_equal(hash, h);
+  return match;
 }
 
 JobSupervisor::Job& JobSupervisor::find(const std::string& job_id) {
@@ -213,141 +223,8 @@ void JobSupervisor::set_state(Job& job, JobState state, const std::string& messa
   if (job.events.size() > 1) *options_.log << job_state_name(job.state) << " -> ";
   *options_.log << job_state_name(state) << ": " << message << std::endl;
   job.state = state;
+  journal(job);
   changed_.notify_all();
-}
-
-std::vector<std::pair<std::string, std::string>> JobSupervisor::job_variables(const Job& job) const {
-  return {{"LOOM_CONTROLLER_ADDRESS", options_.worker_address},
-          {"LOOM_JOB_ID", job.id},
-          {"LOOM_JOB_TOKEN", job.token},
-          {"LOOM_JOB_ATTEMPT", std::to_string(job.attempt)},
-          {"LOOM_HEARTBEAT_MS", std::to_string(options_.heartbeat_interval_ms)},
-          {"LOOM_CONTROLLER_CA", options_.worker_ca_file}};
-}
-
-// The job's own variables, and the controller's environment without its secrets and without the variables
-// of the controller's own clients (LOOM_CONTROLLER_TOKEN may hold the admin token) or of an outer job.
-std::vector<std::string> JobSupervisor::job_environment(const Job& job) const {
-  std::vector<std::string> env;
-  for (char** e = environ; *e; ++e) {
-    const std::string entry = *e;
-    bool dropped = entry.rfind("LOOM_CONTROLLER_", 0) == 0 || entry.rfind("LOOM_JOB_", 0) == 0 ||
-                   entry.rfind("LOOM_HEARTBEAT_MS=", 0) == 0;
-    for (const std::string& secret : options_.secrets)
-      dropped |= !secret.empty() && entry.find(secret) != std::string::npos;
-    if (!dropped) env.push_back(entry);
-  }
-  for (const auto& [name, value] : job_variables(job)) env.push_back(name + "=" + value);
-  return env;
-}
-
-// posix_spawn rather than fork: the controller is multi-threaded (gRPC). The launcher leads a new session (the
-// job's "gang"), with its output in the attempt's log file.
-void JobSupervisor::start_attempt(Job& job) {
-  ++job.attempt;
-  job.ranks.clear();
-  job.log_path = options_.jobs_dir + "/" + job.id + "/attempt_" + std::to_string(job.attempt) + ".log";
-
-  std::vector<std::string> args = {options_.launcher};
-  if (!job.device_flag.empty()) args.push_back(job.device_flag);
-  args.insert(args.end(), options_.launcher_args.begin(), options_.launcher_args.end());
-  args.insert(args.end(), {"--np", std::to_string(job.world_size), "--loom", options_.loom_binary});
-  for (const auto& [name, value] : job_variables(job)) args.insert(args.end(), {"--mpi", "-x", "--mpi", name});
-  args.insert(args.end(), {"--", "train", job.config_path});
-  args.insert(args.end(), job.args.begin(), job.args.end());
-  args.push_back("train.resume=latest");
-
-  pid_t pid = -1;
-  try {
-    pid = spawn_session(args, job_environment(job), job.log_path);
-  } catch (const Error& e) {
-    set_state(job, controller::FAILED, e.what());
-    return;
-  }
-  job.pid = pid;
-  job.started = job.progress_time = Clock::now();
-  job.progress_step = -1;
-  set_state(job, controller::RUNNING,
-            "attempt " + std::to_string(job.attempt) + " started (launcher pid " + std::to_string(pid) +
-                ", log " + job.log_path + ")");
-}
-
-// SIGKILL to every process of the launcher's session (mpirun starts ranks in process groups of their own,
-// but in its session), then reaps the launcher. A registered rank's pid plays no part.
-void JobSupervisor::kill_gang(Job& job) {
-  if (job.pid <= 0) return;
-  if (!kill_session(job.pid))
-    *options_.log << "controller: " << job.id << ": warning: processes of session " << job.pid
-                  << " still alive after SIGKILL" << std::endl;
-  waitpid(job.pid, nullptr, 0);
-  job.pid = -1;
-}
-
-void JobSupervisor::fail_attempt(Job& job, const std::string& reason) {
-  kill_gang(job);
-  const std::string attempt = "attempt " + std::to_string(job.attempt) + ": ";
-  if (job.control.stop()) {
-    set_state(job, controller::STOPPED, attempt + reason + " (after a stop request; not restarted)");
-  } else if (job.restarts >= job.max_restarts) {
-    set_state(job, controller::FAILED,
-              attempt + reason + "; giving up after " + std::to_string(job.restarts) + " restart(s)");
-  } else {
-    ++job.restarts;
-    set_state(job, controller::RESTARTING,
-              attempt + reason + "; gang killed, restart " + std::to_string(job.restarts) + " of " +
-                  std::to_string(job.max_restarts) + " from the last complete checkpoint in " + job.out_dir);
-    start_attempt(job);
-  }
-}
-
-void JobSupervisor::check_job(Job& job) {
-  if (job.pid > 0 && leader_has_exited(job.pid)) {
-    // Stragglers, if any, die before the launcher is reaped: until then no other process can take its pid,
-    // which numbers the session.
-    kill_session(job.pid);
-    int status = 0;
-    waitpid(job.pid, &status, 0);
-    job.pid = -1;
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
-      const std::string step = std::to_string(job.metrics.empty() ? 0 : job.metrics.back().step());
-      if (job.control.stop())
-        set_state(job, controller::STOPPED, "stopped on request at step " + step);
-      else
-        set_state(job, controller::FINISHED, "launcher exited 0 at step " + step);
-    } else {
-      fail_attempt(job, describe_exit(status));
-    }
-    return;
-  }
-  const auto now = Clock::now();
-  for (const auto& [rank, r] : job.ranks) {
-    const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - r.last_heartbeat).count();
-    if (!r.status.finished() && silent > options_.heartbeat_timeout_ms) {
-      fail_attempt(job, "rank " + std::to_string(rank) + " (pid " + std::to_string(r.status.pid()) + " on " +
-                            r.status.host() + ") sent no heartbeat for " + std::to_string(silent) + " ms");
-      return;
-    }
-  }
-  if (job.control.paused()) job.progress_time = now;  // a pause is no stall
-  const auto stalled = std::chrono::duration_cast<std::chrono::milliseconds>(now - job.progress_time).count();
-  if (options_.stall_timeout_ms > 0 && stalled > options_.stall_timeout_ms) {
-    fail_attempt(job, "no rank completed a step for " + std::to_string(stalled) + " ms (stall timeout; last step " +
-                          std::to_string(job.progress_step) + ")");
-    return;
-  }
-  const auto since_start = std::chrono::duration_cast<std::chrono::milliseconds>(now - job.started).count();
-  if (static_cast<int>(job.ranks.size()) < job.world_size && since_start > options_.register_timeout_ms)
-    fail_attempt(job, "only " + std::to_string(job.ranks.size()) + " of " + std::to_string(job.world_size) +
-                          " ranks registered within " + std::to_string(options_.register_timeout_ms) + " ms");
-}
-
-void JobSupervisor::monitor_loop() {
-  std::unique_lock lock(mu_);
-  while (!shutting_down_) {
-    for (auto& [id, job] : jobs_)
-      if (job->state == controller::RUNNING) check_job(*job);
-    changed_.wait_for(lock, kMonitorPeriod, [this] { return shutting_down_; });
-  }
 }
 
 controller::RegisterReply JobSupervisor::register_rank(const controller::RegisterRequest& request) {
@@ -365,10 +242,11 @@ controller::RegisterReply JobSupervisor::register_rank(const controller::Registe
                                                std::to_string(job.world_size) + ")");
   // On this host the pid must be one of the launcher's processes (shown in the status; never signalled). A
   // pid on another host cannot be checked from here and is shown as given.
-  if (request.host() == this_host() && !descends_from(static_cast<pid_t>(request.pid()), job.pid))
+  const pid_t keeper = job.gang ? job.gang->identity().keeper : -1;
+  if (request.host() == this_host() && !descends_from(static_cast<pid_t>(request.pid()), keeper))
     throw JobError(Code::kPermissionDenied, "Register: pid " + std::to_string(request.pid()) + " on " +
                                                 request.host() + " is not a process of " + job.id +
-                                                "'s launcher (pid " + std::to_string(job.pid) + ")");
+                                                "'s launcher (session of pid " + std::to_string(keeper) + ")");
   Rank& r = job.ranks[request.rank()];
   r.status.Clear();
   r.status.set_rank(request.rank());
@@ -394,10 +272,16 @@ controller::HeartbeatReply JobSupervisor::heartbeat(const controller::HeartbeatR
     reply.set_stale(true);
     return reply;
   }
+  if (request.rank() < 0 || request.rank() >= job.world_size)
+    throw JobError(Code::kInvalidArgument, "Heartbeat: rank " + std::to_string(request.rank()) + " outside [0, " +
+                                               std::to_string(job.world_size) + ")");
   auto it = job.ranks.find(request.rank());
-  if (it == job.ranks.end())
-    throw JobError(Code::kInvalidArgument, "Heartbeat: rank " + std::to_string(request.rank()) +
-                                               " has not registered in attempt " + std::to_string(job.attempt));
+  if (it == job.ranks.end()) {
+    // A rank of the current attempt the controller does not know: it was restarted and took the job up from
+    // its journal (the ranks register again), or the rank skipped Register. Either way: register first.
+    reply.set_register_again(true);
+    return reply;
+  }
   Rank& r = it->second;
   r.last_heartbeat = Clock::now();
   r.status.set_step(request.step());
@@ -454,7 +338,13 @@ controller::ControlReply JobSupervisor::control(const controller::ControlRequest
   }
   *options_.log << "controller: " << job.id << ": " << controller::ControlRequest::Action_Name(request.action())
                 << " requested" << std::endl;
-  if (job.state == controller::PENDING && c.stop()) set_state(job, controller::STOPPED, "stopped before start");
+  // Not started yet (or between attempts, probing hosts): nothing runs that could write a checkpoint.
+  if (c.stop() && !job.gang && !job_is_over(job.state)) {
+    stop_probes(job);
+    set_state(job, controller::STOPPED, job.attempt == 0 ? "stopped before start" : "stopped between attempts");
+  } else {
+    journal(job);
+  }
   controller::ControlReply reply;
   *reply.mutable_control() = c;
   return reply;
@@ -484,6 +374,8 @@ controller::JobStatusReply JobSupervisor::status_of(const Job& job) const {
   s.set_steps_total(job.steps_total);
   s.set_tokens_total(job.tokens_total);
   if (job.last_val_loss) s.set_last_val_loss(*job.last_val_loss);
+  *s.mutable_layout() = job.layout;
+  s.set_last_checkpoint(job.last_checkpoint);
   return s;
 }
 
@@ -515,7 +407,7 @@ bool JobSupervisor::wait_metrics(const std::string& job_id, int64_t after_step, 
     for (const auto& m : job.metrics)
       if (m.step() > after_step) out->push_back(m);
     if (!out->empty()) return true;
-    if (is_over(job.state) || shutting_down_) return false;
+    if (job_is_over(job.state) || shutting_down_) return false;
     if (changed_.wait_until(lock, deadline) == std::cv_status::timeout) return true;
   }
 }

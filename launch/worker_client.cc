@@ -74,6 +74,16 @@ WorkerClient::WorkerClient(const WorkerSettings& settings, const ProcessEnvironm
     : settings_(settings), process_(process), device_(device) {
   channel_ = controller_channel(settings_.address, settings_.ca_file);
   stub_ = controller::Controller::NewStub(channel_);
+  const grpc::Status s = register_rank(/*wait_for_ready=*/true);
+  if (!s.ok())
+    fail("controller at ", settings_.address, " refused Register of rank ", process_.rank, " of job ",
+         settings_.job_id, ": ", s.error_message(), " (gRPC code ", static_cast<int>(s.error_code()), ")");
+  std::lock_guard lock(mu_);
+  checkpoint_seq_done_ = state_.checkpoint_seq();  // requests before this attempt started are not repeated
+  thread_ = std::thread([this] { heartbeat_loop(); });
+}
+
+grpc::Status WorkerClient::register_rank(bool wait_for_ready) {
   controller::RegisterRequest request;
   request.set_job_id(settings_.job_id);
   request.set_attempt(settings_.attempt);
@@ -84,17 +94,16 @@ WorkerClient::WorkerClient(const WorkerSettings& settings, const ProcessEnvironm
   request.set_device(device_.str());
   grpc::ClientContext context;
   set_call_token(context, settings_.token);
-  context.set_deadline(std::chrono::system_clock::now() + kRegisterTimeout);
-  context.set_wait_for_ready(true);
+  context.set_deadline(std::chrono::system_clock::now() + (wait_for_ready ? kRegisterTimeout : kCallTimeout));
+  context.set_wait_for_ready(wait_for_ready);
   controller::RegisterReply reply;
   const grpc::Status s = stub_->Register(&context, request, &reply);
-  if (!s.ok())
-    fail("controller at ", settings_.address, " refused Register of rank ", process_.rank, " of job ",
-         settings_.job_id, ": ", s.error_message(), " (gRPC code ", static_cast<int>(s.error_code()), ")");
+  if (!s.ok()) return s;
+  std::lock_guard lock(mu_);
   if (reply.heartbeat_interval_ms() > 0) settings_.heartbeat_interval_ms = reply.heartbeat_interval_ms();
   state_ = reply.control();
-  checkpoint_seq_done_ = state_.checkpoint_seq();  // requests before this attempt started are not repeated
-  thread_ = std::thread([this] { heartbeat_loop(); });
+  control_.notify_all();
+  return s;
 }
 
 WorkerClient::~WorkerClient() {
@@ -183,15 +192,30 @@ bool WorkerClient::send_heartbeat(bool finished) {
   controller::HeartbeatReply reply;
   const grpc::Status s = stub_->Heartbeat(&context, request, &reply);
   if (!s.ok()) {
-    std::cerr << "loom: warning: heartbeat to the controller at " << settings_.address
-              << " failed: " << s.error_message() << std::endl;
+    if (!controller_lost_)  // once per outage: training goes on without the controller meanwhile
+      std::cerr << "loom: warning: heartbeat to the controller at " << settings_.address << " failed: "
+                << s.error_message() << " (training goes on; retrying every heartbeat)" << std::endl;
+    controller_lost_ = true;
+    // A channel whose connection failed can stay failed well after the controller is back (gRPC 1.51's
+    // pick_first waits for a re-resolution before it connects again): the next heartbeat dials anew.
+    channel_ = controller_channel(settings_.address, settings_.ca_file);
+    stub_ = controller::Controller::NewStub(channel_);
     return false;
   }
+  if (controller_lost_) std::cerr << "loom: the controller at " << settings_.address << " answers again" << std::endl;
+  controller_lost_ = false;
   if (reply.stale() && !finished) {
     // The controller has started a newer attempt of this job: this process is left over from a killed gang.
     std::cerr << "loom: error: attempt " << settings_.attempt << " of job " << settings_.job_id
               << " was replaced by the controller; exiting" << std::endl;
     std::_Exit(3);
+  }
+  if (reply.register_again() && !finished) {
+    // The controller was restarted and took the job up from its journal: it learns this rank anew.
+    const grpc::Status r = register_rank(/*wait_for_ready=*/false);
+    std::cerr << "loom: rank " << process_.rank << " registered again with the controller"
+              << (r.ok() ? "" : " failed: " + r.error_message()) << std::endl;
+    return r.ok();
   }
   apply(reply.control());
   return true;
@@ -215,7 +239,7 @@ void WorkerClient::heartbeat_loop() {
       context.set_deadline(std::chrono::system_clock::now() + kCallTimeout);
       controller::ReportMetricsReply reply;
       const grpc::Status s = stub_->ReportMetrics(&context, report, &reply);
-      if (!s.ok())
+      if (!s.ok() && !controller_lost_)
         std::cerr << "loom: warning: metrics of step " << report.step() << " not delivered: " << s.error_message()
                   << std::endl;
     }

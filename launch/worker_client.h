@@ -13,7 +13,10 @@
 // Every rank registers and heartbeats (so a hung or stopped rank is noticed); each heartbeat carries the rank's
 // step, its last step's time breakdown and its memory. Only rank 0 sends ReportMetrics. Metrics go through a
 // queue to the background thread, so a slow controller never slows a step; when the queue is full the oldest
-// reports are dropped.
+// reports are dropped. When the controller cannot be reached, training goes on (one warning per outage) and
+// heartbeats keep trying (the channel reconnects within ~2 s of the controller's return); a controller that
+// was restarted answers register_again, and the rank registers anew. A heartbeat answered stale (a newer
+// attempt replaced this one) ends the process (exit status 3).
 //
 // Thread-safety: on_step() and poll() are called by the training thread; one background thread does all RPCs.
 #pragma once
@@ -61,12 +64,17 @@ class WorkerClient final : public TrainingObserver {
 
  private:
   void heartbeat_loop();
+  // Register (rank, world size, host, pid, device); takes the interval and control state of the reply.
+  // wait_for_ready: wait up to 10 s for the controller (at start); else one attempt (after a restart of it).
+  grpc::Status register_rank(bool wait_for_ready);
   bool send_heartbeat(bool finished);  // false when the RPC failed
   void apply(const controller::ControlState& control);
 
   WorkerSettings settings_;
   ProcessEnvironment process_;
   Device device_;
+  // Used by the background thread only (and by the constructor before it starts, the destructor after it ends);
+  // replaced after a failed heartbeat.
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<controller::Controller::Stub> stub_;
 
@@ -79,6 +87,7 @@ class WorkerClient final : public TrainingObserver {
   bool shutting_down_ = false;
   bool heartbeat_now_ = false;        // send a heartbeat without waiting for the interval (pause changes)
   int64_t step_ = 0;
+  bool controller_lost_ = false;      // the last heartbeat failed (background thread only)
   controller::StepTimes step_times_;
   std::deque<controller::MetricsReport> queue_;
   std::thread thread_;

@@ -19,12 +19,6 @@ namespace {
 using controller::ControlRequest;
 using ::testing::HasSubstr;
 
-std::string write_script(const std::string& path, const std::string& body) {
-  write_text_file(path, "#!/bin/sh\n" + body + "\n");
-  chmod(path.c_str(), 0755);
-  return path;
-}
-
 class ControllerApiTest : public ::testing::Test {
  protected:
   explicit ControllerApiTest(const std::string& launcher_body = "exec sleep 60") : ctl(tmp / "jobs") {
@@ -222,11 +216,14 @@ TEST_F(ControllerApiTest, MalformedRequestsGetErrorsAndTheServerStaysUp) {
   no_pid.clear_pid();
   EXPECT_EQ(register_rank(job.token(), no_pid).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   {
-    controller::HeartbeatRequest r;  // rank 1 never registered
+    controller::HeartbeatRequest r;  // rank 1 never registered: it is asked to (as after a controller restart)
     r.set_job_id(job.job_id());
     r.set_attempt(1);
     r.set_rank(1);
     controller::HeartbeatReply reply;
+    EXPECT_TRUE(ctl.stub->Heartbeat(ctl.context(job.token()).get(), r, &reply).ok());
+    EXPECT_TRUE(reply.register_again());
+    r.set_rank(2);  // no such rank
     EXPECT_EQ(ctl.stub->Heartbeat(ctl.context(job.token()).get(), r, &reply).error_code(),
               grpc::StatusCode::INVALID_ARGUMENT);
   }

@@ -4,9 +4,7 @@
 #include <gmock/gmock.h>
 #include <signal.h>
 
-#include "core/checkpoint.h"
 #include "core/config.h"
-#include "core/safetensors.h"
 #include "tests/controller/controller_testing.h"
 
 namespace loom::testing {
@@ -26,15 +24,10 @@ class ControllerFaultTest : public ::testing::TestWithParam<int> {
 
   // The uninterrupted run: the same config and ranks, started by the launcher without any controller.
   std::string reference_run() {
-    const std::string out = tmp / "reference";
-    const std::string config = tmp / "reference.yaml";
-    write_text_file(config, tiny_job_yaml(tmp / "data", out, kMaxSteps, kCheckpointEvery, world_size()));
-    const std::string cmd = std::string(LOOM_SOURCE_DIR) + "/launch/loom-mpirun --np " +
-                            std::to_string(world_size()) + " --loom " + LOOM_BINARY_DIR + "/loom -- train " + config +
-                            " > " + (tmp / "reference.log") + " 2>&1";
-    const int status = std::system(cmd.c_str());
-    EXPECT_EQ(status, 0) << file_text(tmp / "reference.log");
-    return checkpoint_dir(out, kMaxSteps);
+    return run_without_controller(tmp.path(),
+                                  tiny_job_yaml(tmp / "data", tmp / "reference", kMaxSteps, kCheckpointEvery,
+                                                world_size()),
+                                  world_size(), kMaxSteps, tmp / "reference");
   }
 
   controller::SubmitJobReply submit() {
@@ -49,13 +42,7 @@ class ControllerFaultTest : public ::testing::TestWithParam<int> {
   }
 
   void control(const std::string& job_id, controller::ControlRequest::Action action, int64_t step = 0) {
-    controller::ControlRequest r;
-    r.set_job_id(job_id);
-    r.set_action(action);
-    r.set_step(step);
-    controller::ControlReply reply;
-    const grpc::Status s = ctl.stub->Control(ctl.context(ctl.admin_token).get(), r, &reply);
-    ASSERT_TRUE(s.ok()) << s.error_message();
+    control_job(*ctl.stub, ctl.admin_token, job_id, action, step);
   }
 
   // Pauses the job at kPauseStep (asked right after submit, so the workers get it when they register: the
@@ -78,18 +65,6 @@ class ControllerFaultTest : public ::testing::TestWithParam<int> {
     EXPECT_FALSE(process_alive(victim)) << "rank pid " << victim << " outlived its gang";
     if (signal == SIGSTOP) kill(victim, SIGKILL);  // not to leave it behind if it did
     return s;
-  }
-
-  void expect_same_weights(const std::string& reference_dir, const std::string& job_dir) {
-    const auto a = safetensors::read(reference_dir + "/model.safetensors").tensors;
-    const auto b = safetensors::read(job_dir + "/model.safetensors").tensors;
-    ASSERT_EQ(a.size(), b.size());
-    ASSERT_FALSE(a.empty());
-    for (size_t i = 0; i < a.size(); ++i) {
-      EXPECT_EQ(a[i].first, b[i].first);
-      ASSERT_EQ(a[i].second.nbytes(), b[i].second.nbytes()) << a[i].first;
-      EXPECT_EQ(std::memcmp(a[i].second.raw(), b[i].second.raw(), a[i].second.nbytes()), 0) << a[i].first;
-    }
   }
 
   void run_fault_test(int signal, const std::string& expected_reason) {

@@ -176,5 +176,87 @@ TEST_F(ControllerGangTest, ExitedLauncherLeavesNoOrphanBehind) {
   EXPECT_FALSE(process_alive(child)) << "the launcher's child (own process group) outlived the attempt";
 }
 
+// The keeper (launch/process_gang.h) of a gang started directly: `body` runs as the launcher.
+class GangKeeperTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<Gang> start(const std::string& body) {
+    std::vector<std::string> env;
+    for (char** e = environ; *e; ++e) env.push_back(*e);
+    return Gang::start(std::string(LOOM_BINARY_DIR) + "/loom-gang-keeper", tmp / "claim", tmp / "status",
+                       {"/bin/sh", "-c", "DIR=" + tmp.path() + "\n" + body}, env, tmp / "log");
+  }
+  Claim claim() {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (read_claim(tmp / "claim").state == Claim::State::kNone && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return read_claim(tmp / "claim");
+  }
+  pid_t child() {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!std::filesystem::exists(tmp / "child.pid") && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return static_cast<pid_t>(std::atol(file_text(tmp / "child.pid").c_str()));
+  }
+  TempDir tmp;
+};
+
+TEST_F(GangKeeperTest, AdoptionNeedsTheSameKeeperAndKillReachesTheWholeSession) {
+  auto gang = start(std::string(kEscapedChild) + "\nexec sleep 300");
+  const Claim c = claim();
+  ASSERT_EQ(c.state, Claim::State::kKeeper) << file_text(tmp / "log");
+  EXPECT_EQ(c.keeper.keeper, gang->identity().keeper);
+  EXPECT_EQ(c.keeper.start_time, gang->identity().start_time);
+  // A pid alone names nothing: the start time and the boot must agree too.
+  GangIdentity other = c.keeper;
+  other.start_time += 1;
+  EXPECT_FALSE(Gang::adopt(other, tmp / "status"));
+  other = c.keeper;
+  other.boot_id = "another-boot";
+  EXPECT_FALSE(Gang::adopt(other, tmp / "status"));
+  other = c.keeper;
+  other.keeper = child();  // alive, but it leads no session of its own
+  EXPECT_FALSE(Gang::adopt(other, tmp / "status"));
+
+  auto adopted = Gang::adopt(c.keeper, tmp / "status");
+  ASSERT_TRUE(adopted);
+  EXPECT_TRUE(adopted->adopted());
+  EXPECT_FALSE(adopted->launcher_done());
+  const pid_t escaped = child();
+  ASSERT_TRUE(process_alive(escaped));
+  EXPECT_TRUE(adopted->kill());
+  EXPECT_FALSE(process_alive(escaped)) << "the launcher's child (own process group) outlived the gang";
+  EXPECT_TRUE(adopted->launcher_done());
+  EXPECT_TRUE(gang->kill());  // reaps the keeper, which the adopted gang killed last
+  EXPECT_FALSE(process_alive(c.keeper.keeper));
+}
+
+TEST_F(GangKeeperTest, KeeperRecordsTheLaunchersStatusAndHoldsTheSessionWhileStragglersLive) {
+  auto gang = start(std::string(kEscapedChild) + "\nexit 5");
+  const pid_t straggler = child();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!gang->launcher_done() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_TRUE(gang->launcher_done());
+  const auto status = gang->launcher_status();
+  ASSERT_TRUE(status);
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 5);
+  // The launcher is gone, its child is not: the keeper still holds the session's number.
+  EXPECT_TRUE(process_alive(straggler));
+  EXPECT_TRUE(process_alive(gang->identity().keeper));
+  EXPECT_TRUE(gang->kill());
+  EXPECT_FALSE(process_alive(straggler));
+}
+
+TEST(ClaimTest, AnAttemptIsClaimedOnce) {
+  TempDir tmp;
+  const std::string path = tmp / "attempt_1.keeper";
+  EXPECT_EQ(read_claim(path).state, Claim::State::kNone);
+  EXPECT_TRUE(create_claim(path, kCancelledClaim));
+  EXPECT_FALSE(create_claim(path, keeper_claim_text({123, 456, "boot"})));
+  EXPECT_EQ(read_claim(path).state, Claim::State::kCancelled);
+  write_text_file(path, "keeper 0 1 boot\n");
+  EXPECT_THAT(error_message([&] { read_claim(path); }), HasSubstr(path + ": not a claim"));
+}
+
 }  // namespace
 }  // namespace loom::testing

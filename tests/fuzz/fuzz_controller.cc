@@ -104,6 +104,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   loom::SupervisorOptions options;
   options.launcher = launcher;
   options.loom_binary = "/bin/false";
+  options.keeper = LOOM_FUZZ_KEEPER;
   options.jobs_dir = g->dir + "/jobs";
   options.runs_root = g->dir;  // the live job's out_dir must lie inside it (launch/request_checks.h)
   options.worker_address = "127.0.0.1:1";

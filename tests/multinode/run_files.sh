@@ -47,3 +47,19 @@ mn_hostfile() {
   : >"$1"
   for ((i = 0; i < $2; i++)); do echo "host$i slots=$3" >>"$1"; done
 }
+
+# The controller's fault tests (fault_test.sh, controller_restart_test.sh) and their references
+# (elastic_reference.sh): MN_STEPS steps, the fault lands while the job is paused after step MN_PAUSE_STEP,
+# so the last complete checkpoint is that of step MN_FAULT_CHECKPOINT (checkpoint_every 5).
+MN_STEPS=20
+MN_PAUSE_STEP=12
+MN_FAULT_CHECKPOINT=10
+
+# mn_write_elastic_run WORK: mn_write_run's GPT run of MN_STEPS steps whose data-parallel size the controller
+# may halve (parallel.elastic.min_data 2). Prints the config's path.
+mn_write_elastic_run() {
+  local config
+  config="$(mn_write_run gpt "$1" "$MN_STEPS")"
+  echo "  elastic: {min_data: 2}" >>"$config"
+  echo "$config"
+}
