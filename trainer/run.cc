@@ -23,6 +23,7 @@
 #include "trainer/models/gpt.h"
 #include "trainer/models/interop/import.h"
 #include "trainer/models/vit.h"
+#include "trainer/pruning/distillation.h"
 #include "trainer/pruning/engine.h"
 #include "trainer/pruning/report.h"
 #include "trainer/sampler.h"
@@ -85,8 +86,6 @@ ModelShape resolve_model_shape(const config::RunConfig& cfg) {
   return model_shape_from_config(m);
 }
 
-namespace {
-
 void load_initial_weights(const std::string& path, Model& model, const TensorParallelContext* tp) {
   const NamedTensors tensors = to_own_layout(model.shape(), safetensors::read(path).tensors);
   if (tensor_size(tp) == 1) {
@@ -98,8 +97,6 @@ void load_initial_weights(const std::string& path, Model& model, const TensorPar
   params.master().copy_from(arena_from_full_tensors(params.layout(), tensors, tp, "", params.master().dtype(), path));
   params.sync_compute_from_master();
 }
-
-}  // namespace
 
 std::unique_ptr<Model> build_model_of_shape(const ModelShape& shape, const config::RunConfig& cfg, Backend& backend,
                                             DType master_dtype, DType compute_dtype, const TensorParallelContext* tp) {
@@ -169,27 +166,18 @@ class NullBuffer final : public std::streambuf {
   int overflow(int c) override { return c; }
 };
 
-}  // namespace
+// What one phase of a run (training or pruning, then a pruning run's fine-tuning) leaves for the next.
+struct PhaseResult {
+  TrainResult result;
+  ModelShape original, pruned;  // a pruning phase that reached its target: the widths before and after
+  double final_ms = 0;          // and the pruned model's predicted latency
+};
 
-TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_log,
-                          const std::vector<TrainingObserver*>& observers, ProcessMesh* mesh) {
+// One phase on this rank: device, model (and teacher), data, trainer, then training. Everything it builds is
+// released when it returns, so a fine-tuning phase never holds the pruning phase's model beside its own.
+PhaseResult train_phase(const config::RunConfig& cfg_in, std::ostream& log,
+                        const std::vector<TrainingObserver*>& observers, ProcessMesh* mesh) {
   const auto& t = cfg_in.train();
-  const bool writer = !mesh || mesh->world().rank() == 0;
-  NullBuffer null_buffer;
-  std::ostream null_log(&null_buffer);
-  std::ostream& log = writer ? rank0_log : null_log;
-  // World rank 0 holds out_dir's lock for the whole run (no second run writes into it), and under the lock
-  // removes what interrupted checkpoint writes left behind.
-  std::optional<RunDirectoryLock> out_dir_lock;
-  if (writer) {
-    out_dir_lock.emplace(t.out_dir());
-    if (const int stale = remove_stale_checkpoint_temporaries(*out_dir_lock))
-      log << "removed " << stale << " stale temporary checkpoint folder(s) from " << t.out_dir() << std::endl;
-    std::ofstream out(t.out_dir() + "/config.yaml");
-    out << run_config_to_yaml(cfg_in);
-    if (!out) fail(t.out_dir(), "/config.yaml: cannot write");
-  }
-  if (mesh) mesh->world().barrier();  // out_dir exists for every rank
   // On a GPU mesh each rank runs on its communicator's GPU (one per local rank).
   const Device device = mesh && mesh->world().device().is_cuda() ? mesh->world().device() : select_device(t);
   auto backend = make_backend(device);
@@ -244,8 +232,15 @@ TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_l
     log << "pruning: predicted " << pruning->original_ms() << " ms (latency table " << table << "), target "
         << pruning->final_target_ms() << " ms" << std::endl;
   }
+  // Distillation from model.init_from's model while pruning and fine-tuning (prune.distill_weight).
+  const std::unique_ptr<Distiller> distiller = make_distiller(cfg_in, *backend, compute);
+  if (distiller)
+    log << "distillation: teacher " << init_from << " (" << distiller->teacher().params().layout().total()
+        << " parameters, forward only), temperature " << distiller->temperature() << ", weight "
+        << distiller->weight() << std::endl;
   Trainer trainer(cfg, *model, *data, log, TrainerParallelism{mesh, mesh ? &tp : nullptr});
   if (pruning) trainer.set_pruning(pruning.get());
+  if (distiller) trainer.set_distiller(distiller.get());
   for (TrainingObserver* o : observers) trainer.add_observer(o);
   if (t.has_resume() && !t.resume().empty()) {
     const std::string dir = resume_checkpoint_dir(cfg);
@@ -269,29 +264,59 @@ TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_l
       log << "sample at step " << step << ": " << tokenizer->decode(ids) << std::endl;
     });
   }
-  TrainResult result = trainer.run();
-  if (pruning && result.pruned_checkpoint.empty())
+  PhaseResult phase;
+  phase.result = trainer.run();
+  if (pruning && phase.result.pruned_checkpoint.empty())
     log << "pruning: train.max_steps ended the run before the latency target (predicted " << pruning->predicted_ms()
         << " ms, target " << pruning->final_target_ms() << " ms); the last checkpoint holds the masked model"
         << std::endl;
-  if (result.pruned_checkpoint.empty()) return result;
-  log << width_table(model->shape(), pruning->pruned_shape()) << std::flush;
-  const ModelShape original = model->shape(), pruned_shape = pruning->pruned_shape();
-  const double final_ms = pruning->predicted_ms();
+  if (!phase.result.pruned_checkpoint.empty()) {
+    phase.original = model->shape();
+    phase.pruned = pruning->pruned_shape();
+    phase.final_ms = pruning->predicted_ms();
+  }
+  return phase;
+}
+
+}  // namespace
+
+TrainResult train_on_mesh(const config::RunConfig& cfg_in, std::ostream& rank0_log,
+                          const std::vector<TrainingObserver*>& observers, ProcessMesh* mesh) {
+  const auto& t = cfg_in.train();
+  const bool writer = !mesh || mesh->world().rank() == 0;
+  NullBuffer null_buffer;
+  std::ostream null_log(&null_buffer);
+  std::ostream& log = writer ? rank0_log : null_log;
+  // World rank 0 holds out_dir's lock for the whole run (no second run writes into it), and under the lock
+  // removes what interrupted checkpoint writes left behind.
+  std::optional<RunDirectoryLock> out_dir_lock;
+  if (writer) {
+    out_dir_lock.emplace(t.out_dir());
+    if (const int stale = remove_stale_checkpoint_temporaries(*out_dir_lock))
+      log << "removed " << stale << " stale temporary checkpoint folder(s) from " << t.out_dir() << std::endl;
+    std::ofstream out(t.out_dir() + "/config.yaml");
+    out << run_config_to_yaml(cfg_in);
+    if (!out) fail(t.out_dir(), "/config.yaml: cannot write");
+  }
+  if (mesh) mesh->world().barrier();  // out_dir exists for every rank
+  const PhaseResult pruning = train_phase(cfg_in, log, observers, mesh);
+  if (pruning.result.pruned_checkpoint.empty()) return pruning.result;
+  log << width_table(pruning.original, pruning.pruned) << std::flush;
   auto picture = [&] {
-    if (writer) write_pruning_picture(t.out_dir(), original, pruned_shape, final_ms, log);
+    if (writer) write_pruning_picture(t.out_dir(), pruning.original, pruning.pruned, pruning.final_ms, log);
   };
-  if (result.steps_done >= t.max_steps()) {
+  if (pruning.result.steps_done >= t.max_steps()) {
     picture();
-    return result;
+    return pruning.result;
   }
   // Fine-tuning: the rest of train.max_steps (learning-rate schedule continued) on the dense pruned model,
-  // resumed from its checkpoint exactly as `train.resume` would.
+  // resumed from its checkpoint exactly as `train.resume` would (the teacher, if any, is built again).
   config::RunConfig finetune = cfg_in;
-  finetune.mutable_train()->set_resume(result.pruned_checkpoint);
-  log << "fine-tuning the pruned model from step " << result.steps_done << " to " << t.max_steps() << std::endl;
-  TrainResult tuned = train_on_mesh(finetune, rank0_log, observers, mesh);
-  tuned.pruned_checkpoint = result.pruned_checkpoint;
+  finetune.mutable_train()->set_resume(pruning.result.pruned_checkpoint);
+  log << "fine-tuning the pruned model from step " << pruning.result.steps_done << " to " << t.max_steps()
+      << std::endl;
+  TrainResult tuned = train_phase(finetune, log, observers, mesh).result;
+  tuned.pruned_checkpoint = pruning.result.pruned_checkpoint;
   picture();
   return tuned;
 }

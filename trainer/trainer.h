@@ -34,6 +34,7 @@
 #include "parallel/tensor_parallel.h"
 #include "trainer/gradient_sync.h"
 #include "trainer/optimizer.h"
+#include "trainer/pruning/distillation.h"
 #include "trainer/pruning/engine.h"
 
 namespace loom {
@@ -88,6 +89,10 @@ class Trainer {
   // in the log line and metrics.jsonl ("prune"), its decisions in checkpoints; when the target is reached,
   // run() writes the shrunk checkpoint (TrainResult::pruned_checkpoint) and returns.
   void set_pruning(PruningEngine* engine) { pruning_ = engine; }
+  // Distils from a teacher (trainer/pruning/distillation.h; not owned, must outlive run()): each micro-batch
+  // gets the teacher's logits as soft targets before the model's forward_backward (the teacher's forward is
+  // timed as forward). The step's loss is then the distillation mix; validation stays on the labels.
+  void set_distiller(Distiller* distiller) { distiller_ = distiller; }
   // Adds an observer (not owned; must outlive run()).
   void add_observer(TrainingObserver* observer) { observers_.push_back(observer); }
 
@@ -152,6 +157,7 @@ class Trainer {
   std::function<void(int64_t)> sampler_;
   std::vector<TrainingObserver*> observers_;
   PruningEngine* pruning_ = nullptr;
+  Distiller* distiller_ = nullptr;
   nlohmann::json carried_prune_state_;  // state.json "prune" of a resumed checkpoint, written on unchanged
   int64_t step_ = 0;
   double peak_flops_ = 0;

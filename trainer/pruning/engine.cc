@@ -108,9 +108,6 @@ PruningEngine::PruningEngine(const config::RunConfig& cfg, Model& model, Latency
   LOOM_CHECK(!cfg.parallel().zero1(), "prune: parallel.zero1 is not supported by pruning runs yet (set it false)");
   LOOM_CHECK(cfg.parallel().tensor() == 1, "prune: parallel.tensor must be 1 for pruning runs (tensor-parallel "
              "pruning is not supported yet), got ", cfg.parallel().tensor());
-  LOOM_CHECK(!cfg.prune().has_distill_weight() || cfg.prune().distill_weight() == 0,
-             "prune.distill_weight: distillation from the unpruned model is not implemented yet (remove the field "
-             "or set it to 0; pruning and fine-tuning then use the hard-label loss only)");
   LOOM_CHECK(schedule_.kind != ScheduleKind::OneShot || schedule_.begin_step >= 1,
              "prune.begin_step must be at least 1 for the one_shot schedule (a decision follows a step's gradients)");
   table_.check_matches(latency_key_for(cfg, model.backend()), table_source);
