@@ -335,6 +335,25 @@ struct Timing {
   bool training;
   int warmup, repeats;
   std::mt19937 rng{20261204};
+  // Drawn once and reused, so the host's random draws do not dominate a GPU table's time (kernel times do not
+  // depend on the values): the block input and output gradient of the current embedding width, and values
+  // for the parameters (the largest block's count, filled into each block's arena).
+  int64_t inputs_width = -1;
+  Tensor x, dout;
+  Tensor parameter_values;
+
+  // Fills `params` (master and compute copy) from parameter_values: 0.02 · normal, LayerNorm weights too.
+  void fill(ParameterStore& params) {
+    const int64_t n = params.layout().total();
+    if (!parameter_values.defined() || parameter_values.numel() < n) {
+      std::normal_distribution<float> normal(0.f, 0.02f);
+      std::vector<float> v(static_cast<size_t>(n));
+      for (auto& value : v) value = normal(rng);
+      parameter_values = Tensor::from_vector(v, {n}).to(be.device());
+    }
+    params.master().copy_from(parameter_values.slice_flat(0, {n}));
+    if (!params.compute_is_master()) be.convert(params.compute(), params.master());
+  }
 
   double block(int64_t E, const BlockWidths& w) {
     const bool gpt = cfg.model().kind() == "gpt";
@@ -343,13 +362,16 @@ struct Timing {
     std::vector<ParamSpec> specs;
     block.declare_parameters(specs, 0.02, cfg.model().n_layer());
     ParameterStore params(ParameterLayout(specs), DType::F32, dtype, be.device());
-    params.initialise(cfg.train().seed());
+    fill(params);
     AdamW adamw(params, cfg.optim(), be);
     BlockActivations acts = block.allocate_activations(batch, tokens, dtype, be);
     std::vector<TransformerBlock> blocks{block};
     BlockScratch scratch = allocate_block_scratch(blocks, E, batch, tokens, dtype, be.device());
-    const Tensor x = random_tensor({batch, tokens, E}, dtype, be.device(), rng);
-    const Tensor dout = random_tensor({batch, tokens, E}, dtype, be.device(), rng);
+    if (inputs_width != E) {
+      x = random_tensor({batch, tokens, E}, dtype, be.device(), rng);
+      dout = random_tensor({batch, tokens, E}, dtype, be.device(), rng);
+      inputs_width = E;
+    }
     Tensor out = Tensor::empty({batch, tokens, E}, dtype, be.device());
     Tensor dresid = Tensor::empty({batch, tokens, E}, dtype, be.device());
     int64_t step = 0;
