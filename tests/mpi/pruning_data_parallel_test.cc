@@ -14,6 +14,7 @@
 
 #include "core/checkpoint.h"
 #include "parallel/mesh.h"
+#include "tests/common/model_testing.h"
 #include "tests/mpi/mpi_test_util.h"
 #include "tests/mpi/parallel_training_harness.h"
 #include "trainer/pruning/latency_table.h"
@@ -63,19 +64,13 @@ config::RunConfig prune_config(const std::string& kind, int data, const std::str
   return cfg;
 }
 
-// A table of this run's key (the per-rank batch is part of it) whose cost multilinear interpolation
-// reproduces exactly; the same numbers for every layout. Written by world rank 0.
+// A table of this run's key (the per-rank batch is part of it) with the same numbers for every layout.
+// Written by world rank 0.
 void write_table(const config::RunConfig& cfg) {
   if (test_world().rank() != 0) return;
   auto cpu = make_backend(Device::cpu());
-  const LatencyGrid g{{4, 16}, {1, 4}, {2, 4}, {2, 4}, {8, 32}};
-  std::vector<double> block;
-  for (int64_t E : g.embedding)
-    for (int64_t H : g.heads)
-      for (int64_t Q : g.qk_dim)
-        for (int64_t V : g.v_dim)
-          for (int64_t M : g.mlp) block.push_back(1e-2 * (E * H * (2.0 * Q + V) + 2.0 * E * M) + 0.05);
-  LatencyTable(latency_key_for(cfg, *cpu), g, block, {0.02, 0.08}).save(cfg.prune().latency_table());
+  multilinear_latency_table(latency_key_for(cfg, *cpu), {{4, 16}, {1, 4}, {2, 4}, {2, 4}, {8, 32}})
+      .save(cfg.prune().latency_table());
 }
 
 std::map<int64_t, double> step_losses(const std::string& out_dir) {

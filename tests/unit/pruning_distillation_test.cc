@@ -17,6 +17,7 @@
 #include "core/config.h"
 #include "core/safetensors.h"
 #include "core/token_shards.h"
+#include "tests/common/model_testing.h"
 #include "tests/common/test_util.h"
 #include "trainer/models/gpt.h"
 #include "trainer/models/vit.h"
@@ -138,7 +139,6 @@ TEST_P(Distillation, LossIsTheReferenceMixAndItsGradientMatchesFiniteDifferences
 
   be->zero(student->params().grads());
   const double loss = student->forward_backward(batch, 1.0);
-  const Tensor g = student->params().grads().to(Device::cpu());
   if (!c.student.distilled) {  // one head: its logits are the model's logits()
     const Tensor s = student->logits(batch.inputs).to(Device::cpu());
     const double ref = reference_loss(s, teacher_logits, batch.targets.view({s.dim(0)}), classes,
@@ -150,31 +150,12 @@ TEST_P(Distillation, LossIsTheReferenceMixAndItsGradientMatchesFiniteDifferences
   const double hard_loss = student->forward_backward(hard, 0.0);
   EXPECT_GT(std::abs(loss - hard_loss), 1e-3 * std::abs(hard_loss));
 
-  auto loss_at = [&] {
+  testing::expect_gradient_matches_finite_differences(student->params(), [&] {
     Tensor keep = student->params().grads().to(Device::cpu());
     const double l = student->forward_backward(batch, 0.0);
     student->params().grads().copy_from(keep);
     return l;
-  };
-  double* w = student->params().master().data<double>();
-  const double h = 1e-6;
-  double err2 = 0, ref2 = 0;
-  for (const ParamEntry& e : student->params().layout().entries()) {
-    for (int64_t i = 0; i < e.numel; i += (e.numel > 64 ? 3 : 1)) {
-      const int64_t k = e.offset + i;
-      const double keep = w[k];
-      w[k] = keep + h;
-      const double up = loss_at();
-      w[k] = keep - h;
-      const double down = loss_at();
-      w[k] = keep;
-      const double numeric = (up - down) / (2 * h), analytic = g.item(k);
-      err2 += (numeric - analytic) * (numeric - analytic);
-      ref2 += numeric * numeric;
-      EXPECT_NEAR(analytic, numeric, 1e-6 + 1e-5 * std::fabs(numeric)) << e.spec.name << "[" << i << "]";
-    }
-  }
-  EXPECT_LT(std::sqrt(err2 / ref2), 1e-7);
+  });
 }
 
 INSTANTIATE_TEST_SUITE_P(GptVitDeit, Distillation, ::testing::Values(0, 1, 2),
@@ -273,8 +254,8 @@ TEST(Distillation, TheTeacherIsInitFromsModelForwardOnlyInTheComputeDtype) {
   EXPECT_NE(tensor_parallel.find("parallel.tensor"), std::string::npos) << tensor_parallel;
 }
 
-// A tiny GPT pruning run on random tokens: the unpruned checkpoint, a latency table of this CPU's key with a
-// cost multilinear interpolation reproduces exactly, and `loom train`'s path with the given prune: extras.
+// A tiny GPT pruning run on random tokens: the unpruned checkpoint, a latency table of this CPU's key
+// (model_testing.h), and `loom train`'s path with the given prune: extras.
 class DistillingRun {
  public:
   DistillingRun() {
@@ -287,14 +268,8 @@ class DistillingRun {
     init_ = base.last_checkpoint + "/model.safetensors";
     const config::RunConfig cfg = config(dir_ / "unused", 6, prune(0));
     auto cpu = make_backend(Device::cpu());
-    const LatencyGrid g{{4, 16}, {1, 2}, {4, 8}, {4, 8}, {8, 32}};
-    std::vector<double> block;
-    for (int64_t E : g.embedding)
-      for (int64_t H : g.heads)
-        for (int64_t Q : g.qk_dim)
-          for (int64_t V : g.v_dim)
-            for (int64_t M : g.mlp) block.push_back(1e-2 * (E * H * (2.0 * Q + V) + 2.0 * E * M) + 0.05);
-    LatencyTable(latency_key_for(cfg, *cpu), g, block, {0.02, 0.08}).save(dir_ / "table.json");
+    testing::multilinear_latency_table(latency_key_for(cfg, *cpu), {{4, 16}, {1, 2}, {4, 8}, {4, 8}, {8, 32}})
+        .save(dir_ / "table.json");
   }
 
   config::RunConfig config(const std::string& out, int steps, const std::string& prune_section) const {

@@ -14,6 +14,7 @@
 #include "core/config.h"
 #include "core/rng.h"
 #include "kernels/backend.h"
+#include "tests/common/model_testing.h"
 #include "tests/common/test_util.h"
 #include "trainer/models/gpt.h"
 
@@ -105,16 +106,8 @@ TEST(PruningEngine, SaliencyOfAUnitIsTheSquaredHandSumOfItsGradientsTimesWeights
   }
 }
 
-// A cost that multilinear interpolation reproduces exactly: products of per-axis linear terms.
 LatencyTable multilinear_table(const LatencyTableKey& key) {
-  LatencyGrid g{{2, 8}, {1, 3}, {1, 4}, {1, 5}, {2, 10}};
-  std::vector<double> block;
-  for (int64_t E : g.embedding)
-    for (int64_t H : g.heads)
-      for (int64_t Q : g.qk_dim)
-        for (int64_t V : g.v_dim)
-          for (int64_t M : g.mlp) block.push_back(1e-2 * (E * H * (2.0 * Q + V) + 2.0 * E * M) + 0.05);
-  return LatencyTable(key, g, block, {0.02, 0.08});
+  return testing::multilinear_latency_table(key, {{2, 8}, {1, 3}, {1, 4}, {1, 5}, {2, 10}});
 }
 
 TEST(PruningEngine, ADecisionMasksTheModelToWhatTheShrunkModelComputes) {
