@@ -53,6 +53,20 @@ class WorkMarker {
   virtual double ms_since(const WorkMarker& earlier) const = 0;
 };
 
+// One transformer block's work as the kernels see it (under tensor parallelism: one rank's heads and neurons).
+struct BlockKernelShape {
+  int64_t batch = 0, seq = 0, d_model = 0, heads = 0, qk_dim = 0, v_dim = 0, mlp_dim = 0;
+  bool causal = true;
+  GeluKind gelu = GeluKind::Tanh;
+};
+
+// A fast kernel a backend will not use for some block, and the rule the block's shape broke.
+struct SlowPath {
+  std::string op;    // "attention", "layernorm", "mlp"
+  std::string rule;  // what runs instead and why, e.g. "materialised [B, H, T, T] scores: q/k head dim 12 ..."
+  bool operator==(const SlowPath&) const = default;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -65,6 +79,9 @@ class Backend {
   virtual void* native_stream() const { return nullptr; }
   // A new, unrecorded marker for timing this backend's work (default: the host clock).
   virtual std::unique_ptr<WorkMarker> make_marker() const;
+  // The slower fallbacks a block of `shape` with activations of `dtype` will take, one per op that misses its
+  // fast kernel; empty when every op runs on the fast path. Default (the CPU: one path per op): none.
+  virtual std::vector<SlowPath> slow_paths(const BlockKernelShape& shape, DType dtype) const { return {}; }
 
   // ---- memory and elementwise ----
   virtual void zero(Tensor& x) = 0;

@@ -20,6 +20,7 @@
 #endif
 #include "trainer/gradient_sync.h"
 #include "trainer/image_source.h"
+#include "trainer/kernel_paths.h"
 #include "trainer/models/gpt.h"
 #include "trainer/models/interop/import.h"
 #include "trainer/models/vit.h"
@@ -224,6 +225,10 @@ PhaseResult train_phase(const config::RunConfig& cfg_in, std::ostream& log,
     log << ", " << mesh->data_size() << " data x " << mesh->tensor_size() << " tensor ranks"
         << (tp.sequence_parallel() ? " with sequence parallelism" : "") << (cfg.parallel().zero1() ? ", ZeRO-1" : "");
   log << std::endl;
+  log_slow_paths(model_slow_paths(model->shape(), cfg.data().batch_size(), cfg.data().seq_len(),
+                                  mesh ? mesh->tensor_size() : 1, compute,
+                                  [&](const BlockKernelShape& s, DType d) { return backend->slow_paths(s, d); }),
+                 log);
 
   std::unique_ptr<PruningEngine> pruning;
   if (prunes) {

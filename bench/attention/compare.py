@@ -9,8 +9,10 @@ print(f"loom card: {loom['card']} | peer card: {peer['card']}")
 key = lambda r: (r["d"], bool(r["causal"]), r["seqlen"])
 by = {}
 for r in loom["rows"] + peer["rows"]:
+    if "d" not in r:  # --pairs rows (pruned head dims) have no peer
+        continue
     by.setdefault(r["backend"], {})[key(r)] = r
-cells = sorted({key(r) for r in loom["rows"]})
+cells = sorted({key(r) for r in loom["rows"] if "d" in r})
 print(f"{'d':>4} {'causal':>6} {'seq':>6} | {'loom f+b':>8} {'det f+b':>7} {'fa2 f+b':>7} {'cudnn':>6} | "
       f"{'/fa2':>5} {'/cudnn':>6} | {'fwd':>4} {'fa2':>4} {'bwd':>4} {'fa2':>4}")
 for c in cells:

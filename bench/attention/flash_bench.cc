@@ -5,20 +5,26 @@
 // `--reps` event-timed runs after `--warmup` runs, on random inputs (never zeros). "loom" rows use the atomic
 // dQ backward, "loom-det" rows the deterministic one.
 //
-// usage: loom_flash_bench [--dims 64 128] [--seqlens 512 ... 16384] [--tokens 16384] [--hidden 2048]
-//                         [--dtype bf16|f16] [--reps 10] [--warmup 3] [--json FILE]
+// --pairs QKxV ... instead times the head dims pruning produces ("loom-pruned" rows; atomic dQ): every pair with
+// the d64 grid's heads (hidden / 64), counting useful FLOPs only, fwd = 2·b·h·s²·(Dqk + Dv) (halved when
+// causal), bwd = 2.5·fwd, and prints each beside d64 at the same cell ("per FLOP vs d64" = its TFLOP/s over
+// d64's; 1.0 would mean a pruned head costs exactly its share of FLOPs).
+//
+// usage: loom_flash_bench [--dims 64 128 | --pairs 32x32 40x64 ...] [--seqlens 512 ... 16384] [--tokens 16384]
+//                         [--hidden 2048] [--dtype bf16|f16] [--reps 10] [--warmup 3] [--json FILE]
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/cuda/cuda_check.h"
@@ -28,6 +34,7 @@ namespace {
 
 struct Options {
   std::vector<int> dims = {64, 128};
+  std::vector<std::pair<int, int>> pairs;  // (Dqk, Dv); non-empty: the pruned-dims grid
   std::vector<int> seqlens = {512, 1024, 2048, 4096, 8192, 16384};
   int64_t tokens = 16384, hidden = 2048;
   loom::DType dtype = loom::DType::BF16;
@@ -48,6 +55,13 @@ Options parse(int argc, char** argv) {
       return argv[++i];
     };
     if (a == "--dims") ints(o.dims);
+    else if (a == "--pairs")
+      while (i + 1 < argc && argv[i + 1][0] != '-') {
+        const std::string pair = argv[++i];
+        const size_t x = pair.find('x');
+        LOOM_CHECK(x != std::string::npos, "flash_bench: --pairs takes QKxV, e.g. 32x64; got ", pair);
+        o.pairs.emplace_back(std::stoi(pair.substr(0, x)), std::stoi(pair.substr(x + 1)));
+      }
     else if (a == "--seqlens") ints(o.seqlens);
     else if (a == "--tokens") o.tokens = std::stoll(next());
     else if (a == "--hidden") o.hidden = std::stoll(next());
@@ -60,38 +74,31 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-// Median milliseconds of fn(), each run bracketed by events.
-double median_ms(const std::function<void()>& fn, int warmup, int reps) {
-  for (int i = 0; i < warmup; ++i) fn();
-  CUDA_CHECK(cudaDeviceSynchronize());
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    CUDA_CHECK(cudaEventRecord(start));
-    fn();
-    CUDA_CHECK(cudaEventRecord(stop));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    t.push_back(ms);
-  }
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+// Median milliseconds of the forward and of forward + backward for one shape.
+struct Timing {
+  double fwd_ms, fwd_bwd_ms;
+};
+struct Buffers {
+  void *qkv, *out, *dout, *dqkv, *ws;
+  float* lse;
+  size_t ws_bytes;
+};
+Timing time_shape(const loom::AttentionShape& a, const Options& o, const Buffers& buf, bool det) {
+  auto fwd = [&] { loom::cuda::flash_attention_forward(a, o.dtype, buf.qkv, buf.out, buf.lse, nullptr); };
+  auto fwd_bwd = [&] {
+    fwd();
+    loom::cuda::flash_attention_backward(a, o.dtype, buf.qkv, buf.out, buf.dout, buf.lse, buf.dqkv, buf.ws,
+                                         buf.ws_bytes, det, nullptr);
+  };
+  return {loom::bench::median_ms(fwd, o.warmup, o.reps), loom::bench::median_ms(fwd_bwd, o.warmup, o.reps)};
 }
 
-// Standard-normal-ish 16-bit values from a xorshift generator (fast enough for 10^8 elements).
-void fill_random(std::vector<uint16_t>& v, loom::DType t, uint64_t seed) {
-  uint64_t x = seed | 1;
-  for (auto& e : v) {
-    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-    const float u = float((x >> 40) & 0xffffff) / float(1 << 24);                      // [0, 1)
-    const float n = (u - 0.5f) * 3.4641016f;                                           // unit variance
-    e = t == loom::DType::BF16 ? loom::float_to_bf16(n) : loom::float_to_f16(n);
-  }
+loom::AttentionShape shape_for(const Options& o, int64_t heads, int dqk, int dv, int s, bool causal) {
+  loom::AttentionShape a;
+  a.batch = std::max<int64_t>(1, o.tokens / s), a.seq = s, a.heads = heads;
+  a.qk_dim = dqk, a.v_dim = dv, a.causal = causal, a.scale = 1.0 / std::sqrt(double(dqk));
+  LOOM_CHECK(a.batch * s <= o.tokens, "flash_bench: seqlen ", s, " exceeds --tokens ", o.tokens);
+  return a;
 }
 
 }  // namespace
@@ -101,70 +108,95 @@ int main(int argc, char** argv) try {
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("%s, %d SMs, dtype %s\n", prop.name, prop.multiProcessorCount, loom::dtype_name(o.dtype));
-  std::printf("%-9s %4s %6s %6s %6s %6s %6s  TFLOP/s\n", "backend", "d", "causal", "seqlen", "fwd", "bwd", "f+b");
 
-  // All cells share tokens·hidden, so one set of buffers serves the whole grid.
-  const size_t qkv_elems = o.tokens * 3 * o.hidden, out_elems = o.tokens * o.hidden;
-  std::vector<uint16_t> host(qkv_elems);
-  void *qkv, *out, *dout, *dqkv, *ws;
-  float* lse;
-  CUDA_CHECK(cudaMalloc(&qkv, qkv_elems * 2));
-  CUDA_CHECK(cudaMalloc(&dqkv, qkv_elems * 2));
-  CUDA_CHECK(cudaMalloc(&out, out_elems * 2));
-  CUDA_CHECK(cudaMalloc(&dout, out_elems * 2));
-  fill_random(host, o.dtype, 12345);
-  CUDA_CHECK(cudaMemcpy(qkv, host.data(), qkv_elems * 2, cudaMemcpyHostToDevice));
-  fill_random(host, o.dtype, 777);
-  CUDA_CHECK(cudaMemcpy(dout, host.data(), out_elems * 2, cudaMemcpyHostToDevice));
-  size_t ws_bytes = 0;
-  int64_t max_rows = 0;
-  for (int d : o.dims) max_rows = std::max(max_rows, o.tokens * (o.hidden / d));
-  {
-    loom::AttentionShape s;
-    s.batch = 1, s.seq = o.tokens, s.heads = o.hidden / *std::min_element(o.dims.begin(), o.dims.end());
-    s.qk_dim = s.v_dim = *std::min_element(o.dims.begin(), o.dims.end());
-    ws_bytes = loom::cuda::flash_attention_backward_workspace_bytes(s, false);
+  // Every shape of the grid: (heads, Dqk, Dv); one set of buffers, sized for the widest, serves them all.
+  struct Dims {
+    int64_t heads;
+    int dqk, dv;
+  };
+  std::vector<Dims> grid;
+  const int64_t pruned_heads = o.hidden / 64;
+  if (o.pairs.empty()) {
+    for (int d : o.dims) grid.push_back({o.hidden / d, d, d});
+  } else {
+    grid.push_back({pruned_heads, 64, 64});  // the reference
+    for (const auto& [dqk, dv] : o.pairs) grid.push_back({pruned_heads, dqk, dv});
   }
-  CUDA_CHECK(cudaMalloc(&ws, ws_bytes));
-  CUDA_CHECK(cudaMalloc(&lse, max_rows * sizeof(float)));
+  size_t qkv_elems = 0, out_elems = 0, ws_bytes = 0;
+  int64_t max_rows = 0;
+  for (const Dims& g : grid) {
+    const loom::AttentionShape a = shape_for(o, g.heads, g.dqk, g.dv, static_cast<int>(o.tokens), false);
+    qkv_elems = std::max<size_t>(qkv_elems, o.tokens * a.qkv_width());
+    out_elems = std::max<size_t>(out_elems, o.tokens * a.out_width());
+    ws_bytes = std::max(ws_bytes, loom::cuda::flash_attention_backward_workspace_bytes(a, false));
+    max_rows = std::max(max_rows, o.tokens * g.heads);
+  }
+  Buffers buf{};
+  buf.ws_bytes = ws_bytes;
+  std::vector<uint16_t> host(qkv_elems);
+  CUDA_CHECK(cudaMalloc(&buf.qkv, qkv_elems * 2));
+  CUDA_CHECK(cudaMalloc(&buf.dqkv, qkv_elems * 2));
+  CUDA_CHECK(cudaMalloc(&buf.out, out_elems * 2));
+  CUDA_CHECK(cudaMalloc(&buf.dout, out_elems * 2));
+  loom::bench::fill_random(host, o.dtype, 12345);
+  CUDA_CHECK(cudaMemcpy(buf.qkv, host.data(), qkv_elems * 2, cudaMemcpyHostToDevice));
+  loom::bench::fill_random(host, o.dtype, 777);
+  CUDA_CHECK(cudaMemcpy(buf.dout, host.data(), out_elems * 2, cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMalloc(&buf.ws, ws_bytes));
+  CUDA_CHECK(cudaMalloc(&buf.lse, max_rows * sizeof(float)));
 
   nlohmann::json rows = nlohmann::json::array();
-  for (const char* backend : {"loom", "loom-det"}) {
-    const bool det = std::strcmp(backend, "loom-det") == 0;
-    for (int d : o.dims)
-      for (bool causal : {false, true})
-        for (int s : o.seqlens) {
-          loom::AttentionShape a;
-          a.batch = std::max<int64_t>(1, o.tokens / s), a.seq = s, a.heads = o.hidden / d;
-          a.qk_dim = a.v_dim = d, a.causal = causal, a.scale = 1.0 / std::sqrt(double(d));
-          LOOM_CHECK(a.batch * s * a.qkv_width() <= int64_t(qkv_elems), "flash_bench: tokens/seqlen mismatch");
-          const double flops = 4.0 * a.batch * a.heads * double(s) * s * d / (causal ? 2 : 1);
-          auto fwd = [&] { loom::cuda::flash_attention_forward(a, o.dtype, qkv, out, lse, nullptr); };
-          auto fwd_bwd = [&] {
-            fwd();
-            loom::cuda::flash_attention_backward(a, o.dtype, qkv, out, dout, lse, dqkv, ws, ws_bytes, det, nullptr);
-          };
-          const double tf = median_ms(fwd, o.warmup, o.reps), tfb = median_ms(fwd_bwd, o.warmup, o.reps);
-          const nlohmann::json r = {{"backend", backend}, {"d", d}, {"causal", causal}, {"seqlen", s},
-                                    {"batch", a.batch}, {"heads", a.heads}, {"fwd", flops / tf / 1e9},
-                                    {"bwd", 2.5 * flops / (tfb - tf) / 1e9}, {"fwd_bwd", 3.5 * flops / tfb / 1e9}};
-          rows.push_back(r);
-          std::printf("%-9s %4d %6d %6d %6.0f %6.0f %6.0f\n", backend, d, int(causal), s, r["fwd"].get<double>(),
-                      r["bwd"].get<double>(), r["fwd_bwd"].get<double>());
+  if (o.pairs.empty()) {
+    std::printf("%-9s %4s %6s %6s %6s %6s %6s  TFLOP/s\n", "backend", "d", "causal", "seqlen", "fwd", "bwd", "f+b");
+    for (const char* backend : {"loom", "loom-det"}) {
+      const bool det = std::strcmp(backend, "loom-det") == 0;
+      for (const Dims& g : grid)
+        for (bool causal : {false, true})
+          for (int s : o.seqlens) {
+            const loom::AttentionShape a = shape_for(o, g.heads, g.dqk, g.dv, s, causal);
+            const double flops = 4.0 * a.batch * a.heads * double(s) * s * g.dqk / (causal ? 2 : 1);
+            const Timing t = time_shape(a, o, buf, det);
+            const nlohmann::json r = {{"backend", backend}, {"d", g.dqk}, {"causal", causal}, {"seqlen", s},
+                                      {"batch", a.batch}, {"heads", a.heads}, {"fwd", flops / t.fwd_ms / 1e9},
+                                      {"bwd", 2.5 * flops / (t.fwd_bwd_ms - t.fwd_ms) / 1e9},
+                                      {"fwd_bwd", 3.5 * flops / t.fwd_bwd_ms / 1e9}};
+            rows.push_back(r);
+            std::printf("%-9s %4d %6d %6d %6.0f %6.0f %6.0f\n", backend, g.dqk, int(causal), s,
+                        r["fwd"].get<double>(), r["bwd"].get<double>(), r["fwd_bwd"].get<double>());
+            std::fflush(stdout);
+          }
+    }
+  } else {
+    std::printf("pruned head dims, %lld heads, TFLOP/s of useful FLOPs; per FLOP vs d64 = TFLOP/s / d64's\n",
+                static_cast<long long>(pruned_heads));
+    std::printf("%7s %6s %6s | %6s %6s %6s | %8s %8s\n", "qk x v", "causal", "seqlen", "fwd", "bwd", "f+b",
+                "fwd/d64", "f+b/d64");
+    for (bool causal : {false, true})
+      for (int s : o.seqlens) {
+        double ref_fwd = 0, ref_fb = 0;
+        for (const Dims& g : grid) {
+          const loom::AttentionShape a = shape_for(o, g.heads, g.dqk, g.dv, s, causal);
+          const double flops = 2.0 * a.batch * a.heads * double(s) * s * (g.dqk + g.dv) / (causal ? 2 : 1);
+          const Timing t = time_shape(a, o, buf, false);
+          const double fwd = flops / t.fwd_ms / 1e9, fb = 3.5 * flops / t.fwd_bwd_ms / 1e9;
+          const double bwd = 2.5 * flops / (t.fwd_bwd_ms - t.fwd_ms) / 1e9;
+          if (&g == &grid.front()) ref_fwd = fwd, ref_fb = fb;
+          rows.push_back({{"backend", "loom-pruned"}, {"dqk", g.dqk}, {"dv", g.dv}, {"causal", causal},
+                          {"seqlen", s}, {"batch", a.batch}, {"heads", a.heads}, {"fwd", fwd}, {"bwd", bwd},
+                          {"fwd_bwd", fb}, {"fwd_vs_d64", fwd / ref_fwd}, {"fwd_bwd_vs_d64", fb / ref_fb}});
+          std::printf("%3dx%-3d %6d %6d | %6.0f %6.0f %6.0f | %8.2f %8.2f\n", g.dqk, g.dv, int(causal), s, fwd, bwd,
+                      fb, fwd / ref_fwd, fb / ref_fb);
           std::fflush(stdout);
         }
+      }
   }
-  CUDA_CHECK(cudaFree(qkv));
-  CUDA_CHECK(cudaFree(dqkv));
-  CUDA_CHECK(cudaFree(out));
-  CUDA_CHECK(cudaFree(dout));
-  CUDA_CHECK(cudaFree(ws));
-  CUDA_CHECK(cudaFree(lse));
-  if (!o.json.empty()) {
-    std::ofstream f(o.json);
-    LOOM_CHECK(f.good(), "flash_bench: cannot write ", o.json);
-    f << nlohmann::json{{"card", prop.name}, {"rows", rows}}.dump(1) << "\n";
-  }
+  CUDA_CHECK(cudaFree(buf.qkv));
+  CUDA_CHECK(cudaFree(buf.dqkv));
+  CUDA_CHECK(cudaFree(buf.out));
+  CUDA_CHECK(cudaFree(buf.dout));
+  CUDA_CHECK(cudaFree(buf.ws));
+  CUDA_CHECK(cudaFree(buf.lse));
+  loom::bench::write_json(o.json, {{"card", prop.name}, {"rows", rows}});
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "flash_bench: %s\n", e.what());

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs Loom's flash-attention bench and the PyTorch SDPA peers (FA2 and cuDNN backends) in the same device
-# call, writes both JSONs and the logs to OUTDIR, and prints the ratio table last.
+# call, writes both JSONs and the logs to OUTDIR, and prints the ratio table last; then (unless
+# SKIP_PRUNED=1) the head dims pruning produces beside d64 (loom_flash_bench --pairs; no peer: SDPA's flash
+# and cuDNN backends need equal q/k and v head dims).
 # usage: bench/attention/run.sh BENCH_BINARY BASELINES_DIR OUTDIR [extra flash_bench/attention.py args]
 set -euo pipefail
 bench=$1 baselines=$2 outdir=$3
@@ -10,3 +12,8 @@ mkdir -p "$outdir"
 "$bench" --json "$outdir/loom.json" "$@" 2>&1 | tee "$outdir/loom_bench.log"
 (cd "$baselines" && PYTHONUNBUFFERED=1 python3 attention.py --json "$outdir/peer.json" "$@") 2>&1 | tee "$outdir/peer_bench.log"
 python3 "$here/compare.py" "$outdir/loom.json" "$outdir/peer.json" | tee "$outdir/ratios.txt"
+if [ -z "${SKIP_PRUNED:-}" ]; then
+  "$bench" --json "$outdir/pruned.json" --seqlens 1024 4096 \
+    --pairs 8x8 16x16 24x24 32x32 40x40 48x48 56x56 72x72 96x96 128x128 32x64 64x32 48x64 64x128 128x64 32x128 \
+    2>&1 | tee "$outdir/pruned.txt"
+fi

@@ -15,6 +15,7 @@
 #include <memory>
 
 #include "kernels/backend.h"
+#include "kernels/op_contract.h"
 
 namespace loom {
 
@@ -22,6 +23,9 @@ class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device::cpu(); }
   std::string name() const override { return "cpu"; }
+  // The dtypes this backend takes (the contract above), and the argument checks of one call of `op`.
+  static const BackendDtypes& dtypes();
+  OpCheck op_check(const char* op) const { return OpCheck(op, device(), dtypes()); }
 
   void zero(Tensor& x) override;
   void add(Tensor& out, const Tensor& a, const Tensor& b) override;

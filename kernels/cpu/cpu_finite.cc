@@ -23,12 +23,9 @@ int64_t count_nonfinite_typed(const void* data, int64_t n) {
 }  // namespace
 
 int64_t CpuBackend::count_nonfinite(const std::vector<Tensor>& tensors) {
+  op_contract::float_list(op_check("count_nonfinite"), tensors);
   int64_t count = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const Tensor& t = tensors[i];
-    const std::string name = "count_nonfinite: tensor " + std::to_string(i);
-    LOOM_CHECK(t.defined(), name, " is undefined");
-    LOOM_CHECK(t.device().is_cpu(), name, " ", t.str(), " is not on the CPU");
+  for (const Tensor& t : tensors) {
     switch (t.dtype()) {
       case DType::F32:
         count += count_nonfinite_typed<DType::F32>(t.raw(), t.numel());
@@ -39,11 +36,8 @@ int64_t CpuBackend::count_nonfinite(const std::vector<Tensor>& tensors) {
       case DType::BF16:
         count += count_nonfinite_typed<DType::BF16>(t.raw(), t.numel());
         break;
-      case DType::F16:
-        count += count_nonfinite_typed<DType::F16>(t.raw(), t.numel());
-        break;
       default:
-        fail(name, " ", t.str(), " must be a float tensor");
+        count += count_nonfinite_typed<DType::F16>(t.raw(), t.numel());
     }
   }
   return count;

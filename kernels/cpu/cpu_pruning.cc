@@ -1,6 +1,7 @@
 // CpuBackend's structural-pruning ops (kernels/backend.h states the math): per-position dot products along one
-// axis (saliency Σ g·w, weight magnitude Σ w²) and the distillation loss. Validation runs before any output is
-// touched; the kernels below it never throw (they run inside OpenMP regions).
+// axis (saliency Σ g·w, weight magnitude Σ w²) and the distillation loss. The shared contract
+// (kernels/op_contract.h) is checked before any output is touched; the kernels below never throw (they run
+// inside OpenMP regions).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -65,24 +66,11 @@ void distillation_kernel(L* losses, T* dstudent, const T* student, const T* teac
   }
 }
 
-bool real(const Tensor& t) {
-  return t.defined() && t.device().is_cpu() && (t.dtype() == DType::F32 || t.dtype() == DType::F64);
-}
-
 }  // namespace
 
 void CpuBackend::dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, int axis) {
-  LOOM_CHECK(real(a) && real(b) && a.dtype() == b.dtype(), "dot_along_axis: a ", a.str(), " and b ", b.str(),
-             " must be CPU f32 or f64 tensors of one dtype");
-  LOOM_CHECK(a.shape() == b.shape(), "dot_along_axis: b ", b.str(), " must have the shape of a ", a.str());
-  LOOM_CHECK(axis >= 0 && axis < a.ndim(), "dot_along_axis: axis ", axis, " is outside the ", a.ndim(),
-             " dimensions of a ", a.str());
-  const int64_t D = a.dim(axis);
-  LOOM_CHECK(real(out) && out.numel() == D && out.ndim() == 1, "dot_along_axis: out ", out.str(),
-             " must be a CPU f32 or f64 tensor of shape [", D, "]");
-  int64_t outer = 1, inner = 1;
-  for (int d = 0; d < axis; ++d) outer *= a.dim(d);
-  for (int d = axis + 1; d < a.ndim(); ++d) inner *= a.dim(d);
+  const auto dims = op_contract::dot_along_axis(op_check("dot_along_axis"), out, a, b, axis);
+  const int64_t outer = dims.outer, D = dims.D, inner = dims.inner;
   auto run = [&](auto in_tag, auto out_tag) {
     using T = decltype(in_tag);
     using O = decltype(out_tag);
@@ -96,22 +84,9 @@ void CpuBackend::dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, i
 
 void CpuBackend::distillation_loss(Tensor& losses, Tensor& dstudent, const Tensor& student, const Tensor& teacher,
                                    int64_t classes, double temperature, double dloss) {
-  LOOM_CHECK(real(student) && student.ndim() >= 1, "distillation_loss: student ", student.str(),
-             " must be a CPU f32 or f64 tensor [N, Vp]");
-  LOOM_CHECK(real(teacher) && teacher.dtype() == student.dtype() && teacher.shape() == student.shape(),
-             "distillation_loss: teacher ", teacher.str(), " must have the dtype and shape of student ",
-             student.str());
-  const int64_t Vp = student.dim(-1), N = Vp ? student.numel() / Vp : 0;
-  LOOM_CHECK(classes >= 1 && classes <= Vp, "distillation_loss: classes ", classes, " must be in [1, ", Vp,
-             "] for student ", student.str());
-  LOOM_CHECK(temperature > 0 && std::isfinite(temperature), "distillation_loss: temperature ", temperature,
-             " must be positive and finite");
-  LOOM_CHECK(real(losses) && losses.numel() == N, "distillation_loss: losses ", losses.str(),
-             " must be a CPU f32 or f64 tensor of ", N, " elements");
-  if (dstudent.defined())
-    LOOM_CHECK(real(dstudent) && dstudent.dtype() == student.dtype() && dstudent.shape() == student.shape(),
-               "distillation_loss: dstudent ", dstudent.str(), " must have the dtype and shape of student ",
-               student.str());
+  const int64_t N = op_contract::distillation_loss(op_check("distillation_loss"), losses, dstudent, student, teacher,
+                                                   classes, temperature);
+  const int64_t Vp = student.dim(-1);
   auto run = [&](auto tag, auto loss_tag) {
     using T = decltype(tag);
     using L = decltype(loss_tag);

@@ -16,10 +16,8 @@ namespace loom::cuda {
 
 namespace {
 
-void check_attention_shape(const OpCheck& check, const AttentionShape& s) {
-  check.require(s.batch > 0 && s.seq > 0 && s.heads > 0 && s.qk_dim > 0 && s.v_dim > 0, "attention shape batch=",
-                s.batch, " seq=", s.seq, " heads=", s.heads, " qk_dim=", s.qk_dim, " v_dim=", s.v_dim,
-                " must be positive");
+// Beyond the shared contract: the heads are a grid dimension.
+void check_grid_limit(const OpCheck& check, const AttentionShape& s) {
   check.require(s.batch * s.heads < (int64_t{1} << 31), "batch·heads ", s.batch * s.heads, " exceeds 2^31");
 }
 
@@ -53,14 +51,10 @@ Shape CudaBackend::attention_saved_shape(const AttentionShape& s, DType dtype) c
 }
 
 void CudaBackend::attention_forward(Tensor& out, Tensor& saved, const Tensor& qkv, const AttentionShape& s) {
-  const OpCheck check{"attention_forward", device()};
-  check_attention_shape(check, s);
-  check.floating("qkv", qkv);
-  check.rows("qkv", qkv, s.batch * s.seq, s.qkv_width());
-  check.like("out", out, "qkv", qkv);
-  check.rows("out", out, s.batch * s.seq, s.out_width());
-  check.f32("saved", saved);
-  check.shape("saved", saved, attention_saved_shape(s, uses_flash(saved) ? qkv.dtype() : DType::F32));
+  const OpCheck check = op_check("attention_forward");
+  op_contract::attention_forward(check, out, saved, qkv, s,
+                                 attention_saved_shape(s, uses_flash(saved) ? qkv.dtype() : DType::F32), DType::F32);
+  check_grid_limit(check, s);
   if (uses_flash(saved)) {
     const std::string why_not = flash_attention_check(s, qkv.dtype());
     check.require(why_not.empty(), "flash attention: ", why_not);
@@ -96,18 +90,10 @@ void CudaBackend::attention_forward(Tensor& out, Tensor& saved, const Tensor& qk
 
 void CudaBackend::attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& out,
                                      const Tensor& saved, const AttentionShape& s) {
-  const OpCheck check{"attention_backward", device()};
-  check_attention_shape(check, s);
-  check.floating("qkv", qkv);
-  check.rows("qkv", qkv, s.batch * s.seq, s.qkv_width());
-  check.like("dqkv", dqkv, "qkv", qkv);
-  check.same_shape("dqkv", dqkv, "qkv", qkv);
-  check.like("out", out, "qkv", qkv);
-  check.rows("out", out, s.batch * s.seq, s.out_width());
-  check.like("dout", dout, "qkv", qkv);
-  check.same_shape("dout", dout, "out", out);
-  check.f32("saved", saved);
-  check.shape("saved", saved, attention_saved_shape(s, uses_flash(saved) ? qkv.dtype() : DType::F32));
+  const OpCheck check = op_check("attention_backward");
+  op_contract::attention_backward(check, dqkv, dout, qkv, out, saved, s,
+                                  attention_saved_shape(s, uses_flash(saved) ? qkv.dtype() : DType::F32), DType::F32);
+  check_grid_limit(check, s);
   if (uses_flash(saved)) {
     const std::string why_not = flash_attention_check(s, qkv.dtype());
     check.require(why_not.empty(), "flash attention: ", why_not);

@@ -7,6 +7,7 @@
 
 #include "kernels/cuda/cuda_op_check.cuh"
 #include "kernels/cuda/cuda_ops.cuh"
+#include "kernels/cuda/flash_attention.h"
 
 namespace loom::cuda {
 
@@ -34,6 +35,16 @@ CudaBackend::~CudaBackend() {
 }
 
 void CudaBackend::activate() const { LOOM_CUDA_CALL(cudaSetDevice(device_)); }
+
+const BackendDtypes& CudaBackend::dtypes() {
+  static const BackendDtypes kDtypes{{DType::F32, DType::BF16, DType::F16},
+                                     {DType::F32, DType::BF16, DType::F16},
+                                     {DType::F32},
+                                     {DType::F32},
+                                     /*stats_follow_input=*/false,
+                                     /*ids_checked_on_host=*/false};
+  return kDtypes;
+}
 
 namespace {
 
@@ -74,6 +85,19 @@ class EventMarker final : public WorkMarker {
 
 std::unique_ptr<WorkMarker> CudaBackend::make_marker() const { return std::make_unique<EventMarker>(device_, stream_); }
 
+std::vector<SlowPath> CudaBackend::slow_paths(const BlockKernelShape& b, DType dtype) const {
+  std::vector<SlowPath> slow;
+  const AttentionShape attention{b.batch, b.seq, b.heads, b.qk_dim, b.v_dim, b.causal,
+                                 1.0 / std::sqrt(static_cast<double>(b.qk_dim))};
+  if (const std::string why = flash_attention_check(attention, dtype); !why.empty())
+    slow.push_back({"attention", "materialised [B, H, T, T] scores instead of flash attention: " + why});
+  if (const std::string why = layernorm_vectorised_rule(b.d_model, dtype); !why.empty())
+    slow.push_back({"layernorm", "the general kernels: " + why});
+  if (const std::string why = gelu_epilogue_rule(b.gelu, dtype, b.mlp_dim); !why.empty())
+    slow.push_back({"mlp", why});
+  return slow;
+}
+
 void CudaBackend::synchronize() {
   activate();
   LOOM_CUDA_CALL(cudaMemcpyAsync(error_flag_host_, error_flag_, sizeof(int), cudaMemcpyDeviceToHost, stream_));
@@ -97,18 +121,13 @@ void CudaBackend::check_error_flag() {
 // ---- memory and elementwise ----
 
 void CudaBackend::zero(Tensor& x) {
-  OpCheck{"zero", device()}.on_device("x", x);
+  op_check("zero").on_device("x", x);
   activate();
   LOOM_CUDA_CALL(cudaMemsetAsync(x.raw(), 0, x.nbytes(), stream_));
 }
 
 void CudaBackend::add(Tensor& out, const Tensor& a, const Tensor& b) {
-  const OpCheck check{"add", device()};
-  check.floating("a", a);
-  check.like("b", b, "a", a);
-  check.like("out", out, "a", a);
-  check.same_shape("b", b, "a", a);
-  check.same_shape("out", out, "a", a);
+  op_contract::elementwise(op_check("add"), {{"a", &a}, {"b", &b}, {"out", &out}});
   activate();
   dispatch_float(a.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -117,10 +136,7 @@ void CudaBackend::add(Tensor& out, const Tensor& a, const Tensor& b) {
 }
 
 void CudaBackend::accumulate(Tensor& dst, const Tensor& src) {
-  const OpCheck check{"accumulate", device()};
-  check.floating("dst", dst);
-  check.like("src", src, "dst", dst);
-  check.same_shape("src", src, "dst", dst);
+  op_contract::elementwise(op_check("accumulate"), {{"dst", &dst}, {"src", &src}});
   activate();
   dispatch_float(dst.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -129,7 +145,7 @@ void CudaBackend::accumulate(Tensor& dst, const Tensor& src) {
 }
 
 void CudaBackend::scale(Tensor& x, double s) {
-  OpCheck{"scale", device()}.floating("x", x);
+  op_contract::elementwise(op_check("scale"), {{"x", &x}});
   activate();
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -138,10 +154,7 @@ void CudaBackend::scale(Tensor& x, double s) {
 }
 
 void CudaBackend::convert(Tensor& dst, const Tensor& src) {
-  const OpCheck check{"convert", device()};
-  check.floating("dst", dst);
-  check.floating("src", src);
-  check.require(dst.numel() == src.numel(), "dst ", dst.str(), " and src ", src.str(), " differ in size");
+  op_contract::convert(op_check("convert"), dst, src);
   activate();
   cuda::convert(dst.raw(), elem_of(dst.dtype()), src.raw(), elem_of(src.dtype()), src.numel(), stream_);
 }
@@ -149,13 +162,8 @@ void CudaBackend::convert(Tensor& dst, const Tensor& src) {
 // ---- embeddings ----
 
 void CudaBackend::embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table) {
-  const OpCheck check{"embedding_forward", device()};
-  check.ints("ids", ids);
-  check.floating("table", table);
-  check.require(table.ndim() == 2, "table ", table.str(), " must be [V, C]");
-  check.like("out", out, "table", table);
-  const int64_t N = ids.numel(), V = table.dim(0), C = table.dim(1);
-  check.rows("out", out, N, C);
+  const int64_t N = op_contract::embedding(op_check("embedding_forward"), "out", out, ids, "table", table);
+  const int64_t V = table.dim(0), C = table.dim(1);
   activate();
   dispatch_float(table.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -164,13 +172,8 @@ void CudaBackend::embedding_forward(Tensor& out, const Tensor& ids, const Tensor
 }
 
 void CudaBackend::embedding_backward(Tensor& dtable, const Tensor& dout, const Tensor& ids) {
-  const OpCheck check{"embedding_backward", device()};
-  check.ints("ids", ids);
-  check.floating("dtable", dtable);
-  check.require(dtable.ndim() == 2, "dtable ", dtable.str(), " must be [V, C]");
-  check.like("dout", dout, "dtable", dtable);
-  const int64_t N = ids.numel(), V = dtable.dim(0), C = dtable.dim(1);
-  check.rows("dout", dout, N, C);
+  const int64_t N = op_contract::embedding(op_check("embedding_backward"), "dout", dout, ids, "dtable", dtable);
+  const int64_t V = dtable.dim(0), C = dtable.dim(1);
   activate();
   dispatch_float(dtable.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -179,12 +182,7 @@ void CudaBackend::embedding_backward(Tensor& dtable, const Tensor& dout, const T
 }
 
 void CudaBackend::add_position_forward(Tensor& x, const Tensor& pos) {
-  const OpCheck check{"add_position_forward", device()};
-  check.floating("x", x);
-  check.like("pos", pos, "x", x);
-  check.require(x.ndim() == 3, "x ", x.str(), " must be [B, T, C]");
-  check.require(pos.ndim() == 2 && pos.dim(0) >= x.dim(1) && pos.dim(1) == x.dim(2), "pos ", pos.str(),
-                " must be [P >= T, C] for x ", x.str());
+  op_contract::add_position(op_check("add_position_forward"), "x", x, "pos", pos);
   activate();
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -194,15 +192,7 @@ void CudaBackend::add_position_forward(Tensor& x, const Tensor& pos) {
 
 void CudaBackend::copy_tokens(Tensor& dst, int64_t dst_start, const Tensor& src, int64_t src_start, int64_t count,
                               bool accumulate) {
-  const OpCheck check{"copy_tokens", device()};
-  check.floating("src", src);
-  check.like("dst", dst, "src", src);
-  check.require(dst.ndim() == 3 && src.ndim() == 3 && dst.dim(0) == src.dim(0) && dst.dim(2) == src.dim(2), "dst ",
-                dst.str(), " and src ", src.str(), " must be [B, T, C] with equal B and C");
-  check.require(count >= 0 && dst_start >= 0 && src_start >= 0 && dst_start + count <= dst.dim(1) &&
-                    src_start + count <= src.dim(1),
-                "token range: ", count, " tokens from ", src_start, " of ", src.str(), " to ", dst_start, " of ",
-                dst.str());
+  op_contract::copy_tokens(op_check("copy_tokens"), dst, dst_start, src, src_start, count);
   activate();
   dispatch_float(src.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -212,12 +202,7 @@ void CudaBackend::copy_tokens(Tensor& dst, int64_t dst_start, const Tensor& src,
 }
 
 void CudaBackend::add_position_backward(Tensor& dpos, const Tensor& dx) {
-  const OpCheck check{"add_position_backward", device()};
-  check.floating("dx", dx);
-  check.like("dpos", dpos, "dx", dx);
-  check.require(dx.ndim() == 3, "dx ", dx.str(), " must be [B, T, C]");
-  check.require(dpos.ndim() == 2 && dpos.dim(0) >= dx.dim(1) && dpos.dim(1) == dx.dim(2), "dpos ", dpos.str(),
-                " must be [P >= T, C] for dx ", dx.str());
+  op_contract::add_position(op_check("add_position_backward"), "dx", dx, "dpos", dpos);
   activate();
   // dpos[t, c] += Σ_b dx[b, t, c]: a column sum over B rows of width T·C (the first T rows of dpos).
   dispatch_float(dx.dtype(), [&](auto tag) {
@@ -230,70 +215,34 @@ void CudaBackend::add_position_backward(Tensor& dpos, const Tensor& dx) {
 
 void CudaBackend::layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
                                     const Tensor& b, double eps, int64_t channels) {
-  const OpCheck check{"layernorm_forward", device()};
-  check.floating("x", x);
-  check.require(x.ndim() >= 1 && x.dim(-1) > 0, "x ", x.str(), " must have a non-empty last dimension");
-  const int64_t C = x.dim(-1), N = x.numel() / C;
-  check.like("out", out, "x", x);
-  check.same_shape("out", out, "x", x);
-  check.like("w", w, "x", x);
-  check.shape("w", w, {C});
-  if (b.defined()) {
-    check.like("b", b, "x", x);
-    check.shape("b", b, {C});
-  }
-  check.f32("mean", mean);
-  check.f32("rstd", rstd);
-  check.require(mean.numel() == N && rstd.numel() == N, "mean ", mean.str(), " and rstd ", rstd.str(),
-                " must hold ", N, " rows of x ", x.str());
-  check.require(eps >= 0, "eps ", eps, " is negative");
-  check.require(channels >= 0 && channels <= C, "channels ", channels, " must be in [1, ", C, "] (0: all)");
+  const auto dims =
+      op_contract::layernorm_forward(op_check("layernorm_forward"), out, mean, rstd, x, w, b, eps, channels);
+  const int64_t N = dims.N, C = dims.C, K = dims.K;
   activate();
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     cuda::layernorm_forward(ptr<T>(out), ptr<float>(mean), ptr<float>(rstd), ptr<T>(x), ptr<T>(w), ptr<T>(b), N,
-                            C, static_cast<float>(eps), channels == 0 ? C : channels, stream_);
+                            C, static_cast<float>(eps), K, stream_);
   });
 }
 
 void CudaBackend::layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dout, const Tensor& x,
                                      const Tensor& w, const Tensor& mean, const Tensor& rstd, int64_t channels) {
-  const OpCheck check{"layernorm_backward", device()};
-  check.floating("x", x);
-  check.require(x.ndim() >= 1 && x.dim(-1) > 0, "x ", x.str(), " must have a non-empty last dimension");
-  const int64_t C = x.dim(-1), N = x.numel() / C;
-  check.like("dx", dx, "x", x);
-  check.same_shape("dx", dx, "x", x);
-  check.like("dout", dout, "x", x);
-  check.same_shape("dout", dout, "x", x);
-  check.like("w", w, "x", x);
-  check.shape("w", w, {C});
-  check.like("dw", dw, "x", x);
-  check.shape("dw", dw, {C});
-  if (db.defined()) {
-    check.like("db", db, "x", x);
-    check.shape("db", db, {C});
-  }
-  check.f32("mean", mean);
-  check.f32("rstd", rstd);
-  check.require(mean.numel() == N && rstd.numel() == N, "mean ", mean.str(), " and rstd ", rstd.str(),
-                " must hold ", N, " rows of x ", x.str());
-  check.require(channels >= 0 && channels <= C, "channels ", channels, " must be in [1, ", C, "] (0: all)");
+  const auto dims = op_contract::layernorm_backward(op_check("layernorm_backward"), dx, dw, db, dout, x, w,
+                                                         mean, rstd, channels);
+  const int64_t N = dims.N, C = dims.C, K = dims.K;
   activate();
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     cuda::layernorm_backward(ptr<T>(dx), ptr<T>(dw), ptr<T>(db), ptr<T>(dout), ptr<T>(x), ptr<T>(w),
-                             ptr<float>(mean), ptr<float>(rstd), N, C, channels == 0 ? C : channels, stream_);
+                             ptr<float>(mean), ptr<float>(rstd), N, C, K, stream_);
   });
 }
 
 // ---- activations ----
 
 void CudaBackend::gelu_forward(Tensor& out, const Tensor& x, GeluKind kind) {
-  const OpCheck check{"gelu_forward", device()};
-  check.floating("x", x);
-  check.like("out", out, "x", x);
-  check.same_shape("out", out, "x", x);
+  op_contract::elementwise(op_check("gelu_forward"), {{"x", &x}, {"out", &out}});
   activate();
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -302,12 +251,7 @@ void CudaBackend::gelu_forward(Tensor& out, const Tensor& x, GeluKind kind) {
 }
 
 void CudaBackend::gelu_backward(Tensor& dx, const Tensor& dout, const Tensor& x, GeluKind kind) {
-  const OpCheck check{"gelu_backward", device()};
-  check.floating("x", x);
-  check.like("dx", dx, "x", x);
-  check.like("dout", dout, "x", x);
-  check.same_shape("dx", dx, "x", x);
-  check.same_shape("dout", dout, "x", x);
+  op_contract::elementwise(op_check("gelu_backward"), {{"x", &x}, {"dx", &dx}, {"dout", &dout}});
   activate();
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -319,24 +263,9 @@ void CudaBackend::gelu_backward(Tensor& dx, const Tensor& dout, const Tensor& x,
 
 void CudaBackend::cross_entropy(Tensor& losses, Tensor& dlogits, const Tensor& logits, const Tensor& targets,
                                 int64_t vocab, double dloss, double label_smoothing) {
-  const OpCheck check{"cross_entropy", device()};
-  check.floating("logits", logits);
-  check.require(logits.ndim() >= 1 && logits.dim(-1) > 0, "logits ", logits.str(), " must be [N, Vp]");
-  const int64_t Vp = logits.dim(-1), N = logits.numel() / Vp;
-  check.require(vocab >= 1 && vocab <= Vp, "vocab ", vocab, " must be in [1, ", Vp, "] for logits ",
-                logits.str());
-  check.require(label_smoothing >= 0 && label_smoothing <= 1, "label smoothing ", label_smoothing,
-                " must be in [0, 1]");
-  check.ints("targets", targets);
-  check.require(targets.numel() == N, "targets ", targets.str(), " must hold one target per row of logits ",
-                logits.str());
-  check.f32("losses", losses);
-  check.require(losses.numel() == N, "losses ", losses.str(), " must hold one loss per row of logits ",
-                logits.str());
-  if (dlogits.defined()) {
-    check.like("dlogits", dlogits, "logits", logits);
-    check.same_shape("dlogits", dlogits, "logits", logits);
-  }
+  const int64_t N = op_contract::cross_entropy(op_check("cross_entropy"), losses, dlogits, logits, targets, vocab,
+                                               label_smoothing);
+  const int64_t Vp = logits.dim(-1);
   activate();
   dispatch_float(logits.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -345,30 +274,10 @@ void CudaBackend::cross_entropy(Tensor& losses, Tensor& dlogits, const Tensor& l
   });
 }
 
-namespace {
-// The arguments the vocabulary-parallel pair shares: logits_local [N, Vr], the first global column, the
-// vocabulary and one target per row (its range is checked on the GPU, like cross_entropy's). Returns N.
-int64_t check_vocab_split(const OpCheck& check, const Tensor& logits_local, const Tensor& targets,
-                          int64_t vocab_begin, int64_t vocab) {
-  check.floating("logits_local", logits_local);
-  check.require(logits_local.ndim() >= 1 && logits_local.dim(-1) > 0, "logits_local ", logits_local.str(),
-                " must be [N, Vr]");
-  const int64_t N = logits_local.numel() / logits_local.dim(-1);
-  check.require(vocab_begin >= 0, "vocab_begin ", vocab_begin, " must not be negative");
-  check.require(vocab >= 1, "vocab ", vocab, " must be positive");
-  check.ints("targets", targets);
-  check.require(targets.numel() == N, "targets ", targets.str(), " must hold one target per row of logits_local ",
-                logits_local.str());
-  return N;
-}
-}  // namespace
-
 void CudaBackend::cross_entropy_partials(Tensor& partials, const Tensor& logits_local, const Tensor& targets,
                                          int64_t vocab_begin, int64_t vocab) {
-  const OpCheck check{"cross_entropy_partials", device()};
-  const int64_t N = check_vocab_split(check, logits_local, targets, vocab_begin, vocab);
-  check.f32("partials", partials);
-  check.rows("partials", partials, N, 4);
+  const int64_t N = op_contract::cross_entropy_partials(op_check("cross_entropy_partials"), partials, logits_local,
+                                                        targets, vocab_begin, vocab);
   activate();
   dispatch_float(logits_local.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -380,20 +289,9 @@ void CudaBackend::cross_entropy_partials(Tensor& partials, const Tensor& logits_
 void CudaBackend::cross_entropy_from_partials(Tensor& losses, Tensor& dlogits_local, const Tensor& gathered,
                                               const Tensor& logits_local, const Tensor& targets, int64_t vocab_begin,
                                               int64_t vocab, double dloss, double label_smoothing) {
-  const OpCheck check{"cross_entropy_from_partials", device()};
-  const int64_t N = check_vocab_split(check, logits_local, targets, vocab_begin, vocab);
-  check.require(label_smoothing >= 0 && label_smoothing <= 1, "label smoothing ", label_smoothing,
-                " must be in [0, 1]");
-  check.f32("gathered", gathered);
-  check.require(gathered.ndim() == 3 && gathered.dim(0) >= 1 && gathered.dim(1) == N && gathered.dim(2) == 4,
-                "gathered ", gathered.str(), " must be [R, ", N, ", 4] (every rank's partials)");
-  check.f32("losses", losses);
-  check.require(losses.numel() == N, "losses ", losses.str(), " must hold one loss per row of logits_local ",
-                logits_local.str());
-  if (dlogits_local.defined()) {
-    check.like("dlogits_local", dlogits_local, "logits_local", logits_local);
-    check.same_shape("dlogits_local", dlogits_local, "logits_local", logits_local);
-  }
+  const int64_t N =
+      op_contract::cross_entropy_from_partials(op_check("cross_entropy_from_partials"), losses, dlogits_local,
+                                               gathered, logits_local, targets, vocab_begin, vocab, label_smoothing);
   activate();
   dispatch_float(logits_local.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -407,31 +305,16 @@ void CudaBackend::cross_entropy_from_partials(Tensor& losses, Tensor& dlogits_lo
 // ---- optimizer ----
 
 double CudaBackend::sum_squares(const std::vector<Tensor>& tensors) {
-  const OpCheck check{"sum_squares", device()};
+  op_contract::float_list(op_check("sum_squares"), tensors);
   std::vector<SumSquaresInput> inputs;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    check.floating(("tensor " + std::to_string(i)).c_str(), tensors[i]);
-    inputs.push_back({tensors[i].raw(), elem_of(tensors[i].dtype()), tensors[i].numel()});
-  }
+  for (const Tensor& t : tensors) inputs.push_back({t.raw(), elem_of(t.dtype()), t.numel()});
   activate();
   return cuda::sum_squares(inputs, stream_);
 }
 
 void CudaBackend::adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy,
                                const AdamWHyper& hp, double weight_decay) {
-  const OpCheck check{"adamw_update", device()};
-  check.f32("param", param);
-  check.f32("m", m);
-  check.f32("v", v);
-  check.floating("grad", grad);
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"m", &m}, {"v", &v}, {"grad", &grad}})
-    check.require(t->numel() == param.numel(), name, " ", t->str(), " must match param ", param.str());
-  if (compute_copy.defined()) {
-    check.floating("compute_copy", compute_copy);
-    check.require(compute_copy.numel() == param.numel(), "compute_copy ", compute_copy.str(),
-                  " must match param ", param.str());
-  }
-  check.require(hp.step >= 1, "step ", hp.step, " must be >= 1 (bias correction is 1-based)");
+  op_contract::adamw_update(op_check("adamw_update"), param, m, v, grad, compute_copy, hp);
   const AdamWArgs args{static_cast<float>(hp.lr),
                        static_cast<float>(hp.beta1),
                        static_cast<float>(hp.beta2),

@@ -8,9 +8,15 @@
 #include <string>
 
 #include "kernels/backend.h"
+#include "kernels/op_contract.h"
 #include "kernels/cuda/cuda_gemm.cuh"
 
 namespace loom::cuda {
+
+// "" when a linear layer + GELU of output width `width` can take the cuBLASLt GELU epilogues (given 16-byte
+// aligned buffers), else what runs instead and why. The erf form never has them and is not reported: it is not a
+// width's fault.
+std::string gelu_epilogue_rule(GeluKind kind, DType dtype, int64_t width);
 
 class CudaBackend final : public Backend {
  public:
@@ -19,12 +25,19 @@ class CudaBackend final : public Backend {
 
   Device device() const override { return Device::cuda(device_); }
   std::string name() const override { return name_; }
+  // The dtypes this backend takes (f32, bf16, f16 activations; f32 statistics, losses, master weights; ids
+  // checked on the device), and the argument checks of one call of `op` (kernels/op_contract.h).
+  static const BackendDtypes& dtypes();
+  OpCheck op_check(const char* op) const { return OpCheck(op, device(), dtypes()); }
   void synchronize() override;
   // The stream all of this backend's work is queued on (for kernels added from other files).
   cudaStream_t stream() const { return stream_; }
   void* native_stream() const override { return stream_; }
   // A CUDA event (with timing) on this backend's device.
   std::unique_ptr<WorkMarker> make_marker() const override;
+  // Flash attention (bf16/f16, head dims kernels/cuda/flash_attention.h supports), the vectorised LayerNorm
+  // (cuda_ops.cuh: layernorm_vectorised_rule) and the GELU GEMM epilogues (tanh GELU, bf16/f16, mlp_dim % 8).
+  std::vector<SlowPath> slow_paths(const BlockKernelShape& shape, DType dtype) const override;
 
   void zero(Tensor& x) override;
   void add(Tensor& out, const Tensor& a, const Tensor& b) override;

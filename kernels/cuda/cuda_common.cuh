@@ -79,6 +79,15 @@ inline unsigned grid_for(int64_t n, int threads = 256) {
 #define LOOM_GRID_STRIDE(i, n) \
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (n); i += int64_t{gridDim.x} * blockDim.x)
 
+// 16 bytes of T: the unit of vectorised loads and stores (8 bf16/f16 or 4 f32); rows read this way must start
+// on 16-byte boundaries.
+template <typename T>
+struct alignas(16) Pack16 {
+  static constexpr int kSize = 16 / sizeof(T);
+  T e[kSize];
+};
+inline bool is_aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 // ---- reductions (fixed order, so deterministic) ----
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -54,14 +54,13 @@ __global__ void count_nonfinite_kernel(unsigned long long* count, const FiniteIn
 }  // namespace
 
 int64_t CudaBackend::count_nonfinite(const std::vector<Tensor>& tensors) {
-  const OpCheck check{"count_nonfinite", device()};
+  op_contract::float_list(op_check("count_nonfinite"), tensors);
   std::vector<FiniteInput> inputs;
   int64_t largest = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    check.floating(("tensor " + std::to_string(i)).c_str(), tensors[i]);
-    if (tensors[i].numel() == 0) continue;
-    inputs.push_back({tensors[i].raw(), tensors[i].numel(), elem_of(tensors[i].dtype())});
-    largest = std::max(largest, tensors[i].numel());
+  for (const Tensor& t : tensors) {
+    if (t.numel() == 0) continue;
+    inputs.push_back({t.raw(), t.numel(), elem_of(t.dtype())});
+    largest = std::max(largest, t.numel());
   }
   if (inputs.empty()) return 0;
   activate();

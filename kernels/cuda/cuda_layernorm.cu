@@ -1,6 +1,9 @@
-// Fused LayerNorm forward and backward over the last dimension (C) of N rows; statistics in f32. Rows with
-// C % 8 == 0, C <= 1024 and 16-byte aligned tensors (GPT-2 124M/350M, DeiT-S/B) take the vectorised kernels that
-// keep a row in one warp's registers; other rows the general one-warp-per-row kernels.
+// Fused LayerNorm forward and backward over the last dimension (C) of N rows; statistics in f32.
+//
+// Vectorised kernels (rows of C % P == 0 elements, P = 16 / sizeof(T), C <= 8192, 16-byte aligned tensors: every
+// width the configs and the pruner produce): a row lives in the registers of one "row group" of 1 to 8 warps, read
+// once with 16-byte loads and written once (RowPlan says how rows are spread). Other rows take the general
+// one-warp-per-row kernels.
 //
 // Masked embedding channels (pruning): the statistics cover K of the C channels, the other C - K entries of
 // every row being exact zeros (Backend::layernorm_forward). The kernels take K as the float `count` and the
@@ -96,197 +99,116 @@ __global__ void layernorm_backward_kernel(T* dx, float* dw_partials, float* db_p
   }
 }
 
-// 16 bytes of T: the unit of the vectorized backward's loads and stores (8 bf16/f16 or 4 f32).
+// How the vectorised kernels spread rows of C = packs·P elements (P = Pack16<T>::kSize): a row group of `tpr`
+// threads (tpr / 32 warps) holds one row, thread t of the group owning the packs t, t + tpr, ...,
+// t + (chunks - 1)·tpr that are < packs; a block holds `groups` row groups (blockDim = groups·tpr).
+// Up to kMaxRowElems elements per thread (4 packs of bf16/f16, 8 of f32) keep the backward's per-thread
+// registers (x, dout, dx and the dw/db sums: 168 at 3 packs of bf16, 223 at 4) within the 255 a thread may
+// hold; rows wider than one warp can hold in that many get more warps (up to kMaxRowWarps, so C <= 8192) and
+// reduce across them through shared memory. Narrow rows share a block of kBlockThreads threads, so a block
+// has at most kMaxRowWarps warps.
+constexpr int kMaxRowElems = 32, kMaxRowWarps = 8, kBlockThreads = 128;
 template <typename T>
-struct alignas(16) Pack16 {
-  static constexpr int kSize = 16 / sizeof(T);
-  T e[kSize];
+constexpr int kMaxChunks = kMaxRowElems / Pack16<T>::kSize;
+
+struct RowPlan {
+  int tpr = 0, chunks = 0, groups = 0;
+  int threads() const { return tpr * groups; }
 };
 
-constexpr int kVecWarpsPerBlock = 4;
-
-// The same math as layernorm_backward_kernel for rows that fit one warp's registers (C % 8 == 0, C <= 1024,
-// 16-byte aligned pointers), read once and written once:
-//   mean_g = Σ_c dout·w / C,  mean_gx = Σ_c dout·w·x̂ / C,  dx += rstd·(dout·w - mean_g - x̂·mean_gx)
-//   dw_partial += dout·x̂,  db_partial += dout
-// Lane l owns columns (k·32 + l)·P .. +P-1 for chunk k < kChunks (P = 8 for bf16/f16, 4 for f32) in every
-// row, so its x, dout and dx stay in registers between the two row reductions, and its dw/db sums are
-// per-lane registers too (kChunks is a template argument so the register arrays have compile-time indices).
-// Warp w of a block handles rows ≡ blockIdx.x·kVecWarpsPerBlock + w (mod all warps of the grid); at the end
-// the block adds its warps' sums in warp order in shared memory and writes one partial row per block to
-// dw_partials/db_partials [gridDim.x, C], so the result is deterministic for a given grid.
-template <typename T, int kChunks>
-__global__ void __launch_bounds__(kVecWarpsPerBlock * 32)
-    layernorm_backward_vec_kernel(T* dx, float* dw_partials, float* db_partials, const T* dout, const T* x,
-                                  const T* w, const float* mean, const float* rstd, int64_t N, int C,
-                                  float count) {
-  using Pack = Pack16<T>;
-  constexpr int P = Pack::kSize;
-  extern __shared__ float shared[];  // [warps][2][C]: dw then db sums of each warp
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  float dw_acc[kChunks][P], db_acc[kChunks][P];
-#pragma unroll
-  for (int k = 0; k < kChunks; ++k)
-#pragma unroll
-    for (int i = 0; i < P; ++i) dw_acc[k][i] = db_acc[k][i] = 0.f;
-
-  const int64_t total_warps = int64_t{gridDim.x} * kVecWarpsPerBlock;
-  for (int64_t row = blockIdx.x * int64_t{kVecWarpsPerBlock} + warp; row < N; row += total_warps) {
-    const Pack* xr = reinterpret_cast<const Pack*>(x + row * C);
-    const Pack* dr = reinterpret_cast<const Pack*>(dout + row * C);
-    Pack* dxr = reinterpret_cast<Pack*>(dx + row * C);
-    const float m = mean[row], r = rstd[row];
-    Pack xv[kChunks], dv[kChunks], dxv[kChunks];
-#pragma unroll
-    for (int k = 0; k < kChunks; ++k) {
-      const int v = k * 32 + lane;  // index of this lane's pack in the row
-      if (v * P < C) {
-        xv[k] = xr[v];
-        dv[k] = dr[v];
-        dxv[k] = dxr[v];
-      }
-    }
-    float sum_g = 0.f, sum_gx = 0.f;
-#pragma unroll
-    for (int k = 0; k < kChunks; ++k) {
-      const int v = k * 32 + lane;
-      if (v * P >= C) continue;
-      const Pack wv = reinterpret_cast<const Pack*>(w)[v];
-#pragma unroll
-      for (int i = 0; i < P; ++i) {
-        const float g = to_f32(dv[k].e[i]) * to_f32(wv.e[i]);
-        sum_g += g;
-        sum_gx += g * (to_f32(xv[k].e[i]) - m) * r;
-      }
-    }
-    const float mean_g = warp_sum(sum_g) / count;
-    const float mean_gx = warp_sum(sum_gx) / count;
-#pragma unroll
-    for (int k = 0; k < kChunks; ++k) {
-      const int v = k * 32 + lane;
-      if (v * P >= C) continue;
-      const Pack wv = reinterpret_cast<const Pack*>(w)[v];
-      Pack out;
-#pragma unroll
-      for (int i = 0; i < P; ++i) {
-        const float d = to_f32(dv[k].e[i]);
-        const float xhat = (to_f32(xv[k].e[i]) - m) * r;
-        const float g = d * to_f32(wv.e[i]);
-        out.e[i] = from_f32<T>(to_f32(dxv[k].e[i]) + r * (g - mean_g - xhat * mean_gx));
-        dw_acc[k][i] += d * xhat;
-        db_acc[k][i] += d;
-      }
-      dxr[v] = out;
-    }
-  }
-
-  float* dw_sum = shared + int64_t{warp} * 2 * C;
-  float* db_sum = dw_sum + C;
-#pragma unroll
-  for (int k = 0; k < kChunks; ++k) {
-    const int c0 = (k * 32 + lane) * P;
-    if (c0 >= C) continue;
-#pragma unroll
-    for (int i = 0; i < P; ++i) {
-      dw_sum[c0 + i] = dw_acc[k][i];
-      db_sum[c0 + i] = db_acc[k][i];
-    }
-  }
-  __syncthreads();
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    float dw = 0.f, db = 0.f;
-    for (int k = 0; k < kVecWarpsPerBlock; ++k) {
-      dw += shared[k * 2 * C + c];
-      db += shared[k * 2 * C + C + c];
-    }
-    dw_partials[blockIdx.x * int64_t{C} + c] = dw;
-    db_partials[blockIdx.x * int64_t{C} + c] = db;
-  }
-}
-
-// Rows of at most 1024 columns, as in layernorm_backward_vec_kernel; kChunks 16-byte packs per lane.
+// The plan for rows of C elements, or tpr = 0 when they need the general kernels.
 template <typename T>
-constexpr int kMaxVecChunks = 1024 / (32 * Pack16<T>::kSize);
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
-// Launches layernorm_backward_vec_kernel<T, chunks> (chunks >= kChunks) with one block per resident slot of
-// the GPU (fewer when N is small), then adds the partial rows into dw and db.
-template <typename T, int kChunks>
-void layernorm_backward_vec(int chunks, T* dx, T* dw, T* db, const T* dout, const T* x, const T* w,
-                            const float* mean, const float* rstd, int64_t N, int C, float count,
-                            cudaStream_t stream) {
-  if constexpr (kChunks < kMaxVecChunks<T>) {
-    if (chunks > kChunks) {
-      layernorm_backward_vec<T, kChunks + 1>(chunks, dx, dw, db, dout, x, w, mean, rstd, N, C, count, stream);
-      return;
-    }
-  }
-  const auto kernel = layernorm_backward_vec_kernel<T, kChunks>;
-  constexpr int threads = kVecWarpsPerBlock * 32;
-  const size_t shared_bytes = static_cast<size_t>(kVecWarpsPerBlock) * 2 * C * sizeof(float);
-  int device = 0, sms = 0, blocks_per_sm = 0;
-  LOOM_CUDA_CALL(cudaGetDevice(&device));
-  LOOM_CUDA_CALL(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  LOOM_CUDA_CALL(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, threads, shared_bytes));
-  const int64_t blocks = std::min<int64_t>(int64_t{sms} * std::max(blocks_per_sm, 1),
-                                           (N + kVecWarpsPerBlock - 1) / kVecWarpsPerBlock);
-  ScratchBuffer partials(static_cast<size_t>(2 * blocks * C) * sizeof(float));
-  float* dw_partials = partials.as<float>();
-  float* db_partials = dw_partials + blocks * C;
-  kernel<<<static_cast<unsigned>(blocks), threads, shared_bytes, stream>>>(dx, dw_partials, db_partials, dout, x,
-                                                                          w, mean, rstd, N, C, count);
-  LOOM_CUDA_LAUNCHED("layernorm_backward_vec_kernel");
-  add_partial_sums(dw, dw_partials, blocks, C, stream);
-  if (db) add_partial_sums(db, db_partials, blocks, C, stream);
+RowPlan plan_rows(int64_t C) {
+  constexpr int P = Pack16<T>::kSize;
+  RowPlan plan;
+  if (C % P != 0) return plan;
+  const int64_t packs = C / P;
+  const int64_t warps = (packs + 32 * kMaxChunks<T> - 1) / (32 * kMaxChunks<T>);
+  if (warps > kMaxRowWarps) return plan;
+  plan.tpr = static_cast<int>(32 * warps);
+  plan.chunks = static_cast<int>((packs + plan.tpr - 1) / plan.tpr);
+  plan.groups = std::max(1, kBlockThreads / plan.tpr);
+  return plan;
 }
 
-// The same math as layernorm_forward_kernel for rows that fit one warp's registers (C % 8 == 0, C <= 1024,
-// 16-byte aligned pointers): x is read once with 16-byte loads and both passes run over the registers,
-//   mean = Σx/K,  var = (Σ(x - mean)² - zeros·mean²)/K (biased),  rstd = 1/√(var + eps),  out = (x - mean)·rstd·w + b
-// so the variance keeps the two-pass form (no Σx² - mean² cancellation for rows with a large mean). Lane l
-// owns columns (k·32 + l)·P .. +P-1 for chunk k < kChunks, as in layernorm_backward_vec_kernel; one warp per
-// row. b may be null.
-template <typename T, int kChunks>
-__global__ void __launch_bounds__(kVecWarpsPerBlock * 32)
+// Sums v[0..n) over this thread's row group; every thread of the group gets the same totals. With one warp per
+// row it is a warp reduction; with several, every thread of the block must call it together (it synchronises
+// the block): the warps' sums go to scratch[parity] ([warps of the block][n] floats), added in warp order.
+// Alternating `parity` between calls makes one barrier per call enough: a thread can only overwrite a half
+// after every thread has passed the barrier of the call in between, i.e. finished reading it.
+template <int n>
+__device__ __forceinline__ void row_group_sum(float (&v)[n], float* scratch, int warps_per_row, int& parity) {
+#pragma unroll
+  for (int i = 0; i < n; ++i) v[i] = warp_sum(v[i]);
+  if (warps_per_row == 1) return;
+  const int warp = threadIdx.x / 32, first = warp - warp % warps_per_row;
+  float* half = scratch + parity * (blockDim.x / 32) * n;
+  if (threadIdx.x % 32 == 0)
+#pragma unroll
+    for (int i = 0; i < n; ++i) half[warp * n + i] = v[i];
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < n; ++i) {
+    float total = 0.f;
+    for (int k = 0; k < warps_per_row; ++k) total += half[(first + k) * n + i];
+    v[i] = total;
+  }
+  parity ^= 1;
+}
+
+// The forward of layernorm_forward_kernel on a RowPlan: x is read once with 16-byte loads and both passes run
+// over registers, so the variance keeps the two-pass form (no Σx² - mean² cancellation for rows with a large
+// mean):
+//   mean = Σx/K,  var = (Σ(x - mean)² - zeros·mean²)/K (biased),  rstd = 1/√(var + eps),
+//   out = (x - mean)·rstd·w + b
+// One row per row group. b may be null.
+template <typename T, int kChunks, bool kOneWarp>
+__global__ void __launch_bounds__(kMaxRowWarps * 32)
     layernorm_forward_vec_kernel(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int64_t N,
-                                 int C, float eps, float count, float zeros) {
+                                 int C, int row_threads, float eps, float count, float zeros) {
   using Pack = Pack16<T>;
   constexpr int P = Pack::kSize;
-  const int lane = threadIdx.x % 32;
-  const int64_t row = blockIdx.x * int64_t{kVecWarpsPerBlock} + threadIdx.x / 32;
-  if (row >= N) return;  // the whole warp leaves together: row is the same for all its lanes
-  const Pack* xr = reinterpret_cast<const Pack*>(x + row * C);
+  __shared__ float scratch[2 * kMaxRowWarps];
+  const int tpr = kOneWarp ? 32 : row_threads;
+  const int packs = C / P, t = threadIdx.x % tpr, warps_per_row = tpr / 32;
+  const int64_t row = blockIdx.x * int64_t{blockDim.x / tpr} + threadIdx.x / tpr;
+  const bool active = row < N;  // inactive threads still join the barriers of row_group_sum
+  const Pack* xr = reinterpret_cast<const Pack*>(x + (active ? row : 0) * C);
   float xv[kChunks][P];
-  float sum = 0.f;
+  float sum[1] = {0.f};
 #pragma unroll
   for (int k = 0; k < kChunks; ++k) {
-    const int v = k * 32 + lane;  // index of this lane's pack in the row
-    if (v * P >= C) continue;
-    const Pack p = xr[v];
+    const int v = k * tpr + t;  // index of this thread's pack in the row
+    const bool ok = active && v < packs;
+    Pack p;
+    if (ok) p = xr[v];
 #pragma unroll
     for (int i = 0; i < P; ++i) {
-      xv[k][i] = to_f32(p.e[i]);
-      sum += xv[k][i];
+      xv[k][i] = ok ? to_f32(p.e[i]) : 0.f;
+      sum[0] += xv[k][i];
     }
   }
-  const float m = warp_sum(sum) / count;
-  float sq = 0.f;
+  int parity = 0;
+  row_group_sum(sum, scratch, warps_per_row, parity);
+  const float m = sum[0] / count;
+  float sq[1] = {0.f};
 #pragma unroll
   for (int k = 0; k < kChunks; ++k) {
-    if ((k * 32 + lane) * P >= C) continue;
+    if (k * tpr + t >= packs) continue;
 #pragma unroll
     for (int i = 0; i < P; ++i) {
       const float d = xv[k][i] - m;
-      sq += d * d;
+      sq[0] += d * d;
     }
   }
-  const float r = rsqrtf(fmaxf(warp_sum(sq) - zeros * m * m, 0.f) / count + eps);
+  row_group_sum(sq, scratch, warps_per_row, parity);
+  if (!active) return;
+  const float r = rsqrtf(fmaxf(sq[0] - zeros * m * m, 0.f) / count + eps);
   Pack* outr = reinterpret_cast<Pack*>(out + row * C);
 #pragma unroll
   for (int k = 0; k < kChunks; ++k) {
-    const int v = k * 32 + lane;
-    if (v * P >= C) continue;
+    const int v = k * tpr + t;
+    if (v >= packs) continue;
     const Pack wv = reinterpret_cast<const Pack*>(w)[v];
     Pack bv;
     if (b) bv = reinterpret_cast<const Pack*>(b)[v];
@@ -296,39 +218,199 @@ __global__ void __launch_bounds__(kVecWarpsPerBlock * 32)
       o.e[i] = from_f32<T>((xv[k][i] - m) * r * to_f32(wv.e[i]) + (b ? to_f32(bv.e[i]) : 0.f));
     outr[v] = o;
   }
-  if (lane == 0) {
+  if (t == 0) {
     mean[row] = m;
     rstd[row] = r;
   }
 }
 
-// Launches layernorm_forward_vec_kernel<T, chunks> (chunks >= kChunks), one warp per row.
-template <typename T, int kChunks>
-void layernorm_forward_vec(int chunks, T* out, float* mean, float* rstd, const T* x, const T* w, const T* b,
-                           int64_t N, int C, float eps, float count, float zeros, cudaStream_t stream) {
-  if constexpr (kChunks < kMaxVecChunks<T>) {
-    if (chunks > kChunks) {
-      layernorm_forward_vec<T, kChunks + 1>(chunks, out, mean, rstd, x, w, b, N, C, eps, count, zeros, stream);
-      return;
+// The backward of layernorm_backward_kernel on a RowPlan, x, dout and dx read once and dx written once:
+//   mean_g = Σ_c dout·w / K,  mean_gx = Σ_c dout·w·x̂ / K,  dx += rstd·(dout·w - mean_g - x̂·mean_gx)
+//   dw_partial += dout·x̂,  db_partial += dout
+// Row group j of block b handles rows ≡ b·groups + j (mod all row groups of the grid); its threads keep their
+// columns' dw/db sums in registers across rows (the same columns in every row; w is re-read from L1, which
+// costs less than the registers holding it would in occupancy). At the end the block
+// adds its groups' sums in group order in shared memory ([2][C] floats, only when groups > 1) and writes one
+// partial row per block to dw_partials/db_partials [gridDim.x, C] (db_partials may be null: no bias), so the
+// result is deterministic for a given grid; add_partial_sums finishes.
+template <typename T, int kChunks, bool kOneWarp>
+__global__ void __launch_bounds__(kMaxRowWarps * 32)
+    layernorm_backward_vec_kernel(T* dx, float* dw_partials, float* db_partials, const T* dout, const T* x,
+                                  const T* w, const float* mean, const float* rstd, int64_t N, int C,
+                                  int row_threads, float count) {
+  using Pack = Pack16<T>;
+  constexpr int P = Pack::kSize;
+  extern __shared__ float block_sums[];  // [2][C]: dw then db, when groups > 1
+  __shared__ float scratch[2 * kMaxRowWarps * 2];
+  const int tpr = kOneWarp ? 32 : row_threads;
+  const int packs = C / P, t = threadIdx.x % tpr, group = threadIdx.x / tpr, groups = blockDim.x / tpr;
+  const int warps_per_row = tpr / 32;
+  const Pack* wp = reinterpret_cast<const Pack*>(w);
+  float dw_acc[kChunks][P], db_acc[kChunks][P];
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k)
+#pragma unroll
+    for (int i = 0; i < P; ++i) dw_acc[k][i] = db_acc[k][i] = 0.f;
+
+  int parity = 0;
+  const int64_t stride = int64_t{gridDim.x} * groups;
+  // The trip count is the same for every thread of the block (row_group_sum may synchronise it).
+  for (int64_t first = int64_t{blockIdx.x} * groups; first < N; first += stride) {
+    const int64_t row = first + group;
+    const bool active = row < N;
+    const Pack* xr = reinterpret_cast<const Pack*>(x + (active ? row : 0) * C);
+    const Pack* dr = reinterpret_cast<const Pack*>(dout + (active ? row : 0) * C);
+    Pack* dxr = reinterpret_cast<Pack*>(dx + (active ? row : 0) * C);
+    Pack xv[kChunks], dv[kChunks], dxv[kChunks];
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int v = k * tpr + t;
+      if (active && v < packs) {
+        xv[k] = xr[v];
+        dv[k] = dr[v];
+        dxv[k] = dxr[v];
+      }
+    }
+    const float m = active ? mean[row] : 0.f, r = active ? rstd[row] : 0.f;
+    float sums[2] = {0.f, 0.f};  // Σ g, Σ g·x̂
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      if (!active || k * tpr + t >= packs) continue;
+      const Pack wv = wp[k * tpr + t];
+#pragma unroll
+      for (int i = 0; i < P; ++i) {
+        const float g = to_f32(dv[k].e[i]) * to_f32(wv.e[i]);
+        sums[0] += g;
+        sums[1] += g * (to_f32(xv[k].e[i]) - m) * r;
+      }
+    }
+    row_group_sum(sums, scratch, warps_per_row, parity);
+    if (!active) continue;
+    const float mean_g = sums[0] / count, mean_gx = sums[1] / count;
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int v = k * tpr + t;
+      if (v >= packs) continue;
+      const Pack wv = wp[v];
+      Pack o;
+#pragma unroll
+      for (int i = 0; i < P; ++i) {
+        const float d = to_f32(dv[k].e[i]);
+        const float xhat = (to_f32(xv[k].e[i]) - m) * r;
+        const float g = d * to_f32(wv.e[i]);
+        o.e[i] = from_f32<T>(to_f32(dxv[k].e[i]) + r * (g - mean_g - xhat * mean_gx));
+        dw_acc[k][i] += d * xhat;
+        db_acc[k][i] += d;
+      }
+      dxr[v] = o;
     }
   }
-  const int64_t blocks = (N + kVecWarpsPerBlock - 1) / kVecWarpsPerBlock;
-  layernorm_forward_vec_kernel<T, kChunks><<<static_cast<unsigned>(blocks), kVecWarpsPerBlock * 32, 0, stream>>>(
-      out, mean, rstd, x, w, b, N, C, eps, count, zeros);
-  LOOM_CUDA_LAUNCHED("layernorm_forward_vec_kernel");
+
+  float* dw_row = dw_partials + int64_t{blockIdx.x} * C;
+  float* db_row = db_partials ? db_partials + int64_t{blockIdx.x} * C : nullptr;
+  if (groups == 1) {  // this thread's columns are its block's sums
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int c0 = (k * tpr + t) * P;
+      if (c0 >= C) continue;
+#pragma unroll
+      for (int i = 0; i < P; ++i) {
+        dw_row[c0 + i] = dw_acc[k][i];
+        if (db_row) db_row[c0 + i] = db_acc[k][i];
+      }
+    }
+    return;
+  }
+  // Every group covers all C columns; group 0 writes them, the others add in group order.
+  for (int j = 0; j < groups; ++j) {
+    if (group == j) {
+#pragma unroll
+      for (int k = 0; k < kChunks; ++k) {
+        const int c0 = (k * tpr + t) * P;
+        if (c0 >= C) continue;
+#pragma unroll
+        for (int i = 0; i < P; ++i) {
+          block_sums[c0 + i] = j == 0 ? dw_acc[k][i] : block_sums[c0 + i] + dw_acc[k][i];
+          block_sums[C + c0 + i] = j == 0 ? db_acc[k][i] : block_sums[C + c0 + i] + db_acc[k][i];
+        }
+      }
+    }
+    __syncthreads();
+  }
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    dw_row[c] = block_sums[c];
+    if (db_row) db_row[c] = block_sums[C + c];
+  }
+}
+
+// Calls fn.template operator()<chunks, one_warp>() for plan.chunks (in [kChunks, kMaxChunks<T>]) and whether a
+// row takes one warp: the register arrays of the vectorised kernels need the chunks at compile time, and a
+// compile-time row group of one warp (the common case, C <= 1024 for bf16) saves the registers of run-time
+// row-group indexing (11 at 3 chunks of bf16, the difference between 2 and 3 blocks per SM).
+template <typename T, int kChunks = 1, typename Fn>
+void with_chunks(const RowPlan& plan, Fn&& fn) {
+  if constexpr (kChunks < kMaxChunks<T>) {
+    if (plan.chunks > kChunks) return with_chunks<T, kChunks + 1>(plan, fn);
+  }
+  if (plan.tpr == 32) return fn.template operator()<kChunks, true>();
+  fn.template operator()<kChunks, false>();
+}
+
+// Launches layernorm_backward_vec_kernel with as many blocks as the GPU holds at once (fewer when N is small),
+// then adds the partial rows into dw and db.
+template <typename T>
+void layernorm_backward_vec(const RowPlan& plan, T* dx, T* dw, T* db, const T* dout, const T* x, const T* w,
+                            const float* mean, const float* rstd, int64_t N, int C, float count, cudaStream_t stream) {
+  with_chunks<T>(plan, [&]<int kChunks, bool kOneWarp>() {
+    const auto kernel = layernorm_backward_vec_kernel<T, kChunks, kOneWarp>;
+    const size_t shared_bytes = plan.groups > 1 ? 2 * static_cast<size_t>(C) * sizeof(float) : 0;
+    if (shared_bytes > 48 * 1024)
+      LOOM_CUDA_CALL(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(shared_bytes)));
+    int device = 0, sms = 0, blocks_per_sm = 0;
+    LOOM_CUDA_CALL(cudaGetDevice(&device));
+    LOOM_CUDA_CALL(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    LOOM_CUDA_CALL(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, plan.threads(), shared_bytes));
+    const int64_t blocks = std::min<int64_t>(int64_t{sms} * std::max(blocks_per_sm, 1),
+                                             (N + plan.groups - 1) / plan.groups);
+    ScratchBuffer partials(static_cast<size_t>((db ? 2 : 1) * blocks * C) * sizeof(float));
+    float* dw_partials = partials.as<float>();
+    float* db_partials = db ? dw_partials + blocks * C : nullptr;
+    kernel<<<static_cast<unsigned>(blocks), plan.threads(), shared_bytes, stream>>>(
+        dx, dw_partials, db_partials, dout, x, w, mean, rstd, N, C, plan.tpr, count);
+    LOOM_CUDA_LAUNCHED("layernorm_backward_vec_kernel");
+    add_partial_sums(dw, dw_partials, blocks, C, stream);
+    if (db) add_partial_sums(db, db_partials, blocks, C, stream);
+  });
 }
 
 }  // namespace
+
+std::string layernorm_vectorised_rule(int64_t C, DType dtype) {
+  const auto rule = [C](auto tag) -> std::string {
+    using T = decltype(tag);
+    if (plan_rows<T>(C).tpr > 0) return "";
+    return "width " + std::to_string(C) + " is not a multiple of " + std::to_string(Pack16<T>::kSize) + " up to " +
+           std::to_string(kMaxRowWarps * 32 * kMaxChunks<T> * Pack16<T>::kSize) +
+           " (the vectorised kernels that hold a row in registers)";
+  };
+  return dtype == DType::F32 ? rule(float{}) : rule(bf16{});
+}
 
 template <typename T>
 void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C,
                        float eps, int64_t K, cudaStream_t stream) {
   if (N == 0) return;
   const float count = static_cast<float>(K), zeros = static_cast<float>(C - K);
-  if (C % 8 == 0 && C <= 1024 && aligned16(out) && aligned16(x) && aligned16(w) && (!b || aligned16(b))) {
-    const int pack = Pack16<T>::kSize;
-    const int chunks = static_cast<int>((C + 32 * pack - 1) / (32 * pack));
-    layernorm_forward_vec<T, 1>(chunks, out, mean, rstd, x, w, b, N, static_cast<int>(C), eps, count, zeros, stream);
+  const RowPlan plan = plan_rows<T>(C);
+  if (plan.tpr > 0 && is_aligned16(out) && is_aligned16(x) && is_aligned16(w) && (!b || is_aligned16(b))) {
+    with_chunks<T>(plan, [&]<int kChunks, bool kOneWarp>() {
+      const int64_t blocks = (N + plan.groups - 1) / plan.groups;
+      layernorm_forward_vec_kernel<T, kChunks, kOneWarp><<<static_cast<unsigned>(blocks), plan.threads(), 0, stream>>>(
+          out, mean, rstd, x, w, b, N, static_cast<int>(C), plan.tpr, eps, count, zeros);
+      LOOM_CUDA_LAUNCHED("layernorm_forward_vec_kernel");
+    });
     return;
   }
   constexpr int kRowsPerBlock = 8;
@@ -343,23 +425,32 @@ void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T*
                         const float* rstd, int64_t N, int64_t C, int64_t K, cudaStream_t stream) {
   if (N == 0) return;
   const float count = static_cast<float>(K);
-  if (C % 8 == 0 && C <= 1024 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(w)) {
-    const int pack = Pack16<T>::kSize;
-    const int chunks = static_cast<int>((C + 32 * pack - 1) / (32 * pack));
-    layernorm_backward_vec<T, 1>(chunks, dx, dw, db, dout, x, w, mean, rstd, N, static_cast<int>(C), count, stream);
+  const RowPlan plan = plan_rows<T>(C);
+  if (plan.tpr > 0 && is_aligned16(dx) && is_aligned16(dout) && is_aligned16(x) && is_aligned16(w)) {
+    layernorm_backward_vec(plan, dx, dw, db, dout, x, w, mean, rstd, N, static_cast<int>(C), count, stream);
     return;
   }
-  // The general case: 512 blocks of 4 warps fill an H100 a few times over; fewer when N is small. Every block writes a partial
+  // The general case: 512 blocks of up to 4 warps fill an H100 a few times over; fewer when N is small. Each warp
+  // needs 2·C floats of shared memory, so very wide rows get fewer warps per block. Every block writes a partial
   // row, so the second stage reads blocks·C floats.
-  const int64_t blocks = std::min<int64_t>(512, (N + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  const size_t shared_bytes = static_cast<size_t>(kWarpsPerBlock) * 2 * C * sizeof(float);
+  int device = 0, max_shared = 0;
+  LOOM_CUDA_CALL(cudaGetDevice(&device));
+  LOOM_CUDA_CALL(cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const size_t warp_bytes = 2 * static_cast<size_t>(C) * sizeof(float);
+  LOOM_CHECK(warp_bytes <= static_cast<size_t>(max_shared), "layernorm_backward: rows of ", C,
+             " elements take the general kernel (not a multiple of ", Pack16<T>::kSize, " elements, a misaligned "
+             "tensor, or wider than ", kMaxRowWarps * 32 * kMaxRowElems, "), which needs ", warp_bytes,
+             " bytes of shared memory per warp; the GPU offers ", max_shared);
+  const int warps = static_cast<int>(std::min<size_t>(kWarpsPerBlock, max_shared / warp_bytes));
+  const int64_t blocks = std::min<int64_t>(512, (N + warps - 1) / warps);
+  const size_t shared_bytes = warps * warp_bytes;
   if (shared_bytes > 48 * 1024)
     LOOM_CUDA_CALL(cudaFuncSetAttribute(layernorm_backward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(shared_bytes)));
   ScratchBuffer partials(static_cast<size_t>(2 * blocks * C) * sizeof(float));
   float* dw_partials = partials.as<float>();
   float* db_partials = dw_partials + blocks * C;
-  layernorm_backward_kernel<<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, shared_bytes, stream>>>(
+  layernorm_backward_kernel<<<static_cast<unsigned>(blocks), warps * 32, shared_bytes, stream>>>(
       dx, dw_partials, db_partials, dout, x, w, mean, rstd, N, C, count);
   LOOM_CUDA_LAUNCHED("layernorm_backward_kernel");
   add_partial_sums(dw, dw_partials, blocks, C, stream);

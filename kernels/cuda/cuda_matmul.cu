@@ -33,26 +33,23 @@ void* epilogue_bias(const Tensor& bias, std::unique_ptr<ScratchBuffer>& copy, cu
 // what llm.c relies on (the heuristic is told d's alignment but not aux's). f32 keeps the elementwise kernels:
 // the epilogue's GELU accuracy is not documented, and f32 results are held to f32 accuracy.
 bool gelu_epilogue_applies(GeluKind kind, DType dtype, int64_t width, const void* aux, const void* d) {
-  return kind == GeluKind::Tanh && (dtype == DType::BF16 || dtype == DType::F16) && width % 8 == 0 &&
-         aligned16(aux) && aligned16(d);
+  return gelu_epilogue_rule(kind, dtype, width).empty() && aligned16(aux) && aligned16(d);
 }
 
 }  // namespace
 
+std::string gelu_epilogue_rule(GeluKind kind, DType dtype, int64_t width) {
+  if (kind != GeluKind::Tanh) return "";  // the erf form has no epilogue: always the separate GELU kernels
+  if (dtype != DType::BF16 && dtype != DType::F16)
+    return std::string("GELU as separate kernels: the GEMM epilogue takes bf16 or f16, not ") + dtype_name(dtype);
+  if (width % 8 != 0)
+    return "GELU as separate kernels: the GEMM epilogue needs mlp_dim % 8 == 0, got " + std::to_string(width);
+  return "";
+}
+
 void CudaBackend::matmul_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) {
-  const OpCheck check{"matmul_forward", device()};
-  check.floating("x", x);
-  check.like("w", w, "x", x);
-  check.require(w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1), "w ", w.str(),
-                " must be [O, I] with I the last dimension of x ", x.str());
-  const int64_t O = w.dim(0), I = w.dim(1), N = I ? x.numel() / I : 0;
-  check.require(I > 0, "x ", x.str(), " has an empty inner dimension");
-  check.like("out", out, "x", x);
-  check.rows("out", out, N, O);
-  if (bias.defined()) {
-    check.like("bias", bias, "x", x);
-    check.shape("bias", bias, {O});
-  }
+  const auto dims = op_contract::matmul_forward(op_check("matmul_forward"), out, x, w, bias);
+  const int64_t N = dims.N, I = dims.I, O = dims.O;
   activate();
   if (N == 0 || O == 0) return;
   GemmSpec spec;
@@ -81,29 +78,8 @@ void CudaBackend::matmul_forward(Tensor& out, const Tensor& x, const Tensor& w, 
 
 void CudaBackend::matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Tensor& dout, const Tensor& x,
                                   const Tensor& w) {
-  const OpCheck check{"matmul_backward", device()};
-  check.floating("x", x);
-  check.like("w", w, "x", x);
-  check.require(w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1), "w ", w.str(),
-                " must be [O, I] with I the last dimension of x ", x.str());
-  const int64_t O = w.dim(0), I = w.dim(1), N = I ? x.numel() / I : 0;
-  check.require(I > 0, "x ", x.str(), " has an empty inner dimension");
-  check.like("dout", dout, "x", x);
-  check.rows("dout", dout, N, O);
-  if (dw.defined()) {
-    check.like("dw", dw, "x", x);
-    check.same_shape("dw", dw, "w", w);
-  } else {
-    check.require(!dbias.defined(), "dbias ", dbias.str(), " needs dw (an undefined dw skips the parameter gradients)");
-  }
-  if (dx.defined()) {
-    check.like("dx", dx, "x", x);
-    check.same_shape("dx", dx, "x", x);
-  }
-  if (dbias.defined()) {
-    check.like("dbias", dbias, "x", x);
-    check.shape("dbias", dbias, {O});
-  }
+  const auto dims = op_contract::matmul_backward(op_check("matmul_backward"), dx, dw, dbias, dout, x, w);
+  const int64_t N = dims.N, I = dims.I, O = dims.O;
   activate();
   if (N == 0 || O == 0) {
     if (dx.defined()) zero(dx);
@@ -159,23 +135,9 @@ void CudaBackend::matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const T
 
 void CudaBackend::matmul_gelu_forward(Tensor& out, Tensor& pre, const Tensor& x, const Tensor& w, const Tensor& bias,
                                       GeluKind kind) {
-  const OpCheck check{"matmul_gelu_forward", device()};
-  check.floating("x", x);
-  check.like("w", w, "x", x);
-  check.require(w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1), "w ", w.str(),
-                " must be [M, I] with I the last dimension of x ", x.str());
-  const int64_t M = w.dim(0), I = w.dim(1), N = I ? x.numel() / I : 0;
-  check.require(I > 0, "x ", x.str(), " has an empty inner dimension");
-  check.like("pre", pre, "x", x);
-  check.rows("pre", pre, N, M);
-  check.like("out", out, "x", x);
-  check.same_shape("out", out, "pre", pre);
-  check.require(pre.numel() == 0 || (out.raw() != pre.raw() && out.raw() != x.raw() && pre.raw() != x.raw()),
-                "out ", out.str(), ", pre ", pre.str(), " and x ", x.str(), " must be distinct buffers");
-  if (bias.defined()) {
-    check.like("bias", bias, "x", x);
-    check.shape("bias", bias, {M});
-  }
+  const auto dims =
+      op_contract::matmul_gelu_forward(op_check("matmul_gelu_forward"), out, pre, x, w, bias);
+  const int64_t N = dims.N, I = dims.I, M = dims.O;
   activate();
   if (N > 0 && M > 0 && gelu_epilogue_applies(kind, x.dtype(), M, pre.raw(), out.raw())) {
     GemmSpec spec;
@@ -204,27 +166,9 @@ void CudaBackend::matmul_gelu_forward(Tensor& out, Tensor& pre, const Tensor& x,
 
 void CudaBackend::matmul_backward_gelu(Tensor& dpre, Tensor& dw, Tensor& dbias, const Tensor& dout, const Tensor& x,
                                        const Tensor& w, const Tensor& pre, GeluKind kind) {
-  const OpCheck check{"matmul_backward_gelu", device()};
-  check.floating("x", x);
-  check.like("w", w, "x", x);
-  check.require(w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1), "w ", w.str(),
-                " must be [O, M] with M the last dimension of x ", x.str());
-  const int64_t O = w.dim(0), M = w.dim(1), N = M ? x.numel() / M : 0;
-  check.require(M > 0, "x ", x.str(), " has an empty inner dimension");
-  check.like("dout", dout, "x", x);
-  check.rows("dout", dout, N, O);
-  check.like("dw", dw, "x", x);
-  check.same_shape("dw", dw, "w", w);
-  if (dbias.defined()) {
-    check.like("dbias", dbias, "x", x);
-    check.shape("dbias", dbias, {O});
-  }
-  check.like("pre", pre, "x", x);
-  check.same_shape("pre", pre, "x", x);
-  check.like("dpre", dpre, "x", x);
-  check.same_shape("dpre", dpre, "x", x);
-  check.require(x.numel() == 0 || (dpre.raw() != pre.raw() && dpre.raw() != x.raw() && dpre.raw() != dout.raw()),
-                "dpre ", dpre.str(), " must not alias pre, x or dout");
+  const auto dims =
+      op_contract::matmul_backward_gelu(op_check("matmul_backward_gelu"), dpre, dw, dbias, dout, x, w, pre);
+  const int64_t N = dims.N, M = dims.I, O = dims.O;
   activate();
   if (N > 0 && O > 0 && gelu_epilogue_applies(kind, x.dtype(), M, pre.raw(), dpre.raw())) {
     // dpreᶜ[M, N] = (wᶜ[M, O]·doutᶜ[O, N]) ∘ gelu'(preᶜ), then dw and dbias exactly as matmul_backward.

@@ -4,6 +4,7 @@
 // "+=" means the launcher accumulates into its output, "=" that it overwrites it.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -58,6 +59,9 @@ void embedding_backward(T* dtable, const T* dout, const int32_t* ids, int64_t N,
                         int* error_flag, cudaStream_t stream);
 
 // ---- LayerNorm (cuda_layernorm.cu) ----
+// "" when rows of C channels of `dtype` (f32, bf16, f16) take the vectorised kernels (given 16-byte aligned
+// tensors), else the rule C broke; the other rows take the general (slower) kernels.
+std::string layernorm_vectorised_rule(int64_t C, DType dtype);
 template <typename T>
 // Statistics over K of the C channels (K = C unless embedding channels are masked: Backend::layernorm_forward).
 void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int64_t N,

@@ -132,18 +132,8 @@ __global__ void distillation_kernel(float* losses, T* dstudent, const T* student
 }  // namespace
 
 void CudaBackend::dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, int axis) {
-  const OpCheck check{"dot_along_axis", device()};
-  check.floating("a", a);
-  check.like("b", b, "a", a);
-  check.same_shape("b", b, "a", a);
-  check.require(axis >= 0 && axis < a.ndim(), "axis ", axis, " is outside the ", a.ndim(), " dimensions of a ",
-                a.str());
-  const int64_t D = a.dim(axis);
-  check.f32("out", out);
-  check.shape("out", out, {D});
-  int64_t outer = 1, inner = 1;
-  for (int d = 0; d < axis; ++d) outer *= a.dim(d);
-  for (int d = axis + 1; d < a.ndim(); ++d) inner *= a.dim(d);
+  const auto dims = op_contract::dot_along_axis(op_check("dot_along_axis"), out, a, b, axis);
+  const int64_t outer = dims.outer, D = dims.D, inner = dims.inner;
   activate();
   dispatch_float(a.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -153,22 +143,9 @@ void CudaBackend::dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, 
 
 void CudaBackend::distillation_loss(Tensor& losses, Tensor& dstudent, const Tensor& student, const Tensor& teacher,
                                     int64_t classes, double temperature, double dloss) {
-  const OpCheck check{"distillation_loss", device()};
-  check.floating("student", student);
-  check.require(student.ndim() >= 1 && student.dim(-1) > 0, "student ", student.str(), " must be [N, Vp]");
-  check.like("teacher", teacher, "student", student);
-  check.same_shape("teacher", teacher, "student", student);
-  const int64_t Vp = student.dim(-1), N = student.numel() / Vp;
-  check.require(classes >= 1 && classes <= Vp, "classes ", classes, " must be in [1, ", Vp, "] for student ",
-                student.str());
-  check.require(temperature > 0 && std::isfinite(temperature), "temperature ", temperature,
-                " must be positive and finite");
-  check.f32("losses", losses);
-  check.require(losses.numel() == N, "losses ", losses.str(), " must have ", N, " elements");
-  if (dstudent.defined()) {
-    check.like("dstudent", dstudent, "student", student);
-    check.same_shape("dstudent", dstudent, "student", student);
-  }
+  const int64_t N = op_contract::distillation_loss(op_check("distillation_loss"), losses, dstudent, student, teacher,
+                                                   classes, temperature);
+  const int64_t Vp = student.dim(-1);
   if (N == 0) return;
   activate();
   const int threads = static_cast<int>(std::min<int64_t>(512, (Vp + 31) / 32 * 32));

@@ -1,6 +1,6 @@
-// Host side of the flash-attention API: argument checks, workspace layout, dispatch over (dtype, tile width) to
-// the launchers of flash_attention_fwd.cu / flash_attention_bwd.cu (instantiated there only, for bf16/fp16 ×
-// 64/128, which keeps CI's compile short and lets the two halves compile in parallel).
+// Host side of the flash-attention API: argument checks, workspace layout, dispatch over (dtype, q/k tile width,
+// v tile width) to the launchers of flash_attention_fwd.cu / flash_attention_bwd.cu (instantiated there only,
+// for bf16/fp16 × LOOM_FLASH_TILE_PAIRS, which lets the two halves compile in parallel).
 #include "kernels/cuda/flash_attention.h"
 
 #include <algorithm>
@@ -47,17 +47,21 @@ Params<T> make_params(const AttentionShape& s) {
   return p;
 }
 
-// Calls fn.template operator()<T, D>() for the runtime dtype and the tile width D: 64 when both head dims fit
-// in 64, else 128 (smaller head dims run in the wider tile with zero-filled columns).
+// Calls fn.template operator()<T, DQK, DV>() for the runtime dtype and the tile widths of the two head dims
+// (flash::tile_width; the columns past a head dim are zero-filled).
+template <typename T, typename Fn>
+void dispatch_tiles(const AttentionShape& s, Fn&& fn) {
+  const int dqk = flash::tile_width(s.qk_dim), dv = flash::tile_width(s.v_dim);
+#define LOOM_FLASH_CASE(DQK, DV) \
+  if (dqk == DQK && dv == DV) return fn.template operator()<T, DQK, DV>();
+  LOOM_FLASH_TILE_PAIRS(LOOM_FLASH_CASE)
+#undef LOOM_FLASH_CASE
+  fail("flash attention: no kernel for tile widths ", dqk, " x ", dv);  // unreachable after the checks
+}
 template <typename Fn>
 void dispatch(DType dtype, const AttentionShape& s, Fn&& fn) {
-  const int64_t d = std::max(s.qk_dim, s.v_dim) <= 64 ? 64 : 128;
-  if (dtype == DType::BF16) {
-    if (d == 64) return fn.template operator()<__nv_bfloat16, 64>();
-    return fn.template operator()<__nv_bfloat16, 128>();
-  }
-  if (d == 64) return fn.template operator()<__half, 64>();
-  return fn.template operator()<__half, 128>();
+  if (dtype == DType::BF16) return dispatch_tiles<__nv_bfloat16>(s, fn);
+  dispatch_tiles<__half>(s, fn);
 }
 
 }  // namespace
@@ -76,17 +80,19 @@ std::string flash_attention_check(const AttentionShape& s, DType dtype) {
   return "";
 }
 
+int flash_attention_tile_width(int64_t head_dim) { return flash::tile_width(head_dim); }
+
 void flash_attention_forward(const AttentionShape& s, DType dtype, const void* qkv, void* out, float* lse,
                              cudaStream_t stream) {
   check_supported(s, dtype);
   LOOM_CHECK(qkv && out && lse, "flash_attention_forward: null pointer (qkv, out or lse)");
   LOOM_CHECK(aligned16(qkv) && aligned16(out), "flash_attention_forward: qkv and out must be 16-byte aligned");
-  dispatch(dtype, s, [&]<typename T, int D>() {
+  dispatch(dtype, s, [&]<typename T, int DQK, int DV>() {
     Params<T> p = make_params<T>(s);
     p.qkv = static_cast<const T*>(qkv);
     p.out_w = static_cast<T*>(out);
     p.lse = lse;
-    flash::launch_forward<T, D>(s, p, stream);
+    flash::launch_forward<T, DQK, DV>(s, p, stream);
   });
 }
 
@@ -111,7 +117,7 @@ void flash_attention_backward(const AttentionShape& s, DType dtype, const void* 
   const size_t rows = static_cast<size_t>(s.batch * s.seq * s.heads);
   LOOM_CHECK(reinterpret_cast<uintptr_t>(workspace) % kAlign == 0,
              "flash_attention_backward: workspace must be 256-byte aligned");
-  dispatch(dtype, s, [&]<typename T, int D>() {
+  dispatch(dtype, s, [&]<typename T, int DQK, int DV>() {
     Params<T> p = make_params<T>(s);
     p.qkv = static_cast<const T*>(qkv);
     p.out = static_cast<const T*>(out);
@@ -122,7 +128,7 @@ void flash_attention_backward(const AttentionShape& s, DType dtype, const void* 
     char* ws = static_cast<char*>(workspace);
     p.dsum = reinterpret_cast<float*>(ws);
     p.dq_accum = deterministic ? nullptr : reinterpret_cast<float*>(ws + round_up(rows * sizeof(float)));
-    flash::launch_backward<T, D>(s, p, stream);
+    flash::launch_backward<T, DQK, DV>(s, p, stream);
   });
 }
 

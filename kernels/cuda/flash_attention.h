@@ -7,9 +7,10 @@
 // Nothing is transposed or copied: the kernels read q, k, v straight out of qkv.
 //
 // Supported: dtype BF16 or F16 (fp32 accumulation everywhere); head dims Dqk and Dv each a multiple of 8 from 8
-// to 128, equal or not (pruned heads) — tuned for 64 and 128, other sizes run in the next tile width (64 or 128)
-// with zero-filled columns; any T ≥ 1 (ragged: partial tiles are masked); causal (key j visible to query i iff
-// j ≤ i) or not; any finite scale > 0. qkv, out, dout and dqkv must be 16-byte aligned. Anything else throws
+// to 128, equal or not (pruned heads) — each runs in the next tile width of 32, 64 or 128 (zero-filled columns;
+// the tensor-core work is that of the tile widths), tuned for 64 and 128; any T ≥ 1 (ragged: partial tiles are
+// masked); causal (key j visible to query i iff j ≤ i) or not; any finite scale > 0. qkv, out, dout and dqkv
+// must be 16-byte aligned. Anything else throws
 // loom::Error naming the unsupported field (flash_attention_check says why up front).
 //
 // Rows with no visible key cannot occur with these masks; if they did, out would be 0 and lse +inf
@@ -32,6 +33,10 @@ namespace loom::cuda {
 
 // Returns "" if (shape, dtype) is supported by these kernels, otherwise a sentence saying why not.
 std::string flash_attention_check(const AttentionShape& shape, DType dtype);
+
+// The tile width a supported head dim (q/k or v) runs in: 32, 64 or 128. A head costs the tensor-core work of
+// its two tile widths, so pruning a head dim within one tile saves none of it.
+int flash_attention_tile_width(int64_t head_dim);
 
 // out = softmax(scale · q kᵀ [+ causal mask]) v per batch and head; lse = the rows' logsumexp.
 // qkv: [B, T, qkv_width] of dtype; out: [B, T, H*Dv] of dtype (fully written); lse: [B, H, T] f32 (written).

@@ -21,8 +21,8 @@
 
 namespace loom::cuda::flash {
 
-// D = rowsum(dO∘O) in f32, one warp per (b, t, h) row, laid out [B, H, T].
-template <typename T, int D>
+// D = rowsum(dO∘O) in f32, one warp per (b, t, h) row, laid out [B, H, T]; DV >= p.dv.
+template <typename T, int DV>
 __global__ void flash_bwd_dsum_kernel(const Params<T> p, int64_t rows) {
   const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
@@ -33,7 +33,7 @@ __global__ void flash_bwd_dsum_kernel(const Params<T> p, int64_t rows) {
   const T* d = p.dout + bt * p.out_stride + p.o_col(h);
   float acc = 0.f;
 #pragma unroll
-  for (int i = lane * 2; i < D; i += 64) {
+  for (int i = lane * 2; i < DV; i += 64) {
     if (i >= p.dv) break;
     const float2 of = to_float2(*reinterpret_cast<const typename Vec2<T>::type*>(o + i));
     const float2 df = to_float2(*reinterpret_cast<const typename Vec2<T>::type*>(d + i));
@@ -48,7 +48,7 @@ __global__ void flash_bwd_dsum_kernel(const Params<T> p, int64_t rows) {
 }
 
 // dq (in dqkv) = scale · dq_accum, f32 [B, T, H, dqk] -> T.
-template <typename T, int D>
+template <typename T>
 __global__ void flash_bwd_dq_convert_kernel(const Params<T> p, int64_t n_pairs) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // index of an element pair
   if (i >= n_pairs) return;
@@ -58,30 +58,37 @@ __global__ void flash_bwd_dq_convert_kernel(const Params<T> p, int64_t n_pairs) 
   *reinterpret_cast<uint32_t*>(p.dqkv + bt * p.qkv_stride + c) = Pack16<T>::pack(v.x * p.scale, v.y * p.scale);
 }
 
-template <int D>
+template <int DQK, int DV>
 struct BwdTile {
-  // A block owns kBc = 128 keys and walks query blocks of kBr rows (128 at D = 64, 64 at D = 128, so the S/dP
-  // accumulators and the dK/dV accumulators together fit in registers). Two warpgroups; every product is a
-  // wgmma with M = 64:
-  //   S, dP (kBr x kBc):  D=64: warpgroup w takes query rows 64w, all keys (N = 128)
-  //                       D=128: warpgroup w takes all 64 query rows, keys 64w (N = 64)
-  //   dV, dK (kBc x D):   warpgroup w takes keys 64w, all of D — accumulated in registers over query blocks
-  //   dQ (kBr x D):       D=64: query rows 64w, all of D; D=128: all 64 rows, head-dim columns 64w (N = 64)
-  static constexpr int kWarps = 8, kThreads = kWarps * 32, kBc = 128, kBr = D == 64 ? 128 : 64;
-  static constexpr int kN1 = kBr == 128 ? 128 : 64;  // N of the S/dP tiles
+  // A block owns kBc = 128 keys and walks query blocks of kBr rows (128 when both tile widths are at most 64,
+  // else 64, so the S/dP accumulators and the dK/dV accumulators together fit in registers). Two warpgroups;
+  // every product is a wgmma with M = 64:
+  //   S, dP (kBr x kBc):  kBr=128: warpgroup w takes query rows 64w, all keys (N = 128)
+  //                       kBr=64: warpgroup w takes all 64 query rows, keys 64w (N = 64)
+  //   dV, dK (kBc x DV, kBc x DQK): warpgroup w takes keys 64w, all columns — accumulated in registers over
+  //                       query blocks
+  //   dQ (kBr x DQK):     kBr=128: query rows 64w, all DQK columns; kBr=64: all 64 rows, columns w·DQK/2 (N = DQK/2)
+  static constexpr int kD = DQK > DV ? DQK : DV;
+  static constexpr int kWarps = 8, kThreads = kWarps * 32, kBc = 128, kBr = kD <= 64 ? 128 : 64;
+  static constexpr int kN1 = kBr == 128 ? 128 : 64;        // N of the S/dP tiles
+  static constexpr int kDqN = kBr == 128 ? DQK : DQK / 2;  // N of a warpgroup's dQ tile
+  static constexpr int kQkCols = atom_cols(DQK), kVCols = atom_cols(DV);
   // K, V; 2 stages of Q and dO; P and dS; 2 stages of lse and D.
-  static constexpr int kSmemBytes = (2 * kBc * D + 4 * kBr * D + 2 * kBr * kBc) * 2 + 4 * kBr * 4;
+  static constexpr int kSmemBytes =
+      (kBc * (kQkCols + kVCols) + 2 * kBr * (kQkCols + kVCols) + 2 * kBr * kBc) * 2 + 4 * kBr * 4;
 };
 
 // Starts the loads of Q, dO (cp.async) and lse·log2(e), D (plain loads into shared memory) of query block q0.
 // Rows past T get lse = +inf, so their recomputed probabilities are exactly 0.
-template <typename T, int D, int kBr, int kThreads>
+template <typename T, int DQK, int DV, int kBr, int kThreads>
 __device__ __forceinline__ void load_q_block(const Params<T>& p, T* sQ, T* sdO, float* sLse, float* sDsum,
                                              const T* qbase, const T* dobase, const float* lse_row,
                                              const float* dsum_row, int q0, int tid) {
-  const bool qk_ok = col_ok<D>(tid, p.dqk), v_ok = col_ok<D>(tid, p.dv);
-  load_tile_atoms<kBr, D, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, p.seq - q0, qk_ok, tid);
-  load_tile_atoms<kBr, D, kThreads>(sdO, dobase + int64_t(q0) * p.out_stride, p.out_stride, p.seq - q0, v_ok, tid);
+  const bool qk_ok = col_ok<DQK>(tid, p.dqk), v_ok = col_ok<DV>(tid, p.dv);
+  load_tile_atoms<kBr, DQK, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, p.seq - q0, qk_ok,
+                                      tid);
+  load_tile_atoms<kBr, DV, kThreads>(sdO, dobase + int64_t(q0) * p.out_stride, p.out_stride, p.seq - q0, v_ok,
+                                     tid);
   for (int i = tid; i < kBr; i += kThreads) {
     const bool ok = q0 + i < p.seq;
     sLse[i] = ok ? lse_row[q0 + i] * kLog2e : INFINITY;
@@ -89,16 +96,17 @@ __device__ __forceinline__ void load_q_block(const Params<T>& p, T* sQ, T* sdO, 
   }
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(BwdTile<D>::kThreads, 1) flash_bwd_kernel(const Params<T> p) {
-  using Tile = BwdTile<D>;
-  constexpr int kBr = Tile::kBr, kBc = Tile::kBc, kThreads = Tile::kThreads, kN1 = Tile::kN1;
+template <typename T, int DQK, int DV>
+__global__ void __launch_bounds__(BwdTile<DQK, DV>::kThreads, 1) flash_bwd_kernel(const Params<T> p) {
+  using Tile = BwdTile<DQK, DV>;
+  constexpr int kBr = Tile::kBr, kBc = Tile::kBc, kThreads = Tile::kThreads, kN1 = Tile::kN1, kDqN = Tile::kDqN;
+  constexpr int kQkCols = Tile::kQkCols, kVCols = Tile::kVCols;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  T* sK = reinterpret_cast<T*>(smem_raw);  // atom layout [D/64][kBc][64], as V, Q, dO
-  T* sV = sK + kBc * D;
-  T* sQ = sV + kBc * D;        // [2][kBr * D]
-  T* sdO = sQ + 2 * kBr * D;   // [2][kBr * D]
-  T* sP = sdO + 2 * kBr * D;   // P  [kBr][kBc] in atom layout [kBc/64][kBr][64]
+  T* sK = reinterpret_cast<T*>(smem_raw);  // atom layout [kQkCols/64][kBc][64], as V, Q, dO
+  T* sV = sK + kBc * kQkCols;
+  T* sQ = sV + kBc * kVCols;         // [2][kBr * kQkCols]
+  T* sdO = sQ + 2 * kBr * kQkCols;   // [2][kBr * kVCols]
+  T* sP = sdO + 2 * kBr * kVCols;    // P  [kBr][kBc] in atom layout [kBc/64][kBr][64]
   T* sdS = sP + kBr * kBc;     // dS likewise
   float* sLse = reinterpret_cast<float*>(sdS + kBr * kBc);  // [2][kBr]
   float* sDsum = sLse + 2 * kBr;                            // [2][kBr]
@@ -114,26 +122,29 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads, 1) flash_bwd_kernel(cons
   const T* dobase = p.dout + int64_t(b) * T_ * p.out_stride + p.o_col(h);
   const float* lse_row = p.lse + (int64_t(b) * p.heads + h) * T_;
   const float* dsum_row = p.dsum + (int64_t(b) * p.heads + h) * T_;
-  const bool qk_ok = col_ok<D>(tid, p.dqk), v_ok = col_ok<D>(tid, p.dv);  // see col_ok
+  const bool qk_ok = col_ok<DQK>(tid, p.dqk), v_ok = col_ok<DV>(tid, p.dv);  // see col_ok
 
   const int qb_begin = p.causal ? k0 / kBr : 0;
   const int qb_end = (T_ + kBr - 1) / kBr;
 
-  load_tile_atoms<kBc, D, kThreads>(sK, kbase + int64_t(k0) * p.qkv_stride, p.qkv_stride, T_ - k0, qk_ok, tid);
-  load_tile_atoms<kBc, D, kThreads>(sV, vbase + int64_t(k0) * p.qkv_stride, p.qkv_stride, T_ - k0, v_ok, tid);
-  load_q_block<T, D, kBr, kThreads>(p, sQ, sdO, sLse, sDsum, qbase, dobase, lse_row, dsum_row, qb_begin * kBr, tid);
+  load_tile_atoms<kBc, DQK, kThreads>(sK, kbase + int64_t(k0) * p.qkv_stride, p.qkv_stride, T_ - k0, qk_ok, tid);
+  load_tile_atoms<kBc, DV, kThreads>(sV, vbase + int64_t(k0) * p.qkv_stride, p.qkv_stride, T_ - k0, v_ok, tid);
+  load_q_block<T, DQK, DV, kBr, kThreads>(p, sQ, sdO, sLse, sDsum, qbase, dobase, lse_row, dsum_row,
+                                          qb_begin * kBr, tid);
   cp_async_commit();
 
   // Warpgroup tiles (see BwdTile): S/dP rows and keys, dQ rows and head-dim columns.
   const int s_q = kBr == 128 ? 64 * wg : 0, s_k = kBr == 128 ? 0 : 64 * wg;
-  const int dq_q = kBr == 128 ? 64 * wg : 0, dq_d = kBr == 128 ? 0 : 64 * wg;
+  const int dq_q = kBr == 128 ? 64 * wg : 0, dq_d = kBr == 128 ? 0 : kDqN * wg;
   const uint32_t aK = smem_addr(sK), aV = smem_addr(sV), aQ = smem_addr(sQ), adO = smem_addr(sdO);
   const uint32_t aP = smem_addr(sP), adS = smem_addr(sdS);
-  constexpr uint32_t kStage = kBr * D * 2;
+  constexpr uint32_t kQStage = kBr * kQkCols * 2, kDoStage = kBr * kVCols * 2;  // bytes
 
-  float dk[D / 2], dv[D / 2];
+  float dk[DQK / 2], dv[DV / 2];
 #pragma unroll
-  for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
+  for (int i = 0; i < DQK / 2; ++i) dk[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < DV / 2; ++i) dv[i] = 0.f;
 
   for (int qb = qb_begin; qb < qb_end; ++qb) {
     const int st = (qb - qb_begin) & 1, q0 = qb * kBr;
@@ -141,22 +152,26 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads, 1) flash_bwd_kernel(cons
     fence_proxy_async();
     __syncthreads();  // block qb visible (also to the tensor cores); block qb-1's buffers, P and dS are free
     if (qb + 1 < qb_end)
-      load_q_block<T, D, kBr, kThreads>(p, sQ + (st ^ 1) * kBr * D, sdO + (st ^ 1) * kBr * D, sLse + (st ^ 1) * kBr,
-                                        sDsum + (st ^ 1) * kBr, qbase, dobase, lse_row, dsum_row, q0 + kBr, tid);
+      load_q_block<T, DQK, DV, kBr, kThreads>(p, sQ + (st ^ 1) * kBr * kQkCols, sdO + (st ^ 1) * kBr * kVCols,
+                                              sLse + (st ^ 1) * kBr, sDsum + (st ^ 1) * kBr, qbase, dobase, lse_row,
+                                              dsum_row, q0 + kBr, tid);
     cp_async_commit();
     const float* lse = sLse + st * kBr;
     const float* dsum = sDsum + st * kBr;
-    const uint32_t q_st = aQ + st * kStage, do_st = adO + st * kStage;
+    const uint32_t q_st = aQ + st * kQStage, do_st = adO + st * kDoStage;
 
-    // S = Q Kᵀ and dP = dO Vᵀ (K-major operands; k-step kk = head-dim columns [16kk, 16kk+16)).
+    // S = Q Kᵀ over DQK/16 k-steps and dP = dO Vᵀ over DV/16 (K-major operands; k-step kk = head-dim columns
+    // [16kk, 16kk+16)).
     float s[kN1 / 2], dp[kN1 / 2];
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
+    for (int kk = 0; kk < Tile::kD / 16; ++kk) {
       const uint32_t qoff = (kk / 4) * kBr * 128 + s_q * 128 + (kk % 4) * 32;
       const uint32_t koff = (kk / 4) * kBc * 128 + s_k * 128 + (kk % 4) * 32;
-      wgmma_ss<T, kN1, 0, 0>(s, smem_desc(q_st + qoff, 16, 1024), smem_desc(aK + koff, 16, 1024), kk > 0);
-      wgmma_ss<T, kN1, 0, 0>(dp, smem_desc(do_st + qoff, 16, 1024), smem_desc(aV + koff, 16, 1024), kk > 0);
+      if (kk < DQK / 16)
+        wgmma_ss<T, kN1, 0, 0>(s, smem_desc(q_st + qoff, 16, 1024), smem_desc(aK + koff, 16, 1024), kk > 0);
+      if (kk < DV / 16)
+        wgmma_ss<T, kN1, 0, 0>(dp, smem_desc(do_st + qoff, 16, 1024), smem_desc(aV + koff, 16, 1024), kk > 0);
     }
     wgmma_commit();
     wgmma_wait_all();
@@ -199,21 +214,23 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads, 1) flash_bwd_kernel(cons
 #pragma unroll
     for (int kk = 0; kk < kBr / 16; ++kk) {
       const uint32_t a_off = wg * kBr * 128 + kk * 2048, b_off = kk * 2048;
-      wgmma_ss<T, D, 1, 1>(dv, smem_desc(aP + a_off, kBr * 128, 1024), smem_desc(do_st + b_off, kBr * 128, 1024), 1);
-      wgmma_ss<T, D, 1, 1>(dk, smem_desc(adS + a_off, kBr * 128, 1024), smem_desc(q_st + b_off, kBr * 128, 1024), 1);
+      wgmma_ss<T, DV, 1, 1>(dv, smem_desc(aP + a_off, kBr * 128, 1024), smem_desc(do_st + b_off, kBr * 128, 1024), 1);
+      wgmma_ss<T, DQK, 1, 1>(dk, smem_desc(adS + a_off, kBr * 128, 1024), smem_desc(q_st + b_off, kBr * 128, 1024), 1);
     }
     wgmma_commit();
 
     if (p.dq_accum != nullptr) {
-      // dQ += dS K on query rows dq_q, head-dim columns dq_d: A = dS K-major (key atoms kBr·128 bytes apart),
-      // B = K read MN-major; k-step = 16 keys. Added into the f32 accumulator with atomics.
-      float acc[32];
+      // dQ += dS K on query rows dq_q, head-dim columns dq_d .. dq_d + kDqN: A = dS K-major (key atoms kBr·128
+      // bytes apart), B = K read MN-major from column dq_d (atom dq_d/64, byte 2·(dq_d%64) of each row);
+      // k-step = 16 keys. Added into the f32 accumulator with atomics.
+      float acc[kDqN / 2];
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBc / 16; ++kk) {
         const uint32_t a_off = (kk / 4) * kBr * 128 + dq_q * 128 + (kk % 4) * 32;
-        const uint32_t b_off = (dq_d / 64) * kBc * 128 + kk * 2048;
-        wgmma_ss<T, 64, 0, 1>(acc, smem_desc(adS + a_off, 16, 1024), smem_desc(aK + b_off, kBc * 128, 1024), kk > 0);
+        const uint32_t b_off = (dq_d / 64) * kBc * 128 + (dq_d % 64) * 2 + kk * 2048;
+        wgmma_ss<T, kDqN, 0, 1>(acc, smem_desc(adS + a_off, 16, 1024), smem_desc(aK + b_off, kBc * 128, 1024),
+                                kk > 0);
       }
       wgmma_commit();
       wgmma_wait_all();
@@ -224,7 +241,7 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads, 1) flash_bwd_kernel(cons
         if (row >= T_) continue;
         float* dst = p.dq_accum + ((int64_t(b) * T_ + row) * p.heads + h) * p.dqk + dq_d + 2 * t4;
 #pragma unroll
-        for (int n = 0; n < 8; ++n)
+        for (int n = 0; n < kDqN / 8; ++n)
           if (dq_d + n * 8 < p.dqk)
             atomicAdd(reinterpret_cast<float2*>(dst + n * 8), make_float2(acc[4 * n + 2 * r], acc[4 * n + 2 * r + 1]));
       }
@@ -244,30 +261,35 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads, 1) flash_bwd_kernel(cons
     T* dkrow = p.dqkv + (int64_t(b) * T_ + key) * p.qkv_stride + p.k_col(h) + 2 * t4;
     T* dvrow = p.dqkv + (int64_t(b) * T_ + key) * p.qkv_stride + p.v_col(h) + 2 * t4;
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      if (n * 8 < p.dqk)
+    for (int n = 0; n < Tile::kD / 8; ++n) {
+      if (n < DQK / 8 && n * 8 < p.dqk)
         *reinterpret_cast<uint32_t*>(dkrow + n * 8) = Pack16<T>::pack(dk[4 * n + 2 * r] * p.scale, dk[4 * n + 2 * r + 1] * p.scale);
-      if (n * 8 < p.dv) *reinterpret_cast<uint32_t*>(dvrow + n * 8) = Pack16<T>::pack(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
+      if (n < DV / 8 && n * 8 < p.dv)
+        *reinterpret_cast<uint32_t*>(dvrow + n * 8) = Pack16<T>::pack(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
     }
   }
 }
 
-template <int D>
+template <int DQK, int DV>
 struct DqTile {
   // Two warpgroups of 64 query rows each; key blocks of 64, double buffered.
+  static constexpr int kD = DQK > DV ? DQK : DV;
   static constexpr int kWarps = 8, kThreads = kWarps * 32, kBr = 128, kBc = 64;
-  static constexpr int kSmemBytes = (2 * kBr * D + 4 * kBc * D) * 2;  // Q, dO; 2 stages of K and V
+  static constexpr int kQkCols = atom_cols(DQK), kVCols = atom_cols(DV);
+  // Q, dO; 2 stages of K and V.
+  static constexpr int kSmemBytes = (kBr * (kQkCols + kVCols) + 2 * kBc * (kQkCols + kVCols)) * 2;
 };
 
-template <typename T, int D>
-__global__ void __launch_bounds__(DqTile<D>::kThreads, 1) flash_bwd_dq_kernel(const Params<T> p) {
-  using Tile = DqTile<D>;
+template <typename T, int DQK, int DV>
+__global__ void __launch_bounds__(DqTile<DQK, DV>::kThreads, 1) flash_bwd_dq_kernel(const Params<T> p) {
+  using Tile = DqTile<DQK, DV>;
   constexpr int kBr = Tile::kBr, kBc = Tile::kBc, kThreads = Tile::kThreads;
+  constexpr int kQkCols = Tile::kQkCols, kVCols = Tile::kVCols;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);  // atom layout (flash_attention_wgmma.cuh)
-  T* sdO = sQ + kBr * D;
-  T* sK = sdO + kBr * D;      // [2][kBc * D]
-  T* sV = sK + 2 * kBc * D;   // [2][kBc * D]
+  T* sdO = sQ + kBr * kQkCols;
+  T* sK = sdO + kBr * kVCols;        // [2][kBc * kQkCols]
+  T* sV = sK + 2 * kBc * kQkCols;    // [2][kBc * kVCols]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4, wg = warp / 4;
   const int qblock = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
@@ -278,15 +300,15 @@ __global__ void __launch_bounds__(DqTile<D>::kThreads, 1) flash_bwd_dq_kernel(co
   const T* kbase = batch + p.k_col(h);
   const T* vbase = batch + p.v_col(h);
   const T* dobase = p.dout + int64_t(b) * T_ * p.out_stride + p.o_col(h);
-  const bool qk_ok = col_ok<D>(tid, p.dqk), v_ok = col_ok<D>(tid, p.dv);  // see col_ok
+  const bool qk_ok = col_ok<DQK>(tid, p.dqk), v_ok = col_ok<DV>(tid, p.dv);  // see col_ok
 
   int n_kblocks = (T_ + kBc - 1) / kBc;
   if (p.causal) n_kblocks = min(n_kblocks, (min(q0 + kBr, T_) + kBc - 1) / kBc);
 
-  load_tile_atoms<kBr, D, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, qk_ok, tid);
-  load_tile_atoms<kBr, D, kThreads>(sdO, dobase + int64_t(q0) * p.out_stride, p.out_stride, T_ - q0, v_ok, tid);
-  load_tile_atoms<kBc, D, kThreads>(sK, kbase, p.qkv_stride, T_, qk_ok, tid);
-  load_tile_atoms<kBc, D, kThreads>(sV, vbase, p.qkv_stride, T_, v_ok, tid);
+  load_tile_atoms<kBr, DQK, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, qk_ok, tid);
+  load_tile_atoms<kBr, DV, kThreads>(sdO, dobase + int64_t(q0) * p.out_stride, p.out_stride, T_ - q0, v_ok, tid);
+  load_tile_atoms<kBc, DQK, kThreads>(sK, kbase, p.qkv_stride, T_, qk_ok, tid);
+  load_tile_atoms<kBc, DV, kThreads>(sV, vbase, p.qkv_stride, T_, v_ok, tid);
   cp_async_commit();
 
   float lse2[2], dsum[2];
@@ -299,10 +321,10 @@ __global__ void __launch_bounds__(DqTile<D>::kThreads, 1) flash_bwd_dq_kernel(co
   }
   const uint32_t aQ = smem_addr(sQ) + wg * 64 * 128, adO = smem_addr(sdO) + wg * 64 * 128;
   const uint32_t aK = smem_addr(sK), aV = smem_addr(sV);
-  constexpr uint32_t kStage = kBc * D * 2;
-  float dq[D / 2];
+  constexpr uint32_t kKStage = kBc * kQkCols * 2, kVStage = kBc * kVCols * 2;  // bytes
+  float dq[DQK / 2];
 #pragma unroll
-  for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
+  for (int i = 0; i < DQK / 2; ++i) dq[i] = 0.f;
 
   for (int j = 0; j < n_kblocks; ++j) {
     cp_async_wait<0>();
@@ -310,23 +332,26 @@ __global__ void __launch_bounds__(DqTile<D>::kThreads, 1) flash_bwd_dq_kernel(co
     __syncthreads();  // tile j visible (also to the tensor cores); tile j-1's buffers are free
     if (j + 1 < n_kblocks) {
       const int k1 = (j + 1) * kBc, st = (j + 1) & 1;
-      load_tile_atoms<kBc, D, kThreads>(sK + st * kBc * D, kbase + int64_t(k1) * p.qkv_stride, p.qkv_stride,
-                                        T_ - k1, qk_ok, tid);
-      load_tile_atoms<kBc, D, kThreads>(sV + st * kBc * D, vbase + int64_t(k1) * p.qkv_stride, p.qkv_stride,
-                                        T_ - k1, v_ok, tid);
+      load_tile_atoms<kBc, DQK, kThreads>(sK + st * kBc * kQkCols, kbase + int64_t(k1) * p.qkv_stride,
+                                          p.qkv_stride, T_ - k1, qk_ok, tid);
+      load_tile_atoms<kBc, DV, kThreads>(sV + st * kBc * kVCols, vbase + int64_t(k1) * p.qkv_stride, p.qkv_stride,
+                                         T_ - k1, v_ok, tid);
     }
     cp_async_commit();
-    const uint32_t stage = (j & 1) * kStage;
+    const uint32_t k_stage = (j & 1) * kKStage, v_stage = (j & 1) * kVStage;
     const int k0 = j * kBc;
 
-    // S = Q Kᵀ and dP = dO Vᵀ (K-major operands), 64 rows x kBc keys per warpgroup.
+    // S = Q Kᵀ (DQK/16 k-steps) and dP = dO Vᵀ (DV/16), K-major operands, 64 rows x kBc keys per warpgroup.
     float s[kBc / 2], dp[kBc / 2];
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
+    for (int kk = 0; kk < Tile::kD / 16; ++kk) {
       const uint32_t qoff = (kk / 4) * kBr * 128 + (kk % 4) * 32, koff = (kk / 4) * kBc * 128 + (kk % 4) * 32;
-      wgmma_ss<T, kBc, 0, 0>(s, smem_desc(aQ + qoff, 16, 1024), smem_desc(aK + stage + koff, 16, 1024), kk > 0);
-      wgmma_ss<T, kBc, 0, 0>(dp, smem_desc(adO + qoff, 16, 1024), smem_desc(aV + stage + koff, 16, 1024), kk > 0);
+      if (kk < DQK / 16)
+        wgmma_ss<T, kBc, 0, 0>(s, smem_desc(aQ + qoff, 16, 1024), smem_desc(aK + k_stage + koff, 16, 1024), kk > 0);
+      if (kk < DV / 16)
+        wgmma_ss<T, kBc, 0, 0>(dp, smem_desc(adO + qoff, 16, 1024), smem_desc(aV + v_stage + koff, 16, 1024),
+                               kk > 0);
     }
     wgmma_commit();
     wgmma_wait_all();
@@ -359,7 +384,7 @@ __global__ void __launch_bounds__(DqTile<D>::kThreads, 1) flash_bwd_dq_kernel(co
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBc / 16; ++kk)
-      wgmma_rs<T, D>(dq, da[kk], smem_desc(aK + stage + kk * 2048, kBc * 128, 1024), 1);
+      wgmma_rs<T, DQK>(dq, da[kk], smem_desc(aK + k_stage + kk * 2048, kBc * 128, 1024), 1);
     wgmma_commit();
     wgmma_wait_all();
     pin(dq);
@@ -373,7 +398,7 @@ __global__ void __launch_bounds__(DqTile<D>::kThreads, 1) flash_bwd_dq_kernel(co
     if (row >= T_) continue;
     T* dqrow = p.dqkv + (int64_t(b) * T_ + row) * p.qkv_stride + p.q_col(h) + 2 * t4;
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n)
+    for (int n = 0; n < DQK / 8; ++n)
       if (n * 8 < p.dqk)
         *reinterpret_cast<uint32_t*>(dqrow + n * 8) = Pack16<T>::pack(dq[4 * n + 2 * r] * p.scale, dq[4 * n + 2 * r + 1] * p.scale);
   }

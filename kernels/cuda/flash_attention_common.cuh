@@ -90,7 +90,8 @@ __device__ __forceinline__ float quad_sum(float v) {
 
 // Shared per-launch arguments. Row t of q for head h of batch b is at qkv + (b*T + t)*qkv_stride + h*dqk, of k
 // at + H*dqk + h*dqk, of v at + 2*H*dqk + h*dv; of out/dout at (b*T + t)*out_stride + h*dv. The kernels' tile
-// width D (64 or 128) is at least max(dqk, dv); the columns past dqk or dv are zero-filled and never stored.
+// widths DQK >= dqk and DV >= dv (32, 64 or 128 each); the columns past dqk or dv are zero-filled and never
+// stored.
 template <typename T>
 struct Params {
   const T* qkv;

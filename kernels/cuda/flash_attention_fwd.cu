@@ -4,19 +4,21 @@
 
 namespace loom::cuda::flash {
 
-template <typename T, int D>
+template <typename T, int DQK, int DV>
 void launch_forward(const AttentionShape& s, const Params<T>& p, cudaStream_t stream) {
-  using Tile = FwdTile<D>;
-  auto kernel = flash_fwd_kernel<T, D>;
+  using Tile = FwdTile<DQK, DV>;
+  auto kernel = flash_fwd_kernel<T, DQK, DV>;
   set_smem(kernel, Tile::kSmemBytes);
   const dim3 grid((s.seq + Tile::kBr - 1) / Tile::kBr, s.heads, s.batch);
   kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
   CUDA_CHECK_LAUNCH("flash_fwd_kernel");
 }
 
-template void launch_forward<__nv_bfloat16, 64>(const AttentionShape&, const Params<__nv_bfloat16>&, cudaStream_t);
-template void launch_forward<__nv_bfloat16, 128>(const AttentionShape&, const Params<__nv_bfloat16>&, cudaStream_t);
-template void launch_forward<__half, 64>(const AttentionShape&, const Params<__half>&, cudaStream_t);
-template void launch_forward<__half, 128>(const AttentionShape&, const Params<__half>&, cudaStream_t);
+#define LOOM_FLASH_FWD(DQK, DV)                                                                            \
+  template void launch_forward<__nv_bfloat16, DQK, DV>(const AttentionShape&, const Params<__nv_bfloat16>&, \
+                                                       cudaStream_t);                                      \
+  template void launch_forward<__half, DQK, DV>(const AttentionShape&, const Params<__half>&, cudaStream_t);
+LOOM_FLASH_TILE_PAIRS(LOOM_FLASH_FWD)
+#undef LOOM_FLASH_FWD
 
 }  // namespace loom::cuda::flash

@@ -9,9 +9,11 @@
 //
 // Work split: a block of one or two warpgroups (FwdTile) owns kBr query rows of one (batch, head); each
 // warpgroup owns 64 rows (one wgmma M tile), each of its warps 16 of them. Per key block of kBc keys:
-//   S = Q Kᵀ     wgmma m64 nBc k16, A = Q and B = K from shared memory (both K-major)
+//   S = Q Kᵀ     wgmma m64 nBc k16 over DQK/16 k-steps, A = Q and B = K from shared memory (both K-major)
 //   softmax      on the S accumulators in registers (thread layout = mma.sync's C layout)
-//   O += P V     wgmma m64 nD k16, A = P from registers, B = V from shared memory (MN-major, transposed read)
+//   O += P V     wgmma m64 nDV k16, A = P from registers, B = V from shared memory (MN-major, transposed read)
+// DQK and DV are the tile widths of the q/k and v head dims (32, 64 or 128, each at least its head dim), so a
+// pruned head does only the tensor-core work of its own widths rounded up to 32 or 64.
 // wgmma (asynchronous warpgroup MMA) reads its shared-memory operands directly: no ldmatrix, no B fragments in
 // registers (the mma.sync version of this kernel ran 10-15% slower on H100). K/V tiles stream through shared
 // memory with cp.async, double buffered (tile j+1 loads while tile j is used). Causal blocks stop at the
@@ -23,23 +25,27 @@
 
 namespace loom::cuda::flash {
 
-template <int D>
+template <int DQK, int DV>
 struct FwdTile {
-  // Measured on H100: at D = 128, two warpgroups (128 query rows) and key blocks of 128 (3-7% faster than 64;
-  // one warpgroup was 30% slower); at D = 64, one warpgroup (64 rows: more blocks per SM, 3-5% faster than two)
-  // and key blocks of 64 (128 was 15% slower).
-  static constexpr int kWarps = D == 128 ? 8 : 4, kThreads = kWarps * 32, kBr = kWarps * 16, kBc = D == 128 ? 128 : 64;
-  static constexpr int kSmemBytes = (kBr * D + 4 * kBc * D) * 2;  // Q, 2 stages of K and V
+  // Measured on H100 (DQK = DV = D): at D = 128, two warpgroups (128 query rows) and key blocks of 128 (3-7%
+  // faster than 64; one warpgroup was 30% slower); at D = 64, one warpgroup (64 rows: more blocks per SM, 3-5%
+  // faster than two) and key blocks of 64 (128 was 15% slower). Other pairs take the choice of the wider one.
+  static constexpr int kD = DQK > DV ? DQK : DV;
+  static constexpr int kWarps = kD == 128 ? 8 : 4, kThreads = kWarps * 32, kBr = kWarps * 16;
+  static constexpr int kBc = kD == 128 ? 128 : 64;
+  static constexpr int kQkCols = atom_cols(DQK), kVCols = atom_cols(DV);  // see atom_cols
+  static constexpr int kSmemBytes = (kBr * kQkCols + 2 * kBc * kQkCols + 2 * kBc * kVCols) * 2;  // Q, 2 stages of K, V
 };
 
-template <typename T, int D>
-__global__ void __launch_bounds__(FwdTile<D>::kThreads, 1) flash_fwd_kernel(const Params<T> p) {
-  using Tile = FwdTile<D>;
+template <typename T, int DQK, int DV>
+__global__ void __launch_bounds__(FwdTile<DQK, DV>::kThreads, 1) flash_fwd_kernel(const Params<T> p) {
+  using Tile = FwdTile<DQK, DV>;
   constexpr int kBr = Tile::kBr, kBc = Tile::kBc, kThreads = Tile::kThreads;
+  constexpr int kQkCols = Tile::kQkCols, kVCols = Tile::kVCols;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sK = sQ + kBr * D;       // [2][kBc * D]
-  T* sV = sK + 2 * kBc * D;   // [2][kBc * D]
+  T* sK = sQ + kBr * kQkCols;       // [2][kBc * kQkCols]
+  T* sV = sK + 2 * kBc * kQkCols;   // [2][kBc * kVCols]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const int wg = warp / 4;  // warpgroup: query rows 64·wg of the block
@@ -50,22 +56,22 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads, 1) flash_fwd_kernel(cons
   const T* qbase = batch + p.q_col(h);
   const T* kbase = batch + p.k_col(h);
   const T* vbase = batch + p.v_col(h);
-  const bool qk_ok = col_ok<D>(tid, p.dqk), v_ok = col_ok<D>(tid, p.dv);  // see col_ok
+  const bool qk_ok = col_ok<DQK>(tid, p.dqk), v_ok = col_ok<DV>(tid, p.dv);  // see col_ok
 
   int n_kblocks = (T_ + kBc - 1) / kBc;
   if (p.causal) n_kblocks = min(n_kblocks, (min(q0 + kBr, T_) + kBc - 1) / kBc);
 
-  load_tile_atoms<kBr, D, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, qk_ok, tid);
-  load_tile_atoms<kBc, D, kThreads>(sK, kbase, p.qkv_stride, T_, qk_ok, tid);
-  load_tile_atoms<kBc, D, kThreads>(sV, vbase, p.qkv_stride, T_, v_ok, tid);
+  load_tile_atoms<kBr, DQK, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, qk_ok, tid);
+  load_tile_atoms<kBc, DQK, kThreads>(sK, kbase, p.qkv_stride, T_, qk_ok, tid);
+  load_tile_atoms<kBc, DV, kThreads>(sV, vbase, p.qkv_stride, T_, v_ok, tid);
   cp_async_commit();
 
   const uint32_t q_addr = smem_addr(sQ) + wg * 64 * 128, k_addr = smem_addr(sK), v_addr = smem_addr(sV);
-  constexpr uint32_t kStage = kBc * D * 2;
+  constexpr uint32_t kKStage = kBc * kQkCols * 2, kVStage = kBc * kVCols * 2;  // bytes
 
-  float o[D / 2];
+  float o[DV / 2];
 #pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  for (int i = 0; i < DV / 2; ++i) o[i] = 0.f;
   float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
   for (int j = 0; j < n_kblocks; ++j) {
@@ -74,13 +80,13 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads, 1) flash_fwd_kernel(cons
     __syncthreads();  // tile j visible to all (and to the tensor cores); tile j-1's buffers are free
     if (j + 1 < n_kblocks) {
       const int k1 = (j + 1) * kBc, st = (j + 1) & 1;
-      load_tile_atoms<kBc, D, kThreads>(sK + st * kBc * D, kbase + int64_t(k1) * p.qkv_stride, p.qkv_stride,
-                                        T_ - k1, qk_ok, tid);
-      load_tile_atoms<kBc, D, kThreads>(sV + st * kBc * D, vbase + int64_t(k1) * p.qkv_stride, p.qkv_stride,
-                                        T_ - k1, v_ok, tid);
+      load_tile_atoms<kBc, DQK, kThreads>(sK + st * kBc * kQkCols, kbase + int64_t(k1) * p.qkv_stride,
+                                          p.qkv_stride, T_ - k1, qk_ok, tid);
+      load_tile_atoms<kBc, DV, kThreads>(sV + st * kBc * kVCols, vbase + int64_t(k1) * p.qkv_stride, p.qkv_stride,
+                                         T_ - k1, v_ok, tid);
     }
     cp_async_commit();
-    const uint32_t stage = (j & 1) * kStage;
+    const uint32_t k_stage = (j & 1) * kKStage, v_stage = (j & 1) * kVStage;
     const int k0 = j * kBc;
 
     // S = Q Kᵀ: 64 rows x kBc keys per warpgroup; k-step kk reads head-dim columns [16kk, 16kk+16), i.e. atom
@@ -88,9 +94,9 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads, 1) flash_fwd_kernel(cons
     float s[kBc / 2];
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
+    for (int kk = 0; kk < DQK / 16; ++kk) {
       const uint32_t dq = q_addr + (kk / 4) * kBr * 128 + (kk % 4) * 32;
-      const uint32_t dk = k_addr + stage + (kk / 4) * kBc * 128 + (kk % 4) * 32;
+      const uint32_t dk = k_addr + k_stage + (kk / 4) * kBc * 128 + (kk % 4) * 32;
       wgmma_ss<T, kBc, 0, 0>(s, smem_desc(dq, 16, 1024), smem_desc(dk, 16, 1024), kk > 0);
     }
     wgmma_commit();
@@ -130,7 +136,7 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads, 1) flash_fwd_kernel(cons
       l[r] = l[r] * alpha[r] + sum;
     }
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
+    for (int n = 0; n < DV / 8; ++n) {
       o[4 * n] *= alpha[0];
       o[4 * n + 1] *= alpha[0];
       o[4 * n + 2] *= alpha[1];
@@ -151,7 +157,7 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads, 1) flash_fwd_kernel(cons
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBc / 16; ++kk)
-      wgmma_rs<T, D>(o, pa[kk], smem_desc(v_addr + stage + kk * 2048, kBc * 128, 1024), 1);
+      wgmma_rs<T, DV>(o, pa[kk], smem_desc(v_addr + v_stage + kk * 2048, kBc * 128, 1024), 1);
     wgmma_commit();
     wgmma_wait_all();
     pin(o);
@@ -168,7 +174,7 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads, 1) flash_fwd_kernel(cons
     if (row >= T_) continue;
     T* orow = p.out_w + (int64_t(b) * T_ + row) * p.out_stride + p.o_col(h) + 2 * t4;
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n)
+    for (int n = 0; n < DV / 8; ++n)
       if (n * 8 < p.dv)
         *reinterpret_cast<uint32_t*>(orow + n * 8) = Pack16<T>::pack(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
     if (t4 == 0)

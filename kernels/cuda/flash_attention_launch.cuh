@@ -1,6 +1,6 @@
 // Internal to the flash-attention kernels: the launchers flash_attention.cu dispatches to. Each is defined and
-// explicitly instantiated (bf16/fp16 × tile width 64/128) in its own translation unit, flash_attention_fwd.cu
-// and flash_attention_bwd.cu, so the two halves compile in parallel.
+// explicitly instantiated (bf16/fp16 × every pair of LOOM_FLASH_TILE_PAIRS) in its own translation unit,
+// flash_attention_fwd.cu and flash_attention_bwd.cu, so the two halves compile in parallel.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -10,13 +10,24 @@
 
 namespace loom::cuda::flash {
 
-// Queues the forward on `stream`. p carries qkv, out_w, lse and the shape fields.
-template <typename T, int D>
+// The tile width a head dim runs in: 32, 64 or 128, the columns past the head dim zero-filled. Three widths
+// per operand keep the tensor-core work of a pruned head within 1.8x of its own from 24 up (72 in 128; 40 in
+// 64: 1.6x), 8 and 16 taking 4x and 2x of products that are small beside the softmax's fixed cost per score,
+// for 9 instantiations per dtype and direction. Widths 48 and 96 would cut 40 and 72 to 1.2x and 1.33x for 7
+// more pairs each (wgmma takes any N that is a multiple of 8; the K steps are 16).
+constexpr int tile_width(int64_t head_dim) { return head_dim <= 32 ? 32 : head_dim <= 64 ? 64 : 128; }
+
+// Applies X(DQK, DV) to every (q/k tile width, v tile width) pair: the instantiations and the dispatch.
+#define LOOM_FLASH_TILE_PAIRS(X) \
+  X(32, 32) X(32, 64) X(32, 128) X(64, 32) X(64, 64) X(64, 128) X(128, 32) X(128, 64) X(128, 128)
+
+// Queues the forward on `stream`. p carries qkv, out_w, lse and the shape fields; DQK >= p.dqk, DV >= p.dv.
+template <typename T, int DQK, int DV>
 void launch_forward(const AttentionShape& s, const Params<T>& p, cudaStream_t stream);
 
 // Queues the backward on `stream`: p carries qkv, out, dout, lse, dqkv, the shape fields, and the workspace
 // pointers dsum ([B, H, T] f32) and dq_accum ([B, T, H, dqk] f32, null = deterministic dQ pass).
-template <typename T, int D>
+template <typename T, int DQK, int DV>
 void launch_backward(const AttentionShape& s, const Params<T>& p, cudaStream_t stream);
 
 // Raises a kernel's dynamic shared-memory limit (needed above 48 KB); cheap, so done on every launch rather

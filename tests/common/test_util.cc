@@ -1,8 +1,11 @@
 #include "tests/common/test_util.h"
 
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
+#include <cstdio>
 #include <fstream>
 
 namespace loom::testing {
@@ -35,6 +38,19 @@ std::string error_message(const std::function<void()>& f) {
     return e.what();
   }
   return "(no loom::Error thrown)";
+}
+
+CommandOutcome run_loom(const std::string& args) {
+  const std::string cmd = std::string(LOOM_BINARY_DIR) + "/loom " + args + " 2>&1";
+  CommandOutcome o;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return o;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) o.output.append(buf.data(), n);
+  const int raw = pclose(pipe);
+  o.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+  return o;
 }
 
 Batch SyntheticTokens::make(int64_t index, Device device) const {

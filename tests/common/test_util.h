@@ -27,6 +27,14 @@ class TempDir {
 // The message of the loom::Error that `f` throws, or "(no loom::Error thrown)".
 std::string error_message(const std::function<void()>& f);
 
+// What `<build>/loom ARGS` (a shell command line's arguments) printed on stdout and stderr together, and its
+// exit status (128 + the signal when a signal ended it; -1 when it could not be started).
+struct CommandOutcome {
+  int status = -1;
+  std::string output;
+};
+CommandOutcome run_loom(const std::string& args);
+
 // Random token sequences, a pure function of (seed, position): batches can be replayed from a saved position.
 // Targets are the inputs shifted by one within a (T+1)-token window, as in the real text loader.
 class SyntheticTokens final : public DataSource {

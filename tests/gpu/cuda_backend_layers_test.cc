@@ -106,7 +106,8 @@ TEST_P(CudaLayersTest, LayerNormBackwardVectorizedRows) {
 TEST_P(CudaLayersTest, LayerNormForwardVectorizedRows) {
   // Rows that the vectorised forward takes (C % 8 == 0, C <= 1024, aligned; C = 776 with a ragged last chunk
   // per lane, C = 8 with idle lanes), with and without bias, inputs centred on 0 and on 50 (a one-pass variance
-  // would lose it to cancellation); then rows that take the general kernel (misaligned w, C = 1032).
+  // would lose it to cancellation); then rows that take the general kernel (misaligned w) and a row of two warps
+  // (C = 1032; cuda_layernorm_widths_test.cc covers the wide rows).
   const DType dt = GetParam();
   const double tol = tolerance(dt);
   const int64_t N = 3001;  // not a multiple of the rows per block

@@ -56,6 +56,44 @@ TEST_P(CudaLossTest, CrossEntropyLargeVocabulary) {
                dt == DType::F16 ? 6e-8 : 0);
 }
 
+TEST_P(CudaLossTest, CrossEntropyVectorisedAndScalarRows) {
+  // Rows the 16-byte kernel takes (Vp a multiple of 8; many rows, the class columns ending inside a 16-byte
+  // pack, smoothing, an ignored row) and rows that take the element-wise one (Vp = 101; and a row start off
+  // 16 bytes: the logits at an odd offset of an arena), each against the CPU reference, in place too.
+  const DType dt = GetParam();
+  struct Shape {
+    int64_t rows, vocab, padded, offset;
+  };
+  for (const Shape c : {Shape{301, 5003, 5008, 0}, Shape{9, 90, 101, 0}, Shape{7, 61, 64, 1}}) {
+    const std::string tag = " N=" + std::to_string(c.rows) + " V=" + std::to_string(c.vocab) +
+                            " Vp=" + std::to_string(c.padded) + " offset " + std::to_string(c.offset);
+    const Tensor arena = random_host({c.rows * c.padded + c.offset}, dt, -6.f, 6.f);
+    const Tensor logits = arena.slice_flat(c.offset, {c.rows, c.padded});
+    std::vector<int32_t> t = ints(c.rows, 0, static_cast<int32_t>(c.vocab - 1));
+    t[1] = -1;
+    t[2] = static_cast<int32_t>(c.vocab - 1);
+    const Tensor targets = Tensor::from_ints(t, {c.rows});
+    const double dloss = 1.0 / double(c.rows), smoothing = 0.1;
+    Tensor losses_ref = Tensor::empty({c.rows}, DType::F64),
+           dlogits_ref = Tensor::empty({c.rows, c.padded}, DType::F64);
+    cpu_->cross_entropy(losses_ref, dlogits_ref, as_f64(logits), targets, c.vocab, dloss, smoothing);
+
+    const Tensor arena_gpu = on_gpu(arena);
+    Tensor losses = poisoned({c.rows}, DType::F32), dlogits = poisoned({c.rows, c.padded}, dt);
+    gpu_->cross_entropy(losses, dlogits, arena_gpu.slice_flat(c.offset, {c.rows, c.padded}), on_gpu(targets),
+                        c.vocab, dloss, smoothing);
+    const double loss_tol = dt == DType::F32 ? 1e-5 : 1e-4;
+    expect_close(losses, losses_ref, loss_tol, "cross_entropy losses" + tag);
+    expect_close(dlogits, dlogits_ref, tolerance(dt), "cross_entropy dlogits" + tag, dt == DType::F16 ? 6e-8 : 0);
+
+    Tensor inplace_arena = on_gpu(arena), losses2 = poisoned({c.rows}, DType::F32);
+    Tensor inplace = inplace_arena.slice_flat(c.offset, {c.rows, c.padded});
+    gpu_->cross_entropy(losses2, inplace, inplace, on_gpu(targets), c.vocab, dloss, smoothing);
+    expect_bitwise_equal(inplace, dlogits, "cross_entropy in place" + tag);
+    expect_bitwise_equal(losses2, losses, "cross_entropy in place losses" + tag);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaLossTest, ::testing::Values(DType::F32, DType::BF16, DType::F16),
                          dtype_param_name);
 

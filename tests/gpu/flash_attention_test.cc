@@ -15,6 +15,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/dtype.h"
@@ -314,17 +315,65 @@ std::vector<Case> cases() {
     v.push_back({1, 1000, 1, 64, causal, DType::F16});
     v.push_back({1, 256, 2, 128, causal, DType::BF16, 8.f});  // scores of std ~64: one key dominates
     v.push_back({1, 130, 2, 64, causal, DType::F16, 4.f});
-    // Head dims other than 64/128 and pruned heads with Dqk != Dv (run in a wider tile, padded with zeros).
+    // Head dims other than 64/128 and pruned heads with Dqk != Dv (run in a wider tile, padded with zeros;
+    // PrunedDims below covers every pair).
     v.push_back({1, 197, 3, 96, causal, DType::BF16});
     v.push_back({2, 65, 2, 64, causal, DType::BF16, 1.f, 32});
     v.push_back({1, 130, 2, 40, causal, DType::F16, 1.f, 72});
     v.push_back({1, 50, 1, 8, causal, DType::BF16, 1.f, 16});
+    v.push_back({1, 70, 2, 32, causal, DType::BF16, 1.f, 128});  // tiles 32 x 128: dQ in halves of 16 columns
+    v.push_back({1, 77, 1, 128, causal, DType::F16, 1.f, 24});   // tiles 128 x 32
   }
   return v;
 }
 
 INSTANTIATE_TEST_SUITE_P(Grid, FlashAttentionTest, ::testing::ValuesIn(cases()),
                          [](const ::testing::TestParamInfo<Case>& i) { return case_name(i.param); });
+
+// What pruning produces: every pair of q/k and v head dims among 8 … 128 (each tile width 32, 64 and 128 with
+// head dims below, at and between them), causal and not, at ragged lengths (one partial block, several key and
+// query blocks), alternating bf16 and f16 so each tile pair runs in both. One test per pair of tile widths
+// (the kernel instantiation) runs all of its head-dim pairs, atomic and deterministic dQ.
+std::vector<Case> pruned_cases() {
+  const int64_t dims[] = {8, 16, 24, 32, 40, 48, 56, 64, 72, 96, 128};
+  const int64_t seqs[] = {17, 70, 130, 197};
+  std::vector<Case> v;
+  int pair = 0;
+  for (int64_t dqk : dims)
+    for (int64_t dv : dims) {
+      if (dqk == dv && (dqk == 64 || dqk == 128)) continue;  // in cases()
+      for (int causal = 0; causal < 2; ++causal) {
+        const DType dtype = (pair + causal) % 2 ? DType::F16 : DType::BF16;
+        const int64_t seq = seqs[(pair + 2 * causal) % 4], heads = 1 + pair % 3 / 2;
+        v.push_back({1, seq, heads, dqk, causal == 1, dtype, 1.f, dv == dqk ? 0 : dv});
+      }
+      ++pair;
+    }
+  return v;
+}
+
+class FlashAttentionPrunedTest : public ::testing::TestWithParam<std::pair<int, int>> {};
+
+TEST_P(FlashAttentionPrunedTest, EveryHeadDimPairOfTheTilesMatchesTheReference) {
+  SKIP_WITHOUT_GPU();
+  const auto [qk_tile, v_tile] = GetParam();
+  int cases = 0;
+  for (const Case& c : pruned_cases())
+    if (cuda::flash_attention_tile_width(c.dim) == qk_tile && cuda::flash_attention_tile_width(c.dv()) == v_tile) {
+      run_case(c, false);
+      run_case(c, true);
+      ++cases;
+    }
+  EXPECT_GT(cases, 0) << "no head-dim pair runs in tiles " << qk_tile << " x " << v_tile;
+}
+
+INSTANTIATE_TEST_SUITE_P(PrunedDims, FlashAttentionPrunedTest,
+                         ::testing::Values(std::pair{32, 32}, std::pair{32, 64}, std::pair{32, 128}, std::pair{64, 32},
+                                           std::pair{64, 64}, std::pair{64, 128}, std::pair{128, 32},
+                                           std::pair{128, 64}, std::pair{128, 128}),
+                         [](const ::testing::TestParamInfo<std::pair<int, int>>& i) {
+                           return "qk" + std::to_string(i.param.first) + "_v" + std::to_string(i.param.second);
+                         });
 
 // Argument checks run on the host, so these need no GPU.
 TEST(FlashAttentionArgs, RejectsUnsupportedShapesWithClearErrors) {
@@ -342,6 +391,9 @@ TEST(FlashAttentionArgs, RejectsUnsupportedShapesWithClearErrors) {
   EXPECT_NE(cuda::flash_attention_check(s, DType::BF16).find("seq 0"), std::string::npos);
   s.seq = 8, s.scale = 0;
   EXPECT_NE(cuda::flash_attention_check(s, DType::BF16).find("softmax scale"), std::string::npos);
+  for (const auto& [dim, tile] : {std::pair{8, 32}, std::pair{32, 32}, std::pair{40, 64}, std::pair{64, 64},
+                                   std::pair{72, 128}, std::pair{128, 128}})
+    EXPECT_EQ(cuda::flash_attention_tile_width(dim), tile) << "head dim " << dim;
   s.scale = 0.125, s.qk_dim = 12;
   try {
     cuda::flash_attention_forward(s, DType::BF16, nullptr, nullptr, nullptr, nullptr);

@@ -14,23 +14,7 @@
 namespace loom {
 namespace {
 
-struct Outcome {
-  int status = -1;
-  std::string output;
-};
-
-Outcome run_loom(const std::string& args) {
-  const std::string cmd = std::string(LOOM_BINARY_DIR) + "/loom " + args + " 2>&1";
-  Outcome o;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return o;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) o.output.append(buf.data(), n);
-  const int raw = pclose(pipe);
-  o.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
-  return o;
-}
+using testing::run_loom;
 
 void write_text(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
 
@@ -44,7 +28,7 @@ std::string config_text(const std::string& train_pattern, const std::string& ext
 TEST(Cli, UnknownConfigKeyIsRejected) {
   testing::TempDir dir;
   write_text(dir / "c.yaml", config_text(dir / "x.bin") + "optim: {learning_rate: 0.1}\n");
-  const Outcome o = run_loom("train " + dir / "c.yaml");
+  const testing::CommandOutcome o = run_loom("train " + dir / "c.yaml");
   EXPECT_EQ(o.status, 1) << o.output;
   EXPECT_NE(o.output.find("c.yaml"), std::string::npos) << o.output;
   EXPECT_NE(o.output.find("optim.learning_rate"), std::string::npos) << o.output;
@@ -53,7 +37,7 @@ TEST(Cli, UnknownConfigKeyIsRejected) {
 TEST(Cli, WrongTypeIsRejected) {
   testing::TempDir dir;
   write_text(dir / "c.yaml", config_text(dir / "x.bin") + "optim: {warmup_steps: ten}\n");
-  const Outcome o = run_loom("train " + dir / "c.yaml");
+  const testing::CommandOutcome o = run_loom("train " + dir / "c.yaml");
   EXPECT_EQ(o.status, 1) << o.output;
   EXPECT_NE(o.output.find("optim.warmup_steps"), std::string::npos) << o.output;
 }
@@ -61,7 +45,7 @@ TEST(Cli, WrongTypeIsRejected) {
 TEST(Cli, MissingDataFileIsReported) {
   testing::TempDir dir;
   write_text(dir / "c.yaml", config_text(dir / "missing_*.bin"));
-  const Outcome o = run_loom("train " + dir / "c.yaml");
+  const testing::CommandOutcome o = run_loom("train " + dir / "c.yaml");
   EXPECT_EQ(o.status, 1) << o.output;
   EXPECT_NE(o.output.find("data.train"), std::string::npos) << o.output;
   EXPECT_NE(o.output.find("missing_*.bin"), std::string::npos) << o.output;
@@ -78,7 +62,7 @@ TEST(Cli, CorruptShardIsReported) {
     f.write(reinterpret_cast<const char*>(&bad), 4);
   }
   write_text(dir / "c.yaml", config_text(dir / "train_*.bin"));
-  const Outcome o = run_loom("train " + dir / "c.yaml");
+  const testing::CommandOutcome o = run_loom("train " + dir / "c.yaml");
   EXPECT_EQ(o.status, 1) << o.output;
   EXPECT_NE(o.output.find("train_000000.bin"), std::string::npos) << o.output;
 }
@@ -89,7 +73,7 @@ TEST(Cli, TruncatedInitialWeightsAreReported) {
   write_shard(dir / "train_000000.bin", tokens);
   write_text(dir / "w.safetensors", std::string("\x40\x00\x00\x00\x00\x00\x00\x00{\"a\":", 13));
   write_text(dir / "c.yaml", config_text(dir / "train_*.bin", ", init_from: \"" + dir / "w.safetensors" + "\""));
-  const Outcome o = run_loom("train " + dir / "c.yaml");
+  const testing::CommandOutcome o = run_loom("train " + dir / "c.yaml");
   EXPECT_EQ(o.status, 1) << o.output;
   EXPECT_NE(o.output.find("w.safetensors"), std::string::npos) << o.output;
 }
@@ -100,7 +84,7 @@ TEST(Cli, TrainsAndSamplesFromACheckpoint) {
   for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 7) % 50);
   write_shard(dir / "train_000000.bin", tokens);
   write_text(dir / "c.yaml", config_text(dir / "train_*.bin"));
-  const Outcome o = run_loom("train " + dir / "c.yaml" + " train.max_steps=3");
+  const testing::CommandOutcome o = run_loom("train " + dir / "c.yaml" + " train.max_steps=3");
   ASSERT_EQ(o.status, 0) << o.output;
   EXPECT_NE(o.output.find("done: 3 steps"), std::string::npos) << o.output;
   EXPECT_TRUE(std::filesystem::exists(dir / "run/ckpt_00000003/model.safetensors"));

@@ -8,9 +8,12 @@
 #include <limits>
 
 #include "core/error.h"
+#include "tests/common/test_util.h"
 
 namespace loom {
 namespace {
+
+using testing::error_message;
 
 const std::string kFixture = std::string(LOOM_SOURCE_DIR) + "/tests/data/config/gpt_tiny.yaml";
 const std::string kSource = "configs/gpt_tiny.yaml";
@@ -27,16 +30,6 @@ data:
 train:
   max_steps: 10
 )";
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a loom::Error";
-  return "";
-}
 
 // kMinimal with `old_line` replaced by `new_line` (which may be several lines or empty).
 std::string edited(const std::string& old_line, const std::string& new_line) {
@@ -72,16 +65,16 @@ TEST(Config, LoadsValidFile) {
 }
 
 TEST(Config, UnknownKeysNameFileAndPath) {
-  EXPECT_EQ(error_of([] { parse_run_config(edited("  n_layer: 2", "  n_layers: 2"), kSource, {}); }),
+  EXPECT_EQ(error_message([] { parse_run_config(edited("  n_layer: 2", "  n_layers: 2"), kSource, {}); }),
             "configs/gpt_tiny.yaml: model.n_layers: unknown key (did you mean 'n_layer'?)");
-  EXPECT_EQ(error_of([] {
+  EXPECT_EQ(error_message([] {
               parse_run_config(edited("  n_head: 4", "  n_head: 4\n  blocks: [{heads: 4}, {wombat: 1}]"), kSource, {});
             }),
             "configs/gpt_tiny.yaml: model.blocks[1].wombat: unknown key (BlockSpec has: heads, qk_head_dim, "
             "v_head_dim, mlp_dim, attention_scale)");
-  EXPECT_EQ(error_of([] { parse_run_config(kMinimal + "extra: 1\n", kSource, {}); }),
+  EXPECT_EQ(error_message([] { parse_run_config(kMinimal + "extra: 1\n", kSource, {}); }),
             "configs/gpt_tiny.yaml: extra: unknown key (RunConfig has: model, data, optim, train, parallel, prune)");
-  EXPECT_EQ(error_of([] { parse_run_config(edited("  n_head: 4", "  n_head: 4\n  n_head: 8"), kSource, {}); }),
+  EXPECT_EQ(error_message([] { parse_run_config(edited("  n_head: 4", "  n_head: 4\n  n_head: 8"), kSource, {}); }),
             "configs/gpt_tiny.yaml: model.n_head: duplicate key");
 }
 
@@ -116,33 +109,33 @@ TEST(Config, WrongTypesNameFileAndPath) {
       {"data:\n", "data: 5\nx:\n", "data: expected a map, got 5"},
   };
   for (const Case& c : cases) {
-    EXPECT_EQ(error_of([&] { parse_run_config(edited(c.old_line, c.new_line), kSource, {}); }),
+    EXPECT_EQ(error_message([&] { parse_run_config(edited(c.old_line, c.new_line), kSource, {}); }),
               kSource + ": " + c.message);
   }
-  const std::string lr = error_of([] { parse_run_config(kMinimal + "optim: {lr: fast}\n", kSource, {}); });
+  const std::string lr = error_message([] { parse_run_config(kMinimal + "optim: {lr: fast}\n", kSource, {}); });
   EXPECT_EQ(lr, kSource + ": optim.lr: expected a number, got \"fast\"");
 }
 
 TEST(Config, MissingRequiredFieldsNameFileAndPath) {
-  EXPECT_EQ(error_of([] { parse_run_config(edited("  batch_size: 2\n", ""), kSource, {}); }),
+  EXPECT_EQ(error_message([] { parse_run_config(edited("  batch_size: 2\n", ""), kSource, {}); }),
             "configs/gpt_tiny.yaml: data.batch_size: missing required field");
-  EXPECT_EQ(error_of([] { parse_run_config(edited("train:\n  max_steps: 10\n", ""), kSource, {}); }),
+  EXPECT_EQ(error_message([] { parse_run_config(edited("train:\n  max_steps: 10\n", ""), kSource, {}); }),
             "configs/gpt_tiny.yaml: train: missing required field");
   // A present but empty message is checked too.
-  EXPECT_EQ(error_of([] { parse_run_config(edited("train:\n  max_steps: 10\n", "train: {}\n"), kSource, {}); }),
+  EXPECT_EQ(error_message([] { parse_run_config(edited("train:\n  max_steps: 10\n", "train: {}\n"), kSource, {}); }),
             "configs/gpt_tiny.yaml: train.max_steps: missing required field");
   // Null means absent.
-  EXPECT_EQ(error_of([] { parse_run_config(edited("  max_steps: 10", "  max_steps: ~"), kSource, {}); }),
+  EXPECT_EQ(error_message([] { parse_run_config(edited("  max_steps: 10", "  max_steps: ~"), kSource, {}); }),
             "configs/gpt_tiny.yaml: train.max_steps: missing required field");
 }
 
 TEST(Config, SyntaxAndFileErrorsNameTheFile) {
-  EXPECT_EQ(error_of([] { load_run_config("/nonexistent/x.yaml"); }), "/nonexistent/x.yaml: cannot open config file");
-  const std::string syntax = error_of([] { parse_run_config("model: [1, 2\n", kSource, {}); });
+  EXPECT_EQ(error_message([] { load_run_config("/nonexistent/x.yaml"); }), "/nonexistent/x.yaml: cannot open config file");
+  const std::string syntax = error_message([] { parse_run_config("model: [1, 2\n", kSource, {}); });
   EXPECT_EQ(syntax.rfind(kSource + ":", 0), 0u) << syntax;
   EXPECT_NE(syntax.find("YAML syntax error"), std::string::npos) << syntax;
-  EXPECT_EQ(error_of([] { parse_run_config("# nothing\n", kSource, {}); }), kSource + ": the config is empty");
-  EXPECT_EQ(error_of([] { parse_run_config("[1, 2]\n", kSource, {}); }),
+  EXPECT_EQ(error_message([] { parse_run_config("# nothing\n", kSource, {}); }), kSource + ": the config is empty");
+  EXPECT_EQ(error_message([] { parse_run_config("[1, 2]\n", kSource, {}); }),
             kSource + ": (top level): expected a map, got a list");
 }
 
@@ -170,7 +163,7 @@ TEST(Config, OverridesApply) {
 }
 
 TEST(Config, BadOverridesNameTheOverride) {
-  const auto err = [](const std::string& o) { return error_of([&] { load_run_config(kFixture, {o}); }); };
+  const auto err = [](const std::string& o) { return error_message([&] { load_run_config(kFixture, {o}); }); };
   const std::string prefix = kFixture + ": override '";
   EXPECT_EQ(err("model.n_layer=abc"), prefix + "model.n_layer=abc': model.n_layer: expected an integer, got \"abc\"");
   EXPECT_EQ(err("model.n_layr=3"), prefix + "model.n_layr=3': model.n_layr: unknown key (did you mean 'n_layer'?)");

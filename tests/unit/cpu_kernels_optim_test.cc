@@ -6,9 +6,12 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/unit/cpu_kernels_testing.h"
+#include "tests/common/test_util.h"
 
 namespace loom {
 namespace {
+
+using testing::error_message;
 
 using cpu_test::clone;
 using cpu_test::poisoned;
@@ -121,20 +124,10 @@ TEST_F(CpuKernelsOptim, ComputeCopyAndLowPrecisionGradient) {
 
 // ---- errors: every bad call throws loom::Error naming the op and the tensors ----
 
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
 TEST_F(CpuKernelsOptim, ShapeAndDtypeMismatchesThrow) {
   Tensor x = random_tensor({4, 7}, F32, rng), w = random_tensor({3, 6}, F32, rng), out = poisoned({4, 3}, F32);
   Tensor none;
-  const std::string message = error_of([&] { cpu.matmul_forward(out, x, w, none); });
+  const std::string message = error_message([&] { cpu.matmul_forward(out, x, w, none); });
   EXPECT_NE(message.find("matmul_forward"), std::string::npos) << message;
   EXPECT_NE(message.find("[3, 6]"), std::string::npos) << message;
   EXPECT_NE(message.find("[4, 7]"), std::string::npos) << message;
@@ -172,7 +165,7 @@ TEST_F(CpuKernelsOptim, ShapeAndDtypeMismatchesThrow) {
 
 TEST_F(CpuKernelsOptim, BadIdsAndTargetsThrow) {
   Tensor table = random_tensor({5, 3}, F32, rng), out = poisoned({4, 3}, F32);
-  const std::string message = error_of([&] {
+  const std::string message = error_message([&] {
     cpu.embedding_forward(out, Tensor::from_ints({0, 4, 5, 1}, {4}), table);
   });
   EXPECT_NE(message.find("embedding_forward"), std::string::npos) << message;

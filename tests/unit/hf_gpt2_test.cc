@@ -9,9 +9,12 @@
 #include <random>
 
 #include "core/error.h"
+#include "tests/common/test_util.h"
 
 namespace loom {
 namespace {
+
+using testing::error_message;
 
 constexpr int64_t kVocab = 100, kPaddedVocab = 128, kC = 8, kMaxT = 16;
 const int64_t kMlp[] = {32, 24};  // per-block MLP widths differ (allowed on import/export)
@@ -67,16 +70,6 @@ void expect_identical(const NamedTensors& a, const NamedTensors& b) {
     ASSERT_EQ(b[i].second.dtype(), DType::F32);
     EXPECT_EQ(std::memcmp(a[i].second.raw(), b[i].second.raw(), a[i].second.nbytes()), 0) << a[i].first;
   }
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a loom::Error";
-  return "";
 }
 
 TEST(HfGpt2, ExportTransposesAndDropsPadding) {
@@ -157,7 +150,7 @@ TEST(HfGpt2, ImportErrorsNameTheTensor) {
   auto with = [&](const std::function<void(NamedTensors&)>& edit) {
     NamedTensors t = good;
     edit(t);
-    return error_of([&] { import_hf_gpt2(t, kPaddedVocab); });
+    return error_message([&] { import_hf_gpt2(t, kPaddedVocab); });
   };
   auto replace = [](NamedTensors& t, const std::string& name, const Tensor& v) {
     for (auto& [n, x] : t)
@@ -186,7 +179,7 @@ TEST(HfGpt2, ImportErrorsNameTheTensor) {
               t.emplace_back("lm_head.weight", Tensor::zeros({kVocab, kC}, DType::F32));
             }),
             "import_hf_gpt2: tensor 'lm_head.weight' differs from 'wte.weight' (only tied output heads are supported)");
-  EXPECT_NE(error_of([&] { import_hf_gpt2(good, kVocab - 1); }).find("tensor 'wte.weight' has shape [100, 8]"),
+  EXPECT_NE(error_message([&] { import_hf_gpt2(good, kVocab - 1); }).find("tensor 'wte.weight' has shape [100, 8]"),
             std::string::npos);
 }
 
@@ -196,7 +189,7 @@ TEST(HfGpt2, ImportRefusesATransposedEmbeddingBeforeAllocating) {
   NamedTensors hf = export_hf_gpt2(make_ours(6), kVocab);
   for (auto& [name, t] : hf)
     if (name == "wte.weight") t = Tensor::zeros({kC, kVocab}, DType::F32);
-  EXPECT_EQ(error_of([&] { import_hf_gpt2(hf, kPaddedVocab); }),
+  EXPECT_EQ(error_message([&] { import_hf_gpt2(hf, kPaddedVocab); }),
             "import_hf_gpt2: tensor 'wte.weight' has shape [8, 100] but 'wpe.weight' has shape [16, 8]: expected "
             "wte [V, C] and wpe [maxT, C] (is one of them transposed?)");
 }
@@ -205,16 +198,16 @@ TEST(HfGpt2, ExportErrorsNameTheTensor) {
   NamedTensors ours = make_ours(5);
   for (auto& [name, t] : ours)
     if (name == "blocks.1.attn.qkv.weight") t = Tensor::zeros({2 * kC + 4, kC}, DType::F32);  // pruned heads
-  EXPECT_EQ(error_of([&] { export_hf_gpt2(ours, kVocab); }),
+  EXPECT_EQ(error_message([&] { export_hf_gpt2(ours, kVocab); }),
             "export_hf_gpt2: tensor 'blocks.1.attn.qkv.weight' has shape [20, 8], expected [24, 8] (Hugging Face "
             "GPT-2 needs equal head widths: 3C QKV rows)");
   NamedTensors missing = make_ours(5);
   missing.pop_back();
-  EXPECT_EQ(error_of([&] { export_hf_gpt2(missing, kVocab); }), "export_hf_gpt2: missing tensor 'norm.bias'");
+  EXPECT_EQ(error_message([&] { export_hf_gpt2(missing, kVocab); }), "export_hf_gpt2: missing tensor 'norm.bias'");
   NamedTensors extra = make_ours(5);
   extra.emplace_back("head.weight", Tensor::zeros({2}, DType::F32));
-  EXPECT_EQ(error_of([&] { export_hf_gpt2(extra, kVocab); }), "export_hf_gpt2: unexpected tensor 'head.weight'");
-  EXPECT_NE(error_of([&] { export_hf_gpt2(make_ours(5), kPaddedVocab + 1); }).find("'wte.weight'"), std::string::npos);
+  EXPECT_EQ(error_message([&] { export_hf_gpt2(extra, kVocab); }), "export_hf_gpt2: unexpected tensor 'head.weight'");
+  EXPECT_NE(error_message([&] { export_hf_gpt2(make_ours(5), kPaddedVocab + 1); }).find("'wte.weight'"), std::string::npos);
 }
 
 TEST(HfGpt2, OnlyEvenWidthsAreRepresentable) {
@@ -227,13 +220,13 @@ TEST(HfGpt2, OnlyEvenWidthsAreRepresentable) {
   s.blocks.assign(12, BlockWidths{12, 64, 64, 3072});
   EXPECT_NO_THROW(check_hf_gpt2_representable(s, "ckpt"));
   s.blocks[3].v_dim = 32;
-  const std::string message = error_of([&] { check_hf_gpt2_representable(s, "ckpt"); });
+  const std::string message = error_message([&] { check_hf_gpt2_representable(s, "ckpt"); });
   EXPECT_EQ(message.rfind("ckpt: Hugging Face GPT-2 cannot represent per-block widths: block 3 has 12 heads", 0), 0u)
       << message;
   EXPECT_NE(message.find("loom export"), std::string::npos) << message;
   s.blocks[3].v_dim = 64;
   s.blocks[5].attention_scale = 0.25;  // a shrunk block keeps its original scale: not GPT-2's
-  EXPECT_NE(error_of([&] { check_hf_gpt2_representable(s, "ckpt"); }).find("block 5"), std::string::npos);
+  EXPECT_NE(error_message([&] { check_hf_gpt2_representable(s, "ckpt"); }).find("block 5"), std::string::npos);
 }
 
 }  // namespace

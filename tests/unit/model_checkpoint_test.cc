@@ -22,6 +22,8 @@
 namespace loom {
 namespace {
 
+using testing::run_loom;
+
 const char* kUnevenGpt =
     "model: {kind: gpt, n_layer: 3, d_model: 16, n_head: 4, vocab_size: 64, max_seq_len: 8,\n"
     "        blocks: [{heads: 4, qk_head_dim: 4, v_head_dim: 3, mlp_dim: 96},\n"
@@ -56,24 +58,6 @@ std::map<int64_t, double> train_losses(const std::string& metrics_path) {
     if (j.contains("loss") && j.contains("step")) out[j["step"].get<int64_t>()] = j["loss"].get<double>();
   }
   return out;
-}
-
-struct Outcome {
-  int status = -1;
-  std::string output;
-};
-
-Outcome run_loom(const std::string& args) {
-  const std::string cmd = std::string(LOOM_BINARY_DIR) + "/loom " + args + " 2>&1";
-  Outcome o;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return o;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) o.output.append(buf.data(), n);
-  const int raw = pclose(pipe);
-  o.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
-  return o;
 }
 
 void expect_same_tensors(const NamedTensors& a, const NamedTensors& b) {
@@ -121,14 +105,14 @@ TEST(ModelCheckpoint, UnevenGptTrainsResumesSamplesAndReloadsWithoutWidthsInTheY
 
   // Sampling and export read the shape from the checkpoint.
   // (A prompt inside the 64-token vocabulary: "!" is GPT-2 token 0.)
-  const Outcome sample = run_loom("sample --checkpoint " + ckpt6 + " --tokens 5 --prompt \"!\"");
+  const testing::CommandOutcome sample = run_loom("sample --checkpoint " + ckpt6 + " --tokens 5 --prompt \"!\"");
   EXPECT_EQ(sample.status, 0) << sample.output;
   EXPECT_EQ(sample.output.rfind("!", 0), 0u) << sample.output;
-  const Outcome hf = run_loom("export-hf --checkpoint " + ckpt6 + " --out " + dir / "hf.safetensors");
+  const testing::CommandOutcome hf = run_loom("export-hf --checkpoint " + ckpt6 + " --out " + dir / "hf.safetensors");
   EXPECT_EQ(hf.status, 1) << hf.output;
   EXPECT_NE(hf.output.find("Hugging Face GPT-2 cannot represent per-block widths"), std::string::npos) << hf.output;
   EXPECT_NE(hf.output.find("loom export"), std::string::npos) << hf.output;
-  const Outcome own = run_loom("export --checkpoint " + ckpt6 + " --out " + dir / "exported");
+  const testing::CommandOutcome own = run_loom("export --checkpoint " + ckpt6 + " --out " + dir / "exported");
   ASSERT_EQ(own.status, 0) << own.output;
   std::ifstream section_file(dir / "exported/model.yaml");
   std::stringstream section;

@@ -17,6 +17,8 @@
 namespace loom {
 namespace {
 
+using testing::run_loom;
+
 const char* kBase = R"(
 model: {kind: vit, n_layer: 2, d_model: 32, n_head: 2, mlp_dim: 64, image_size: 28, patch_size: 7,
         in_channels: 1, num_classes: 10}
@@ -65,35 +67,17 @@ TEST(PruningConfig, CrossFieldErrorsNameTheField) {
             std::string::npos);
 }
 
-struct Outcome {
-  int status = -1;
-  std::string output;
-};
-
-Outcome run_loom(const std::string& args) {
-  const std::string cmd = std::string(LOOM_BINARY_DIR) + "/loom " + args + " 2>&1";
-  Outcome o;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return o;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) o.output.append(buf.data(), n);
-  const int raw = pclose(pipe);
-  o.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
-  return o;
-}
-
 TEST(PruningConfig, CommandLine) {
   testing::TempDir dir("prune-cli");
   const std::string config =
       dir.file("c.yaml", std::string(kBase) + "prune: {embedding_group: 16, mlp_group: 32, target_ratio: 0.5, "
                                               "latency_grid: {points_per_axis: 2, warmup: 0, repeats: 1}}\n");
-  const Outcome train = run_loom("train " + config);
+  const testing::CommandOutcome train = run_loom("train " + config);
   EXPECT_EQ(train.status, 1) << train.output;
   // A pruning run starts from a trained checkpoint: none is named.
   EXPECT_NE(train.output.find("model.init_from"), std::string::npos) << train.output;
 
-  const Outcome table = run_loom("latency-table " + config + " data.batch_size=2 --out " + dir / "t.json");
+  const testing::CommandOutcome table = run_loom("latency-table " + config + " data.batch_size=2 --out " + dir / "t.json");
   ASSERT_EQ(table.status, 0) << table.output;
   const LatencyTable t = LatencyTable::load(dir / "t.json");
   const config::RunConfig cfg = load_run_config(config, {"data.batch_size=2"});
@@ -103,7 +87,7 @@ TEST(PruningConfig, CommandLine) {
   EXPECT_EQ(t.grid().mlp, (std::vector<int64_t>{32, 64}));
   EXPECT_EQ(t.model_kind(), "vit");
 
-  const Outcome missing_out = run_loom("latency-table " + config);
+  const testing::CommandOutcome missing_out = run_loom("latency-table " + config);
   EXPECT_NE(missing_out.status, 0);
   EXPECT_NE(missing_out.output.find("--out"), std::string::npos) << missing_out.output;
 }

@@ -9,9 +9,12 @@
 #include <random>
 
 #include "core/error.h"
+#include "tests/common/test_util.h"
 
 namespace loom {
 namespace {
+
+using testing::error_message;
 
 namespace fs = std::filesystem;
 
@@ -46,16 +49,6 @@ std::string build_file(const std::string& header_json, const std::string& data) 
 template <typename T>
 std::string le_bytes(const std::vector<T>& values) {
   return std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(T));
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a loom::Error";
-  return "";
 }
 
 Tensor random_tensor(const Shape& shape, DType dtype, std::mt19937& rng) {
@@ -221,11 +214,11 @@ TEST(Safetensors, CorruptFilesThrowNamingFileAndTensor) {
   for (const Case& c : cases) {
     const std::string path = (dir / (c.name + ".safetensors")).string();
     write_bytes(path, c.bytes);
-    const std::string message = error_of([&] { safetensors::read(path); });
+    const std::string message = error_message([&] { safetensors::read(path); });
     EXPECT_EQ(message.rfind(path + ": ", 0), 0u) << c.name << ": " << message;
     EXPECT_NE(message.find(c.reason), std::string::npos) << c.name << ": " << message;
   }
-  EXPECT_NE(error_of([&] { safetensors::read((dir / "missing").string()); }).find("cannot open"), std::string::npos);
+  EXPECT_NE(error_message([&] { safetensors::read((dir / "missing").string()); }).find("cannot open"), std::string::npos);
   // Sanity: the unmodified file reads.
   write_bytes(dir / "valid.safetensors", valid);
   EXPECT_EQ(safetensors::read((dir / "valid.safetensors").string()).tensors.at(0).second.to_vector(),
@@ -237,15 +230,15 @@ TEST(Safetensors, WriteRejectsBadNames) {
   const fs::path dir = make_temp_dir();
   const std::string path = (dir / "x.safetensors").string();
   const Tensor t = Tensor::zeros({2}, DType::F32);
-  EXPECT_NE(error_of([&] {
+  EXPECT_NE(error_message([&] {
               safetensors::write(path, {{"a", t}, {"a", t}});
             }).find("duplicate tensor name 'a'"),
             std::string::npos);
-  EXPECT_NE(error_of([&] {
+  EXPECT_NE(error_message([&] {
               safetensors::write(path, {{"__metadata__", t}});
             }).find("invalid tensor name"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { safetensors::write(path, {{"u", Tensor()}}); }).find("'u' is undefined"), std::string::npos);
+  EXPECT_NE(error_message([&] { safetensors::write(path, {{"u", Tensor()}}); }).find("'u' is undefined"), std::string::npos);
   EXPECT_FALSE(fs::exists(path));
   fs::remove_all(dir);
 }

@@ -12,9 +12,12 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "tests/common/test_util.h"
 
 namespace loom {
 namespace {
+
+using testing::error_message;
 namespace fs = std::filesystem;
 
 std::string default_vocab_dir() { return gpt2_vocab_dir(std::string(LOOM_SOURCE_DIR) + "/data/gpt2"); }
@@ -38,15 +41,6 @@ struct TempDir {
     return p;
   }
 };
-
-std::string error_message(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no loom::Error thrown)";
-}
 
 // The GPT-2 tokenizer, loaded once for the suite (about a second); null when the vocabulary is absent.
 class Gpt2TokenizerTest : public ::testing::Test {

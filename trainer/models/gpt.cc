@@ -41,16 +41,6 @@ std::vector<TransformerBlock> gpt_blocks(const ModelShape& s, const TensorParall
   return blocks;
 }
 
-// Losses are kept in f64 when the model computes in f64 (gradient checks), else f32.
-DType loss_dtype(DType compute) { return compute == DType::F64 ? DType::F64 : DType::F32; }
-
-// Sums in double from the tensor's own precision (f64 losses in gradient checks must stay f64).
-double sum_on_host(const Tensor& t) {
-  const Tensor host = t.device().is_cpu() ? t : t.to(Device::cpu());
-  double total = 0;
-  for (int64_t i = 0; i < host.numel(); ++i) total += host.item(i);
-  return total;
-}
 }  // namespace
 
 GptModel::GptModel(const ModelShape& shape, Backend& backend, DType master_dtype, DType compute_dtype, int64_t seq,
@@ -85,11 +75,11 @@ GptModel::Activations& GptModel::activations_for(int64_t B, int64_t T) {
   a.embedded = sp ? Tensor::empty({B, T, C}, compute_dtype_, dev) : a.resid[0].view({B, T, C});
   for (const auto& b : blocks_) a.blocks.push_back(b.allocate_activations(B, T, compute_dtype_, backend_));
   a.lnf = Tensor::empty({n, C}, compute_dtype_, dev);
-  a.lnf_mean = Tensor::empty({n}, loss_dtype(compute_dtype_), dev);
-  a.lnf_rstd = Tensor::empty({n}, loss_dtype(compute_dtype_), dev);
+  a.lnf_mean = Tensor::empty({n}, reduction_dtype(compute_dtype_), dev);
+  a.lnf_rstd = Tensor::empty({n}, reduction_dtype(compute_dtype_), dev);
   a.lnf_full = sp ? Tensor::empty({N, C}, compute_dtype_, dev) : a.lnf;
   a.logits = Tensor::empty({N, shape_.padded_vocab / tensor_size(tp_)}, compute_dtype_, dev);
-  a.losses = Tensor::empty({N}, loss_dtype(compute_dtype_), dev);
+  a.losses = Tensor::empty({N}, reduction_dtype(compute_dtype_), dev);
   return activations_.emplace(key, std::move(a)).first->second;
 }
 

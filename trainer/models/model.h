@@ -39,6 +39,12 @@ struct SampleFlops {
   double hardware = 0;  // what the kernels execute: padding, recomputation included
 };
 
+// The dtype of a model's losses and LayerNorm statistics for activations of `compute`: f64 in float64 gradient
+// checks, else f32.
+DType reduction_dtype(DType compute);
+// Σ of every element of `t` in double, from its own precision (copied to the host first when it lives on a GPU).
+double sum_on_host(const Tensor& t);
+
 class Model {
  public:
   virtual ~Model() = default;

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "trainer/models/model.h"
 
 namespace loom {
 
@@ -17,10 +18,7 @@ double distillation_term(Backend& be, const SoftTargets& soft, const Tensor& log
   if (!dsoft.defined() || dsoft.shape() != logits.shape() || dsoft.dtype() != logits.dtype())
     dsoft = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
   be.distillation_loss(losses, dsoft, logits, soft.logits, classes, soft.temperature, dloss * soft.weight);
-  const Tensor host = losses.device().is_cpu() ? losses : losses.to(Device::cpu());
-  double sum = 0;
-  for (int64_t i = 0; i < host.numel(); ++i) sum += host.item(i);
-  return sum;
+  return sum_on_host(losses);
 }
 
 }  // namespace loom

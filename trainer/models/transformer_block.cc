@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "trainer/models/model.h"
 #include "trainer/models/structure_map.h"
 
 namespace loom {
@@ -90,7 +91,7 @@ BlockActivations TransformerBlock::allocate_activations(int64_t B, int64_t T, DT
   const int64_t C = d_model_, n = sequence_rows(tp_, B, T);
   const bool sp = sequence_parallel(tp_);
   const AttentionShape as = attention_shape(B, T);
-  const DType stat_dtype = dtype == DType::F64 ? DType::F64 : DType::F32;
+  const DType stat_dtype = reduction_dtype(dtype);
   BlockActivations a;
   a.batch = B;
   a.seq = T;

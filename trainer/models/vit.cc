@@ -49,16 +49,6 @@ std::vector<ParamSpec> vit_parameters(const ModelShape& s, const std::vector<Tra
   return specs;
 }
 
-DType reduced_dtype(DType compute) { return compute == DType::F64 ? DType::F64 : DType::F32; }
-
-// Sums in double from the tensor's own precision (f64 losses in gradient checks must stay f64).
-double sum_on_host(const Tensor& t) {
-  const Tensor host = t.device().is_cpu() ? t : t.to(Device::cpu());
-  double total = 0;
-  for (int64_t i = 0; i < host.numel(); ++i) total += host.item(i);
-  return total;
-}
-
 // The [k, D] block of the class (and distillation) token in an arena (values or gradients).
 Tensor prefix_rows(const ParameterStore& p, const Tensor& arena, const ModelShape& s) {
   const auto& cls = p.layout().entry("cls_token");
@@ -104,12 +94,12 @@ VitModel::Activations& VitModel::activations_for(int64_t B) {
   a.last_full = sp ? Tensor::empty({B, T, D}, compute_dtype_, dev) : a.resid[L].view({B, T, D});
   for (const auto& b : blocks_) a.blocks.push_back(b.allocate_activations(B, T, compute_dtype_, backend_));
   a.normed = Tensor::empty({B * T, D}, compute_dtype_, dev);
-  a.norm_mean = Tensor::empty({B * T}, reduced_dtype(compute_dtype_), dev);
-  a.norm_rstd = Tensor::empty({B * T}, reduced_dtype(compute_dtype_), dev);
+  a.norm_mean = Tensor::empty({B * T}, reduction_dtype(compute_dtype_), dev);
+  a.norm_rstd = Tensor::empty({B * T}, reduction_dtype(compute_dtype_), dev);
   a.head_in = Tensor::empty({shape_.prefix_tokens(), B, 1, D}, compute_dtype_, dev);
   a.logits = Tensor::empty({B, shape_.num_classes}, compute_dtype_, dev);
   a.logits_dist = Tensor::empty({B, shape_.num_classes}, compute_dtype_, dev);
-  a.losses = Tensor::empty({B}, reduced_dtype(compute_dtype_), dev);
+  a.losses = Tensor::empty({B}, reduction_dtype(compute_dtype_), dev);
   a.dresid = Tensor::empty({B, T, D}, compute_dtype_, dev);
   a.dpos_plus = Tensor::empty({T, D}, compute_dtype_, dev);
   if (sp) a.drows = Tensor::empty({n, D}, compute_dtype_, dev);
