@@ -3,7 +3,7 @@
 # under .carry/): the binaries (loom, loom_prune_bench, loom_gpu_tests when built) with the shared libraries
 # that machine lacks (bench/pack_for_device.sh) as bin.tar.xz, Debian's Fashion-MNIST (dataset-fashion-mnist:
 # the four .gz files, already compressed) in fmnist/, and the linux-doc token shards (data/linux-doc, made by
-# scripts/setup.sh) as linux-doc.tar.xz. About 52 MB in all (the carried tree may hold 64 MiB with the
+# scripts/setup.sh) as linux-doc.tar.xz. About 55 MB in all (the carried tree may hold 64 MiB with the
 # repository's 2 MB).
 #   usage: bench/pruning/pack.sh BUILD_DIR DEST      e.g. bench/pruning/pack.sh build .carry/prune
 set -euo pipefail
