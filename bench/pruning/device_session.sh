@@ -80,7 +80,7 @@ if [ "$part" = a ]; then
   fi
   # DeiT-B. GPU: batch 256, a 4-point grid per axis (1024 block shapes), 6 random shapes.
   if [ -n "${DRY:-}" ]; then
-    B=4 base_steps=3 grid=2 grid_warmup=0 grid_repeats=1 shapes=2 warmup=0 repeats=1
+    B=4 base_steps=3 grid=2 grid_warmup=2 grid_repeats=5 shapes=3 warmup=3 repeats=9
     tiny=(model.n_layer=2 model.d_model=128 model.n_head=4 model.mlp_dim=256 model.image_size=32 model.patch_size=8)
   else
     B=256 base_steps=20 grid=4 grid_warmup=2 grid_repeats=5 shapes=6 warmup=3 repeats=10
