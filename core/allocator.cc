@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/host_memory.h"
 
 namespace loom {
 namespace {
@@ -28,6 +29,7 @@ class CpuAllocator final : public Allocator {
   }
   size_t bytes_in_use() const override { return in_use_; }
   size_t peak_bytes_in_use() const override { return peak_; }
+  int64_t available_bytes() const override { return host_available_bytes(); }
 
  private:
   std::atomic<size_t> in_use_{0}, peak_{0};

@@ -6,6 +6,7 @@
 // core/ has no CUDA dependency.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 #include "core/device.h"
 
@@ -21,6 +22,9 @@ class Allocator {
   // Bytes currently handed out, and the most ever handed out at once (for memory reports).
   virtual size_t bytes_in_use() const = 0;
   virtual size_t peak_bytes_in_use() const = 0;
+  // Bytes the device could still give: its free memory plus blocks this allocator keeps cached for reuse
+  // (host: MemAvailable); -1 when unknown. For the trainer's check that a run fits before it allocates.
+  virtual int64_t available_bytes() const = 0;
 };
 
 // The allocator for a device; throws if none is registered for it (e.g. CUDA in a CPU-only build).

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -172,6 +173,10 @@ CheckpointContents load_checkpoint(const std::string& dir) {
   return c;
 }
 
+int64_t checkpoint_step(const std::string& dir) {
+  return read_state(fs::path(dir) / kStateFile)["step"].get<int64_t>();
+}
+
 std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& out_dir) {
   std::vector<std::pair<int64_t, std::string>> found;
   std::error_code ec;
@@ -190,20 +195,39 @@ std::string latest_checkpoint(const std::string& out_dir) {
   return all.empty() ? "" : all.back().second;
 }
 
-void prune_checkpoints(const std::string& out_dir, int keep_last, const std::string& keep_also) {
+std::string new_run_id() {
+  std::random_device device;
+  std::uniform_int_distribution<uint64_t> any;
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(any(device)));
+  return buf;
+}
+
+std::string checkpoint_run_id(const std::string& checkpoint_dir) {
+  std::ifstream in(fs::path(checkpoint_dir) / kStateFile);
+  const nlohmann::json state = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!state.is_object() || !state.contains("run_id") || !state["run_id"].is_string()) return "";
+  return state["run_id"].get<std::string>();
+}
+
+void prune_checkpoints(const std::string& out_dir, int keep_last, const std::string& run_id,
+                       const std::string& keep_also) {
   LOOM_CHECK(keep_last >= 0, out_dir, ": keep_last must be >= 0 (0 keeps all), got ", keep_last);
+  LOOM_CHECK(!run_id.empty(), out_dir, ": prune_checkpoints needs the run's id");
   if (keep_last == 0) return;
-  const auto all = list_checkpoints(out_dir);
-  if (all.size() <= static_cast<size_t>(keep_last)) return;
+  std::vector<std::pair<int64_t, std::string>> own;
+  for (auto& checkpoint : list_checkpoints(out_dir))
+    if (checkpoint_run_id(checkpoint.second) == run_id) own.push_back(std::move(checkpoint));
+  if (own.size() <= static_cast<size_t>(keep_last)) return;
   std::error_code ec;
-  for (size_t i = 0; i + keep_last < all.size(); ++i) {
-    if (!keep_also.empty() && fs::equivalent(all[i].second, keep_also, ec)) continue;
+  for (size_t i = 0; i + keep_last < own.size(); ++i) {
+    if (!keep_also.empty() && fs::equivalent(own[i].second, keep_also, ec)) continue;
     // Renamed away first, so a crash mid-removal leaves a hidden directory, not a half-deleted checkpoint.
     const fs::path doomed =
-        fs::path(out_dir) / detail::concat(".", fs::path(all[i].second).filename().string(), ".deleting.", ::getpid());
-    fs::rename(all[i].second, doomed, ec);
+        fs::path(out_dir) / detail::concat(".", fs::path(own[i].second).filename().string(), ".deleting.", ::getpid());
+    fs::rename(own[i].second, doomed, ec);
     if (!ec) fs::remove_all(doomed, ec);
-    if (ec) fail(all[i].second, ": cannot remove old checkpoint: ", ec.message());
+    if (ec) fail(own[i].second, ": cannot remove old checkpoint: ", ec.message());
   }
   fsync_directory(out_dir);
 }

@@ -48,6 +48,9 @@ void save_checkpoint(const std::string& out_dir, int64_t step, const CheckpointC
 // and field.
 CheckpointContents load_checkpoint(const std::string& dir);
 
+// The step of the checkpoint in `dir`, from its state.json alone (checked as load_checkpoint checks it).
+int64_t checkpoint_step(const std::string& dir);
+
 // state[key] as an integer in [min, max]: a missing key, a non-integer (1.5, "3", 1e3) or a value outside the
 // range (2^40 where an int is meant) throws "<file>: "<key>": ..." instead of being narrowed.
 int64_t state_integer(const nlohmann::json& state, const std::string& key, int64_t min, int64_t max,
@@ -60,10 +63,19 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
 // The directory of the newest complete checkpoint in out_dir, or "" if there is none.
 std::string latest_checkpoint(const std::string& out_dir);
 
-// Removes all but the newest `keep_last` complete checkpoints, and never `keep_also` (a checkpoint directory,
-// e.g. the last one known to be good; "" for none). keep_last == 0 keeps everything; negative throws.
-// Temporary directories are left alone (one may belong to a save in progress).
-void prune_checkpoints(const std::string& out_dir, int keep_last, const std::string& keep_also = "");
+// A fresh run id: 16 hex digits from the OS's random device. A run writes it into every checkpoint's
+// state.json ("run_id"), and a resumed run takes over the id of the checkpoint it resumes.
+std::string new_run_id();
+// The "run_id" in a checkpoint's state.json, or "" when it has none (written before run ids) or the file
+// cannot be read as JSON (such a checkpoint belongs to no run that prunes).
+std::string checkpoint_run_id(const std::string& checkpoint_dir);
+
+// Removes all but the newest `keep_last` complete checkpoints of run `run_id` (state.json "run_id"), and never
+// `keep_also` (a checkpoint directory, e.g. the last one known to be good; "" for none). Checkpoints of other
+// runs, or without a run id, are never touched. keep_last == 0 keeps everything; negative throws. Temporary
+// directories are left alone (one may belong to a save in progress).
+void prune_checkpoints(const std::string& out_dir, int keep_last, const std::string& run_id,
+                       const std::string& keep_also = "");
 
 class RunDirectoryLock;
 // Removes the hidden directories that a save or prune interrupted by a crash or an error left in the run

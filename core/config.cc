@@ -13,6 +13,7 @@
 #include <sstream>
 #include <string_view>
 
+#include "core/config_text.h"
 #include "core/error.h"
 
 namespace loom {
@@ -26,11 +27,17 @@ struct Source {
   std::string override_text;  // empty while reading the file itself
 };
 
+// "<file>:<line>:<column>: <path>: <reason>" (1-based, where the offending key or value starts), or
+// "<file>: override '<text>': <path>: <reason>" for an override, or without a position where there is none
+// in the file (a missing field).
 template <typename... Args>
-[[noreturn]] void fail_at(const Source& src, const std::string& path, Args&&... args) {
-  const std::string where = src.override_text.empty() ? "" : "override '" + src.override_text + "': ";
-  fail(src.file, ": ", where, path, ": ", std::forward<Args>(args)...);
+[[noreturn]] void fail_at(const Source& src, const YAML::Mark& at, const std::string& path, Args&&... args) {
+  if (!src.override_text.empty())
+    fail(src.file, ": override '", src.override_text, "': ", path, ": ", std::forward<Args>(args)...);
+  if (at.is_null()) fail(src.file, ": ", path, ": ", std::forward<Args>(args)...);
+  fail(src.file, ":", at.line + 1, ":", at.column + 1, ": ", path, ": ", std::forward<Args>(args)...);
 }
+const YAML::Mark kNowhere = YAML::Mark::null_mark();
 
 std::string join_key(const std::string& path, const std::string& key) { return path.empty() ? key : path + "." + key; }
 std::string join_index(const std::string& path, int64_t i) { return path + "[" + std::to_string(i) + "]"; }
@@ -132,38 +139,39 @@ void store(const Slot& s, V value, void (pb::Reflection::*set)(pb::Message*, con
 template <typename Int>
 Int to_integer(const YAML::Node& node, const Source& src, const std::string& path, const char* type_name) {
   const char* expected = std::is_signed_v<Int> ? "expected an integer" : "expected a non-negative integer";
-  if (!node.IsScalar() || is_string_literal(node)) fail_at(src, path, expected, ", got ", describe(node));
+  if (!node.IsScalar() || is_string_literal(node)) fail_at(src, node.Mark(), path, expected, ", got ", describe(node));
   const std::string& s = node.Scalar();
   std::optional<__int128> value = parse_integer_literal(s);
   if (!value) {
     // Accept an exact whole number written as a float (max_steps: 1e5); reject fractions.
     bool too_large = false;
     const std::optional<double> d = parse_float_literal<double>(s, &too_large);
-    if (!d && !too_large) fail_at(src, path, expected, ", got ", describe(node));
+    if (!d && !too_large) fail_at(src, node.Mark(), path, expected, ", got ", describe(node));
     if (d && std::isfinite(*d) && *d != std::trunc(*d))
-      fail_at(src, path, expected, ", got ", s, " (not a whole number)");
+      fail_at(src, node.Mark(), path, expected, ", got ", s, " (not a whole number)");
     if (!d || !std::isfinite(*d) || std::fabs(*d) > 9007199254740992.0)  // beyond 2^53 a double is not exact
-      fail_at(src, path, expected, ", got ", s, " (out of range for ", type_name, ")");
+      fail_at(src, node.Mark(), path, expected, ", got ", s, " (out of range for ", type_name, ")");
     value = static_cast<__int128>(*d);
   }
   if (*value < std::numeric_limits<Int>::min() || *value > std::numeric_limits<Int>::max())
-    fail_at(src, path, expected, ", got ", s, " (out of range for ", type_name, ")");
+    fail_at(src, node.Mark(), path, expected, ", got ", s, " (out of range for ", type_name, ")");
   return static_cast<Int>(*value);
 }
 
 template <typename Float>
 Float to_float(const YAML::Node& node, const Source& src, const std::string& path, const char* type_name) {
-  if (!node.IsScalar() || is_string_literal(node)) fail_at(src, path, "expected a number, got ", describe(node));
+  if (!node.IsScalar() || is_string_literal(node))
+    fail_at(src, node.Mark(), path, "expected a number, got ", describe(node));
   bool too_large = false;
   const std::optional<Float> value = parse_float_literal<Float>(node.Scalar(), &too_large);
-  if (too_large) fail_at(src, path, "expected a number, got ", node.Scalar(), " (out of range for ", type_name, ")");
-  if (!value) fail_at(src, path, "expected a number, got ", describe(node));
+  if (too_large)
+    fail_at(src, node.Mark(), path, "expected a number, got ", node.Scalar(), " (out of range for ", type_name, ")");
+  if (!value) fail_at(src, node.Mark(), path, "expected a number, got ", describe(node));
   return *value;
 }
 
 void fill_message(pb::Message* msg, const YAML::Node& node, const Source& src, const std::string& path);
 
-std::string format_double(double v);
 
 // The field's inclusive range from its (min) / (max) options; every numeric field of config.proto has both
 // (tests/unit/config_ranges_test.cc checks that), so a missing bound is an error in the schema itself.
@@ -178,24 +186,24 @@ std::pair<double, double> field_range(const pb::FieldDescriptor* field) {
 // every range (both comparisons are false).
 template <typename T>
 T checked_range(T value, const std::string& text, const pb::FieldDescriptor* field, const Source& src,
-                const std::string& path) {
+                const YAML::Mark& at, const std::string& path) {
   const auto [lo, hi] = field_range(field);
   const double v = static_cast<double>(value);
   if (!(v >= lo && v <= hi))
-    fail_at(src, path, text, " is out of range [", format_double(lo), ", ", format_double(hi), "]");
+    fail_at(src, at, path, text, " is out of range [", yaml_double(lo), ", ", yaml_double(hi), "]");
   return value;
 }
 template <typename Int>
 Int integer_in_range(const YAML::Node& node, const Source& src, const std::string& path, const char* type_name,
                      const pb::FieldDescriptor* field) {
   const Int value = to_integer<Int>(node, src, path, type_name);
-  return checked_range(value, std::to_string(value), field, src, path);
+  return checked_range(value, std::to_string(value), field, src, node.Mark(), path);
 }
 template <typename Float>
 Float float_in_range(const YAML::Node& node, const Source& src, const std::string& path, const char* type_name,
                      const pb::FieldDescriptor* field) {
   const Float value = to_float<Float>(node, src, path, type_name);
-  return checked_range(value, format_double(value), field, src, path);
+  return checked_range(value, yaml_double(value), field, src, node.Mark(), path);
 }
 
 // A string field with a (choices) option ("a|b|c") takes only those values.
@@ -214,7 +222,7 @@ std::string string_in_choices(const YAML::Node& node, const Source& src, const s
   if (std::find(allowed.begin(), allowed.end(), value) != allowed.end()) return value;
   std::string names;
   for (size_t i = 0; i < allowed.size(); ++i) names += (i ? ", " : "") + allowed[i];
-  fail_at(src, path, "expected one of ", names, ", got \"", value, "\"");
+  fail_at(src, node.Mark(), path, "expected one of ", names, ", got \"", value, "\"");
 }
 
 // Stores a non-null YAML value into the slot, checking its type and range against the field's.
@@ -244,11 +252,11 @@ void store_value(const Slot& s, const YAML::Node& node, const Source& src, const
     case F::CPPTYPE_BOOL: {
       const std::optional<bool> b =
           node.IsScalar() && !is_string_literal(node) ? parse_bool(node.Scalar()) : std::nullopt;
-      if (!b) fail_at(src, path, "expected true or false, got ", describe(node));
+      if (!b) fail_at(src, node.Mark(), path, "expected true or false, got ", describe(node));
       return store<bool>(s, *b, &R::SetBool, &R::AddBool, &R::SetRepeatedBool);
     }
     case F::CPPTYPE_STRING:
-      if (!node.IsScalar()) fail_at(src, path, "expected a string, got ", describe(node));
+      if (!node.IsScalar()) fail_at(src, node.Mark(), path, "expected a string, got ", describe(node));
       return store<std::string>(s, string_in_choices(node, src, path, f), &R::SetString, &R::AddString,
                                 &R::SetRepeatedString);
     case F::CPPTYPE_ENUM: {
@@ -258,7 +266,7 @@ void store_value(const Slot& s, const YAML::Node& node, const Source& src, const
         std::string names;
         for (int i = 0; i < s.field->enum_type()->value_count(); ++i)
           names += (i ? ", " : "") + s.field->enum_type()->value(i)->name();
-        fail_at(src, path, "expected one of ", names, ", got ", describe(node));
+        fail_at(src, node.Mark(), path, "expected one of ", names, ", got ", describe(node));
       }
       return store<const pb::EnumValueDescriptor*>(s, v, &R::SetEnum, &R::AddEnum, &R::SetRepeatedEnum);
     }
@@ -279,10 +287,10 @@ void assign_field(pb::Message* msg, const pb::FieldDescriptor* field, const YAML
   msg->GetReflection()->ClearField(msg, field);
   if (node.IsNull()) return;
   if (!field->is_repeated()) return store_value({msg, field, kSingular}, node, src, path);
-  if (!node.IsSequence()) fail_at(src, path, "expected a list, got ", describe(node));
+  if (!node.IsSequence()) fail_at(src, node.Mark(), path, "expected a list, got ", describe(node));
   for (size_t i = 0; i < node.size(); ++i) {
     const std::string elem_path = join_index(path, static_cast<int64_t>(i));
-    if (node[i].IsNull()) fail_at(src, elem_path, "expected a value, got null");
+    if (node[i].IsNull()) fail_at(src, node[i].Mark(), elem_path, "expected a value, got null");
     store_value({msg, field, kAppend}, node[i], src, elem_path);
   }
 }
@@ -303,7 +311,7 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 }
 
 const pb::FieldDescriptor* find_field(const pb::Descriptor* type, const std::string& key, const Source& src,
-                                      const std::string& path) {
+                                      const YAML::Mark& at, const std::string& path) {
   if (const pb::FieldDescriptor* f = type->FindFieldByName(key)) return f;
   std::string closest, names;
   size_t best = 3;  // suggest only names within two edits
@@ -312,24 +320,24 @@ const pb::FieldDescriptor* find_field(const pb::Descriptor* type, const std::str
     names += (i ? ", " : "") + name;
     if (const size_t d = edit_distance(key, name); d < best) best = d, closest = name;
   }
-  if (!closest.empty()) fail_at(src, path, "unknown key (did you mean '", closest, "'?)");
-  fail_at(src, path, "unknown key (", type->name(), " has: ", names, ")");
+  if (!closest.empty()) fail_at(src, at, path, "unknown key (did you mean '", closest, "'?)");
+  fail_at(src, at, path, "unknown key (", type->name(), " has: ", names, ")");
 }
 
 void fill_message(pb::Message* msg, const YAML::Node& node, const Source& src, const std::string& path) {
-  if (!node.IsMap()) fail_at(src, path.empty() ? "(top level)" : path, "expected a map, got ", describe(node));
+  if (!node.IsMap())
+    fail_at(src, node.Mark(), path.empty() ? "(top level)" : path, "expected a map, got ", describe(node));
   std::set<std::string> seen;
   for (const auto& kv : node) {
     if (!kv.first.IsScalar())
-      fail_at(src, path.empty() ? "(top level)" : path, "keys must be plain names, got ", describe(kv.first));
+      fail_at(src, kv.first.Mark(), path.empty() ? "(top level)" : path, "keys must be plain names, got ",
+              describe(kv.first));
     const std::string& key = kv.first.Scalar();
     const std::string key_path = join_key(path, key);
-    if (!seen.insert(key).second) fail_at(src, key_path, "duplicate key");
-    assign_field(msg, find_field(msg->GetDescriptor(), key, src, key_path), kv.second, src, key_path);
+    if (!seen.insert(key).second) fail_at(src, kv.first.Mark(), key_path, "duplicate key");
+    assign_field(msg, find_field(msg->GetDescriptor(), key, src, kv.first.Mark(), key_path), kv.second, src, key_path);
   }
 }
-
-bool is_required(const pb::FieldDescriptor* field) { return field->options().GetExtension(config::required); }
 
 void check_required(const pb::Message& msg, const Source& src, const std::string& path) {
   const pb::Reflection* r = msg.GetReflection();
@@ -337,7 +345,8 @@ void check_required(const pb::Message& msg, const Source& src, const std::string
   for (int i = 0; i < type->field_count(); ++i) {
     const pb::FieldDescriptor* f = type->field(i);
     const std::string key_path = join_key(path, f->name());
-    if (!f->is_repeated() && is_required(f) && !r->HasField(msg, f)) fail_at(src, key_path, "missing required field");
+    if (!f->is_repeated() && config_field_required(f) && !r->HasField(msg, f))
+      fail_at(src, kNowhere, key_path, "missing required field");
     if (f->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE) continue;
     if (f->is_repeated()) {
       for (int j = 0; j < r->FieldSize(msg, f); ++j)
@@ -362,7 +371,7 @@ std::vector<std::string> split_key(const std::string& key, const Source& src) {
   std::vector<std::string> parts;
   std::string current;
   auto flush = [&] {
-    if (current.empty()) fail_at(src, key, "empty component in key");
+    if (current.empty()) fail_at(src, kNowhere, key, "empty component in key");
     parts.push_back(current);
     current.clear();
   };
@@ -375,7 +384,7 @@ std::vector<std::string> split_key(const std::string& key, const Source& src) {
       flush();
     } else if (c == ']') {
       flush();
-      if (i + 1 < key.size() && key[i + 1] != '.' && key[i + 1] != '[') fail_at(src, key, "malformed key");
+      if (i + 1 < key.size() && key[i + 1] != '.' && key[i + 1] != '[') fail_at(src, kNowhere, key, "malformed key");
     } else {
       current += c;
     }
@@ -396,13 +405,13 @@ void apply_override(pb::Message* root, const std::string& text, const std::strin
   std::string path;
   for (size_t p = 0; p < parts.size(); ++p) {
     const std::string key_path = join_key(path, parts[p]);
-    const pb::FieldDescriptor* field = find_field(msg->GetDescriptor(), parts[p], src, key_path);
+    const pb::FieldDescriptor* field = find_field(msg->GetDescriptor(), parts[p], src, kNowhere, key_path);
     path = key_path;
     const bool last = p + 1 == parts.size();
     if (last) return assign_field(msg, field, value, src, path);
     if (!field->is_repeated()) {
       if (field->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE)
-        fail_at(src, path, "is a scalar (", field->type_name(), "), not a map");
+        fail_at(src, kNowhere, path, "is a scalar (", field->type_name(), "), not a map");
       msg = msg->GetReflection()->MutableMessage(msg, field);
       continue;
     }
@@ -412,114 +421,20 @@ void apply_override(pb::Message* root, const std::string& text, const std::strin
     int index = -1;
     const auto [end, ec] = std::from_chars(index_text.data(), index_text.data() + index_text.size(), index);
     if (ec != std::errc() || end != index_text.data() + index_text.size() || index < 0)
-      fail_at(src, path, "is a list; expected an element index, got \"", index_text, "\"");
-    if (index > size) fail_at(src, join_index(path, index), "index out of range (the list has ", size, " elements)");
+      fail_at(src, kNowhere, path, "is a list; expected an element index, got \"", index_text, "\"");
+    if (index > size)
+      fail_at(src, kNowhere, join_index(path, index), "index out of range (the list has ", size, " elements)");
     path = join_index(path, index);
     const Slot slot{msg, field, index == size ? kAppend : index};
     if (p + 1 == parts.size()) {
-      if (value.IsNull()) fail_at(src, path, "expected a value, got null");
+      if (value.IsNull()) fail_at(src, kNowhere, path, "expected a value, got null");
       return store_value(slot, value, src, path);
     }
     if (field->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE)
-      fail_at(src, path, "is a scalar (", field->type_name(), "), not a map");
+      fail_at(src, kNowhere, path, "is a scalar (", field->type_name(), "), not a map");
     const pb::Reflection* r = msg->GetReflection();
     msg = index == size ? r->AddMessage(msg, field) : r->MutableRepeatedMessage(msg, field, index);
   }
-}
-
-// ---- YAML output ----
-
-std::string format_double(double v) {
-  if (std::isnan(v)) return ".nan";
-  if (std::isinf(v)) return v > 0 ? ".inf" : "-.inf";
-  char buf[64];
-  return std::string(buf, std::to_chars(buf, buf + sizeof buf, v).ptr);  // shortest round-trip form
-}
-std::string format_float(float v) {
-  if (std::isnan(v) || std::isinf(v)) return format_double(v);
-  char buf[64];
-  return std::string(buf, std::to_chars(buf, buf + sizeof buf, v).ptr);
-}
-
-bool has_required_fields(const pb::Descriptor* type) {
-  for (int i = 0; i < type->field_count(); ++i)
-    if (is_required(type->field(i))) return true;
-  return false;
-}
-
-void emit_message(YAML::Emitter& out, const pb::Message& msg, bool include_defaults);
-
-void emit_scalar(YAML::Emitter& out, const pb::Message& msg, const pb::FieldDescriptor* f, int index) {
-  const pb::Reflection* r = msg.GetReflection();
-  const bool rep = index >= 0;
-  using F = pb::FieldDescriptor;
-  switch (f->cpp_type()) {
-    case F::CPPTYPE_INT32:
-      out << std::to_string(rep ? r->GetRepeatedInt32(msg, f, index) : r->GetInt32(msg, f));
-      break;
-    case F::CPPTYPE_INT64:
-      out << std::to_string(rep ? r->GetRepeatedInt64(msg, f, index) : r->GetInt64(msg, f));
-      break;
-    case F::CPPTYPE_UINT32:
-      out << std::to_string(rep ? r->GetRepeatedUInt32(msg, f, index) : r->GetUInt32(msg, f));
-      break;
-    case F::CPPTYPE_UINT64:
-      out << std::to_string(rep ? r->GetRepeatedUInt64(msg, f, index) : r->GetUInt64(msg, f));
-      break;
-    case F::CPPTYPE_FLOAT:
-      out << format_float(rep ? r->GetRepeatedFloat(msg, f, index) : r->GetFloat(msg, f));
-      break;
-    case F::CPPTYPE_DOUBLE:
-      out << format_double(rep ? r->GetRepeatedDouble(msg, f, index) : r->GetDouble(msg, f));
-      break;
-    case F::CPPTYPE_BOOL:
-      out << ((rep ? r->GetRepeatedBool(msg, f, index) : r->GetBool(msg, f)) ? "true" : "false");
-      break;
-    case F::CPPTYPE_STRING:  // always quoted, so "123" or "true" stay strings
-      out << YAML::DoubleQuoted << (rep ? r->GetRepeatedString(msg, f, index) : r->GetString(msg, f));
-      break;
-    case F::CPPTYPE_ENUM:
-      out << (rep ? r->GetRepeatedEnum(msg, f, index) : r->GetEnum(msg, f))->name();
-      break;
-    case F::CPPTYPE_MESSAGE:
-      break;  // handled by emit_message
-  }
-}
-
-void emit_message(YAML::Emitter& out, const pb::Message& msg, bool include_defaults) {
-  const pb::Reflection* r = msg.GetReflection();
-  const pb::Descriptor* type = msg.GetDescriptor();
-  out << YAML::BeginMap;
-  for (int i = 0; i < type->field_count(); ++i) {
-    const pb::FieldDescriptor* f = type->field(i);
-    const bool is_message = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE;
-    if (f->is_repeated()) {
-      const int n = r->FieldSize(msg, f);
-      if (n == 0) continue;
-      out << YAML::Key << f->name() << YAML::Value;
-      if (!is_message) out << YAML::Flow;
-      out << YAML::BeginSeq;
-      for (int j = 0; j < n; ++j) {
-        if (is_message)
-          emit_message(out, r->GetRepeatedMessage(msg, f, j), include_defaults);
-        else
-          emit_scalar(out, msg, f, j);
-      }
-      out << YAML::EndSeq;
-      continue;
-    }
-    const bool present = r->HasField(msg, f);
-    // Unset fields without a declared default mean "derive it" (head_dim: d_model / n_head): never written.
-    const bool write_default =
-        include_defaults && (is_message ? !has_required_fields(f->message_type()) : f->has_default_value());
-    if (!present && !write_default) continue;
-    out << YAML::Key << f->name() << YAML::Value;
-    if (is_message)
-      emit_message(out, r->GetMessage(msg, f), include_defaults);
-    else
-      emit_scalar(out, msg, f, -1);
-  }
-  out << YAML::EndMap;
 }
 
 // Offset of the first byte that breaks UTF-8 (overlong forms, surrogates and code points above U+10FFFF
@@ -574,11 +489,18 @@ int count_documents(const std::string& text) {
 }
 
 // YAML is Unicode text; yaml-cpp passes other bytes through into strings, which then cannot be written back
-// (run_config_to_yaml) unchanged.
-void check_utf8(std::string_view text, const std::string& what) {
-  if (const size_t at = invalid_utf8_offset(text); at != std::string_view::npos)
-    fail(what, ": not UTF-8 text (invalid byte 0x", std::hex, unsigned{static_cast<unsigned char>(text[at])},
-         std::dec, " at byte offset ", at, ")");
+// (run_config_to_yaml) unchanged. A file's error gives the line and column (in bytes) of the bad byte.
+void check_utf8(std::string_view text, const std::string& what, bool with_position) {
+  const size_t at = invalid_utf8_offset(text);
+  if (at == std::string_view::npos) return;
+  std::string where = what;
+  if (with_position) {
+    const size_t line_start = at == 0 ? 0 : text.rfind('\n', at - 1) + 1;  // npos + 1 == 0: the first line
+    const auto line = 1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(at), '\n');
+    where += ":" + std::to_string(line) + ":" + std::to_string(at - line_start + 1);
+  }
+  fail(where, ": not UTF-8 text (invalid byte 0x", std::hex, unsigned{static_cast<unsigned char>(text[at])},
+       std::dec, " at byte offset ", at, ")");
 }
 
 }  // namespace
@@ -586,8 +508,8 @@ void check_utf8(std::string_view text, const std::string& what) {
 config::RunConfig parse_run_config(const std::string& yaml_text, const std::string& source_name,
                                    const std::vector<std::string>& overrides) {
   const Source src{source_name, ""};
-  check_utf8(yaml_text, source_name);
-  for (const std::string& o : overrides) check_utf8(o, source_name + ": override '" + o + "'");
+  check_utf8(yaml_text, source_name, /*with_position=*/true);
+  for (const std::string& o : overrides) check_utf8(o, source_name + ": override '" + o + "'", false);
   YAML::Node root;
   int documents = 0;
   try {
@@ -612,13 +534,6 @@ config::RunConfig load_run_config(const std::string& yaml_path, const std::vecto
   text << in.rdbuf();
   if (in.bad()) fail(yaml_path, ": error reading config file");
   return parse_run_config(text.str(), yaml_path, overrides);
-}
-
-std::string run_config_to_yaml(const config::RunConfig& config, bool include_defaults) {
-  YAML::Emitter out;
-  emit_message(out, config, include_defaults);
-  LOOM_CHECK(out.good(), "run_config_to_yaml: ", out.GetLastError());
-  return std::string(out.c_str()) + "\n";
 }
 
 }  // namespace loom

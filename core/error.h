@@ -25,10 +25,24 @@ std::string concat(Args&&... args) {
 [[noreturn]] void throw_check_failure(const char* file, int line, const char* cond, const std::string& msg);
 }  // namespace detail
 
+// An error every rank of a multi-process job raises alike, at the same point: a problem the ranks agreed on
+// during set-up (trainer/run.h, agree_on_failure), or a decision taken from values every rank shares (a
+// non-finite loss or state). `loom train` prints it once, from world rank 0, instead of once per rank.
+class JobWideError : public Error {
+ public:
+  using Error::Error;
+};
+
 // Throws loom::Error built from the streamed arguments.
 template <typename... Args>
 [[noreturn]] void fail(Args&&... args) {
   throw Error(detail::concat(std::forward<Args>(args)...));
+}
+
+// Throws JobWideError built from the streamed arguments (see JobWideError for when).
+template <typename... Args>
+[[noreturn]] void fail_job_wide(Args&&... args) {
+  throw JobWideError(detail::concat(std::forward<Args>(args)...));
 }
 
 }  // namespace loom

@@ -27,4 +27,11 @@ class MetricsWriter {
   std::FILE* file_ = nullptr;
 };
 
+// Rewinds the metrics file at `path` to `step` for a run that resumes there: keeps every line whose "step" is at
+// most `step` (step records and events alike), drops the later ones and any line that is not a JSON object with
+// an integer "step" (e.g. one torn by a crash), and replaces the file atomically (core/atomic_file.h), so the
+// file never lists a step twice. A missing file is left missing. Returns how many lines were dropped. Throws
+// loom::Error naming the file when it cannot be read or written.
+int64_t rewind_metrics_file(const std::string& path, int64_t step);
+
 }  // namespace loom

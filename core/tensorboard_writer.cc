@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/tensorboard_event.pb.h"
 
@@ -56,6 +57,55 @@ std::string host_name() {
   char name[256] = {0};
   if (gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "localhost";
   return name;
+}
+
+// One TFRecord: length, its masked CRC, the data, the data's masked CRC.
+std::string tfrecord(const std::string& data) {
+  std::string record;
+  record.reserve(kHeaderBytes + data.size() + kFooterBytes);
+  put_le(record, data.size(), 8);
+  put_le(record, mask_crc32c(crc32c(record.data(), 8)), 4);
+  record += data;
+  put_le(record, mask_crc32c(crc32c(data.data(), data.size())), 4);
+  return record;
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("TFRecord file ", path, ": cannot open: ", std::strerror(errno));
+  std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  if (in.bad()) fail("TFRecord file ", path, ": read failed");
+  return bytes;
+}
+
+// The records of `bytes` (the file `path`), both CRCs checked. With `stop_at_torn_end`, a record cut short by
+// the end of the file (a crash mid-write) ends the list instead of throwing.
+std::vector<std::string> parse_tfrecords(const std::string& bytes, const std::string& path, bool stop_at_torn_end) {
+  std::vector<std::string> records;
+  size_t offset = 0;
+  while (offset < bytes.size()) {
+    const size_t left = bytes.size() - offset;
+    const char* p = bytes.data() + offset;
+    if (left < kHeaderBytes) {
+      if (stop_at_torn_end) break;
+      fail("TFRecord file ", path, ": record at byte offset ", offset, ": truncated header (", left, " of ",
+           kHeaderBytes, " bytes)");
+    }
+    if (static_cast<uint32_t>(get_le(p + 8, 4)) != mask_crc32c(crc32c(p, 8)))
+      fail("TFRecord file ", path, ": record at byte offset ", offset, ": length CRC mismatch (corrupt file)");
+    const uint64_t length = get_le(p, 8);
+    if (length > left - kHeaderBytes || left - kHeaderBytes - length < kFooterBytes) {
+      if (stop_at_torn_end) break;
+      fail("TFRecord file ", path, ": record at byte offset ", offset, ": truncated (", length,
+           " data bytes announced, ", left - kHeaderBytes, " bytes left including the CRC)");
+    }
+    const char* data = p + kHeaderBytes;
+    if (static_cast<uint32_t>(get_le(data + length, 4)) != mask_crc32c(crc32c(data, length)))
+      fail("TFRecord file ", path, ": record at byte offset ", offset, ": data CRC mismatch (corrupt file)");
+    records.emplace_back(data, length);
+    offset += kHeaderBytes + length + kFooterBytes;
+  }
+  return records;
 }
 
 }  // namespace
@@ -114,43 +164,12 @@ void TensorBoardWriter::flush() {
 }
 
 void TensorBoardWriter::write_record(const std::string& data) {
-  std::string record;
-  record.reserve(kHeaderBytes + data.size() + kFooterBytes);
-  put_le(record, data.size(), 8);
-  put_le(record, mask_crc32c(crc32c(record.data(), 8)), 4);
-  record += data;
-  put_le(record, mask_crc32c(crc32c(data.data(), data.size())), 4);
+  const std::string record = tfrecord(data);
   if (std::fwrite(record.data(), 1, record.size(), file_) != record.size())
     fail("TensorBoard event file ", path_, ": write failed: ", std::strerror(errno));
 }
 
-std::vector<std::string> read_tfrecords(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("TFRecord file ", path, ": cannot open: ", std::strerror(errno));
-  const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  if (in.bad()) fail("TFRecord file ", path, ": read failed");
-  std::vector<std::string> records;
-  size_t offset = 0;
-  while (offset < bytes.size()) {
-    const size_t left = bytes.size() - offset;
-    const char* p = bytes.data() + offset;
-    if (left < kHeaderBytes)
-      fail("TFRecord file ", path, ": record at byte offset ", offset, ": truncated header (", left, " of ",
-           kHeaderBytes, " bytes)");
-    if (static_cast<uint32_t>(get_le(p + 8, 4)) != mask_crc32c(crc32c(p, 8)))
-      fail("TFRecord file ", path, ": record at byte offset ", offset, ": length CRC mismatch (corrupt file)");
-    const uint64_t length = get_le(p, 8);
-    if (length > left - kHeaderBytes || left - kHeaderBytes - length < kFooterBytes)
-      fail("TFRecord file ", path, ": record at byte offset ", offset, ": truncated (", length,
-           " data bytes announced, ", left - kHeaderBytes, " bytes left including the CRC)");
-    const char* data = p + kHeaderBytes;
-    if (static_cast<uint32_t>(get_le(data + length, 4)) != mask_crc32c(crc32c(data, length)))
-      fail("TFRecord file ", path, ": record at byte offset ", offset, ": data CRC mismatch (corrupt file)");
-    records.emplace_back(data, length);
-    offset += kHeaderBytes + length + kFooterBytes;
-  }
-  return records;
-}
+std::vector<std::string> read_tfrecords(const std::string& path) { return parse_tfrecords(read_bytes(path), path, false); }
 
 std::vector<TensorBoardScalar> read_tensorboard_scalars(const std::string& path) {
   const std::vector<std::string> records = read_tfrecords(path);
@@ -167,6 +186,23 @@ std::vector<TensorBoardScalar> read_tensorboard_scalars(const std::string& path)
     offset += kHeaderBytes + record.size() + kFooterBytes;
   }
   return scalars;
+}
+
+int64_t rewind_tensorboard_events(const std::string& path, int64_t step) {
+  const std::vector<std::string> records = parse_tfrecords(read_bytes(path), path, /*stop_at_torn_end=*/true);
+  std::string kept;
+  int64_t dropped = 0;
+  for (const std::string& record : records) {
+    tensorboard::Event event;
+    if (!event.ParseFromString(record)) fail("TensorBoard event file ", path, ": a record is not an Event message");
+    if (event.what_case() != tensorboard::Event::kFileVersion && event.step() > step) {
+      ++dropped;
+      continue;
+    }
+    kept += tfrecord(record);
+  }
+  write_file_atomically(path, kept);
+  return dropped;
 }
 
 }  // namespace loom

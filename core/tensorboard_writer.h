@@ -63,6 +63,13 @@ struct TensorBoardScalar {
 // before the cut: the format cannot tell).
 std::vector<std::string> read_tfrecords(const std::string& path);
 
+// Rewinds the event file at `path` to `step` for a run that resumes there: keeps the file_version record and
+// every event at or before `step`, drops the later ones (and a record torn by a crash at the end of the file),
+// and replaces the file atomically (core/atomic_file.h), so no reader ever sees a step twice. Returns how
+// many events were dropped. Throws loom::Error naming the file when it cannot be read or written, or holds a
+// corrupt record before its end.
+int64_t rewind_tensorboard_events(const std::string& path, int64_t step);
+
 // Every scalar (Summary.Value with simple_value) of the event file at `path`, in file order. Validates the
 // records as read_tfrecords does, and throws loom::Error naming the file and offset when a record is not an
 // Event. Other kinds of values (images, histograms, ...) written by other tools are skipped.

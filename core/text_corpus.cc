@@ -1,5 +1,7 @@
 #include "core/text_corpus.h"
 
+#include <fnmatch.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -83,7 +85,12 @@ class ShardWriter {
 
 }  // namespace
 
-std::vector<std::string> list_text_files(const std::vector<std::string>& inputs) {
+std::vector<std::string> list_text_files(const std::vector<std::string>& inputs,
+                                         const std::vector<std::string>& patterns) {
+  const auto matches = [&](const std::string& name) {
+    return std::any_of(patterns.begin(), patterns.end(),
+                       [&](const std::string& p) { return ::fnmatch(p.c_str(), name.c_str(), 0) == 0; });
+  };
   std::vector<std::string> files;
   for (const std::string& input : inputs) {
     std::error_code ec;
@@ -94,7 +101,7 @@ std::vector<std::string> list_text_files(const std::vector<std::string>& inputs)
     } else if (fs::is_directory(status)) {
       std::vector<std::string> found;
       for (const auto& entry : fs::recursive_directory_iterator(input, fs::directory_options::follow_directory_symlink)) {
-        if (entry.is_regular_file() && ends_with(entry.path().filename().string(), ".txt"))
+        if (entry.is_regular_file() && matches(entry.path().filename().string()))
           found.push_back(entry.path().string());
       }
       std::sort(found.begin(), found.end());
@@ -112,24 +119,28 @@ TextCorpusSummary prepare_text_corpus(const std::vector<std::string>& inputs, co
              options.val_fraction, " must be in [0, 1)");
   LOOM_CHECK(options.shard_tokens > 0, "text corpus: shard_tokens ", options.shard_tokens, " must be positive");
   LOOM_CHECK(options.max_files >= 0, "text corpus: max_files ", options.max_files, " must be >= 0");
-  std::vector<std::string> files = list_text_files(inputs);
+  std::vector<std::string> files = list_text_files(inputs, options.patterns);
   if (files.empty()) {
-    std::string names;
+    std::string names, globs;
     for (const std::string& input : inputs) names += (names.empty() ? "'" : ", '") + input + "'";
-    fail("text corpus: no text files (*.txt) found in ", names.empty() ? "(no inputs)" : names);
+    for (const std::string& p : options.patterns) globs += (globs.empty() ? "" : ", ") + p;
+    fail("text corpus: no text files (", globs, ") found in ", names.empty() ? "(no inputs)" : names);
   }
   if (options.max_files > 0 && static_cast<int64_t>(files.size()) > options.max_files)
     files.resize(static_cast<size_t>(options.max_files));
 
   const double f = options.val_fraction;
+  const int64_t n = static_cast<int64_t>(files.size());
+  // Whole documents, unless there are too few to give the validation split its share that way.
+  const bool by_tokens = f > 0 && static_cast<double>(n) * f < 1.0;
   const auto is_val = [f](int64_t i) {
     return std::ceil(static_cast<double>(i + 1) * f) > std::ceil(static_cast<double>(i) * f);
   };
   int64_t val_documents = 0;
-  for (int64_t i = 0; i < static_cast<int64_t>(files.size()); ++i) val_documents += is_val(i) ? 1 : 0;
-  const int64_t train_documents = static_cast<int64_t>(files.size()) - val_documents;
-  if (train_documents == 0)
-    fail("text corpus: all ", files.size(), " documents went to the val split (val_fraction ", f,
+  if (!by_tokens)
+    for (int64_t i = 0; i < n; ++i) val_documents += is_val(i) ? 1 : 0;
+  if (!by_tokens && val_documents == n)
+    fail("text corpus: all ", n, " documents went to the val split (val_fraction ", f,
          "); add files or lower val_fraction");
 
   fs::create_directories(out_dir);
@@ -138,20 +149,44 @@ TextCorpusSummary prepare_text_corpus(const std::vector<std::string>& inputs, co
   }
 
   ShardWriter train(out_dir, "train", options.shard_tokens), val(out_dir, "val", options.shard_tokens);
-  std::vector<int32_t> document;
-  for (int64_t i = 0; i < static_cast<int64_t>(files.size()); ++i) {
+  TextCorpusSummary summary;
+  summary.documents = n;
+  summary.split_by_tokens = by_tokens;
+  std::vector<int32_t> document, stream;
+  std::vector<int64_t> document_starts;  // in `stream` (split by tokens)
+  for (int64_t i = 0; i < n; ++i) {
     document.assign(1, tokenizer.eot_token());
     const std::vector<int32_t> ids = tokenizer.encode(read_text_file(files[i]));
     document.insert(document.end(), ids.begin(), ids.end());
-    (is_val(i) ? val : train).add(document);
+    if (by_tokens) {
+      document_starts.push_back(static_cast<int64_t>(stream.size()));
+      stream.insert(stream.end(), document.begin(), document.end());
+    } else {
+      (is_val(i) ? val : train).add(document);
+    }
+  }
+  if (by_tokens) {
+    const int64_t total = static_cast<int64_t>(stream.size());
+    const int64_t val_tokens = static_cast<int64_t>(std::ceil(static_cast<double>(total) * f));
+    if (val_tokens >= total)
+      fail("text corpus: ", total, " tokens are too few to keep ", val_tokens,
+           " for validation (val_fraction ", f, "); add text or lower val_fraction");
+    const std::span<const int32_t> all(stream);
+    train.add(all.first(static_cast<size_t>(total - val_tokens)));
+    val.add(all.last(static_cast<size_t>(val_tokens)));
+    // Documents with tokens on each side (the one cut in two counts for both).
+    summary.train_documents = std::upper_bound(document_starts.begin(), document_starts.end(), total - val_tokens - 1) -
+                              document_starts.begin();
+    summary.val_documents =
+        n - (std::upper_bound(document_starts.begin(), document_starts.end(), total - val_tokens) -
+             document_starts.begin()) + 1;
+  } else {
+    summary.train_documents = n - val_documents;
+    summary.val_documents = val_documents;
   }
   train.finish();
   val.finish();
 
-  TextCorpusSummary summary;
-  summary.documents = static_cast<int64_t>(files.size());
-  summary.train_documents = train_documents;
-  summary.val_documents = val_documents;
   summary.train_tokens = train.total();
   summary.val_tokens = val.total();
   summary.train_shards = train.shards();

@@ -15,10 +15,36 @@ namespace {
 nlohmann::json step_times_json(const controller::StepTimes& t) {
   return {{"data_ms", t.data_ms()},
           {"forward_backward_ms", t.forward_backward_ms()},
+          {"forward_ms", t.forward_ms()},
+          {"backward_ms", t.backward_ms()},
+          {"grad_sync_ms", t.grad_sync_ms()},
           {"optimizer_ms", t.optimizer_ms()},
           {"communication_ms", t.communication_ms()},
           {"exposed_communication_ms", t.exposed_communication_ms()},
           {"total_ms", t.total_ms()}};
+}
+
+nlohmann::json ranks_json(const controller::JobStatusReply& s) {
+  nlohmann::json ranks = nlohmann::json::array();
+  for (const auto& r : s.ranks())
+    ranks.push_back({{"rank", r.rank()},
+                     {"host", r.host()},
+                     {"pid", r.pid()},
+                     {"device", r.device()},
+                     {"step", r.step()},
+                     {"paused", r.paused()},
+                     {"finished", r.finished()},
+                     {"seconds_since_heartbeat", r.seconds_since_heartbeat()},
+                     {"host_rss_bytes", r.host_rss_bytes()},
+                     {"step_times", step_times_json(r.step_times())}});
+  return ranks;
+}
+
+nlohmann::json events_json(const controller::JobStatusReply& s) {
+  nlohmann::json events = nlohmann::json::array();
+  for (const auto& e : s.events())
+    events.push_back({{"time", e.unix_time()}, {"state", job_state_name(e.state())}, {"message", e.message()}});
+  return events;
 }
 
 nlohmann::json summary_json(const controller::JobStatusReply& s) {
@@ -26,20 +52,6 @@ nlohmann::json summary_json(const controller::JobStatusReply& s) {
           {"world_size", s.world_size()}, {"attempt", s.attempt()}, {"restarts", s.restarts()},
           {"max_restarts", s.max_restarts()}, {"step", s.step()},   {"paused", s.control().paused()},
           {"out_dir", s.out_dir()}};
-}
-
-// A label value in the exposition format: backslash, double quote and newline escaped.
-std::string label_value(const std::string& v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\' || c == '"') out += '\\';
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out += c;
-  }
-  return out;
 }
 
 // At most `limit` reports, evenly spaced, always with the newest: the page redraws every second, and a long
@@ -53,6 +65,9 @@ std::vector<controller::MetricsReport> thinned(std::vector<controller::MetricsRe
 }
 
 constexpr size_t kMaxChartPoints = 2000;
+
+// Run folders are "run1", "run2", ... in the order given.
+std::string folder_run_id(size_t index) { return "run" + std::to_string(index + 1); }
 constexpr size_t kMaxRequestBodyBytes = 1 << 16;  // every route is a GET
 
 // httplib's task queue with a bound: `threads` workers, and enqueue() (called by the accept loop, one task per
@@ -113,105 +128,23 @@ class BoundedTaskQueue final : public httplib::TaskQueue {
 
 nlohmann::json job_json(const controller::JobStatusReply& s, const std::vector<controller::MetricsReport>& metrics) {
   nlohmann::json j = summary_json(s);
-  j["ranks"] = nlohmann::json::array();
-  for (const auto& r : s.ranks())
-    j["ranks"].push_back({{"rank", r.rank()},
-                          {"host", r.host()},
-                          {"pid", r.pid()},
-                          {"device", r.device()},
-                          {"step", r.step()},
-                          {"paused", r.paused()},
-                          {"finished", r.finished()},
-                          {"seconds_since_heartbeat", r.seconds_since_heartbeat()},
-                          {"host_rss_bytes", r.host_rss_bytes()},
-                          {"step_times", step_times_json(r.step_times())}});
-  j["events"] = nlohmann::json::array();
-  for (const auto& e : s.events())
-    j["events"].push_back({{"time", e.unix_time()}, {"state", job_state_name(e.state())}, {"message", e.message()}});
-  nlohmann::json series = {{"step", nlohmann::json::array()},         {"time", nlohmann::json::array()},
-                           {"loss", nlohmann::json::array()},         {"tokens_per_s", nlohmann::json::array()},
-                           {"mfu", nlohmann::json::array()},          {"data_ms", nlohmann::json::array()},
-                           {"forward_backward_ms", nlohmann::json::array()},
-                           {"optimizer_ms", nlohmann::json::array()}};
-  for (const auto& m : metrics) {
-    series["step"].push_back(m.step());
-    series["time"].push_back(m.unix_time());
-    series["loss"].push_back(m.loss());
-    series["tokens_per_s"].push_back(m.tokens_per_s());
-    series["mfu"].push_back(m.mfu());
-    series["data_ms"].push_back(m.step_times().data_ms());
-    series["forward_backward_ms"].push_back(m.step_times().forward_backward_ms());
-    series["optimizer_ms"].push_back(m.step_times().optimizer_ms());
-  }
-  j["metrics"] = std::move(series);
+  j["ranks"] = ranks_json(s);
+  j["events"] = events_json(s);
+  RunSeries series;
+  for (const auto& m : metrics) series.add(m);
+  j["metrics"] = series.to_json(0)["series"];
   return j;
 }
 
-std::string prometheus_text(const controller::ListJobsReply& jobs) {
-  std::ostringstream out;
-  out.precision(17);
-  auto family = [&](const char* name, const char* type, const char* help) {
-    out << "# HELP " << name << ' ' << help << "\n# TYPE " << name << ' ' << type << '\n';
-  };
-  auto job_label = [](const controller::JobStatusReply& s) { return "job=\"" + label_value(s.job_id()) + "\""; };
-
-  family("loom_job_info", "gauge", "Job metadata; the value is always 1.");
-  for (const auto& s : jobs.jobs())
-    out << "loom_job_info{" << job_label(s) << ",name=\"" << label_value(s.name()) << "\",state=\""
-        << job_state_name(s.state()) << "\"} 1\n";
-  family("loom_job_restarts_total", "counter", "Restarts of the job after a detected failure.");
-  for (const auto& s : jobs.jobs()) out << "loom_job_restarts_total{" << job_label(s) << "} " << s.restarts() << '\n';
-  family("loom_job_world_size", "gauge", "Ranks of the job.");
-  for (const auto& s : jobs.jobs()) out << "loom_job_world_size{" << job_label(s) << "} " << s.world_size() << '\n';
-  family("loom_job_step", "gauge", "Last training step reported by rank 0.");
-  for (const auto& s : jobs.jobs()) out << "loom_job_step{" << job_label(s) << "} " << s.step() << '\n';
-
-  struct Gauge {
-    const char* name;
-    const char* help;
-    double (*value)(const controller::MetricsReport&);
-  };
-  const Gauge gauges[] = {
-      {"loom_job_loss", "Training loss of the last step.", [](const auto& m) { return m.loss(); }},
-      {"loom_job_tokens_per_second", "Training throughput of the last step.",
-       [](const auto& m) { return m.tokens_per_s(); }},
-      {"loom_job_mfu_ratio", "Model FLOPs utilisation of the last step (0 to 1).", [](const auto& m) { return m.mfu(); }},
-      {"loom_job_device_memory_bytes", "Bytes in use by rank 0's device allocator.",
-       [](const auto& m) { return static_cast<double>(m.device_bytes_in_use()); }},
-  };
-  for (const Gauge& g : gauges) {
-    family(g.name, "gauge", g.help);
-    for (const auto& s : jobs.jobs())
-      if (s.has_last_metrics()) out << g.name << '{' << job_label(s) << "} " << g.value(s.last_metrics()) << '\n';
-  }
-
-  family("loom_rank_step_time_seconds", "gauge", "Time of the rank's last step, by phase.");
-  for (const auto& s : jobs.jobs())
-    for (const auto& r : s.ranks()) {
-      const auto& t = r.step_times();
-      const std::pair<const char*, double> phases[] = {{"data", t.data_ms()},
-                                                       {"forward_backward", t.forward_backward_ms()},
-                                                       {"optimizer", t.optimizer_ms()},
-                                                       {"total", t.total_ms()}};
-      for (const auto& [phase, ms] : phases)
-        out << "loom_rank_step_time_seconds{" << job_label(s) << ",rank=\"" << r.rank() << "\",phase=\"" << phase
-            << "\"} " << ms / 1e3 << '\n';
-    }
-  family("loom_rank_heartbeat_age_seconds", "gauge", "Seconds since the rank's last heartbeat.");
-  for (const auto& s : jobs.jobs())
-    for (const auto& r : s.ranks())
-      out << "loom_rank_heartbeat_age_seconds{" << job_label(s) << ",rank=\"" << r.rank() << "\"} "
-          << r.seconds_since_heartbeat() << '\n';
-  family("loom_rank_resident_memory_bytes", "gauge", "Resident host memory of the rank's process.");
-  for (const auto& s : jobs.jobs())
-    for (const auto& r : s.ranks())
-      out << "loom_rank_resident_memory_bytes{" << job_label(s) << ",rank=\"" << r.rank() << "\"} "
-          << r.host_rss_bytes() << '\n';
-  return out.str();
-}
-
 DashboardServer::DashboardServer(const JobSupervisor& jobs, const DashboardOptions& options)
-    : jobs_(jobs), server_(std::make_unique<httplib::Server>()) {
+    : DashboardServer(&jobs, {}, options) {}
+
+DashboardServer::DashboardServer(std::vector<std::string> run_dirs, const DashboardOptions& options)
+    : DashboardServer(nullptr, std::move(run_dirs), options) {}
+
+DashboardServer::DashboardServer(const JobSupervisor* jobs, std::vector<std::string> run_dirs,
+                                 const DashboardOptions& options)
+    : jobs_(jobs), run_dirs_(std::move(run_dirs)), server_(std::make_unique<httplib::Server>()) {
   for (const std::string& dir : {options.static_dir, options.vendor_dir})
     if (!std::filesystem::is_directory(dir))
       fail("dashboard: folder \"", dir, "\" not found (static files: launch/dashboard; the chart library: run "
@@ -228,25 +161,42 @@ DashboardServer::DashboardServer(const JobSupervisor& jobs, const DashboardOptio
   server_->set_write_timeout(options.io_timeout_s, 0);
   server_->set_payload_max_length(kMaxRequestBodyBytes);
 
-  server_->Get("/api/jobs", [this](const httplib::Request&, httplib::Response& res) {
-    nlohmann::json list = nlohmann::json::array();
-    const controller::ListJobsReply all = jobs_.list();
-    for (const auto& s : all.jobs()) list.push_back(summary_json(s));
-    res.set_content(list.dump(), "application/json");
+  const auto json_reply = [](httplib::Response& res, const nlohmann::json& j) {
+    res.set_content(j.dump(), "application/json");
+  };
+  const auto not_found = [](httplib::Response& res, const std::string& what) {
+    res.status = 404;
+    res.set_content(nlohmann::json({{"error", what}}).dump(), "application/json");
+  };
+  server_->Get("/api/runs", [this, json_reply](const httplib::Request&, httplib::Response& res) {
+    json_reply(res, runs_json());
   });
-  server_->Get(R"(/api/jobs/([A-Za-z0-9_.-]+))", [this](const httplib::Request& req, httplib::Response& res) {
-    const std::string id = req.matches[1];
+  server_->Get(R"(/api/runs/([A-Za-z0-9_.-]+))", [=, this](const httplib::Request& req, httplib::Response& res) {
     try {
-      res.set_content(job_json(jobs_.status(id), thinned(jobs_.metrics(id, 0), kMaxChartPoints)).dump(),
-                      "application/json");
+      json_reply(res, run_json(req.matches[1]));
     } catch (const JobError& e) {
-      res.status = 404;
-      res.set_content(nlohmann::json({{"error", e.what()}}).dump(), "application/json");
+      not_found(res, e.what());
     }
   });
-  server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(prometheus_text(jobs_.list()), "text/plain; version=0.0.4; charset=utf-8");
-  });
+  if (jobs_) {
+    server_->Get("/api/jobs", [this, json_reply](const httplib::Request&, httplib::Response& res) {
+      nlohmann::json list = nlohmann::json::array();
+      const controller::ListJobsReply all = jobs_->list();
+      for (const auto& s : all.jobs()) list.push_back(summary_json(s));
+      json_reply(res, list);
+    });
+    server_->Get(R"(/api/jobs/([A-Za-z0-9_.-]+))", [=, this](const httplib::Request& req, httplib::Response& res) {
+      const std::string id = req.matches[1];
+      try {
+        json_reply(res, job_json(jobs_->status(id), thinned(jobs_->metrics(id, 0), kMaxChartPoints)));
+      } catch (const JobError& e) {
+        not_found(res, e.what());
+      }
+    });
+    server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(prometheus_text(jobs_->list()), "text/plain; version=0.0.4; charset=utf-8");
+    });
+  }
   server_->set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
     std::string what = "unknown error";
     try {
@@ -263,6 +213,58 @@ DashboardServer::DashboardServer(const JobSupervisor& jobs, const DashboardOptio
   if (port_ <= 0 || (options.port != 0 && !server_->bind_to_port(options.host, options.port)))
     fail("dashboard: cannot listen on ", options.host, ":", options.port);
   thread_ = std::thread([this] { server_->listen_after_bind(); });
+}
+
+nlohmann::json DashboardServer::folder_series(const std::string& dir) const {
+  std::lock_guard lock(tails_mu_);
+  auto& tail = tails_[dir];
+  if (!tail) tail = std::make_unique<MetricsFileTail>(dir + "/metrics.jsonl");
+  if (!tail->update() || tail->series().size() == 0) return nullptr;
+  return tail->series().to_json(kMaxChartPoints);
+}
+
+nlohmann::json DashboardServer::runs_json() const {
+  nlohmann::json runs = nlohmann::json::array();
+  if (jobs_) {
+    const controller::ListJobsReply all = jobs_->list();
+    for (const auto& s : all.jobs()) {
+      nlohmann::json run = run_folder_summary(s.job_id(), s.out_dir());
+      run["name"] = s.name();
+      run["state"] = job_state_name(s.state());
+      run["step"] = s.step();
+      runs.push_back(std::move(run));
+    }
+  } else {
+    for (size_t i = 0; i < run_dirs_.size(); ++i) runs.push_back(run_folder_summary(folder_run_id(i), run_dirs_[i]));
+  }
+  return {{"mode", jobs_ ? "controller" : "folders"}, {"runs", std::move(runs)}};
+}
+
+nlohmann::json DashboardServer::run_json(const std::string& id) const {
+  if (!jobs_) {
+    for (size_t i = 0; i < run_dirs_.size(); ++i) {
+      if (folder_run_id(i) != id) continue;
+      nlohmann::json run = run_folder_summary(id, run_dirs_[i]);
+      const nlohmann::json series = folder_series(run_dirs_[i]);
+      run.update(series.is_null() ? RunSeries().to_json(0) : series);
+      return run;
+    }
+    throw JobError(JobError::Code::kNotFound, "no run " + id);
+  }
+  const controller::JobStatusReply s = jobs_->status(id);  // throws kNotFound
+  nlohmann::json run = run_folder_summary(id, s.out_dir());
+  run["name"] = s.name();
+  nlohmann::json series = folder_series(s.out_dir());
+  if (series.is_null()) {  // no metrics.jsonl where the controller looks: the reports rank 0 sent
+    RunSeries reports;
+    for (const auto& m : jobs_->metrics(id, 0)) reports.add(m);
+    series = reports.to_json(kMaxChartPoints);
+  }
+  run.update(series);
+  run["job"] = summary_json(s);
+  run["job"]["ranks"] = ranks_json(s);
+  run["job"]["events"] = events_json(s);
+  return run;
 }
 
 DashboardServer::~DashboardServer() {

@@ -1,13 +1,19 @@
-// The controller's HTTP side: the dashboard page (launch/dashboard/ and the charting library installed by
-// scripts/setup.sh), a JSON API that feeds it, and a Prometheus text endpoint. Read-only: nothing here steers a
-// job (that needs a token over gRPC), so it has no authentication; it binds 127.0.0.1 unless told otherwise.
+// The dashboard's HTTP side: the page (launch/dashboard/ and the charting library installed by
+// scripts/setup.sh), a JSON API that feeds it, and (under the controller) a Prometheus endpoint. Read-only:
+// nothing here steers a job (that needs a token over gRPC), so it has no authentication; it binds 127.0.0.1
+// unless told otherwise. Two sources of runs, one front end:
+// - the controller (`loom-controller serve`): every job is a run; its charts come from its run folder's
+//   metrics.jsonl (train.out_dir, as the controller sees it), or from the metrics reports while there is none;
+//   the job adds its state, ranks (step time by phase, heartbeat age) and events (restarts);
+// - run folders (`loom dashboard RUN_DIR...`): each folder's metrics.jsonl, followed while its run writes it.
 //
 //   GET /                    the dashboard (static files from static_dir)
 //   GET /vendor/...          the charting library (files from vendor_dir)
-//   GET /api/jobs            [{id, name, state, step, restarts, ...}, ...]
-//   GET /api/jobs/<id>       one job: status, ranks (step-time breakdown), events, metric series (at most
-//                            2000 points, evenly thinned, the newest always included)
-//   GET /metrics             Prometheus text exposition format 0.0.4
+//   GET /api/runs            {"mode": "controller" | "folders", "runs": [{id, name, dir, kind, ...}]}
+//   GET /api/runs/<id>       one run: its summary, RunSeries::to_json (launch/run_series.h: at most 2000 points
+//                            per series), and under the controller "job": state, attempt, restarts, ranks, events
+//   GET /api/jobs, /api/jobs/<id>   the controller's jobs and their metrics reports (job_json)
+//   GET /metrics             Prometheus text exposition format 0.0.4 (launch/prometheus_text.h; controller only)
 //
 // Server: cpp-httplib (Debian's libcpp-httplib-dev, 0.11), a small embedded server; each connection takes a
 // worker thread while it is open. Slow clients are bounded: at most max_connections connections are served at
@@ -16,15 +22,21 @@
 // io_timeout_s, is closed. So a crowd of silent clients delays a request by about idle_timeout_s per
 // max_connections of them, and cannot hold it off. (A client that dribbles a request byte by byte, each
 // within io_timeout_s, keeps its worker: cpp-httplib 0.11 has no whole-request deadline.)
-// Thread-safety: handlers run on the worker threads and only read the JobSupervisor (itself thread-safe).
+// Thread-safety: handlers run on the worker threads; they read the JobSupervisor (itself thread-safe) and the
+// run folders' tails under tails_mu_.
 #pragma once
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "launch/job_supervisor.h"
+#include "launch/prometheus_text.h"
+#include "launch/run_series.h"
 
 namespace httplib {
 class Server;
@@ -44,22 +56,35 @@ struct DashboardOptions {
 
 class DashboardServer {
  public:
-  // Binds and starts serving (`jobs` not owned; must outlive this). Throws loom::Error when it cannot bind,
-  // a folder is missing or a limit is not positive.
+  // The controller's dashboard (`jobs` not owned; must outlive this). Throws loom::Error when it cannot bind, a
+  // folder is missing or a limit is not positive.
   DashboardServer(const JobSupervisor& jobs, const DashboardOptions& options);
+  // A dashboard of run folders (their metrics.jsonl need not exist yet). Throws as above.
+  DashboardServer(std::vector<std::string> run_dirs, const DashboardOptions& options);
   ~DashboardServer();  // stops serving and joins the server thread
   int port() const { return port_; }
 
  private:
-  const JobSupervisor& jobs_;
+  DashboardServer(const JobSupervisor* jobs, std::vector<std::string> run_dirs, const DashboardOptions& options);
+  nlohmann::json runs_json() const;
+  // Throws JobError(kNotFound) for an unknown id.
+  nlohmann::json run_json(const std::string& id) const;
+  // The run folder's series (reading what was appended since the last call), or null when it has no
+  // metrics.jsonl yet.
+  nlohmann::json folder_series(const std::string& dir) const;
+
+  const JobSupervisor* jobs_;  // null: run folders
+  std::vector<std::string> run_dirs_;
+  mutable std::mutex tails_mu_;
+  mutable std::map<std::string, std::unique_ptr<MetricsFileTail>> tails_;  // by run folder
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   int port_ = 0;
 };
 
-// The JSON document of GET /api/jobs/<id>.
-nlohmann::json job_json(const controller::JobStatusReply& status, const std::vector<controller::MetricsReport>& metrics);
-// The Prometheus exposition text of every job (GET /metrics).
-std::string prometheus_text(const controller::ListJobsReply& jobs);
+// The JSON document of GET /api/jobs/<id>: the job's summary, ranks, events, and "metrics" (the reports as
+// RunSeries columns: step, time, loss, mfu, ...).
+nlohmann::json job_json(const controller::JobStatusReply& status,
+                        const std::vector<controller::MetricsReport>& metrics);
 
 }  // namespace loom

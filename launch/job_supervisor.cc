@@ -425,6 +425,9 @@ void JobSupervisor::report_metrics(const controller::MetricsReport& report) {
   if (job.metrics.size() >= options_.max_metrics_per_job) job.metrics.erase(job.metrics.begin());
   job.metrics.push_back(report);
   job.metrics.back().set_unix_time(unix_now());
+  ++job.steps_total;
+  job.tokens_total += report.tokens_per_s() * report.step_times().total_ms() / 1e3;
+  if (report.has_val_loss()) job.last_val_loss = report.val_loss();
   changed_.notify_all();
 }
 
@@ -478,6 +481,9 @@ controller::JobStatusReply JobSupervisor::status_of(const Job& job) const {
   s.set_out_dir(job.out_dir);
   s.set_log_path(job.log_path);
   if (!job.metrics.empty()) *s.mutable_last_metrics() = job.metrics.back();
+  s.set_steps_total(job.steps_total);
+  s.set_tokens_total(job.tokens_total);
+  if (job.last_val_loss) s.set_last_val_loss(*job.last_val_loss);
   return s;
 }
 

@@ -24,6 +24,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <thread>
@@ -119,6 +120,9 @@ class JobSupervisor {
     controller::ControlState control;
     std::map<int, Rank> ranks;
     std::vector<controller::MetricsReport> metrics;
+    int64_t steps_total = 0;     // every report counted, also those `metrics` has dropped or replaced
+    double tokens_total = 0;
+    std::optional<double> last_val_loss;
     std::vector<controller::JobEvent> events;
   };
 

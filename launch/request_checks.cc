@@ -45,6 +45,9 @@ void check_step_times(const char* rpc, const controller::StepTimes& t) {
   check_amount(rpc, "step_times.total_ms", t.total_ms());
   check_amount(rpc, "step_times.communication_ms", t.communication_ms());
   check_amount(rpc, "step_times.exposed_communication_ms", t.exposed_communication_ms());
+  check_amount(rpc, "step_times.forward_ms", t.forward_ms());
+  check_amount(rpc, "step_times.backward_ms", t.backward_ms());
+  check_amount(rpc, "step_times.grad_sync_ms", t.grad_sync_ms());
 }
 
 // a is b, or lies inside it (compares whole path components).

@@ -3,10 +3,10 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <fstream>
 #include <iostream>
 
 #include "core/allocator.h"
+#include "core/host_memory.h"
 #include "launch/controller_service.h"
 
 namespace loom {
@@ -31,13 +31,6 @@ int positive_env(const char* name, int fallback) {
   return static_cast<int>(n);
 }
 
-int64_t host_rss_bytes() {
-  std::ifstream statm("/proc/self/statm");
-  int64_t pages_total = 0, pages_resident = 0;
-  statm >> pages_total >> pages_resident;
-  return pages_resident * sysconf(_SC_PAGESIZE);
-}
-
 std::string host_name() {
   char name[256] = {};
   gethostname(name, sizeof name - 1);
@@ -53,6 +46,9 @@ controller::StepTimes step_times_of(const nlohmann::json& record) {
     t.set_optimizer_ms(ms.value("optimizer", 0.0));
     t.set_communication_ms(ms.value("communication", 0.0));
     t.set_exposed_communication_ms(ms.value("exposed_communication", 0.0));
+    t.set_forward_ms(ms.value("forward", 0.0));
+    t.set_backward_ms(ms.value("backward", 0.0));
+    t.set_grad_sync_ms(ms.value("grad_sync", 0.0));
   }
   t.set_total_ms(record.value("ms_per_step", 0.0));
   return t;
@@ -134,6 +130,7 @@ void WorkerClient::on_step(const nlohmann::json& record) {
   m.set_mfu(record.value("mfu", 0.0));
   m.set_lr(record.value("lr", 0.0));
   m.set_grad_norm(record.value("grad_norm", 0.0));
+  if (record.contains("val_loss")) m.set_val_loss(record.value("val_loss", 0.0));
   *m.mutable_step_times() = step_times_;
   m.set_host_rss_bytes(host_rss_bytes());
   m.set_device_bytes_in_use(static_cast<int64_t>(allocator_for(device_).bytes_in_use()));

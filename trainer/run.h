@@ -1,6 +1,7 @@
 // Building a training run from its configuration: device, backend, model, data, trainer; then training.
 // This is what `loom train` does, exposed so that tests and the controller's workers run the same path.
 #pragma once
+#include <functional>
 #include <iosfwd>
 #include <memory>
 #include <string>
@@ -49,11 +50,17 @@ std::unique_ptr<Model> build_model(const config::RunConfig& cfg, Backend& backen
                                    const TensorParallelContext* tp = nullptr);
 std::unique_ptr<DataSource> build_data_source(const config::RunConfig& cfg, int rank, int world_size);
 
+// Runs `step` on every rank of `world` and agrees on its outcome: when it threw on any rank, every rank throws
+// JobWideError with the message of the lowest rank that failed, so a problem several ranks meet alike is
+// reported once. Collective over `world`; `step` must not communicate.
+void agree_on_failure(Communicator& world, const std::function<void()>& step);
+
 // Trains as configured. Multi-process when the process was started by a launcher (mpirun / srun: see
 // parallel/environment.h) or parallel.data × parallel.tensor > 1: MPI is initialised here, the ranks form a
 // data × tensor mesh (their number must equal the product), every rank trains its share, and world rank 0
-// logs and writes files. An error on any rank prints it with the rank and ends the whole job
-// (abort_all_ranks), so no rank hangs in a collective. World rank 0 locks out_dir for the run
+// logs and writes files. Errors the ranks meet alike (set-up problems they agree on, non-finite losses) are
+// thrown as JobWideError on every rank, for the caller to print once; any other error on a rank is printed
+// with the rank and ends the whole job (abort_all_ranks), so no rank hangs in a collective. World rank 0 locks out_dir for the run
 // (core/run_dir_lock.h: a second run into the same folder fails at once) and removes stale temporary
 // checkpoint folders there. Single process: writes out_dir/config.yaml, resumes when train.resume is set ("latest" resumes from
 // the newest checkpoint in out_dir if there is one), logs to `log`, and returns the result. `observers` (not

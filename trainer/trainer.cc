@@ -9,11 +9,14 @@
 #include <iomanip>
 #include <ostream>
 
+#include "core/allocator.h"
 #include "core/checkpoint.h"
 #include "core/config.h"
+#include "core/host_memory.h"
 #include "core/tensorboard_writer.h"
 #include "parallel/host_collectives.h"
 #include "trainer/mfu.h"
+#include "trainer/run_folder.h"
 
 namespace loom {
 namespace {
@@ -23,25 +26,21 @@ double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 }
 
-std::string format_duration(double seconds) {
-  const int64_t s = static_cast<int64_t>(seconds + 0.5);
-  char buf[32];
-  if (s >= 3600)
-    std::snprintf(buf, sizeof buf, "%lldh%02lldm", static_cast<long long>(s / 3600), static_cast<long long>(s / 60 % 60));
-  else
-    std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
-  return buf;
+double unix_seconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-// A one-line progress bar redrawn in place on a terminal: "[#####.....] 50% 100/200 ETA 1m23s".
-void draw_progress(int64_t done, int64_t total, double eta_seconds) {
-  const int width = 30;
-  const int filled = total ? static_cast<int>(width * done / total) : width;
-  std::fprintf(stderr, "\r[%s%s] %3d%% %lld/%lld ETA %s ", std::string(filled, '#').c_str(),
-               std::string(width - filled, '.').c_str(), total ? static_cast<int>(100 * done / total) : 100,
-               static_cast<long long>(done), static_cast<long long>(total), format_duration(eta_seconds).c_str());
-  if (done == total) std::fputc('\n', stderr);
-  std::fflush(stderr);
+// A pruning run's current widths per block, as the metrics record carries them.
+nlohmann::json widths_json(const ModelShape& shape) {
+  nlohmann::json widths = {{"embedding", shape.d_model}};
+  for (const char* axis : {"heads", "qk_dim", "v_dim", "mlp"}) widths[axis] = nlohmann::json::array();
+  for (const BlockWidths& b : shape.blocks) {
+    widths["heads"].push_back(b.heads);
+    widths["qk_dim"].push_back(b.qk_dim);
+    widths["v_dim"].push_back(b.v_dim);
+    widths["mlp"].push_back(b.mlp_dim);
+  }
+  return widths;
 }
 
 // Rescales a data position {"train": {"epoch", "index"}} saved with `from` data ranks to `to` ranks: the index
@@ -64,7 +63,7 @@ nlohmann::json rescale_data_state(nlohmann::json state, int from, int to, const 
 std::vector<std::pair<std::string, double>> tensorboard_scalars(const nlohmann::json& record) {
   std::vector<std::pair<std::string, double>> out;
   for (const auto& [key, value] : record.items()) {
-    if (key == "step") continue;
+    if (key == "step" || key == "time") continue;
     if (value.is_object()) {
       for (const auto& [sub, v] : value.items())
         if (v.is_number()) out.emplace_back(key + "/" + sub, v.get<double>());
@@ -85,7 +84,13 @@ std::vector<std::pair<std::string, double>> tensorboard_scalars(const nlohmann::
 
 Trainer::Trainer(const config::RunConfig& cfg, Model& model, DataSource& data, std::ostream& log,
                  TrainerParallelism parallel)
-    : cfg_(cfg), model_(model), data_(data), log_(log), parallel_(parallel) {
+    : cfg_(cfg),
+      model_(model),
+      data_(data),
+      progress_(log, terminal_progress_options(cfg.train().progress(), cfg.train().progress_every())),
+      log_(progress_.log()),
+      parallel_(parallel),
+      run_id_(new_run_id()) {
   const auto& par = cfg_.parallel();
   sync_ = std::make_unique<GradientSync>(model.params(), model.backend(),
                                          parallel_.mesh ? &parallel_.mesh->data_group() : nullptr, parallel_.tp,
@@ -108,12 +113,8 @@ Trainer::Trainer(const config::RunConfig& cfg, Model& model, DataSource& data, s
     backward_marker_ = &phase_markers_->next();
     backward_marker_->record();
   });
-  LOOM_CHECK(!cfg_.train().spike_guard().enabled() || cfg_.train().checkpoint_every() >= 0,
-             "train.spike_guard restores checkpoints, but train.checkpoint_every is -1 (never)");
-  if (writes_files()) {
-    metrics_ = std::make_unique<MetricsWriter>(cfg_.train().out_dir() + "/metrics.jsonl");
-    tensorboard_ = std::make_unique<TensorBoardWriter>(cfg_.train().out_dir() + "/tensorboard");
-  }
+  if (cfg_.train().spike_guard().enabled() && cfg_.train().checkpoint_every() < 0)
+    fail("train.spike_guard restores checkpoints, but train.checkpoint_every is -1 (never)");
   if (cfg_.train().has_peak_flops())
     peak_flops_ = cfg_.train().peak_flops();
   else if (model.backend().device().is_cpu())
@@ -189,8 +190,8 @@ void Trainer::check_state_finite(const std::string& what) {
                        {model_.params().master(), optimizer_->first_moment(), optimizer_->second_moment()},
                        [this](std::vector<double>& v) { sum_over_world(v); });
   if (counts.empty()) return;
-  fail("step ", step_, ": the training state is not finite (", describe_counts(counts), "); stopped before ", what,
-       ". ", last_good_sentence());
+  fail_job_wide("step ", step_, ": the training state is not finite (", describe_counts(counts), "); stopped before ",
+                what, ". ", last_good_sentence());
 }
 
 TrainingObserver::Control Trainer::agree(TrainingObserver::Control control) {
@@ -235,6 +236,7 @@ CheckpointContents Trainer::checkpoint_contents() {
   c.state["data"] = data_.state();
   c.state["data_parallel_size"] = data_size();
   c.state["config_yaml"] = run_config_to_yaml(cfg_);
+  c.state["run_id"] = run_id_;
   if (pruning_)
     c.state["prune"] = pruning_->state();
   else if (!carried_prune_state_.is_null())
@@ -251,7 +253,8 @@ std::string Trainer::write_checkpoint(const CheckpointContents& c) {
   const bool guarded = cfg_.train().spike_guard().enabled();
   if (writes_files()) {
     save_checkpoint(cfg_.train().out_dir(), step_, c);
-    prune_checkpoints(cfg_.train().out_dir(), cfg_.train().keep_checkpoints(), guarded ? last_good_checkpoint_ : dir);
+    prune_checkpoints(cfg_.train().out_dir(), cfg_.train().keep_checkpoints(), run_id_,
+                      guarded ? last_good_checkpoint_ : dir);
   }
   if (parallel_.mesh) parallel_.mesh->world().barrier();  // the checkpoint exists for every rank on return
   (guarded ? pending_checkpoint_ : last_good_checkpoint_) = dir;
@@ -260,7 +263,7 @@ std::string Trainer::write_checkpoint(const CheckpointContents& c) {
 
 std::string Trainer::save_checkpoint_now() { return write_checkpoint(checkpoint_contents()); }
 
-void Trainer::load_state(const std::string& dir, bool with_data) {
+nlohmann::json Trainer::load_state(const std::string& dir, bool with_data) {
   CheckpointContents c = load_checkpoint(dir);
   // The state's fields first, so a bad state.json changes nothing.
   const std::string state_file = dir + "/state.json";
@@ -294,12 +297,37 @@ void Trainer::load_state(const std::string& dir, bool with_data) {
     pruning_->restore(c.state["prune"], optimizer_->first_moment(), optimizer_->second_moment(), state_file);
   else if (c.state.contains("prune"))
     carried_prune_state_ = c.state["prune"];
+  return c.state;
 }
 
-void Trainer::resume_from(const std::string& dir) {
-  load_state(dir, /*with_data=*/true);
+void Trainer::resume_from(const std::string& dir, const std::string& event) {
+  const nlohmann::json state = load_state(dir, /*with_data=*/true);
+  // The run goes on: its checkpoints keep its id, so keep_checkpoints prunes them and no other run's.
+  if (state.contains("run_id") && state["run_id"].is_string()) run_id_ = state["run_id"].get<std::string>();
   last_good_checkpoint_ = dir;
-  log_ << "resumed from " << dir << " at step " << step_ << "\n";
+  log_ << "resumed from " << dir << " at step " << step_;
+  if (const int64_t dropped = rewind_outputs(event, dir))
+    log_ << " (" << dropped << " records after it dropped from metrics.jsonl and TensorBoard)";
+  log_ << std::endl;
+}
+
+int64_t Trainer::rewind_outputs(const std::string& event, const std::string& checkpoint) {
+  if (!writes_files()) return 0;
+  metrics_.reset();
+  tensorboard_.reset();
+  const int64_t dropped = rewind_run_outputs(cfg_.train().out_dir(), step_);
+  write_record({{"step", step_}, {"event", event}, {"checkpoint", checkpoint}, {"time", unix_seconds()}});
+  return dropped;
+}
+
+void Trainer::write_record(const nlohmann::json& record) {
+  if (!writes_files()) return;
+  const std::string& out_dir = cfg_.train().out_dir();
+  if (!metrics_) metrics_ = std::make_unique<MetricsWriter>(out_dir + "/metrics.jsonl");
+  metrics_->write(record);
+  if (record.contains("event")) return;  // an event is no step's scalars
+  if (!tensorboard_) tensorboard_ = std::make_unique<TensorBoardWriter>(out_dir + "/tensorboard");
+  tensorboard_->write_scalars(record.at("step").get<int64_t>(), tensorboard_scalars(record));
 }
 
 bool Trainer::is_spike(double loss, double norm) const {
@@ -319,13 +347,15 @@ void Trainer::recover_from_spike(double loss, double norm) {
                                                " x the median of the last ", recent_losses_.size(), " losses)")
                               : detail::concat("loss ", loss, " / grad norm ", norm, " is not finite");
   pending_checkpoint_.clear();  // the step after it spiked: it is not good
-  if (last_good_checkpoint_.empty()) fail("step ", bad_step, ": ", why, "; no good checkpoint to restore, stopping");
+  if (last_good_checkpoint_.empty())
+    fail_job_wide("step ", bad_step, ": ", why, "; no good checkpoint to restore, stopping");
   if (restores_in_a_row_ >= g.max_restores())
-    fail("step ", bad_step, ": ", why, " after ", restores_in_a_row_,
-         " restores without reaching a new good checkpoint (train.spike_guard.max_restores); stopping. ",
-         last_good_sentence());
+    fail_job_wide("step ", bad_step, ": ", why, " after ", restores_in_a_row_,
+                  " restores without reaching a new good checkpoint (train.spike_guard.max_restores); stopping. ",
+                  last_good_sentence());
   ++restores_in_a_row_;
   load_state(last_good_checkpoint_, /*with_data=*/false);
+  rewind_outputs("restored", last_good_checkpoint_);  // the steps after the checkpoint are trained again
   // The data position stays where the spike left it (the batches since the checkpoint are not seen again);
   // each data rank skips its share of `skip_batches` more global batches.
   const int64_t skip = static_cast<int64_t>(g.skip_batches()) * cfg_.train().grad_accum_steps();
@@ -342,7 +372,6 @@ TrainResult Trainer::run(int64_t stop_at_step) {
   const int64_t end_step = stop_at_step > 0 ? std::min<int64_t>(stop_at_step, max_steps) : max_steps;
   LOOM_CHECK(accum >= 1, "train.grad_accum_steps must be >= 1, got ", accum);
   const SampleFlops flops = model_.flops_per_sample();
-  const bool show_progress = t.progress() && isatty(STDERR_FILENO);
   Backend& be = model_.backend();
   TrainResult result;
   const auto run_start = Clock::now();
@@ -410,8 +439,8 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       }
     }
     if (!std::isfinite(loss) || !std::isfinite(norm))
-      fail("step ", step_ + 1, ": loss ", loss, " / grad norm ", norm, " is not finite; stopped before the update. ",
-           last_good_sentence());
+      fail_job_wide("step ", step_ + 1, ": loss ", loss, " / grad norm ", norm,
+                    " is not finite; stopped before the update. ", last_good_sentence());
     optimizer_->step(lr, step_ + 1, norm, sync_->zero1() ? sync_->shard_grads() : Tensor());
     sync_->all_gather_parameters();
     WorkMarker& stepped = phase_markers_->next();
@@ -455,10 +484,21 @@ TrainResult Trainer::run(int64_t stop_at_step) {
                             {"optimizer", optim_ms},
                             {"communication", comm.communication_ms},
                             {"exposed_communication", comm.exposed_ms},
-                            {"compute", step_ms - comm.exposed_ms}}}};
-    if (pruning_) rec["prune"] = pruning_->metrics();
+                            {"compute", step_ms - comm.exposed_ms}}},
+                          {"memory",
+                           {{"device_bytes", allocator_for(be.device()).bytes_in_use()},
+                            {"device_peak_bytes", allocator_for(be.device()).peak_bytes_in_use()},
+                            {"host_rss_bytes", host_rss_bytes()}}},
+                          {"time", unix_seconds()}};
+    if (pruning_) {
+      rec["prune"] = pruning_->metrics();
+      // The widths, whenever they changed (and in the first record): the dashboard draws them per block.
+      if (pruning_->groups_pruned() != widths_recorded_at_) {
+        rec["prune"]["widths"] = widths_json(pruning_->pruned_shape());
+        widths_recorded_at_ = pruning_->groups_pruned();
+      }
+    }
     if (t.log_every() > 0 && (step_ % t.log_every() == 0 || step_ == max_steps || pruned)) {
-      if (show_progress) std::fprintf(stderr, "\r%*s\r", 80, "");
       char line[256];
       std::snprintf(line, sizeof line,
                     "step %6lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %.1f ms | MFU %.2f%%",
@@ -499,16 +539,14 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       result.pruned_checkpoint = last_checkpoint;
       rec["checkpoint"] = last_checkpoint;
       log_ << "step " << step_ << " | pruning target reached: dense pruned model in " << last_checkpoint << std::endl;
-      if (metrics_) metrics_->write(rec);
-      if (tensorboard_) tensorboard_->write_scalars(step_, tensorboard_scalars(rec));
+      write_record(rec);
       break;
     }
     if ((t.checkpoint_every() > 0 && step_ % t.checkpoint_every() == 0) || (last && t.checkpoint_every() >= 0)) {
       last_checkpoint = save_checkpoint_now();
       rec["checkpoint"] = last_checkpoint;
     }
-    if (metrics_) metrics_->write(rec);
-    if (tensorboard_) tensorboard_->write_scalars(step_, tensorboard_scalars(rec));
+    write_record(rec);
     TrainingObserver::Control control;
     for (TrainingObserver* o : observers_) {
       o->on_step(rec);
@@ -523,12 +561,9 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       log_ << "stopped at step " << step_ << " on request" << std::endl;
       break;
     }
-    if (show_progress) {
-      const double elapsed = ms_since(run_start) / 1e3;
-      const double per_step = elapsed / static_cast<double>(step_ - first_step);
-      draw_progress(step_, end_step, per_step * static_cast<double>(end_step - step_));
-    }
+    progress_.step_done(step_, first_step, end_step, ms_since(run_start) / 1e3);
   }
+  progress_.finish();
   // The run ends with exit status 0 only from a finite state, whether or not the last step was saved.
   check_state_finite(detail::concat("finishing at step ", step_));
   result.steps_done = step_;

@@ -34,6 +34,7 @@
 #include "parallel/tensor_parallel.h"
 #include "trainer/gradient_sync.h"
 #include "trainer/optimizer.h"
+#include "trainer/progress.h"
 #include "trainer/pruning/distillation.h"
 #include "trainer/pruning/engine.h"
 
@@ -95,13 +96,21 @@ class Trainer {
   void set_distiller(Distiller* distiller) { distiller_ = distiller; }
   // Adds an observer (not owned; must outlive run()).
   void add_observer(TrainingObserver* observer) { observers_.push_back(observer); }
+  // Replaces how progress is shown (by default: train.progress on a terminal, trainer/progress.h).
+  void set_progress_options(const ProgressOptions& options) { progress_.set_options(options); }
+  // The run's log as the trainer writes it (the log passed in, a visible progress bar erased first): what else
+  // logs during run(), such as the sampler, writes here.
+  std::ostream& log() { return log_; }
 
   // Restores weights, optimizer moments, step and data position from a checkpoint directory, whatever layout
-  // (data / tensor sizes, ZeRO) wrote it. The data position is kept in global samples: a checkpoint written
-  // with D data ranks resumed with D' continues with the next global batch, i.e. the loader's per-rank index
-  // becomes index · D / D' (loom::Error when that is not whole; the epoch boundaries agree when the number of
-  // training windows / images divides by both D and D').
-  void resume_from(const std::string& checkpoint_dir);
+  // (data / tensor sizes, ZeRO) wrote it, and continues its run: the checkpoint's run id (so keep_checkpoints
+  // prunes the run's checkpoints), and its metrics.jsonl and TensorBoard files rewound to the step (world rank
+  // 0; trainer/run_folder.h), with a {"step", "event", "checkpoint", "time"} line in metrics.jsonl; `event` is
+  // "resumed" (a restart) or "fine-tuning" (a pruning run going on with its shrunk model). The data position is
+  // kept in global samples: a checkpoint written with D data ranks resumed with D' continues with the next
+  // global batch, i.e. the loader's per-rank index becomes index · D / D' (loom::Error when that is not whole;
+  // the epoch boundaries agree when the number of training windows / images divides by both D and D').
+  void resume_from(const std::string& checkpoint_dir, const std::string& event = "resumed");
   // Trains from the current step to train.max_steps, or only up to `stop_at_step` when that is positive (the
   // learning-rate schedule still follows max_steps; used to stop a job early, e.g. by a controller).
   TrainResult run(int64_t stop_at_step = -1);
@@ -134,9 +143,16 @@ class Trainer {
   void check_state_finite(const std::string& what);
   // "The last good checkpoint is <dir>." or that there is none: the end of every stopping message.
   std::string last_good_sentence() const;
-  // Loads weights and moments (and the step) from a checkpoint, and the data position when `with_data`. Checks
-  // state.json and the finiteness of every tensor first: a bad checkpoint throws and changes nothing.
-  void load_state(const std::string& checkpoint_dir, bool with_data);
+  // Loads weights and moments (and the step) from a checkpoint, and the data position when `with_data`; returns
+  // its state.json. Checks state.json and the finiteness of every tensor first: a bad checkpoint throws and
+  // changes nothing.
+  nlohmann::json load_state(const std::string& checkpoint_dir, bool with_data);
+  // World rank 0: rewinds metrics.jsonl and TensorBoard to the current step after a resume or restore, and
+  // records `event` there. Returns how many records were dropped.
+  int64_t rewind_outputs(const std::string& event, const std::string& checkpoint);
+  // Appends a record to metrics.jsonl (and, unless it is an event, its numbers to TensorBoard), opening the
+  // files on first use; no-op on other ranks.
+  void write_record(const nlohmann::json& record);
   // Spike guard: whether this step's loss / norm is to be rejected, and the recovery when it is.
   bool is_spike(double loss, double norm) const;
   void recover_from_spike(double loss, double norm);
@@ -144,11 +160,13 @@ class Trainer {
   config::RunConfig cfg_;
   Model& model_;
   DataSource& data_;
-  std::ostream& log_;
+  ProgressReporter progress_;  // around the log passed in
+  std::ostream& log_;          // progress_.log()
   TrainerParallelism parallel_;
   std::unique_ptr<GradientSync> sync_;
   std::unique_ptr<AdamW> optimizer_;
-  std::unique_ptr<MetricsWriter> metrics_;
+  std::string run_id_;  // in every checkpoint's state.json; a resumed run takes the checkpoint's
+  std::unique_ptr<MetricsWriter> metrics_;  // opened on the first record
   std::unique_ptr<TensorBoardWriter> tensorboard_;  // <out_dir>/tensorboard/events.out.tfevents.*
   std::unique_ptr<CommTimeline> own_timeline_;  // when the tensor-parallel context brings none
   CommTimeline* timeline_ = nullptr;
@@ -159,6 +177,7 @@ class Trainer {
   PruningEngine* pruning_ = nullptr;
   Distiller* distiller_ = nullptr;
   nlohmann::json carried_prune_state_;  // state.json "prune" of a resumed checkpoint, written on unchanged
+  int64_t widths_recorded_at_ = -1;     // groups_pruned when the widths last went into a record
   int64_t step_ = 0;
   double peak_flops_ = 0;
   std::string last_good_checkpoint_;

@@ -13,7 +13,10 @@ runs_dir = sys.argv[1]
 
 def load(run):
     path = os.path.join(runs_dir, run, "metrics.jsonl")
-    return [json.loads(line) for line in open(path)] if os.path.exists(path) else None
+    if not os.path.exists(path):
+        return None
+    rows = (json.loads(line) for line in open(path))
+    return [r for r in rows if "event" not in r]  # step records only (a resume adds an event line)
 
 def layout(run):
     m = re.match(r"single_b(\d+)$", run)

@@ -8,7 +8,8 @@ carried=$1 out=$2 gpus=$3
 source "$(dirname "$0")/../device_env.sh" "$carried"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 common=(data.train=data/mock/tokens_000.bin data.val= train.max_steps=30 train.val_every=0 train.sample_every=0
-        train.checkpoint_every=-1 train.log_every=10 train.progress=false data.batch_size=16)
+        train.checkpoint_every=-1 train.log_every=10 train.progress=false data.batch_size=16
+        train.overwrite=true)  # a rerun into the same OUTDIR replaces the earlier measurement
 for setting in "bucket_mb=25" "bucket_mb=50" "bucket_mb=100" "bucket_mb=25 NCCL_MAX_NCHANNELS=8" \
                "bucket_mb=50 NCCL_MAX_NCHANNELS=4"; do
   read -r bucket nccl <<< "$setting"

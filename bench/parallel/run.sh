@@ -21,7 +21,8 @@ echo "== NCCL all-reduce bus bandwidth (PyTorch, $gpus GPUs)" >&2
 (cd "$baselines" && torchrun --nproc_per_node="$gpus" allreduce.py 2>&1) | grep allreduce | tee "$out/nccl_busbw.txt"
 
 common=(data.train=data/mock/tokens_000.bin data.val= train.max_steps="$steps" train.val_every=0
-        train.sample_every=0 train.checkpoint_every=-1 train.log_every=10 train.progress=false)
+        train.sample_every=0 train.checkpoint_every=-1 train.log_every=10 train.progress=false
+        train.overwrite=true)  # a rerun into the same OUTDIR replaces the earlier measurement
 run() {  # name data tensor sequence per-rank-batch [comm-tiles]
   local name=$1 d=$2 t=$3 sp=$4 b=$5 tiles=${6:-} np=$(( $2 * $3 ))
   echo "== $name: $np rank(s), data $d x tensor $t, sequence parallel $sp, batch $b per data rank" >&2

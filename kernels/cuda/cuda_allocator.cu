@@ -94,6 +94,23 @@ class CachingCudaAllocator final : public Allocator {
     std::lock_guard<std::mutex> lock(mu_);
     return peak_;
   }
+  // cudaMemGetInfo's free bytes of the backends' device (the current one when there are several) plus the
+  // cached blocks, which a request of another size gets back through malloc_or_trim.
+  int64_t available_bytes() const override {
+    int device = 0;
+    LOOM_CUDA_CALL(cudaGetDevice(&device));
+    std::lock_guard<std::mutex> lock(mu_);
+    if (backend_devices_.size() == 1) device = *backend_devices_.begin();
+    size_t free = 0, total = 0;
+    {
+      DeviceGuard guard(device);
+      LOOM_CUDA_CALL(cudaMemGetInfo(&free, &total));
+    }
+    size_t cached = 0;
+    if (const auto it = cached_.find(device); it != cached_.end())
+      for (const auto& [size, ptrs] : it->second) cached += size * ptrs.size();
+    return static_cast<int64_t>(free + cached);
+  }
 
  private:
   struct Block {

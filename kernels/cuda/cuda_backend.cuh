@@ -13,9 +13,9 @@
 
 namespace loom::cuda {
 
-// "" when a linear layer + GELU of output width `width` can take the cuBLASLt GELU epilogues (given 16-byte
-// aligned buffers), else what runs instead and why. The erf form never has them and is not reported: it is not a
-// width's fault.
+// For the tanh GELU: "" when a linear layer + GELU of output width `width` can take the cuBLASLt GELU epilogues
+// (given 16-byte aligned buffers), else what runs instead and why. The erf form never takes them (cuBLASLt's GELU
+// is the tanh form) and gets "": that is not a width's fault, so slow_paths does not report it.
 std::string gelu_epilogue_rule(GeluKind kind, DType dtype, int64_t width);
 
 class CudaBackend final : public Backend {

@@ -33,7 +33,7 @@ void* epilogue_bias(const Tensor& bias, std::unique_ptr<ScratchBuffer>& copy, cu
 // what llm.c relies on (the heuristic is told d's alignment but not aux's). f32 keeps the elementwise kernels:
 // the epilogue's GELU accuracy is not documented, and f32 results are held to f32 accuracy.
 bool gelu_epilogue_applies(GeluKind kind, DType dtype, int64_t width, const void* aux, const void* d) {
-  return gelu_epilogue_rule(kind, dtype, width).empty() && aligned16(aux) && aligned16(d);
+  return kind == GeluKind::Tanh && gelu_epilogue_rule(kind, dtype, width).empty() && aligned16(aux) && aligned16(d);
 }
 
 }  // namespace

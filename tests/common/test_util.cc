@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdio>
@@ -51,6 +52,12 @@ CommandOutcome run_loom(const std::string& args) {
   const int raw = pclose(pipe);
   o.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
   return o;
+}
+
+std::string line_column(const std::string& text, size_t offset) {
+  const size_t line_start = offset == 0 ? 0 : text.rfind('\n', offset - 1) + 1;  // npos + 1 == 0: the first line
+  const auto line = 1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(offset), '\n');
+  return std::to_string(line) + ":" + std::to_string(offset - line_start + 1);
 }
 
 Batch SyntheticTokens::make(int64_t index, Device device) const {

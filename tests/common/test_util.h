@@ -35,6 +35,9 @@ struct CommandOutcome {
 };
 CommandOutcome run_loom(const std::string& args);
 
+// "<line>:<column>" (1-based, as the config loader reports positions) of byte `offset` of `text`.
+std::string line_column(const std::string& text, size_t offset);
+
 // Random token sequences, a pure function of (seed, position): batches can be replayed from a saved position.
 // Targets are the inputs shifted by one within a (T+1)-token window, as in the real text loader.
 class SyntheticTokens final : public DataSource {

@@ -503,8 +503,9 @@ TEST_F(ControllerApiTest, DashboardServesThePageJsonAndMetricsThatPassPromtool) 
   auto metrics = http.Get("/metrics");
   ASSERT_TRUE(metrics);
   EXPECT_EQ(metrics->status, 200);
-  EXPECT_THAT(metrics->body, HasSubstr("loom_job_mfu_ratio{job=\"" + job.job_id() + "\"} 0.125"));
-  EXPECT_THAT(metrics->body, HasSubstr("loom_job_restarts_total{job=\"" + job.job_id() + "\"} 0"));
+  EXPECT_THAT(metrics->body, HasSubstr("loom_job_mfu_ratio{loom_job=\"" + job.job_id() + "\"} 0.125"));
+  EXPECT_THAT(metrics->body, HasSubstr("loom_job_restarts_total{loom_job=\"" + job.job_id() + "\"} 0"));
+  EXPECT_THAT(metrics->body, HasSubstr("loom_job_steps_total{loom_job=\"" + job.job_id() + "\"} 4"));
   const std::string file = tmp / "metrics.txt";
   write_text_file(file, metrics->body);
   const std::string cmd = "promtool check metrics < " + file + " 2>&1";

@@ -156,7 +156,7 @@ std::map<int64_t, double> losses_by_step(const std::string& out_dir) {
   std::map<int64_t, double> out;
   for (std::string line; std::getline(in, line);) {
     const auto j = nlohmann::json::parse(line);
-    out[j.at("step").get<int64_t>()] = j.at("loss").get<double>();
+    if (!j.contains("event")) out[j.at("step").get<int64_t>()] = j.at("loss").get<double>();  // a resume: an event
   }
   return out;
 }

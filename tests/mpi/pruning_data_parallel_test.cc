@@ -78,7 +78,7 @@ std::map<int64_t, double> step_losses(const std::string& out_dir) {
   std::ifstream in(out_dir + "/metrics.jsonl");
   for (std::string line; std::getline(in, line);) {
     const nlohmann::json j = nlohmann::json::parse(line);
-    out[j.at("step").get<int64_t>()] = j.at("loss").get<double>();  // the last record of a step wins
+    if (j.contains("loss")) out[j.at("step").get<int64_t>()] = j.at("loss").get<double>();  // not event lines
   }
   return out;
 }

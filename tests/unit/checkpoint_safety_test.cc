@@ -302,21 +302,29 @@ TEST(SpikeGuard, RecoversFromInjectedBadBatchesAndFinishesFinite) {
   for (const auto& [step, path] : list_checkpoints(dir.path())) EXPECT_EQ(nonfinite_in(load_checkpoint(path)), 0);
   const CheckpointContents last = load_checkpoint(checkpoint_dir(dir.path(), 20));
   EXPECT_EQ(last.state.at("data").at("position").get<int64_t>(), 24 + 4);
-  // Accepted steps only reach the metrics: 1..11, then 11..16 after the first restore, 16..20 after the second.
+  // Accepted steps only reach the metrics, and each restore rewinds them to its checkpoint (no step twice):
+  // 1..10, "restored" at 10, 11..15, "restored" at 15, 16..20.
   const std::vector<nlohmann::json> records = records_in(dir / "metrics.jsonl");
-  ASSERT_EQ(records.size(), 11u + 6u + 5u);
-  std::map<int64_t, std::vector<double>> lr_by_step;
+  ASSERT_EQ(records.size(), 20u + 2u);
+  std::map<int64_t, double> lr_by_step;
+  std::vector<std::pair<int64_t, std::string>> restores;
   for (const nlohmann::json& rec : records) {
+    const int64_t step = rec.at("step").get<int64_t>();
+    if (rec.contains("event")) {
+      EXPECT_EQ(rec.at("event"), "restored");
+      restores.emplace_back(step, rec.at("checkpoint").get<std::string>());
+      continue;
+    }
     EXPECT_TRUE(std::isfinite(rec.at("loss").get<double>()));
     EXPECT_LT(rec.at("loss").get<double>(), 10.0);
-    lr_by_step[rec.at("step").get<int64_t>()].push_back(rec.at("lr").get<double>());
+    EXPECT_TRUE(lr_by_step.emplace(step, rec.at("lr").get<double>()).second) << "step " << step << " twice";
   }
-  // Steps 11 and 16 ran twice (before a spike and again after the restore), the second time at lr × 0.5.
-  ASSERT_EQ(lr_by_step[11].size(), 2u);
-  EXPECT_DOUBLE_EQ(lr_by_step[11][1], 0.5 * lr_by_step[11][0]);
-  ASSERT_EQ(lr_by_step[16].size(), 2u);
-  EXPECT_DOUBLE_EQ(lr_by_step[16][1], 0.5 * lr_by_step[16][0]);
-  EXPECT_EQ(lr_by_step[19].size(), 1u);
+  EXPECT_EQ(restores, (std::vector<std::pair<int64_t, std::string>>{{10, ckpt10}, {15, ckpt15}}));
+  EXPECT_EQ(lr_by_step.size(), 20u);
+  // Steps 11 and 16 ran again after the restores, at lr × 0.5; step 19 at the full rate.
+  EXPECT_DOUBLE_EQ(lr_by_step[11], 0.5 * learning_rate(cfg.optim(), 10, 20));
+  EXPECT_DOUBLE_EQ(lr_by_step[16], 0.5 * learning_rate(cfg.optim(), 15, 20));
+  EXPECT_DOUBLE_EQ(lr_by_step[19], learning_rate(cfg.optim(), 18, 20));
   auto cpu = make_backend(Device::cpu());
   EXPECT_EQ(cpu->count_nonfinite({run.model->params().master()}), 0);
 }

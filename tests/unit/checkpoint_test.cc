@@ -143,16 +143,34 @@ TEST_F(CheckpointTest, LatestIgnoresTemporaryAndIncompleteDirs) {
   EXPECT_EQ(load_checkpoint(latest_checkpoint(dir_)).state["step"], 40);
 }
 
-TEST_F(CheckpointTest, PruneKeepsNewest) {
-  for (int64_t step : {10, 20, 30, 40}) save_checkpoint(dir_, step, make_contents(static_cast<unsigned>(step)));
-  fs::create_directory(fs::path(dir_) / ".ckpt_00000050.tmp.1.0");
-  prune_checkpoints(dir_, 0);  // keeps all
-  EXPECT_EQ(list_checkpoints(dir_).size(), 4u);
-  prune_checkpoints(dir_, 2);
-  EXPECT_EQ(entries(), (std::vector<std::string>{".ckpt_00000050.tmp.1.0", "ckpt_00000030", "ckpt_00000040"}));
-  prune_checkpoints(dir_, 5);
-  EXPECT_EQ(list_checkpoints(dir_).size(), 2u);
-  EXPECT_THROW(prune_checkpoints(dir_, -1), Error);
+TEST_F(CheckpointTest, PruneKeepsTheRunsNewestAndNeverAnotherRunsCheckpoints) {
+  const std::string run = new_run_id(), other = new_run_id();
+  ASSERT_NE(run, other);
+  EXPECT_EQ(run.size(), 16u);
+  const auto save = [&](int64_t step, const std::string& id) {
+    CheckpointContents c = make_contents(static_cast<unsigned>(step));
+    if (!id.empty()) c.state["run_id"] = id;
+    save_checkpoint(dir_, step, c);
+  };
+  for (int64_t step : {10, 20, 30, 40}) save(step, run);
+  save(5, other);   // another run's, older
+  save(50, other);  // another run's, newer
+  save(7, "");      // written before run ids: nobody's
+  EXPECT_EQ(checkpoint_run_id(checkpoint_dir(dir_, 40)), run);
+  EXPECT_EQ(checkpoint_run_id(checkpoint_dir(dir_, 7)), "");
+  fs::create_directory(fs::path(dir_) / ".ckpt_00000060.tmp.1.0");
+  prune_checkpoints(dir_, 0, run);  // keeps all
+  EXPECT_EQ(list_checkpoints(dir_).size(), 7u);
+  prune_checkpoints(dir_, 2, run);
+  EXPECT_EQ(entries(), (std::vector<std::string>{".ckpt_00000060.tmp.1.0", "ckpt_00000005", "ckpt_00000007",
+                                                 "ckpt_00000030", "ckpt_00000040", "ckpt_00000050"}));
+  prune_checkpoints(dir_, 1, run, /*keep_also=*/checkpoint_dir(dir_, 30));
+  EXPECT_EQ(list_checkpoints(dir_).size(), 5u);
+  prune_checkpoints(dir_, 1, other);
+  EXPECT_EQ(entries(), (std::vector<std::string>{".ckpt_00000060.tmp.1.0", "ckpt_00000007", "ckpt_00000030",
+                                                 "ckpt_00000040", "ckpt_00000050"}));
+  EXPECT_THROW(prune_checkpoints(dir_, -1, run), Error);
+  EXPECT_THROW(prune_checkpoints(dir_, 1, ""), Error);
 }
 
 TEST_F(CheckpointTest, BadInputsThrow) {

@@ -33,30 +33,32 @@ std::string load_error(const std::string& yaml, const std::vector<std::string>& 
 // The probe's cases (issue 12, finding 5) and the other ends of the ranges they touch.
 TEST(ConfigRanges, OutOfRangeValuesNameFileKeyValueAndRange) {
   struct Case {
-    std::string extra, message;
+    std::string extra, before, message;  // the error points just after the last occurrence of `before`
   };
   const std::vector<Case> cases = {
-      {"optim: {beta1: 1}", "optim.beta1: 1 is out of range [0, 0.999999]"},
-      {"optim: {beta1: 1.5}", "optim.beta1: 1.5 is out of range [0, 0.999999]"},
-      {"optim: {beta1: -0.1}", "optim.beta1: -0.1 is out of range [0, 0.999999]"},
-      {"optim: {beta2: -0.5}", "optim.beta2: -0.5 is out of range [0, 0.999999]"},
-      {"optim: {eps: 0}", "optim.eps: 0 is out of range [1e-30, 1]"},
-      {"optim: {grad_clip: -1}", "optim.grad_clip: -1 is out of range [0, 1e+09]"},
-      {"optim: {lr: .nan}", "optim.lr: .nan is out of range [0, 10000]"},
-      {"optim: {lr: .inf}", "optim.lr: .inf is out of range [0, 10000]"},
-      {"model: {kind: gpt, n_layer: 2, d_model: 32, n_head: 4, init_std: -0.02}",
+      {"optim: {beta1: 1}", "beta1: ", "optim.beta1: 1 is out of range [0, 0.999999]"},
+      {"optim: {beta1: 1.5}", "beta1: ", "optim.beta1: 1.5 is out of range [0, 0.999999]"},
+      {"optim: {beta1: -0.1}", "beta1: ", "optim.beta1: -0.1 is out of range [0, 0.999999]"},
+      {"optim: {beta2: -0.5}", "beta2: ", "optim.beta2: -0.5 is out of range [0, 0.999999]"},
+      {"optim: {eps: 0}", "eps: ", "optim.eps: 0 is out of range [1e-30, 1]"},
+      {"optim: {grad_clip: -1}", "grad_clip: ", "optim.grad_clip: -1 is out of range [0, 1e+09]"},
+      {"optim: {lr: .nan}", "lr: ", "optim.lr: .nan is out of range [0, 10000]"},
+      {"optim: {lr: .inf}", "lr: ", "optim.lr: .inf is out of range [0, 10000]"},
+      {"model: {kind: gpt, n_layer: 2, d_model: 32, n_head: 4, init_std: -0.02}", "init_std: ",
        "model.init_std: -0.02 is out of range [0, 10]"},
-      {"model: {kind: gpt, n_layer: 0, d_model: 32, n_head: 4}", "model.n_layer: 0 is out of range [1, 4096]"},
-      {"model: {kind: gpt, n_layer: 2, d_model: 32, n_head: 4, blocks: [{heads: 0}, {}]}",
+      {"model: {kind: gpt, n_layer: 0, d_model: 32, n_head: 4}", "n_layer: ",
+       "model.n_layer: 0 is out of range [1, 4096]"},
+      {"model: {kind: gpt, n_layer: 2, d_model: 32, n_head: 4, blocks: [{heads: 0}, {}]}", "heads: ",
        "model.blocks[0].heads: 0 is out of range [1, 65536]"},
-      {"data: {train: t.bin, batch_size: 2, std: [0.5, 0]}", "data.std[1]: 0 is out of range [1e-06, 1000]"},
-      {"train: {max_steps: 0}", "train.max_steps: 0 is out of range [1, 99999999]"},
-      {"train: {max_steps: -5}", "train.max_steps: -5 is out of range [1, 99999999]"},
-      {"train: {max_steps: 100000000}", "train.max_steps: 100000000 is out of range [1, 99999999]"},
-      {"train: {max_steps: 10, checkpoint_every: -2}", "train.checkpoint_every: -2 is out of range [-1, 99999999]"},
-      {"train: {max_steps: 10, spike_guard: {enabled: true, lr_scale: 2}}",
+      {"data: {train: t.bin, batch_size: 2, std: [0.5, 0]}", "0.5, ", "data.std[1]: 0 is out of range [1e-06, 1000]"},
+      {"train: {max_steps: 0}", "max_steps: ", "train.max_steps: 0 is out of range [1, 99999999]"},
+      {"train: {max_steps: -5}", "max_steps: ", "train.max_steps: -5 is out of range [1, 99999999]"},
+      {"train: {max_steps: 100000000}", "max_steps: ", "train.max_steps: 100000000 is out of range [1, 99999999]"},
+      {"train: {max_steps: 10, checkpoint_every: -2}", "checkpoint_every: ",
+       "train.checkpoint_every: -2 is out of range [-1, 99999999]"},
+      {"train: {max_steps: 10, spike_guard: {enabled: true, lr_scale: 2}}", "lr_scale: ",
        "train.spike_guard.lr_scale: 2 is out of range [1e-06, 1]"},
-      {"parallel: {data: 0}", "parallel.data: 0 is out of range [1, 1048576]"},
+      {"parallel: {data: 0}", "data: ", "parallel.data: 0 is out of range [1, 1048576]"},
   };
   for (const Case& c : cases) {
     // The case's message replaces the minimal config's line for the same top-level key.
@@ -66,7 +68,8 @@ TEST(ConfigRanges, OutOfRangeValuesNameFileKeyValueAndRange) {
     while (std::getline(lines, line))
       if (line.rfind(key, 0) != 0) yaml.append(line).append("\n");
     yaml += c.extra + "\n";
-    EXPECT_EQ(load_error(yaml), kSource + ": " + c.message) << c.extra;
+    const size_t at = yaml.rfind(c.before) + c.before.size();  // the case's line is the last one
+    EXPECT_EQ(load_error(yaml), kSource + ":" + testing::line_column(yaml, at) + ": " + c.message) << c.extra;
   }
 }
 
@@ -84,7 +87,7 @@ TEST(ConfigRanges, BoundsAreInclusiveAndOverridesAreChecked) {
 TEST(ConfigRanges, EnumLikeStringsAreCheckedOnEveryDevice) {
   std::string yaml = kMinimal;
   yaml.replace(yaml.find("train: {max_steps: 10}"), 22, "train: {max_steps: 10, device: cpu, dtype: bert}");
-  EXPECT_EQ(load_error(yaml), kSource + ": train.dtype: expected one of bf16, f16, f32, got \"bert\"");
+  EXPECT_EQ(load_error(yaml), kSource + ":3:44: train.dtype: expected one of bf16, f16, f32, got \"bert\"");
   EXPECT_EQ(load_error(kMinimal, {"train.device=tpu"}),
             kSource + ": override 'train.device=tpu': train.device: expected one of auto, cpu, cuda, got \"tpu\"");
   EXPECT_EQ(load_error(kMinimal, {"model.kind=bert"}),

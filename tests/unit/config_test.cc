@@ -64,56 +64,70 @@ TEST(Config, LoadsValidFile) {
   EXPECT_TRUE(c.parallel().sequence());
 }
 
-TEST(Config, UnknownKeysNameFileAndPath) {
-  EXPECT_EQ(error_message([] { parse_run_config(edited("  n_layer: 2", "  n_layers: 2"), kSource, {}); }),
-            "configs/gpt_tiny.yaml: model.n_layers: unknown key (did you mean 'n_layer'?)");
-  EXPECT_EQ(error_message([] {
-              parse_run_config(edited("  n_head: 4", "  n_head: 4\n  blocks: [{heads: 4}, {wombat: 1}]"), kSource, {});
-            }),
-            "configs/gpt_tiny.yaml: model.blocks[1].wombat: unknown key (BlockSpec has: heads, qk_head_dim, "
-            "v_head_dim, mlp_dim, attention_scale)");
-  EXPECT_EQ(error_message([] { parse_run_config(kMinimal + "extra: 1\n", kSource, {}); }),
-            "configs/gpt_tiny.yaml: extra: unknown key (RunConfig has: model, data, optim, train, parallel, prune)");
-  EXPECT_EQ(error_message([] { parse_run_config(edited("  n_head: 4", "  n_head: 4\n  n_head: 8"), kSource, {}); }),
-            "configs/gpt_tiny.yaml: model.n_head: duplicate key");
+// "<source>:<line>:<column>" of the last occurrence of `at` inside the first occurrence of `part` in `text`:
+// where the loader must point.
+std::string position(const std::string& text, const std::string& part, const std::string& at) {
+  const size_t begin = text.find(part);
+  EXPECT_NE(begin, std::string::npos) << part;
+  const size_t within = part.rfind(at);
+  EXPECT_NE(within, std::string::npos) << at << " in " << part;
+  return kSource + ":" + testing::line_column(text, begin + within);
 }
 
-TEST(Config, WrongTypesNameFileAndPath) {
+TEST(Config, UnknownKeysNameFileLineColumnAndPath) {
+  const std::string misspelt = edited("  n_layer: 2", "  n_layers: 2");
+  EXPECT_EQ(error_message([&] { parse_run_config(misspelt, kSource, {}); }),
+            kSource + ":3:3: model.n_layers: unknown key (did you mean 'n_layer'?)");
+  const std::string blocks = edited("  n_head: 4", "  n_head: 4\n  blocks: [{heads: 4}, {wombat: 1}]");
+  EXPECT_EQ(error_message([&] { parse_run_config(blocks, kSource, {}); }),
+            position(blocks, "{wombat", "wombat") +
+                ": model.blocks[1].wombat: unknown key (BlockSpec has: heads, qk_head_dim, v_head_dim, mlp_dim, "
+                "attention_scale)");
+  EXPECT_EQ(position(blocks, "{wombat", "wombat"), kSource + ":6:25");
+  EXPECT_EQ(error_message([] { parse_run_config(kMinimal + "extra: 1\n", kSource, {}); }),
+            kSource + ":11:1: extra: unknown key (RunConfig has: model, data, optim, train, parallel, prune)");
+  EXPECT_EQ(error_message([] { parse_run_config(edited("  n_head: 4", "  n_head: 4\n  n_head: 8"), kSource, {}); }),
+            kSource + ":6:3: model.n_head: duplicate key");
+}
+
+TEST(Config, WrongTypesNameFileLineColumnAndPath) {
   struct Case {
-    std::string old_line, new_line, message;
+    std::string old_line, new_line, at, message;  // `at`: its last occurrence in new_line is the error's position
   };
   const std::vector<Case> cases = {
-      {"  n_layer: 2", "  n_layer: twelve", "model.n_layer: expected an integer, got \"twelve\""},
-      {"  n_layer: 2", "  n_layer: \"2\"", "model.n_layer: expected an integer, got \"2\""},
-      {"  n_layer: 2", "  n_layer: 2.5", "model.n_layer: expected an integer, got 2.5 (not a whole number)"},
-      {"  n_layer: 2", "  n_layer: 3000000000",
+      {"  n_layer: 2", "  n_layer: twelve", "twelve", "model.n_layer: expected an integer, got \"twelve\""},
+      {"  n_layer: 2", "  n_layer: \"2\"", "\"2\"", "model.n_layer: expected an integer, got \"2\""},
+      {"  n_layer: 2", "  n_layer: 2.5", "2.5", "model.n_layer: expected an integer, got 2.5 (not a whole number)"},
+      {"  n_layer: 2", "  n_layer: 3000000000", "3000000000",
        "model.n_layer: expected an integer, got 3000000000 (out of range for int32)"},
-      {"  n_layer: 2", "  n_layer: -2147483649",
+      {"  n_layer: 2", "  n_layer: -2147483649", "-2147483649",
        "model.n_layer: expected an integer, got -2147483649 (out of range for int32)"},
-      {"  n_layer: 2", "  n_layer: true", "model.n_layer: expected an integer, got true"},
-      {"  n_layer: 2", "  n_layer: {x: 1}", "model.n_layer: expected an integer, got a map"},
-      {"  n_layer: 2", "  n_layer: [2]", "model.n_layer: expected an integer, got a list"},
-      {"  max_steps: 10", "  max_steps: 10\n  seed: -1",
+      {"  n_layer: 2", "  n_layer: true", "true", "model.n_layer: expected an integer, got true"},
+      {"  n_layer: 2", "  n_layer: {x: 1}", "{x", "model.n_layer: expected an integer, got a map"},
+      {"  n_layer: 2", "  n_layer: [2]", "[2]", "model.n_layer: expected an integer, got a list"},
+      {"  max_steps: 10", "  max_steps: 10\n  seed: -1", "-1",
        "train.seed: expected a non-negative integer, got -1 (out of range for uint64)"},
-      {"  max_steps: 10", "  max_steps: 10\n  progress: yes", "train.progress: expected true or false, got \"yes\""},
-      {"  max_steps: 10", "  max_steps: 10\n  progress: 1", "train.progress: expected true or false, got 1"},
-      {"  kind: gpt", "  kind: [gpt]", "model.kind: expected a string, got a list"},
-      {"  batch_size: 2", "  batch_size: 2\n  mean: 0.5", "data.mean: expected a list, got 0.5"},
-      {"  batch_size: 2", "  batch_size: 2\n  mean: [0.5, 1e50]",
+      {"  max_steps: 10", "  max_steps: 10\n  progress: yes", "yes",
+       "train.progress: expected true or false, got \"yes\""},
+      {"  max_steps: 10", "  max_steps: 10\n  progress: 1", "1", "train.progress: expected true or false, got 1"},
+      {"  kind: gpt", "  kind: [gpt]", "[gpt]", "model.kind: expected a string, got a list"},
+      {"  batch_size: 2", "  batch_size: 2\n  mean: 0.5", "0.5", "data.mean: expected a list, got 0.5"},
+      {"  batch_size: 2", "  batch_size: 2\n  mean: [0.5, 1e50]", "1e50",
        "data.mean[1]: expected a number, got 1e50 (out of range for float)"},
-      {"  batch_size: 2", "  batch_size: 2\n  mean: [0.5, ~]", "data.mean[1]: expected a value, got null"},
-      {"  n_head: 4", "  n_head: 4\n  blocks:\n    - {heads: 4}\n    - {heads: 2}\n    - {heads: x}",
+      {"  batch_size: 2", "  batch_size: 2\n  mean: [0.5, ~]", "~", "data.mean[1]: expected a value, got null"},
+      {"  n_head: 4", "  n_head: 4\n  blocks:\n    - {heads: 4}\n    - {heads: 2}\n    - {heads: x}", "x",
        "model.blocks[2].heads: expected an integer, got \"x\""},
-      {"  n_head: 4", "  n_head: 4\n  blocks: {heads: 4}", "model.blocks: expected a list, got a map"},
-      {"  max_steps: 10", "  max_steps: 10\ntrain2: 1", "train2: unknown key (did you mean 'train'?)"},
-      {"data:\n", "data: 5\nx:\n", "data: expected a map, got 5"},
+      {"  n_head: 4", "  n_head: 4\n  blocks: {heads: 4}", "{heads", "model.blocks: expected a list, got a map"},
+      {"  max_steps: 10", "  max_steps: 10\ntrain2: 1", "train2", "train2: unknown key (did you mean 'train'?)"},
+      {"data:\n", "data: 5\nx:\n", "5", "data: expected a map, got 5"},
   };
   for (const Case& c : cases) {
-    EXPECT_EQ(error_message([&] { parse_run_config(edited(c.old_line, c.new_line), kSource, {}); }),
-              kSource + ": " + c.message);
+    const std::string text = edited(c.old_line, c.new_line);
+    EXPECT_EQ(error_message([&] { parse_run_config(text, kSource, {}); }),
+              position(text, c.new_line, c.at) + ": " + c.message);
   }
   const std::string lr = error_message([] { parse_run_config(kMinimal + "optim: {lr: fast}\n", kSource, {}); });
-  EXPECT_EQ(lr, kSource + ": optim.lr: expected a number, got \"fast\"");
+  EXPECT_EQ(lr, kSource + ":11:13: optim.lr: expected a number, got \"fast\"");
 }
 
 TEST(Config, MissingRequiredFieldsNameFileAndPath) {
@@ -136,7 +150,7 @@ TEST(Config, SyntaxAndFileErrorsNameTheFile) {
   EXPECT_NE(syntax.find("YAML syntax error"), std::string::npos) << syntax;
   EXPECT_EQ(error_message([] { parse_run_config("# nothing\n", kSource, {}); }), kSource + ": the config is empty");
   EXPECT_EQ(error_message([] { parse_run_config("[1, 2]\n", kSource, {}); }),
-            kSource + ": (top level): expected a map, got a list");
+            kSource + ":1:1: (top level): expected a map, got a list");
 }
 
 TEST(Config, OverridesApply) {

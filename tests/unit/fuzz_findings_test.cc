@@ -23,8 +23,10 @@ std::string config_with_train(const std::string& name) {
 // with U+FFFD replacement characters: the config saved in checkpoints named another file.
 TEST(FuzzFindings, ConfigTextMustBeUtf8) {
   const std::string kConfig = config_with_train("train");
-  EXPECT_EQ(error_message([&] { parse_run_config(config_with_train("\xffrain"), "bad.yaml"); }),
-            "bad.yaml: not UTF-8 text (invalid byte 0xff at byte offset 76)");
+  const std::string bad = config_with_train("\xffrain");
+  EXPECT_EQ(error_message([&] { parse_run_config(bad, "bad.yaml"); }),
+            "bad.yaml:" + testing::line_column(bad, 76) + ": not UTF-8 text (invalid byte 0xff at byte offset 76)");
+  EXPECT_EQ(testing::line_column(bad, 76), "2:23");  // data: {train: 'shards/\xff
   EXPECT_NE(error_message([&] { parse_run_config(kConfig, "ok.yaml", {"data.train=a\xc3"}); })
                 .find("ok.yaml: override 'data.train=a\xc3': not UTF-8 text (invalid byte 0xc3 at byte offset 12)"),
             std::string::npos);

@@ -300,7 +300,10 @@ class DistillingRun {
     if (result) *result = r;
     std::vector<double> losses;
     std::ifstream in(dir_ / name + "/metrics.jsonl");
-    for (std::string line; std::getline(in, line);) losses.push_back(nlohmann::json::parse(line).at("loss"));
+    for (std::string line; std::getline(in, line);) {
+      const nlohmann::json record = nlohmann::json::parse(line);
+      if (record.contains("loss")) losses.push_back(record["loss"]);  // not the "fine-tuning" event line
+    }
     return losses;
   }
 

@@ -52,6 +52,18 @@ TEST(TextFiles, FoldersAreSearchedRecursivelyAndSorted) {
   EXPECT_NE(error_message([&] { list_text_files({dir / "nowhere"}); }).find("nowhere"), std::string::npos);
 }
 
+// --glob: Markdown and reStructuredText sources (the kernel documentation's *.rst) instead of *.txt.
+TEST(TextFiles, FoldersAreSearchedForTheGivenPatterns) {
+  TempDir dir("globs");
+  dir.file("docs/guide.md", "m");
+  dir.file("docs/api/index.rst", "r");
+  dir.file("docs/notes.txt", "t");
+  dir.file("docs/build.py", "p");
+  EXPECT_EQ(list_text_files({dir / "docs"}, {"*.md", "*.rst"}),
+            (std::vector<std::string>{dir / "docs/api/index.rst", dir / "docs/guide.md"}));
+  EXPECT_EQ(list_text_files({dir / "docs"}), (std::vector<std::string>{dir / "docs/notes.txt"}));
+}
+
 class TextCorpusTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -135,15 +147,54 @@ TEST_F(TextCorpusTest, SplitsDocumentsAndShardsTokens) {
   EXPECT_EQ(glob_files(dir / "out/*.bin").size(), limited.train_shards.size());
 }
 
+// Issue 15: a single file (one document) went to the validation split whole, and `prepare` failed. With fewer
+// documents than 1 / val_fraction the split is made in the token stream: the last 5 % of the tokens.
+TEST_F(TextCorpusTest, ASingleFileIsSplitByTokens) {
+  TempDir dir("single");
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += "Line " + std::to_string(i) + " of the only document, about memory.\n";
+  const std::string file = dir.file("book.txt", text);
+  const TextCorpusSummary s = prepare_text_corpus({file}, dir / "out", *tokenizer_);
+  std::vector<int32_t> stream = {50256};
+  for (int32_t id : tokenizer_->encode(text)) stream.push_back(id);
+  const int64_t total = static_cast<int64_t>(stream.size());
+  EXPECT_TRUE(s.split_by_tokens);
+  EXPECT_EQ(s.val_tokens, static_cast<int64_t>(std::ceil(0.05 * static_cast<double>(total))));
+  EXPECT_EQ(s.train_tokens + s.val_tokens, total);
+  EXPECT_EQ(s.train_documents, 1);
+  EXPECT_EQ(s.val_documents, 1);  // the one document, cut in two
+  std::vector<int32_t> both = concat_shards(s.train_shards);
+  const std::vector<int32_t> val = concat_shards(s.val_shards);
+  both.insert(both.end(), val.begin(), val.end());
+  EXPECT_EQ(both, stream);
+
+  // Three documents, val_fraction 0.25 (fewer than 4): by tokens too, the cut inside the last document.
+  dir.file("few/a.txt", text);
+  dir.file("few/b.txt", text);
+  dir.file("few/c.txt", text);
+  TextCorpusOptions quarter;
+  quarter.val_fraction = 0.25;
+  const TextCorpusSummary few = prepare_text_corpus({dir / "few"}, dir / "out", *tokenizer_, quarter);
+  EXPECT_TRUE(few.split_by_tokens);
+  EXPECT_EQ(few.train_documents, 3);
+  EXPECT_EQ(few.val_documents, 1);
+  EXPECT_EQ(few.val_tokens, static_cast<int64_t>(std::ceil(0.25 * static_cast<double>(3 * total))));
+  // Four documents: whole documents again (document 0 is the validation one).
+  dir.file("few/d.txt", text);
+  EXPECT_FALSE(prepare_text_corpus({dir / "few"}, dir / "out", *tokenizer_, quarter).split_by_tokens);
+}
+
 TEST_F(TextCorpusTest, RejectsBadInputs) {
   TempDir dir("bad");
   dir.file("empty/readme.md", "no txt here");
   std::string message = error_message([&] { prepare_text_corpus({dir / "empty"}, dir / "out", *tokenizer_); });
   EXPECT_NE(message.find(dir / "empty"), std::string::npos) << message;
-  dir.file("one/a.txt", "only one document");
-  message = error_message([&] { prepare_text_corpus({dir / "one"}, dir / "out", *tokenizer_); });
-  EXPECT_NE(message.find("val"), std::string::npos) << message;  // the single document went to val
+  EXPECT_NE(message.find("no text files (*.txt)"), std::string::npos) << message;
+  dir.file("one/a.txt", "x");  // two tokens with the EOT: too few to keep 99 % for validation
   TextCorpusOptions options;
+  options.val_fraction = 0.99;
+  message = error_message([&] { prepare_text_corpus({dir / "one"}, dir / "out", *tokenizer_, options); });
+  EXPECT_NE(message.find("too few"), std::string::npos) << message;
   options.val_fraction = 1.0;
   EXPECT_THROW(prepare_text_corpus({dir / "one"}, dir / "out", *tokenizer_, options), Error);
   options.val_fraction = 0;

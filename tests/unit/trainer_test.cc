@@ -1,10 +1,11 @@
 // The training loop end to end on the CPU backend: overfitting one batch, bit-exact resume from a checkpoint,
-// and a failed checkpoint write that must leave the previous checkpoint usable.
+// a failed checkpoint write that must leave the previous checkpoint usable, and how progress is shown.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
 #include <sstream>
 
 #include "core/atomic_file.h"
@@ -33,7 +34,10 @@ std::vector<double> losses_in(const std::string& metrics_path) {
   std::vector<double> out;
   std::ifstream in(metrics_path);
   std::string line;
-  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line).at("loss").get<double>());
+  while (std::getline(in, line)) {
+    const nlohmann::json record = nlohmann::json::parse(line);
+    if (!record.contains("event")) out.push_back(record.at("loss").get<double>());  // a resume is an event line
+  }
   return out;
 }
 
@@ -194,6 +198,78 @@ TEST(Trainer, ObserverCanCheckpointAndStop) {
   ASSERT_EQ(saved.size(), 2u);
   EXPECT_EQ(saved[0].first, 2);
   EXPECT_EQ(saved[1].first, 3);
+}
+
+// What a terminal shows for `text`: '\r' returns to the line's start, "\033[K" clears to its end, '\n' ends it.
+std::vector<std::string> terminal_lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::string line;
+  size_t column = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text.compare(i, 3, "\033[K") == 0) {
+      line.resize(column);
+      i += 2;
+    } else if (text[i] == '\r') {
+      column = 0;
+    } else if (text[i] == '\n') {
+      lines.push_back(line);
+      line.clear();
+      column = 0;
+    } else {
+      if (column < line.size()) line[column] = text[i]; else line += text[i];
+      ++column;
+    }
+  }
+  if (!line.empty()) lines.push_back(line);
+  return lines;
+}
+
+// Issue 15: on a terminal, validation lines were printed right after the progress bar, on its line.
+TEST(Progress, LogLinesNeverShareALineWithTheBar) {
+  testing::TempDir dir;
+  config::RunConfig cfg = tiny_config(dir.path(), 6);
+  cfg.mutable_train()->set_val_every(2);
+  cfg.mutable_train()->set_log_every(3);
+  TinyRun run(cfg);
+  testing::SyntheticTokens data(3, 8, 37, 5);
+  std::ostringstream terminal;  // stdout and stderr on one terminal
+  Trainer trainer(cfg, *run.model, data, terminal);
+  ProgressOptions bar;
+  bar.bar = true;
+  bar.bar_stream = &terminal;
+  trainer.set_progress_options(bar);
+  trainer.run();
+  ASSERT_NE(terminal.str().find("[##########...."), std::string::npos) << "the bar was drawn";
+  const std::vector<std::string> lines = terminal_lines(terminal.str());
+  int val_lines = 0;
+  for (const std::string& line : lines) {
+    EXPECT_EQ(line.find('['), std::string::npos) << "a logged line shows the bar: " << line;
+    val_lines += line.rfind("step ", 0) == 0 && line.find("| val loss") != std::string::npos;
+  }
+  EXPECT_EQ(val_lines, 3) << terminal.str();
+}
+
+// When stdout is no terminal (a Slurm log), a plain timestamped progress line with ETA every N steps.
+TEST(Progress, PlainLinesWithTimeAndEtaEveryNSteps) {
+  testing::TempDir dir;
+  const config::RunConfig cfg = tiny_config(dir.path(), 6);
+  TinyRun run(cfg);
+  testing::SyntheticTokens data(3, 8, 37, 5);
+  std::ostringstream log;
+  Trainer trainer(cfg, *run.model, data, log);
+  ProgressOptions plain;
+  plain.lines = true;
+  plain.every = 4;  // step 4, and the last step
+  trainer.set_progress_options(plain);
+  trainer.run();
+  const std::regex line(R"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \| progress (\d)/6 \((\d+)%\) \| [0-9.e+]+ steps/s \| )"
+                        R"(elapsed \d+m\d\ds \| ETA \d+m\d\ds)");
+  std::vector<std::string> steps;
+  for (const std::string& text : terminal_lines(log.str())) {
+    std::smatch m;
+    if (std::regex_match(text, m, line)) steps.push_back(m[1].str() + "@" + m[2].str());
+  }
+  EXPECT_EQ(steps, (std::vector<std::string>{"4@66", "6@100"})) << log.str();
 }
 
 }  // namespace

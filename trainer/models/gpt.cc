@@ -21,8 +21,9 @@ namespace {
 std::vector<ParamSpec> gpt_parameters(const ModelShape& s, const std::vector<TransformerBlock>& blocks,
                                      const TensorParallelContext* tp) {
   const int R = tensor_size(tp);
-  LOOM_CHECK(s.padded_vocab % R == 0, "the padded vocabulary (", s.padded_vocab, " rows for model.vocab_size ",
-             s.vocab, ") must divide by parallel.tensor (", R, ")");
+  if (s.padded_vocab % R != 0)
+    fail("the padded vocabulary (", s.padded_vocab, " rows for model.vocab_size ", s.vocab,
+         ") must divide by parallel.tensor (", R, ")");
   ParamSharding vocab{0, {s.padded_vocab / R}}, norm;
   norm.grad_partial_over_tensor = sequence_parallel(tp);
   std::vector<ParamSpec> specs;
@@ -53,8 +54,8 @@ GptModel::GptModel(const ModelShape& shape, Backend& backend, DType master_dtype
       blocks_(gpt_blocks(shape, tp)),
       params_(ParameterLayout(gpt_parameters(shape, blocks_, tp)), master_dtype, compute_dtype, backend.device()) {
   LOOM_CHECK(shape.is_gpt(), "GptModel: the shape is of kind \"", shape.kind, "\"");
-  LOOM_CHECK(seq > 0 && seq <= shape.max_seq, "sequence length ", seq, " must be in [1, model.max_seq_len=",
-             shape.max_seq, "]");
+  if (seq <= 0 || seq > shape.max_seq)
+    fail("data.seq_len ", seq, " must be in [1, model.max_seq_len=", shape.max_seq, "]");
   params_.initialise(seed, tensor_rank(tp), tensor_size(tp));
   if (tensor_size(tp) > 1) {
     table_ = Tensor::empty({shape.padded_vocab, shape.d_model}, compute_dtype, backend.device());

@@ -13,8 +13,8 @@ namespace {
 BlockWidths local_widths(int index, const BlockWidths& full, const TensorParallelContext* tp) {
   const int R = tensor_size(tp);
   const std::string at = "model.blocks[" + std::to_string(index) + "]";
-  LOOM_CHECK(full.heads % R == 0, at, ".heads (", full.heads, ") must divide by parallel.tensor (", R, ")");
-  LOOM_CHECK(full.mlp_dim % R == 0, at, ".mlp_dim (", full.mlp_dim, ") must divide by parallel.tensor (", R, ")");
+  if (full.heads % R != 0) fail(at, ".heads (", full.heads, ") must divide by parallel.tensor (", R, ")");
+  if (full.mlp_dim % R != 0) fail(at, ".mlp_dim (", full.mlp_dim, ") must divide by parallel.tensor (", R, ")");
   BlockWidths w = full;
   w.heads /= R;
   w.mlp_dim /= R;
@@ -25,8 +25,9 @@ BlockWidths local_widths(int index, const BlockWidths& full, const TensorParalle
 
 int64_t sequence_rows(const TensorParallelContext* tp, int64_t B, int64_t T) {
   if (!sequence_parallel(tp)) return B * T;
-  LOOM_CHECK(B * T % tp->size() == 0, "sequence parallelism: the ", B * T, " token rows of a micro-batch (", B,
-             " x ", T, ") must divide by parallel.tensor (", tp->size(), ")");
+  if (B * T % tp->size() != 0)
+    fail("sequence parallelism: the ", B * T, " token rows of a micro-batch (", B, " x ", T,
+         ") must divide by parallel.tensor (", tp->size(), ")");
   return B * T / tp->size();
 }
 

@@ -1,5 +1,9 @@
 #include "trainer/models/interop/hf_gpt2.h"
 
+#include <algorithm>
+
+#include "trainer/models/interop/import.h"
+
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -105,20 +109,32 @@ int64_t mlp_width(const Tensor& w, size_t dim, const std::string& name, const ch
 }  // namespace
 
 void check_hf_gpt2_representable(const ModelShape& s, const std::string& source) {
-  const int64_t heads = s.blocks.empty() ? 0 : s.blocks[0].heads;
-  for (size_t i = 0; i < s.blocks.size(); ++i) {
-    const BlockWidths& b = s.blocks[i];
-    const bool even = heads > 0 && b.heads == heads && s.d_model % heads == 0 && b.qk_dim == s.d_model / heads &&
-                      b.v_dim == b.qk_dim && b.mlp_dim == s.blocks[0].mlp_dim &&
-                      b.scale() == 1.0 / std::sqrt(static_cast<double>(b.qk_dim));
-    if (!even)
-      fail(source, ": Hugging Face GPT-2 cannot represent per-block widths: block ", i, " has ", b.heads,
-           " heads of q/k dim ", b.qk_dim, " and v dim ", b.v_dim, ", MLP ", b.mlp_dim, ", attention scale ", b.scale(),
-           " (GPT-2 needs ", heads, " heads of ", heads > 0 ? s.d_model / heads : 0, " dims = d_model ", s.d_model,
-           " / heads, MLP ", s.blocks[0].mlp_dim,
-           " in every block, scale 1/sqrt(head dim)); `loom export --checkpoint DIR --out DIR` writes this "
-           "project's safetensors and a YAML model section, which load with any widths");
-  }
+  check_uniform_blocks(s, source, "Hugging Face GPT-2");
+}
+
+nlohmann::json hf_gpt2_config(const ModelShape& s) {
+  const BlockWidths& b = s.blocks.at(0);
+  const int64_t eot = std::min<int64_t>(50256, s.vocab - 1);  // GPT-2's <|endoftext|>, when the vocabulary has it
+  return {{"architectures", {"GPT2LMHeadModel"}},
+          {"model_type", "gpt2"},
+          {"vocab_size", s.vocab},
+          {"n_positions", s.max_seq},
+          {"n_ctx", s.max_seq},
+          {"n_embd", s.d_model},
+          {"n_layer", s.n_layer()},
+          {"n_head", b.heads},
+          {"n_inner", b.mlp_dim},
+          {"activation_function", "gelu_new"},  // the tanh approximation, as GPT-2 and this project use
+          {"layer_norm_epsilon", s.ln_eps},
+          {"initializer_range", s.init_std},
+          {"resid_pdrop", 0.0},
+          {"embd_pdrop", 0.0},
+          {"attn_pdrop", 0.0},
+          {"scale_attn_weights", true},
+          {"tie_word_embeddings", true},
+          {"bos_token_id", eot},
+          {"eos_token_id", eot},
+          {"torch_dtype", "float32"}};
 }
 
 NamedTensors export_hf_gpt2(const NamedTensors& ours, int64_t vocab) {

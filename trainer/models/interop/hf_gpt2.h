@@ -21,6 +21,7 @@
 // Threads: no state; concurrent calls are fine.
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "core/safetensors.h"
@@ -33,6 +34,11 @@ namespace loom {
 // names the first block that differs and points to `loom export` (this project's safetensors and a YAML model
 // section), which represents any widths. `source` names the checkpoint in the message.
 void check_hf_gpt2_representable(const ModelShape& shape, const std::string& source);
+
+// The config.json transformers reads for `shape` (GPT2Config: vocabulary, positions, widths, LayerNorm epsilon,
+// the tanh GELU, tied embeddings, no dropout), so that GPT2LMHeadModel.from_pretrained(folder) loads a folder
+// holding it and export_hf_gpt2's weights as model.safetensors. `shape` must pass check_hf_gpt2_representable.
+nlohmann::json hf_gpt2_config(const ModelShape& shape);
 
 // Our parameters -> Hugging Face names (no "transformer." prefix, no lm_head: it is tied to wte), as new
 // F32 CPU tensors: the padded wte rows beyond `vocab` are dropped and Linear weights transposed to [in, out].

@@ -22,4 +22,10 @@ std::optional<ModelShape> shape_in_file(const safetensors::File& file, const std
 // the model loads them (ParameterStore::load_named).
 NamedTensors to_own_layout(const ModelShape& shape, const NamedTensors& tensors);
 
+// Throws unless every block of `shape` has the same heads, q/k and v head dims equal to d_model / heads, the same
+// MLP width and the default attention scale 1/sqrt(head dim): what `format` ("Hugging Face GPT-2", "timm ViT")
+// can represent. The error names `source`, the first block that differs, and `loom export`, which writes any
+// widths.
+void check_uniform_blocks(const ModelShape& shape, const std::string& source, const std::string& format);
+
 }  // namespace loom
