@@ -110,6 +110,7 @@ Tensor ParameterStore::weight(const std::string& name) const {
 }
 
 Tensor ParameterStore::grad(const std::string& name) const {
+  LOOM_CHECK(grads_.defined(), "no gradient of '", name, "': this model's gradients were released (forward only)");
   const auto& e = layout_.entry(name);
   return grads_.slice_flat(e.offset, e.spec.shape);
 }

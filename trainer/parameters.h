@@ -100,6 +100,9 @@ class ParameterStore {
   void initialise(uint64_t seed, int tensor_rank = 0, int tensor_size = 1);
   // Copies master -> compute after the master changed outside the optimizer (load, init).
   void sync_compute_from_master();
+  // Frees the gradient arena of a model that only runs forward passes (a distillation teacher). grads() is
+  // then undefined and grad() throws loom::Error, so a forward_backward fails at its first gradient.
+  void release_gradients() { grads_ = Tensor(); }
 
   // CPU copies of the master weights by name, in declaration order (for checkpoints and export).
   std::vector<std::pair<std::string, Tensor>> named_master_weights() const;

@@ -29,6 +29,7 @@
 #include "trainer/models/gpt.h"
 #include "trainer/models/interop/import.h"
 #include "trainer/models/vit.h"
+#include "trainer/pruning/distillation.h"
 #include "trainer/pruning/engine.h"
 #include "trainer/pruning/report.h"
 #include "trainer/run_folder.h"
@@ -92,8 +93,6 @@ ModelShape resolve_model_shape(const config::RunConfig& cfg) {
   return model_shape_from_config(m);
 }
 
-namespace {
-
 void load_initial_weights(const std::string& path, Model& model, const TensorParallelContext* tp) {
   const NamedTensors tensors = to_own_layout(model.shape(), safetensors::read(path).tensors);
   if (tensor_size(tp) == 1) {
@@ -105,8 +104,6 @@ void load_initial_weights(const std::string& path, Model& model, const TensorPar
   params.master().copy_from(arena_from_full_tensors(params.layout(), tensors, tp, "", params.master().dtype(), path));
   params.sync_compute_from_master();
 }
-
-}  // namespace
 
 std::unique_ptr<Model> build_model_of_shape(const ModelShape& shape, const config::RunConfig& cfg, Backend& backend,
                                             DType master_dtype, DType compute_dtype, const TensorParallelContext* tp) {
@@ -263,6 +260,7 @@ TrainResult train_in_folder(const config::RunConfig& cfg_in, std::ostream& rank0
   std::unique_ptr<Model> model;
   std::unique_ptr<DataSource> data;
   std::unique_ptr<PruningEngine> pruning;
+  std::unique_ptr<Distiller> distiller;
   std::unique_ptr<Trainer> trainer;
   on_every_rank(mesh, [&] {
     if (mesh && (mesh->world().device() != backend->device() || t.device() == (device.is_cpu() ? "cuda" : "cpu")))
@@ -311,8 +309,15 @@ TrainResult train_in_folder(const config::RunConfig& cfg_in, std::ostream& rank0
       log << "pruning: predicted " << pruning->original_ms() << " ms (latency table " << table << "), target "
           << pruning->final_target_ms() << " ms" << std::endl;
     }
+    // Distillation from model.init_from's model while pruning and fine-tuning (prune.distill_weight).
+    distiller = make_distiller(cfg_in, *backend, compute);
+    if (distiller)
+      log << "distillation: teacher " << init_from << " (" << distiller->teacher().params().layout().total()
+          << " parameters, forward only), temperature " << distiller->temperature() << ", weight "
+          << distiller->weight() << std::endl;
     trainer = std::make_unique<Trainer>(cfg, *model, *data, log, TrainerParallelism{mesh, mesh ? &tp : nullptr});
     if (pruning) trainer->set_pruning(pruning.get());
+    if (distiller) trainer->set_distiller(distiller.get());
     for (TrainingObserver* o : observers) trainer->add_observer(o);
     if (resumes) {
       const std::string dir = resume_checkpoint_dir(cfg);
@@ -356,7 +361,13 @@ TrainResult train_in_folder(const config::RunConfig& cfg_in, std::ostream& rank0
     return result;
   }
   // Fine-tuning: the rest of train.max_steps (learning-rate schedule continued) on the dense pruned model,
-  // resumed from its checkpoint exactly as `train.resume` would.
+  // resumed from its checkpoint exactly as `train.resume` would (the teacher, if any, is built again). The
+  // unpruned model, its teacher and their activations are released first.
+  trainer.reset();
+  distiller.reset();
+  pruning.reset();
+  data.reset();
+  model.reset();
   config::RunConfig finetune = cfg_in;
   finetune.mutable_train()->set_resume(result.pruned_checkpoint);
   log << "fine-tuning the pruned model from step " << result.steps_done << " to " << t.max_steps() << std::endl;

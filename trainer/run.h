@@ -37,6 +37,11 @@ std::unique_ptr<Model> build_model_of_shape(const ModelShape& shape, const confi
                                             DType master_dtype, DType compute_dtype,
                                             const TensorParallelContext* tp = nullptr);
 
+// Loads the weights of `path` (our safetensors layout, or Hugging Face GPT-2 / timm names, detected from the
+// tensor names and shapes) into `model`, this tensor rank's shard with a context (not owned, may be null).
+// Throws loom::Error naming the file and tensor on a missing, extra or misshapen tensor.
+void load_initial_weights(const std::string& path, Model& model, const TensorParallelContext* tp = nullptr);
+
 // The model of resolve_model_shape(cfg), initialised from train.seed, then (unless the run resumes) from
 // model.init_from when set (our safetensors layout, or Hugging Face GPT-2 / timm names, detected from the
 // tensor names and shapes). With a tensor-parallel context (not owned, may be null) the model holds this

@@ -404,6 +404,7 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       sync_->arm(/*reduce=*/micro == accum - 1);  // data-parallel reduction on the last micro-step only
       WorkMarker& micro_start = phase_markers_->next();
       micro_start.record();
+      if (distiller_) distiller_->attach(batch);
       backward_marker_ = nullptr;
       loss += model_.forward_backward(batch, 1.0 / accum) / accum;
       micro_end = &phase_markers_->next();

@@ -35,6 +35,7 @@
 #include "trainer/gradient_sync.h"
 #include "trainer/optimizer.h"
 #include "trainer/progress.h"
+#include "trainer/pruning/distillation.h"
 #include "trainer/pruning/engine.h"
 
 namespace loom {
@@ -89,6 +90,10 @@ class Trainer {
   // in the log line and metrics.jsonl ("prune"), its decisions in checkpoints; when the target is reached,
   // run() writes the shrunk checkpoint (TrainResult::pruned_checkpoint) and returns.
   void set_pruning(PruningEngine* engine) { pruning_ = engine; }
+  // Distils from a teacher (trainer/pruning/distillation.h; not owned, must outlive run()): each micro-batch
+  // gets the teacher's logits as soft targets before the model's forward_backward (the teacher's forward is
+  // timed as forward). The step's loss is then the distillation mix; validation stays on the labels.
+  void set_distiller(Distiller* distiller) { distiller_ = distiller; }
   // Adds an observer (not owned; must outlive run()).
   void add_observer(TrainingObserver* observer) { observers_.push_back(observer); }
   // Replaces how progress is shown (by default: train.progress on a terminal, trainer/progress.h).
@@ -170,6 +175,7 @@ class Trainer {
   std::function<void(int64_t)> sampler_;
   std::vector<TrainingObserver*> observers_;
   PruningEngine* pruning_ = nullptr;
+  Distiller* distiller_ = nullptr;
   nlohmann::json carried_prune_state_;  // state.json "prune" of a resumed checkpoint, written on unchanged
   int64_t widths_recorded_at_ = -1;     // groups_pruned when the widths last went into a record
   int64_t step_ = 0;

@@ -96,6 +96,7 @@ class BadBatches final : public Model {
     return inner_.forward_backward(batch, loss_scale * factor) * factor;
   }
   EvalStats evaluate(const Batch& batch) override { return inner_.evaluate(batch); }
+  Tensor logits(const Tensor& inputs) override { return inner_.logits(inputs); }
   SampleFlops flops_per_sample() const override { return inner_.flops_per_sample(); }
   int64_t tokens_per_sample() const override { return inner_.tokens_per_sample(); }
   const ModelShape& shape() const override { return inner_.shape(); }

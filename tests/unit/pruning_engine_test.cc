@@ -14,6 +14,8 @@
 #include "core/config.h"
 #include "core/rng.h"
 #include "kernels/backend.h"
+#include "tests/common/model_testing.h"
+#include "tests/common/test_util.h"
 #include "trainer/models/gpt.h"
 
 namespace loom {
@@ -104,16 +106,8 @@ TEST(PruningEngine, SaliencyOfAUnitIsTheSquaredHandSumOfItsGradientsTimesWeights
   }
 }
 
-// A cost that multilinear interpolation reproduces exactly: products of per-axis linear terms.
 LatencyTable multilinear_table(const LatencyTableKey& key) {
-  LatencyGrid g{{2, 8}, {1, 3}, {1, 4}, {1, 5}, {2, 10}};
-  std::vector<double> block;
-  for (int64_t E : g.embedding)
-    for (int64_t H : g.heads)
-      for (int64_t Q : g.qk_dim)
-        for (int64_t V : g.v_dim)
-          for (int64_t M : g.mlp) block.push_back(1e-2 * (E * H * (2.0 * Q + V) + 2.0 * E * M) + 0.05);
-  return LatencyTable(key, g, block, {0.02, 0.08});
+  return testing::multilinear_latency_table(key, {{2, 8}, {1, 3}, {1, 4}, {1, 5}, {2, 10}});
 }
 
 TEST(PruningEngine, ADecisionMasksTheModelToWhatTheShrunkModelComputes) {
@@ -237,19 +231,56 @@ TEST(PruningEngine, BadInputIsAnErrorNamingTheField) {
     }
     return std::string("no error");
   };
-  const config::RunConfig ok = config("{target_ratio: 0.6, embedding_group: 2, mlp_group: 2}");
+  const std::string groups = "embedding_group: 2, mlp_group: 2, qk_group: 1, v_group: 1";
+  const config::RunConfig ok = config("{target_ratio: 0.6, " + groups + "}");
   const LatencyTableKey key = latency_key_for(ok, *be);
-  LatencyTableKey other_batch = key;
-  other_batch.batch = 64;
-  EXPECT_NE(error(ok, other_batch).find("batch"), std::string::npos) << error(ok, other_batch);
-  LatencyTableKey other_device = key;
-  other_device.device = "NVIDIA H200";
-  EXPECT_NE(error(ok, other_device).find("device"), std::string::npos);
-  // One group of 8 embedding channels and 10 neurons: nothing can be removed, the target is out of reach.
-  const std::string unreachable = error(config("{target_ratio: 0.1, embedding_group: 8, mlp_group: 16, "
-                                               "qk_group: 8, v_group: 8, heads_group: 4}"),
-                                        key);
+  EXPECT_EQ(error(ok, key), "no error");
+  // A table made for another batch, device, dtype, token count or mode.
+  LatencyTableKey other = key;
+  other.batch = 64;
+  EXPECT_NE(error(ok, other).find("batch"), std::string::npos) << error(ok, other);
+  other = key;
+  other.device = "NVIDIA H200";
+  EXPECT_NE(error(ok, other).find("device"), std::string::npos) << error(ok, other);
+  other = key;
+  other.dtype = "bf16";
+  EXPECT_NE(error(ok, other).find("dtype"), std::string::npos) << error(ok, other);
+  other = key;
+  other.tokens = 1024;
+  EXPECT_NE(error(ok, other).find("tokens"), std::string::npos) << error(ok, other);
+  other = key;
+  other.mode = LatencyMode::Inference;
+  EXPECT_NE(error(ok, other).find("mode"), std::string::npos) << error(ok, other);
+  // Only the embedding and MLP, each down to one group (all 8 channels, 7 neurons): 0.1 is out of reach.
+  const std::string unreachable =
+      error(config("{target_ratio: 0.1, structures: [embedding, mlp], embedding_group: 8, mlp_group: 7}"), key);
   EXPECT_NE(unreachable.find("prune.target_ratio"), std::string::npos) << unreachable;
+  // A q/k group of 4 is wider than block 1's 3 q/k dims: pruning them would leave less than one group.
+  const std::string too_wide = error(config("{target_ratio: 0.6, embedding_group: 2, mlp_group: 2, qk_group: 4, "
+                                            "v_group: 1}"),
+                                     key);
+  EXPECT_NE(too_wide.find("prune.qk_group"), std::string::npos) << too_wide;
+  EXPECT_NE(too_wide.find("blocks[1].qk_dim"), std::string::npos) << too_wide;
+  EXPECT_EQ(error(config("{target_ratio: 0.6, structures: [embedding, heads, v_dim, mlp], embedding_group: 2, "
+                         "mlp_group: 2, qk_group: 4, v_group: 1}"),
+                  key),
+            "no error")
+      << "a group that does not fit a structure left out of prune.structures";
+  // Tensor parallelism and ZeRO-1 are refused, naming the field.
+  EXPECT_NE(error(config("{target_ratio: 0.6, " + groups + "}\nparallel: {data: 1, tensor: 2}"), key)
+                .find("parallel.tensor"),
+            std::string::npos);
+  EXPECT_NE(error(config("{target_ratio: 0.6, " + groups + "}\nparallel: {zero1: true}"), key).find("parallel.zero1"),
+            std::string::npos);
+  // A checkpoint's pruning state keeping less than one group of a layer.
+  PruningEngine engine(ok, model, multilinear_table(key), "table.json");
+  Tensor m = Tensor::zeros({model.params().layout().total()}, DType::F64), v = m.cast(DType::F64);
+  const std::string below = testing::error_message([&] {
+    engine.restore(nlohmann::json::parse(R"({"kept": {"blocks.0.mlp": [4]}, "groups_pruned": 4})"), m, v,
+                   "ckpt/state.json");
+  });
+  EXPECT_NE(below.find("ckpt/state.json"), std::string::npos) << below;
+  EXPECT_NE(below.find("prune.mlp_group"), std::string::npos) << below;
   // The table's grid stops at 10 MLP neurons and 3 heads: a wider model is not covered.
   ModelShape wide = shape;
   wide.blocks[0].mlp_dim = 12;

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/config.h"
+#include "tests/common/model_testing.h"
 #include "tests/common/test_util.h"
 #include "trainer/trainer.h"
 #include "trainer/models/vit.h"
@@ -51,33 +52,12 @@ TEST_P(VitGradient, MatchesFiniteDifferencesInFloat64) {
   backend->zero(model.params().grads());
   model.forward_backward(batch, 1.0);
   // The training loss (each head on the labels, label smoothing included) as a function of the weights.
-  auto loss_at = [&] {
+  testing::expect_gradient_matches_finite_differences(model.params(), [&] {
     Tensor saved = model.params().grads().to(Device::cpu());
     const double l = model.forward_backward(batch, 0.0);
     model.params().grads().copy_from(saved);
     return l;
-  };
-  Tensor& w = model.params().master();
-  const Tensor g = model.params().grads().to(Device::cpu());
-  double* wp = w.data<double>();
-  const double h = 1e-6;
-  double err2 = 0, ref2 = 0;
-  for (const auto& e : model.params().layout().entries()) {
-    for (int64_t i = 0; i < e.numel; i += (e.numel > 64 ? 3 : 1)) {
-      const int64_t k = e.offset + i;
-      const double saved = wp[k];
-      wp[k] = saved + h;
-      const double up = loss_at();
-      wp[k] = saved - h;
-      const double down = loss_at();
-      wp[k] = saved;
-      const double numeric = (up - down) / (2 * h), analytic = g.item(k);
-      err2 += (numeric - analytic) * (numeric - analytic);
-      ref2 += numeric * numeric;
-      EXPECT_NEAR(analytic, numeric, 1e-6 + 1e-5 * std::fabs(numeric)) << e.spec.name << "[" << i << "]";
-    }
-  }
-  EXPECT_LT(std::sqrt(err2 / ref2), 1e-7);
+  });
 }
 
 INSTANTIATE_TEST_SUITE_P(ClassTokenOnlyAndDistilled, VitGradient, ::testing::Values(false, true));

@@ -110,11 +110,21 @@ double GptModel::forward_backward(const Batch& batch, double loss_scale) {
   LOOM_CHECK(batch.targets.numel() == N, "gpt: targets ", batch.targets.str(), " do not match inputs ",
              batch.inputs.str());
   Tensor targets = batch.targets.view({N});
+  // Distillation (soft_targets.h): the soft part's gradient goes to a.dsoft first, as the hard loss then
+  // overwrites the logits with its own gradient.
+  const SoftTargets& soft = batch.soft;
+  const bool distilled = soft.logits.defined();
+  LOOM_CHECK(!distilled || tensor_size(tp_) == 1, "gpt: distillation needs every vocabulary column on one rank; "
+             "parallel.tensor splits them over ", tensor_size(tp_), " ranks");
+  const double soft_sum =
+      distilled ? distillation_term(backend_, soft, a.logits, shape_.vocab, loss_scale / N, a.losses, a.dsoft) : 0;
+  const double hard_weight = distilled ? 1 - soft.weight : 1;
   // The loss is the mean over the N targets; the logits buffer is overwritten by its own gradient. Under TP
   // the ranks exchange per-row partials of their vocabulary columns, never the logits themselves.
-  vocab_parallel_cross_entropy(backend_, tp_, a.losses, a.logits, a.logits, targets, shape_.vocab, loss_scale / N,
-                               0.0);
-  const double loss = sum_on_host(a.losses) / N;
+  vocab_parallel_cross_entropy(backend_, tp_, a.losses, a.logits, a.logits, targets, shape_.vocab,
+                               hard_weight * loss_scale / N, 0.0);
+  if (distilled) backend_.accumulate(a.logits, a.dsoft);
+  const double loss = (hard_weight * sum_on_host(a.losses) + (distilled ? soft.weight * soft_sum : 0)) / N;
   backward_starts();
 
   auto sk = std::make_pair(B, T);
@@ -158,6 +168,12 @@ EvalStats GptModel::evaluate(const Batch& batch) {
   st.loss_sum = sum_on_host(a.losses);
   st.count = N;
   return st;
+}
+
+Tensor GptModel::logits(const Tensor& tokens) {
+  LOOM_CHECK(tensor_size(tp_) == 1, "gpt: logits() needs every vocabulary column on one rank; parallel.tensor "
+             "splits them over ", tensor_size(tp_), " ranks");
+  return forward(tokens).logits;
 }
 
 SampleFlops GptModel::flops_per_sample() const {

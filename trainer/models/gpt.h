@@ -34,6 +34,7 @@ class GptModel final : public Model {
   Backend& backend() override { return backend_; }
   double forward_backward(const Batch& batch, double loss_scale) override;
   EvalStats evaluate(const Batch& batch) override;
+  Tensor logits(const Tensor& tokens) override;
   SampleFlops flops_per_sample() const override;
   int64_t tokens_per_sample() const override { return seq_; }
 
@@ -52,6 +53,7 @@ class GptModel final : public Model {
     Tensor lnf_full;                 // [N, C] (lnf itself without SP)
     Tensor logits;                   // [N, Vp / R]: this rank's vocabulary columns (all Vp without TP)
     Tensor losses;                   // [N] on every rank
+    Tensor dsoft;                    // [N, Vp]: the distillation gradient (allocated by the first distilled batch)
   };
   Activations& activations_for(int64_t batch, int64_t seq);
   // Forward through the final norm and logits; returns the activations used.

@@ -7,10 +7,12 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/backend.h"
 #include "trainer/models/model_shape.h"
+#include "trainer/models/soft_targets.h"
 #include "trainer/parameters.h"
 
 namespace loom {
@@ -18,7 +20,10 @@ namespace loom {
 // One micro-batch on the model's device. GPT: inputs and targets I32 [B, T]. ViT: inputs f32 patch rows
 // [B, patches, channels·P·P] (core/image_loader.h patchifies on the host), targets I32 [B] labels.
 struct Batch {
+  Batch() = default;
+  Batch(Tensor inputs_, Tensor targets_) : inputs(std::move(inputs_)), targets(std::move(targets_)) {}
   Tensor inputs, targets;
+  SoftTargets soft;  // distillation (forward_backward only); the hard-label loss alone without it
 };
 
 struct EvalStats {
@@ -47,9 +52,18 @@ class Model {
   virtual Backend& backend() = 0;
   // Forward and backward on `batch`. Returns the mean loss over the batch's targets; parameter gradients
   // ACCUMULATE dLoss/dθ · loss_scale (loss_scale = 1/accumulation steps for a mean over micro-batches).
+  // With batch.soft.logits defined the loss (returned and differentiated) is the distillation mix of
+  // trainer/models/soft_targets.h; throws loom::Error when they do not have the shape and dtype of the
+  // model's logits, and for GPT under tensor parallelism (no rank holds the vocabulary-parallel logits).
   virtual double forward_backward(const Batch& batch, double loss_scale) = 0;
-  // Forward only.
+  // Forward only, hard labels (batch.soft is ignored).
   virtual EvalStats evaluate(const Batch& batch) = 0;
+  // Forward only: the logits for `inputs`, on the device in the compute dtype, as forward_backward's soft
+  // targets want them: ViT [B, num_classes] (with a distillation head, the mean of both heads, as evaluate
+  // scores), GPT [B·T, padded vocabulary] (the padding columns are not classes). A view of the model's own
+  // buffer: valid until the model's next forward. GPT throws loom::Error under tensor parallelism (ViT's
+  // heads are replicated, so every rank has them).
+  virtual Tensor logits(const Tensor& inputs) = 0;
   virtual SampleFlops flops_per_sample() const = 0;
   // Tokens per sample as throughput is reported (sequence length, or patches + class tokens).
   virtual int64_t tokens_per_sample() const = 0;

@@ -170,14 +170,23 @@ double VitModel::forward_backward(const Batch& batch, double loss_scale) {
   backend_.zero(dnormed);
 
   backward_starts();  // the heads' losses are fused with their gradients, so the loss is timed as backward
-  // Each head's loss is weighted 1/k, so the total is the mean of the heads' mean losses.
+  // Each head's loss is weighted 1/k, so the total is the mean of the heads' mean losses. With a teacher
+  // (soft_targets.h) each head learns from its logits too; the soft part's gradient goes to a.dsoft first, as
+  // the hard loss then overwrites the logits with its own gradient.
   const char* heads[2] = {"head", "head_dist"};
   Tensor* logits[2] = {&a.logits, &a.logits_dist};
+  const SoftTargets& soft = batch.soft;
+  const bool distilled = soft.logits.defined();
+  const double hard_weight = distilled ? 1 - soft.weight : 1;
   double loss = 0;
   for (int64_t h = 0; h < k; ++h) {
-    backend_.cross_entropy(a.losses, *logits[h], *logits[h], labels, shape_.num_classes, loss_scale / (k * B),
+    const double dloss = loss_scale / (k * B);
+    const double soft_sum =
+        distilled ? distillation_term(backend_, soft, *logits[h], shape_.num_classes, dloss, a.losses, a.dsoft) : 0;
+    backend_.cross_entropy(a.losses, *logits[h], *logits[h], labels, shape_.num_classes, hard_weight * dloss,
                            label_smoothing_);
-    loss += sum_on_host(a.losses) / (k * B);
+    if (distilled) backend_.accumulate(*logits[h], a.dsoft);
+    loss += (hard_weight * sum_on_host(a.losses) + (distilled ? soft.weight * soft_sum : 0)) / (k * B);
     const std::string name(heads[h]);
     Tensor dw = params_.grad(name + ".weight"), db = params_.grad(name + ".bias");
     Tensor dhead = s.datt.slice_flat(0, {B, 1, D});
@@ -218,13 +227,19 @@ double VitModel::forward_backward(const Batch& batch, double loss_scale) {
   return loss;
 }
 
-EvalStats VitModel::evaluate(const Batch& batch) {
-  Activations& a = forward(batch.inputs);
-  const int64_t B = batch.inputs.dim(0), K = shape_.num_classes;
+Tensor VitModel::logits(const Tensor& patches) {
+  Activations& a = forward(patches);
   if (shape_.distilled) {  // timm's inference: the mean of both heads' logits
     backend_.add(a.logits, a.logits, a.logits_dist);
     backend_.scale(a.logits, 0.5);
   }
+  return a.logits;
+}
+
+EvalStats VitModel::evaluate(const Batch& batch) {
+  logits(batch.inputs);
+  const int64_t B = batch.inputs.dim(0), K = shape_.num_classes;
+  Activations& a = activations_for(B);
   Tensor none;
   const Tensor labels = batch.targets.view({B});
   backend_.cross_entropy(a.losses, none, a.logits, labels, K, 1.0, 0.0);

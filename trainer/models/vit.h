@@ -8,7 +8,8 @@
 // `patch_embed.proj.weight` [D, C·P·P]); trainer/models/interop/timm_vit.h converts.
 //
 // Without a teacher, the distillation head is trained on the true labels (loss = mean of both heads' losses)
-// and, as in timm, evaluation averages the two heads' logits.
+// and, as in timm, evaluation averages the two heads' logits. With soft targets (model.h Batch::soft) both
+// heads learn from them too. The heads are replicated under tensor parallelism, so distillation works there.
 #pragma once
 #include <map>
 #include <vector>
@@ -38,6 +39,7 @@ class VitModel final : public Model {
   // batch.inputs: patch rows [B, Np, C·P·P]; batch.targets: labels I32 [B].
   double forward_backward(const Batch& batch, double loss_scale) override;
   EvalStats evaluate(const Batch& batch) override;
+  Tensor logits(const Tensor& patches) override;
   SampleFlops flops_per_sample() const override { return vit_flops_per_image(shape_); }
   int64_t tokens_per_sample() const override { return shape_.tokens(); }
   const ModelShape& shape() const override { return shape_; }
@@ -55,6 +57,7 @@ class VitModel final : public Model {
     Tensor normed, norm_mean, norm_rstd;  // final norm over every token
     Tensor head_in;              // [B, prefix, D]: the class (and distillation) token rows
     Tensor logits, logits_dist, losses;
+    Tensor dsoft;                // [B, classes]: the distillation gradient (allocated by the first distilled batch)
     Tensor dresid, dpos_plus;    // gradient buffers of the backward
     Tensor drows;                // [n, D]: the blocks' residual gradient (SP only; dresid's view without)
   };

@@ -108,9 +108,6 @@ PruningEngine::PruningEngine(const config::RunConfig& cfg, Model& model, Latency
   LOOM_CHECK(!cfg.parallel().zero1(), "prune: parallel.zero1 is not supported by pruning runs yet (set it false)");
   LOOM_CHECK(cfg.parallel().tensor() == 1, "prune: parallel.tensor must be 1 for pruning runs (tensor-parallel "
              "pruning is not supported yet), got ", cfg.parallel().tensor());
-  LOOM_CHECK(!cfg.prune().has_distill_weight() || cfg.prune().distill_weight() == 0,
-             "prune.distill_weight: distillation from the unpruned model is not implemented yet (remove the field "
-             "or set it to 0; pruning and fine-tuning then use the hard-label loss only)");
   LOOM_CHECK(schedule_.kind != ScheduleKind::OneShot || schedule_.begin_step >= 1,
              "prune.begin_step must be at least 1 for the one_shot schedule (a decision follows a step's gradients)");
   table_.check_matches(latency_key_for(cfg, model.backend()), table_source);
@@ -120,6 +117,7 @@ PruningEngine::PruningEngine(const config::RunConfig& cfg, Model& model, Latency
   // A grid that does not cover the model's widths throws here, naming the grid axis.
   original_ms_ = table_.model_ms(shape.d_model, shape.blocks);
   predicted_ms_ = original_ms_;
+  check_groups_fit(original_, options_);
   std::string field;
   target_ms_ = loom::final_target_ms(cfg.prune(), original_ms_, &field);
   check_target_reachable(original_, table_, options_, target_ms_, field);
@@ -199,11 +197,13 @@ void PruningEngine::restore(const nlohmann::json& state, Tensor& first_moment, T
   } catch (const Error& e) {
     fail(source, ": \"prune\".kept: ", e.what());
   }
-  kept_ = original_;
+  ModelUnits kept = original_;
   for (const Axis& axis : map_.axes()) {
     const auto it = sel.find(axis.name);
-    if (it != sel.end()) units_of(kept_, axis)->assign(it->second.begin(), it->second.end());
+    if (it != sel.end()) units_of(kept, axis)->assign(it->second.begin(), it->second.end());
   }
+  check_kept_widths(original_, kept, options_, source + ": \"prune\".kept");
+  kept_ = std::move(kept);
   if (!sel.empty()) apply(first_moment, second_moment);
   reached_ = predicted_ms_ <= target_ms_;
 }

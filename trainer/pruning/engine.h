@@ -15,8 +15,10 @@
 //
 // The decisions so far (kept units) are saved in checkpoints (state.json "prune") and restored on resume.
 // Errors (before any work, in the constructor): a table for another device/dtype/batch/tokens/mode, a grid that
-// does not cover the model, an unreachable target, ZeRO-1 or tensor parallelism (not supported yet), each
-// naming the field. Thread-safety: driven by the training thread only.
+// does not cover the model, a group wider than a structure it would prune (a pruned width below one group), an
+// unreachable target, ZeRO-1 or tensor parallelism (not supported: a shard's saliency and masks would need the
+// structure map's positions gathered over the tensor group), each naming the field. restore() refuses kept
+// units below one group. Thread-safety: driven by the training thread only.
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -12,6 +12,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "trainer/optimizer.h"
+#include "trainer/pruning/step_timing.h"
 #include "trainer/run.h"
 #include "trainer/models/transformer_block.h"
 #include "trainer/models/vit.h"
@@ -306,27 +307,6 @@ Tensor random_tensor(const Shape& shape, DType dtype, Device device, std::mt1993
   return Tensor::from_vector(v, shape, dtype).to(device);
 }
 
-// Median of `repeats` timings of `run` after `warmup` untimed calls; `prepare` runs before each call, outside
-// the timed region.
-double median_ms(Backend& be, int warmup, int repeats, const std::function<void()>& prepare,
-                 const std::function<void()>& run) {
-  for (int i = 0; i < warmup; ++i) {
-    prepare();
-    run();
-  }
-  std::vector<double> times;
-  auto start = be.make_marker(), end = be.make_marker();
-  for (int i = 0; i < repeats; ++i) {
-    prepare();
-    start->record();
-    run();
-    end->record();
-    times.push_back(end->ms_since(*start));
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
 struct Timing {
   Backend& be;
   const config::RunConfig& cfg;
@@ -335,6 +315,25 @@ struct Timing {
   bool training;
   int warmup, repeats;
   std::mt19937 rng{20261204};
+  // Drawn once and reused, so the host's random draws do not dominate a GPU table's time (kernel times do not
+  // depend on the values): the block input and output gradient of the current embedding width, and values
+  // for the parameters (the largest block's count, filled into each block's arena).
+  int64_t inputs_width = -1;
+  Tensor x, dout;
+  Tensor parameter_values;
+
+  // Fills `params` (master and compute copy) from parameter_values: 0.02 · normal, LayerNorm weights too.
+  void fill(ParameterStore& params) {
+    const int64_t n = params.layout().total();
+    if (!parameter_values.defined() || parameter_values.numel() < n) {
+      std::normal_distribution<float> normal(0.f, 0.02f);
+      std::vector<float> v(static_cast<size_t>(n));
+      for (auto& value : v) value = normal(rng);
+      parameter_values = Tensor::from_vector(v, {n}).to(be.device());
+    }
+    params.master().copy_from(parameter_values.slice_flat(0, {n}));
+    if (!params.compute_is_master()) be.convert(params.compute(), params.master());
+  }
 
   double block(int64_t E, const BlockWidths& w) {
     const bool gpt = cfg.model().kind() == "gpt";
@@ -343,13 +342,16 @@ struct Timing {
     std::vector<ParamSpec> specs;
     block.declare_parameters(specs, 0.02, cfg.model().n_layer());
     ParameterStore params(ParameterLayout(specs), DType::F32, dtype, be.device());
-    params.initialise(cfg.train().seed());
+    fill(params);
     AdamW adamw(params, cfg.optim(), be);
     BlockActivations acts = block.allocate_activations(batch, tokens, dtype, be);
     std::vector<TransformerBlock> blocks{block};
     BlockScratch scratch = allocate_block_scratch(blocks, E, batch, tokens, dtype, be.device());
-    const Tensor x = random_tensor({batch, tokens, E}, dtype, be.device(), rng);
-    const Tensor dout = random_tensor({batch, tokens, E}, dtype, be.device(), rng);
+    if (inputs_width != E) {
+      x = random_tensor({batch, tokens, E}, dtype, be.device(), rng);
+      dout = random_tensor({batch, tokens, E}, dtype, be.device(), rng);
+      inputs_width = E;
+    }
     Tensor out = Tensor::empty({batch, tokens, E}, dtype, be.device());
     Tensor dresid = Tensor::empty({batch, tokens, E}, dtype, be.device());
     int64_t step = 0;
@@ -383,34 +385,9 @@ struct Timing {
     b->set_mlp_dim(static_cast<int32_t>(w.mlp_dim));
     m->clear_init_from();
     std::unique_ptr<Model> model = build_model(c, be, dtype);
-    AdamW adamw(model->params(), c.optim(), be);
-    Batch data;
-    if (m->kind() == "gpt") {
-      std::uniform_int_distribution<int32_t> id(0, m->vocab_size() - 1);
-      std::vector<int32_t> inputs(static_cast<size_t>(batch * tokens)), targets(inputs.size());
-      for (auto& v : inputs) v = id(rng);
-      for (auto& v : targets) v = id(rng);
-      data.inputs = Tensor::from_ints(inputs, {batch, tokens}).to(be.device());
-      data.targets = Tensor::from_ints(targets, {batch, tokens}).to(be.device());
-    } else {
-      const ModelShape shape = model_shape_from_config(*m);
-      data.inputs = random_tensor({batch, shape.patches(), shape.patch_dim()}, DType::F32, be.device(), rng);
-      std::uniform_int_distribution<int32_t> label(0, m->num_classes() - 1);
-      std::vector<int32_t> labels(static_cast<size_t>(batch));
-      for (auto& v : labels) v = label(rng);
-      data.targets = Tensor::from_ints(labels, {batch}).to(be.device());
-    }
-    int64_t step = 0;
-    auto run = [&] {
-      if (!training) {
-        model->evaluate(data);
-        return;
-      }
-      be.zero(model->params().grads());
-      model->forward_backward(data, 1.0);
-      adamw.step(c.optim().lr(), ++step, 1.0);
-    };
-    return median_ms(be, warmup, repeats, [] {}, run);
+    const Batch data = random_batch(model->shape(), batch, tokens, be.device(), rng());
+    return model_step_ms(*model, c.optim(), data, training ? LatencyMode::Training : LatencyMode::Inference, warmup,
+                         repeats);
   }
 };
 

@@ -7,8 +7,9 @@
 //   block's own parameters (the optimizer's cost shrinks with the block, so it belongs to the block);
 //   inference: the forward only.
 // - fixed_ms[E]: everything else of a step at embedding width E (embeddings, final norm, head, loss and the
-//   AdamW update of those parameters; the forward only for inference), measured as a one-block model's step
-//   minus its block's entry at the grid's smallest widths (clamped at 0 against timing noise).
+//   AdamW update of those parameters; the forward to the logits only for inference), measured as a one-block
+//   model's step (step_timing.h model_step_ms) minus its block's entry at the grid's smallest widths (clamped
+//   at 0 against timing noise).
 // Each value is the median of `repeats` runs after `warmup` untimed ones, timed with the backend's WorkMarkers
 // (CUDA events on the GPU, the host clock on the CPU, where work is complete when a call returns).
 //

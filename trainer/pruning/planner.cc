@@ -56,6 +56,17 @@ int64_t next_group_size(int64_t count, int64_t group) {
   return count - size >= group ? size : 0;
 }
 
+// The config field of an axis's group size.
+const char* group_field(PruneAxis a) {
+  switch (a) {
+    case PruneAxis::Embedding: return "prune.embedding_group";
+    case PruneAxis::Heads: return "prune.heads_group";
+    case PruneAxis::QkDim: return "prune.qk_group";
+    case PruneAxis::VDim: return "prune.v_group";
+    default: return "prune.mlp_group";
+  }
+}
+
 bool enabled(const PlannerOptions& o, PruneAxis a) {
   return std::find(o.structures.begin(), o.structures.end(), a) != o.structures.end();
 }
@@ -204,6 +215,34 @@ ModelUnits smallest_units(const ModelUnits& original, const PlannerOptions& opti
     }
   }
   return u;
+}
+
+void check_groups_fit(const ModelUnits& original, const PlannerOptions& options) {
+  for (PruneAxis a : kAxes) {
+    if (!enabled(options, a)) continue;
+    const int64_t group = group_size(options.groups, a);
+    const int blocks = a == PruneAxis::Embedding ? 1 : static_cast<int>(original.blocks.size());
+    for (int b = 0; b < blocks; ++b) {
+      const int64_t width = static_cast<int64_t>(layer(original, a, b).size());
+      LOOM_CHECK(width >= group, group_field(a), ": a group of ", group, " is wider than ", layer_name(a, b), " (", width, "): pruning "
+                 "it would leave less than one group; lower the group size or leave ", prune_axis_name(a),
+                 " out of prune.structures");
+    }
+  }
+}
+
+void check_kept_widths(const ModelUnits& original, const ModelUnits& kept, const PlannerOptions& options,
+                       const std::string& source) {
+  for (PruneAxis a : kAxes) {
+    const int blocks = a == PruneAxis::Embedding ? 1 : static_cast<int>(original.blocks.size());
+    for (int b = 0; b < blocks; ++b) {
+      const int64_t width = static_cast<int64_t>(layer(kept, a, b).size());
+      const int64_t floor =
+          std::min<int64_t>(group_size(options.groups, a), static_cast<int64_t>(layer(original, a, b).size()));
+      LOOM_CHECK(width >= floor, source, ": ", layer_name(a, b), " keeps ", width, " units, below one group of ",
+                 floor, " (", group_field(a), ")");
+    }
+  }
 }
 
 void check_target_reachable(const ModelUnits& original, const LatencyTable& table, const PlannerOptions& options,

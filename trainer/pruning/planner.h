@@ -90,6 +90,15 @@ PruneStepPlan plan_pruning_step(const ModelUnits& current, const ModelSaliency& 
 // most one group keep their width), keeping the lowest indices (which units stay does not change latency).
 ModelUnits smallest_units(const ModelUnits& original, const PlannerOptions& options);
 
+// Throws loom::Error naming the group-size field (e.g. "prune.mlp_group") when an enabled structure of some
+// layer of `original` is narrower than one group: pruning could only take it below one group (the planner
+// never does, so the structure would silently stay unpruned there). Also for `kept` units restored from a
+// checkpoint (`source` then names it): a layer keeping fewer units than one group (or than the original
+// width, when that is smaller) is an error naming that layer.
+void check_groups_fit(const ModelUnits& original, const PlannerOptions& options);
+void check_kept_widths(const ModelUnits& original, const ModelUnits& kept, const PlannerOptions& options,
+                       const std::string& source);
+
 // Throws loom::Error naming `field` (e.g. "prune.target_ratio") when even smallest_units(original) is
 // predicted slower than target_ms, with both numbers. Call it before any work.
 void check_target_reachable(const ModelUnits& original, const LatencyTable& table, const PlannerOptions& options,

@@ -1,0 +1,23 @@
+// Helpers shared by the model and pruning tests: a float64 finite-difference check of a model's gradient, and
+// a latency table whose cost multilinear interpolation reproduces exactly.
+#pragma once
+#include <cstdint>
+#include <functional>
+
+#include "trainer/parameters.h"
+#include "trainer/pruning/latency_table.h"
+
+namespace loom::testing {
+
+// Central differences (h = 1e-6) of `loss_at` (the loss as a function of `params`' f64 master weights, which
+// the CPU compute weights alias) against the gradient the caller left in params.grads(). Checks the first
+// `elements(entry)` elements of each parameter (all by default), every third beyond 64; EXPECTs each within
+// 1e-6 + 1e-5·|numeric| and all within 1e-7 in relative L2. Returns the number of elements checked.
+int64_t expect_gradient_matches_finite_differences(ParameterStore& params, const std::function<double()>& loss_at,
+                                                   const std::function<int64_t(const ParamEntry&)>& elements = {});
+
+// A table of `key` over `grid` whose block cost 1e-2·(E·H·(2·Dqk + Dv) + 2·E·M) + 0.05 ms is a product of
+// per-axis linear terms (exact under multilinear interpolation), with fixed parts 0.01·E ms.
+LatencyTable multilinear_latency_table(const LatencyTableKey& key, const LatencyGrid& grid);
+
+}  // namespace loom::testing
