@@ -7,6 +7,7 @@ dest=$1; shift
 mkdir -p "$dest/lib"
 for bin in "$@"; do
   cp "$bin" "$dest/"
+  strip --strip-unneeded "$dest/$(basename "$bin")"  # symbols are half a binary's size; the carry is capped
   ldd "$bin" | awk '/=> \// {print $3}' | while read -r lib; do
     case "$(basename "$lib")" in
       libc.so*|libm.so*|libstdc++*|libgcc_s*|ld-linux*|libpthread*|libdl.so*|librt.so*|libcuda.so*|libmpi*|libopen-*|libhwloc*|libevent*|libnccl*|libcublas*|libcudart*) ;;

@@ -75,7 +75,7 @@ quiet=(train.progress=false train.checkpoint_every=0 train.val_every=0)
 if [ "$part" = a ]; then
   # The GPU tests of the pruning ops, saliency, table and distillation first (skipped when not carried).
   if [ -x "$work/bin/loom_gpu_tests" ] && [ -z "${DRY:-}" ]; then
-    stage gpu_tests 120 "$work/bin/loom_gpu_tests" --gtest_filter='*Pruning*:*Distillation*:*LatencyTable*'
+    stage gpu_tests 150 "$work/bin/loom_gpu_tests" --gtest_filter="${GPU_FILTER:-*Pruning*:*Distillation*:*LatencyTable*}"
     grep -E '^\[  (PASSED|FAILED) ' "$work/gpu_tests.log"
   fi
   # DeiT-B. GPU: batch 256, a 4-point grid per axis (1024 block shapes), 6 random shapes.
