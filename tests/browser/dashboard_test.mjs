@@ -17,6 +17,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 
+import { replaceTimingsWithWorkCost } from "./cost_table.mjs";
+
 const [buildDir, sourceDir] = process.argv.slice(2);
 if (!buildDir || !sourceDir) {
   console.error("usage: node dashboard_test.mjs BUILD_DIR SOURCE_DIR");
@@ -172,6 +174,7 @@ try {
     "        embedding_group: 16, heads_group: 1, qk_group: 8, v_group: 8, mlp_group: 32, saliency_batches: 1,",
     "        eta: 0, target_ratio: 0.7, every: 2, begin_step: 2, groups_per_step: 3}", ""].join("\n"));
   loom("latency-table", prune, "--out", join(tmp, "table.json"));
+  replaceTimingsWithWorkCost(join(tmp, "table.json"));
   loom("train", prune);
 
   const ready = join(tmp, "dashboard.ready");

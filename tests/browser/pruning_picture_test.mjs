@@ -12,6 +12,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
+import { replaceTimingsWithWorkCost } from "./cost_table.mjs";
+
 const [buildDir, sourceDir] = process.argv.slice(2);
 if (!buildDir || !sourceDir) {
   console.error("usage: node pruning_picture_test.mjs BUILD_DIR SOURCE_DIR");
@@ -71,19 +73,7 @@ try {
     "",
   ].join("\n"));
   loom("latency-table", join(tmp, "prune.yaml"), "--out", join(tmp, "table.json"));
-  // The table's timings are replaced by a cost proportional to each block's work (its key, grid and format
-  // stay loom's): on a loaded CI machine real timings of such tiny blocks are noise, and this test is about
-  // the picture, not the table (tests/unit/pruning_latency_table_test.cc times real ones).
-  const table = JSON.parse(readFileSync(join(tmp, "table.json"), "utf8"));
-  const g = table.grid;
-  table.block_ms = [];
-  for (const E of g.embedding)
-    for (const H of g.heads)
-      for (const Q of g.qk_dim)
-        for (const V of g.v_dim)
-          for (const M of g.mlp) table.block_ms.push(1e-2 * (E * H * (2 * Q + V) + 2 * E * M) + 0.05);
-  table.fixed_ms = g.embedding.map(E => 0.01 * E);
-  writeFileSync(join(tmp, "table.json"), JSON.stringify(table));
+  replaceTimingsWithWorkCost(join(tmp, "table.json"));  // the picture is under test, not the table
   const log = loom("train", join(tmp, "prune.yaml"));
   check(/pruning target reached/.test(log), `the run reached its target:\n${log}`);
   const svgPath = join(tmp, "pruned", "pruning.svg");
