@@ -6,6 +6,32 @@
 
 namespace loom::testing {
 
+ModelShape tiny_gpt_shape(std::vector<BlockWidths> blocks, double init_std) {
+  ModelShape s;
+  s.kind = "gpt";
+  s.vocab = 11;
+  s.padded_vocab = pad_vocab(s.vocab);
+  s.max_seq = 6;
+  s.d_model = 8;
+  s.blocks = std::move(blocks);
+  s.init_std = init_std;
+  return s;
+}
+
+ModelShape tiny_vit_shape(std::vector<BlockWidths> blocks, bool distilled, double init_std) {
+  ModelShape s;
+  s.kind = "vit";
+  s.image_size = 6;
+  s.patch_size = 3;
+  s.in_channels = 2;
+  s.num_classes = 5;
+  s.d_model = 8;
+  s.distilled = distilled;
+  s.blocks = std::move(blocks);
+  s.init_std = init_std;
+  return s;
+}
+
 int64_t expect_gradient_matches_finite_differences(ParameterStore& params, const std::function<double()>& loss_at,
                                                    const std::function<int64_t(const ParamEntry&)>& elements) {
   const Tensor g = params.grads().to(Device::cpu());

@@ -1,13 +1,24 @@
-// Helpers shared by the model and pruning tests: a float64 finite-difference check of a model's gradient, and
-// a latency table whose cost multilinear interpolation reproduces exactly.
+// Helpers shared by the model and pruning tests: tiny model shapes, a float64 finite-difference check of a
+// model's gradient, and a latency table whose cost multilinear interpolation reproduces exactly.
 #pragma once
 #include <cstdint>
 #include <functional>
 
+#include <vector>
+
+#include "trainer/models/model_shape.h"
 #include "trainer/parameters.h"
 #include "trainer/pruning/latency_table.h"
 
 namespace loom::testing {
+
+// A GPT of 11 tokens (padded as the model pads them), 6 positions and embedding width 8 with `blocks`, its
+// weights drawn with standard deviation `init_std` (tests of gradients want it large, so every path carries
+// signal). Other fields keep ModelShape's defaults.
+ModelShape tiny_gpt_shape(std::vector<BlockWidths> blocks, double init_std);
+// A ViT of 6×6 images with 2 channels in 3×3 patches, 5 classes and embedding width 8 with `blocks`; DeiT's
+// distillation token when `distilled`.
+ModelShape tiny_vit_shape(std::vector<BlockWidths> blocks, bool distilled, double init_std);
 
 // Central differences (h = 1e-6) of `loss_at` (the loss as a function of `params`' f64 master weights, which
 // the CPU compute weights alias) against the gradient the caller left in params.grads(). Checks the first

@@ -13,16 +13,8 @@ namespace loom {
 namespace {
 
 ModelShape two_unequal_blocks() {
-  ModelShape s;
-  s.kind = "gpt";
-  s.vocab = 11;
-  s.padded_vocab = pad_vocab(s.vocab);
-  s.max_seq = 6;
-  s.d_model = 8;
-  s.blocks = {BlockWidths{2, 3, 5, 7}, BlockWidths{1, 4, 2, 9}};
-  s.ln_eps = 1e-5;
-  s.init_std = 0.3;  // large enough that every path carries signal in the check
-  return s;
+  // init_std large enough that every path carries signal in the check.
+  return testing::tiny_gpt_shape({BlockWidths{2, 3, 5, 7}, BlockWidths{1, 4, 2, 9}}, 0.3);
 }
 
 // The loss as a function of the master weights (f64, aliased by the compute weights on the CPU).

@@ -31,30 +31,10 @@ namespace {
 
 constexpr double kTemperature = 2.5, kWeight = 0.3, kSmoothing = 0.1;
 
-ModelShape gpt_shape(std::vector<BlockWidths> blocks) {
-  ModelShape s;
-  s.kind = "gpt";
-  s.vocab = 11;
-  s.padded_vocab = pad_vocab(s.vocab);
-  s.max_seq = 6;
-  s.d_model = 8;
-  s.blocks = std::move(blocks);
-  s.init_std = 0.4;
-  return s;
-}
+ModelShape gpt_shape(std::vector<BlockWidths> blocks) { return testing::tiny_gpt_shape(std::move(blocks), 0.4); }
 
 ModelShape vit_shape(std::vector<BlockWidths> blocks, bool distilled) {
-  ModelShape s;
-  s.kind = "vit";
-  s.image_size = 6;
-  s.patch_size = 3;
-  s.in_channels = 2;
-  s.num_classes = 5;
-  s.d_model = 8;
-  s.distilled = distilled;
-  s.blocks = std::move(blocks);
-  s.init_std = 0.4;
-  return s;
+  return testing::tiny_vit_shape(std::move(blocks), distilled, 0.4);
 }
 
 std::unique_ptr<Model> make_model(const ModelShape& s, Backend& be, uint64_t seed) {

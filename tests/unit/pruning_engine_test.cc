@@ -22,15 +22,7 @@ namespace loom {
 namespace {
 
 ModelShape uneven_gpt() {
-  ModelShape s;
-  s.kind = "gpt";
-  s.vocab = 11;
-  s.padded_vocab = pad_vocab(s.vocab);
-  s.max_seq = 6;
-  s.d_model = 8;
-  s.blocks = {BlockWidths{3, 4, 2, 10}, BlockWidths{2, 3, 5, 7}};
-  s.init_std = 0.4;
-  return s;
+  return testing::tiny_gpt_shape({BlockWidths{3, 4, 2, 10}, BlockWidths{2, 3, 5, 7}}, 0.4);
 }
 
 Batch make_batch(const ModelShape& s, uint64_t seed) {

@@ -208,8 +208,9 @@ TEST(PruningLatencyTable, RealTinyTableOnTheCpu) {
     EXPECT_LT(predicted, 5 * measured) << "E " << E << " predicted " << predicted << " ms, measured " << measured;
     EXPECT_GT(predicted, measured / 5) << "E " << E << " predicted " << predicted << " ms, measured " << measured;
   }
-  // Ordering only between clearly different shapes: 4x the MLP (and everything wider) is not predicted faster.
-  EXPECT_GE(t.block_ms(64, {4, 16, 16, 256}), t.block_ms(64, {4, 16, 16, 64}));
+  // Ordering only between the grid's opposite corners (about 30x the work): nearer shapes (4x the MLP alone was
+  // tried) swap places when another process shares the CPU.
+  EXPECT_GE(t.block_ms(64, {4, 16, 16, 256}), t.block_ms(32, {1, 8, 8, 64}));
   EXPECT_GE(t.model_ms(64, {wide, wide}), t.model_ms(32, {narrow, narrow}));
 }
 

@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "kernels/backend.h"
+#include "tests/common/model_testing.h"
 #include "tests/common/test_util.h"
 #include "trainer/models/gpt.h"
 #include "trainer/pruning/saliency.h"
@@ -16,15 +17,7 @@ namespace loom {
 namespace {
 
 ModelShape tiny_gpt() {
-  ModelShape s;
-  s.kind = "gpt";
-  s.vocab = 11;
-  s.padded_vocab = pad_vocab(s.vocab);
-  s.max_seq = 6;
-  s.d_model = 8;
-  s.blocks = {BlockWidths{2, 3, 5, 7}, BlockWidths{1, 4, 2, 9}};
-  s.init_std = 0.3;
-  return s;
+  return testing::tiny_gpt_shape({BlockWidths{2, 3, 5, 7}, BlockWidths{1, 4, 2, 9}}, 0.3);
 }
 
 std::vector<int32_t> identity(int64_t n) {

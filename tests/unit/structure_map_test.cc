@@ -12,6 +12,7 @@
 
 #include "core/rng.h"
 #include "kernels/backend.h"
+#include "tests/common/model_testing.h"
 #include "tests/common/test_util.h"
 #include "trainer/models/gpt.h"
 #include "trainer/models/vit.h"
@@ -20,29 +21,12 @@ namespace loom {
 namespace {
 
 ModelShape uneven_gpt() {
-  ModelShape s;
-  s.kind = "gpt";
-  s.vocab = 11;
-  s.padded_vocab = pad_vocab(s.vocab);
-  s.max_seq = 6;
-  s.d_model = 8;
-  s.blocks = {BlockWidths{3, 4, 2, 10}, BlockWidths{2, 3, 5, 7}, BlockWidths{1, 2, 3, 6}};
-  s.init_std = 0.4;
-  return s;
+  return testing::tiny_gpt_shape({BlockWidths{3, 4, 2, 10}, BlockWidths{2, 3, 5, 7}, BlockWidths{1, 2, 3, 6}}, 0.4);
 }
 
 ModelShape uneven_deit() {
-  ModelShape s;
-  s.kind = "vit";
-  s.image_size = 6;
-  s.patch_size = 3;
-  s.in_channels = 2;
-  s.num_classes = 5;
-  s.d_model = 8;
-  s.distilled = true;
+  ModelShape s = testing::tiny_vit_shape({BlockWidths{2, 3, 5, 7}, BlockWidths{3, 2, 4, 9}}, /*distilled=*/true, 0.4);
   s.ln_eps = 1e-6;
-  s.blocks = {BlockWidths{2, 3, 5, 7}, BlockWidths{3, 2, 4, 9}};
-  s.init_std = 0.4;
   return s;
 }
 

@@ -15,17 +15,7 @@ namespace loom {
 namespace {
 
 ModelShape small_vit(bool distilled) {
-  ModelShape s;
-  s.kind = "vit";
-  s.image_size = 6;
-  s.patch_size = 3;
-  s.in_channels = 2;
-  s.num_classes = 5;
-  s.d_model = 8;
-  s.distilled = distilled;
-  s.blocks = {BlockWidths{2, 3, 5, 7}, BlockWidths{1, 4, 2, 9}};
-  s.init_std = 0.3;
-  return s;
+  return testing::tiny_vit_shape({BlockWidths{2, 3, 5, 7}, BlockWidths{1, 4, 2, 9}}, distilled, 0.3);
 }
 
 Batch random_batch(const ModelShape& s, int64_t B, uint64_t seed) {
