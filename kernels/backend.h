@@ -240,6 +240,11 @@ class Backend {
   // CUDA: a, b f32, bf16 or f16, out f32, summed in f32 in a fixed order (deterministic).
   virtual void dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, int axis) = 0;
 
+  // Pruning masks: x[i] = 0 wherever keep[i] == 0, elsewhere x unchanged (bitwise: +0 in every float dtype).
+  // keep is f32 (0 or 1) with x's element count, on this backend's device; x any float dtype it stores (a
+  // parameter, gradient or moment arena). Runs where the arena lives: a mask never crosses to the host.
+  virtual void zero_masked(Tensor& x, const Tensor& keep) = 0;
+
   // Knowledge distillation (Hinton et al. 2015) per row of student and teacher logits [N, Vp] whose first
   // `classes` columns are classes (the rest is padding). With temperature τ, p = softmax(teacher/τ) and
   // q = softmax(student/τ) over the classes:

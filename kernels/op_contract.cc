@@ -378,6 +378,14 @@ Axis dot_along_axis(const OpCheck& check, const Tensor& out, const Tensor& a, co
   return r;
 }
 
+int64_t zero_masked(const OpCheck& check, const Tensor& x, const Tensor& keep) {
+  check.storage("x", x);
+  check.f32("keep", keep);
+  check.require(keep.numel() == x.numel(), "keep ", keep.str(), " must have the ", x.numel(), " elements of x ",
+                x.str());
+  return x.numel();
+}
+
 int64_t distillation_loss(const OpCheck& check, const Tensor& losses, const Tensor& dstudent, const Tensor& student,
                           const Tensor& teacher, int64_t classes, double temperature) {
   check.compute("student", student);

@@ -128,6 +128,8 @@ struct Axis {
   int64_t outer = 1, D = 0, inner = 1;
 };
 Axis dot_along_axis(const OpCheck& check, const Tensor& out, const Tensor& a, const Tensor& b, int axis);
+// Returns the element count of x.
+int64_t zero_masked(const OpCheck& check, const Tensor& x, const Tensor& keep);
 // Returns N (rows of student).
 int64_t distillation_loss(const OpCheck& check, const Tensor& losses, const Tensor& dstudent, const Tensor& student,
                           const Tensor& teacher, int64_t classes, double temperature);

@@ -1,5 +1,5 @@
 // CpuBackend's structural-pruning ops (kernels/backend.h states the math): per-position dot products along one
-// axis (saliency Σ g·w, weight magnitude Σ w²) and the distillation loss. The shared contract
+// axis (saliency Σ g·w, weight magnitude Σ w²), masks, and the distillation loss. The shared contract
 // (kernels/op_contract.h) is checked before any output is touched; the kernels below never throw (they run
 // inside OpenMP regions).
 #include <algorithm>
@@ -25,6 +25,14 @@ void dot_along_axis_kernel(O* out, const T* a, const T* b, int64_t outer, int64_
     }
     out[i] = static_cast<O>(sum);
   }
+}
+
+// x[i] = 0 (all bits clear: +0 in every float format of that width) where keep[i] == 0.
+template <typename Bits>
+void zero_masked_kernel(Bits* x, const float* keep, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > cpu::kParallelMinWork)
+  for (int64_t i = 0; i < n; ++i)
+    if (keep[i] == 0.0f) x[i] = Bits{0};
 }
 
 // Per row, over the classes c < classes, with u = teacher/τ and v = student/τ (double throughout):
@@ -80,6 +88,16 @@ void CpuBackend::dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, i
     out.dtype() == DType::F64 ? run(double{}, double{}) : run(double{}, float{});
   else
     out.dtype() == DType::F64 ? run(float{}, double{}) : run(float{}, float{});
+}
+
+void CpuBackend::zero_masked(Tensor& x, const Tensor& keep) {
+  const int64_t n = op_contract::zero_masked(op_check("zero_masked"), x, keep);
+  const float* k = keep.data<float>();
+  switch (dtype_size(x.dtype())) {
+    case 8: return zero_masked_kernel(static_cast<uint64_t*>(x.raw()), k, n);
+    case 4: return zero_masked_kernel(static_cast<uint32_t*>(x.raw()), k, n);
+    default: return zero_masked_kernel(static_cast<uint16_t*>(x.raw()), k, n);
+  }
 }
 
 void CpuBackend::distillation_loss(Tensor& losses, Tensor& dstudent, const Tensor& student, const Tensor& teacher,

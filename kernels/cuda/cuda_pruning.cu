@@ -1,5 +1,5 @@
 // CudaBackend's structural-pruning ops (kernels/backend.h states the math; the CPU twins are in
-// kernels/cpu/cpu_pruning.cc): per-position dot products along one axis and the distillation loss. Everything
+// kernels/cpu/cpu_pruning.cc): per-position dot products along one axis, masks, and the distillation loss. Everything
 // is summed in f32 in a fixed order, so results are bit-identical run to run.
 #include "kernels/cuda/cuda_backend.cuh"
 #include "kernels/cuda/cuda_op_check.cuh"
@@ -76,6 +76,22 @@ void dot_along_axis(float* out, const T* a, const T* b, int64_t outer, int64_t D
   LOOM_CUDA_LAUNCHED("dot_fold_partials_kernel");
 }
 
+// x[i] = 0 (all bits clear: +0 in every float format of that width) where keep[i] == 0; one thread per
+// element, grid-strided. Memory-bound: reads keep and x once, writes only the zeroed elements.
+template <typename Bits>
+__global__ void zero_masked_kernel(Bits* x, const float* keep, int64_t n) {
+  LOOM_GRID_STRIDE(i, n) {
+    if (keep[i] == 0.0f) x[i] = Bits{0};
+  }
+}
+
+template <typename Bits>
+void zero_masked(void* x, const float* keep, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  zero_masked_kernel<<<grid_for(n), kThreads, 0, stream>>>(static_cast<Bits*>(x), keep, n);
+  LOOM_CUDA_LAUNCHED("zero_masked_kernel");
+}
+
 // One block per row over the classes c < classes, with u = teacher/τ, v = student/τ:
 //   per thread, online (rescaled whenever its max grows): m_u, S_u = Σ exp(u_c − m_u),
 //   W = Σ exp(u_c − m_u)·(u_c − v_c), and m_v, S_v for the student; then block reductions give
@@ -139,6 +155,16 @@ void CudaBackend::dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, 
     using T = decltype(tag);
     cuda::dot_along_axis(ptr<float>(out), ptr<T>(a), ptr<T>(b), outer, D, inner, stream_);
   });
+}
+
+void CudaBackend::zero_masked(Tensor& x, const Tensor& keep) {
+  const int64_t n = op_contract::zero_masked(op_check("zero_masked"), x, keep);
+  activate();
+  switch (dtype_size(x.dtype())) {
+    case 8: return cuda::zero_masked<uint64_t>(x.raw(), ptr<float>(keep), n, stream_);
+    case 4: return cuda::zero_masked<uint32_t>(x.raw(), ptr<float>(keep), n, stream_);
+    default: return cuda::zero_masked<uint16_t>(x.raw(), ptr<float>(keep), n, stream_);
+  }
 }
 
 void CudaBackend::distillation_loss(Tensor& losses, Tensor& dstudent, const Tensor& student, const Tensor& teacher,

@@ -1,6 +1,6 @@
 // CUDA backend's structural-pruning ops against the float64 CPU reference: dot products along every axis of
-// ragged 2-D and 3-D tensors (both kernel paths: long contiguous runs and short ones), and the distillation
-// loss with padding columns, in place and losses only.
+// ragged 2-D and 3-D tensors (both kernel paths: long contiguous runs and short ones), masks (bit for bit
+// against the CPU twin), and the distillation loss with padding columns, in place and losses only.
 #include "tests/gpu/cuda_backend_test_util.h"
 
 namespace loom::testing_cuda {
@@ -26,6 +26,26 @@ TEST_P(CudaPruningTest, DotAlongEveryAxisMatchesReference) {
       expect_bitwise_equal(again, out, what);
     }
   }
+}
+
+TEST_P(CudaPruningTest, ZeroMaskedMatchesTheCpuTwinBitForBit) {
+  const DType dt = GetParam();
+  // Ragged sizes, one above a grid's worth of 256-thread blocks (the grid-stride loop's second lap).
+  for (int64_t n : {int64_t{1}, int64_t{4099}, int64_t{65536} * 256 + 77}) {
+    const Tensor x = random_host({n}, dt);
+    Tensor keep = random_host({n}, DType::F32);
+    float* k = keep.data<float>();
+    for (int64_t i = 0; i < n; ++i) k[i] = k[i] < -0.3f ? 0.f : 1.f;
+    Tensor on_device = on_gpu(x), expected = x.cast(dt);
+    gpu_->zero_masked(on_device, on_gpu(keep));
+    cpu_->zero_masked(expected, keep);
+    expect_bitwise_equal(on_device, expected, "zero_masked " + std::to_string(n) + " " + dtype_name(dt));
+  }
+  // An f32 arena under an f32 mask as AdamW's moments are (f32 whatever the compute dtype).
+  const Tensor moments = random_host({1000}, DType::F32), keep = Tensor::zeros({1000}, DType::F32);
+  Tensor m = on_gpu(moments);
+  gpu_->zero_masked(m, on_gpu(keep));
+  expect_bitwise_equal(m, Tensor::zeros({1000}, DType::F32), "zero_masked, every element masked");
 }
 
 TEST_P(CudaPruningTest, DistillationLossMatchesReference) {
@@ -66,6 +86,9 @@ TEST_F(CudaBackendTest, PruningOpsRejectBadArguments) {
   Tensor losses = Tensor::empty({4}, DType::F32, Device::cuda(0)), none;
   EXPECT_THROW(gpu_->distillation_loss(losses, none, a, a, 9, 1.0, 1.0), Error);
   EXPECT_THROW(gpu_->distillation_loss(losses, none, a, a, 8, 0.0, 1.0), Error);
+  Tensor host_keep = Tensor::zeros({32}, DType::F32);
+  EXPECT_THROW(gpu_->zero_masked(a, host_keep), Error);  // the mask must be on the device
+  EXPECT_THROW(gpu_->zero_masked(a, on_gpu(Tensor::zeros({31}, DType::F32))), Error);
 }
 
 }  // namespace

@@ -1,9 +1,9 @@
 // The latency table: multilinear interpolation (exact on multilinear functions, exact at grid points), the
 // file format and its errors, the run-key checks, the default grid, and a real table of a tiny ViT built on the
 // CPU. Timings are never asserted tightly: the real-table test asserts only that predictions are positive, that
-// a clearly wider model (4x MLP, 4x heads, 2x embedding) is not predicted faster than a narrower one, and that the
-// prediction of a whole 2-block step is within a factor of 5 of the measured step (ctest runs these tests on one
-// OpenMP thread, see CMakeLists.txt).
+// the grid's widest block and model (4x MLP, 4x heads, 2x embedding) are not predicted faster than its
+// narrowest, and that the prediction of a whole 2-block step is within a factor of 5 of the measured step
+// (ctest runs these tests on one OpenMP thread, see CMakeLists.txt).
 #include <gtest/gtest.h>
 
 #include <algorithm>

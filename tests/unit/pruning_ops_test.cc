@@ -1,5 +1,6 @@
-// The CPU reference of the pruning ops in float64: dot_along_axis against a direct triple loop, and the
-// distillation loss against its definition (KL of the softmaxes) and its gradient against finite differences.
+// The CPU reference of the pruning ops in float64: dot_along_axis against a direct triple loop, zero_masked
+// against the mask's definition in every float dtype, and the distillation loss against its definition (KL of
+// the softmaxes) and its gradient against finite differences.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -51,6 +52,40 @@ TEST(PruningOps, DotAlongAxisRejectsBadArguments) {
   EXPECT_THROW(be->dot_along_axis(out, a, a, 0), Error);
   EXPECT_THROW(be->dot_along_axis(out, a, a, -1), Error);
   EXPECT_THROW(be->dot_along_axis(out, a, a.cast(DType::F32), 1), Error);
+}
+
+// A random 0/1 keep mask of n elements, about a third zeros.
+Tensor random_keep(int64_t n, std::mt19937& rng) {
+  Tensor keep = Tensor::empty({n}, DType::F32);
+  for (int64_t i = 0; i < n; ++i) keep.data<float>()[i] = rng() % 3 == 0 ? 0.f : 1.f;
+  return keep;
+}
+
+TEST(PruningOps, ZeroMaskedClearsExactlyTheMaskedElementsInEveryDtype) {
+  auto be = make_backend(Device::cpu());
+  std::mt19937 rng(11);
+  for (DType dt : {DType::F64, DType::F32, DType::BF16, DType::F16}) {
+    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{100003}}) {
+      const Tensor x = random_f64({n}, rng, 0.5, 2.0).cast(dt), keep = random_keep(n, rng);
+      Tensor masked = x.cast(dt);
+      be->zero_masked(masked, keep);
+      for (int64_t i = 0; i < n; ++i) {
+        const double expected = keep.data<float>()[i] == 0.f ? 0.0 : x.item(i);
+        ASSERT_EQ(masked.item(i), expected) << dtype_name(dt) << " n " << n << " element " << i;
+        if (expected == 0.0) ASSERT_FALSE(std::signbit(masked.item(i)));  // +0, never -0
+      }
+    }
+  }
+}
+
+TEST(PruningOps, ZeroMaskedRejectsBadArguments) {
+  auto be = make_backend(Device::cpu());
+  Tensor x = Tensor::zeros({6}, DType::F32);
+  const Tensor short_keep = Tensor::zeros({5}, DType::F32), f64_keep = Tensor::zeros({6}, DType::F64);
+  EXPECT_THROW(be->zero_masked(x, short_keep), Error);
+  EXPECT_THROW(be->zero_masked(x, f64_keep), Error);
+  Tensor ints = Tensor::zeros({6}, DType::I32);
+  EXPECT_THROW(be->zero_masked(ints, Tensor::zeros({6}, DType::F32)), Error);
 }
 
 // τ²·Σ p (log p − log q) over the first `classes` columns, directly from the softmaxes.

@@ -30,24 +30,33 @@ Batch random_batch(const ModelShape& s, int64_t B, uint64_t seed) {
   return b;
 }
 
-class VitGradient : public ::testing::TestWithParam<bool> {};
-
-TEST_P(VitGradient, MatchesFiniteDifferencesInFloat64) {
+// The training loss (each head on the labels, label smoothing included) as a function of the weights, against
+// the gradient of one forward_backward.
+void expect_gradient_matches_finite_differences(const ModelShape& shape) {
   auto backend = make_backend(Device::cpu());
-  const ModelShape shape = small_vit(GetParam());
   VitModel model(shape, *backend, DType::F64, DType::F64, /*seed=*/4, /*label_smoothing=*/0.1);
   Batch batch = random_batch(shape, 3, 8);
   batch.inputs = batch.inputs.cast(DType::F64);
 
   backend->zero(model.params().grads());
   model.forward_backward(batch, 1.0);
-  // The training loss (each head on the labels, label smoothing included) as a function of the weights.
   testing::expect_gradient_matches_finite_differences(model.params(), [&] {
     Tensor saved = model.params().grads().to(Device::cpu());
     const double l = model.forward_backward(batch, 0.0);
     model.params().grads().copy_from(saved);
     return l;
   });
+}
+
+class VitGradient : public ::testing::TestWithParam<bool> {};
+
+TEST_P(VitGradient, MatchesFiniteDifferencesInFloat64) { expect_gradient_matches_finite_differences(small_vit(GetParam())); }
+
+// Pruned blocks whose attention output (tokens·heads·v dim = 6·1·1 per image) is narrower than the embedding (8):
+// the heads' input gradient once borrowed that block's scratch and overran it.
+TEST(VitModel, ABlockNarrowerThanTheEmbeddingTrains) {
+  expect_gradient_matches_finite_differences(
+      testing::tiny_vit_shape({BlockWidths{1, 2, 1, 4}, BlockWidths{1, 1, 1, 3}}, /*distilled=*/true, 0.3));
 }
 
 INSTANTIATE_TEST_SUITE_P(ClassTokenOnlyAndDistilled, VitGradient, ::testing::Values(false, true));

@@ -206,31 +206,24 @@ Tensor mask_arena(const ParameterLayout& layout, const StructureMap& map, const 
   return mask;
 }
 
-void apply_mask(Tensor& arena, const Tensor& mask) {
+void apply_mask(Backend& backend, Tensor& arena, const Tensor& mask) {
   if (arena.numel() != mask.numel())
     fail("apply_mask: arena ", arena.str(), " and mask ", mask.str(), " differ in size");
-  // On the host in f64 for f64 arenas, else in f32 (exact for bf16/f16 values; the mask is 0 or 1).
-  const DType work = arena.dtype() == DType::F64 ? DType::F64 : DType::F32;
-  Tensor host = arena.to(Device::cpu()).cast(work);
-  const Tensor m = mask.to(Device::cpu()).cast(DType::F32);
-  const float* k = m.data<float>();
-  auto multiply = [&](auto* h) {
-    for (int64_t i = 0; i < host.numel(); ++i)
-      if (k[i] == 0) h[i] = 0;
-  };
-  if (work == DType::F64)
-    multiply(host.data<double>());
-  else
-    multiply(host.data<float>());
-  arena.copy_from(host.cast(arena.dtype()));
+  if (mask.device() == backend.device()) {
+    backend.zero_masked(arena, mask);
+  } else {
+    const Tensor on_device = mask.to(backend.device());
+    backend.zero_masked(arena, on_device);
+  }
 }
 
 void mask_model(Model& model, const StructureMap& map, const AxisSelection& selection) {
   ParameterStore& p = model.params();
-  const Tensor mask = mask_arena(p.layout(), map, selection);
-  apply_mask(p.master(), mask);
+  Backend& backend = model.backend();
+  const Tensor mask = mask_arena(p.layout(), map, selection).to(backend.device());
+  apply_mask(backend, p.master(), mask);
   p.sync_compute_from_master();
-  apply_mask(p.grads(), mask);
+  apply_mask(backend, p.grads(), mask);
   const auto it = selection.find("embedding");
   model.set_active_embedding_channels(it == selection.end() ? model.shape().d_model
                                                             : static_cast<int64_t>(it->second.size()));

@@ -103,9 +103,9 @@ AxisSelection delete_one(const StructureMap& map, const std::string& axis, int64
 // map does not fit its parameter (a tensor-parallel shard's layout, another model's).
 Tensor mask_arena(const ParameterLayout& layout, const StructureMap& map, const AxisSelection& selection);
 // Zeroes the positions where `mask` is 0, in any arena of mask's size (master weights, compute copy,
-// gradients, AdamW moments) on any device and float dtype. It goes through the host (a copy of the arena each
-// call): fine at mask changes, a device kernel is the job of a per-step caller.
-void apply_mask(Tensor& arena, const Tensor& mask);
+// gradients, AdamW moments) of any float dtype on `backend`'s device, with Backend::zero_masked. A mask
+// already on that device is used in place (what a per-step caller keeps); a host one is copied there first.
+void apply_mask(Backend& backend, Tensor& arena, const Tensor& mask);
 // Masks `model` (not tensor-parallel): master and compute weights and the gradients are multiplied by the
 // mask, and the LayerNorms count the kept embedding channels (Model::set_active_embedding_channels). The
 // weights keep training afterwards: callers re-apply the mask (weights, and the moments of the optimizer if

@@ -102,6 +102,7 @@ VitModel::Activations& VitModel::activations_for(int64_t B) {
   a.losses = Tensor::empty({B}, reduction_dtype(compute_dtype_), dev);
   a.dresid = Tensor::empty({B, T, D}, compute_dtype_, dev);
   a.dpos_plus = Tensor::empty({T, D}, compute_dtype_, dev);
+  a.dhead = Tensor::empty({B, 1, D}, compute_dtype_, dev);
   if (sp) a.drows = Tensor::empty({n, D}, compute_dtype_, dev);
   return activations_.emplace(B, std::move(a)).first->second;
 }
@@ -189,7 +190,7 @@ double VitModel::forward_backward(const Batch& batch, double loss_scale) {
     loss += (hard_weight * sum_on_host(a.losses) + (distilled ? soft.weight * soft_sum : 0)) / (k * B);
     const std::string name(heads[h]);
     Tensor dw = params_.grad(name + ".weight"), db = params_.grad(name + ".bias");
-    Tensor dhead = s.datt.slice_flat(0, {B, 1, D});
+    Tensor& dhead = a.dhead;
     Tensor dhead_rows = dhead.view({B, D});
     backend_.matmul_backward(dhead_rows, dw, db, *logits[h], a.head_in.slice_flat(h * B * D, {B, D}),
                              params_.weight(name + ".weight"));

@@ -59,6 +59,7 @@ class VitModel final : public Model {
     Tensor logits, logits_dist, losses;
     Tensor dsoft;                // [B, classes]: the distillation gradient (allocated by the first distilled batch)
     Tensor dresid, dpos_plus;    // gradient buffers of the backward
+    Tensor dhead;                // [B, 1, D]: a head's input gradient (a pruned block's scratch can be narrower)
     Tensor drows;                // [n, D]: the blocks' residual gradient (SP only; dresid's view without)
   };
   Activations& activations_for(int64_t batch);

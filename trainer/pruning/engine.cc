@@ -134,16 +134,17 @@ bool PruningEngine::needs_saliency(int64_t step) const {
 
 void PruningEngine::gradients_ready(int64_t step) {
   if (needs_saliency(step)) accumulator_.add_batch(model_.backend(), model_.params());
-  if (mask_.numel() > 0) apply_mask(model_.params().grads(), mask_);
+  if (mask_.numel() > 0) apply_mask(model_.backend(), model_.params().grads(), mask_);
 }
 
 void PruningEngine::apply(Tensor& first_moment, Tensor& second_moment) {
   const AxisSelection sel = selection();
   mask_model(model_, map_, sel);
-  mask_ = mask_arena(model_.params().layout(), map_, sel);
-  apply_mask(first_moment, mask_);
-  apply_mask(second_moment, mask_);
-  parameters_ = kept_parameters(model_.params().layout(), mask_);
+  const Tensor host_mask = mask_arena(model_.params().layout(), map_, sel);
+  parameters_ = kept_parameters(model_.params().layout(), host_mask);
+  mask_ = host_mask.to(model_.backend().device());
+  apply_mask(model_.backend(), first_moment, mask_);
+  apply_mask(model_.backend(), second_moment, mask_);
   predicted_ms_ = table_.model_ms(kept_.embedding_width(), kept_.widths());
   flops_ = flops_of(pruned_shape());
 }
