@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpora of the fuzz targets into tests/fuzz/corpus/<target>/ (checked in; rerun after a
 format change). Seeds are small valid inputs (and a few near-misses) that give libFuzzer a start inside each
-format; the fuzzers' own finds go to build/fuzz/work/, never here. Needs protoc for the controller seeds."""
+format; the fuzzers' own finds go to build/fuzz/found/, never here. Needs protoc for the controller seeds."""
 import gzip, json, os, shutil, struct, subprocess, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
