@@ -1,6 +1,6 @@
 // CudaBackend's structural-pruning ops (kernels/backend.h states the math; the CPU twins are in
-// kernels/cpu/cpu_pruning.cc): per-position dot products along one axis, masks, and the distillation loss. Everything
-// is summed in f32 in a fixed order, so results are bit-identical run to run.
+// kernels/cpu/cpu_pruning.cc): per-position dot products along one axis, masks, and the distillation loss.
+// Everything is summed in f32 in a fixed order, so results are bit-identical run to run.
 #include "kernels/cuda/cuda_backend.cuh"
 #include "kernels/cuda/cuda_op_check.cuh"
 #include "kernels/cuda/cuda_ops.cuh"

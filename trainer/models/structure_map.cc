@@ -209,15 +209,10 @@ Tensor mask_arena(const ParameterLayout& layout, const StructureMap& map, const 
 void apply_mask(Backend& backend, Tensor& arena, const Tensor& mask) {
   if (arena.numel() != mask.numel())
     fail("apply_mask: arena ", arena.str(), " and mask ", mask.str(), " differ in size");
-  if (mask.device() == backend.device()) {
-    backend.zero_masked(arena, mask);
-  } else {
-    const Tensor on_device = mask.to(backend.device());
-    backend.zero_masked(arena, on_device);
-  }
+  backend.zero_masked(arena, mask.device() == backend.device() ? mask : mask.to(backend.device()));
 }
 
-void mask_model(Model& model, const StructureMap& map, const AxisSelection& selection) {
+Tensor mask_model(Model& model, const StructureMap& map, const AxisSelection& selection) {
   ParameterStore& p = model.params();
   Backend& backend = model.backend();
   const Tensor mask = mask_arena(p.layout(), map, selection).to(backend.device());
@@ -227,6 +222,7 @@ void mask_model(Model& model, const StructureMap& map, const AxisSelection& sele
   const auto it = selection.find("embedding");
   model.set_active_embedding_channels(it == selection.end() ? model.shape().d_model
                                                             : static_cast<int64_t>(it->second.size()));
+  return mask;
 }
 
 ModelShape shrink_shape(const ModelShape& shape, const StructureMap& map, const AxisSelection& selection) {

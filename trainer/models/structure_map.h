@@ -109,8 +109,8 @@ void apply_mask(Backend& backend, Tensor& arena, const Tensor& mask);
 // Masks `model` (not tensor-parallel): master and compute weights and the gradients are multiplied by the
 // mask, and the LayerNorms count the kept embedding channels (Model::set_active_embedding_channels). The
 // weights keep training afterwards: callers re-apply the mask (weights, and the moments of the optimizer if
-// they want them zero) after each optimizer step.
-void mask_model(Model& model, const StructureMap& map, const AxisSelection& selection);
+// they want them zero) after each optimizer step. Returns the mask (mask_arena) on the model's device, for them.
+Tensor mask_model(Model& model, const StructureMap& map, const AxisSelection& selection);
 
 // ---- shrink: a dense smaller model ----
 // The shape with each axis cut to its kept indices; attention scales stay those of `shape`.

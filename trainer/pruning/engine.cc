@@ -139,10 +139,8 @@ void PruningEngine::gradients_ready(int64_t step) {
 
 void PruningEngine::apply(Tensor& first_moment, Tensor& second_moment) {
   const AxisSelection sel = selection();
-  mask_model(model_, map_, sel);
-  const Tensor host_mask = mask_arena(model_.params().layout(), map_, sel);
-  parameters_ = kept_parameters(model_.params().layout(), host_mask);
-  mask_ = host_mask.to(model_.backend().device());
+  mask_ = mask_model(model_, map_, sel);
+  parameters_ = kept_parameters(model_.params().layout(), mask_.to(Device::cpu()));
   apply_mask(model_.backend(), first_moment, mask_);
   apply_mask(model_.backend(), second_moment, mask_);
   predicted_ms_ = table_.model_ms(kept_.embedding_width(), kept_.widths());
