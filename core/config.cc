@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdio>
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -437,24 +438,39 @@ void apply_override(pb::Message* root, const std::string& text, const std::strin
   }
 }
 
-// Offset of the first byte that breaks UTF-8 (overlong forms, surrogates and code points above U+10FFFF
-// included), or npos. Hand-written: none of the libraries in use exposes a UTF-8 check.
-size_t invalid_utf8_offset(std::string_view text) {
+// The first place where `text` stops being YAML text: a byte that breaks UTF-8 (overlong forms, surrogates and
+// code points above U+10FFFF included), or a code point outside YAML's printable set (c-printable: tab, line
+// feed, carriage return, U+0020–U+007E, U+0085, U+00A0–U+D7FF, U+E000–U+FFFD, U+10000 and above). Hand-written:
+// none of the libraries in use exposes a UTF-8 check, and yaml-cpp reads the other characters into strings
+// that its emitter then writes back as something else.
+struct TextFault {
+  size_t at = std::string_view::npos;  // byte offset, npos when the text is fine
+  bool utf8 = false;                   // a UTF-8 error (else a non-printable code point)
+  uint32_t code = 0;                   // the non-printable code point
+};
+
+bool yaml_printable(uint32_t c) {
+  return c == 0x9 || c == 0xa || c == 0xd || (c >= 0x20 && c <= 0x7e) || c == 0x85 || (c >= 0xa0 && c <= 0xd7ff) ||
+         (c >= 0xe000 && c <= 0xfffd) || c >= 0x10000;
+}
+
+TextFault first_text_fault(std::string_view text) {
   const auto* p = reinterpret_cast<const unsigned char*>(text.data());
   for (size_t i = 0; i < text.size();) {
     const unsigned c = p[i];
     const size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (n == 0 || i + n > text.size()) return i;
+    if (n == 0 || i + n > text.size()) return {i, true, 0};
     uint32_t code = n == 1 ? c : c & (0x7f >> n);
     for (size_t k = 1; k < n; ++k) {
-      if ((p[i + k] & 0xc0) != 0x80) return i;
+      if ((p[i + k] & 0xc0) != 0x80) return {i, true, 0};
       code = (code << 6) | (p[i + k] & 0x3f);
     }
     static constexpr uint32_t kMinForLength[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (code < kMinForLength[n] || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) return i;
+    if (code < kMinForLength[n] || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) return {i, true, 0};
+    if (!yaml_printable(code)) return {i, false, code};
     i += n;
   }
-  return std::string_view::npos;
+  return {};
 }
 
 // Documents in `text` that have content, counting up to 2 and stopping at the first empty one. Not
@@ -488,10 +504,12 @@ int count_documents(const std::string& text) {
   return documents;
 }
 
-// YAML is Unicode text; yaml-cpp passes other bytes through into strings, which then cannot be written back
-// (run_config_to_yaml) unchanged. A file's error gives the line and column (in bytes) of the bad byte.
-void check_utf8(std::string_view text, const std::string& what, bool with_position) {
-  const size_t at = invalid_utf8_offset(text);
+// YAML is printable Unicode text; yaml-cpp passes other bytes and control characters through into strings,
+// which then cannot be written back (run_config_to_yaml) unchanged. A file's error gives the line and column
+// (in bytes) of the bad byte.
+void check_yaml_text(std::string_view text, const std::string& what, bool with_position) {
+  const TextFault fault = first_text_fault(text);
+  const size_t at = fault.at;
   if (at == std::string_view::npos) return;
   std::string where = what;
   if (with_position) {
@@ -499,8 +517,13 @@ void check_utf8(std::string_view text, const std::string& what, bool with_positi
     const auto line = 1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(at), '\n');
     where += ":" + std::to_string(line) + ":" + std::to_string(at - line_start + 1);
   }
-  fail(where, ": not UTF-8 text (invalid byte 0x", std::hex, unsigned{static_cast<unsigned char>(text[at])},
-       std::dec, " at byte offset ", at, ")");
+  if (fault.utf8)
+    fail(where, ": not UTF-8 text (invalid byte 0x", std::hex, unsigned{static_cast<unsigned char>(text[at])},
+         std::dec, " at byte offset ", at, ")");
+  char code[16];
+  std::snprintf(code, sizeof code, "U+%04X", static_cast<unsigned>(fault.code));
+  fail(where, ": not YAML text (control character ", code, " at byte offset ", at,
+       "; YAML allows only tab, line feed and carriage return among the control characters)");
 }
 
 }  // namespace
@@ -508,8 +531,8 @@ void check_utf8(std::string_view text, const std::string& what, bool with_positi
 config::RunConfig parse_run_config(const std::string& yaml_text, const std::string& source_name,
                                    const std::vector<std::string>& overrides) {
   const Source src{source_name, ""};
-  check_utf8(yaml_text, source_name, /*with_position=*/true);
-  for (const std::string& o : overrides) check_utf8(o, source_name + ": override '" + o + "'", false);
+  check_yaml_text(yaml_text, source_name, /*with_position=*/true);
+  for (const std::string& o : overrides) check_yaml_text(o, source_name + ": override '" + o + "'", false);
   YAML::Node root;
   int documents = 0;
   try {

@@ -39,6 +39,31 @@ TEST(FuzzFindings, ConfigTextMustBeUtf8) {
   EXPECT_EQ(parse_run_config(run_config_to_yaml(parsed), "w.yaml").data().train(), parsed.data().train());
 }
 
+// fuzz_config: a NUL byte in a path (valid UTF-8, but not YAML text) was read into the string, and
+// run_config_to_yaml wrote it back as U+FFFD with the next character lost. Control characters other than tab,
+// line feed and carriage return are refused, in files and overrides, naming where.
+TEST(FuzzFindings, ConfigTextMustBePrintable) {
+  const std::string kConfig = config_with_train("train");
+  std::string bad = config_with_train("val/");
+  bad.insert(bad.find("val/") + 4, 1, '\0');
+  const size_t at = bad.find('\0');
+  EXPECT_EQ(error_message([&] { parse_run_config(bad, "nul.yaml"); }),
+            "nul.yaml:" + testing::line_column(bad, at) + ": not YAML text (control character U+0000 at byte offset " +
+                std::to_string(at) + "; YAML allows only tab, line feed and carriage return among the control "
+                "characters)");
+  for (const char* control : {"\x01", "\x1b", "\x7f", "\xc2\x80", "\xef\xbf\xbe"})  // C0, DEL, C1, U+FFFE
+    EXPECT_THROW(parse_run_config(config_with_train(std::string("a") + control), "c.yaml"), Error) << control;
+  EXPECT_NE(error_message([&] { parse_run_config(kConfig, "ok.yaml", {"data.train=a\x07"}); })
+                .find("ok.yaml: override 'data.train=a\x07': not YAML text (control character U+0007"),
+            std::string::npos);
+  // Tab, CR LF line ends and U+00A0 are YAML text and still parse.
+  const config::RunConfig parsed =
+      parse_run_config("model: {kind: gpt, n_layer: 1, d_model: 8, n_head: 2}\r\n"
+                       "data: {train: \"a\tb\xc2\xa0" "c\", batch_size: 1}\r\ntrain: {max_steps: 1}\r\n",
+                       "ok.yaml");
+  EXPECT_EQ(parsed.data().train(), "a\tb\xc2\xa0" "c");
+}
+
 }  // namespace
 }  // namespace loom
 

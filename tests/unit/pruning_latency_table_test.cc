@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
+#include <random>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -183,6 +185,46 @@ double measured_step_ms(const config::RunConfig& base, int64_t E, const BlockWid
   return *std::min_element(times.begin(), times.end());
 }
 
+// Every value becomes the minimum over the points at least as wide on every axis (checked against that
+// definition by brute force on random values), values already in order stay, and the count is of lowered ones.
+TEST(PruningLatencyTable, MonotoneProjectionIsTheMinimumOverWiderPoints) {
+  const LatencyGrid g{{16, 40, 64}, {1, 3}, {8, 16, 32}, {8, 24}, {64, 100, 256, 300}};
+  std::vector<std::array<int64_t, 5>> index;
+  for (int64_t e = 0; e < 3; ++e)
+    for (int64_t h = 0; h < 2; ++h)
+      for (int64_t q = 0; q < 3; ++q)
+        for (int64_t v = 0; v < 2; ++v)
+          for (int64_t m = 0; m < 4; ++m) index.push_back({e, h, q, v, m});
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<double> noise(0.5, 2.0);
+  for (int trial = 0; trial < 20; ++trial) {
+    std::vector<double> block(index.size()), fixed(3);
+    for (size_t i = 0; i < index.size(); ++i)  // rising with every width, times noise
+      block[i] = (1 + index[i][0] + index[i][1] + index[i][2] + index[i][3] + index[i][4]) * noise(rng);
+    for (double& v : fixed) v = noise(rng);
+    std::vector<double> expected_block(block), expected_fixed(fixed);
+    int64_t expected_lowered = 0;
+    for (size_t i = 0; i < index.size(); ++i) {
+      for (size_t j = 0; j < index.size(); ++j) {
+        bool wider = true;
+        for (int a = 0; a < 5; ++a) wider = wider && index[j][a] >= index[i][a];
+        if (wider) expected_block[i] = std::min(expected_block[i], block[j]);
+      }
+      expected_lowered += expected_block[i] < block[i];
+    }
+    for (size_t i = 0; i < 3; ++i) {
+      for (size_t j = i; j < 3; ++j) expected_fixed[i] = std::min(expected_fixed[i], fixed[j]);
+      expected_lowered += expected_fixed[i] < fixed[i];
+    }
+    EXPECT_EQ(make_monotone_in_every_width(g, block, fixed), expected_lowered);
+    EXPECT_EQ(block, expected_block);
+    EXPECT_EQ(fixed, expected_fixed);
+    EXPECT_EQ(make_monotone_in_every_width(g, block, fixed), 0);  // already in order: unchanged
+  }
+  std::vector<double> short_block(5), fixed(3);
+  EXPECT_THROW(make_monotone_in_every_width(g, short_block, fixed), Error);
+}
+
 TEST(PruningLatencyTable, RealTinyTableOnTheCpu) {
   const config::RunConfig cfg = tiny_vit_config(
       "prune: {latency_grid: {embedding: [32, 64], heads: [1, 4], qk_dim: [8, 16], v_dim: [8, 16], mlp: [64, 256], "
@@ -208,6 +250,15 @@ TEST(PruningLatencyTable, RealTinyTableOnTheCpu) {
     EXPECT_LT(predicted, 5 * measured) << "E " << E << " predicted " << predicted << " ms, measured " << measured;
     EXPECT_GT(predicted, measured / 5) << "E " << E << " predicted " << predicted << " ms, measured " << measured;
   }
+  // The built table never falls when a width grows (make_monotone_in_every_width): two points per axis,
+  // row-major, so the wider neighbour along axis a is 2^(4-a) entries on.
+  const std::vector<double>& values = t.block_values();
+  for (size_t i = 0; i < values.size(); ++i)
+    for (size_t stride = 1; stride <= 16; stride *= 2) {
+      if ((i / stride) % 2 == 0) {
+        EXPECT_LE(values[i], values[i + stride]) << "point " << i << ", stride " << stride;
+      }
+    }
   // Ordering only between the grid's opposite corners (about 30x the work): nearer shapes (4x the MLP alone was
   // tried) swap places when another process shares the CPU.
   EXPECT_GE(t.block_ms(64, {4, 16, 16, 256}), t.block_ms(32, {1, 8, 8, 64}));

@@ -319,8 +319,8 @@ struct Timing {
   // depend on the values): the block input and output gradient of the current embedding width, and values
   // for the parameters (the largest block's count, filled into each block's arena).
   int64_t inputs_width = -1;
-  Tensor x, dout;
-  Tensor parameter_values;
+  Tensor x{}, dout{};
+  Tensor parameter_values{};
 
   // Fills `params` (master and compute copy) from parameter_values: 0.02 · normal, LayerNorm weights too.
   void fill(ParameterStore& params) {
@@ -393,6 +393,36 @@ struct Timing {
 
 }  // namespace
 
+// A suffix minimum along each axis in turn: after axis a, the values fall nowhere along a, and a later axis'
+// minimum keeps that (the minimum over j' >= j of values that are ordered along a is ordered along a).
+int64_t make_monotone_in_every_width(const LatencyGrid& grid, std::vector<double>& block_ms,
+                                     std::vector<double>& fixed_ms) {
+  LOOM_CHECK(static_cast<int64_t>(block_ms.size()) == grid.points() && fixed_ms.size() == grid.embedding.size(),
+             "latency table: ", block_ms.size(), " block values and ", fixed_ms.size(), " fixed values for a grid of ",
+             grid.points(), " points and ", grid.embedding.size(), " embedding widths");
+  const std::vector<double> measured_block = block_ms, measured_fixed = fixed_ms;
+  auto lower = [](double& value, double wider) { value = std::min(value, wider); };
+  const int64_t sizes[5] = {static_cast<int64_t>(grid.embedding.size()), static_cast<int64_t>(grid.heads.size()),
+                            static_cast<int64_t>(grid.qk_dim.size()), static_cast<int64_t>(grid.v_dim.size()),
+                            static_cast<int64_t>(grid.mlp.size())};
+  int64_t stride = grid.points();
+  for (int a = 0; a < 5; ++a) {
+    const int64_t n = sizes[a];
+    stride /= n;  // distance between neighbours along axis a (row-major: mlp fastest)
+    for (int64_t outer = 0; outer < grid.points(); outer += n * stride)
+      for (int64_t inner = 0; inner < stride; ++inner)
+        for (int64_t i = n - 2; i >= 0; --i) {
+          const int64_t at = outer + inner + i * stride;
+          lower(block_ms[static_cast<size_t>(at)], block_ms[static_cast<size_t>(at + stride)]);
+        }
+  }
+  for (size_t i = fixed_ms.size(); i-- > 1;) lower(fixed_ms[i - 1], fixed_ms[i]);
+  int64_t lowered = 0;
+  for (size_t i = 0; i < block_ms.size(); ++i) lowered += block_ms[i] != measured_block[i];
+  for (size_t i = 0; i < fixed_ms.size(); ++i) lowered += fixed_ms[i] != measured_fixed[i];
+  return lowered;
+}
+
 LatencyTable build_latency_table(const config::RunConfig& run_cfg, Backend& backend, std::ostream* progress) {
   // The model section spelled out from the run's shape (a pruning config takes it from model.init_from), so
   // the timed blocks and fixed parts are those of the model the run prunes.
@@ -419,6 +449,11 @@ LatencyTable build_latency_table(const config::RunConfig& run_cfg, Backend& back
       *progress << "latency table: embedding " << E << ": " << block_ms.size() - first << " block shapes, fixed parts "
                 << fixed_ms.back() << " ms" << std::endl;
   }
+  const int64_t lowered = make_monotone_in_every_width(grid, block_ms, fixed_ms);
+  if (progress && lowered > 0)
+    *progress << "latency table: " << lowered << " of " << block_ms.size() + fixed_ms.size()
+              << " values lowered to a wider point's time (timing noise: a time never falls when a width grows)"
+              << std::endl;
   return LatencyTable(key, grid, std::move(block_ms), std::move(fixed_ms), cfg.model().kind(), utc_now(), t.warmup,
                       t.repeats);
 }

@@ -11,7 +11,12 @@
 //   model's step (step_timing.h model_step_ms) minus its block's entry at the grid's smallest widths (clamped
 //   at 0 against timing noise).
 // Each value is the median of `repeats` runs after `warmup` untimed ones, timed with the backend's WorkMarkers
-// (CUDA events on the GPU, the host clock on the CPU, where work is complete when a call returns).
+// (CUDA events on the GPU, the host clock on the CPU, where work is complete when a call returns). A block's
+// time and the fixed parts never fall when a width grows (the work of every kernel grows with each width,
+// and the grid is aligned to the kernels' tiles), so a measured value above that of a wider point is timing
+// noise (another process, a clock change): the built table keeps, at each point, the smallest time measured
+// there or at any point at least as wide on every axis (make_monotone_in_every_width). Without this, a noisy
+// point made the planner see pruning as slowing the model down, and over-prune.
 //
 // Lookups interpolate multilinearly between grid points (exact at them); an axis with a single point only
 // answers for that width. The whole model: model_ms = Σ_blocks block_ms(E, widths_b) + fixed_ms(E).
@@ -104,6 +109,13 @@ LatencyGrid latency_grid_for(const config::RunConfig& cfg);
 // The key a run of `cfg` on `backend` needs: the compute dtype (trainer/run.h), data.batch_size, the tokens
 // per sample (data.seq_len for GPT, patches + class tokens for ViT) and prune.latency_mode.
 LatencyTableKey latency_key_for(const config::RunConfig& cfg, const Backend& backend);
+
+// Lowers each value of `block_ms` (row-major over `grid`) to the smallest value at any point at least as wide
+// on every axis, and each of `fixed_ms` (one per grid.embedding point) to the smallest at that embedding width
+// or a wider one: the largest table below the measured one that never falls when a width grows. Returns how
+// many values it lowered. Throws loom::Error when the sizes do not match the grid.
+int64_t make_monotone_in_every_width(const LatencyGrid& grid, std::vector<double>& block_ms,
+                                     std::vector<double>& fixed_ms);
 
 // Times every grid point of latency_grid_for(cfg) and the fixed parts on `backend` (see the header comment).
 // Writes one progress line per embedding point to `progress` when not null. Throws loom::Error for a config
