@@ -42,31 +42,10 @@ fi
 cat "$out/card.txt"
 : > "$out/stages.txt"
 
-# Seconds since the session started.
-elapsed() { echo $(($(date +%s) - start)); }
-# stage NAME LIMIT_SECONDS COMMAND...: runs it (log in $work/NAME.log, its head and tail in $out), records the
-# wall time and exit status in stages.txt. No stage runs past the session's deadline (DEADLINE seconds after
-# the start, 540 by default, so the summary is written within a 600-second device call); one that cannot
-# start 15 s before it is skipped (rc 125).
+# The session's deadline: DEADLINE seconds after the start, 540 by default, so the summary is written within a
+# 600-second device call (bench/stage.sh).
 deadline=${DEADLINE:-540}
-stage() {
-  local name=$1 limit=$2
-  shift 2
-  local t0 rc ms left=$((deadline - $(elapsed)))
-  if [ "$left" -lt 15 ]; then
-    printf '%-16s rc=125    0.0 s (skipped: %d s before the deadline)\n' "$name" "$left" | tee -a "$out/stages.txt"
-    return 125
-  fi
-  [ "$limit" -le "$left" ] || limit=$left
-  t0=$(date +%s%N)
-  timeout "$limit" "$@" >"$work/$name.log" 2>&1
-  rc=$?
-  ms=$((($(date +%s%N) - t0) / 1000000))
-  printf '%-16s rc=%-3d %4d.%01d s\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000 / 100)) | tee -a "$out/stages.txt"
-  { head -n 15 "$work/$name.log"; echo ...; tail -n 40 "$work/$name.log"; } >"$out/$name.log"
-  [ "$rc" = 0 ] || tail -n 5 "$work/$name.log"
-  return "$rc"
-}
+source "$repo/bench/stage.sh"
 # The dense pruned checkpoint a pruning run logged ("pruning target reached: dense pruned model in DIR").
 pruned_dir() { sed -n 's/.*dense pruned model in //p' "$work/$1.log" | tail -n 1; }
 ckpt() { printf '%s/ckpt_%08d' "$1" "$2"; }

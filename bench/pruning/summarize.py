@@ -11,18 +11,8 @@ import os
 import re
 import sys
 
-
-def read(path, default=None):
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return default
-
-
-def load_json(path):
-    text = read(path)
-    return json.loads(text) if text else None
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from stage_outputs import load_json, read, stage_results  # noqa: E402
 
 
 def records(path):
@@ -35,15 +25,6 @@ def last(recs, key):
         if key in r:
             return r[key]
     return None
-
-
-def stage_seconds(out):
-    times = {}
-    for line in read(os.path.join(out, "stages.txt"), "").splitlines():
-        m = re.match(r"(\S+)\s+rc=(\d+)\s+([\d.]+) s", line)
-        if m:
-            times[m.group(1)] = (int(m.group(2)), float(m.group(3)))
-    return times
 
 
 def target_ratio(work, stage):
@@ -60,7 +41,7 @@ def parameters(work, stage):
 def main():
     part, out, work = sys.argv[1], sys.argv[2], sys.argv[3]
     card = read(os.path.join(out, "card.txt"), "?").splitlines()[0].split(",")[0].strip()
-    stages = stage_seconds(out)
+    stages = stage_results(out)
     rows = []
 
     def row(what, measured, ratio="", verdict=""):

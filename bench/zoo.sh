@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Issue 17's model zoo in one device call: Loom's training step beside llm.c, torch.compile and PyTorch eager
+# (GPT shapes), timm eager and compiled (DeiT), and SDPA's cuDNN and flash backends (attention), printing one
+# ratio table (bench/zoo_compare.py) last. Run from the repository root on the GPU machine:
+#   bash bench/zoo.sh CARRY_DIR BASELINES_DIR OUT_DIR
+# CARRY_DIR (made by bench/zoo_pack.sh): bin.tar.xz (loom_train_bench, loom_flash_bench and the shared libraries
+#   the GPU machine lacks) and linux-doc.tar.xz (llm.c token shards train_*.bin / val_*.bin for llm.c to read).
+# BASELINES_DIR: a copy of ../shared/baselines (gpt2.py, deit.py, attention.py, common.py, llmc/train_gpt2cu).
+# ZOO: the groups to run, in order (default below: the GPT sizes of the acceptance first, then DeiT-B and the
+#   attention grid, then what only fills the table); a group that does not fit before the deadline is skipped
+#   and shows as "not run (deadline)". The whole list may not fit one call (each torch.compile takes about a
+#   minute or two): split it, e.g. ZOO="gpt124m gpt350m gpt1p3b gpt1p5b", then ZOO="deit_b attention deit_s gpt774m
+#   gpt2p7b eager" with another OUT_DIR, and print one table of both: python3 bench/zoo_compare.py OUT1 OUT2.
+# DEADLINE: seconds after the start by which every stage has ended (default 545, so the table comes back within
+#   a 560-second call). Each run: Loom 3 warm-up + 20 timed steps (median), llm.c 30 steps (median step time
+#   of the last 10), PyTorch 3 warm-up (compilation included there) + 20 timed steps (mean).
+# OUT_DIR gets zoo.md (the table), card.txt, stages.txt (wall time and exit status of every run), each run's
+#   JSON or log, and NAME.mem (the card's peak used memory in MiB while the run ran, sampled by nvidia-smi).
+# DRY=1 runs the same plumbing on the CPU: Loom's stages with tiny shapes, the peers' and the GPU-only commands
+#   echoed (how this script is checked off the GPU).
+set -uo pipefail
+carry=$(cd "$1" && pwd)
+baselines=$(cd "$2" && pwd)
+mkdir -p "$3"
+out=$(cd "$3" && pwd)
+repo=$(pwd)
+work=${WORK:-/tmp/loom_zoo}
+start=$(date +%s)
+deadline=${DEADLINE:-545}
+zoo=${ZOO:-gpt124m gpt350m gpt1p3b gpt1p5b deit_b attention deit_s gpt774m gpt2p7b eager}
+export STAGE_MEMORY=1 PYTHONUNBUFFERED=1
+
+declare -A plan  # name -> "CONFIG LAYERS WIDTH HEADS BATCH LLMC_DESCRIPTOR" (bench/zoo_compare.py holds the list)
+gpt_names=()
+while read -r name rest; do
+  plan[$name]=$rest gpt_names+=("$name")
+done < <(python3 "$repo/bench/zoo_compare.py" --plan)
+for group in $zoo; do
+  case $group in
+    deit_b | deit_s | attention | eager) ;;
+    *) [ -n "${plan[$group]:-}" ] || {
+         echo "zoo.sh: unknown group '$group' in ZOO (known: ${gpt_names[*]} deit_b deit_s attention eager)" >&2
+         exit 2
+       } ;;
+  esac
+done
+
+rm -rf "$work" && mkdir -p "$work/bin" "$work/shards"
+untar() { python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$1" "$2"; }
+untar "$carry/bin.tar.xz" "$work/bin" && untar "$carry/linux-doc.tar.xz" "$work/shards" || exit 1
+source "$repo/bench/device_env.sh" "$work/bin"
+source "$repo/bench/stage.sh"
+bench=$work/bin/loom_train_bench
+commit=${COMMIT:-$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)}
+if [ -n "${DRY:-}" ]; then
+  echo "cpu (dry run)" >"$out/card.txt"
+  peer=(echo "dry run, on the GPU:")  # the peers and loom_flash_bench need the GPU: their commands are echoed
+  steps=(--steps 2 --warmup 1)
+  tiny_gpt=(train.device=cpu model.n_layer=2 model.d_model=64 model.n_head=2 model.max_seq_len=32)
+  tiny_vit=(train.device=cpu model.n_layer=2 model.d_model=64 model.n_head=2 model.mlp_dim=128 model.image_size=32
+            model.patch_size=8)
+  seq=32 dry_batch=2
+  llmc_libs=""
+else
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$out/card.txt" 2>&1
+  peer=()
+  steps=(--steps 20 --warmup 3)
+  tiny_gpt=() tiny_vit=()
+  seq=1024 dry_batch=""
+  # llm.c needs cuDNN 9 and NVRTC from the Python packages (../shared/baselines/llmc/README.md).
+  pylib() {
+    python3 -c "import importlib, os; print(os.path.join(list(importlib.import_module('$1').__path__)[0], 'lib'))" \
+      2>/dev/null || echo "zoo.sh: no Python package $1 here: llm.c will not start" >&2
+  }
+  llmc_libs="$(pylib nvidia.cudnn):$(pylib nvidia.cuda_nvrtc):$LD_LIBRARY_PATH"
+fi
+{ date -u; echo "commit $commit"; } >>"$out/card.txt"
+cat "$out/card.txt"
+: >"$out/stages.txt"
+
+# gpt NAME: Loom, llm.c (where it has the shape), torch.compile (and eager at 124M, which costs seconds there).
+gpt() {
+  local name=$1 config layers width heads batch desc
+  read -r config layers width heads batch desc <<<"${plan[$name]}"
+  batch=${dry_batch:-$batch}
+  local shape=(model.n_layer="$layers" model.d_model="$width" model.n_head="$heads")
+  [ -z "${DRY:-}" ] || shape=("${tiny_gpt[@]}")
+  stage "loom_$name" 120 "$bench" --config "$config" --batch "$batch" --seq "$seq" "${steps[@]}" \
+    --json "$out/loom_$name.json" "${shape[@]}"
+  if [ "$desc" != - ]; then
+    stage "llmc_$name" 120 "${peer[@]}" env LD_LIBRARY_PATH="$llmc_libs" "$baselines/llmc/train_gpt2cu" \
+      -i "$work/shards/train_*.bin" -j "$work/shards/val_*.bin" -e "$desc" -b "$batch" -t "$seq" -x 30 -v 1000 -m 2 \
+      -s 0 -h 0
+    [ ! -f "$work/llmc_$name.log" ] || grep -m 1 "device memory usage" "$work/llmc_$name.log" >>"$out/llmc_$name.log"
+  fi
+  torch_gpt "$name" compile 240
+  [ "$name" != gpt124m ] || torch_gpt "$name" eager 90
+}
+
+# torch_gpt NAME MODE LIMIT: ../shared/baselines/gpt2.py at NAME's shape, one mode per process (a compile that
+# runs out of time loses no other number).
+torch_gpt() {
+  local name=$1 mode=$2 limit=$3 config layers width heads batch desc
+  read -r config layers width heads batch desc <<<"${plan[$name]}"
+  stage "${mode}_$name" "$limit" "${peer[@]}" python3 "$baselines/gpt2.py" --layers "$layers" --width "$width" \
+    --heads "$heads" --batch "${dry_batch:-$batch}" --seq "$seq" --steps 20 --modes "$mode" \
+    --json "$out/${mode}_$name.json"
+}
+
+# deit NAME TIMM_MODEL CONFIG: Loom, timm eager and timm compiled at batch 128.
+deit() {
+  local name=$1 model=$2 config=$3 batch=${dry_batch:-128}
+  stage "loom_$name" 120 "$bench" --config "$config" --batch "$batch" "${steps[@]}" --json "$out/loom_$name.json" \
+    "${tiny_vit[@]}"
+  for mode in eager compile; do
+    stage "${mode}_$name" $([ $mode = eager ] && echo 90 || echo 240) "${peer[@]}" python3 "$baselines/deit.py" \
+      --model "$model" --batch "$batch" --steps 20 --modes $mode --json "$out/${mode}_$name.json"
+  done
+}
+
+# attention: Loom's flash attention and SDPA's cuDNN and flash backends, d64/d128 × s 1k/4k, causal and not.
+attention() {
+  local grid=(--dims 64 128 --seqlens 1024 4096)
+  stage attention_loom 90 "${peer[@]}" "$work/bin/loom_flash_bench" "${grid[@]}" --json "$out/attention_loom.json"
+  stage attention_sdpa 120 "${peer[@]}" python3 "$baselines/attention.py" "${grid[@]}" --json "$out/attention_sdpa.json"
+}
+
+for group in $zoo; do
+  case $group in
+    deit_b) deit deit_b deit_base_patch16_224 configs/deit_b.yaml ;;
+    deit_s) deit deit_s deit_small_patch16_224 configs/deit_s.yaml ;;
+    attention) attention ;;
+    eager) for name in "${gpt_names[@]}"; do [ "$name" = gpt124m ] || torch_gpt "$name" eager 90; done ;;
+    *) gpt "$group" ;;
+  esac
+done
+python3 "$repo/bench/zoo_compare.py" "$out" | tee "$out/zoo.md"
+echo "zoo: $(elapsed) s"
