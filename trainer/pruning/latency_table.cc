@@ -401,22 +401,15 @@ int64_t make_monotone_in_every_width(const LatencyGrid& grid, std::vector<double
              "latency table: ", block_ms.size(), " block values and ", fixed_ms.size(), " fixed values for a grid of ",
              grid.points(), " points and ", grid.embedding.size(), " embedding widths");
   const std::vector<double> measured_block = block_ms, measured_fixed = fixed_ms;
-  auto lower = [](double& value, double wider) { value = std::min(value, wider); };
-  const int64_t sizes[5] = {static_cast<int64_t>(grid.embedding.size()), static_cast<int64_t>(grid.heads.size()),
-                            static_cast<int64_t>(grid.qk_dim.size()), static_cast<int64_t>(grid.v_dim.size()),
-                            static_cast<int64_t>(grid.mlp.size())};
-  int64_t stride = grid.points();
+  size_t stride = block_ms.size();
   for (int a = 0; a < 5; ++a) {
-    const int64_t n = sizes[a];
+    const size_t n = axis(grid, a).size();
     stride /= n;  // distance between neighbours along axis a (row-major: mlp fastest)
-    for (int64_t outer = 0; outer < grid.points(); outer += n * stride)
-      for (int64_t inner = 0; inner < stride; ++inner)
-        for (int64_t i = n - 2; i >= 0; --i) {
-          const int64_t at = outer + inner + i * stride;
-          lower(block_ms[static_cast<size_t>(at)], block_ms[static_cast<size_t>(at + stride)]);
-        }
+    for (size_t outer = 0; outer < block_ms.size(); outer += n * stride)
+      for (size_t at = outer + (n - 1) * stride; at-- > outer;)  // from the second-widest point down
+        block_ms[at] = std::min(block_ms[at], block_ms[at + stride]);
   }
-  for (size_t i = fixed_ms.size(); i-- > 1;) lower(fixed_ms[i - 1], fixed_ms[i]);
+  for (size_t i = fixed_ms.size(); i-- > 1;) fixed_ms[i - 1] = std::min(fixed_ms[i - 1], fixed_ms[i]);
   int64_t lowered = 0;
   for (size_t i = 0; i < block_ms.size(); ++i) lowered += block_ms[i] != measured_block[i];
   for (size_t i = 0; i < fixed_ms.size(); ++i) lowered += fixed_ms[i] != measured_fixed[i];
