@@ -33,6 +33,15 @@ struct AttentionShape {
   int64_t out_width() const { return heads * v_dim; }
 };
 
+// One deleted dimension of one parameter inside an arena (Backend::zero_deleted): the parameter's elements
+// [offset, offset + numel) viewed as [outer, size, inner], and the dimension's keep flags at
+// keep[flags_at .. flags_at + size).
+struct DimensionMask {
+  int64_t offset = 0, numel = 0;
+  int64_t size = 0, inner = 1;
+  int64_t flags_at = 0;
+};
+
 struct AdamWHyper {
   double lr = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
   int64_t step = 1;        // 1-based step for bias correction
@@ -240,10 +249,16 @@ class Backend {
   // CUDA: a, b f32, bf16 or f16, out f32, summed in f32 in a fixed order (deterministic).
   virtual void dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, int axis) = 0;
 
-  // Pruning masks: x[i] = 0 wherever keep[i] == 0, elsewhere x unchanged (bitwise: +0 in every float dtype).
-  // keep is f32 (0 or 1) with x's element count, on this backend's device; x any float dtype it stores (a
-  // parameter, gradient or moment arena). Runs where the arena lives: a mask never crosses to the host.
-  virtual void zero_masked(Tensor& x, const Tensor& keep) = 0;
+  // Pruning masks in the form a structure map deletes: positions along one dimension of one parameter at a
+  // time. Each entry of `dims` views the elements [offset, offset + numel) of x as [outer, size, inner] and
+  //   x[offset + (o·size + c)·inner + n] = 0   wherever keep[flags_at + c] == 0
+  // (bitwise: +0 in every float dtype); every other element of x is unchanged. Entries may cover the same
+  // elements (a parameter with deleted positions along two dimensions): an element any entry deletes is zeroed.
+  // keep is I32 (0 or 1) on this backend's device; x any float dtype it stores (a parameter, gradient or moment
+  // arena). Only the flags live on the device (a few values per deleted dimension, not one per parameter), and
+  // the work is one pass over the covered elements, writing only the deleted ones. An entry covers at most
+  // 2^31 − 1 elements (one parameter).
+  virtual void zero_deleted(Tensor& x, const std::vector<DimensionMask>& dims, const Tensor& keep) = 0;
 
   // Knowledge distillation (Hinton et al. 2015) per row of student and teacher logits [N, Vp] whose first
   // `classes` columns are classes (the rest is padding). With temperature τ, p = softmax(teacher/τ) and

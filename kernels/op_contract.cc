@@ -378,12 +378,20 @@ Axis dot_along_axis(const OpCheck& check, const Tensor& out, const Tensor& a, co
   return r;
 }
 
-int64_t zero_masked(const OpCheck& check, const Tensor& x, const Tensor& keep) {
+void zero_deleted(const OpCheck& check, const Tensor& x, const std::vector<DimensionMask>& dims, const Tensor& keep) {
   check.storage("x", x);
-  check.f32("keep", keep);
-  check.require(keep.numel() == x.numel(), "keep ", keep.str(), " must have the ", x.numel(), " elements of x ",
-                x.str());
-  return x.numel();
+  check.ints("keep", keep);
+  for (size_t i = 0; i < dims.size(); ++i) {
+    const DimensionMask& d = dims[i];
+    check.require(d.size > 0 && d.inner > 0 && d.numel >= 0 && d.numel % (d.size * d.inner) == 0 &&
+                      d.numel < (int64_t{1} << 31),
+                  "dims[", i, "]: ", d.numel, " elements are not a whole number of [size ", d.size, ", inner ",
+                  d.inner, "] slabs below 2^31");
+    check.require(d.offset >= 0 && d.offset + d.numel <= x.numel(), "dims[", i, "]: elements [", d.offset, ", ",
+                  d.offset + d.numel, ") are outside x ", x.str());
+    check.require(d.flags_at >= 0 && d.flags_at + d.size <= keep.numel(), "dims[", i, "]: flags [", d.flags_at, ", ",
+                  d.flags_at + d.size, ") are outside keep ", keep.str());
+  }
 }
 
 int64_t distillation_loss(const OpCheck& check, const Tensor& losses, const Tensor& dstudent, const Tensor& student,

@@ -18,6 +18,7 @@ namespace loom {
 
 struct AttentionShape;
 struct AdamWHyper;
+struct DimensionMask;
 
 // How a backend types its tensors.
 struct BackendDtypes {
@@ -128,8 +129,8 @@ struct Axis {
   int64_t outer = 1, D = 0, inner = 1;
 };
 Axis dot_along_axis(const OpCheck& check, const Tensor& out, const Tensor& a, const Tensor& b, int axis);
-// Returns the element count of x.
-int64_t zero_masked(const OpCheck& check, const Tensor& x, const Tensor& keep);
+// Each entry inside x and keep, numel a multiple of size·inner and below 2^31.
+void zero_deleted(const OpCheck& check, const Tensor& x, const std::vector<DimensionMask>& dims, const Tensor& keep);
 // Returns N (rows of student).
 int64_t distillation_loss(const OpCheck& check, const Tensor& losses, const Tensor& dstudent, const Tensor& student,
                           const Tensor& teacher, int64_t classes, double temperature);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 14's GPU acceptance (latency-aware structural pruning), in two device calls of a few minutes each.
+# Issue 14's GPU acceptance (latency-aware structural pruning), in one device call (part ab) or two (a, b).
 # Run from the repository root on the GPU machine, with the folder bench/pruning/pack.sh made carried:
+#   bash bench/pruning/device_session.sh ab .carry/prune "$OUT"      (the GPU tests of the pruning ops, a, b)
 #   bash bench/pruning/device_session.sh a .carry/prune "$OUT"
 #   bash bench/pruning/device_session.sh b .carry/prune "$OUT"
 # Part a (speed): DeiT-B (224/16, 1-channel Fashion-MNIST geometry, 10 classes) trained briefly (random
@@ -42,21 +43,28 @@ fi
 cat "$out/card.txt"
 : > "$out/stages.txt"
 
-# The session's deadline: DEADLINE seconds after the start, 540 by default, so the summary is written within a
-# 600-second device call (bench/stage.sh).
-deadline=${DEADLINE:-540}
+# The session's deadline: DEADLINE seconds after the start, 540 by default (575 for ab), so the summary is written
+# within a 600-second device call (bench/stage.sh). The optional stages at the end of part b (controls, speed-ups)
+# start only while enough of it is left.
+default_deadline=540
+[ "$part" = ab ] && default_deadline=575
+deadline=${DEADLINE:-$default_deadline}
 source "$repo/bench/stage.sh"
 # The dense pruned checkpoint a pruning run logged ("pruning target reached: dense pruned model in DIR").
 pruned_dir() { sed -n 's/.*dense pruned model in //p' "$work/$1.log" | tail -n 1; }
 ckpt() { printf '%s/ckpt_%08d' "$1" "$2"; }
 quiet=(train.progress=false train.checkpoint_every=0 train.val_every=0)
 
-if [ "$part" = a ]; then
-  # The GPU tests of the pruning ops, saliency, table and distillation first (skipped when not carried).
+# The GPU tests of the pruning ops, saliency, masks, table, distillation and ViT (skipped when not carried).
+gpu_tests() {
   if [ -x "$work/bin/loom_gpu_tests" ] && [ -z "${DRY:-}" ]; then
-    stage gpu_tests 150 "$work/bin/loom_gpu_tests" --gtest_filter="${GPU_FILTER:-*Pruning*:*Distillation*:*LatencyTable*}"
+    stage gpu_tests 150 "$work/bin/loom_gpu_tests" \
+      --gtest_filter="${GPU_FILTER:-*Pruning*:*Distillation*:*LatencyTable*:*Vit*:*Structure*:*Mask*}"
     grep -E '^\[  (PASSED|FAILED) ' "$work/gpu_tests.log"
   fi
+}
+
+part_a() {
   # DeiT-B. GPU: batch 256, a 4-point grid per axis (1024 block shapes), 6 random shapes.
   if [ -n "${DRY:-}" ]; then
     B=4 base_steps=3 grid=2 grid_warmup=2 grid_repeats=5 shapes=3 warmup=3 repeats=9
@@ -84,7 +92,9 @@ if [ "$part" = a ]; then
     --shapes $shapes --pruned "$(pruned_dir deit_b_prune)" --warmup $warmup --repeats $repeats \
     --json "$out/deit_b_bench.json"
   cat "$work/deit_b_bench.log"
-elif [ "$part" = b ]; then
+}
+
+part_b() {
   python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$carry/linux-doc.tar.xz" \
     "$work/data/linux-doc"
   if [ -n "${DRY:-}" ]; then
@@ -127,17 +137,18 @@ elif [ "$part" = b ]; then
   stage gpt2_table 200 "$loom" latency-table configs/prune_gpt2_124m.yaml "${g_prune[@]}" --out "$work/gpt2_table.json"
   stage gpt2_prune 240 "$loom" train configs/prune_gpt2_124m.yaml "${g_prune[@]}"
   cp "$work/gpt2_pruned/pruning.svg" "$out/gpt2_pruning.svg" 2>/dev/null
-  # Controls (the unpruned models trained the same extra steps, labels only) and speed-ups, while time is left.
-  if [ "$(elapsed)" -lt 330 ]; then
+  # Controls (the unpruned models trained the same extra steps, labels only) and speed-ups, while time is left:
+  # each starts only when the stages after it still fit (their time caps, measured on an H100, sum to ~210 s).
+  if [ "$(elapsed)" -lt $((deadline - 210)) ]; then
     stage deit_s_control 150 "$loom" train configs/deit_s.yaml "${s_data[@]}" "${s_geometry[@]}" \
       model.init_from="$s_init" "${s_tune[@]}" train.out_dir="$work/deit_s_control"
   fi
-  if [ "$(elapsed)" -lt 380 ]; then
+  if [ "$(elapsed)" -lt $((deadline - 160)) ]; then
     stage gpt2_control 120 "$loom" train configs/gpt2_124m.yaml "${g_data[@]}" "${tiny_g[@]}" model.init_from="$g_init" \
       "${g_tune[@]}" train.out_dir="$work/gpt2_control"
   fi
   for m in deit_s gpt2; do
-    [ "$(elapsed)" -lt 430 ] || break
+    [ "$(elapsed)" -lt $((deadline - 110)) ] || break
     config=configs/prune_deit_s.yaml prune_args=("${s_prune[@]}")
     [ $m = gpt2 ] && config=configs/prune_gpt2_124m.yaml prune_args=("${g_prune[@]}")
     stage ${m}_bench 60 "$bench" --config $config "${prune_args[@]}" --table "$work/${m}_table.json" --shapes 0 \
@@ -146,9 +157,15 @@ elif [ "$part" = b ]; then
   for run in deit_s_base deit_s_pruned deit_s_control gpt2_base gpt2_pruned gpt2_control; do
     [ -f "$work/$run/metrics.jsonl" ] && cp "$work/$run/metrics.jsonl" "$out/$run.metrics.jsonl"
   done
-else
-  echo "usage: device_session.sh a|b CARRY_DIR OUT_DIR" >&2
-  exit 2
-fi
-python3 "$repo/bench/pruning/summarize.py" "$part" "$out" "$work" | tee "$out/summary_$part.md"
+}
+
+case $part in
+  a) gpu_tests; part_a ;;
+  b) part_b ;;
+  ab) gpu_tests; part_a; part_b ;;
+  *) echo "usage: device_session.sh a|b|ab CARRY_DIR OUT_DIR" >&2; exit 2 ;;
+esac
+for p in a b; do
+  [[ $part == *$p* ]] && python3 "$repo/bench/pruning/summarize.py" $p "$out" "$work" | tee "$out/summary_$p.md"
+done
 echo "session part $part: $(elapsed) s"

@@ -27,12 +27,13 @@ void dot_along_axis_kernel(O* out, const T* a, const T* b, int64_t outer, int64_
   }
 }
 
-// x[i] = 0 (all bits clear: +0 in every float format of that width) where keep[i] == 0.
+// x[(o·size + c)·inner + n] = 0 (all bits clear: +0 in every float format of that width) where keep[c] == 0,
+// for x one parameter's elements viewed as [outer, size, inner].
 template <typename Bits>
-void zero_masked_kernel(Bits* x, const float* keep, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > cpu::kParallelMinWork)
-  for (int64_t i = 0; i < n; ++i)
-    if (keep[i] == 0.0f) x[i] = Bits{0};
+void zero_deleted_kernel(Bits* x, const int32_t* keep, int64_t numel, int64_t size, int64_t inner) {
+#pragma omp parallel for schedule(static) if (numel > cpu::kParallelMinWork)
+  for (int64_t i = 0; i < numel; ++i)
+    if (keep[(i / inner) % size] == 0) x[i] = Bits{0};
 }
 
 // Per row, over the classes c < classes, with u = teacher/τ and v = student/τ (double throughout):
@@ -90,13 +91,16 @@ void CpuBackend::dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, i
     out.dtype() == DType::F64 ? run(float{}, double{}) : run(float{}, float{});
 }
 
-void CpuBackend::zero_masked(Tensor& x, const Tensor& keep) {
-  const int64_t n = op_contract::zero_masked(op_check("zero_masked"), x, keep);
-  const float* k = keep.data<float>();
-  switch (dtype_size(x.dtype())) {
-    case 8: return zero_masked_kernel(static_cast<uint64_t*>(x.raw()), k, n);
-    case 4: return zero_masked_kernel(static_cast<uint32_t*>(x.raw()), k, n);
-    default: return zero_masked_kernel(static_cast<uint16_t*>(x.raw()), k, n);
+void CpuBackend::zero_deleted(Tensor& x, const std::vector<DimensionMask>& dims, const Tensor& keep) {
+  op_contract::zero_deleted(op_check("zero_deleted"), x, dims, keep);
+  const int32_t* k = keep.data<int32_t>();
+  for (const DimensionMask& d : dims) {
+    auto run = [&](auto* bits) { zero_deleted_kernel(bits + d.offset, k + d.flags_at, d.numel, d.size, d.inner); };
+    switch (dtype_size(x.dtype())) {
+      case 8: run(static_cast<uint64_t*>(x.raw())); break;
+      case 4: run(static_cast<uint32_t*>(x.raw())); break;
+      default: run(static_cast<uint16_t*>(x.raw())); break;
+    }
   }
 }
 

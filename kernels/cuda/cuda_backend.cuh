@@ -97,7 +97,7 @@ class CudaBackend final : public Backend {
 
   // ==== structural pruning (cuda_pruning.cu) ====
   void dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, int axis) override;
-  void zero_masked(Tensor& x, const Tensor& keep) override;
+  void zero_deleted(Tensor& x, const std::vector<DimensionMask>& dims, const Tensor& keep) override;
   void distillation_loss(Tensor& losses, Tensor& dstudent, const Tensor& student, const Tensor& teacher,
                          int64_t classes, double temperature, double dloss) override;
   // ==== end structural pruning ====

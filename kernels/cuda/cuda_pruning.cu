@@ -1,6 +1,8 @@
 // CudaBackend's structural-pruning ops (kernels/backend.h states the math; the CPU twins are in
 // kernels/cpu/cpu_pruning.cc): per-position dot products along one axis, masks, and the distillation loss.
 // Everything is summed in f32 in a fixed order, so results are bit-identical run to run.
+#include <algorithm>
+
 #include "kernels/cuda/cuda_backend.cuh"
 #include "kernels/cuda/cuda_op_check.cuh"
 #include "kernels/cuda/cuda_ops.cuh"
@@ -76,20 +78,45 @@ void dot_along_axis(float* out, const T* a, const T* b, int64_t outer, int64_t D
   LOOM_CUDA_LAUNCHED("dot_fold_partials_kernel");
 }
 
-// x[i] = 0 (all bits clear: +0 in every float format of that width) where keep[i] == 0; one thread per
-// element, grid-strided. Memory-bound: reads keep and x once, writes only the zeroed elements.
+// Up to kMasksPerLaunch deleted dimensions by value in the kernel's parameters (2.6 KB, within the classic
+// 4 KB limit): nothing per entry has to be copied to the device.
+constexpr int kMasksPerLaunch = 64;
+struct MaskBatch {
+  DimensionMask dims[kMasksPerLaunch];
+};
+
+// Block row y takes entry y of the batch: x[offset + i] = 0 (all bits clear: +0 in every float format of that
+// width) where keep[flags_at + (i / inner) % size] == 0, the threads grid-striding over i in 32-bit arithmetic
+// (an entry is below 2^31 elements). Writes only the deleted elements; the flags (one per position of the
+// dimension) stay in L1/L2.
 template <typename Bits>
-__global__ void zero_masked_kernel(Bits* x, const float* keep, int64_t n) {
-  LOOM_GRID_STRIDE(i, n) {
-    if (keep[i] == 0.0f) x[i] = Bits{0};
-  }
+__global__ void zero_deleted_kernel(Bits* x, const int32_t* keep, MaskBatch batch) {
+  const DimensionMask& d = batch.dims[blockIdx.y];
+  const uint32_t numel = static_cast<uint32_t>(d.numel), size = static_cast<uint32_t>(d.size),
+                 inner = static_cast<uint32_t>(d.inner);
+  Bits* base = x + d.offset;
+  const int32_t* flags = keep + d.flags_at;
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < numel; i += gridDim.x * blockDim.x)
+    if (flags[(i / inner) % size] == 0) base[i] = Bits{0};
 }
 
 template <typename Bits>
-void zero_masked(void* x, const float* keep, int64_t n, cudaStream_t stream) {
-  if (n == 0) return;
-  zero_masked_kernel<<<grid_for(n), kThreads, 0, stream>>>(static_cast<Bits*>(x), keep, n);
-  LOOM_CUDA_LAUNCHED("zero_masked_kernel");
+void zero_deleted(void* x, const int32_t* keep, const std::vector<DimensionMask>& dims, cudaStream_t stream) {
+  for (size_t first = 0; first < dims.size(); first += kMasksPerLaunch) {
+    const size_t count = std::min<size_t>(kMasksPerLaunch, dims.size() - first);
+    MaskBatch batch{};
+    int64_t largest = 0;
+    for (size_t i = 0; i < count; ++i) {
+      batch.dims[i] = dims[first + i];
+      largest = std::max(largest, dims[first + i].numel);
+    }
+    if (largest == 0) continue;
+    // Enough blocks for the largest entry at 8 elements a thread, at most 1024 (the loop strides beyond).
+    const unsigned blocks = static_cast<unsigned>(std::clamp<int64_t>((largest + 8 * kThreads - 1) / (8 * kThreads), 1, 1024));
+    zero_deleted_kernel<<<dim3(blocks, static_cast<unsigned>(count)), kThreads, 0, stream>>>(static_cast<Bits*>(x),
+                                                                                            keep, batch);
+    LOOM_CUDA_LAUNCHED("zero_deleted_kernel");
+  }
 }
 
 // One block per row over the classes c < classes, with u = teacher/τ, v = student/τ:
@@ -157,13 +184,13 @@ void CudaBackend::dot_along_axis(Tensor& out, const Tensor& a, const Tensor& b, 
   });
 }
 
-void CudaBackend::zero_masked(Tensor& x, const Tensor& keep) {
-  const int64_t n = op_contract::zero_masked(op_check("zero_masked"), x, keep);
+void CudaBackend::zero_deleted(Tensor& x, const std::vector<DimensionMask>& dims, const Tensor& keep) {
+  op_contract::zero_deleted(op_check("zero_deleted"), x, dims, keep);
   activate();
   switch (dtype_size(x.dtype())) {
-    case 8: return cuda::zero_masked<uint64_t>(x.raw(), ptr<float>(keep), n, stream_);
-    case 4: return cuda::zero_masked<uint32_t>(x.raw(), ptr<float>(keep), n, stream_);
-    default: return cuda::zero_masked<uint16_t>(x.raw(), ptr<float>(keep), n, stream_);
+    case 8: return cuda::zero_deleted<uint64_t>(x.raw(), ptr<int32_t>(keep), dims, stream_);
+    case 4: return cuda::zero_deleted<uint32_t>(x.raw(), ptr<int32_t>(keep), dims, stream_);
+    default: return cuda::zero_deleted<uint16_t>(x.raw(), ptr<int32_t>(keep), dims, stream_);
   }
 }
 

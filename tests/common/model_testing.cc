@@ -72,4 +72,12 @@ LatencyTable multilinear_latency_table(const LatencyTableKey& key, const Latency
   return LatencyTable(key, grid, block, fixed);
 }
 
+Tensor dense_keep(const ArenaMask& mask) {
+  auto cpu = make_backend(Device::cpu());
+  Tensor ones = Tensor::empty({mask.arena_elements}, DType::F64);
+  ones.fill_(1.0);
+  apply_mask(*cpu, ones, mask);
+  return ones;
+}
+
 }  // namespace loom::testing

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "trainer/models/model_shape.h"
+#include "trainer/models/structure_map.h"
 #include "trainer/parameters.h"
 #include "trainer/pruning/latency_table.h"
 
@@ -30,5 +31,9 @@ int64_t expect_gradient_matches_finite_differences(ParameterStore& params, const
 // A table of `key` over `grid` whose block cost 1e-2·(E·H·(2·Dqk + Dv) + 2·E·M) + 0.05 ms is a product of
 // per-axis linear terms (exact under multilinear interpolation), with fixed parts 0.01·E ms.
 LatencyTable multilinear_latency_table(const LatencyTableKey& key, const LatencyGrid& grid);
+
+// The mask in dense form: F64 CPU [mask.arena_elements], 0 where the mask deletes an element, 1 elsewhere
+// (the CPU backend's zero_deleted applied to ones).
+Tensor dense_keep(const ArenaMask& mask);
 
 }  // namespace loom::testing

@@ -28,24 +28,48 @@ TEST_P(CudaPruningTest, DotAlongEveryAxisMatchesReference) {
   }
 }
 
-TEST_P(CudaPruningTest, ZeroMaskedMatchesTheCpuTwinBitForBit) {
+TEST_P(CudaPruningTest, ZeroDeletedMatchesTheCpuTwinBitForBit) {
   const DType dt = GetParam();
-  // Ragged sizes, one above a grid's worth of 256-thread blocks (the grid-stride loop's second lap).
-  for (int64_t n : {int64_t{1}, int64_t{4099}, int64_t{65536} * 256 + 77}) {
-    const Tensor x = random_host({n}, dt);
-    Tensor keep = random_host({n}, DType::F32);
-    float* k = keep.data<float>();
-    for (int64_t i = 0; i < n; ++i) k[i] = k[i] < -0.3f ? 0.f : 1.f;
-    Tensor on_device = on_gpu(x), expected = x.cast(dt);
-    gpu_->zero_masked(on_device, on_gpu(keep));
-    cpu_->zero_masked(expected, keep);
-    expect_bitwise_equal(on_device, expected, "zero_masked " + std::to_string(n) + " " + dtype_name(dt));
+  std::mt19937 rng(17);
+  // 150 ragged parameters with one or two masked dimensions each (more entries than one launch takes, entries
+  // covering the same elements), then one of 700,003 elements (more than the grid: the stride loop's second
+  // lap), gaps between them.
+  std::vector<DimensionMask> dims;
+  std::vector<int32_t> flags;
+  int64_t arena = 0;
+  auto add = [&](const Shape& shape, int masked) {
+    int64_t numel = 1;
+    for (int64_t s : shape) numel *= s;
+    for (int k = 0; k < masked; ++k) {
+      const int d = static_cast<int>(rng() % shape.size());
+      int64_t inner = 1;
+      for (size_t j = d + 1; j < shape.size(); ++j) inner *= shape[j];
+      dims.push_back({arena, numel, shape[d], inner, static_cast<int64_t>(flags.size())});
+      for (int64_t i = 0; i < shape[d]; ++i) flags.push_back(rng() % 3 == 0 ? 0 : 1);
+    }
+    arena += numel + static_cast<int64_t>(rng() % 9);
+  };
+  for (int p = 0; p < 150; ++p) {
+    Shape shape;
+    for (int d = 0, rank = 1 + static_cast<int>(rng() % 3); d < rank; ++d) shape.push_back(1 + static_cast<int64_t>(rng() % 70));
+    add(shape, 1 + static_cast<int>(rng() % 2));
   }
-  // An f32 arena under an f32 mask as AdamW's moments are (f32 whatever the compute dtype).
-  const Tensor moments = random_host({1000}, DType::F32), keep = Tensor::zeros({1000}, DType::F32);
+  add({700003}, 1);
+  add({7, 1000, 3}, 2);
+  const Tensor keep = Tensor::from_ints(flags, {static_cast<int64_t>(flags.size())});
+  const Tensor x = random_host({arena}, dt);
+  Tensor on_device = on_gpu(x), expected = x.cast(dt);
+  gpu_->zero_deleted(on_device, dims, on_gpu(keep));
+  cpu_->zero_deleted(expected, dims, keep);
+  expect_bitwise_equal(on_device, expected, std::string("zero_deleted ") + dtype_name(dt));
+  // An f32 arena as AdamW's moments are (f32 whatever the compute dtype), every flag zero: all covered
+  // elements cleared, the uncovered tail untouched.
+  const Tensor moments = random_host({1000}, DType::F32);
   Tensor m = on_gpu(moments);
-  gpu_->zero_masked(m, on_gpu(keep));
-  expect_bitwise_equal(m, Tensor::zeros({1000}, DType::F32), "zero_masked, every element masked");
+  gpu_->zero_deleted(m, {{0, 960, 96, 10, 0}}, on_gpu(Tensor::from_ints(std::vector<int32_t>(96, 0), {96})));
+  const Tensor back = m.to(Device::cpu());
+  for (int64_t i = 0; i < 1000; ++i)
+    ASSERT_EQ(back.item(i), i < 960 ? 0.0 : moments.item(i)) << "zero_deleted, every flag zero, element " << i;
 }
 
 TEST_P(CudaPruningTest, DistillationLossMatchesReference) {
@@ -86,9 +110,11 @@ TEST_F(CudaBackendTest, PruningOpsRejectBadArguments) {
   Tensor losses = Tensor::empty({4}, DType::F32, Device::cuda(0)), none;
   EXPECT_THROW(gpu_->distillation_loss(losses, none, a, a, 9, 1.0, 1.0), Error);
   EXPECT_THROW(gpu_->distillation_loss(losses, none, a, a, 8, 0.0, 1.0), Error);
-  Tensor host_keep = Tensor::zeros({32}, DType::F32);
-  EXPECT_THROW(gpu_->zero_masked(a, host_keep), Error);  // the mask must be on the device
-  EXPECT_THROW(gpu_->zero_masked(a, on_gpu(Tensor::zeros({31}, DType::F32))), Error);
+  const std::vector<DimensionMask> dims{{0, 32, 8, 1, 0}};
+  const Tensor host_keep = Tensor::from_ints(std::vector<int32_t>(8, 1), {8});
+  EXPECT_THROW(gpu_->zero_deleted(a, dims, host_keep), Error);  // the flags must be on the device
+  EXPECT_THROW(gpu_->zero_deleted(a, dims, on_gpu(Tensor::from_ints(std::vector<int32_t>(7, 1), {7}))), Error);
+  EXPECT_THROW(gpu_->zero_deleted(a, {{1, 32, 8, 1, 0}}, on_gpu(host_keep)), Error);  // past the end of a
 }
 
 }  // namespace

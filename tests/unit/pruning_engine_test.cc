@@ -165,9 +165,9 @@ prune: {schedule: one_shot, begin_step: 2, saliency_batches: 2, target_ratio: 0.
     g.copy_from(model.params().grad(e.spec.name));
     grads.emplace_back(e.spec.name, g);
   }
-  const Tensor mask = mask_arena(layout, map, sel);
+  const Tensor mask = testing::dense_keep(arena_mask(layout, map, sel));
   for (int64_t k = 0; k < layout.total(); ++k)
-    if (mask.data<float>()[k] == 0) {
+    if (mask.data<double>()[k] == 0) {
       ASSERT_EQ(model.params().grads().item(k), 0.0) << "gradient of masked position " << k;
       ASSERT_EQ(m.item(k), 0.0) << "first moment of masked position " << k;
       ASSERT_EQ(v.item(k), 0.0) << "second moment of masked position " << k;
@@ -185,7 +185,7 @@ prune: {schedule: one_shot, begin_step: 2, saliency_batches: 2, target_ratio: 0.
   EXPECT_EQ(again.parameters(), engine.parameters());
   EXPECT_TRUE(again.target_reached());
   for (int64_t k = 0; k < layout.total(); ++k)
-    if (mask.data<float>()[k] == 0) {
+    if (mask.data<double>()[k] == 0) {
       ASSERT_EQ(resumed.params().master().item(k), 0.0) << "restored weight of masked position " << k;
       ASSERT_EQ(m2.item(k), 0.0) << "restored first moment of masked position " << k;
     }

@@ -1,4 +1,4 @@
-// The CPU reference of the pruning ops in float64: dot_along_axis against a direct triple loop, zero_masked
+// The CPU reference of the pruning ops in float64: dot_along_axis against a direct triple loop, zero_deleted
 // against the mask's definition in every float dtype, and the distillation loss against its definition (KL of
 // the softmaxes) and its gradient against finite differences.
 #include <gtest/gtest.h>
@@ -54,38 +54,81 @@ TEST(PruningOps, DotAlongAxisRejectsBadArguments) {
   EXPECT_THROW(be->dot_along_axis(out, a, a.cast(DType::F32), 1), Error);
 }
 
-// A random 0/1 keep mask of n elements, about a third zeros.
-Tensor random_keep(int64_t n, std::mt19937& rng) {
-  Tensor keep = Tensor::empty({n}, DType::F32);
-  for (int64_t i = 0; i < n; ++i) keep.data<float>()[i] = rng() % 3 == 0 ? 0.f : 1.f;
-  return keep;
+// Random deleted dimensions over an arena of `n` elements: parameters of ragged 1-3-D shapes one after another
+// (with gaps), each with one or two masked dimensions (two entries covering the same elements), flags about a
+// third zeros.
+struct RandomMask {
+  std::vector<DimensionMask> dims;
+  Tensor keep;
+  int64_t arena = 0;
+};
+RandomMask random_mask(std::mt19937& rng) {
+  RandomMask m;
+  std::vector<int32_t> flags;
+  for (int p = 0; p < 7; ++p) {
+    Shape shape;
+    const int rank = 1 + static_cast<int>(rng() % 3);
+    for (int d = 0; d < rank; ++d) shape.push_back(1 + static_cast<int64_t>(rng() % 37));
+    int64_t numel = 1;
+    for (int64_t s : shape) numel *= s;
+    for (int masked = 0; masked < 1 + static_cast<int>(rng() % 2); ++masked) {
+      const int d = static_cast<int>(rng() % rank);
+      int64_t inner = 1;
+      for (int k = d + 1; k < rank; ++k) inner *= shape[k];
+      m.dims.push_back({m.arena, numel, shape[d], inner, static_cast<int64_t>(flags.size())});
+      for (int64_t i = 0; i < shape[d]; ++i) flags.push_back(rng() % 3 == 0 ? 0 : 1);
+    }
+    m.arena += numel + static_cast<int64_t>(rng() % 5);
+  }
+  m.keep = Tensor::from_ints(flags, {static_cast<int64_t>(flags.size())});
+  return m;
 }
 
-TEST(PruningOps, ZeroMaskedClearsExactlyTheMaskedElementsInEveryDtype) {
+// Whether the definition deletes element k: some entry covering it has a zero flag at k's coordinate.
+bool deleted_by_definition(const RandomMask& m, int64_t k) {
+  for (const DimensionMask& d : m.dims) {
+    if (k < d.offset || k >= d.offset + d.numel) continue;
+    const int64_t c = ((k - d.offset) / d.inner) % d.size;
+    if (m.keep.data<int32_t>()[d.flags_at + c] == 0) return true;
+  }
+  return false;
+}
+
+TEST(PruningOps, ZeroDeletedClearsExactlyTheDeletedElementsInEveryDtype) {
   auto be = make_backend(Device::cpu());
   std::mt19937 rng(11);
   for (DType dt : {DType::F64, DType::F32, DType::BF16, DType::F16}) {
-    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{100003}}) {
-      const Tensor x = random_f64({n}, rng, 0.5, 2.0).cast(dt), keep = random_keep(n, rng);
+    for (int trial = 0; trial < 5; ++trial) {
+      const RandomMask m = random_mask(rng);
+      const Tensor x = random_f64({m.arena}, rng, 0.5, 2.0).cast(dt);
       Tensor masked = x.cast(dt);
-      be->zero_masked(masked, keep);
-      for (int64_t i = 0; i < n; ++i) {
-        const double expected = keep.data<float>()[i] == 0.f ? 0.0 : x.item(i);
-        ASSERT_EQ(masked.item(i), expected) << dtype_name(dt) << " n " << n << " element " << i;
-        if (expected == 0.0) ASSERT_FALSE(std::signbit(masked.item(i)));  // +0, never -0
+      be->zero_deleted(masked, m.dims, m.keep);
+      int64_t zeros = 0;
+      for (int64_t k = 0; k < m.arena; ++k) {
+        const bool deleted = deleted_by_definition(m, k);
+        zeros += deleted;
+        ASSERT_EQ(masked.item(k), deleted ? 0.0 : x.item(k)) << dtype_name(dt) << " trial " << trial << " element " << k;
+        if (deleted) {
+          ASSERT_FALSE(std::signbit(masked.item(k)));  // +0, never -0
+        }
       }
+      EXPECT_GT(zeros, 0);
     }
   }
 }
 
-TEST(PruningOps, ZeroMaskedRejectsBadArguments) {
+TEST(PruningOps, ZeroDeletedRejectsBadArguments) {
   auto be = make_backend(Device::cpu());
-  Tensor x = Tensor::zeros({6}, DType::F32);
-  const Tensor short_keep = Tensor::zeros({5}, DType::F32), f64_keep = Tensor::zeros({6}, DType::F64);
-  EXPECT_THROW(be->zero_masked(x, short_keep), Error);
-  EXPECT_THROW(be->zero_masked(x, f64_keep), Error);
-  Tensor ints = Tensor::zeros({6}, DType::I32);
-  EXPECT_THROW(be->zero_masked(ints, Tensor::zeros({6}, DType::F32)), Error);
+  Tensor x = Tensor::zeros({12}, DType::F32);
+  const Tensor keep = Tensor::from_ints({1, 0, 1, 1}, {4});
+  EXPECT_NO_THROW(be->zero_deleted(x, {{0, 12, 4, 3, 0}}, keep));
+  EXPECT_THROW(be->zero_deleted(x, {{4, 12, 4, 3, 0}}, keep), Error);  // past the end of x
+  EXPECT_THROW(be->zero_deleted(x, {{0, 12, 4, 3, 1}}, keep), Error);  // flags past the end of keep
+  EXPECT_THROW(be->zero_deleted(x, {{0, 10, 4, 3, 0}}, keep), Error);  // not whole [size, inner] slabs
+  EXPECT_THROW(be->zero_deleted(x, {{0, 12, 0, 3, 0}}, keep), Error);
+  EXPECT_THROW(be->zero_deleted(x, {{0, 12, 4, 3, 0}}, Tensor::zeros({4}, DType::F32)), Error);  // flags are I32
+  Tensor ints = Tensor::zeros({12}, DType::I32);
+  EXPECT_THROW(be->zero_deleted(ints, {{0, 12, 4, 3, 0}}, keep), Error);
 }
 
 // τ²·Σ p (log p − log q) over the first `classes` columns, directly from the softmaxes.

@@ -212,11 +212,15 @@ TEST(StructureMap, MaskZeroesExactlyTheOwnedPositions) {
   const StructureMap map = structure_map(shape);
   auto be = make_backend(Device::cpu());
   auto model = make_model(shape, *be);
-  const Tensor mask = mask_arena(model->params().layout(), map, delete_one(map, "blocks.0.v_dims", 1));
+  const ArenaMask sparse = arena_mask(model->params().layout(), map, delete_one(map, "blocks.0.v_dims", 1));
+  const Tensor mask = testing::dense_keep(sparse);
   // v dim 1 of 3 heads: 3 rows of qkv (weight: 8 columns each, bias: 1) and 3 columns of proj (8 rows each).
   double zeros = 0;
   for (int64_t i = 0; i < mask.numel(); ++i) zeros += mask.item(i) == 0;
   EXPECT_EQ(zeros, 3 * 8 + 3 + 3 * 8);
+  int64_t parameters = 0;  // the arena's alignment padding is not a parameter
+  for (const ParamEntry& e : model->params().layout().entries()) parameters += e.numel;
+  EXPECT_EQ(sparse.kept_elements, parameters - static_cast<int64_t>(zeros));
   const auto& qkv = model->params().layout().entry("blocks.0.attn.qkv.weight");
   const int64_t v_row1_head2 = 2 * 3 * 4 + 2 * 2 + 1;  // after q and k (3 heads of 4), head 2, dim 1
   EXPECT_EQ(mask.item(qkv.offset + v_row1_head2 * 8 + 5), 0);

@@ -173,7 +173,7 @@ std::vector<int64_t> strides_of(const Shape& shape) {
 
 }  // namespace
 
-Tensor mask_arena(const ParameterLayout& layout, const StructureMap& map, const AxisSelection& selection) {
+ArenaMask arena_mask(const ParameterLayout& layout, const StructureMap& map, const AxisSelection& selection) {
   // Every slice must fit its parameter: a tensor-parallel shard (or another model's layout) does not.
   for (const Axis& axis : map.axes())
     for (const ParamSlice& s : axis.slices) {
@@ -184,38 +184,45 @@ Tensor mask_arena(const ParameterLayout& layout, const StructureMap& map, const 
              "' ", shape_str(shape), " (masks take the single-process model, not a tensor-parallel shard)");
     }
   const Deleted deleted = deleted_positions(map, selection);
-  Tensor mask = Tensor::empty({layout.total()}, DType::F32);
-  float* m = mask.data<float>();
-  std::fill(m, m + layout.total(), 1.0f);
+  ArenaMask mask;
+  mask.arena_elements = layout.total();
+  std::vector<int32_t> flags;
+  // Per masked parameter, its elements no masked dimension deletes: numel · Π (kept / size), dimension by
+  // dimension (each division is exact: the count still holds that dimension's full size as a factor).
+  std::map<std::string, int64_t> kept_count;
   for (const auto& [key, positions] : deleted) {
     const auto& [param, dim] = key;
     const ParamEntry& e = layout.entry(param);
     const Shape& shape = e.spec.shape;
     LOOM_CHECK(dim < static_cast<int>(shape.size()), "structure map: '", param, "' has no dimension ", dim);
-    const std::vector<int64_t> st = strides_of(shape);
-    const int64_t outer = e.numel / (shape[dim] * st[dim]);
-    for (int64_t pos : positions) {
-      LOOM_CHECK(pos < shape[dim], "structure map: position ", pos, " is outside dimension ", dim, " of '", param, "' ",
-                 shape_str(shape));
-      for (int64_t o = 0; o < outer; ++o) {
-        float* base = m + e.offset + o * shape[dim] * st[dim] + pos * st[dim];
-        std::fill(base, base + st[dim], 0.0f);
-      }
-    }
+    LOOM_CHECK(*positions.rbegin() < shape[dim], "structure map: position ", *positions.rbegin(),
+               " is outside dimension ", dim, " of '", param, "' ", shape_str(shape));
+    mask.dims.push_back({e.offset, e.numel, shape[dim], strides_of(shape)[dim], static_cast<int64_t>(flags.size())});
+    for (int64_t i = 0; i < shape[dim]; ++i) flags.push_back(positions.count(i) ? 0 : 1);
+    int64_t& count = kept_count.emplace(param, e.numel).first->second;
+    count = count / shape[dim] * (shape[dim] - static_cast<int64_t>(positions.size()));
   }
+  for (const ParamEntry& e : layout.entries()) {
+    const auto it = kept_count.find(e.spec.name);
+    mask.kept_elements += it == kept_count.end() ? e.numel : it->second;
+  }
+  mask.keep = Tensor::from_ints(flags, {static_cast<int64_t>(flags.size())});
   return mask;
 }
 
-void apply_mask(Backend& backend, Tensor& arena, const Tensor& mask) {
-  if (arena.numel() != mask.numel())
-    fail("apply_mask: arena ", arena.str(), " and mask ", mask.str(), " differ in size");
-  backend.zero_masked(arena, mask.device() == backend.device() ? mask : mask.to(backend.device()));
+void apply_mask(Backend& backend, Tensor& arena, const ArenaMask& mask) {
+  if (arena.numel() != mask.arena_elements)
+    fail("apply_mask: arena ", arena.str(), " is not of the mask's layout (", mask.arena_elements, " elements)");
+  if (mask.dims.empty()) return;
+  backend.zero_deleted(arena, mask.dims, mask.keep.device() == backend.device() ? mask.keep
+                                                                                  : mask.keep.to(backend.device()));
 }
 
-Tensor mask_model(Model& model, const StructureMap& map, const AxisSelection& selection) {
+ArenaMask mask_model(Model& model, const StructureMap& map, const AxisSelection& selection) {
   ParameterStore& p = model.params();
   Backend& backend = model.backend();
-  const Tensor mask = mask_arena(p.layout(), map, selection).to(backend.device());
+  ArenaMask mask = arena_mask(p.layout(), map, selection);
+  mask.keep = mask.keep.to(backend.device());
   apply_mask(backend, p.master(), mask);
   p.sync_compute_from_master();
   apply_mask(backend, p.grads(), mask);

@@ -98,19 +98,29 @@ void check_selection(const StructureMap& map, const AxisSelection& selection);
 AxisSelection delete_one(const StructureMap& map, const std::string& axis, int64_t index);
 
 // ---- masks (pruning while training) ----
-// 1 where a position is kept, 0 where a deleted index of some axis owns it, for an arena laid out as `layout`
-// (the full single-process layout of the map's model): F32 CPU [layout.total()]. Throws when a slice of the
-// map does not fit its parameter (a tensor-parallel shard's layout, another model's).
-Tensor mask_arena(const ParameterLayout& layout, const StructureMap& map, const AxisSelection& selection);
-// Zeroes the positions where `mask` is 0, in any arena of mask's size (master weights, compute copy,
-// gradients, AdamW moments) of any float dtype on `backend`'s device, with Backend::zero_masked. A mask
-// already on that device is used in place (what a per-step caller keeps); a host one is copied there first.
-void apply_mask(Backend& backend, Tensor& arena, const Tensor& mask);
-// Masks `model` (not tensor-parallel): master and compute weights and the gradients are multiplied by the
-// mask, and the LayerNorms count the kept embedding channels (Model::set_active_embedding_channels). The
-// weights keep training afterwards: callers re-apply the mask (weights, and the moments of the optimizer if
-// they want them zero) after each optimizer step. Returns the mask (mask_arena) on the model's device, for them.
-Tensor mask_model(Model& model, const StructureMap& map, const AxisSelection& selection);
+// What a selection deletes from an arena laid out as `layout` (the full single-process layout of the map's
+// model), in the form Backend::zero_deleted takes: one DimensionMask per (parameter, dimension) with a deleted
+// position, and their keep flags (I32: 1 kept, 0 deleted). An element is deleted when its coordinate along any
+// of its parameter's masked dimensions is, so the kept parameter elements are, per parameter, its size times
+// the kept fraction of each masked dimension (kept_elements: the shrunk model's parameter count). The flags
+// are a few values per masked dimension: a mask is cheap to build, to copy to a device and to keep there.
+struct ArenaMask {
+  std::vector<DimensionMask> dims;
+  Tensor keep;                  // I32 [Σ sizes] (CPU from arena_mask; on the device from mask_model)
+  int64_t arena_elements = 0;   // layout.total(): the arenas it applies to
+  int64_t kept_elements = 0;
+};
+// Throws when a slice of the map does not fit its parameter (a tensor-parallel shard's layout, another model's).
+ArenaMask arena_mask(const ParameterLayout& layout, const StructureMap& map, const AxisSelection& selection);
+// Zeroes the deleted positions in any arena of the mask's layout (master weights, compute copy, gradients,
+// AdamW moments) of any float dtype on `backend`'s device, with Backend::zero_deleted. Flags already on that
+// device are used in place (what a per-step caller keeps); host flags are copied there first.
+void apply_mask(Backend& backend, Tensor& arena, const ArenaMask& mask);
+// Masks `model` (not tensor-parallel): master and compute weights and the gradients get the mask's zeros, and
+// the LayerNorms count the kept embedding channels (Model::set_active_embedding_channels). The weights keep
+// training afterwards: callers re-apply the mask (gradients, and the moments of the optimizer if they want them
+// zero) after each step. Returns the mask with its flags on the model's device, for them.
+ArenaMask mask_model(Model& model, const StructureMap& map, const AxisSelection& selection);
 
 // ---- shrink: a dense smaller model ----
 // The shape with each axis cut to its kept indices; attention scales stay those of `shape`.

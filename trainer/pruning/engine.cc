@@ -33,14 +33,6 @@ std::vector<double>* saliency_of(ModelSaliency& s, const Axis& axis) {
   }
 }
 
-// Ones of `mask` inside the parameters (the arena's alignment padding excluded).
-int64_t kept_parameters(const ParameterLayout& layout, const Tensor& mask) {
-  const float* m = mask.data<float>();
-  int64_t n = 0;
-  for (const ParamEntry& e : layout.entries()) n += std::count(m + e.offset, m + e.offset + e.numel, 1.0f);
-  return n;
-}
-
 }  // namespace
 
 std::vector<SaliencyStructure> saliency_structures(const StructureMap& map, const ParameterLayout& layout) {
@@ -121,7 +113,7 @@ PruningEngine::PruningEngine(const config::RunConfig& cfg, Model& model, Latency
   std::string field;
   target_ms_ = loom::final_target_ms(cfg.prune(), original_ms_, &field);
   check_target_reachable(original_, table_, options_, target_ms_, field);
-  parameters_ = kept_parameters(model.params().layout(), mask_arena(model.params().layout(), map_, {}));
+  parameters_ = arena_mask(model.params().layout(), map_, {}).kept_elements;
   flops_ = flops_of(shape);
 }
 
@@ -134,13 +126,13 @@ bool PruningEngine::needs_saliency(int64_t step) const {
 
 void PruningEngine::gradients_ready(int64_t step) {
   if (needs_saliency(step)) accumulator_.add_batch(model_.backend(), model_.params());
-  if (mask_.numel() > 0) apply_mask(model_.backend(), model_.params().grads(), mask_);
+  if (!mask_.dims.empty()) apply_mask(model_.backend(), model_.params().grads(), mask_);
 }
 
 void PruningEngine::apply(Tensor& first_moment, Tensor& second_moment) {
   const AxisSelection sel = selection();
   mask_ = mask_model(model_, map_, sel);
-  parameters_ = kept_parameters(model_.params().layout(), mask_.to(Device::cpu()));
+  parameters_ = mask_.kept_elements;
   apply_mask(model_.backend(), first_moment, mask_);
   apply_mask(model_.backend(), second_moment, mask_);
   predicted_ms_ = table_.model_ms(kept_.embedding_width(), kept_.widths());

@@ -89,7 +89,7 @@ class PruningEngine {
   int64_t saliency_batches_ = 1;
   SaliencyAccumulator accumulator_;
   ModelUnits original_, kept_;
-  Tensor mask_;  // mask_arena of kept_ on the model's device (empty until the first decision)
+  ArenaMask mask_;  // of kept_, flags on the model's device (no dims until the first decision)
   double original_ms_ = 0, target_ms_ = 0, predicted_ms_ = 0;
   double flops_ = 0;
   int64_t parameters_ = 0, groups_pruned_ = 0;
