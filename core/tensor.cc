@@ -145,6 +145,9 @@ Tensor Tensor::to(Device device) const {
 }
 
 namespace {
+// Below this many elements a cast or fill stays on the calling thread (a thread team costs microseconds).
+constexpr int64_t kParallelCastElements = int64_t{1} << 18;
+
 double load_as_double(const Tensor& t, int64_t i) {
   const void* p = t.raw();
   switch (t.dtype()) {
@@ -177,6 +180,9 @@ Tensor Tensor::cast(DType dtype) const {
     out.copy_from(*this);
     return out;
   }
+  // Element by element through double (exact for every pair of these dtypes), in parallel over large tensors: a
+  // model's arenas are cast whole (gigabytes at 1B+ parameters).
+#pragma omp parallel for schedule(static) if (numel_ > kParallelCastElements)
   for (int64_t i = 0; i < numel_; ++i) store_from_double(out, i, load_as_double(*this, i));
   return out;
 }
@@ -193,6 +199,7 @@ void Tensor::zero_() {
 
 void Tensor::fill_(double value) {
   LOOM_CHECK(device().is_cpu(), "fill_: only CPU tensors, got ", str());
+#pragma omp parallel for schedule(static) if (numel_ > kParallelCastElements)
   for (int64_t i = 0; i < numel_; ++i) store_from_double(*this, i, value);
 }
 
