@@ -3,6 +3,8 @@
 # (GPT shapes), timm eager and compiled (DeiT), and SDPA's cuDNN and flash backends (attention), printing one
 # ratio table (bench/zoo_compare.py) last. Run from the repository root on the GPU machine:
 #   bash bench/zoo.sh CARRY_DIR BASELINES_DIR OUT_DIR
+# The device tool brings back a limited number of files (about eight): give an OUT_DIR outside $OUT and pack it,
+#   bash bench/zoo.sh .carry/zoo .carry/baselines /tmp/zoo; tar -C /tmp/zoo -czf "$OUT/zoo.tar.gz" .
 # CARRY_DIR (made by bench/zoo_pack.sh): bin.tar.xz (loom_train_bench, loom_flash_bench and the shared libraries
 #   the GPU machine lacks) and linux-doc.tar.xz (llm.c token shards train_*.bin / val_*.bin for llm.c to read).
 # BASELINES_DIR: a copy of ../shared/baselines (gpt2.py, deit.py, attention.py, common.py, llmc/train_gpt2cu).

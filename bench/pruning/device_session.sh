@@ -4,6 +4,8 @@
 #   bash bench/pruning/device_session.sh ab .carry/prune "$OUT"      (the GPU tests of the pruning ops, a, b)
 #   bash bench/pruning/device_session.sh a .carry/prune "$OUT"
 #   bash bench/pruning/device_session.sh b .carry/prune "$OUT"
+# The device tool brings back a limited number of files (about eight; part ab writes ~30): give an OUT_DIR outside
+# $OUT and pack it, e.g. ... ab .carry/prune /tmp/prune; tar -C /tmp/prune -czf "$OUT/prune.tar.gz" .
 # Part a (speed): DeiT-B (224/16, 1-channel Fashion-MNIST geometry, 10 classes) trained briefly (random
 #   initialisation plus a few steps: the speed does not depend on the accuracy), a latency table of its block
 #   on this card, one-shot pruning to a 0.54 latency target, then loom_prune_bench: predicted vs measured step
