@@ -72,7 +72,7 @@ else
   # llm.c needs cuDNN 9 and NVRTC from the Python packages (../shared/baselines/llmc/README.md).
   pylib() {
     python3 -c "import importlib, os; print(os.path.join(list(importlib.import_module('$1').__path__)[0], 'lib'))" \
-      2>/dev/null || echo "zoo.sh: no Python package $1 here: llm.c will not start" >&2
+      2>/dev/null || echo "zoo.sh: no Python package $1 here: llm.c needs the system's copy of its libraries" >&2
   }
   llmc_libs="$(pylib nvidia.cudnn):$(pylib nvidia.cuda_nvrtc):$LD_LIBRARY_PATH"
 fi
