@@ -54,7 +54,7 @@ Tensor Tensor::from_vector(const std::vector<float>& values, const Shape& shape,
   LOOM_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "from_vector: ", values.size(),
              " values for shape ", shape_str(shape));
   Tensor f = empty(shape, DType::F32);
-  std::memcpy(f.raw(), values.data(), values.size() * sizeof(float));
+  if (!values.empty()) std::memcpy(f.raw(), values.data(), values.size() * sizeof(float));  // no null source
   return dtype == DType::F32 ? f : f.cast(dtype);
 }
 
@@ -62,7 +62,7 @@ Tensor Tensor::from_ints(const std::vector<int32_t>& values, const Shape& shape)
   LOOM_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "from_ints: ", values.size(),
              " values for shape ", shape_str(shape));
   Tensor t = empty(shape, DType::I32);
-  std::memcpy(t.raw(), values.data(), values.size() * sizeof(int32_t));
+  if (!values.empty()) std::memcpy(t.raw(), values.data(), values.size() * sizeof(int32_t));  // no null source
   return t;
 }
 

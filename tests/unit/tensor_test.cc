@@ -19,6 +19,17 @@ TEST(Tensor, ViewsShareStorage) {
   EXPECT_THROW(t.slice_flat(4, {3}), Error);
 }
 
+// Empty tensors from empty vectors (what a mask without deletions holds); the sanitizer build checks that no
+// null pointer reaches memcpy.
+TEST(Tensor, EmptyVectorsMakeEmptyTensors) {
+  const Tensor ints = Tensor::from_ints({}, {0}), floats = Tensor::from_vector({}, {0}, DType::BF16);
+  EXPECT_EQ(ints.numel(), 0);
+  EXPECT_EQ(ints.dtype(), DType::I32);
+  EXPECT_EQ(floats.numel(), 0);
+  EXPECT_EQ(floats.dtype(), DType::BF16);
+  EXPECT_THROW(Tensor::from_ints({}, {1}), Error);
+}
+
 TEST(Tensor, WrongElementTypeThrows) {
   Tensor t = Tensor::zeros({3}, DType::F32);
   EXPECT_THROW(t.data<double>(), Error);
