@@ -74,7 +74,9 @@ void check_sync(bool zero1) {
   for (int64_t micro = 0; micro < accum; ++micro) {
     sync.arm(micro == accum - 1);
     model.forward_backward(micro_batch(seed, micro * D + d, rows, seq), 1.0 / accum);
-    if (micro < accum - 1) EXPECT_EQ(sync.started_buckets(), 0u) << "a bucket reduced on an accumulation step";
+    if (micro < accum - 1) {
+      EXPECT_EQ(sync.started_buckets(), 0u) << "a bucket reduced on an accumulation step";
+    }
   }
   EXPECT_GT(started_before_end, 0u) << "no bucket started during the backward";
   EXPECT_LT(started_before_end, sync.bucket_count()) << "the embedding bucket cannot be ready before the end";

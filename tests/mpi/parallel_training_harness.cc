@@ -140,10 +140,15 @@ bool run_layout(const config::RunConfig& cfg, const RunSettings& settings, int64
       const std::string layout = std::to_string(cfg.parallel().data()) + " data x " +
                                  std::to_string(cfg.parallel().tensor()) + " tensor ranks";
       EXPECT_NE(log.str().find(layout), std::string::npos) << log.str();
-      if (cfg.parallel().tensor() > 1) EXPECT_NE(log.str().find("per tensor rank"), std::string::npos) << log.str();
-      if (cfg.parallel().sequence())
+      if (cfg.parallel().tensor() > 1) {
+        EXPECT_NE(log.str().find("per tensor rank"), std::string::npos) << log.str();
+      }
+      if (cfg.parallel().sequence()) {
         EXPECT_NE(log.str().find("with sequence parallelism"), std::string::npos) << log.str();
-      if (cfg.parallel().zero1()) EXPECT_NE(log.str().find("ZeRO-1"), std::string::npos) << log.str();
+      }
+      if (cfg.parallel().zero1()) {
+        EXPECT_NE(log.str().find("ZeRO-1"), std::string::npos) << log.str();
+      }
     }
   }
   world.barrier();

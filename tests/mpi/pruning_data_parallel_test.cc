@@ -146,11 +146,14 @@ void check_pruning_under_data_parallelism(const std::string& kind, int data) {
       const auto want = step_losses(single), got = step_losses(parallel);
       for (int64_t step = 1; step <= kPruneSteps; ++step) {
         EXPECT_TRUE(got.count(step) && want.count(step)) << "no loss for step " << step;
-        if (got.count(step) && want.count(step))
+        if (got.count(step) && want.count(step)) {
           EXPECT_NEAR(got.at(step), want.at(step), 1e-5 * std::abs(want.at(step))) << "step " << step;
+        }
       }
     }
-    if (group->rank() == 0) EXPECT_FALSE(r.pruned_checkpoint.empty()) << log.str();
+    if (group->rank() == 0) {
+      EXPECT_FALSE(r.pruned_checkpoint.empty()) << log.str();
+    }
   }
   world.barrier();
 }

@@ -50,7 +50,9 @@ TEST(LayerNormChannels, EqualsTheLayerNormOfTheActiveChannelsAlone) {
     EXPECT_NEAR(mean.item(n), means.item(n), 1e-13);
     EXPECT_NEAR(rstd.item(n), rstds.item(n), 1e-12);
     for (int64_t c = 0; c < C; ++c)
-      if (!on[c]) EXPECT_EQ(out.item(n * C + c), 0.0);
+      if (!on[c]) {
+        EXPECT_EQ(out.item(n * C + c), 0.0);
+      }
     for (int64_t j = 0; j < K; ++j) EXPECT_NEAR(out.item(n * C + active[j]), outs.item(n * K + j), 1e-12);
   }
   Tensor dx = Tensor::zeros({N, C}, DType::F64), dw = Tensor::zeros({C}, DType::F64),
