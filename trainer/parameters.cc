@@ -8,6 +8,9 @@
 namespace loom {
 
 namespace {
+// Below this many elements a parameter is drawn on the calling thread (a thread team costs microseconds).
+constexpr int64_t kParallelDrawElements = int64_t{1} << 16;
+
 // Views a tensor of `shape` as [outer, shape[dim], inner] for the section copies below.
 struct DimSplit {
   int64_t outer = 1, inner = 1;
@@ -123,8 +126,7 @@ Tensor ParameterStore::master_weight(const std::string& name) const {
 void ParameterStore::initialise(uint64_t seed, int tensor_rank, int tensor_size) {
   // Element i of parameter p is draw i of Philox stream p (counter-based), so the draws run in parallel and give
   // the same values whatever the thread count: at 1B+ parameters one host thread took minutes. Each parameter
-  // is drawn in f64 and written into a host arena of the master dtype; the compute copy is cast from that arena
-  // on the host (no round trip through the device).
+  // is drawn in f64 and written into a host arena of the master dtype.
   Tensor host = Tensor::zeros({layout_.total()}, master_.dtype());
   for (size_t p = 0; p < layout_.entries().size(); ++p) {
     const ParamEntry& e = layout_.entries()[p];
@@ -135,7 +137,7 @@ void ParameterStore::initialise(uint64_t seed, int tensor_rank, int tensor_size)
     const int64_t n = values.numel();
     const Init init = e.spec.init;
     const double init_std = e.spec.init_std;
-#pragma omp parallel for schedule(static) if (n > (int64_t{1} << 16))
+#pragma omp parallel for schedule(static) if (n > kParallelDrawElements)
     for (int64_t i = 0; i < n; ++i) {
       switch (init) {
         case Init::Normal: v[i] = init_std * PhiloxStream(seed, /*stream=*/p, /*position=*/i).normal(); break;
@@ -146,6 +148,10 @@ void ParameterStore::initialise(uint64_t seed, int tensor_rank, int tensor_size)
     if (sharded) values = shard_of_full(e.spec, values, tensor_rank, tensor_size);
     host.slice_flat(e.offset, e.spec.shape).copy_from(values.cast(host.dtype()));
   }
+  set_from_host_master(host);
+}
+
+void ParameterStore::set_from_host_master(const Tensor& host) {
   master_.copy_from(host);
   if (!compute_is_master()) compute_.copy_from(host.cast(compute_.dtype()));
 }
@@ -182,8 +188,7 @@ void ParameterStore::load_named(const std::vector<std::pair<std::string, Tensor>
   }
   for (const auto& e : layout_.entries())
     if (!seen.count(e.spec.name)) fail(source, ": missing tensor '", e.spec.name, "'");
-  master_.copy_from(host);
-  sync_compute_from_master();
+  set_from_host_master(host);
 }
 
 }  // namespace loom

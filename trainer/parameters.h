@@ -98,7 +98,8 @@ class ParameterStore {
   // With tensor parallelism each rank draws the full parameter and keeps its shard, so the weights equal the
   // single-process ones whatever the layout.
   void initialise(uint64_t seed, int tensor_rank = 0, int tensor_size = 1);
-  // Copies master -> compute after the master changed outside the optimizer (load, init).
+  // Copies master -> compute (through the host) after the master changed on the device outside the optimizer
+  // (masks, restores); initialise and load_named write both from their host arena.
   void sync_compute_from_master();
   // Frees the gradient arena of a model that only runs forward passes (a distillation teacher). grads() is
   // then undefined and grad() throws loom::Error, so a forward_backward fails at its first gradient.
@@ -111,6 +112,10 @@ class ParameterStore {
   void load_named(const std::vector<std::pair<std::string, Tensor>>& tensors, const std::string& source);
 
  private:
+  // master = `host` (a CPU arena of the master dtype), compute = host cast to the compute dtype, on the host
+  // (the arena is already there: no round trip through the device).
+  void set_from_host_master(const Tensor& host);
+
   ParameterLayout layout_;
   Tensor master_, compute_, grads_;
 };
