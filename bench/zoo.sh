@@ -18,8 +18,16 @@
 #   of the last 10), PyTorch 3 warm-up (compilation included there) + 20 timed steps (mean).
 # OUT_DIR gets zoo.md (the table), card.txt, stages.txt (wall time and exit status of every run), each run's
 #   JSON or log, and NAME.mem (the card's peak used memory in MiB while the run ran, sampled by nvidia-smi).
+# VARIANTS: extra Loom runs per GPT size with config overrides appended, e.g. VARIANTS="res32:train.residual_dtype=f32"
+#   (space-separated NAME:KEY=VALUE[:KEY=VALUE...], NAME letters and digits): stage loom_NAME_SIZE right after
+#   loom_SIZE, shown in the table with its tok/s and peak memory as ratios to the default Loom run.
+# BREAKDOWN (default 1; 0: off): after every group has been timed, one step's kernel time by class (GEMM, attention,
+#   LayerNorm, ...) for each GPT size and DeiT in ZOO: Loom's --profile-step under Nsight Compute (ncu from PATH
+#   or a CUDA / Nsight Compute install; without one the breakdown is skipped and zoo.md says so) beside the peer
+#   under torch.profiler (torch.compile for GPT, timm eager for DeiT), by bench/zoo_breakdown.py. Last, so it
+#   only uses time the timed runs left before the deadline.
 # DRY=1 runs the same plumbing on the CPU: Loom's stages with tiny shapes, the peers' and the GPU-only commands
-#   echoed (how this script is checked off the GPU).
+#   (ncu and torch.profiler included) echoed (how this script is checked off the GPU; tests/unit/zoo_dry_test.sh).
 set -uo pipefail
 carry=$(cd "$1" && pwd)
 baselines=$(cd "$2" && pwd)
@@ -45,6 +53,22 @@ for group in $zoo; do
          exit 2
        } ;;
   esac
+done
+
+
+declare -A variant_overrides  # NAME -> "KEY=VALUE ..." (VARIANTS)
+variants=()
+for spec in ${VARIANTS:-}; do
+  vname=${spec%%:*}
+  IFS=: read -r -a overrides <<<"${spec#*:}"
+  if [[ $spec != *:* || ! $vname =~ ^[A-Za-z0-9]+$ || ${#overrides[@]} -eq 0 || -n ${variant_overrides[$vname]:-} ]]; then
+    echo "zoo.sh: VARIANTS entry '$spec' is not NAME:KEY=VALUE[:KEY=VALUE...] with a new NAME of letters and digits" >&2
+    exit 2
+  fi
+  for o in "${overrides[@]}"; do
+    [[ $o == ?*=* ]] || { echo "zoo.sh: VARIANTS entry '$spec': '$o' is not KEY=VALUE" >&2; exit 2; }
+  done
+  variants+=("$vname") variant_overrides[$vname]="${overrides[*]}"
 done
 
 rm -rf "$work" && mkdir -p "$work/bin" "$work/shards"
@@ -79,6 +103,21 @@ fi
 { date -u; echo "commit $commit"; } >>"$out/card.txt"
 cat "$out/card.txt"
 : >"$out/stages.txt"
+for v in "${variants[@]}"; do echo "$v ${variant_overrides[$v]}"; done >"$out/variants.txt"
+
+# Nsight Compute for the breakdown: on PATH, else where CUDA or a standalone Nsight Compute installs it.
+breakdown=${BREAKDOWN:-1}
+ncu_bin=$(command -v ncu || ls -d /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1)
+rm -f "$out/breakdown_skipped.txt"
+if [ "$breakdown" = 1 ] && [ -z "$ncu_bin" ]; then
+  if [ -n "${DRY:-}" ]; then
+    ncu_bin=ncu  # echoed only
+  else
+    echo "no ncu (Nsight Compute) on PATH, in /usr/local/cuda*/bin or /opt/nvidia/nsight-compute: kernel-time" \
+      "breakdown skipped" | tee "$out/breakdown_skipped.txt"
+    breakdown=0
+  fi
+fi
 
 # gpt NAME: Loom, llm.c (where it has the shape), torch.compile (and eager at 124M, which costs seconds there).
 gpt() {
@@ -89,6 +128,12 @@ gpt() {
   [ -z "${DRY:-}" ] || shape=("${tiny_gpt[@]}")
   stage "loom_$name" 120 "$bench" --config "$config" --batch "$batch" --seq "$seq" "${steps[@]}" \
     --json "$out/loom_$name.json" "${shape[@]}"
+  local variant overrides
+  for variant in "${variants[@]}"; do
+    read -r -a overrides <<<"${variant_overrides[$variant]}"
+    stage "loom_${variant}_$name" 120 "$bench" --config "$config" --batch "$batch" --seq "$seq" "${steps[@]}" \
+      --json "$out/loom_${variant}_$name.json" "${shape[@]}" "${overrides[@]}"
+  done
   if [ "$desc" != - ]; then
     stage "llmc_$name" 120 "${peer[@]}" env LD_LIBRARY_PATH="$llmc_libs" "$baselines/llmc/train_gpt2cu" \
       -i "$work/shards/train_*.bin" -j "$work/shards/val_*.bin" -e "$desc" -b "$batch" -t "$seq" -x 30 -v 1000 -m 2 \
@@ -127,6 +172,41 @@ attention() {
   stage attention_sdpa 120 "${peer[@]}" python3 "$baselines/attention.py" "${grid[@]}" --json "$out/attention_sdpa.json"
 }
 
+# breakdown NAME CONFIG PEER_LABEL LOOM_ARGS... -- PEER_SCRIPT PEER_ARGS...: one step after 3 warm-ups of each
+# under its profiler; the kernel lists go to ncu_NAME.json and torchprof_NAME.json (bench/zoo_breakdown.py).
+breakdown() {
+  local name=$1 config=$2 label=$3 loom_args=() peer_args
+  shift 3
+  while [ "$1" != -- ]; do loom_args+=("$1") && shift; done
+  shift
+  peer_args=("$@")
+  stage "ncu_$name" 240 "${peer[@]}" python3 "$repo/bench/zoo_breakdown.py" ncu --ncu "$ncu_bin" \
+    --csv "$work/ncu_$name.csv" --json "$out/ncu_$name.json" -- "$bench" --config "$config" --warmup 3 \
+    --profile-step "${loom_args[@]}"
+  stage "torchprof_$name" 300 "${peer[@]}" python3 "$repo/bench/zoo_breakdown.py" torch --label "$label" \
+    --trace "$work/torchprof_$name.trace.json" --json "$out/torchprof_$name.json" --warmup 3 -- "${peer_args[@]}"
+}
+
+breakdown_group() {
+  local group=$1 config layers width heads batch desc
+  case $group in
+    deit_b | deit_s)
+      local model=deit_base_patch16_224 batch=${dry_batch:-128}
+      [ "$group" = deit_b ] || model=deit_small_patch16_224
+      breakdown "$group" "configs/$group.yaml" "timm eager" --batch "$batch" "${tiny_vit[@]}" -- \
+        "$baselines/deit.py" --model "$model" --batch "$batch" --steps 1 --modes eager ;;
+    attention | eager) ;;
+    *)
+      read -r config layers width heads batch desc <<<"${plan[$group]}"
+      batch=${dry_batch:-$batch}
+      local shape=(model.n_layer="$layers" model.d_model="$width" model.n_head="$heads")
+      [ -z "${DRY:-}" ] || shape=("${tiny_gpt[@]}")
+      breakdown "$group" "$config" torch.compile --batch "$batch" --seq "$seq" "${shape[@]}" -- \
+        "$baselines/gpt2.py" --layers "$layers" --width "$width" --heads "$heads" --batch "$batch" --seq "$seq" \
+        --steps 1 --modes compile ;;
+  esac
+}
+
 for group in $zoo; do
   case $group in
     deit_b) deit deit_b deit_base_patch16_224 configs/deit_b.yaml ;;
@@ -136,5 +216,8 @@ for group in $zoo; do
     *) gpt "$group" ;;
   esac
 done
-python3 "$repo/bench/zoo_compare.py" "$out" | tee "$out/zoo.md"
+if [ "$breakdown" = 1 ]; then
+  for group in $zoo; do breakdown_group "$group"; done
+fi
+python3 "$repo/bench/zoo_compare.py" --breakdown-json "$out/breakdown.json" "$out" | tee "$out/zoo.md"
 echo "zoo: $(elapsed) s"
