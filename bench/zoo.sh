@@ -55,7 +55,6 @@ for group in $zoo; do
   esac
 done
 
-
 declare -A variant_overrides  # NAME -> "KEY=VALUE ..." (VARIANTS)
 variants=()
 for spec in ${VARIANTS:-}; do
@@ -119,13 +118,19 @@ if [ "$breakdown" = 1 ] && [ -z "$ncu_bin" ]; then
   fi
 fi
 
+# gpt_plan NAME: sets the caller's locals config layers width heads batch desc (bench/zoo_compare.py --plan) and
+# shape (Loom's overrides for them; a dry run's tiny shape) for the GPT size NAME.
+gpt_plan() {
+  read -r config layers width heads batch desc <<<"${plan[$1]}"
+  batch=${dry_batch:-$batch}
+  shape=(model.n_layer="$layers" model.d_model="$width" model.n_head="$heads")
+  [ -z "${DRY:-}" ] || shape=("${tiny_gpt[@]}")
+}
+
 # gpt NAME: Loom, llm.c (where it has the shape), torch.compile (and eager at 124M, which costs seconds there).
 gpt() {
-  local name=$1 config layers width heads batch desc
-  read -r config layers width heads batch desc <<<"${plan[$name]}"
-  batch=${dry_batch:-$batch}
-  local shape=(model.n_layer="$layers" model.d_model="$width" model.n_head="$heads")
-  [ -z "${DRY:-}" ] || shape=("${tiny_gpt[@]}")
+  local name=$1 config layers width heads batch desc shape
+  gpt_plan "$name"
   stage "loom_$name" 120 "$bench" --config "$config" --batch "$batch" --seq "$seq" "${steps[@]}" \
     --json "$out/loom_$name.json" "${shape[@]}"
   local variant overrides
@@ -147,13 +152,14 @@ gpt() {
 # torch_gpt NAME MODE LIMIT: ../shared/baselines/gpt2.py at NAME's shape, one mode per process (a compile that
 # runs out of time loses no other number).
 torch_gpt() {
-  local name=$1 mode=$2 limit=$3 config layers width heads batch desc
-  read -r config layers width heads batch desc <<<"${plan[$name]}"
+  local name=$1 mode=$2 limit=$3 config layers width heads batch desc shape
+  gpt_plan "$name"
   stage "${mode}_$name" "$limit" "${peer[@]}" python3 "$baselines/gpt2.py" --layers "$layers" --width "$width" \
-    --heads "$heads" --batch "${dry_batch:-$batch}" --seq "$seq" --steps 20 --modes "$mode" \
+    --heads "$heads" --batch "$batch" --seq "$seq" --steps 20 --modes "$mode" \
     --json "$out/${mode}_$name.json"
 }
 
+declare -A timm_model=([deit_b]=deit_base_patch16_224 [deit_s]=deit_small_patch16_224)
 # deit NAME TIMM_MODEL CONFIG: Loom, timm eager and timm compiled at batch 128.
 deit() {
   local name=$1 model=$2 config=$3 batch=${dry_batch:-128}
@@ -187,20 +193,17 @@ breakdown() {
     --trace "$work/torchprof_$name.trace.json" --json "$out/torchprof_$name.json" --warmup 3 -- "${peer_args[@]}"
 }
 
+# breakdown_group GROUP: the breakdown of a ZOO group (GPT sizes against torch.compile, DeiT against timm eager).
 breakdown_group() {
-  local group=$1 config layers width heads batch desc
+  local group=$1 config layers width heads batch desc shape
   case $group in
     deit_b | deit_s)
-      local model=deit_base_patch16_224 batch=${dry_batch:-128}
-      [ "$group" = deit_b ] || model=deit_small_patch16_224
+      batch=${dry_batch:-128}
       breakdown "$group" "configs/$group.yaml" "timm eager" --batch "$batch" "${tiny_vit[@]}" -- \
-        "$baselines/deit.py" --model "$model" --batch "$batch" --steps 1 --modes eager ;;
+        "$baselines/deit.py" --model "${timm_model[$group]}" --batch "$batch" --steps 1 --modes eager ;;
     attention | eager) ;;
     *)
-      read -r config layers width heads batch desc <<<"${plan[$group]}"
-      batch=${dry_batch:-$batch}
-      local shape=(model.n_layer="$layers" model.d_model="$width" model.n_head="$heads")
-      [ -z "${DRY:-}" ] || shape=("${tiny_gpt[@]}")
+      gpt_plan "$group"
       breakdown "$group" "$config" torch.compile --batch "$batch" --seq "$seq" "${shape[@]}" -- \
         "$baselines/gpt2.py" --layers "$layers" --width "$width" --heads "$heads" --batch "$batch" --seq "$seq" \
         --steps 1 --modes compile ;;
@@ -209,8 +212,7 @@ breakdown_group() {
 
 for group in $zoo; do
   case $group in
-    deit_b) deit deit_b deit_base_patch16_224 configs/deit_b.yaml ;;
-    deit_s) deit deit_s deit_small_patch16_224 configs/deit_s.yaml ;;
+    deit_b | deit_s) deit "$group" "${timm_model[$group]}" "configs/$group.yaml" ;;
     attention) attention ;;
     eager) for name in "${gpt_names[@]}"; do [ "$name" = gpt124m ] || torch_gpt "$name" eager 90; done ;;
     *) gpt "$group" ;;

@@ -144,7 +144,8 @@ def run_ncu(args):
     text = open(args.csv).read()
     print("\n".join(line for line in text.splitlines() if not line.startswith('"')), flush=True)
     if rc != 0:
-        sys.exit(f"zoo_breakdown.py: ncu exited with {rc}")
+        errors = [line for line in text.splitlines() if line.startswith("==ERROR==")]
+        sys.exit(f"zoo_breakdown.py: ncu exited with {rc}" + (f": {errors[0]}" if errors else ""))
     kernels = parse_ncu_csv(text)
     write_kernels(args.json, "Nsight Compute", args.label, args.command, kernels)
     print(f"{len(kernels)} kernels, {sum(ms for _, ms in kernels):.2f} ms")
