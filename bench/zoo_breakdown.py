@@ -132,7 +132,7 @@ def table(loom, peer, loom_label="Loom", peer_label="peer"):
 
 def write_kernels(path, source, label, command, kernels):
     with open(path, "w") as f:
-        json.dump({"source": source, "label": label, "command": command, "kernels": kernels}, f, indent=0)
+        json.dump({"source": source, "label": label, "command": command, "kernels": kernels}, f)
 
 
 def run_ncu(args):
@@ -140,7 +140,7 @@ def run_ncu(args):
                "--metrics", NCU_METRIC, "--csv", "--print-units", "base", *args.command]
     print(" ".join(command), flush=True)
     with open(args.csv, "w") as raw:
-        rc = subprocess.run(command, stdout=raw).returncode
+        rc = subprocess.run(command, stdout=raw, stderr=subprocess.STDOUT).returncode  # ==ERROR== lines too
     text = open(args.csv).read()
     print("\n".join(line for line in text.splitlines() if not line.startswith('"')), flush=True)
     if rc != 0:
