@@ -17,7 +17,9 @@
 #   a 560-second call). Each run: Loom 3 warm-up + 20 timed steps (median), llm.c 30 steps (median step time
 #   of the last 10), PyTorch 3 warm-up (compilation included there) + 20 timed steps (mean).
 # OUT_DIR gets zoo.md (the table), card.txt, stages.txt (wall time and exit status of every run), each run's
-#   JSON or log, and NAME.mem (the card's peak used memory in MiB while the run ran, sampled by nvidia-smi).
+#   JSON or log, and NAME.mem (the card's peak used memory in MiB while the run ran, sampled by nvidia-smi);
+#   variants.txt (VARIANTS), ncu_NAME.json and torchprof_NAME.json (one step's kernels, each side) and
+#   breakdown.json (their per-class sums) for BREAKDOWN.
 # VARIANTS: extra Loom runs per GPT size with config overrides appended, e.g. VARIANTS="res32:train.residual_dtype=f32"
 #   (space-separated NAME:KEY=VALUE[:KEY=VALUE...], NAME letters and digits): stage loom_NAME_SIZE right after
 #   loom_SIZE, shown in the table with its tok/s and peak memory as ratios to the default Loom run.
