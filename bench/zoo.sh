@@ -17,9 +17,19 @@
 #   a 560-second call). Each run: Loom 3 warm-up + 20 timed steps (median), llm.c 30 steps (median step time
 #   of the last 10), PyTorch 3 warm-up (compilation included there) + 20 timed steps (mean).
 # OUT_DIR gets zoo.md (the table), card.txt, stages.txt (wall time and exit status of every run), each run's
-#   JSON or log, and NAME.mem (the card's peak used memory in MiB while the run ran, sampled by nvidia-smi).
+#   JSON or log, and NAME.mem (the card's peak used memory in MiB while the run ran, sampled by nvidia-smi);
+#   variants.txt (VARIANTS), ncu_NAME.json and torchprof_NAME.json (one step's kernels, each side) and
+#   breakdown.json (their per-class sums) for BREAKDOWN.
+# VARIANTS: extra Loom runs per GPT size with config overrides appended, e.g. VARIANTS="res32:train.residual_dtype=f32"
+#   (space-separated NAME:KEY=VALUE[:KEY=VALUE...], NAME letters and digits): stage loom_NAME_SIZE right after
+#   loom_SIZE, shown in the table with its tok/s and peak memory as ratios to the default Loom run.
+# BREAKDOWN (default 1; 0: off): after every group has been timed, one step's kernel time by class (GEMM, attention,
+#   LayerNorm, ...) for each GPT size and DeiT in ZOO: Loom's --profile-step under Nsight Compute (ncu from PATH
+#   or a CUDA / Nsight Compute install; without one the breakdown is skipped and zoo.md says so) beside the peer
+#   under torch.profiler (torch.compile for GPT, timm eager for DeiT), by bench/zoo_breakdown.py. Last, so it
+#   only uses time the timed runs left before the deadline.
 # DRY=1 runs the same plumbing on the CPU: Loom's stages with tiny shapes, the peers' and the GPU-only commands
-#   echoed (how this script is checked off the GPU).
+#   (ncu and torch.profiler included) echoed (how this script is checked off the GPU; tests/unit/zoo_dry_test.sh).
 set -uo pipefail
 carry=$(cd "$1" && pwd)
 baselines=$(cd "$2" && pwd)
@@ -45,6 +55,21 @@ for group in $zoo; do
          exit 2
        } ;;
   esac
+done
+
+declare -A variant_overrides  # NAME -> "KEY=VALUE ..." (VARIANTS)
+variants=()
+for spec in ${VARIANTS:-}; do
+  vname=${spec%%:*}
+  IFS=: read -r -a overrides <<<"${spec#*:}"
+  if [[ $spec != *:* || ! $vname =~ ^[A-Za-z0-9]+$ || ${#overrides[@]} -eq 0 || -n ${variant_overrides[$vname]:-} ]]; then
+    echo "zoo.sh: VARIANTS entry '$spec' is not NAME:KEY=VALUE[:KEY=VALUE...] with a new NAME of letters and digits" >&2
+    exit 2
+  fi
+  for o in "${overrides[@]}"; do
+    [[ $o == ?*=* ]] || { echo "zoo.sh: VARIANTS entry '$spec': '$o' is not KEY=VALUE" >&2; exit 2; }
+  done
+  variants+=("$vname") variant_overrides[$vname]="${overrides[*]}"
 done
 
 rm -rf "$work" && mkdir -p "$work/bin" "$work/shards"
@@ -79,16 +104,43 @@ fi
 { date -u; echo "commit $commit"; } >>"$out/card.txt"
 cat "$out/card.txt"
 : >"$out/stages.txt"
+for v in "${variants[@]}"; do echo "$v ${variant_overrides[$v]}"; done >"$out/variants.txt"
+
+# Nsight Compute for the breakdown: on PATH, else where CUDA or a standalone Nsight Compute installs it.
+breakdown=${BREAKDOWN:-1}
+ncu_bin=$(command -v ncu || ls -d /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1)
+rm -f "$out/breakdown_skipped.txt"
+if [ "$breakdown" = 1 ] && [ -z "$ncu_bin" ]; then
+  if [ -n "${DRY:-}" ]; then
+    ncu_bin=ncu  # echoed only
+  else
+    echo "no ncu (Nsight Compute) on PATH, in /usr/local/cuda*/bin or /opt/nvidia/nsight-compute: kernel-time" \
+      "breakdown skipped" | tee "$out/breakdown_skipped.txt"
+    breakdown=0
+  fi
+fi
+
+# gpt_plan NAME: sets the caller's locals config layers width heads batch desc (bench/zoo_compare.py --plan) and
+# shape (Loom's overrides for them; a dry run's tiny shape) for the GPT size NAME.
+gpt_plan() {
+  read -r config layers width heads batch desc <<<"${plan[$1]}"
+  batch=${dry_batch:-$batch}
+  shape=(model.n_layer="$layers" model.d_model="$width" model.n_head="$heads")
+  [ -z "${DRY:-}" ] || shape=("${tiny_gpt[@]}")
+}
 
 # gpt NAME: Loom, llm.c (where it has the shape), torch.compile (and eager at 124M, which costs seconds there).
 gpt() {
-  local name=$1 config layers width heads batch desc
-  read -r config layers width heads batch desc <<<"${plan[$name]}"
-  batch=${dry_batch:-$batch}
-  local shape=(model.n_layer="$layers" model.d_model="$width" model.n_head="$heads")
-  [ -z "${DRY:-}" ] || shape=("${tiny_gpt[@]}")
+  local name=$1 config layers width heads batch desc shape
+  gpt_plan "$name"
   stage "loom_$name" 120 "$bench" --config "$config" --batch "$batch" --seq "$seq" "${steps[@]}" \
     --json "$out/loom_$name.json" "${shape[@]}"
+  local variant overrides
+  for variant in "${variants[@]}"; do
+    read -r -a overrides <<<"${variant_overrides[$variant]}"
+    stage "loom_${variant}_$name" 120 "$bench" --config "$config" --batch "$batch" --seq "$seq" "${steps[@]}" \
+      --json "$out/loom_${variant}_$name.json" "${shape[@]}" "${overrides[@]}"
+  done
   if [ "$desc" != - ]; then
     stage "llmc_$name" 120 "${peer[@]}" env LD_LIBRARY_PATH="$llmc_libs" "$baselines/llmc/train_gpt2cu" \
       -i "$work/shards/train_*.bin" -j "$work/shards/val_*.bin" -e "$desc" -b "$batch" -t "$seq" -x 30 -v 1000 -m 2 \
@@ -102,13 +154,14 @@ gpt() {
 # torch_gpt NAME MODE LIMIT: ../shared/baselines/gpt2.py at NAME's shape, one mode per process (a compile that
 # runs out of time loses no other number).
 torch_gpt() {
-  local name=$1 mode=$2 limit=$3 config layers width heads batch desc
-  read -r config layers width heads batch desc <<<"${plan[$name]}"
+  local name=$1 mode=$2 limit=$3 config layers width heads batch desc shape
+  gpt_plan "$name"
   stage "${mode}_$name" "$limit" "${peer[@]}" python3 "$baselines/gpt2.py" --layers "$layers" --width "$width" \
-    --heads "$heads" --batch "${dry_batch:-$batch}" --seq "$seq" --steps 20 --modes "$mode" \
+    --heads "$heads" --batch "$batch" --seq "$seq" --steps 20 --modes "$mode" \
     --json "$out/${mode}_$name.json"
 }
 
+declare -A timm_model=([deit_b]=deit_base_patch16_224 [deit_s]=deit_small_patch16_224)
 # deit NAME TIMM_MODEL CONFIG: Loom, timm eager and timm compiled at batch 128.
 deit() {
   local name=$1 model=$2 config=$3 batch=${dry_batch:-128}
@@ -127,14 +180,48 @@ attention() {
   stage attention_sdpa 120 "${peer[@]}" python3 "$baselines/attention.py" "${grid[@]}" --json "$out/attention_sdpa.json"
 }
 
+# breakdown NAME CONFIG PEER_LABEL LOOM_ARGS... -- PEER_SCRIPT PEER_ARGS...: one step after 3 warm-ups of each
+# under its profiler; the kernel lists go to ncu_NAME.json and torchprof_NAME.json (bench/zoo_breakdown.py).
+breakdown() {
+  local name=$1 config=$2 label=$3 loom_args=() peer_args
+  shift 3
+  while [ "$1" != -- ]; do loom_args+=("$1") && shift; done
+  shift
+  peer_args=("$@")
+  stage "ncu_$name" 240 "${peer[@]}" python3 "$repo/bench/zoo_breakdown.py" ncu --ncu "$ncu_bin" \
+    --csv "$work/ncu_$name.csv" --json "$out/ncu_$name.json" -- "$bench" --config "$config" --warmup 3 \
+    --profile-step "${loom_args[@]}"
+  stage "torchprof_$name" 300 "${peer[@]}" python3 "$repo/bench/zoo_breakdown.py" torch --label "$label" \
+    --trace "$work/torchprof_$name.trace.json" --json "$out/torchprof_$name.json" --warmup 3 -- "${peer_args[@]}"
+}
+
+# breakdown_group GROUP: the breakdown of a ZOO group (GPT sizes against torch.compile, DeiT against timm eager).
+breakdown_group() {
+  local group=$1 config layers width heads batch desc shape
+  case $group in
+    deit_b | deit_s)
+      batch=${dry_batch:-128}
+      breakdown "$group" "configs/$group.yaml" "timm eager" --batch "$batch" "${tiny_vit[@]}" -- \
+        "$baselines/deit.py" --model "${timm_model[$group]}" --batch "$batch" --steps 1 --modes eager ;;
+    attention | eager) ;;
+    *)
+      gpt_plan "$group"
+      breakdown "$group" "$config" torch.compile --batch "$batch" --seq "$seq" "${shape[@]}" -- \
+        "$baselines/gpt2.py" --layers "$layers" --width "$width" --heads "$heads" --batch "$batch" --seq "$seq" \
+        --steps 1 --modes compile ;;
+  esac
+}
+
 for group in $zoo; do
   case $group in
-    deit_b) deit deit_b deit_base_patch16_224 configs/deit_b.yaml ;;
-    deit_s) deit deit_s deit_small_patch16_224 configs/deit_s.yaml ;;
+    deit_b | deit_s) deit "$group" "${timm_model[$group]}" "configs/$group.yaml" ;;
     attention) attention ;;
     eager) for name in "${gpt_names[@]}"; do [ "$name" = gpt124m ] || torch_gpt "$name" eager 90; done ;;
     *) gpt "$group" ;;
   esac
 done
-python3 "$repo/bench/zoo_compare.py" "$out" | tee "$out/zoo.md"
+if [ "$breakdown" = 1 ]; then
+  for group in $zoo; do breakdown_group "$group"; done
+fi
+python3 "$repo/bench/zoo_compare.py" --breakdown-json "$out/breakdown.json" "$out" | tee "$out/zoo.md"
 echo "zoo: $(elapsed) s"

@@ -4,10 +4,12 @@ and SDPA, all measured in one device call by bench/zoo.sh.
 
 usage: zoo_compare.py --plan      the GPT shapes zoo.sh runs, one per line:
                                   NAME CONFIG LAYERS WIDTH HEADS BATCH LLMC_DESCRIPTOR ("-": llm.c lacks the shape)
-       zoo_compare.py OUT_DIR...  the Markdown table of what OUT_DIR holds (card.txt, stages.txt, loom_*.json,
-                                  llmc_*.log, compile_*.json, eager_*.json, attention_*.json, *.mem); given the
-                                  OUT_DIRs of several calls (ZOO split over them), one table of them all, each run
-                                  taken from the call that ran it
+       zoo_compare.py [--breakdown-json FILE] OUT_DIR...
+                                  the Markdown table of what OUT_DIR holds (card.txt, stages.txt, loom_*.json,
+                                  llmc_*.log, compile_*.json, eager_*.json, attention_*.json, *.mem, variants.txt,
+                                  ncu_*.json, torchprof_*.json); given the OUT_DIRs of several calls (ZOO split over
+                                  them), one table of them all, each run taken from the call that ran it; then the
+                                  kernel-time breakdown per model (bench/zoo_breakdown.py), also written to FILE
 
 Throughput: Loom is the median of its timed steps (loom_train_bench); llm.c the median step time of its last 10
 steps (its printed tok/s is a moving average that still carries the slow first steps of a short run); the
@@ -16,11 +18,13 @@ allocators' peaks (ratio "Loom/compile"); llm.c reports none of its own beyond i
 compared by the card's used memory sampled with nvidia-smi while each ran (*.mem; context included for both).
 A run that is missing shows as "not run (why)", never as a number.
 """
+import json
 import os
 import re
 import statistics
 import sys
 
+import zoo_breakdown
 from stage_outputs import load_json, read, stage_results
 
 T = 1024
@@ -47,9 +51,16 @@ class Session:
             "\n".join(f"call {i + 1}: {' · '.join(c.splitlines())}" for i, c in enumerate(cards))
         self.dry = "dry run" in self.card
         self.stages, self.dir, self.last = {}, {}, outs[-1]
+        self.variants, self.breakdown_skipped = {}, []  # VARIANTS: name -> overrides; why a call had no breakdown
         for out in outs:
             for name, result in stage_results(out).items():
                 self.stages[name], self.dir[name] = result, out
+            for line in read(os.path.join(out, "variants.txt"), "").splitlines():
+                name, _, overrides = line.partition(" ")
+                self.variants[name] = overrides
+            skipped = read(os.path.join(out, "breakdown_skipped.txt"))
+            if skipped:
+                self.breakdown_skipped.append(skipped.strip())
 
     def path(self, name):
         """NAME (STAGE.json, STAGE.log, STAGE.mem) in the OUT_DIR of the call that ran STAGE."""
@@ -126,8 +137,9 @@ def memory_verdict(r):
 
 def gpt_table(s):
     print("| model | B | Loom tok/s | llm.c | torch.compile | eager | Loom/llm.c (≥1.0) | Loom/compile (≥1.10) | "
-          "Loom/eager | mem Loom/compile (≤1.1) | mem Loom/llm.c, nvidia-smi (≤1.1) | Loom MFU (hand count, ≤1 %) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "Loom/eager | mem Loom/compile (≤1.1) | mem Loom/llm.c, nvidia-smi (≤1.1) | Loom MFU (hand count, ≤1 %) |"
+          + "".join(f" Loom {v}: tok/s (×Loom), peak GiB (×Loom) |" for v in s.variants))
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(s.variants))
     details, peak = [], s.peak_flops()
     for name, label, _, layers, width, heads, batch, desc in GPT:
         loom = s.result(f"loom_{name}", "json")
@@ -152,13 +164,54 @@ def gpt_table(s):
               f"{verdict(ratio(lt, comp and comp['tok_per_s']), BAR_COMPILE)} | "
               f"{verdict(ratio(lt, eager and eager['tok_per_s']), None)} | "
               f"{memory_verdict(ratio(loom and loom['peak_gib'], comp and comp['peak_gib']))} | "
-              f"{memory_verdict(ratio(smi_loom, smi_llmc))} | {mfu} |")
+              f"{memory_verdict(ratio(smi_loom, smi_llmc))} | {mfu} |"
+              + "".join(f" {variant_cell(s, v, name, loom)} |" for v in s.variants))
         gib = lambda x: "—" if x is None else f"{x:.1f}"
         if loom or llmc or comp or eager:
             details.append(f"- {label}: Loom {gib(loom and loom['peak_gib'])} GiB (smi {gib(smi_loom)}), "
                            f"llm.c {gib(llmc and llmc['peak_gib'])} GiB at start (smi {gib(smi_llmc)}), "
                            f"compile {gib(comp and comp['peak_gib'])}, eager {gib(eager and eager['peak_gib'])} GiB")
     return details
+
+
+def variant_cell(s, variant, name, loom):
+    """A VARIANTS run of Loom: tok/s and allocator peak, each with its ratio to the default Loom run."""
+    stage = f"loom_{variant}_{name}"
+    run = s.result(stage, "json")
+    if not run:
+        return s.why_missing(stage)
+    times = lambda r: "" if r is None else f" ({r:.2f}×)"
+    return (f"{number(run['tok_per_s'])}{times(ratio(run['tok_per_s'], loom and loom['tok_per_s']))}, "
+            f"{run['peak_gib']:.1f}{times(ratio(run['peak_gib'], loom and loom['peak_gib']))}")
+
+
+def breakdown_section(s):
+    """Per model with a breakdown stage in OUT_DIR: one step's kernel time by class, Loom beside its peer. Returns
+    {model: {"loom": summary, "peer": summary, "peer_label"}} of the models with both sides."""
+    models = [(name, label, "torch.compile") for name, label, *_ in GPT] + \
+        [(name, label, "timm eager") for name, label, *_ in DEIT]  # the peers zoo.sh profiles
+    ran = [m for m in models if f"ncu_{m[0]}" in s.stages or f"torchprof_{m[0]}" in s.stages]
+    if not ran and not s.breakdown_skipped:
+        return {}
+    print("\n## Kernel time of one training step by class\n\nLoom: Nsight Compute (gpu__time_duration, no clock or "
+          "cache control, one step after 3 warm-ups); peer: torch.profiler (its unchanged script, one step after its "
+          "3 warm-ups). Ratios are Loom's time over the peer's (above 1: Loom spends longer). Classes: "
+          "bench/zoo_breakdown.py.")
+    for line in s.breakdown_skipped:
+        print(f"\n{line}")
+    result = {}
+    for name, label, peer_label in ran:
+        loom, peer = s.result(f"ncu_{name}", "json"), s.result(f"torchprof_{name}", "json")
+        print(f"\n### {label}: Loom vs {peer_label}\n")
+        if not loom or not peer:
+            missing = [f"{side}: {s.why_missing(stage)}" for side, run, stage in
+                       (("Loom", loom, f"ncu_{name}"), ("peer", peer, f"torchprof_{name}")) if not run]
+            print("; ".join(missing))
+            continue
+        print("\n".join(zoo_breakdown.table(loom["kernels"], peer["kernels"], "Loom", peer_label)))
+        result[name] = {"loom": zoo_breakdown.summarise(loom["kernels"]), "peer_label": peer_label,
+                        "peer": zoo_breakdown.summarise(peer["kernels"])}
+    return result
 
 
 def deit_table(s):
@@ -207,24 +260,33 @@ def main():
         for name, _, config, layers, width, heads, batch, desc in GPT:
             print(name, config, layers, width, heads, batch, desc)
         return
-    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
-        sys.exit("usage: zoo_compare.py --plan | OUT_DIR...")
-    for out in sys.argv[1:]:
+    args, breakdown_json = sys.argv[1:], None
+    if args[:1] == ["--breakdown-json"] and len(args) >= 2:
+        breakdown_json, args = args[1], args[2:]
+    if not args or args[0].startswith("-"):
+        sys.exit("usage: zoo_compare.py --plan | [--breakdown-json FILE] OUT_DIR...")
+    for out in args:
         if not os.path.isfile(os.path.join(out, "stages.txt")):
             sys.exit(f"zoo_compare.py: {out} has no stages.txt (not an OUT_DIR of bench/zoo.sh)")
-    s = Session(sys.argv[1:])
-    if len(sys.argv) == 2:
+    s = Session(args)
+    if len(args) == 1:
         print(f"# Model zoo, one call: {' · '.join(s.card.splitlines())}\n")
     else:
-        print(f"# Model zoo, {len(sys.argv) - 1} calls on one machine kind (each row's runs from one call, eager "
+        print(f"# Model zoo, {len(args)} calls on one machine kind (each row's runs from one call, eager "
               f"from the call that ran it)\n\n" + s.card.replace("\n", "  \n") + "\n")
     print(f"T = {T}. Ratios are Loom over the peer (higher is faster; memory: lower is smaller).\n")
     details = gpt_table(s)
     deit_table(s)
     attention_table(s)
+    if s.variants:
+        print("\nVariants (Loom with these overrides): " + "; ".join(f"{v}: {o}" for v, o in s.variants.items()))
     if details:
         print("\nPeak memory (allocator peaks; smi: the card's used memory while the run ran, context included):")
         print("\n".join(details))
+    breakdown = breakdown_section(s)
+    if breakdown_json:
+        with open(breakdown_json, "w") as f:
+            json.dump(breakdown, f, indent=1)
     if s.stages:
         print("\nStages (rc, seconds):", ", ".join(f"{k} {rc} {sec:.0f}" for k, (rc, sec) in s.stages.items()))
 

@@ -5,6 +5,10 @@
 // median of --steps after --warmup. Peak memory: the most bytes the device allocator handed out at once.
 //
 //   loom_train_bench --config configs/gpt2_124m.yaml --batch 16 --seq 1024 [--steps 20] [--json out.json]
+//
+// --profile-step runs the --warmup steps and then exactly one more inside cudaProfilerStart/Stop, and times
+// nothing: under `ncu --profile-from-start off` only that step's kernels are profiled (bench/zoo_breakdown.py).
+// Profiling is a separate invocation so the timed numbers never carry a profiler's cost.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -20,6 +24,12 @@
 #include "trainer/optimizer.h"
 #include "trainer/run.h"
 #include "trainer/models/vit.h"
+
+#if LOOM_HAVE_CUDA_BACKEND
+#include <cuda_profiler_api.h>
+
+#include "kernels/cuda/cuda_check.h"
+#endif
 
 namespace {
 using namespace loom;
@@ -49,19 +59,38 @@ Batch synthetic_batch(const config::RunConfig& cfg, Model& model, int64_t batch,
   return b;
 }
 
+// Opens (start) or closes (!start) the CUDA profiler's capture range around the profiled step.
+void profiler_range(bool start) {
+#if LOOM_HAVE_CUDA_BACKEND
+  if (start) {
+    CUDA_CHECK(cudaProfilerStart());
+  } else {
+    CUDA_CHECK(cudaProfilerStop());
+  }
+#else
+  (void)start;
+  fail("--profile-step needs a build with the CUDA backend (this one was built without CUDA)");
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"loom_train_bench: training-step throughput on synthetic data"};
   std::string config_path, json_path;
   int64_t batch = 16, seq = 1024, steps = 20, warmup = 3;
+  bool profile_step = false;
   std::vector<std::string> overrides;
   app.add_option("--config", config_path, "model config (YAML)")->required();
   app.add_option("--batch", batch, "sequences or images per step");
   app.add_option("--seq", seq, "sequence length (GPT)");
   app.add_option("--steps", steps, "timed steps");
   app.add_option("--warmup", warmup, "untimed steps first");
-  app.add_option("--json", json_path, "write the numbers here");
+  auto* json_option = app.add_option("--json", json_path, "write the numbers here");
+  app.add_flag("--profile-step", profile_step,
+               "after --warmup steps, run one step inside cudaProfilerStart/Stop (for ncu "
+               "--profile-from-start off) and time nothing")
+      ->excludes(json_option);
   app.add_option("overrides", overrides, "key.sub=value config overrides");
   CLI11_PARSE(app, argc, argv);
   try {
@@ -73,15 +102,31 @@ int main(int argc, char** argv) {
     auto model = build_model(cfg, *backend, select_compute_dtype(device, cfg.train()));
     AdamW optimizer(model->params(), cfg.optim(), *backend);
     const Batch b = synthetic_batch(cfg, *model, batch, seq, device);
+    auto train_step = [&](int64_t step) {
+      backend->zero(model->params().grads());
+      const double step_loss = model->forward_backward(b, 1.0);
+      const double norm = std::sqrt(backend->sum_squares({model->params().grads()}));
+      optimizer.step(cfg.optim().lr(), step, norm);
+      return step_loss;
+    };
+    if (profile_step) {
+      if (device.is_cpu()) fail("--profile-step needs train.device=cuda (it brackets CUDA kernels for ncu)");
+      for (int64_t i = 0; i < warmup; ++i) train_step(i + 1);
+      backend->synchronize();
+      profiler_range(true);
+      const double loss = train_step(warmup + 1);
+      backend->synchronize();
+      profiler_range(false);
+      std::cout << "profiled step " << warmup + 1 << " of " << config_path << " on " << backend->name()
+                << " (after " << warmup << " warm-up steps): loss " << loss << std::endl;
+      return 0;
+    }
     std::vector<double> ms;
     double loss = 0;
     for (int64_t i = 0; i < warmup + steps; ++i) {
       backend->synchronize();
       const auto t0 = std::chrono::steady_clock::now();
-      backend->zero(model->params().grads());
-      loss = model->forward_backward(b, 1.0);
-      const double norm = std::sqrt(backend->sum_squares({model->params().grads()}));
-      optimizer.step(cfg.optim().lr(), i + 1, norm);
+      loss = train_step(i + 1);
       backend->synchronize();
       if (i >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     }
