@@ -16,7 +16,7 @@ void launch_backward(const AttentionShape& s, const Params<T>& p, cudaStream_t s
   if (p.dq_accum) CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, rows * s.qk_dim * sizeof(float), stream));
   {
     using Tile = BwdTile<DQK, DV>;
-    auto kernel = flash_bwd_kernel<T, DQK, DV>;
+    auto kernel = p.dq_accum ? flash_bwd_kernel<T, DQK, DV, true> : flash_bwd_kernel<T, DQK, DV, false>;
     set_smem(kernel, Tile::kSmemBytes);
     const dim3 grid((s.seq + Tile::kBc - 1) / Tile::kBc, s.heads, s.batch);
     kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);

@@ -10,7 +10,7 @@
 // when causal), keeping dK and dV for its keys in registers. Per query block: S = Q Kᵀ and dP = dO Vᵀ, then
 // P and dS go to shared memory, from where the tensor cores read them transposed for dV += Pᵀ dO,
 // dK += dSᵀ Q and (as is) for dQ_i += dS K; dQ is added into a float32 accumulator with atomics (or skipped:
-// deterministic mode). All five products are wgmma (sm_90a) on 128B-swizzled shared-memory tiles. Q and dO of
+// deterministic mode). dQ's product is issued first, so its atomics run while dV and dK are on the tensor cores. All five products are wgmma (sm_90a) on 128B-swizzled shared-memory tiles. Q and dO of
 // the next query block load with cp.async (lse and D with plain loads) while the current one is used.
 //
 // flash_bwd_dq_kernel (deterministic mode): a block owns kBr query rows (two warpgroups, as in the forward) and
@@ -96,7 +96,9 @@ __device__ __forceinline__ void load_q_block(const Params<T>& p, T* sQ, T* sdO, 
   }
 }
 
-template <typename T, int DQK, int DV>
+// kAtomicDq: dQ is added into p.dq_accum here (else flash_bwd_dq_kernel computes it). A template argument, not
+// a runtime test: ptxas serialises every wgmma of a kernel whose wgmma groups differ between paths.
+template <typename T, int DQK, int DV, bool kAtomicDq>
 __global__ void __launch_bounds__(BwdTile<DQK, DV>::kThreads, 1) flash_bwd_kernel(const Params<T> p) {
   using Tile = BwdTile<DQK, DV>;
   constexpr int kBr = Tile::kBr, kBc = Tile::kBc, kThreads = Tile::kThreads, kN1 = Tile::kN1, kDqN = Tile::kDqN;
@@ -206,6 +208,23 @@ __global__ void __launch_bounds__(BwdTile<DQK, DV>::kThreads, 1) flash_bwd_kerne
     fence_proxy_async();
     __syncthreads();  // P and dS complete and visible to the tensor cores
 
+    // dQ += dS K on query rows dq_q, head-dim columns dq_d .. dq_d + kDqN: A = dS K-major (key atoms kBr·128
+    // bytes apart), B = K read MN-major from column dq_d (atom dq_d/64, byte 2·(dq_d%64) of each row);
+    // k-step = 16 keys. Issued first, so that its atomics into the f32 accumulator run while dV and dK (issued
+    // next, committed as a later group) are still on the tensor cores.
+    float acc[kDqN / 2];
+    if constexpr (kAtomicDq) {
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBc / 16; ++kk) {
+        const uint32_t a_off = (kk / 4) * kBr * 128 + dq_q * 128 + (kk % 4) * 32;
+        const uint32_t b_off = (dq_d / 64) * kBc * 128 + (dq_d % 64) * 2 + kk * 2048;
+        wgmma_ss<T, kDqN, 0, 1>(acc, smem_desc(adS + a_off, 16, 1024), smem_desc(aK + b_off, kBc * 128, 1024),
+                                kk > 0);
+      }
+      wgmma_commit();
+    }
+
     // dV += Pᵀ dO and dK += dSᵀ Q on keys 64·wg: A = Pᵀ / dSᵀ read MN-major from the [query][key] tiles (key
     // atom wg), B = dO / Q read MN-major (head-dim atoms kBr·128 bytes apart); k-step = 16 query rows.
     pin(dv);
@@ -219,21 +238,8 @@ __global__ void __launch_bounds__(BwdTile<DQK, DV>::kThreads, 1) flash_bwd_kerne
     }
     wgmma_commit();
 
-    if (p.dq_accum != nullptr) {
-      // dQ += dS K on query rows dq_q, head-dim columns dq_d .. dq_d + kDqN: A = dS K-major (key atoms kBr·128
-      // bytes apart), B = K read MN-major from column dq_d (atom dq_d/64, byte 2·(dq_d%64) of each row);
-      // k-step = 16 keys. Added into the f32 accumulator with atomics.
-      float acc[kDqN / 2];
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBc / 16; ++kk) {
-        const uint32_t a_off = (kk / 4) * kBr * 128 + dq_q * 128 + (kk % 4) * 32;
-        const uint32_t b_off = (dq_d / 64) * kBc * 128 + (dq_d % 64) * 2 + kk * 2048;
-        wgmma_ss<T, kDqN, 0, 1>(acc, smem_desc(adS + a_off, 16, 1024), smem_desc(aK + b_off, kBc * 128, 1024),
-                                kk > 0);
-      }
-      wgmma_commit();
-      wgmma_wait_all();
+    if constexpr (kAtomicDq) {
+      wgmma_wait<1>();  // dQ has landed; dV and dK may still run
       pin(acc);
 #pragma unroll
       for (int r = 0; r < 2; ++r) {

@@ -15,8 +15,10 @@
 // DQK and DV are the tile widths of the q/k and v head dims (32, 64 or 128, each at least its head dim), so a
 // pruned head does only the tensor-core work of its own widths rounded up to 32 or 64.
 // wgmma (asynchronous warpgroup MMA) reads its shared-memory operands directly: no ldmatrix, no B fragments in
-// registers (the mma.sync version of this kernel ran 10-15% slower on H100). K/V tiles stream through shared
-// memory with cp.async, double buffered (tile j+1 loads while tile j is used). Causal blocks stop at the
+// registers (the mma.sync version of this kernel ran 10-15% slower on H100). As in FlashAttention-3, the two
+// products are pipelined within each warpgroup: S_j = Q K_jᵀ and O += P_{j-1} V_{j-1} are issued together, and
+// the softmax of S_j (exponentials on the special-function units) runs while the second is still on the tensor
+// cores. K/V tiles stream through shared memory with cp.async, double buffered. Causal blocks stop at the
 // diagonal and are launched heaviest first.
 //
 // Shared-memory tiles use the atom layout of flash_attention_wgmma.cuh.
@@ -28,7 +30,8 @@ namespace loom::cuda::flash {
 template <int DQK, int DV>
 struct FwdTile {
   // Measured on H100 (DQK = DV = D): at D = 128, two warpgroups (128 query rows) and key blocks of 128 (3-7%
-  // faster than 64; one warpgroup was 30% slower); at D = 64, one warpgroup (64 rows: more blocks per SM, 3-5%
+  // faster than 64; one warpgroup was 30% slower; with the pipelined loop, one warpgroup with key blocks of 64 at
+  // two blocks per SM was 5% slower); at D = 64, one warpgroup (64 rows: more blocks per SM, 3-5%
   // faster than two) and key blocks of 64 (128 was 15% slower). Other pairs take the choice of the wider one.
   static constexpr int kD = DQK > DV ? DQK : DV;
   static constexpr int kWarps = kD == 128 ? 8 : 4, kThreads = kWarps * 32, kBr = kWarps * 16;
@@ -36,6 +39,58 @@ struct FwdTile {
   static constexpr int kQkCols = atom_cols(DQK), kVCols = atom_cols(DV);  // see atom_cols
   static constexpr int kSmemBytes = (kBr * kQkCols + 2 * kBc * kQkCols + 2 * kBc * kVCols) * 2;  // Q, 2 stages of K, V
 };
+
+// One key block's online-softmax step on this thread's rows row0 and row0 + 8 (accumulator
+// s[4n + 2r + c] = S[row0 + 8r][k0 + 8n + 2t4 + c]): masks keys past T (and, causal, past the row), raises the
+// running max mx, sets alpha = 2^(old max - new max) (the factor O and l are rescaled by), turns s into the
+// unnormalised probabilities 2^(s·scale_log2 - max) and adds their row sums to l (after rescaling it).
+template <int kBc, typename T>
+__device__ __forceinline__ void online_softmax(float (&s)[kBc / 2], float (&mx)[2], float (&l)[2], float (&alpha)[2],
+                                               const Params<T>& p, int k0, int wq0, int row0, int t4) {
+  const bool need_mask = k0 + kBc > p.seq || (p.causal && k0 + kBc - 1 > wq0);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + 8 * r;
+    float rmax = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < kBc / 8; ++n)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        if (need_mask) {
+          const int key = k0 + n * 8 + 2 * t4 + c;
+          if (key >= p.seq || (p.causal && key > row)) s[4 * n + 2 * r + c] = -INFINITY;
+        }
+        rmax = fmaxf(rmax, s[4 * n + 2 * r + c]);
+      }
+    const float new_max = fmaxf(mx[r], quad_max(rmax) * p.scale_log2);
+    const float base = new_max == -INFINITY ? 0.f : new_max;  // a row with nothing visible yet stays zero
+    alpha[r] = fast_exp2(mx[r] - base);
+    mx[r] = new_max;
+    float sum = 0.f;
+#pragma unroll
+    for (int n = 0; n < kBc / 8; ++n)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        float& v = s[4 * n + 2 * r + c];
+        v = fast_exp2(fmaf(v, p.scale_log2, -base));
+        sum += v;
+      }
+    l[r] = l[r] * alpha[r] + sum;
+  }
+}
+
+// P (the probabilities of a key block, accumulator layout) as the register A operand of O += P V: accumulator
+// tiles 2kk and 2kk+1 are k-step kk's A fragment.
+template <int kBc, typename T>
+__device__ __forceinline__ void pack_probabilities(uint32_t (&pa)[kBc / 16][4], const float (&s)[kBc / 2]) {
+#pragma unroll
+  for (int kk = 0; kk < kBc / 16; ++kk) {
+    pa[kk][0] = Pack16<T>::pack(s[8 * kk], s[8 * kk + 1]);
+    pa[kk][1] = Pack16<T>::pack(s[8 * kk + 2], s[8 * kk + 3]);
+    pa[kk][2] = Pack16<T>::pack(s[8 * kk + 4], s[8 * kk + 5]);
+    pa[kk][3] = Pack16<T>::pack(s[8 * kk + 6], s[8 * kk + 7]);
+  }
+}
 
 template <typename T, int DQK, int DV>
 __global__ void __launch_bounds__(FwdTile<DQK, DV>::kThreads, 1) flash_fwd_kernel(const Params<T> p) {
@@ -61,80 +116,84 @@ __global__ void __launch_bounds__(FwdTile<DQK, DV>::kThreads, 1) flash_fwd_kerne
   int n_kblocks = (T_ + kBc - 1) / kBc;
   if (p.causal) n_kblocks = min(n_kblocks, (min(q0 + kBr, T_) + kBc - 1) / kBc);
 
-  load_tile_atoms<kBr, DQK, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, qk_ok, tid);
-  load_tile_atoms<kBc, DQK, kThreads>(sK, kbase, p.qkv_stride, T_, qk_ok, tid);
-  load_tile_atoms<kBc, DV, kThreads>(sV, vbase, p.qkv_stride, T_, v_ok, tid);
-  cp_async_commit();
-
   const uint32_t q_addr = smem_addr(sQ) + wg * 64 * 128, k_addr = smem_addr(sK), v_addr = smem_addr(sV);
   constexpr uint32_t kKStage = kBc * kQkCols * 2, kVStage = kBc * kVCols * 2;  // bytes
-
-  float o[DV / 2];
-#pragma unroll
-  for (int i = 0; i < DV / 2; ++i) o[i] = 0.f;
-  float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-
-  for (int j = 0; j < n_kblocks; ++j) {
-    cp_async_wait<0>();
-    fence_proxy_async();
-    __syncthreads();  // tile j visible to all (and to the tensor cores); tile j-1's buffers are free
-    if (j + 1 < n_kblocks) {
-      const int k1 = (j + 1) * kBc, st = (j + 1) & 1;
-      load_tile_atoms<kBc, DQK, kThreads>(sK + st * kBc * kQkCols, kbase + int64_t(k1) * p.qkv_stride,
-                                          p.qkv_stride, T_ - k1, qk_ok, tid);
-      load_tile_atoms<kBc, DV, kThreads>(sV + st * kBc * kVCols, vbase + int64_t(k1) * p.qkv_stride, p.qkv_stride,
-                                         T_ - k1, v_ok, tid);
-    }
-    cp_async_commit();
-    const uint32_t k_stage = (j & 1) * kKStage, v_stage = (j & 1) * kVStage;
-    const int k0 = j * kBc;
-
-    // S = Q Kᵀ: 64 rows x kBc keys per warpgroup; k-step kk reads head-dim columns [16kk, 16kk+16), i.e. atom
-    // kk/4 at byte 32·(kk%4) of each 128-byte row.
-    float s[kBc / 2];
-    wgmma_fence();
+  // Key block j's K sits in K stage j & 1 and its V in V stage j & 1. K_{j+1} and V_j are loaded while S_j is
+  // computed: one block ahead for K, which S needs first, none for V, which P·V needs one block later.
+  auto load_k = [&](int j) {
+    load_tile_atoms<kBc, DQK, kThreads>(sK + (j & 1) * kBc * kQkCols, kbase + int64_t(j) * kBc * p.qkv_stride,
+                                        p.qkv_stride, T_ - j * kBc, qk_ok, tid);
+  };
+  auto load_v = [&](int j) {
+    load_tile_atoms<kBc, DV, kThreads>(sV + (j & 1) * kBc * kVCols, vbase + int64_t(j) * kBc * p.qkv_stride,
+                                       p.qkv_stride, T_ - j * kBc, v_ok, tid);
+  };
+  // S = Q K_jᵀ: 64 rows x kBc keys per warpgroup; k-step kk reads head-dim columns [16kk, 16kk+16), i.e. atom
+  // kk/4 at byte 32·(kk%4) of each 128-byte row. Issued and committed, not waited for.
+  auto issue_scores = [&](float (&s)[kBc / 2], int j) {
 #pragma unroll
     for (int kk = 0; kk < DQK / 16; ++kk) {
       const uint32_t dq = q_addr + (kk / 4) * kBr * 128 + (kk % 4) * 32;
-      const uint32_t dk = k_addr + k_stage + (kk / 4) * kBc * 128 + (kk % 4) * 32;
+      const uint32_t dk = k_addr + (j & 1) * kKStage + (kk / 4) * kBc * 128 + (kk % 4) * 32;
       wgmma_ss<T, kBc, 0, 0>(s, smem_desc(dq, 16, 1024), smem_desc(dk, 16, 1024), kk > 0);
     }
     wgmma_commit();
-    wgmma_wait_all();
-    pin(s);
+  };
+  // O += P V_j: k-step kk covers keys [16kk, 16kk+16) = 2048 bytes of every V atom; the head-dim atoms are
+  // kBc·128 bytes apart (the leading byte offset of this MN-major operand). Issued and committed.
+  float o[DV / 2];
+  auto issue_pv = [&](const uint32_t (&pa)[kBc / 16][4], int j) {
+#pragma unroll
+    for (int kk = 0; kk < kBc / 16; ++kk)
+      wgmma_rs<T, DV>(o, pa[kk], smem_desc(v_addr + (j & 1) * kVStage + kk * 2048, kBc * 128, 1024), 1);
+    wgmma_commit();
+  };
 
-    // Online softmax on this thread's rows row0 and row0 + 8 (accumulator s[4n + 2r + c] = S[row0 + 8r][8n+2t4+c]).
-    const bool need_mask = k0 + kBc > T_ || (p.causal && k0 + kBc - 1 > wq0);
-    float alpha[2];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = row0 + 8 * r;
-      float rmax = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < kBc / 8; ++n)
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          if (need_mask) {
-            const int key = k0 + n * 8 + 2 * t4 + c;
-            if (key >= T_ || (p.causal && key > row)) s[4 * n + 2 * r + c] = -INFINITY;
-          }
-          rmax = fmaxf(rmax, s[4 * n + 2 * r + c]);
-        }
-      const float new_max = fmaxf(mx[r], quad_max(rmax) * p.scale_log2);
-      const float base = new_max == -INFINITY ? 0.f : new_max;  // a row with nothing visible yet stays zero
-      alpha[r] = fast_exp2(mx[r] - base);
-      mx[r] = new_max;
-      float sum = 0.f;
-#pragma unroll
-      for (int n = 0; n < kBc / 8; ++n)
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          float& v = s[4 * n + 2 * r + c];
-          v = fast_exp2(fmaf(v, p.scale_log2, -base));
-          sum += v;
-        }
-      l[r] = l[r] * alpha[r] + sum;
-    }
+  for (int i = 0; i < DV / 2; ++i) o[i] = 0.f;
+  float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+  float s[kBc / 2];
+  uint32_t pa[kBc / 16][4];
+
+  // Prologue: Q and K_0, then S_0 and its softmax while K_1 and V_0 load.
+  load_tile_atoms<kBr, DQK, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, qk_ok, tid);
+  load_k(0);
+  cp_async_commit();
+  cp_async_wait<0>();
+  fence_proxy_async();
+  __syncthreads();
+  if (n_kblocks > 1) load_k(1);
+  load_v(0);
+  cp_async_commit();
+  wgmma_fence();
+  issue_scores(s, 0);
+  wgmma_wait_all();
+  pin(s);
+  online_softmax<kBc>(s, mx, l, alpha, p, 0, wq0, row0, t4);
+  pack_probabilities<kBc, T>(pa, s);
+
+  // Steady state (FlashAttention-3's pipelining within a warpgroup): S_j = Q K_jᵀ and O += P_{j-1} V_{j-1} go to
+  // the tensor cores back to back; the softmax of S_j runs while P_{j-1} V_{j-1} is still in flight, and O is
+  // rescaled only once that product has landed.
+  for (int j = 1; j < n_kblocks; ++j) {
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();  // K_j and V_{j-1} visible to all (and to the tensor cores); S_{j-1} and P_{j-2} V_{j-2}
+                      // are done in every warpgroup, so K stage (j+1) & 1 and V stage j & 1 are free
+    if (j + 1 < n_kblocks) load_k(j + 1);
+    load_v(j);
+    cp_async_commit();
+    pin(o);
+    pin(pa);
+    wgmma_fence();
+    issue_scores(s, j);
+    issue_pv(pa, j - 1);
+    wgmma_wait<1>();  // S_j has landed; P_{j-1} V_{j-1} may still run
+    pin(s);
+    online_softmax<kBc>(s, mx, l, alpha, p, j * kBc, wq0, row0, t4);
+    wgmma_wait<0>();
+    pin(o);
+    pin(pa);
 #pragma unroll
     for (int n = 0; n < DV / 8; ++n) {
       o[4 * n] *= alpha[0];
@@ -142,28 +201,17 @@ __global__ void __launch_bounds__(FwdTile<DQK, DV>::kThreads, 1) flash_fwd_kerne
       o[4 * n + 2] *= alpha[1];
       o[4 * n + 3] *= alpha[1];
     }
-
-    // O += P V: k-step kk covers keys [16kk, 16kk+16) = 2048 bytes of every V atom; the head-dim atoms are
-    // kBc·128 bytes apart (the leading byte offset of this MN-major operand).
-    uint32_t pa[kBc / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < kBc / 16; ++kk) {
-      pa[kk][0] = Pack16<T>::pack(s[8 * kk], s[8 * kk + 1]);
-      pa[kk][1] = Pack16<T>::pack(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = Pack16<T>::pack(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = Pack16<T>::pack(s[8 * kk + 6], s[8 * kk + 7]);
-    }
-    pin(o);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBc / 16; ++kk)
-      wgmma_rs<T, DV>(o, pa[kk], smem_desc(v_addr + v_stage + kk * 2048, kBc * 128, 1024), 1);
-    wgmma_commit();
-    wgmma_wait_all();
-    pin(o);
-    pin(pa);
+    pack_probabilities<kBc, T>(pa, s);
   }
   cp_async_wait<0>();
+  fence_proxy_async();
+  __syncthreads();  // V_{n-1} visible
+  pin(o);
+  pin(pa);
+  wgmma_fence();
+  issue_pv(pa, n_kblocks - 1);
+  wgmma_wait_all();
+  pin(o);
 
   // Epilogue: normalise, store out rows < T and lse.
 #pragma unroll
