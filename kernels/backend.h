@@ -94,7 +94,8 @@ class Backend {
 
   // ---- memory and elementwise ----
   virtual void zero(Tensor& x) = 0;
-  // out = a + b (same shapes; out may alias a or b).
+  // out = a + b (same shapes; out may alias a, or b when it has a's dtype). b is a compute tensor; a and out may be
+  // an f32 residual stream beside a bf16/f16 b (CUDA; train.residual_dtype f32), else they have b's dtype.
   virtual void add(Tensor& out, const Tensor& a, const Tensor& b) = 0;
   // dst += src.
   virtual void accumulate(Tensor& dst, const Tensor& src) = 0;
@@ -127,6 +128,8 @@ class Backend {
   //   mean = Σx / channels,  var = (Σ(x - mean)² - (C - channels)·mean²) / channels
   // are the statistics of the active channels alone (their w and b, zero on masked channels, make the output
   // zero there). Requires 1 <= channels <= C.
+  // x (the residual stream) may be f32 beside bf16/f16 out, w and b (CUDA; train.residual_dtype f32); else all
+  // share one dtype. The backward's dx has x's dtype, dout, dw and db out's.
   virtual void layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
                                  const Tensor& b, double eps, int64_t channels = 0) = 0;
   // Accumulates into dx (the residual stream's gradient), dw and db. `channels` as in the forward (the row

@@ -27,6 +27,13 @@ void OpCheck::like(const char* name, const Tensor& t, const char* ref_name, cons
   require(t.dtype() == ref.dtype(), name, " ", t.str(), " must have the dtype of ", ref_name, " ", ref.str());
 }
 
+void OpCheck::residual(const char* name, const Tensor& t, const char* ref_name, const Tensor& ref) const {
+  on_device(name, t);
+  if (dtypes_.f32_residual && t.dtype() == DType::F32) return;
+  require(t.dtype() == ref.dtype(), name, " ", t.str(), " must have the dtype of ", ref_name, " ", ref.str(),
+          dtypes_.f32_residual ? " or be f32 (a residual stream kept in f32)" : "");
+}
+
 void OpCheck::statistic(const char* name, const Tensor& t, const char* ref_name, const Tensor& ref) const {
   if (dtypes_.stats_follow_input)
     like(name, t, ref_name, ref);
@@ -147,6 +154,15 @@ void elementwise(const OpCheck& check, std::initializer_list<std::pair<const cha
   }
 }
 
+void add(const OpCheck& check, const Tensor& out, const Tensor& a, const Tensor& b) {
+  check.compute("b", b);
+  check.residual("a", a, "b", b);
+  check.same_shape("b", b, "a", a);
+  check.on_device("out", out);
+  check.require(out.dtype() == a.dtype(), "out ", out.str(), " must have the dtype of a ", a.str());
+  check.same_shape("out", out, "a", a);
+}
+
 void convert(const OpCheck& check, const Tensor& dst, const Tensor& src) {
   check.storage("dst", dst);
   check.storage("src", src);
@@ -187,12 +203,13 @@ void copy_tokens(const OpCheck& check, const Tensor& dst, int64_t dst_start, con
 
 Rows layernorm_forward(const OpCheck& check, const Tensor& out, const Tensor& mean, const Tensor& rstd,
                        const Tensor& x, const Tensor& w, const Tensor& b, double eps, int64_t channels) {
-  check.compute("x", x);
+  check.compute("out", out);
+  check.residual("x", x, "out", out);
   Rows r = rows_of(check, "x", x);
-  elementwise(check, {{"x", &x}, {"out", &out}});
-  check.like("w", w, "x", x);
+  check.same_shape("out", out, "x", x);
+  check.like("w", w, "out", out);
   check.shape("w", w, {r.C});
-  optional_vector(check, "b", b, x, r.C);
+  optional_vector(check, "b", b, out, r.C);
   check.statistic("mean", mean, "x", x);
   check.statistic("rstd", rstd, "x", x);
   check.require(mean.numel() == r.N && rstd.numel() == r.N, "mean ", mean.str(), " and rstd ", rstd.str(),
@@ -205,14 +222,18 @@ Rows layernorm_forward(const OpCheck& check, const Tensor& out, const Tensor& me
 Rows layernorm_backward(const OpCheck& check, const Tensor& dx, const Tensor& dw, const Tensor& db,
                         const Tensor& dout, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
                         int64_t channels) {
-  check.compute("x", x);
+  check.compute("dout", dout);
+  check.residual("x", x, "dout", dout);
   Rows r = rows_of(check, "x", x);
-  elementwise(check, {{"x", &x}, {"dx", &dx}, {"dout", &dout}});
+  check.same_shape("dout", dout, "x", x);
+  check.on_device("dx", dx);
+  check.require(dx.dtype() == x.dtype(), "dx ", dx.str(), " must have the dtype of x ", x.str());
+  check.same_shape("dx", dx, "x", x);
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"w", &w}, {"dw", &dw}}) {
-    check.like(name, *t, "x", x);
+    check.like(name, *t, "dout", dout);
     check.shape(name, *t, {r.C});
   }
-  optional_vector(check, "db", db, x, r.C);
+  optional_vector(check, "db", db, dout, r.C);
   check.statistic("mean", mean, "x", x);
   check.statistic("rstd", rstd, "x", x);
   check.require(mean.numel() == r.N && rstd.numel() == r.N, "mean ", mean.str(), " and rstd ", rstd.str(),

@@ -28,6 +28,9 @@ struct BackendDtypes {
   std::vector<DType> master;     // AdamW parameters and moments (CPU: f32, f64; CUDA: f32)
   bool stats_follow_input;       // LayerNorm mean/rstd: the input's dtype (CPU) or f32 (CUDA)
   bool ids_checked_on_host;      // token ids and targets range-checked before the op (CPU) or on the device
+  // The residual stream (add's out and a; LayerNorm's x and dx) may be f32 beside bf16/f16 compute tensors
+  // (train.residual_dtype f32: CUDA), or always has the compute tensors' dtype (CPU).
+  bool f32_residual;
 };
 
 // The checks one op call makes; every failure names the op, the device and the tensor.
@@ -55,6 +58,8 @@ class OpCheck {
   void ints(const char* name, const Tensor& t) const { one_of(name, t, {DType::I32}); }
   // A compute tensor with the dtype of `ref`.
   void like(const char* name, const Tensor& t, const char* ref_name, const Tensor& ref) const;
+  // A residual-stream tensor beside the compute tensor `ref`: ref's dtype, or f32 where BackendDtypes allows it.
+  void residual(const char* name, const Tensor& t, const char* ref_name, const Tensor& ref) const;
   // A per-row statistic of `ref` (LayerNorm mean/rstd): ref's dtype or f32, as BackendDtypes says.
   void statistic(const char* name, const Tensor& t, const char* ref_name, const Tensor& ref) const;
   void shape(const char* name, const Tensor& t, const Shape& expected) const;
@@ -84,6 +89,8 @@ struct Linear {  // x [N, I], w [O, I]
 };
 
 void elementwise(const OpCheck& check, std::initializer_list<std::pair<const char*, const Tensor*>> tensors);
+// out = a + b: b a compute tensor, a a residual-stream tensor beside it (OpCheck::residual), out like a; one shape.
+void add(const OpCheck& check, const Tensor& out, const Tensor& a, const Tensor& b);
 void convert(const OpCheck& check, const Tensor& dst, const Tensor& src);
 // embedding_forward (rows = out) and embedding_backward (rows = dout, table = dtable). Returns N.
 int64_t embedding(const OpCheck& check, const char* rows_name, const Tensor& rows, const Tensor& ids,
@@ -92,6 +99,8 @@ int64_t embedding(const OpCheck& check, const char* rows_name, const Tensor& row
 void add_position(const OpCheck& check, const char* x_name, const Tensor& x, const char* pos_name, const Tensor& pos);
 void copy_tokens(const OpCheck& check, const Tensor& dst, int64_t dst_start, const Tensor& src, int64_t src_start,
                  int64_t count);
+// LayerNorm: out/dout, w, b, dw, db compute tensors of one dtype; x and dx residual-stream tensors beside them
+// (OpCheck::residual); mean and rstd statistics of x.
 Rows layernorm_forward(const OpCheck& check, const Tensor& out, const Tensor& mean, const Tensor& rstd,
                        const Tensor& x, const Tensor& w, const Tensor& b, double eps, int64_t channels);
 Rows layernorm_backward(const OpCheck& check, const Tensor& dx, const Tensor& dw, const Tensor& db,

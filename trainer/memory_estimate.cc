@@ -10,8 +10,9 @@ namespace loom {
 namespace {
 
 struct Sizes {
-  int64_t compute;  // bytes of an activation / gradient element
-  int64_t stat;     // LayerNorm statistics, losses: f32 (f64 when computing in f64)
+  int64_t compute;   // bytes of an activation / gradient element
+  int64_t stat;      // LayerNorm statistics, losses: f32 (f64 when computing in f64)
+  int64_t residual;  // bytes of a residual-stream element (train.residual_dtype): compute, or 4 for f32
 };
 
 // Parameters of one block on a tensor rank of R: the LayerNorms and the row-parallel biases are replicated.
@@ -38,8 +39,10 @@ int64_t block_activations(const BlockWidths& full, int64_t C, int64_t B, int64_t
                                 : backend.attention_saved_dtype();
   const int64_t saved =
       shape_numel(backend.attention_saved_shape(as, compute)) * static_cast<int64_t>(dtype_size(saved_dtype));
-  int64_t bytes = (4 * n * C + N * (as.qkv_width() + as.out_width() + 2 * full.mlp_dim / R)) * b.compute;
-  bytes += 4 * n * b.stat + saved;
+  // ln1 and ln2 in the compute dtype and mid in the residual dtype ([n, C] each), plus one more [n, C] of compute
+  // dtype that the estimate has always counted (a margin).
+  int64_t bytes = (3 * n * C + N * (as.qkv_width() + as.out_width() + 2 * full.mlp_dim / R)) * b.compute;
+  bytes += n * C * b.residual + 4 * n * b.stat + saved;
   if (sp) bytes += 3 * N * C * b.compute;  // the gathered LayerNorm outputs and the partial sums
   return bytes;
 }
@@ -76,7 +79,9 @@ MemoryEstimate estimate_training_memory(const ModelShape& shape, const config::R
   const auto& par = cfg.parallel();
   const int64_t R = par.tensor(), D = par.data(), C = shape.d_model, L = shape.n_layer();
   const bool sp = par.sequence() && R > 1;
-  const Sizes b{static_cast<int64_t>(dtype_size(compute)), compute == DType::F64 ? 8 : 4};
+  const int64_t compute_bytes = static_cast<int64_t>(dtype_size(compute));
+  const bool f32_residual = cfg.train().residual_dtype() == "f32" && compute_bytes < 4;
+  const Sizes b{compute_bytes, compute == DType::F64 ? 8 : 4, f32_residual ? 4 : compute_bytes};
   const int64_t B = cfg.data().batch_size();
   const int64_t T = shape.is_gpt() ? cfg.data().seq_len() : shape.tokens(), N = B * T, n = sp ? N / R : N;
 
@@ -89,9 +94,14 @@ MemoryEstimate estimate_training_memory(const ModelShape& shape, const config::R
     max_att = std::max(max_att, w.attn_out_width() / R);
     max_mlp = std::max(max_mlp, w.mlp_dim / R);
   }
-  // The backward's scratch (allocate_block_scratch) and the residual gradient.
-  e.activations += (N * (2 * C + max_qkv + max_att + max_mlp) + (sp ? n * C + N * C : 0)) * b.compute;
-  e.activations += ((L + 1) * n * C + (sp ? N * C : 0)) * b.compute;  // residual stream at every block boundary
+  // The backward's scratch (allocate_block_scratch) and the residual gradient (GPT; ViT's below).
+  e.activations += (N * (C + max_qkv + max_att + max_mlp) + (sp ? n * C + N * C : 0)) * b.compute;
+  if (shape.is_gpt()) e.activations += N * C * b.residual;
+  // The residual stream at every block boundary, and the embeddings (their own buffer under SP).
+  e.activations += (L + 1) * n * C * b.residual + (sp ? N * C : 0) * b.compute;
+  // An f32 residual stream: the branches' shared compute-dtype output buffer (which also holds the embeddings)
+  // and the residual gradient converted for the GEMMs.
+  if (f32_residual) e.activations += (n * C + N * C) * b.compute;
   if (shape.is_gpt()) {
     const int64_t vocab_rows = shape.padded_vocab / R;
     e.parameters += vocab_rows * C + shape.max_seq * C + 2 * C;
@@ -103,11 +113,12 @@ MemoryEstimate estimate_training_memory(const ModelShape& shape, const config::R
     const int64_t patches = shape.patches(), P = shape.patch_dim(), heads = shape.distilled ? 2 : 1;
     e.parameters += C * P + C + shape.prefix_tokens() * C + T * C + 2 * C +
                     heads * (shape.num_classes * C + shape.num_classes);
-    // Patch embeddings, position table and its gradient, final norm, heads' inputs and logits, residual
-    // gradient, the batch's images and labels.
+    // Patch embeddings, position table and its gradient, final norm, heads' inputs and logits, the blocks'
+    // output over every token (SP), the residual gradient (SP: and its rows), the batch's images and labels.
     e.activations += (B * patches * C + 2 * T * C + N * C + shape.prefix_tokens() * B * C + 2 * B * shape.num_classes +
-                      N * C + (sp ? N * C + n * C : 0)) *
+                      (sp ? N * C + n * C : 0)) *
                      b.compute;
+    e.activations += N * C * b.residual;
     e.activations += 2 * N * b.stat + B * b.stat + B * patches * P * 4 + B * 4;
   }
   const int64_t master = 4;  // fp32 master weights and moments

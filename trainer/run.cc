@@ -64,6 +64,12 @@ DType select_compute_dtype(Device device, const config::TrainConfig& t) {
   return device.is_cpu() ? DType::F32 : requested;
 }
 
+DType select_residual_dtype(DType compute, const config::TrainConfig& t) {
+  if (t.residual_dtype() != "compute" && t.residual_dtype() != "f32")
+    fail("train.residual_dtype: expected compute or f32, got \"", t.residual_dtype(), "\"");
+  return t.residual_dtype() == "f32" ? DType::F32 : compute;
+}
+
 std::string resume_checkpoint_dir(const config::RunConfig& cfg) {
   const auto& t = cfg.train();
   if (!t.has_resume() || t.resume().empty()) return "";
@@ -118,6 +124,8 @@ std::unique_ptr<Model> build_model(const config::RunConfig& cfg, Backend& backen
                                    const TensorParallelContext* tp) {
   const auto& m = cfg.model();
   auto model = build_model_of_shape(resolve_model_shape(cfg), cfg, backend, DType::F32, compute_dtype, tp);
+  if (const DType residual = select_residual_dtype(compute_dtype, cfg.train()); residual != compute_dtype)
+    model->set_residual_dtype(residual);
   // A resumed run loads its weights from the checkpoint (Trainer::resume_from); init_from is for fresh runs.
   if (m.has_init_from() && !m.init_from().empty() && resume_checkpoint_dir(cfg).empty())
     load_initial_weights(m.init_from(), *model, tp);

@@ -21,6 +21,9 @@ Device select_device(const config::TrainConfig& train);
 // The activation/compute dtype: f32 on the CPU, train.dtype (bf16, f16 or f32) on CUDA. Throws for any other
 // train.dtype on every device.
 DType select_compute_dtype(Device device, const config::TrainConfig& train);
+// The residual stream's dtype for activations of `compute`: `compute` for train.residual_dtype "compute" (and
+// wherever compute is f32, e.g. on the CPU), f32 for "f32". Throws for any other value on every device.
+DType select_residual_dtype(DType compute, const config::TrainConfig& train);
 
 // The checkpoint directory train.resume names ("latest": the newest in train.out_dir), or "" for none.
 std::string resume_checkpoint_dir(const config::RunConfig& cfg);
@@ -45,7 +48,7 @@ void load_initial_weights(const std::string& path, Model& model, const TensorPar
 // The model of resolve_model_shape(cfg), initialised from train.seed, then (unless the run resumes) from
 // model.init_from when set (our safetensors layout, or Hugging Face GPT-2 / timm names, detected from the
 // tensor names and shapes). With a tensor-parallel context (not owned, may be null) the model holds this
-// rank's shard.
+// rank's shard. Its residual stream has select_residual_dtype(compute_dtype, cfg.train()).
 std::unique_ptr<Model> build_model(const config::RunConfig& cfg, Backend& backend, DType compute_dtype,
                                    const TensorParallelContext* tp = nullptr);
 std::unique_ptr<DataSource> build_data_source(const config::RunConfig& cfg, int rank, int world_size);

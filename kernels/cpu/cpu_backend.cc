@@ -32,7 +32,8 @@ const BackendDtypes& CpuBackend::dtypes() {
                                      {DType::F32, DType::F64},
                                      {DType::F32, DType::F64},
                                      /*stats_follow_input=*/true,
-                                     /*ids_checked_on_host=*/true};
+                                     /*ids_checked_on_host=*/true,
+                                     /*f32_residual=*/false};
   return kDtypes;
 }
 
@@ -42,7 +43,7 @@ void CpuBackend::zero(Tensor& x) {
 }
 
 void CpuBackend::add(Tensor& out, const Tensor& a, const Tensor& b) {
-  op_contract::elementwise(op_check("add"), {{"a", &a}, {"b", &b}, {"out", &out}});
+  op_contract::add(op_check("add"), out, a, b);
   dispatch(a.dtype(), [&](auto tag) {
     using T = decltype(tag);
     cpu::add(out.data<T>(), a.data<T>(), b.data<T>(), a.numel());

@@ -42,7 +42,8 @@ const BackendDtypes& CudaBackend::dtypes() {
                                      {DType::F32},
                                      {DType::F32},
                                      /*stats_follow_input=*/false,
-                                     /*ids_checked_on_host=*/false};
+                                     /*ids_checked_on_host=*/false,
+                                     /*f32_residual=*/true};
   return kDtypes;
 }
 
@@ -127,11 +128,14 @@ void CudaBackend::zero(Tensor& x) {
 }
 
 void CudaBackend::add(Tensor& out, const Tensor& a, const Tensor& b) {
-  op_contract::elementwise(op_check("add"), {{"a", &a}, {"b", &b}, {"out", &out}});
+  op_contract::add(op_check("add"), out, a, b);
   activate();
-  dispatch_float(a.dtype(), [&](auto tag) {
+  dispatch_float(b.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    cuda::add(ptr<T>(out), ptr<T>(a), ptr<T>(b), a.numel(), stream_);
+    dispatch_residual<T>(a.dtype(), [&](auto rtag) {
+      using R = decltype(rtag);
+      cuda::add(ptr<R>(out), ptr<R>(a), ptr<T>(b), a.numel(), stream_);
+    });
   });
 }
 
@@ -219,10 +223,13 @@ void CudaBackend::layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, con
       op_contract::layernorm_forward(op_check("layernorm_forward"), out, mean, rstd, x, w, b, eps, channels);
   const int64_t N = dims.N, C = dims.C, K = dims.K;
   activate();
-  dispatch_float(x.dtype(), [&](auto tag) {
+  dispatch_float(out.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    cuda::layernorm_forward(ptr<T>(out), ptr<float>(mean), ptr<float>(rstd), ptr<T>(x), ptr<T>(w), ptr<T>(b), N,
-                            C, static_cast<float>(eps), K, stream_);
+    dispatch_residual<T>(x.dtype(), [&](auto rtag) {
+      using R = decltype(rtag);
+      cuda::layernorm_forward(ptr<T>(out), ptr<float>(mean), ptr<float>(rstd), ptr<R>(x), ptr<T>(w), ptr<T>(b), N,
+                              C, static_cast<float>(eps), K, stream_);
+    });
   });
 }
 
@@ -232,10 +239,13 @@ void CudaBackend::layernorm_backward(Tensor& dx, Tensor& dw, Tensor& db, const T
                                                          mean, rstd, channels);
   const int64_t N = dims.N, C = dims.C, K = dims.K;
   activate();
-  dispatch_float(x.dtype(), [&](auto tag) {
+  dispatch_float(dout.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    cuda::layernorm_backward(ptr<T>(dx), ptr<T>(dw), ptr<T>(db), ptr<T>(dout), ptr<T>(x), ptr<T>(w),
-                             ptr<float>(mean), ptr<float>(rstd), N, C, K, stream_);
+    dispatch_residual<T>(x.dtype(), [&](auto rtag) {
+      using R = decltype(rtag);
+      cuda::layernorm_backward(ptr<R>(dx), ptr<T>(dw), ptr<T>(db), ptr<T>(dout), ptr<R>(x), ptr<T>(w),
+                               ptr<float>(mean), ptr<float>(rstd), N, C, K, stream_);
+    });
   });
 }
 

@@ -69,6 +69,17 @@ void dispatch_float(DType dtype, Fn&& fn) {
   }
 }
 
+// Calls fn(R{}) with the element type R of a residual-stream tensor of dtype `residual` beside compute tensors
+// of element type T: T itself, or float for an f32 stream beside bf16/f16 (the only mixed pair the kernels are
+// instantiated for; the op contract has checked the dtypes).
+template <typename T, typename Fn>
+void dispatch_residual(DType residual, Fn&& fn) {
+  if (residual == DType::F32)
+    fn(float{});
+  else
+    fn(T{});
+}
+
 // Blocks for a grid-stride loop over n elements: enough to fill the GPU, capped so huge n loops instead.
 inline unsigned grid_for(int64_t n, int threads = 256) {
   const int64_t blocks = (n + threads - 1) / threads;

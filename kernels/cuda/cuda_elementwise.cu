@@ -7,10 +7,11 @@ namespace loom::cuda {
 namespace {
 constexpr int kThreads = 256;
 
-// out[i] = a[i] + b[i]   (out may alias a or b: each element is read before it is written, by one thread)
-template <typename T>
-__global__ void add_kernel(T* out, const T* a, const T* b, int64_t n) {
-  LOOM_GRID_STRIDE(i, n) out[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
+// out[i] = a[i] + b[i]   (out may alias a, or b when R = T: each element is read before it is written, by one
+// thread). R is T, or f32 for a residual stream beside a bf16/f16 branch b.
+template <typename R, typename T>
+__global__ void add_kernel(R* out, const R* a, const T* b, int64_t n) {
+  LOOM_GRID_STRIDE(i, n) out[i] = from_f32<R>(to_f32(a[i]) + to_f32(b[i]));
 }
 
 // dst[i] += src[i]
@@ -115,8 +116,8 @@ __global__ void add_partials_kernel(T* dst, const float* partials, int64_t parts
 
 }  // namespace
 
-template <typename T>
-void add(T* out, const T* a, const T* b, int64_t n, cudaStream_t stream) {
+template <typename R, typename T>
+void add(R* out, const R* a, const T* b, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
   add_kernel<<<grid_for(n), kThreads, 0, stream>>>(out, a, b, n);
   LOOM_CUDA_LAUNCHED("add_kernel");
@@ -198,7 +199,7 @@ void add_column_sums(T* dst, const T* src, int64_t rows, int64_t width, cudaStre
 }
 
 #define LOOM_INSTANTIATE(T)                                                                              \
-  template void add<T>(T*, const T*, const T*, int64_t, cudaStream_t);                                   \
+  template void add<T, T>(T*, const T*, const T*, int64_t, cudaStream_t);                                \
   template void accumulate<T>(T*, const T*, int64_t, cudaStream_t);                                      \
   template void scale<T>(T*, float, int64_t, cudaStream_t);                                              \
   template void gelu_forward<T>(T*, const T*, int64_t, bool, cudaStream_t);                              \
@@ -212,5 +213,7 @@ LOOM_INSTANTIATE(float)
 LOOM_INSTANTIATE(bf16)
 LOOM_INSTANTIATE(f16)
 #undef LOOM_INSTANTIATE
+template void add<float, bf16>(float*, const float*, const bf16*, int64_t, cudaStream_t);  // f32 residual stream
+template void add<float, f16>(float*, const float*, const f16*, int64_t, cudaStream_t);
 
 }  // namespace loom::cuda

@@ -9,6 +9,9 @@
 // every row being exact zeros (Backend::layernorm_forward). The kernels take K as the float `count` and the
 // number of zero entries as `zeros`: mean = Σx/K, var = (Σ(x - mean)² - zeros·mean²)/K, and the backward's row
 // means divide by K. With K = C both reduce to the unmasked arithmetic, rounding included.
+//
+// The residual stream (x, and dx in the backward) has its own element type R: T itself, or f32 beside bf16/f16
+// out, dout, w and b (train.residual_dtype f32). Arithmetic is f32 either way; only loads and stores differ.
 #include "kernels/cuda/cuda_ops.cuh"
 
 namespace loom::cuda {
@@ -21,13 +24,13 @@ constexpr int kWarpsPerBlock = 4;
 //   mean = Σx/K,  var = (Σ(x - mean)² - zeros·mean²)/K (biased),  rstd = 1/√(var + eps),
 //   out = (x - mean)·rstd·w + b
 // b may be null. mean and rstd are saved in f32 for the backward.
-template <typename T>
-__global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b,
+template <typename T, typename R>
+__global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const R* x, const T* w, const T* b,
                                          int64_t N, int64_t C, float eps, float count, float zeros) {
   const int lane = threadIdx.x % 32;
   const int64_t row = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32;
   if (row >= N) return;
-  const T* xr = x + row * C;
+  const R* xr = x + row * C;
   float sum = 0.f;
   for (int64_t c = lane; c < C; c += 32) sum += to_f32(xr[c]);
   const float m = warp_sum(sum) / count;
@@ -54,9 +57,9 @@ __global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const
 // rows row ≡ warp (mod all warps of the grid), accumulating per-column sums in its own shared-memory slice
 // (each lane owns columns lane, lane+32, ...); at the end the block adds its warps' slices in warp order and
 // writes one partial row per block to dw_partials/db_partials [gridDim.x, C]; add_partial_sums finishes.
-template <typename T>
-__global__ void layernorm_backward_kernel(T* dx, float* dw_partials, float* db_partials, const T* dout,
-                                          const T* x, const T* w, const float* mean, const float* rstd, int64_t N,
+template <typename T, typename R>
+__global__ void layernorm_backward_kernel(R* dx, float* dw_partials, float* db_partials, const T* dout,
+                                          const R* x, const T* w, const float* mean, const float* rstd, int64_t N,
                                           int64_t C, float count) {
   extern __shared__ float shared[];  // [warps][2][C]: dw then db sums of each warp
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
@@ -66,7 +69,7 @@ __global__ void layernorm_backward_kernel(T* dx, float* dw_partials, float* db_p
 
   const int64_t total_warps = int64_t{gridDim.x} * warps;
   for (int64_t row = blockIdx.x * int64_t{warps} + warp; row < N; row += total_warps) {
-    const T* xr = x + row * C;
+    const R* xr = x + row * C;
     const T* dr = dout + row * C;
     const float m = mean[row], r = rstd[row];
     float sum_g = 0.f, sum_gx = 0.f;
@@ -77,12 +80,12 @@ __global__ void layernorm_backward_kernel(T* dx, float* dw_partials, float* db_p
     }
     const float mean_g = warp_sum(sum_g) / count;
     const float mean_gx = warp_sum(sum_gx) / count;
-    T* dxr = dx + row * C;
+    R* dxr = dx + row * C;
     for (int64_t c = lane; c < C; c += 32) {
       const float d = to_f32(dr[c]);
       const float xhat = (to_f32(xr[c]) - m) * r;
       const float g = d * to_f32(w[c]);
-      dxr[c] = from_f32<T>(to_f32(dxr[c]) + r * (g - mean_g - xhat * mean_gx));
+      dxr[c] = from_f32<R>(to_f32(dxr[c]) + r * (g - mean_g - xhat * mean_gx));
       dw_sum[c] += d * xhat;
       db_sum[c] += d;
     }
@@ -99,17 +102,26 @@ __global__ void layernorm_backward_kernel(T* dx, float* dw_partials, float* db_p
   }
 }
 
-// How the vectorised kernels spread rows of C = packs·P elements (P = Pack16<T>::kSize): a row group of `tpr`
+// How the vectorised kernels spread rows of C = packs·P elements (P = Pack16<T>::kSize; x and dx are read as
+// ResidualPack<R, P>, 16 bytes when R = T, 32 when R is f32 beside bf16/f16): a row group of `tpr`
 // threads (tpr / 32 warps) holds one row, thread t of the group owning the packs t, t + tpr, ...,
 // t + (chunks - 1)·tpr that are < packs; a block holds `groups` row groups (blockDim = groups·tpr).
 // Up to kMaxRowElems elements per thread (4 packs of bf16/f16, 8 of f32) keep the backward's per-thread
 // registers (x, dout, dx and the dw/db sums: 168 at 3 packs of bf16, 223 at 4) within the 255 a thread may
 // hold; rows wider than one warp can hold in that many get more warps (up to kMaxRowWarps, so C <= 8192) and
 // reduce across them through shared memory. Narrow rows share a block of kBlockThreads threads, so a block
-// has at most kMaxRowWarps warps.
+// has at most kMaxRowWarps warps. An f32 residual beside bf16/f16 doubles the registers of x and dx, so such rows
+// take half the elements per thread (16: C <= 4096 on the vectorised kernels).
 constexpr int kMaxRowElems = 32, kMaxRowWarps = 8, kBlockThreads = 128;
-template <typename T>
-constexpr int kMaxChunks = kMaxRowElems / Pack16<T>::kSize;
+template <typename T, typename R>
+constexpr int kMaxChunks = (sizeof(R) > sizeof(T) ? kMaxRowElems / 2 : kMaxRowElems) / Pack16<T>::kSize;
+
+// P elements of the residual stream (x, dx) loaded or stored together with a Pack16<T> of the same columns:
+// Pack16<T> itself when R = T, two 16-byte halves when R is f32 beside a 16-bit T.
+template <typename R, int P>
+struct alignas(16) ResidualPack {
+  R e[P];
+};
 
 struct RowPlan {
   int tpr = 0, chunks = 0, groups = 0;
@@ -117,13 +129,13 @@ struct RowPlan {
 };
 
 // The plan for rows of C elements, or tpr = 0 when they need the general kernels.
-template <typename T>
+template <typename T, typename R>
 RowPlan plan_rows(int64_t C) {
   constexpr int P = Pack16<T>::kSize;
   RowPlan plan;
   if (C % P != 0) return plan;
   const int64_t packs = C / P;
-  const int64_t warps = (packs + 32 * kMaxChunks<T> - 1) / (32 * kMaxChunks<T>);
+  const int64_t warps = (packs + 32 * kMaxChunks<T, R> - 1) / (32 * kMaxChunks<T, R>);
   if (warps > kMaxRowWarps) return plan;
   plan.tpr = static_cast<int>(32 * warps);
   plan.chunks = static_cast<int>((packs + plan.tpr - 1) / plan.tpr);
@@ -162,25 +174,26 @@ __device__ __forceinline__ void row_group_sum(float (&v)[n], float* scratch, int
 //   mean = Σx/K,  var = (Σ(x - mean)² - zeros·mean²)/K (biased),  rstd = 1/√(var + eps),
 //   out = (x - mean)·rstd·w + b
 // One row per row group. b may be null.
-template <typename T, int kChunks, bool kOneWarp>
+template <typename T, typename R, int kChunks, bool kOneWarp>
 __global__ void __launch_bounds__(kMaxRowWarps * 32)
-    layernorm_forward_vec_kernel(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int64_t N,
+    layernorm_forward_vec_kernel(T* out, float* mean, float* rstd, const R* x, const T* w, const T* b, int64_t N,
                                  int C, int row_threads, float eps, float count, float zeros) {
   using Pack = Pack16<T>;
   constexpr int P = Pack::kSize;
+  using XPack = ResidualPack<R, P>;
   __shared__ float scratch[2 * kMaxRowWarps];
   const int tpr = kOneWarp ? 32 : row_threads;
   const int packs = C / P, t = threadIdx.x % tpr, warps_per_row = tpr / 32;
   const int64_t row = blockIdx.x * int64_t{blockDim.x / tpr} + threadIdx.x / tpr;
   const bool active = row < N;  // inactive threads still join the barriers of row_group_sum
-  const Pack* xr = reinterpret_cast<const Pack*>(x + (active ? row : 0) * C);
+  const XPack* xr = reinterpret_cast<const XPack*>(x + (active ? row : 0) * C);
   float xv[kChunks][P];
   float sum[1] = {0.f};
 #pragma unroll
   for (int k = 0; k < kChunks; ++k) {
     const int v = k * tpr + t;  // index of this thread's pack in the row
     const bool ok = active && v < packs;
-    Pack p;
+    XPack p;
     if (ok) p = xr[v];
 #pragma unroll
     for (int i = 0; i < P; ++i) {
@@ -233,13 +246,14 @@ __global__ void __launch_bounds__(kMaxRowWarps * 32)
 // adds its groups' sums in group order in shared memory ([2][C] floats, only when groups > 1) and writes one
 // partial row per block to dw_partials/db_partials [gridDim.x, C] (db_partials may be null: no bias), so the
 // result is deterministic for a given grid; add_partial_sums finishes.
-template <typename T, int kChunks, bool kOneWarp>
+template <typename T, typename R, int kChunks, bool kOneWarp>
 __global__ void __launch_bounds__(kMaxRowWarps * 32)
-    layernorm_backward_vec_kernel(T* dx, float* dw_partials, float* db_partials, const T* dout, const T* x,
+    layernorm_backward_vec_kernel(R* dx, float* dw_partials, float* db_partials, const T* dout, const R* x,
                                   const T* w, const float* mean, const float* rstd, int64_t N, int C,
                                   int row_threads, float count) {
   using Pack = Pack16<T>;
   constexpr int P = Pack::kSize;
+  using XPack = ResidualPack<R, P>;
   extern __shared__ float block_sums[];  // [2][C]: dw then db, when groups > 1
   __shared__ float scratch[2 * kMaxRowWarps * 2];
   const int tpr = kOneWarp ? 32 : row_threads;
@@ -258,10 +272,11 @@ __global__ void __launch_bounds__(kMaxRowWarps * 32)
   for (int64_t first = int64_t{blockIdx.x} * groups; first < N; first += stride) {
     const int64_t row = first + group;
     const bool active = row < N;
-    const Pack* xr = reinterpret_cast<const Pack*>(x + (active ? row : 0) * C);
+    const XPack* xr = reinterpret_cast<const XPack*>(x + (active ? row : 0) * C);
     const Pack* dr = reinterpret_cast<const Pack*>(dout + (active ? row : 0) * C);
-    Pack* dxr = reinterpret_cast<Pack*>(dx + (active ? row : 0) * C);
-    Pack xv[kChunks], dv[kChunks], dxv[kChunks];
+    XPack* dxr = reinterpret_cast<XPack*>(dx + (active ? row : 0) * C);
+    XPack xv[kChunks], dxv[kChunks];
+    Pack dv[kChunks];
 #pragma unroll
     for (int k = 0; k < kChunks; ++k) {
       const int v = k * tpr + t;
@@ -292,13 +307,13 @@ __global__ void __launch_bounds__(kMaxRowWarps * 32)
       const int v = k * tpr + t;
       if (v >= packs) continue;
       const Pack wv = wp[v];
-      Pack o;
+      XPack o;
 #pragma unroll
       for (int i = 0; i < P; ++i) {
         const float d = to_f32(dv[k].e[i]);
         const float xhat = (to_f32(xv[k].e[i]) - m) * r;
         const float g = d * to_f32(wv.e[i]);
-        o.e[i] = from_f32<T>(to_f32(dxv[k].e[i]) + r * (g - mean_g - xhat * mean_gx));
+        o.e[i] = from_f32<R>(to_f32(dxv[k].e[i]) + r * (g - mean_g - xhat * mean_gx));
         dw_acc[k][i] += d * xhat;
         db_acc[k][i] += d;
       }
@@ -343,14 +358,14 @@ __global__ void __launch_bounds__(kMaxRowWarps * 32)
   }
 }
 
-// Calls fn.template operator()<chunks, one_warp>() for plan.chunks (in [kChunks, kMaxChunks<T>]) and whether a
+// Calls fn.template operator()<chunks, one_warp>() for plan.chunks (in [kChunks, kMaxChunks<T, R>]) and whether a
 // row takes one warp: the register arrays of the vectorised kernels need the chunks at compile time, and a
 // compile-time row group of one warp (the common case, C <= 1024 for bf16) saves the registers of run-time
 // row-group indexing (11 at 3 chunks of bf16, the difference between 2 and 3 blocks per SM).
-template <typename T, int kChunks = 1, typename Fn>
+template <typename T, typename R, int kChunks = 1, typename Fn>
 void with_chunks(const RowPlan& plan, Fn&& fn) {
-  if constexpr (kChunks < kMaxChunks<T>) {
-    if (plan.chunks > kChunks) return with_chunks<T, kChunks + 1>(plan, fn);
+  if constexpr (kChunks < kMaxChunks<T, R>) {
+    if (plan.chunks > kChunks) return with_chunks<T, R, kChunks + 1>(plan, fn);
   }
   if (plan.tpr == 32) return fn.template operator()<kChunks, true>();
   fn.template operator()<kChunks, false>();
@@ -358,11 +373,11 @@ void with_chunks(const RowPlan& plan, Fn&& fn) {
 
 // Launches layernorm_backward_vec_kernel with as many blocks as the GPU holds at once (fewer when N is small),
 // then adds the partial rows into dw and db.
-template <typename T>
-void layernorm_backward_vec(const RowPlan& plan, T* dx, T* dw, T* db, const T* dout, const T* x, const T* w,
+template <typename T, typename R>
+void layernorm_backward_vec(const RowPlan& plan, R* dx, T* dw, T* db, const T* dout, const R* x, const T* w,
                             const float* mean, const float* rstd, int64_t N, int C, float count, cudaStream_t stream) {
-  with_chunks<T>(plan, [&]<int kChunks, bool kOneWarp>() {
-    const auto kernel = layernorm_backward_vec_kernel<T, kChunks, kOneWarp>;
+  with_chunks<T, R>(plan, [&]<int kChunks, bool kOneWarp>() {
+    const auto kernel = layernorm_backward_vec_kernel<T, R, kChunks, kOneWarp>;
     const size_t shared_bytes = plan.groups > 1 ? 2 * static_cast<size_t>(C) * sizeof(float) : 0;
     if (shared_bytes > 48 * 1024)
       LOOM_CUDA_CALL(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -390,24 +405,24 @@ void layernorm_backward_vec(const RowPlan& plan, T* dx, T* dw, T* db, const T* d
 std::string layernorm_vectorised_rule(int64_t C, DType dtype) {
   const auto rule = [C](auto tag) -> std::string {
     using T = decltype(tag);
-    if (plan_rows<T>(C).tpr > 0) return "";
+    if (plan_rows<T, T>(C).tpr > 0) return "";
     return "width " + std::to_string(C) + " is not a multiple of " + std::to_string(Pack16<T>::kSize) + " up to " +
-           std::to_string(kMaxRowWarps * 32 * kMaxChunks<T> * Pack16<T>::kSize) +
+           std::to_string(kMaxRowWarps * 32 * kMaxChunks<T, T> * Pack16<T>::kSize) +
            " (the vectorised kernels that hold a row in registers)";
   };
   return dtype == DType::F32 ? rule(float{}) : rule(bf16{});
 }
 
-template <typename T>
-void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C,
+template <typename T, typename R>
+void layernorm_forward(T* out, float* mean, float* rstd, const R* x, const T* w, const T* b, int64_t N, int64_t C,
                        float eps, int64_t K, cudaStream_t stream) {
   if (N == 0) return;
   const float count = static_cast<float>(K), zeros = static_cast<float>(C - K);
-  const RowPlan plan = plan_rows<T>(C);
+  const RowPlan plan = plan_rows<T, R>(C);
   if (plan.tpr > 0 && is_aligned16(out) && is_aligned16(x) && is_aligned16(w) && (!b || is_aligned16(b))) {
-    with_chunks<T>(plan, [&]<int kChunks, bool kOneWarp>() {
+    with_chunks<T, R>(plan, [&]<int kChunks, bool kOneWarp>() {
       const int64_t blocks = (N + plan.groups - 1) / plan.groups;
-      layernorm_forward_vec_kernel<T, kChunks, kOneWarp><<<static_cast<unsigned>(blocks), plan.threads(), 0, stream>>>(
+      layernorm_forward_vec_kernel<T, R, kChunks, kOneWarp><<<static_cast<unsigned>(blocks), plan.threads(), 0, stream>>>(
           out, mean, rstd, x, w, b, N, static_cast<int>(C), plan.tpr, eps, count, zeros);
       LOOM_CUDA_LAUNCHED("layernorm_forward_vec_kernel");
     });
@@ -420,12 +435,12 @@ void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* w,
   LOOM_CUDA_LAUNCHED("layernorm_forward_kernel");
 }
 
-template <typename T>
-void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T* w, const float* mean,
+template <typename T, typename R>
+void layernorm_backward(R* dx, T* dw, T* db, const T* dout, const R* x, const T* w, const float* mean,
                         const float* rstd, int64_t N, int64_t C, int64_t K, cudaStream_t stream) {
   if (N == 0) return;
   const float count = static_cast<float>(K);
-  const RowPlan plan = plan_rows<T>(C);
+  const RowPlan plan = plan_rows<T, R>(C);
   if (plan.tpr > 0 && is_aligned16(dx) && is_aligned16(dout) && is_aligned16(x) && is_aligned16(w)) {
     layernorm_backward_vec(plan, dx, dw, db, dout, x, w, mean, rstd, N, static_cast<int>(C), count, stream);
     return;
@@ -445,7 +460,7 @@ void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T*
   const int64_t blocks = std::min<int64_t>(512, (N + warps - 1) / warps);
   const size_t shared_bytes = warps * warp_bytes;
   if (shared_bytes > 48 * 1024)
-    LOOM_CUDA_CALL(cudaFuncSetAttribute(layernorm_backward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    LOOM_CUDA_CALL(cudaFuncSetAttribute(layernorm_backward_kernel<T, R>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(shared_bytes)));
   ScratchBuffer partials(static_cast<size_t>(2 * blocks * C) * sizeof(float));
   float* dw_partials = partials.as<float>();
@@ -457,14 +472,17 @@ void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T*
   if (db) add_partial_sums(db, db_partials, blocks, C, stream);
 }
 
-#define LOOM_INSTANTIATE(T)                                                                                     \
-  template void layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*, int64_t, int64_t, float, \
-                                     int64_t, cudaStream_t);                                                   \
-  template void layernorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const float*, const float*,     \
-                                      int64_t, int64_t, int64_t, cudaStream_t);
-LOOM_INSTANTIATE(float)
-LOOM_INSTANTIATE(bf16)
-LOOM_INSTANTIATE(f16)
+// (T, R): every dtype with its own residual stream, and bf16/f16 with an f32 one.
+#define LOOM_INSTANTIATE(T, R)                                                                                    \
+  template void layernorm_forward<T, R>(T*, float*, float*, const R*, const T*, const T*, int64_t, int64_t, float, \
+                                        int64_t, cudaStream_t);                                                   \
+  template void layernorm_backward<T, R>(R*, T*, T*, const T*, const R*, const T*, const float*, const float*,     \
+                                         int64_t, int64_t, int64_t, cudaStream_t);
+LOOM_INSTANTIATE(float, float)
+LOOM_INSTANTIATE(bf16, bf16)
+LOOM_INSTANTIATE(f16, f16)
+LOOM_INSTANTIATE(bf16, float)
+LOOM_INSTANTIATE(f16, float)
 #undef LOOM_INSTANTIATE
 
 }  // namespace loom::cuda

@@ -30,7 +30,8 @@ class ScratchBuffer {
 };
 
 // ---- elementwise (cuda_elementwise.cu) ----
-template <typename T> void add(T* out, const T* a, const T* b, int64_t n, cudaStream_t stream);
+// out = a + b with the residual stream's element type R for out and a: T, or f32 beside a bf16/f16 b.
+template <typename R, typename T> void add(R* out, const R* a, const T* b, int64_t n, cudaStream_t stream);
 template <typename T> void accumulate(T* dst, const T* src, int64_t n, cudaStream_t stream);
 template <typename T> void scale(T* x, float s, int64_t n, cudaStream_t stream);
 void convert(void* dst, Elem dst_elem, const void* src, Elem src_elem, int64_t n, cudaStream_t stream);
@@ -62,12 +63,14 @@ void embedding_backward(T* dtable, const T* dout, const int32_t* ids, int64_t N,
 // "" when rows of C channels of `dtype` (f32, bf16, f16) take the vectorised kernels (given 16-byte aligned
 // tensors), else the rule C broke; the other rows take the general (slower) kernels.
 std::string layernorm_vectorised_rule(int64_t C, DType dtype);
-template <typename T>
 // Statistics over K of the C channels (K = C unless embedding channels are masked: Backend::layernorm_forward).
-void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int64_t N,
+// The residual stream (x, dx) has element type R: T, or f32 beside bf16/f16 (instantiated for those pairs);
+// with an f32 R the vectorised kernels take rows up to 4096 (bf16/f16), wider ones the general kernels.
+template <typename T, typename R>
+void layernorm_forward(T* out, float* mean, float* rstd, const R* x, const T* w, const T* b, int64_t N,
                        int64_t C, float eps, int64_t K, cudaStream_t stream);
-template <typename T>
-void layernorm_backward(T* dx, T* dw, T* db, const T* dout, const T* x, const T* w, const float* mean,
+template <typename T, typename R>
+void layernorm_backward(R* dx, T* dw, T* db, const T* dout, const R* x, const T* w, const float* mean,
                         const float* rstd, int64_t N, int64_t C, int64_t K, cudaStream_t stream);
 
 // ---- loss (cuda_loss.cu); bad targets set kBadTarget and are treated as ignored ----

@@ -101,6 +101,7 @@ class BadBatches final : public Model {
   int64_t tokens_per_sample() const override { return inner_.tokens_per_sample(); }
   const ModelShape& shape() const override { return inner_.shape(); }
   void set_active_embedding_channels(int64_t channels) override { inner_.set_active_embedding_channels(channels); }
+  void set_residual_dtype(DType residual) override { inner_.set_residual_dtype(residual); }
 
  private:
   Model& inner_;

@@ -79,6 +79,20 @@ TEST(GptModel, FlopsFollowTheDocumentedConvention) {
   EXPECT_DOUBLE_EQ(p.model, 6 * np + 6.0 * 10 * 3 * (32 + 48));
 }
 
+TEST(GptModel, AnF32ResidualStreamIsTheComputeDtypeOnTheCpuAndRefusedBesideF64) {
+  auto backend = make_backend(Device::cpu());
+  const ModelShape shape = two_unequal_blocks();
+  Batch batch;
+  batch.inputs = Tensor::from_ints({1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, {2, 5});
+  batch.targets = Tensor::from_ints({2, 3, 4, 5, 6, 7, 8, 9, 10, 0}, {2, 5});
+  GptModel plain(shape, *backend, DType::F32, DType::F32, 5, 1), f32(shape, *backend, DType::F32, DType::F32, 5, 1);
+  f32.set_residual_dtype(DType::F32);  // f32 compute: the same model
+  EXPECT_EQ(plain.forward_backward(batch, 1.0), f32.forward_backward(batch, 1.0));
+  GptModel f64(shape, *backend, DType::F64, DType::F64, 5, 1);
+  EXPECT_TRUE(testing::error_message([&] { f64.set_residual_dtype(DType::F32); }).find("train.residual_dtype") !=
+              std::string::npos);
+}
+
 TEST(GptModel, RejectsBadShapes) {
   auto backend = make_backend(Device::cpu());
   const ModelShape shape = two_unequal_blocks();

@@ -93,6 +93,27 @@ TEST(MemoryEstimate, SplitsOverTensorRanksAndZeroAndCountsTheCudaCopy) {
   EXPECT_LT(split.activations, one.activations);
 }
 
+TEST(MemoryEstimate, CountsAnF32ResidualStream) {
+  auto cpu = make_backend(Device::cpu());
+  config::RunConfig cfg = run_config("{kind: gpt, n_layer: 12, d_model: 768, n_head: 12}",
+                                     "{train: unused, batch_size: 8, seq_len: 1024}", "unused");
+  const ModelShape shape = resolve_model_shape(cfg);
+  const MemoryEstimate bf16 = estimate_training_memory(shape, cfg, *cpu, DType::BF16);
+  cfg.mutable_train()->set_residual_dtype("f32");
+  const MemoryEstimate f32_residual = estimate_training_memory(shape, cfg, *cpu, DType::BF16);
+  // Per [N, C] of the stream, 2 bytes more: the 13 block boundaries, the 12 blocks' mid and the residual
+  // gradient; 2 bytes each for the shared branch buffer and the gradient converted for the GEMMs.
+  const int64_t NC = 8 * 1024 * 768;
+  EXPECT_EQ(f32_residual.activations - bf16.activations, (13 + 12 + 1) * NC * 2 + 2 * NC * 2);
+  EXPECT_EQ(f32_residual.weights, bf16.weights);
+  // Where the compute dtype is f32 already (the CPU), the option changes nothing.
+  EXPECT_EQ(estimate_training_memory(shape, cfg, *cpu, DType::F32).total(),
+            estimate_training_memory(shape, run_config("{kind: gpt, n_layer: 12, d_model: 768, n_head: 12}",
+                                                       "{train: unused, batch_size: 8, seq_len: 1024}", "unused"),
+                                     *cpu, DType::F32)
+                .total());
+}
+
 TEST(MemoryEstimate, TheCheckNamesTheEstimateAndTheFreeMemory) {
   MemoryEstimate e;
   e.weights = e.gradients = 1 << 30;

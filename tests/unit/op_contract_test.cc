@@ -44,6 +44,22 @@ TEST(OpContract, TheCpuTakesF32AndF64ComputeAndAnyFloatWhereItOnlyReads) {
                        "sum_squares (cpu): tensor 1 i32[4] cpu must be f32, f64, bf16 or f16"));
 }
 
+TEST(OpContract, TheCpuResidualStreamHasTheComputeDtype) {
+  // An f32 residual stream beside narrower compute tensors is CUDA's (train.residual_dtype); the CPU's f32 and
+  // f64 never mix.
+  auto cpu = make_backend(Device::cpu());
+  Tensor a = Tensor::zeros({2, 4}, DType::F32), b = Tensor::zeros({2, 4}, DType::F64), out = Tensor::zeros({2, 4}, DType::F32);
+  EXPECT_TRUE(contains(error_message([&] { cpu->add(out, a, b); }),
+                       "add (cpu): a f32[2, 4] cpu must have the dtype of b f64[2, 4] cpu"));
+  Tensor y = Tensor::zeros({2, 4}, DType::F64), w = Tensor::zeros({4}, DType::F64);
+  Tensor mean = Tensor::zeros({2}, DType::F32), rstd = Tensor::zeros({2}, DType::F32), no_bias;
+  EXPECT_TRUE(contains(error_message([&] { cpu->layernorm_forward(y, mean, rstd, a, w, no_bias, 1e-5); }),
+                       "layernorm_forward (cpu): x f32[2, 4] cpu must have the dtype of out f64[2, 4] cpu"));
+  Tensor dx = Tensor::zeros({2, 4}, DType::F32), dw = Tensor::zeros({4}, DType::F64);
+  EXPECT_TRUE(contains(error_message([&] { cpu->layernorm_backward(dx, dw, no_bias, y, a, w, mean, rstd); }),
+                       "layernorm_backward (cpu): x f32[2, 4] cpu must have the dtype of dout f64[2, 4] cpu"));
+}
+
 TEST(OpContract, LayerNormStatisticsFollowTheInputOnTheCpuAndChannelsAreRangeChecked) {
   auto cpu = make_backend(Device::cpu());
   for (const DType d : {DType::F32, DType::F64}) {

@@ -50,6 +50,7 @@ GptModel::GptModel(const ModelShape& shape, Backend& backend, DType master_dtype
       backend_(backend),
       tp_(tp),
       compute_dtype_(compute_dtype),
+      residual_dtype_(compute_dtype),
       seq_(seq),
       blocks_(gpt_blocks(shape, tp)),
       params_(ParameterLayout(gpt_parameters(shape, blocks_, tp)), master_dtype, compute_dtype, backend.device()) {
@@ -72,9 +73,13 @@ GptModel::Activations& GptModel::activations_for(int64_t B, int64_t T) {
   const int64_t n = sequence_rows(tp_, B, T);
   const bool sp = sequence_parallel(tp_);
   Activations a;
-  for (int64_t i = 0; i <= L; ++i) a.resid.push_back(Tensor::empty({n, C}, compute_dtype_, dev));
-  a.embedded = sp ? Tensor::empty({B, T, C}, compute_dtype_, dev) : a.resid[0].view({B, T, C});
-  for (const auto& b : blocks_) a.blocks.push_back(b.allocate_activations(B, T, compute_dtype_, backend_));
+  for (int64_t i = 0; i <= L; ++i) a.resid.push_back(Tensor::empty({n, C}, residual_dtype_, dev));
+  if (residual_dtype_ != compute_dtype_) a.branch = Tensor::empty({n, C}, compute_dtype_, dev);
+  a.embedded = sp                ? Tensor::empty({B, T, C}, compute_dtype_, dev)
+               : a.branch.defined() ? a.branch.view({B, T, C})
+                                    : a.resid[0].view({B, T, C});
+  for (const auto& b : blocks_)
+    a.blocks.push_back(b.allocate_activations(B, T, compute_dtype_, backend_, residual_dtype_, a.branch));
   a.lnf = Tensor::empty({n, C}, compute_dtype_, dev);
   a.lnf_mean = Tensor::empty({n}, reduction_dtype(compute_dtype_), dev);
   a.lnf_rstd = Tensor::empty({n}, reduction_dtype(compute_dtype_), dev);
@@ -93,6 +98,7 @@ GptModel::Activations& GptModel::forward(const Tensor& tokens) {
   VocabParallelEmbedding::forward(backend_, tp_, a.embedded, table_, tokens, params_.weight("wte.weight"));
   backend_.add_position_forward(a.embedded, params_.weight("wpe.weight"));
   if (sequence_parallel(tp_)) scatter_to_sequence_region_forward(backend_, tp_, a.resid[0], a.embedded);
+  if (a.branch.defined()) backend_.convert(a.resid[0], a.embedded);
   for (int64_t i = 0; i < L; ++i) blocks_[i].forward(backend_, params_, a.resid[i], a.resid[i + 1], a.blocks[i]);
   backend_.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.resid[L], params_.weight("norm.weight"),
                              params_.weight("norm.bias"), shape_.ln_eps, ln_channels_);
@@ -129,10 +135,11 @@ double GptModel::forward_backward(const Batch& batch, double loss_scale) {
 
   auto sk = std::make_pair(B, T);
   if (!scratch_.count(sk))
-    scratch_.emplace(sk, allocate_block_scratch(blocks_, C, B, T, compute_dtype_, backend_.device(), tp_));
+    scratch_.emplace(sk, allocate_block_scratch(blocks_, C, B, T, compute_dtype_, residual_dtype_,
+                                                backend_.device(), tp_));
   BlockScratch& s = scratch_.at(sk);
   if (!dresid_.defined() || dresid_.numel() < N * C)
-    dresid_ = Tensor::empty({N * C}, compute_dtype_, backend_.device());
+    dresid_ = Tensor::empty({N * C}, residual_dtype_, backend_.device());
   Tensor dresid = dresid_.slice_flat(0, {n, C});
   backend_.zero(dresid);
 
@@ -149,9 +156,11 @@ double GptModel::forward_backward(const Batch& batch, double loss_scale) {
     blocks_[i].backward(backend_, params_, dresid, a.resid[i], a.blocks[i], s);
     grads_ready(blocks_[i].prefix());
   }
-  // The embeddings see every token: under SP the rows' gradients are gathered first (s.dout_full is free now).
-  Tensor demb = sp ? s.dout_full.slice_flat(0, {B, T, C}) : dresid.view({B, T, C});
+  // The embeddings see every token: under SP the rows' gradients are gathered first (s.dout_full is free now);
+  // an f32 residual gradient is converted to the compute dtype (into `branch`, free in the backward).
+  Tensor demb = sp ? s.dout_full.slice_flat(0, {B, T, C}) : a.branch.defined() ? a.embedded : dresid.view({B, T, C});
   if (sp) scatter_to_sequence_region_backward(backend_, tp_, demb, dresid);
+  if (a.branch.defined()) backend_.convert(demb, dresid);
   VocabParallelEmbedding::backward(backend_, tp_, dwte, dtable_, demb, batch.inputs);
   Tensor dwpe = params_.grad("wpe.weight");
   backend_.add_position_backward(dwpe, demb);
@@ -181,6 +190,14 @@ SampleFlops GptModel::flops_per_sample() const {
   f.model *= seq_;
   f.hardware *= seq_;
   return f;
+}
+
+void GptModel::set_residual_dtype(DType residual) {
+  check_residual_dtype(residual, compute_dtype_, tp_);
+  residual_dtype_ = residual;
+  activations_.clear();
+  scratch_.clear();
+  dresid_ = Tensor();
 }
 
 void GptModel::set_active_embedding_channels(int64_t channels) {

@@ -43,11 +43,15 @@ class GptModel final : public Model {
   std::vector<float> last_logits(const Tensor& tokens) override;
   const ModelShape& shape() const override { return shape_; }
   void set_active_embedding_channels(int64_t channels) override;
+  void set_residual_dtype(DType residual) override;
 
  private:
   struct Activations {
-    Tensor embedded;            // [B, T, C] token + position embeddings (resid[0] itself without SP)
+    // [B, T, C] token + position embeddings in the compute dtype: resid[0] itself without SP and with a residual
+    // stream of the compute dtype; with an f32 one, the blocks' shared `branch` buffer, converted into resid[0].
+    Tensor embedded;
     std::vector<Tensor> resid;  // resid[i] = input of block i ([n, C] rows of this rank); resid[L] = the output
+    Tensor branch;              // [n, C] compute dtype, shared by every block (f32 residual only)
     std::vector<BlockActivations> blocks;
     Tensor lnf, lnf_mean, lnf_rstd;  // [n, C] rows
     Tensor lnf_full;                 // [N, C] (lnf itself without SP)
@@ -64,6 +68,7 @@ class GptModel final : public Model {
   Backend& backend_;
   const TensorParallelContext* tp_;
   DType compute_dtype_;
+  DType residual_dtype_;
   int64_t seq_;
   std::vector<TransformerBlock> blocks_;
   ParameterStore params_;

@@ -80,6 +80,11 @@ class Model {
   // the model computes exactly what the model without those channels computes. Throws unless
   // 1 <= channels <= d_model.
   virtual void set_active_embedding_channels(int64_t channels) = 0;
+  // The residual stream's dtype (train.residual_dtype; trainer/models/transformer_block.h): the compute dtype
+  // (the default) or f32 beside bf16/f16 activations. Drops the activation buffers, which the next forward
+  // allocates in the new dtype. Throws loom::Error (check_residual_dtype) for any other dtype and under sequence
+  // parallelism.
+  virtual void set_residual_dtype(DType residual) = 0;
 
   // Called during forward_backward() each time the gradients of a group of parameters are final for this
   // micro-batch: with the group's name prefix (e.g. "blocks.3.") after each block, and with "" (every parameter

@@ -23,6 +23,16 @@ BlockWidths local_widths(int index, const BlockWidths& full, const TensorParalle
 
 }  // namespace
 
+void check_residual_dtype(DType residual, DType compute, const TensorParallelContext* tp) {
+  if (residual == compute) return;
+  if (residual != DType::F32 || (compute != DType::BF16 && compute != DType::F16))
+    fail("train.residual_dtype: a ", dtype_name(residual), " residual stream beside ", dtype_name(compute),
+         " activations is not supported (the compute dtype, or f32 beside bf16/f16)");
+  if (sequence_parallel(tp))
+    fail("train.residual_dtype: an f32 residual stream is not supported with parallel.sequence (its sequence "
+         "region exchanges carry the compute dtype); set residual_dtype: compute");
+}
+
 int64_t sequence_rows(const TensorParallelContext* tp, int64_t B, int64_t T) {
   if (!sequence_parallel(tp)) return B * T;
   if (B * T % tp->size() != 0)
@@ -86,8 +96,9 @@ AttentionShape TransformerBlock::attention_shape(int64_t batch, int64_t seq) con
   return s;
 }
 
-BlockActivations TransformerBlock::allocate_activations(int64_t B, int64_t T, DType dtype,
-                                                        const Backend& backend) const {
+BlockActivations TransformerBlock::allocate_activations(int64_t B, int64_t T, DType dtype, const Backend& backend,
+                                                        DType residual, const Tensor& branch) const {
+  check_residual_dtype(residual, dtype, tp_);
   const Device dev = backend.device();
   const int64_t C = d_model_, n = sequence_rows(tp_, B, T);
   const bool sp = sequence_parallel(tp_);
@@ -106,7 +117,8 @@ BlockActivations TransformerBlock::allocate_activations(int64_t B, int64_t T, DT
                                 ? DType::F64
                                 : backend.attention_saved_dtype();
   a.att_saved = Tensor::empty(backend.attention_saved_shape(as, dtype), saved_dtype, dev);
-  a.mid = Tensor::empty({n, C}, dtype, dev);
+  a.mid = Tensor::empty({n, C}, residual, dev);
+  if (residual != dtype) a.branch = branch.defined() ? branch : Tensor::empty({n, C}, dtype, dev);
   a.ln2 = Tensor::empty({n, C}, dtype, dev);
   a.ln2_mean = Tensor::empty({n}, stat_dtype, dev);
   a.ln2_rstd = Tensor::empty({n}, stat_dtype, dev);
@@ -129,12 +141,14 @@ void TransformerBlock::forward(Backend& be, const ParameterStore& p, const Tenso
   const AttentionShape as = attention_shape(B, T);
   // Region exits: without SP `out` holds the summed projection for a moment before it becomes the output, and
   // the sum is taken tile by tile while the GEMM runs; under SP the partial sums are reduce-scattered to rows.
+  // With an f32 residual stream the branch output goes to the compute-dtype `branch` instead (SP is refused).
+  Tensor branch = a.branch.defined() ? a.branch.view({rows, C}) : out;
   auto row_parallel_exit = [&](const Tensor& in, const Tensor& w, const Tensor& b) {
     if (sp) {
       RowParallelLinear::forward(be, tp_, a.partial, in, w, b);
-      reduce_scatter_to_sequence_region_forward(be, tp_, out, a.partial);
+      reduce_scatter_to_sequence_region_forward(be, tp_, branch, a.partial);
     } else {
-      RowParallelLinear::forward_reduced(be, tp_, out, in, w, b);
+      RowParallelLinear::forward_reduced(be, tp_, branch, in, w, b);
     }
   };
 
@@ -144,7 +158,7 @@ void TransformerBlock::forward(Backend& be, const ParameterStore& p, const Tenso
   ColumnParallelLinear::forward(be, a.qkv, a.ln1_full, p.weight(n + "attn.qkv.weight"), p.weight(n + "attn.qkv.bias"));
   be.attention_forward(a.att, a.att_saved, a.qkv, as);
   row_parallel_exit(a.att, p.weight(n + "attn.proj.weight"), p.weight(n + "attn.proj.bias"));
-  be.add(a.mid, x, out);
+  be.add(a.mid, x, branch);
 
   be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.mid, p.weight(n + "norm2.weight"),
                        p.weight(n + "norm2.bias"), ln_eps_, ln_channels_);
@@ -153,7 +167,7 @@ void TransformerBlock::forward(Backend& be, const ParameterStore& p, const Tenso
   be.matmul_gelu_forward(a.gelu, a.fc1, a.ln2_full, p.weight(n + "mlp.fc1.weight"), p.weight(n + "mlp.fc1.bias"),
                          gelu_);
   row_parallel_exit(a.gelu, p.weight(n + "mlp.fc2.weight"), p.weight(n + "mlp.fc2.bias"));
-  be.add(out, a.mid, out);
+  be.add(out, a.mid, branch);
 }
 
 void TransformerBlock::backward(Backend& be, const ParameterStore& p, Tensor& dresid_in, const Tensor& x_in,
@@ -170,11 +184,17 @@ void TransformerBlock::backward(Backend& be, const ParameterStore& p, Tensor& dr
   Tensor dqkv = s.dqkv.slice_flat(0, {B, T, widths_.qkv_width()});
   // Under SP the region's output gradient is gathered from every rank's rows, and its input gradient (partial
   // per rank) is reduce-scattered back to rows; without SP the input gradient is all-reduced in place.
-  Tensor dout = sp ? s.dout_full.slice_flat(0, {B, T, C}) : dresid.view({B, T, C});
+  // An f32 residual gradient enters the branches' GEMMs converted to the compute dtype (SP is refused then).
+  const bool f32_residual = dresid.dtype() != dln.dtype();
+  Tensor dout = sp             ? s.dout_full.slice_flat(0, {B, T, C})
+                : f32_residual ? s.dout_compute.slice_flat(0, {B, T, C})
+                               : dresid.view({B, T, C});
   Tensor dln_rows = sp ? s.dln_part.slice_flat(0, {rows, C}) : dln.view({rows, C});
   auto enter_region_backward = [&]() {
     if (sp)
       reduce_scatter_to_sequence_region_backward(be, tp_, dout, dresid);
+    else if (f32_residual)
+      be.convert(dout, dresid);
   };
   // The column-parallel input gradient's reduction (all-reduce, or reduce-scatter to rows under SP) overlaps the
   // weight-gradient GEMM.
@@ -206,7 +226,9 @@ void TransformerBlock::backward(Backend& be, const ParameterStore& p, Tensor& dr
 }
 
 BlockScratch allocate_block_scratch(const std::vector<TransformerBlock>& blocks, int64_t d_model, int64_t B,
-                                    int64_t T, DType dtype, Device device, const TensorParallelContext* tp) {
+                                    int64_t T, DType dtype, DType residual, Device device,
+                                    const TensorParallelContext* tp) {
+  check_residual_dtype(residual, dtype, tp);
   int64_t qkv = 0, att = 0, mlp = 0;
   for (const auto& b : blocks) {
     qkv = std::max(qkv, b.widths().qkv_width());
@@ -218,6 +240,7 @@ BlockScratch allocate_block_scratch(const std::vector<TransformerBlock>& blocks,
   s.dqkv = Tensor::empty({B * T * qkv}, dtype, device);
   s.datt = Tensor::empty({B * T * att}, dtype, device);
   s.dfc = Tensor::empty({B * T * mlp}, dtype, device);
+  if (residual != dtype) s.dout_compute = Tensor::empty({B * T * d_model}, dtype, device);
   if (sequence_parallel(tp)) {
     s.dln_part = Tensor::empty({sequence_rows(tp, B, T) * d_model}, dtype, device);
     s.dout_full = Tensor::empty({B * T * d_model}, dtype, device);

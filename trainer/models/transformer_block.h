@@ -12,6 +12,12 @@
 // the block's input, output and LayerNorms cover only this rank's N / R token rows. A null context (or R = 1)
 // is the single-process block.
 //
+// The residual stream (x, mid, out and the backward's dresid) has the residual dtype: the compute dtype, or f32
+// beside a bf16/f16 compute dtype (train.residual_dtype f32, as PyTorch autocast keeps it). Then the branches'
+// GEMMs, attention and LayerNorm outputs stay in the compute dtype: a branch's output goes to the compute-dtype
+// buffer `branch` and joins the stream through an f32 add, and the backward converts the stream's gradient to
+// the compute dtype once per branch for the GEMMs. Not with sequence parallelism.
+//
 // Thread-safety: a block is driven by one thread through one Backend.
 #pragma once
 #include <string>
@@ -37,13 +43,20 @@ struct BlockActivations {
   Tensor ln2, ln2_mean, ln2_rstd, ln2_full;
   Tensor fc1, gelu;                // [B,T,M] before and after the activation
   Tensor partial;                  // [B,T,C]: a row-parallel layer's partial sums (SP only)
+  Tensor branch;                   // [n,C] compute dtype: a branch's output before an f32 residual stream adds it
+                                   // (f32 residual only; forward only, so every block may share one)
 };
 
 // Gradient buffers reused by every block's backward (sized for the widest block).
 struct BlockScratch {
   Tensor dln, dqkv, datt, dfc;
   Tensor dln_part, dout_full;  // [n,C] and [N,C] (sequence parallelism only)
+  Tensor dout_compute;         // [N,C]: an f32 residual gradient converted for the GEMMs (f32 residual only)
 };
+
+// Throws loom::Error unless `residual` is `compute`, or f32 beside a bf16/f16 compute dtype without sequence
+// parallelism (tp may be null).
+void check_residual_dtype(DType residual, DType compute, const TensorParallelContext* tp);
 
 class TransformerBlock {
  public:
@@ -56,9 +69,13 @@ class TransformerBlock {
   // as GPT-2 does, so the residual stream's variance does not grow with depth.
   void declare_parameters(std::vector<ParamSpec>& specs, double init_std, int n_layer) const;
 
-  BlockActivations allocate_activations(int64_t batch, int64_t seq, DType dtype, const Backend& backend) const;
+  // Activations in the compute `dtype`, mid in `residual` (check_residual_dtype). With an f32 residual, `branch`
+  // is the [n,C] compute-dtype buffer the branches write (undefined: one is allocated).
+  BlockActivations allocate_activations(int64_t batch, int64_t seq, DType dtype, const Backend& backend,
+                                        DType residual, const Tensor& branch = Tensor()) const;
 
-  // out = block(x). `out` must not alias `x`. x and out are [B,T,C] or, under sequence parallelism, [n,C].
+  // out = block(x). `out` must not alias `x`. x and out are [B,T,C] or, under sequence parallelism, [n,C], in the
+  // residual dtype of the activations `a`.
   void forward(Backend& be, const ParameterStore& p, const Tensor& x, Tensor& out, BlockActivations& a) const;
 
   // On entry dresid holds dLoss/d(out); on exit dLoss/d(x). Parameter gradients accumulate into p's grads.
@@ -82,9 +99,9 @@ class TransformerBlock {
   const TensorParallelContext* tp_;
 };
 
-// Scratch sized for the widest of `blocks` at (batch, seq).
+// Scratch sized for the widest of `blocks` at (batch, seq), for a residual stream of dtype `residual`.
 BlockScratch allocate_block_scratch(const std::vector<TransformerBlock>& blocks, int64_t d_model, int64_t batch,
-                                    int64_t seq, DType dtype, Device device,
+                                    int64_t seq, DType dtype, DType residual, Device device,
                                     const TensorParallelContext* tp = nullptr);
 
 // Token rows this rank holds in the sequence-parallel regions: B·T / R under sequence parallelism, else B·T.

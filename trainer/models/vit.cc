@@ -64,12 +64,20 @@ VitModel::VitModel(const ModelShape& shape, Backend& backend, DType master_dtype
     : shape_(shape),
       backend_(backend),
       compute_dtype_(compute_dtype),
+      residual_dtype_(compute_dtype),
       label_smoothing_(label_smoothing),
       tp_(tp),
       blocks_(vit_blocks(shape, tp)),
       params_(ParameterLayout(vit_parameters(shape, blocks_)), master_dtype, compute_dtype, backend.device()) {
   LOOM_CHECK(shape.is_vit(), "VitModel: the shape is of kind \"", shape.kind, "\"");
   params_.initialise(seed, tensor_rank(tp), tensor_size(tp));
+}
+
+void VitModel::set_residual_dtype(DType residual) {
+  check_residual_dtype(residual, compute_dtype_, tp_);
+  residual_dtype_ = residual;
+  activations_.clear();
+  scratch_.clear();
 }
 
 void VitModel::set_active_embedding_channels(int64_t channels) {
@@ -89,10 +97,14 @@ VitModel::Activations& VitModel::activations_for(int64_t B) {
   a.pos_plus = Tensor::empty({T, D}, compute_dtype_, dev);
   const int64_t n = sequence_rows(tp_, B, T);
   const bool sp = sequence_parallel(tp_);
-  for (int64_t i = 0; i <= L; ++i) a.resid.push_back(Tensor::empty({n, D}, compute_dtype_, dev));
-  a.embedded = sp ? Tensor::empty({B, T, D}, compute_dtype_, dev) : a.resid[0].view({B, T, D});
+  for (int64_t i = 0; i <= L; ++i) a.resid.push_back(Tensor::empty({n, D}, residual_dtype_, dev));
+  if (residual_dtype_ != compute_dtype_) a.branch = Tensor::empty({n, D}, compute_dtype_, dev);
+  a.embedded = sp                   ? Tensor::empty({B, T, D}, compute_dtype_, dev)
+               : a.branch.defined() ? a.branch.view({B, T, D})
+                                    : a.resid[0].view({B, T, D});
   a.last_full = sp ? Tensor::empty({B, T, D}, compute_dtype_, dev) : a.resid[L].view({B, T, D});
-  for (const auto& b : blocks_) a.blocks.push_back(b.allocate_activations(B, T, compute_dtype_, backend_));
+  for (const auto& b : blocks_)
+    a.blocks.push_back(b.allocate_activations(B, T, compute_dtype_, backend_, residual_dtype_, a.branch));
   a.normed = Tensor::empty({B * T, D}, compute_dtype_, dev);
   a.norm_mean = Tensor::empty({B * T}, reduction_dtype(compute_dtype_), dev);
   a.norm_rstd = Tensor::empty({B * T}, reduction_dtype(compute_dtype_), dev);
@@ -100,7 +112,7 @@ VitModel::Activations& VitModel::activations_for(int64_t B) {
   a.logits = Tensor::empty({B, shape_.num_classes}, compute_dtype_, dev);
   a.logits_dist = Tensor::empty({B, shape_.num_classes}, compute_dtype_, dev);
   a.losses = Tensor::empty({B}, reduction_dtype(compute_dtype_), dev);
-  a.dresid = Tensor::empty({B, T, D}, compute_dtype_, dev);
+  a.dresid = Tensor::empty({B, T, D}, residual_dtype_, dev);
   a.dpos_plus = Tensor::empty({T, D}, compute_dtype_, dev);
   a.dhead = Tensor::empty({B, 1, D}, compute_dtype_, dev);
   if (sp) a.drows = Tensor::empty({n, D}, compute_dtype_, dev);
@@ -137,6 +149,7 @@ VitModel::Activations& VitModel::forward(const Tensor& patches) {
   backend_.add_position_forward(x, a.pos_plus);
   // Under SP the blocks see this rank's token rows; the final norm and heads see every token (replicated).
   if (sequence_parallel(tp_)) scatter_to_sequence_region_forward(backend_, tp_, a.resid[0], a.embedded);
+  if (a.branch.defined()) backend_.convert(a.resid[0], a.embedded);
   for (int64_t i = 0; i < L; ++i) blocks_[i].forward(backend_, params_, a.resid[i], a.resid[i + 1], a.blocks[i]);
   if (sequence_parallel(tp_)) gather_from_sequence_region_forward(backend_, tp_, a.last_full, a.resid[L]);
   backend_.layernorm_forward(a.normed, a.norm_mean, a.norm_rstd, a.last_full.view({B * T, D}),
@@ -161,7 +174,8 @@ double VitModel::forward_backward(const Batch& batch, double loss_scale) {
   const Tensor labels = batch.targets.view({B});
 
   if (!scratch_.count(B))
-    scratch_.emplace(B, allocate_block_scratch(blocks_, D, B, T, compute_dtype_, backend_.device(), tp_));
+    scratch_.emplace(B, allocate_block_scratch(blocks_, D, B, T, compute_dtype_, residual_dtype_,
+                                               backend_.device(), tp_));
   const bool sp = sequence_parallel(tp_);
   BlockScratch& s = scratch_.at(B);
   // The residual gradient and the final-norm gradient need [B, T, D] each; the block scratch `dln` is free
@@ -211,16 +225,19 @@ double VitModel::forward_backward(const Batch& batch, double loss_scale) {
   }
   if (sp) scatter_to_sequence_region_backward(backend_, tp_, dresid_rows, drows);
 
-  // Position table (and through it the class/distillation tokens), then the patch embedding.
+  // Position table (and through it the class/distillation tokens), then the patch embedding, from the residual
+  // gradient in the compute dtype (an f32 one converted into `branch`, free in the backward).
+  Tensor demb = a.branch.defined() ? a.embedded : dresid;
+  if (a.branch.defined()) backend_.convert(demb, dresid);
   Tensor& dpos_plus = a.dpos_plus;
   backend_.zero(dpos_plus);
-  backend_.add_position_backward(dpos_plus, dresid);
+  backend_.add_position_backward(dpos_plus, demb);
   Tensor dpos = params_.grad("pos_embed");
   backend_.accumulate(dpos, dpos_plus);
   Tensor dprefix = prefix_rows(params_, params_.grads(), shape_);
   backend_.accumulate(dprefix, dpos_plus.slice_flat(0, {k, D}));
   Tensor dpatch = s.dln.slice_flat(0, {B, Np, D});
-  backend_.copy_tokens(dpatch, 0, dresid, k, Np, false);
+  backend_.copy_tokens(dpatch, 0, demb, k, Np, false);
   Tensor none, dw = params_.grad("patch_embed.proj.weight"), db = params_.grad("patch_embed.proj.bias");
   backend_.matmul_backward(none, dw, db, dpatch.view({B * Np, D}), a.patch_rows.view({B * Np, shape_.patch_dim()}),
                            params_.weight("patch_embed.proj.weight"));

@@ -44,6 +44,7 @@ class VitModel final : public Model {
   int64_t tokens_per_sample() const override { return shape_.tokens(); }
   const ModelShape& shape() const override { return shape_; }
   void set_active_embedding_channels(int64_t channels) override;
+  void set_residual_dtype(DType residual) override;
 
  private:
   struct Activations {
@@ -52,13 +53,16 @@ class VitModel final : public Model {
     Tensor patch_emb;            // [B, Np, D]
     Tensor pos_plus;             // [T, D]: position embedding with the class/dist tokens added to its first rows
     std::vector<Tensor> resid;   // [n, D] token rows of this rank at every block boundary (n = B·T without SP)
-    Tensor embedded, last_full;  // [B, T, D]: the blocks' input and output over every token (SP only)
+    // [B, T, D]: the blocks' input and output over every token (SP only). With an f32 residual stream `embedded`
+    // is the blocks' shared compute-dtype `branch` buffer ([n, D]), converted into resid[0].
+    Tensor embedded, last_full;
+    Tensor branch;
     std::vector<BlockActivations> blocks;
     Tensor normed, norm_mean, norm_rstd;  // final norm over every token
     Tensor head_in;              // [B, prefix, D]: the class (and distillation) token rows
     Tensor logits, logits_dist, losses;
     Tensor dsoft;                // [B, classes]: the distillation gradient (allocated by the first distilled batch)
-    Tensor dresid, dpos_plus;    // gradient buffers of the backward
+    Tensor dresid, dpos_plus;    // gradient buffers of the backward (dresid in the residual dtype)
     Tensor dhead;                // [B, 1, D]: a head's input gradient (a pruned block's scratch can be narrower)
     Tensor drows;                // [n, D]: the blocks' residual gradient (SP only; dresid's view without)
   };
@@ -69,6 +73,7 @@ class VitModel final : public Model {
   int64_t ln_channels_ = 0;  // LayerNorm statistics over this many channels (0: all d_model)
   Backend& backend_;
   DType compute_dtype_;
+  DType residual_dtype_;
   double label_smoothing_;
   const TensorParallelContext* tp_;
   std::vector<TransformerBlock> blocks_;

@@ -344,9 +344,9 @@ struct Timing {
     ParameterStore params(ParameterLayout(specs), DType::F32, dtype, be.device());
     fill(params);
     AdamW adamw(params, cfg.optim(), be);
-    BlockActivations acts = block.allocate_activations(batch, tokens, dtype, be);
+    BlockActivations acts = block.allocate_activations(batch, tokens, dtype, be, dtype);
     std::vector<TransformerBlock> blocks{block};
-    BlockScratch scratch = allocate_block_scratch(blocks, E, batch, tokens, dtype, be.device());
+    BlockScratch scratch = allocate_block_scratch(blocks, E, batch, tokens, dtype, dtype, be.device());
     if (inputs_width != E) {
       x = random_tensor({batch, tokens, E}, dtype, be.device(), rng);
       dout = random_tensor({batch, tokens, E}, dtype, be.device(), rng);
