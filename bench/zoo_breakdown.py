@@ -153,6 +153,7 @@ def run_ncu(args):
 
 def run_torch(args):
     """Runs the peer script as __main__ with a global optimizer-step hook driving the profiler's schedule."""
+    import importlib
     import runpy
     import torch
     from torch.profiler import ProfilerActivity, profile, schedule
@@ -169,7 +170,9 @@ def run_torch(args):
         def after_optimizer_step(optimizer, *_):
             torch.cuda.synchronize()  # the step's kernels end inside its profiling window
             prof.step()
-        hook = torch.optim.optimizer.register_optimizer_step_post_hook(after_optimizer_step)
+        # The submodule by import: torch.optim's namespace drops the name `optimizer` (torch 2.11).
+        optimizer_module = importlib.import_module("torch.optim.optimizer")
+        hook = optimizer_module.register_optimizer_step_post_hook(after_optimizer_step)
         try:
             runpy.run_path(script, run_name="__main__")
         finally:
