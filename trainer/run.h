@@ -22,6 +22,11 @@ Device select_device(const config::TrainConfig& train);
 // train.dtype on every device.
 DType select_compute_dtype(Device device, const config::TrainConfig& train);
 
+// The GEMM algorithm choice for the backend (Backend::set_gemm_algorithm): train.gemm_algorithm, except
+// Heuristic under tensor parallelism (parallel.tensor > 1), whose ranks must compute replicated layers (ViT's
+// head) bit-identically and could time different winners. Throws for an unknown value on every device.
+GemmAlgorithm select_gemm_algorithm(const config::RunConfig& cfg);
+
 // The checkpoint directory train.resume names ("latest": the newest in train.out_dir), or "" for none.
 std::string resume_checkpoint_dir(const config::RunConfig& cfg);
 
