@@ -167,13 +167,7 @@ TEST_P(CudaGemmAlgorithmTest, TimedChoiceMatchesCpuAndHeuristicAndIsCachedPerSha
   // unfused path rounds twice; attention rounds P and dS to the activation dtype.
   const double gelu_tol = dt == DType::F32 ? 2 * tol : std::max(2 * tol, tolerance(DType::BF16));
   const double attention_tol = dt == DType::F32 ? 1e-5 : 3 * tol;
-  AttentionShape s;
-  s.batch = 2;
-  s.seq = 70;
-  s.heads = 3;
-  s.qk_dim = 16;
-  s.v_dim = 8;
-  s.scale = 1.0 / 4.0;
+  const AttentionShape s{.batch = 2, .seq = 70, .heads = 3, .qk_dim = 16, .v_dim = 8, .causal = true, .scale = 0.25};
   const Tensor qkv = random_host({s.batch, s.seq, s.qkv_width()}, dt, -2.f, 2.f);
   const Tensor dout = random_host({s.batch, s.seq, s.out_width()}, dt);
 
