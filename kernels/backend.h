@@ -22,6 +22,19 @@ namespace loom {
 
 enum class GeluKind { Tanh, Erf };  // GPT-2 uses the tanh approximation; ViT/DeiT the exact erf form
 
+// How a backend with a GEMM library picks the algorithm for each GEMM shape (train.gemm_algorithm).
+// Heuristic: the library's first answer. Timed: on the first call of each shape, up to 8 of the library's
+// candidates are timed on the device and the fastest is kept for the rest of the process (a candidate replaces
+// the first answer only when more than 2 % faster). Either way one shape keeps one algorithm within a process;
+// two processes may choose differently under Timed (timing noise), so their results may differ in the last bits.
+enum class GemmAlgorithm { Heuristic, Timed };
+
+// What a backend's GEMM algorithm choice has done so far: shapes with a chosen algorithm, how many of them
+// were chosen by timing, and how many of those replaced the heuristic's first answer.
+struct GemmAlgorithmStats {
+  int64_t shapes = 0, timed = 0, replaced = 0;
+};
+
 // Multi-head attention over a fused QKV activation.
 // qkv is [B, T, H*Dqk (q) + H*Dqk (k) + H*Dv (v)]: per token, all query heads, then all key heads, then all
 // value heads, each head contiguous. out is [B, T, H*Dv] with the same head order.
@@ -186,6 +199,11 @@ class Backend {
   // Deterministic mode: kernels that would otherwise accumulate with float atomics (flash attention's dQ)
   // take a slower fixed-order path, so repeated runs are bit-identical.
   virtual void set_deterministic(bool deterministic) {}
+  // The GEMM algorithm choice for shapes first seen after this call (shapes already seen keep theirs). Backends
+  // without a choice (CPU) ignore it; the CUDA backend starts with Heuristic and takes the heuristic's answer in
+  // deterministic mode whatever this says, since a timed choice may differ between two runs.
+  virtual void set_gemm_algorithm(GemmAlgorithm algorithm) {}
+  virtual GemmAlgorithmStats gemm_algorithm_stats() const { return {}; }
   // out = softmax(scale · q kᵀ + causal mask) v per batch and head; fills `saved`.
   virtual void attention_forward(Tensor& out, Tensor& saved, const Tensor& qkv, const AttentionShape& s) = 0;
   // dqkv (same layout as qkv) is written.

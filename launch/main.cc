@@ -94,6 +94,8 @@ int cmd_latency_table(const std::string& config_path, const std::vector<std::str
                       const std::string& out) {
   const config::RunConfig cfg = load_run_config(config_path, overrides);
   auto backend = make_backend(select_device(cfg.train()));
+  backend->set_deterministic(cfg.train().deterministic());
+  backend->set_gemm_algorithm(select_gemm_algorithm(cfg));
   const LatencyTable table = build_latency_table(cfg, *backend, &std::cout);
   table.save(out);
   std::cout << "wrote " << out << ": " << table.grid().points() << " block shapes on " << table.key().device << " ("

@@ -70,6 +70,13 @@ DType select_residual_dtype(DType compute, const config::TrainConfig& t) {
   return t.residual_dtype() == "f32" ? DType::F32 : compute;
 }
 
+GemmAlgorithm select_gemm_algorithm(const config::RunConfig& cfg) {
+  const std::string& choice = cfg.train().gemm_algorithm();
+  if (choice != "heuristic" && choice != "timed")
+    fail("train.gemm_algorithm: expected heuristic or timed, got \"", choice, "\"");
+  return choice == "timed" && cfg.parallel().tensor() == 1 ? GemmAlgorithm::Timed : GemmAlgorithm::Heuristic;
+}
+
 std::string resume_checkpoint_dir(const config::RunConfig& cfg) {
   const auto& t = cfg.train();
   if (!t.has_resume() || t.resume().empty()) return "";
@@ -253,6 +260,7 @@ TrainResult train_in_folder(const config::RunConfig& cfg_in, std::ostream& rank0
   const Device device = mesh && mesh->world().device().is_cuda() ? mesh->world().device() : select_device(t);
   auto backend = make_backend(device);
   backend->set_deterministic(t.deterministic());
+  backend->set_gemm_algorithm(select_gemm_algorithm(cfg_in));
   const DType compute = select_compute_dtype(device, t);
   CommTimeline timeline(*backend);
   TensorParallelContext tp;

@@ -25,6 +25,11 @@ DType select_compute_dtype(Device device, const config::TrainConfig& train);
 // wherever compute is f32, e.g. on the CPU), f32 for "f32". Throws for any other value on every device.
 DType select_residual_dtype(DType compute, const config::TrainConfig& train);
 
+// The GEMM algorithm choice for the backend (Backend::set_gemm_algorithm): train.gemm_algorithm, except
+// Heuristic under tensor parallelism (parallel.tensor > 1), whose ranks must compute replicated layers (ViT's
+// head) bit-identically and could time different winners. Throws for an unknown value on every device.
+GemmAlgorithm select_gemm_algorithm(const config::RunConfig& cfg);
+
 // The checkpoint directory train.resume names ("latest": the newest in train.out_dir), or "" for none.
 std::string resume_checkpoint_dir(const config::RunConfig& cfg);
 

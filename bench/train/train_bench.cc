@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
     const config::RunConfig cfg = load_run_config(config_path, overrides);
     const Device device = select_device(cfg.train());
     auto backend = make_backend(device);
+    backend->set_gemm_algorithm(select_gemm_algorithm(cfg));  // as a run sets it (trainer/run.cc)
     auto model = build_model(cfg, *backend, select_compute_dtype(device, cfg.train()));
     AdamW optimizer(model->params(), cfg.optim(), *backend);
     const Batch b = synthetic_batch(cfg, *model, batch, seq, device);

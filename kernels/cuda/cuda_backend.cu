@@ -36,6 +36,16 @@ CudaBackend::~CudaBackend() {
 
 void CudaBackend::activate() const { LOOM_CUDA_CALL(cudaSetDevice(device_)); }
 
+void CudaBackend::set_deterministic(bool deterministic) {
+  deterministic_ = deterministic;
+  set_gemm_algorithm(gemm_algorithm_);
+}
+
+void CudaBackend::set_gemm_algorithm(GemmAlgorithm algorithm) {
+  gemm_algorithm_ = algorithm;
+  gemm_->set_algorithm_choice(deterministic_ ? GemmAlgorithm::Heuristic : algorithm);
+}
+
 const BackendDtypes& CudaBackend::dtypes() {
   static const BackendDtypes kDtypes{{DType::F32, DType::BF16, DType::F16},
                                      {DType::F32, DType::BF16, DType::F16},

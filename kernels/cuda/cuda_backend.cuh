@@ -73,7 +73,10 @@ class CudaBackend final : public Backend {
   // dimensions selects the flash kernels.
   Shape attention_saved_shape(const AttentionShape& s) const override { return {s.batch, s.heads, s.seq, s.seq}; }
   Shape attention_saved_shape(const AttentionShape& s, DType dtype) const override;
-  void set_deterministic(bool deterministic) override { deterministic_ = deterministic; }
+  void set_deterministic(bool deterministic) override;
+  // Timed applies only outside deterministic mode (a timed choice may differ between two runs).
+  void set_gemm_algorithm(GemmAlgorithm algorithm) override;
+  GemmAlgorithmStats gemm_algorithm_stats() const override { return gemm_->stats(); }
   DType attention_saved_dtype() const override { return DType::F32; }
   void attention_forward(Tensor& out, Tensor& saved, const Tensor& qkv, const AttentionShape& s) override;
   void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& out,
@@ -114,6 +117,7 @@ class CudaBackend final : public Backend {
   int* error_flag_host_ = nullptr;   // pinned copy read by synchronize()
   std::unique_ptr<Gemm> gemm_;
   bool deterministic_ = false;
+  GemmAlgorithm gemm_algorithm_ = GemmAlgorithm::Heuristic;  // as set; gemm_ gets Heuristic when deterministic_
 };
 
 // Installs the caching allocator and the copy function on first use, and tells the allocator that a backend

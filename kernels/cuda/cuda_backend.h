@@ -9,7 +9,9 @@
 // - Work is queued on the backend's own stream; synchronize() waits for it. Ids and targets are checked on
 //   the GPU: an id outside [0, V) (or a target outside [-1, vocab)) is skipped and reported as loom::Error by
 //   the next synchronize().
-// - Deterministic: no float atomics; the same inputs give bit-identical outputs run to run on one GPU model.
+// - Deterministic: no float atomics; the same inputs give bit-identical outputs run to run on one GPU model
+//   (within a process always; across processes with GemmAlgorithm::Heuristic, the default, or in
+//   deterministic mode: a timed GEMM algorithm choice may differ between processes).
 // - Not thread-safe (one thread drives a backend); the allocator and copy function are thread-safe. CUDA
 //   tensors are allocated on the backend's device when the process has backends on one device only (any
 //   thread may allocate), else on the calling thread's current device.

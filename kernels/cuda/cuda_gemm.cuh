@@ -10,8 +10,10 @@
 #include <array>
 #include <cstdint>
 #include <map>
-#include <optional>
+#include <memory>
+#include <vector>
 
+#include "kernels/backend.h"
 #include "kernels/cuda/cuda_common.cuh"
 
 namespace loom::cuda {
@@ -43,7 +45,24 @@ struct GemmSpec {
   int64_t aux_ld = 0;
 };
 
-// One cuBLASLt handle and workspace; not thread-safe (owned by one CudaBackend).
+// Owners for cuBLASLt descriptors, destroyed on every path (errors included).
+struct CublasLtDeleter {
+  void operator()(cublasLtMatmulDescOpaque_t* p) const { cublasLtMatmulDescDestroy(p); }
+  void operator()(cublasLtMatrixLayoutOpaque_t* p) const { cublasLtMatrixLayoutDestroy(p); }
+  void operator()(cublasLtMatmulPreferenceOpaque_t* p) const { cublasLtMatmulPreferenceDestroy(p); }
+};
+using CublasLtOpDesc = std::unique_ptr<cublasLtMatmulDescOpaque_t, CublasLtDeleter>;
+using CublasLtLayout = std::unique_ptr<cublasLtMatrixLayoutOpaque_t, CublasLtDeleter>;
+using CublasLtPreference = std::unique_ptr<cublasLtMatmulPreferenceOpaque_t, CublasLtDeleter>;
+
+// A cuBLASLt algorithm under a name: nvcc 13.0's front end crashes on std containers (and std::optional) of
+// cuBLASLt's anonymous structs.
+struct GemmAlgo {
+  cublasLtMatmulAlgo_t algo;
+};
+
+// One cuBLASLt handle and workspace, and per GEMM shape its descriptors and chosen algorithm (see
+// GemmAlgorithm in kernels/backend.h); not thread-safe (owned by one CudaBackend).
 class Gemm {
  public:
   Gemm();
@@ -54,22 +73,49 @@ class Gemm {
   // Runs the GEMM on `stream`. Returns false (having queued nothing) only when the spec has an epilogue
   // and cuBLASLt offers no algorithm for it or refuses it at launch (not supported / invalid value), so the
   // caller can fall back; throws on any other failure.
+  // Under GemmAlgorithm::Timed the first call of a shape also times the heuristic's candidates on `stream`
+  // (a host synchronisation) before running the chosen one. What the caller sees is only the chosen
+  // algorithm's result: with beta == 0 the candidates write the outputs the final run overwrites in full; with
+  // beta != 0 they write a scratch copy of D. No timing while `stream` is being captured into a CUDA graph:
+  // the shape keeps the heuristic's first answer.
   bool run(const GemmSpec& spec, cudaStream_t stream);
 
+  // The choice for shapes first seen from now on (initially Heuristic).
+  void set_algorithm_choice(GemmAlgorithm choice) { choice_ = choice; }
+  // Shapes with an algorithm so far, and the timed choices (GemmAlgorithmStats in kernels/backend.h).
+  GemmAlgorithmStats stats() const;
+
  private:
-  // The heuristic's best algorithm for these descriptors, or nullopt when it has none.
-  std::optional<cublasLtMatmulAlgo_t> find_algo(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a,
-                                                cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t d,
-                                                uint32_t align_a, uint32_t align_b, uint32_t align_d,
-                                                bool with_epilogue);
-  // Everything the heuristic's choice depends on: sizes, layouts, types, epilogue and pointer alignments.
-  using AlgoKey = std::array<int64_t, 21>;
-  // Heuristic answers by key (nullopt: no algorithm with that epilogue); the query costs more than the
-  // launch, and a training step repeats the same few shapes.
-  std::map<AlgoKey, std::optional<cublasLtMatmulAlgo_t>> algos_;
+  // Everything a shape's descriptors and algorithm depend on: sizes, layouts, types, epilogue, pointer
+  // alignments and whether D is read (beta != 0).
+  using ShapeKey = std::array<int64_t, 22>;
+  // One shape's descriptors (the pointer attributes, bias and aux, are set on every call) and its algorithm
+  // (has_algo false: none with that epilogue). Built on the shape's first call: descriptor set-up and the heuristic
+  // query cost more host time than the launch, and a training step repeats the same few shapes.
+  struct Plan {
+    CublasLtOpDesc op;
+    CublasLtLayout a, b, d;
+    GemmAlgo algo{};
+    bool has_algo = false;
+  };
+
+  Plan make_plan(const GemmSpec& spec) const;
+  // Up to `count` heuristic candidates for the plan's descriptors, best first (empty when there is none).
+  std::vector<GemmAlgo> candidates(const Plan& plan, const GemmSpec& spec, int count);
+  // The index of the candidate to keep: the fastest measured on `stream`, unless it beats candidates[0] by 2 %
+  // or less. Candidates cuBLASLt refuses at launch are skipped.
+  size_t time_candidates(const Plan& plan, const GemmSpec& spec, const std::vector<GemmAlgo>& candidates,
+                         cudaStream_t stream);
+  cublasStatus_t launch(const Plan& plan, const GemmSpec& spec, const GemmAlgo& algo, const void* c,
+                        void* d, cudaStream_t stream);
+
+  std::map<ShapeKey, Plan> plans_;
+  GemmAlgorithm choice_ = GemmAlgorithm::Heuristic;
+  GemmAlgorithmStats stats_;
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
+  std::vector<cudaEvent_t> events_;  // timing marks, one more than the timed repetitions
 };
 
 cudaDataType_t cuda_data_type(DType t);

@@ -14,6 +14,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "tests/common/test_util.h"
+#include "trainer/run.h"
 
 namespace loom {
 namespace {
@@ -93,6 +94,20 @@ TEST(ConfigRanges, EnumLikeStringsAreCheckedOnEveryDevice) {
   EXPECT_EQ(load_error(kMinimal, {"model.kind=bert"}),
             kSource + ": override 'model.kind=bert': model.kind: expected one of gpt, vit, got \"bert\"");
   EXPECT_EQ(parse_run_config(kMinimal, kSource, {"train.dtype=f16"}).train().dtype(), "f16");
+  EXPECT_EQ(load_error(kMinimal, {"train.gemm_algorithm=fastest"}),
+            kSource + ": override 'train.gemm_algorithm=fastest': train.gemm_algorithm: expected one of heuristic, "
+                      "timed, got \"fastest\"");
+}
+
+// train.gemm_algorithm reaches the backend as chosen, except that tensor parallelism keeps the heuristic (its
+// ranks compute replicated layers and must agree bit for bit).
+TEST(ConfigRanges, GemmAlgorithmChoice) {
+  EXPECT_EQ(select_gemm_algorithm(parse_run_config(kMinimal, kSource)), GemmAlgorithm::Timed);  // the default
+  EXPECT_EQ(select_gemm_algorithm(parse_run_config(kMinimal, kSource, {"train.gemm_algorithm=heuristic"})),
+            GemmAlgorithm::Heuristic);
+  EXPECT_EQ(select_gemm_algorithm(parse_run_config(kMinimal, kSource, {"parallel.tensor=2"})),
+            GemmAlgorithm::Heuristic);
+  EXPECT_EQ(select_gemm_algorithm(parse_run_config(kMinimal, kSource, {"parallel.data=2"})), GemmAlgorithm::Timed);
 }
 
 // Every numeric field (in every message reachable from RunConfig) carries both bounds, min <= max, and its
