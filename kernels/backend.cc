@@ -32,6 +32,15 @@ class HostClockMarker final : public WorkMarker {
 
 std::unique_ptr<WorkMarker> Backend::make_marker() const { return std::make_unique<HostClockMarker>(); }
 
+void Backend::matmul_residual_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias,
+                                      const Tensor& residual) {
+  // matmul_forward and add check the rest of the contract.
+  LOOM_CHECK(out.numel() == 0 || residual.raw() != out.raw(), "matmul_residual_forward: residual ", residual.str(),
+             " and out ", out.str(), " must be distinct buffers");
+  matmul_forward(out, x, w, bias);
+  add(out, out, residual);
+}
+
 bool cuda_available() {
 #if LOOM_HAVE_CUDA_BACKEND
   return cuda_device_count() > 0;

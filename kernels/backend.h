@@ -153,6 +153,12 @@ class Backend {
   // ---- linear layers (weights stored [out, in], as in PyTorch) ----
   // out[N, O] = x[N, I] · w[O, I]^T + bias[O]; bias may be undefined.
   virtual void matmul_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) = 0;
+  // out[N, O] = residual[N, O] + x[N, I] · w[O, I]^T + bias[O] (a residual branch joining its stream; bias may be
+  // undefined). residual has out's shape and dtype and must not overlap it. The default is matmul_forward then
+  // add; CUDA adds the residual in the GEMM (C ≠ D), which saves a pass over three [N, O] tensors and rounds
+  // the sum once instead of twice.
+  virtual void matmul_residual_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias,
+                                       const Tensor& residual);
   // dx[N, I] = dout · w (written; undefined dx skips it), dw[O, I] += dout^T · x (undefined dw skips it and
   // then requires an undefined dbias), dbias[O] += Σ_n dout (undefined dbias skips it). Tensor parallelism calls
   // it twice, dx first, so the input gradient's reduction overlaps the weight-gradient GEMM.

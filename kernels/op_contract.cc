@@ -263,6 +263,16 @@ Linear matmul_backward(const OpCheck& check, const Tensor& dx, const Tensor& dw,
   return l;
 }
 
+Linear matmul_residual_forward(const OpCheck& check, const Tensor& out, const Tensor& x, const Tensor& w,
+                               const Tensor& bias, const Tensor& residual) {
+  const Linear l = matmul_forward(check, out, x, w, bias);
+  check.like("residual", residual, "out", out);
+  check.same_shape("residual", residual, "out", out);
+  check.require(out.numel() == 0 || residual.raw() != out.raw(), "residual ", residual.str(), " and out ", out.str(),
+                " must be distinct buffers");
+  return l;
+}
+
 Linear matmul_gelu_forward(const OpCheck& check, const Tensor& out, const Tensor& pre, const Tensor& x,
                            const Tensor& w, const Tensor& bias) {
   const Linear l = linear_of(check, x, w);

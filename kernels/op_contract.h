@@ -109,6 +109,10 @@ Rows layernorm_backward(const OpCheck& check, const Tensor& dx, const Tensor& dw
 Linear matmul_forward(const OpCheck& check, const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias);
 Linear matmul_backward(const OpCheck& check, const Tensor& dx, const Tensor& dw, const Tensor& dbias,
                        const Tensor& dout, const Tensor& x, const Tensor& w);
+// matmul_residual_forward: matmul_forward's, and residual like out, a distinct buffer (same start address is
+// what is checked: the model's tensors are whole buffers or disjoint views).
+Linear matmul_residual_forward(const OpCheck& check, const Tensor& out, const Tensor& x, const Tensor& w,
+                               const Tensor& bias, const Tensor& residual);
 // matmul_gelu_forward: w [M, I], pre and out [N, M], all distinct. Returns {N, I, O = M}.
 Linear matmul_gelu_forward(const OpCheck& check, const Tensor& out, const Tensor& pre, const Tensor& x,
                            const Tensor& w, const Tensor& bias);

@@ -206,6 +206,17 @@ void RowParallelLinear::forward_reduced(Backend& be, const TensorParallelContext
   finish_overlapped(be, tp, *g);
 }
 
+void RowParallelLinear::forward_reduced_residual(Backend& be, const TensorParallelContext* tp, Tensor& y,
+                                                 const Tensor& x, const Tensor& w, const Tensor& b,
+                                                 const Tensor& residual) {
+  if (!group_of(tp)) {
+    be.matmul_residual_forward(y, x, w, b, residual);
+    return;
+  }
+  forward_reduced(be, tp, y, x, w, b);
+  be.add(y, residual, y);
+}
+
 void RowParallelLinear::backward(Backend& be, Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x,
                                  const Tensor& w) {
   be.matmul_backward(dx, dw, db, dy, x, w);

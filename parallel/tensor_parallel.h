@@ -131,6 +131,11 @@ struct RowParallelLinear {
   // sequence parallelism (whose exit scatters rows by rank instead).
   static void forward_reduced(Backend& be, const TensorParallelContext* tp, Tensor& y, const Tensor& x,
                               const Tensor& w, const Tensor& b);
+  // y = residual + forward_reduced's y: the region exit joining the residual stream (residual like y, a distinct
+  // buffer). Single-process, one GEMM that adds the residual (Backend::matmul_residual_forward); else the
+  // reduced sum, then the add. Without sequence parallelism, as forward_reduced.
+  static void forward_reduced_residual(Backend& be, const TensorParallelContext* tp, Tensor& y, const Tensor& x,
+                                       const Tensor& w, const Tensor& b, const Tensor& residual);
   static void backward(Backend& be, Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x,
                        const Tensor& w);
 };

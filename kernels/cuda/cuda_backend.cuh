@@ -58,6 +58,8 @@ class CudaBackend final : public Backend {
                           const Tensor& w, const Tensor& mean, const Tensor& rstd, int64_t channels = 0) override;
 
   void matmul_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) override;
+  void matmul_residual_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias,
+                               const Tensor& residual) override;
   void matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const Tensor& dout, const Tensor& x,
                        const Tensor& w) override;
   void matmul_gelu_forward(Tensor& out, Tensor& pre, const Tensor& x, const Tensor& w, const Tensor& bias,
@@ -109,6 +111,9 @@ class CudaBackend final : public Backend {
   // Makes this backend's device current for the calling thread (allocations and launches go to it).
   void activate() const;
   void check_error_flag();
+  // matmul_forward's GEMM, with `residual` (null: none) as its C; the shapes are checked.
+  void linear_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias, const void* residual,
+                      int64_t N, int64_t I, int64_t O);
 
   int device_ = 0;
   std::string name_;

@@ -8,16 +8,30 @@ namespace {
 constexpr int kThreads = 256;
 
 // out[i] = a[i] + b[i]   (out may alias a, or b when R = T: each element is read before it is written, by one
-// thread). R is T, or f32 for a residual stream beside a bf16/f16 branch b.
-template <typename R, typename T>
-__global__ void add_kernel(R* out, const R* a, const T* b, int64_t n) {
-  LOOM_GRID_STRIDE(i, n) out[i] = from_f32<R>(to_f32(a[i]) + to_f32(b[i]));
+// thread). R is T, or f32 for a residual stream beside a bf16/f16 branch b. K elements per pack (load_pack).
+template <int K, typename R, typename T>
+__global__ void add_kernel(R* out, const R* a, const T* b, int64_t packs) {
+  LOOM_GRID_STRIDE(i, packs) {
+    float va[K], vb[K];
+    load_pack<K>(va, a, i);
+    load_pack<K>(vb, b, i);
+#pragma unroll
+    for (int e = 0; e < K; ++e) va[e] += vb[e];
+    store_pack<K>(out, i, va);
+  }
 }
 
 // dst[i] += src[i]
-template <typename T>
-__global__ void accumulate_kernel(T* dst, const T* src, int64_t n) {
-  LOOM_GRID_STRIDE(i, n) dst[i] = from_f32<T>(to_f32(dst[i]) + to_f32(src[i]));
+template <int K, typename T>
+__global__ void accumulate_kernel(T* dst, const T* src, int64_t packs) {
+  LOOM_GRID_STRIDE(i, packs) {
+    float vd[K], vs[K];
+    load_pack<K>(vd, dst, i);
+    load_pack<K>(vs, src, i);
+#pragma unroll
+    for (int e = 0; e < K; ++e) vd[e] += vs[e];
+    store_pack<K>(dst, i, vd);
+  }
 }
 
 // x[i] *= s
@@ -37,31 +51,42 @@ constexpr float kInvSqrt2Pi = 0.3989422804014327f;   // 1/√(2π)
 
 // tanh form: gelu(x) = ½x(1 + tanh(u)), u = √(2/π)(x + 0.044715x³)   (GPT-2)
 // erf form:  gelu(x) = ½x(1 + erf(x/√2))                              (ViT/DeiT)
-template <typename T>
-__global__ void gelu_forward_kernel(T* out, const T* x, int64_t n, bool tanh_approx) {
-  LOOM_GRID_STRIDE(i, n) {
-    const float v = to_f32(x[i]);
-    const float y = tanh_approx ? 0.5f * v * (1.f + tanhf(kSqrt2OverPi * (v + 0.044715f * v * v * v)))
-                                : 0.5f * v * (1.f + erff(v * kInvSqrt2));
-    out[i] = from_f32<T>(y);
+__device__ __forceinline__ float gelu_value(float v, bool tanh_approx) {
+  return tanh_approx ? 0.5f * v * (1.f + tanhf(kSqrt2OverPi * (v + 0.044715f * v * v * v)))
+                     : 0.5f * v * (1.f + erff(v * kInvSqrt2));
+}
+
+template <int K, typename T>
+__global__ void gelu_forward_kernel(T* out, const T* x, int64_t packs, bool tanh_approx) {
+  LOOM_GRID_STRIDE(i, packs) {
+    float v[K];
+    load_pack<K>(v, x, i);
+#pragma unroll
+    for (int e = 0; e < K; ++e) v[e] = gelu_value(v[e], tanh_approx);
+    store_pack<K>(out, i, v);
   }
 }
 
 // tanh form: gelu'(x) = ½(1 + tanh u) + ½x(1 - tanh²u)·√(2/π)(1 + 3·0.044715x²)
 // erf form:  gelu'(x) = Φ(x) + x·φ(x) = ½(1 + erf(x/√2)) + x·exp(-x²/2)/√(2π)
+__device__ __forceinline__ float gelu_derivative(float v, bool tanh_approx) {
+  if (tanh_approx) {
+    const float th = tanhf(kSqrt2OverPi * (v + 0.044715f * v * v * v));
+    return 0.5f * (1.f + th) + 0.5f * v * (1.f - th * th) * kSqrt2OverPi * (1.f + 3.f * 0.044715f * v * v);
+  }
+  return 0.5f * (1.f + erff(v * kInvSqrt2)) + v * expf(-0.5f * v * v) * kInvSqrt2Pi;
+}
+
 // dx = dout · gelu'(x)   (dx may alias dout)
-template <typename T>
-__global__ void gelu_backward_kernel(T* dx, const T* dout, const T* x, int64_t n, bool tanh_approx) {
-  LOOM_GRID_STRIDE(i, n) {
-    const float v = to_f32(x[i]);
-    float grad;
-    if (tanh_approx) {
-      const float th = tanhf(kSqrt2OverPi * (v + 0.044715f * v * v * v));
-      grad = 0.5f * (1.f + th) + 0.5f * v * (1.f - th * th) * kSqrt2OverPi * (1.f + 3.f * 0.044715f * v * v);
-    } else {
-      grad = 0.5f * (1.f + erff(v * kInvSqrt2)) + v * expf(-0.5f * v * v) * kInvSqrt2Pi;
-    }
-    dx[i] = from_f32<T>(to_f32(dout[i]) * grad);
+template <int K, typename T>
+__global__ void gelu_backward_kernel(T* dx, const T* dout, const T* x, int64_t packs, bool tanh_approx) {
+  LOOM_GRID_STRIDE(i, packs) {
+    float v[K], d[K];
+    load_pack<K>(v, x, i);
+    load_pack<K>(d, dout, i);
+#pragma unroll
+    for (int e = 0; e < K; ++e) d[e] *= gelu_derivative(v[e], tanh_approx);
+    store_pack<K>(dx, i, d);
   }
 }
 
@@ -118,16 +143,19 @@ __global__ void add_partials_kernel(T* dst, const float* partials, int64_t parts
 
 template <typename R, typename T>
 void add(R* out, const R* a, const T* b, int64_t n, cudaStream_t stream) {
-  if (n == 0) return;
-  add_kernel<<<grid_for(n), kThreads, 0, stream>>>(out, a, b, n);
-  LOOM_CUDA_LAUNCHED("add_kernel");
+  const bool aligned = is_aligned16(out) && is_aligned16(a) && is_aligned16(b);
+  launch_in_packs<Pack16<T>::kSize>(n, aligned, [&](auto k, int64_t first, int64_t packs) {
+    add_kernel<decltype(k)::value><<<grid_for(packs), kThreads, 0, stream>>>(out + first, a + first, b + first, packs);
+    LOOM_CUDA_LAUNCHED("add_kernel");
+  });
 }
 
 template <typename T>
 void accumulate(T* dst, const T* src, int64_t n, cudaStream_t stream) {
-  if (n == 0) return;
-  accumulate_kernel<<<grid_for(n), kThreads, 0, stream>>>(dst, src, n);
-  LOOM_CUDA_LAUNCHED("accumulate_kernel");
+  launch_in_packs<Pack16<T>::kSize>(n, is_aligned16(dst) && is_aligned16(src), [&](auto k, int64_t first, int64_t packs) {
+    accumulate_kernel<decltype(k)::value><<<grid_for(packs), kThreads, 0, stream>>>(dst + first, src + first, packs);
+    LOOM_CUDA_LAUNCHED("accumulate_kernel");
+  });
 }
 
 template <typename T>
@@ -145,16 +173,20 @@ void convert(void* dst, Elem dst_elem, const void* src, Elem src_elem, int64_t n
 
 template <typename T>
 void gelu_forward(T* out, const T* x, int64_t n, bool tanh_approx, cudaStream_t stream) {
-  if (n == 0) return;
-  gelu_forward_kernel<<<grid_for(n), kThreads, 0, stream>>>(out, x, n, tanh_approx);
-  LOOM_CUDA_LAUNCHED("gelu_forward_kernel");
+  launch_in_packs<Pack16<T>::kSize>(n, is_aligned16(out) && is_aligned16(x), [&](auto k, int64_t first, int64_t packs) {
+    gelu_forward_kernel<decltype(k)::value><<<grid_for(packs), kThreads, 0, stream>>>(out + first, x + first, packs, tanh_approx);
+    LOOM_CUDA_LAUNCHED("gelu_forward_kernel");
+  });
 }
 
 template <typename T>
 void gelu_backward(T* dx, const T* dout, const T* x, int64_t n, bool tanh_approx, cudaStream_t stream) {
-  if (n == 0) return;
-  gelu_backward_kernel<<<grid_for(n), kThreads, 0, stream>>>(dx, dout, x, n, tanh_approx);
-  LOOM_CUDA_LAUNCHED("gelu_backward_kernel");
+  const bool aligned = is_aligned16(dx) && is_aligned16(dout) && is_aligned16(x);
+  launch_in_packs<Pack16<T>::kSize>(n, aligned, [&](auto k, int64_t first, int64_t packs) {
+    gelu_backward_kernel<decltype(k)::value><<<grid_for(packs), kThreads, 0, stream>>>(dx + first, dout + first, x + first, packs,
+                                                                            tanh_approx);
+    LOOM_CUDA_LAUNCHED("gelu_backward_kernel");
+  });
 }
 
 template <typename T>

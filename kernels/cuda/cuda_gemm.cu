@@ -123,6 +123,7 @@ std::vector<GemmAlgo> Gemm::candidates(const Plan& plan, const GemmSpec& s, int 
   LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceCreate(&raw_pref));
   const CublasLtPreference pref(raw_pref);
   const uint32_t align_a = alignment_of(s.a.ptr), align_b = alignment_of(s.b.ptr), align_d = alignment_of(s.d);
+  const uint32_t align_c = s.c ? alignment_of(s.c) : align_d;
   LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceSetAttribute(raw_pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                         &workspace_bytes_, sizeof(workspace_bytes_)));
   LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceSetAttribute(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
@@ -130,7 +131,7 @@ std::vector<GemmAlgo> Gemm::candidates(const Plan& plan, const GemmSpec& s, int 
   LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceSetAttribute(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
                                                         &align_b, sizeof(align_b)));
   LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceSetAttribute(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                                                        &align_d, sizeof(align_d)));
+                                                        &align_c, sizeof(align_c)));
   LOOM_CUBLAS_CALL(cublasLtMatmulPreferenceSetAttribute(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                                         &align_d, sizeof(align_d)));
   cublasLtMatmulHeuristicResult_t results[kTimedCandidates];
@@ -164,7 +165,8 @@ size_t Gemm::time_candidates(const Plan& plan, const GemmSpec& s, const std::vec
   // the heuristic's first answer stays.
   std::unique_ptr<ScratchBuffer> copy;
   void* d = s.d;
-  if (s.beta != 0) {
+  const void* c = s.c;  // a separate C is only read: the candidates write D, as with beta == 0
+  if (s.beta != 0 && !s.c) {
     int device = 0;
     LOOM_CUDA_CALL(cudaGetDevice(&device));
     const size_t span = d_span_bytes(s), offset = reinterpret_cast<uintptr_t>(s.d) % 256;
@@ -172,16 +174,17 @@ size_t Gemm::time_candidates(const Plan& plan, const GemmSpec& s, const std::vec
     if (available >= 0 && span + offset > static_cast<size_t>(available)) return 0;  // not counted as timed
     copy = std::make_unique<ScratchBuffer>(span + offset);
     d = copy->as<char>() + offset;
+    c = d;
     LOOM_CUDA_CALL(cudaMemcpyAsync(d, s.d, span, cudaMemcpyDeviceToDevice, stream));
   }
   std::vector<float> best_ms(algos.size(), std::numeric_limits<float>::infinity());
   for (size_t i = 0; i < algos.size(); ++i) {
-    const cublasStatus_t warm_up = launch(plan, s, algos[i], d, d, stream);
+    const cublasStatus_t warm_up = launch(plan, s, algos[i], c ? c : d, d, stream);
     if (refused(warm_up)) continue;
     if (warm_up != CUBLAS_STATUS_SUCCESS) throw_cublas_error(warm_up, "cublasLtMatmul", __FILE__, __LINE__);
     LOOM_CUDA_CALL(cudaEventRecord(events_[0], stream));
     for (int run = 1; run <= kTimedRuns; ++run) {
-      LOOM_CUBLAS_CALL(launch(plan, s, algos[i], d, d, stream));
+      LOOM_CUBLAS_CALL(launch(plan, s, algos[i], c ? c : d, d, stream));
       LOOM_CUDA_CALL(cudaEventRecord(events_[static_cast<size_t>(run)], stream));
     }
     LOOM_CUDA_CALL(cudaEventSynchronize(events_.back()));
@@ -203,7 +206,7 @@ bool Gemm::run(const GemmSpec& s, cudaStream_t stream) {
   const ShapeKey key{s.m, s.n, s.k, s.batch, s.a.ld, s.b.ld, s.ldd, s.a.batch_stride, s.b.batch_stride,
                      s.d_batch_stride, s.a.transposed, s.b.transposed, s.ab_type, s.d_type, s.epilogue,
                      alignment_of(s.a.ptr), alignment_of(s.b.ptr), alignment_of(s.d),
-                     s.bias ? alignment_of(s.bias) : 0, s.aux ? alignment_of(s.aux) : 0, s.aux_ld, s.beta != 0};
+                     s.bias ? alignment_of(s.bias) : 0, s.aux ? alignment_of(s.aux) : 0, s.aux_ld, s.beta != 0, s.c ? alignment_of(s.c) : 0};
   auto found = plans_.find(key);
   const bool first_call = found == plans_.end();
   if (first_call) found = plans_.emplace(key, make_plan(s)).first;
@@ -228,7 +231,7 @@ bool Gemm::run(const GemmSpec& s, cudaStream_t stream) {
     fail("cuBLASLt: no algorithm for GEMM m=", s.m, " n=", s.n, " k=", s.k, " batch=", s.batch, " lda=", s.a.ld,
          " ldb=", s.b.ld, " ldd=", s.ldd);
   }
-  const cublasStatus_t status = launch(plan, s, plan.algo, s.d, s.d, stream);
+  const cublasStatus_t status = launch(plan, s, plan.algo, s.c ? s.c : s.d, s.d, stream);
   // An epilogue refused at launch has queued nothing: remember the refusal and let the caller fall back.
   if (with_epilogue && refused(status)) {
     plan.has_algo = false;

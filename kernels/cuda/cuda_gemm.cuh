@@ -33,6 +33,9 @@ struct GemmSpec {
   int64_t ldd = 0, d_batch_stride = 0;
   cudaDataType_t ab_type = CUDA_R_32F, d_type = CUDA_R_32F;
   float alpha = 1, beta = 0;
+  // With beta != 0: the C of D = alpha·op(A)·op(B) + beta·C, laid out as D; null means C = D (accumulation).
+  // A separate C (a residual added in the GEMM) must not overlap D.
+  const void* c = nullptr;
   // Optional epilogue: CUBLASLT_EPILOGUE_BIAS adds bias[m] (of d_type) to every column of D;
   // CUBLASLT_EPILOGUE_BGRADB writes bias[n] = Σ over k of op(B) (the bias gradient, of d_type).
   // The GELU epilogues (cuBLASLt's GELU is the tanh approximation) use an auxiliary [m, n] matrix of d_type with
@@ -88,7 +91,7 @@ class Gemm {
  private:
   // Everything a shape's descriptors and algorithm depend on: sizes, layouts, types, epilogue, pointer
   // alignments and whether D is read (beta != 0).
-  using ShapeKey = std::array<int64_t, 22>;
+  using ShapeKey = std::array<int64_t, 23>;
   // One shape's descriptors (the pointer attributes, bias and aux, are set on every call) and its algorithm
   // (has_algo false: none with that epilogue). Built on the shape's first call: descriptor set-up and the heuristic
   // query cost more host time than the launch, and a training step repeats the same few shapes.

@@ -49,7 +49,19 @@ std::string gelu_epilogue_rule(GeluKind kind, DType dtype, int64_t width) {
 
 void CudaBackend::matmul_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) {
   const auto dims = op_contract::matmul_forward(op_check("matmul_forward"), out, x, w, bias);
-  const int64_t N = dims.N, I = dims.I, O = dims.O;
+  linear_forward(out, x, w, bias, nullptr, dims.N, dims.I, dims.O);
+}
+
+void CudaBackend::matmul_residual_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias,
+                                          const Tensor& residual) {
+  const auto dims =
+      op_contract::matmul_residual_forward(op_check("matmul_residual_forward"), out, x, w, bias, residual);
+  linear_forward(out, x, w, bias, residual.raw(), dims.N, dims.I, dims.O);
+}
+
+// out = x·wᵀ (+ bias) (+ residual: C of the GEMM with beta 1, when not null).
+void CudaBackend::linear_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias,
+                                 const void* residual, int64_t N, int64_t I, int64_t O) {
   activate();
   if (N == 0 || O == 0) return;
   GemmSpec spec;
@@ -61,6 +73,10 @@ void CudaBackend::matmul_forward(Tensor& out, const Tensor& x, const Tensor& w, 
   spec.d = out.raw();
   spec.ldd = O;
   spec.ab_type = spec.d_type = cuda_data_type(x.dtype());
+  if (residual) {
+    spec.c = residual;
+    spec.beta = 1;
+  }
   std::unique_ptr<ScratchBuffer> aligned_bias;
   if (bias.defined()) {
     spec.epilogue = CUBLASLT_EPILOGUE_BIAS;

@@ -187,7 +187,7 @@ TEST_F(CudaBackendTest, ShapeAndDtypeMismatchesThrow) {
   Tensor c = on_gpu(random_host({4, 5}, DType::BF16));
   Tensor host = random_host({4, 5}, DType::F32);
   EXPECT_THROW(gpu_->add(a, a, b), Error);
-  EXPECT_THROW(gpu_->add(a, a, c), Error);
+  EXPECT_THROW(gpu_->add(c, c, a), Error);  // an f32 b beside a bf16 stream (the reverse is the f32 residual add)
   EXPECT_THROW(gpu_->accumulate(a, host), Error);
   Tensor w = on_gpu(random_host({3, 4}, DType::F32)), out = poisoned({4, 3}, DType::F32), none;
   EXPECT_THROW(gpu_->matmul_forward(out, a, w, none), Error);

@@ -162,11 +162,14 @@ std::string case_name(const LayerCase& c) {
 
 TEST_P(CudaGemmAlgorithmTest, TimedChoiceMatchesCpuAndHeuristicAndIsCachedPerShape) {
   const DType dt = GetParam();
-  const double tol = tolerance(dt);
+  // 16-bit GEMMs with K above ~1000 may take split-K algorithms whose partial sums are reduced in the output
+  // dtype (cuBLASLt's default, which PyTorch's bf16/f16 matmuls also allow): measured on an H100, a few
+  // elements in a million of the 1037x1100x1030 cases reached 1.1x the one-rounding tolerance, so 2x it.
+  const double tol = dt == DType::F32 ? tolerance(dt) : 2 * tolerance(dt);
   // As in cuda_backend_mlp_gelu_test.cc: the epilogues' GELU has undocumented internal precision, and the
   // unfused path rounds twice; attention rounds P and dS to the activation dtype.
-  const double gelu_tol = dt == DType::F32 ? 2 * tol : std::max(2 * tol, tolerance(DType::BF16));
-  const double attention_tol = dt == DType::F32 ? 1e-5 : 3 * tol;
+  const double gelu_tol = 2 * tol;
+  const double attention_tol = dt == DType::F32 ? 1e-5 : 3 * tolerance(dt);
   const AttentionShape s{.batch = 2, .seq = 70, .heads = 3, .qk_dim = 16, .v_dim = 8, .causal = true, .scale = 0.25};
   const Tensor qkv = random_host({s.batch, s.seq, s.qkv_width()}, dt, -2.f, 2.f);
   const Tensor dout = random_host({s.batch, s.seq, s.out_width()}, dt);
@@ -263,12 +266,13 @@ TEST_P(CudaGemmAlgorithmTest, NoTimingWhileTheStreamIsCaptured) {
   EXPECT_EQ(cudaGraphDestroy(graph), cudaSuccess);
   Tensor ref = Tensor::empty({N, O}, DType::F64);
   cpu_->matmul_forward(ref, as_f64(x_host), as_f64(w_host), Tensor());
-  expect_close(out, ref, tolerance(dt), "matmul_forward from a captured graph");
+  const double tol = dt == DType::F32 ? tolerance(dt) : 2 * tolerance(dt);  // K = 1040: see above
+  expect_close(out, ref, tol, "matmul_forward from a captured graph");
   // The shape keeps the heuristic's answer outside the capture too: nothing more is timed.
   timed_->matmul_forward(out, x, w, Tensor());
   timed_->synchronize();
   EXPECT_EQ(timed_->gemm_algorithm_stats().timed, 0);
-  expect_close(out, ref, tolerance(dt), "matmul_forward after the capture");
+  expect_close(out, ref, tol, "matmul_forward after the capture");
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaGemmAlgorithmTest, ::testing::Values(DType::F32, DType::BF16),

@@ -1,6 +1,6 @@
 // The Backend defaults of the fused MLP ops (matmul_gelu_forward, matmul_backward_gelu), as the CPU backend
 // runs them: a float64 finite-difference check of a whole MLP, L = Σ r · fc2(gelu(fc1(x))), for both GELU
-// forms, and the accumulate-vs-write semantics of their outputs.
+// forms, and the accumulate-vs-write semantics of their outputs; and the default of matmul_residual_forward.
 #include <gtest/gtest.h>
 
 #include <limits>
@@ -74,6 +74,23 @@ TEST_F(BackendMatmulGelu, MlpGradientsMatchFiniteDifferences) {
     cpu.matmul_backward_gelu(dpre, dw2_only, no_dbias, r, h, w2, pre, kind);
     expect_scaled("dw2 without dbias" + form, dw2_only, dw2_once, 1);
   }
+}
+
+TEST_F(BackendMatmulGelu, ResidualForwardIsTheResidualPlusTheLinearLayer) {
+  const int64_t N = 5, I = 3, O = 7;  // ragged sizes
+  const Tensor x = random_tensor({N, I}, F64, rng), w = random_tensor({O, I}, F64, rng);
+  const Tensor b = random_tensor({O}, F64, rng), residual = random_tensor({N, O}, F64, rng);
+  const Tensor residual_before = clone(residual);
+  for (bool with_bias : {true, false}) {
+    Tensor out = poisoned({N, O}, F64), expected = poisoned({N, O}, F64);
+    cpu.matmul_residual_forward(out, x, w, with_bias ? b : Tensor(), residual);
+    cpu.matmul_forward(expected, x, w, with_bias ? b : Tensor());
+    for (int64_t i = 0; i < N * O; ++i) expected.data<double>()[i] += residual.data<double>()[i];
+    expect_scaled(with_bias ? "residual + x·wᵀ + b" : "residual + x·wᵀ", out, expected, 1);
+  }
+  expect_scaled("the residual is only read", residual, residual_before, 1);
+  Tensor same = clone(residual);
+  EXPECT_THROW(cpu.matmul_residual_forward(same, x, w, b, same), Error);
 }
 
 }  // namespace

@@ -139,16 +139,22 @@ void TransformerBlock::forward(Backend& be, const ParameterStore& p, const Tenso
   const Tensor x = x_in.view({rows, C});
   Tensor out = out_in.view({rows, C});
   const AttentionShape as = attention_shape(B, T);
-  // Region exits: without SP `out` holds the summed projection for a moment before it becomes the output, and
-  // the sum is taken tile by tile while the GEMM runs; under SP the partial sums are reduce-scattered to rows.
-  // With an f32 residual stream the branch output goes to the compute-dtype `branch` instead (SP is refused).
-  Tensor branch = a.branch.defined() ? a.branch.view({rows, C}) : out;
-  auto row_parallel_exit = [&](const Tensor& in, const Tensor& w, const Tensor& b) {
+  // Region exits joining the residual stream: stream_out = stream_in + the row-parallel projection of `in`.
+  // Without SP and with the stream in the compute dtype, one GEMM that adds stream_in (the sum taken tile by tile
+  // while the GEMM runs under TP); under SP the partial sums are reduce-scattered to rows, and with an f32 stream
+  // (SP refused then) the projection goes to the compute-dtype `branch`, each then added to the stream.
+  Tensor branch = a.branch.defined() ? a.branch.view({rows, C}) : Tensor();
+  auto exit_to_stream = [&](Tensor& stream_out, const Tensor& stream_in, const Tensor& in, const Tensor& w,
+                            const Tensor& b) {
     if (sp) {
       RowParallelLinear::forward(be, tp_, a.partial, in, w, b);
-      reduce_scatter_to_sequence_region_forward(be, tp_, branch, a.partial);
-    } else {
+      reduce_scatter_to_sequence_region_forward(be, tp_, branch.defined() ? branch : stream_out, a.partial);
+      be.add(stream_out, stream_in, branch.defined() ? branch : stream_out);
+    } else if (branch.defined()) {
       RowParallelLinear::forward_reduced(be, tp_, branch, in, w, b);
+      be.add(stream_out, stream_in, branch);
+    } else {
+      RowParallelLinear::forward_reduced_residual(be, tp_, stream_out, in, w, b, stream_in);
     }
   };
 
@@ -157,8 +163,7 @@ void TransformerBlock::forward(Backend& be, const ParameterStore& p, const Tenso
   if (sp) gather_from_sequence_region_forward(be, tp_, a.ln1_full, a.ln1);
   ColumnParallelLinear::forward(be, a.qkv, a.ln1_full, p.weight(n + "attn.qkv.weight"), p.weight(n + "attn.qkv.bias"));
   be.attention_forward(a.att, a.att_saved, a.qkv, as);
-  row_parallel_exit(a.att, p.weight(n + "attn.proj.weight"), p.weight(n + "attn.proj.bias"));
-  be.add(a.mid, x, branch);
+  exit_to_stream(a.mid, x, a.att, p.weight(n + "attn.proj.weight"), p.weight(n + "attn.proj.bias"));
 
   be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.mid, p.weight(n + "norm2.weight"),
                        p.weight(n + "norm2.bias"), ln_eps_, ln_channels_);
@@ -166,8 +171,7 @@ void TransformerBlock::forward(Backend& be, const ParameterStore& p, const Tenso
   // fc1 is column-parallel, a purely local matmul (ColumnParallelLinear::forward), so it fuses with the GELU.
   be.matmul_gelu_forward(a.gelu, a.fc1, a.ln2_full, p.weight(n + "mlp.fc1.weight"), p.weight(n + "mlp.fc1.bias"),
                          gelu_);
-  row_parallel_exit(a.gelu, p.weight(n + "mlp.fc2.weight"), p.weight(n + "mlp.fc2.bias"));
-  be.add(out, a.mid, branch);
+  exit_to_stream(out, a.mid, a.gelu, p.weight(n + "mlp.fc2.weight"), p.weight(n + "mlp.fc2.bias"));
 }
 
 void TransformerBlock::backward(Backend& be, const ParameterStore& p, Tensor& dresid_in, const Tensor& x_in,
