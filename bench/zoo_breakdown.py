@@ -32,7 +32,8 @@ import sys
 # and Loom's loss and LayerNorm kernels write "partials" like its bias-gradient reductions.
 CLASSES = [
     ("attention", r"flash|fmha|attention|sdpa|cudnn|_heads_kernel|\bsoftmax_(forward|backward)_kernel"),
-    ("GEMM", r"gemm|cutlass|nvjet|xmma|sm90_|sm80_|cublas|splitk|gemv|triton_tem_"),
+    # cuBLASLt's bias-gradient epilogue may run as its own kernel (epilogue::globalKernelBgradAB...): GEMM work.
+    ("GEMM", r"gemm|cutlass|nvjet|xmma|sm90_|sm80_|cublas|splitk|gemv|triton_tem_|bgrad"),
     ("LayerNorm", r"layer_?norm|gammabeta"),
     ("cross-entropy", r"cross_entropy|softmax|nll_loss|distillation"),
     ("optimizer", r"adam|multi_tensor|optimizer"),

@@ -80,6 +80,8 @@ class ClassifyTest(unittest.TestCase):
                 "attention",
             "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off_"
             "kernel__5x_cublas": "GEMM",
+            # cuBLASLt's bias-gradient epilogue as its own kernel (seen on an H100 beside Loom's weight gradients)
+            "void epilogue::globalKernelBgradAB_v2<8, 128, __nv_bfloat16, __nv_bfloat16, float>(int)": "GEMM",
             "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16, float>(int, float)":
                 "LayerNorm",
             "void at::native::(anonymous namespace)::GammaBetaBackwardCUDAKernel<float, float>(long)": "LayerNorm",
