@@ -28,6 +28,8 @@
 #   or a CUDA / Nsight Compute install; without one the breakdown is skipped and zoo.md says so) beside the peer
 #   under torch.profiler (torch.compile for GPT, timm eager for DeiT), by bench/zoo_breakdown.py. Last, so it
 #   only uses time the timed runs left before the deadline.
+# PEERS: the peer runs to make (default "llmc compile eager"; e.g. PEERS=llmc for a memory check against llm.c
+#   alone, PEERS= for Loom's runs only); a peer left out shows as "not run" in the table.
 # DRY=1 runs the same plumbing on the CPU: Loom's stages with tiny shapes, the peers' and the GPU-only commands
 #   (ncu and torch.profiler included) echoed (how this script is checked off the GPU; tests/unit/zoo_dry_test.sh).
 set -uo pipefail
@@ -40,6 +42,15 @@ work=${WORK:-/tmp/loom_zoo}
 start=$(date +%s)
 deadline=${DEADLINE:-545}
 zoo=${ZOO:-gpt124m gpt350m gpt1p3b gpt1p5b deit_b attention deit_s gpt774m gpt2p7b eager}
+peers=" ${PEERS-llmc compile eager} "
+for p in $peers; do
+  case $p in
+    llmc | compile | eager) ;;
+    *) echo "zoo.sh: unknown peer '$p' in PEERS (known: llmc compile eager)" >&2; exit 2 ;;
+  esac
+done
+# wants PEER: whether PEERS asks for that peer's runs.
+wants() { [[ $peers == *" $1 "* ]]; }
 export STAGE_MEMORY=1 PYTHONUNBUFFERED=1
 
 declare -A plan  # name -> "CONFIG LAYERS WIDTH HEADS BATCH LLMC_DESCRIPTOR" (bench/zoo_compare.py holds the list)
@@ -141,14 +152,14 @@ gpt() {
     stage "loom_${variant}_$name" 120 "$bench" --config "$config" --batch "$batch" --seq "$seq" "${steps[@]}" \
       --json "$out/loom_${variant}_$name.json" "${shape[@]}" "${overrides[@]}"
   done
-  if [ "$desc" != - ]; then
+  if [ "$desc" != - ] && wants llmc; then
     stage "llmc_$name" 120 "${peer[@]}" env LD_LIBRARY_PATH="$llmc_libs" "$baselines/llmc/train_gpt2cu" \
       -i "$work/shards/train_*.bin" -j "$work/shards/val_*.bin" -e "$desc" -b "$batch" -t "$seq" -x 30 -v 1000 -m 2 \
       -s 0 -h 0
     [ ! -f "$work/llmc_$name.log" ] || grep -m 1 "device memory usage" "$work/llmc_$name.log" >>"$out/llmc_$name.log"
   fi
-  torch_gpt "$name" compile 240
-  [ "$name" != gpt124m ] || torch_gpt "$name" eager 90
+  ! wants compile || torch_gpt "$name" compile 240
+  [ "$name" != gpt124m ] || ! wants eager || torch_gpt "$name" eager 90
 }
 
 # torch_gpt NAME MODE LIMIT: ../shared/baselines/gpt2.py at NAME's shape, one mode per process (a compile that
@@ -168,6 +179,7 @@ deit() {
   stage "loom_$name" 120 "$bench" --config "$config" --batch "$batch" "${steps[@]}" --json "$out/loom_$name.json" \
     "${tiny_vit[@]}"
   for mode in eager compile; do
+    wants $mode || continue
     stage "${mode}_$name" $([ $mode = eager ] && echo 90 || echo 240) "${peer[@]}" python3 "$baselines/deit.py" \
       --model "$model" --batch "$batch" --steps 20 --modes $mode --json "$out/${mode}_$name.json"
   done

@@ -2,7 +2,7 @@
 # bench/zoo.sh with DRY=1 on the CPU (label unit): Loom's stages run at tiny shapes, a VARIANTS run gets its
 # overrides (a wider model: more parameters), the breakdown's ncu and torch.profiler commands are echoed with
 # --profile-step and the peer's one-step arguments, and zoo.md carries the variant column and the breakdown
-# section. Also: a malformed VARIANTS entry and --profile-step on the CPU are refused with a clear error.
+# section; PEERS picks the peers. Also: a malformed VARIANTS entry and --profile-step on the CPU are refused with a clear error.
 #   usage: zoo_dry_test.sh BUILD_DIR SOURCE_DIR
 set -euo pipefail
 build=$(cd "$1" && pwd)
@@ -60,6 +60,15 @@ grep -q "Variants (Loom with these overrides): wide: model.d_model=96 model.n_he
 grep -q "^## Kernel time of one training step by class" "$out/zoo.md" || fail "zoo.md has no breakdown section"
 grep -q "^Loom: not run (dry run); peer: not run (dry run)" "$out/zoo.md" || fail "dry breakdown rows missing"
 [ "$(cat "$out/breakdown.json")" = "{}" ] || fail "breakdown.json of a dry run is not empty"
+
+# PEERS: an unknown peer is refused; PEERS=llmc leaves out torch.compile and eager (Loom and llm.c still run).
+if PEERS="llmc cudnn" run_zoo "$tmp/badpeer" >"$tmp/badpeer.log" 2>&1; then fail "PEERS='llmc cudnn' was accepted"; fi
+grep -q "zoo.sh: unknown peer 'cudnn' in PEERS" "$tmp/badpeer.log" || fail "PEERS: no clear error: $(cat "$tmp/badpeer.log")"
+BREAKDOWN=0 PEERS=llmc run_zoo "$tmp/llmc" >"$tmp/llmc.log" 2>&1 || { cat "$tmp/llmc.log"; fail "PEERS=llmc exited non-zero"; }
+for stage in loom_gpt124m llmc_gpt124m loom_deit_s; do
+  grep -Eq "^$stage +rc=0 " "$tmp/llmc/stages.txt" || fail "PEERS=llmc: stage $stage missing: $(cat "$tmp/llmc/stages.txt")"
+done
+! grep -Eq "^(compile|eager)_" "$tmp/llmc/stages.txt" || fail "PEERS=llmc ran a PyTorch peer: $(cat "$tmp/llmc/stages.txt")"
 
 # --profile-step brackets CUDA kernels: on the CPU it is an error, not a silent unprofiled step.
 if "$build/loom_train_bench" --config configs/gpt_tiny.yaml --batch 2 --seq 16 --warmup 1 --profile-step \
