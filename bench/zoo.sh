@@ -162,9 +162,9 @@ torch_gpt() {
 }
 
 declare -A timm_model=([deit_b]=deit_base_patch16_224 [deit_s]=deit_small_patch16_224)
-# deit NAME TIMM_MODEL CONFIG: Loom, timm eager and timm compiled at batch 128.
+# deit NAME: Loom (configs/NAME.yaml), timm eager and timm compiled (timm_model[NAME]) at batch 128.
 deit() {
-  local name=$1 model=$2 config=$3 batch=${dry_batch:-128}
+  local name=$1 model=${timm_model[$1]} config=configs/$1.yaml batch=${dry_batch:-128}
   stage "loom_$name" 120 "$bench" --config "$config" --batch "$batch" "${steps[@]}" --json "$out/loom_$name.json" \
     "${tiny_vit[@]}"
   for mode in eager compile; do
@@ -214,7 +214,7 @@ breakdown_group() {
 
 for group in $zoo; do
   case $group in
-    deit_b | deit_s) deit "$group" "${timm_model[$group]}" "configs/$group.yaml" ;;
+    deit_b | deit_s) deit "$group" ;;
     attention) attention ;;
     eager) for name in "${gpt_names[@]}"; do [ "$name" = gpt124m ] || torch_gpt "$name" eager 90; done ;;
     *) gpt "$group" ;;

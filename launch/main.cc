@@ -93,9 +93,7 @@ int cmd_prepare(const std::string& vocab, const std::string& out, const std::vec
 int cmd_latency_table(const std::string& config_path, const std::vector<std::string>& overrides,
                       const std::string& out) {
   const config::RunConfig cfg = load_run_config(config_path, overrides);
-  auto backend = make_backend(select_device(cfg.train()));
-  backend->set_deterministic(cfg.train().deterministic());
-  backend->set_gemm_algorithm(select_gemm_algorithm(cfg));
+  auto backend = make_run_backend(select_device(cfg.train()), cfg);
   const LatencyTable table = build_latency_table(cfg, *backend, &std::cout);
   table.save(out);
   std::cout << "wrote " << out << ": " << table.grid().points() << " block shapes on " << table.key().device << " ("

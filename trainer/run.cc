@@ -83,6 +83,13 @@ GemmAlgorithm select_gemm_algorithm(const config::RunConfig& cfg) {
   return choice == "timed" && cfg.parallel().tensor() == 1 ? GemmAlgorithm::Timed : GemmAlgorithm::Heuristic;
 }
 
+std::unique_ptr<Backend> make_run_backend(Device device, const config::RunConfig& cfg) {
+  auto backend = make_backend(device);
+  backend->set_deterministic(cfg.train().deterministic());
+  backend->set_gemm_algorithm(select_gemm_algorithm(cfg));
+  return backend;
+}
+
 std::string resume_checkpoint_dir(const config::RunConfig& cfg) {
   const auto& t = cfg.train();
   if (!t.has_resume() || t.resume().empty()) return "";
@@ -265,9 +272,7 @@ TrainResult train_in_folder(const config::RunConfig& cfg_in, std::ostream& rank0
   });
   // On a GPU mesh each rank runs on its communicator's GPU (one per local rank).
   const Device device = mesh && mesh->world().device().is_cuda() ? mesh->world().device() : select_device(t);
-  auto backend = make_backend(device);
-  backend->set_deterministic(t.deterministic());
-  backend->set_gemm_algorithm(select_gemm_algorithm(cfg_in));
+  auto backend = make_run_backend(device, cfg_in);
   const DType compute = select_compute_dtype(device, t);
   CommTimeline timeline(*backend);
   TensorParallelContext tp;

@@ -32,6 +32,9 @@ bool select_recompute_gelu(const config::TrainConfig& train);
 // Heuristic under tensor parallelism (parallel.tensor > 1), whose ranks must compute replicated layers (ViT's
 // head) bit-identically and could time different winners. Throws for an unknown value on every device.
 GemmAlgorithm select_gemm_algorithm(const config::RunConfig& cfg);
+// The backend a run computes with on `device`: make_backend with train.deterministic and the GEMM algorithm
+// choice (select_gemm_algorithm) applied. Everything that measures or trains as a run does builds it here.
+std::unique_ptr<Backend> make_run_backend(Device device, const config::RunConfig& cfg);
 
 // The checkpoint directory train.resume names ("latest": the newest in train.out_dir), or "" for none.
 std::string resume_checkpoint_dir(const config::RunConfig& cfg);

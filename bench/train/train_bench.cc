@@ -98,8 +98,7 @@ int main(int argc, char** argv) {
     overrides.push_back("data.seq_len=" + std::to_string(seq));
     const config::RunConfig cfg = load_run_config(config_path, overrides);
     const Device device = select_device(cfg.train());
-    auto backend = make_backend(device);
-    backend->set_gemm_algorithm(select_gemm_algorithm(cfg));  // as a run sets it (trainer/run.cc)
+    auto backend = make_run_backend(device, cfg);
     auto model = build_model(cfg, *backend, select_compute_dtype(device, cfg.train()));
     AdamW optimizer(model->params(), cfg.optim(), *backend);
     const Batch b = synthetic_batch(cfg, *model, batch, seq, device);
