@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/tensor.h"
+#include "trainer/run.h"
 
 namespace loom {
 namespace {
@@ -22,9 +23,10 @@ int64_t block_parameters(int64_t C, const BlockWidths& w, int64_t R) {
 }
 
 // Activations of one block for B sequences of T tokens (n of the rows on this rank), as
-// TransformerBlock::allocate_activations allocates them.
+// TransformerBlock::allocate_activations allocates them (without its GELU output when that is recomputed into a
+// buffer shared by the blocks, counted by the caller).
 int64_t block_activations(const BlockWidths& full, int64_t C, int64_t B, int64_t T, int64_t R, bool sp, bool causal,
-                          DType compute, const Backend& backend, Sizes b) {
+                          DType compute, const Backend& backend, Sizes b, bool recompute_gelu) {
   const int64_t N = B * T, n = sp ? N / R : N;
   AttentionShape as;
   as.batch = B;
@@ -41,7 +43,8 @@ int64_t block_activations(const BlockWidths& full, int64_t C, int64_t B, int64_t
       shape_numel(backend.attention_saved_shape(as, compute)) * static_cast<int64_t>(dtype_size(saved_dtype));
   // ln1 and ln2 in the compute dtype and mid in the residual dtype ([n, C] each), plus one more [n, C] of compute
   // dtype that the estimate has always counted (a margin).
-  int64_t bytes = (3 * n * C + N * (as.qkv_width() + as.out_width() + 2 * full.mlp_dim / R)) * b.compute;
+  const int64_t mlp_buffers = recompute_gelu ? 1 : 2;  // the pre-activation, and the GELU output unless shared
+  int64_t bytes = (3 * n * C + N * (as.qkv_width() + as.out_width() + mlp_buffers * full.mlp_dim / R)) * b.compute;
   bytes += n * C * b.residual + 4 * n * b.stat + saved;
   if (sp) bytes += 3 * N * C * b.compute;  // the gathered LayerNorm outputs and the partial sums
   return bytes;
@@ -82,6 +85,7 @@ MemoryEstimate estimate_training_memory(const ModelShape& shape, const config::R
   const int64_t compute_bytes = static_cast<int64_t>(dtype_size(compute));
   const bool f32_residual = cfg.train().residual_dtype() == "f32" && compute_bytes < 4;
   const Sizes b{compute_bytes, compute == DType::F64 ? 8 : 4, f32_residual ? 4 : compute_bytes};
+  const bool recompute_gelu = select_recompute_gelu(cfg.train());
   const int64_t B = cfg.data().batch_size();
   const int64_t T = shape.is_gpt() ? cfg.data().seq_len() : shape.tokens(), N = B * T, n = sp ? N / R : N;
 
@@ -89,11 +93,12 @@ MemoryEstimate estimate_training_memory(const ModelShape& shape, const config::R
   int64_t max_qkv = 0, max_att = 0, max_mlp = 0;
   for (const BlockWidths& w : shape.blocks) {
     e.parameters += block_parameters(C, w, R);
-    e.activations += block_activations(w, C, B, T, R, sp, shape.is_gpt(), compute, backend, b);
+    e.activations += block_activations(w, C, B, T, R, sp, shape.is_gpt(), compute, backend, b, recompute_gelu);
     max_qkv = std::max(max_qkv, w.qkv_width() / R);
     max_att = std::max(max_att, w.attn_out_width() / R);
     max_mlp = std::max(max_mlp, w.mlp_dim / R);
   }
+  if (recompute_gelu) e.activations += N * max_mlp * b.compute;  // the blocks' shared GELU output
   // The backward's scratch (allocate_block_scratch) and the residual gradient (GPT; ViT's below).
   e.activations += (N * (C + max_qkv + max_att + max_mlp) + (sp ? n * C + N * C : 0)) * b.compute;
   if (shape.is_gpt()) e.activations += N * C * b.residual;

@@ -70,6 +70,12 @@ DType select_residual_dtype(DType compute, const config::TrainConfig& t) {
   return t.residual_dtype() == "f32" ? DType::F32 : compute;
 }
 
+bool select_recompute_gelu(const config::TrainConfig& t) {
+  if (t.recompute() != "none" && t.recompute() != "gelu")
+    fail("train.recompute: expected none or gelu, got \"", t.recompute(), "\"");
+  return t.recompute() == "gelu";
+}
+
 GemmAlgorithm select_gemm_algorithm(const config::RunConfig& cfg) {
   const std::string& choice = cfg.train().gemm_algorithm();
   if (choice != "heuristic" && choice != "timed")
@@ -140,6 +146,7 @@ std::unique_ptr<Model> build_model(const config::RunConfig& cfg, Backend& backen
   auto model = build_model_of_shape(resolve_model_shape(cfg), cfg, backend, DType::F32, compute_dtype, tp);
   if (const DType residual = select_residual_dtype(compute_dtype, cfg.train()); residual != compute_dtype)
     model->set_residual_dtype(residual);
+  if (select_recompute_gelu(cfg.train())) model->set_recompute_gelu(true);
   // A resumed run loads its weights from the checkpoint (Trainer::resume_from); init_from is for fresh runs.
   if (m.has_init_from() && !m.init_from().empty() && resume_checkpoint_dir(cfg).empty())
     load_initial_weights(m.init_from(), *model, tp);

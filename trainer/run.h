@@ -24,6 +24,9 @@ DType select_compute_dtype(Device device, const config::TrainConfig& train);
 // The residual stream's dtype for activations of `compute`: `compute` for train.residual_dtype "compute" (and
 // wherever compute is f32, e.g. on the CPU), f32 for "f32". Throws for any other value on every device.
 DType select_residual_dtype(DType compute, const config::TrainConfig& train);
+// Whether train.recompute asks for the GELU output to be recomputed ("gelu") or kept ("none"); throws for any
+// other value.
+bool select_recompute_gelu(const config::TrainConfig& train);
 
 // The GEMM algorithm choice for the backend (Backend::set_gemm_algorithm): train.gemm_algorithm, except
 // Heuristic under tensor parallelism (parallel.tensor > 1), whose ranks must compute replicated layers (ViT's
@@ -56,7 +59,8 @@ void load_initial_weights(const std::string& path, Model& model, const TensorPar
 // The model of resolve_model_shape(cfg), initialised from train.seed, then (unless the run resumes) from
 // model.init_from when set (our safetensors layout, or Hugging Face GPT-2 / timm names, detected from the
 // tensor names and shapes). With a tensor-parallel context (not owned, may be null) the model holds this
-// rank's shard. Its residual stream has select_residual_dtype(compute_dtype, cfg.train()).
+// rank's shard. Its residual stream has select_residual_dtype(compute_dtype, cfg.train()), and it recomputes the
+// GELU output when select_recompute_gelu(cfg.train()).
 std::unique_ptr<Model> build_model(const config::RunConfig& cfg, Backend& backend, DType compute_dtype,
                                    const TensorParallelContext* tp = nullptr);
 std::unique_ptr<DataSource> build_data_source(const config::RunConfig& cfg, int rank, int world_size);

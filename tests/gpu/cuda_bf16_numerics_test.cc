@@ -71,10 +71,12 @@ struct Case {
   bool f32_residual;     // train.residual_dtype: f32 (true) or the compute dtype
   double loss_bound;     // max over steps of |loss - loss_f64| / loss_f64
   double grad_norm_bound;  // max over steps of |norm - norm_f64| / norm_f64
+  bool recompute_gelu = false;  // train.recompute: gelu
+  std::string label() const {
+    return kind + (f32_residual ? " residual=f32" : " residual=compute") + (recompute_gelu ? " recompute=gelu" : "");
+  }
 };
-void PrintTo(const Case& c, std::ostream* os) {
-  *os << c.kind << (c.f32_residual ? " residual f32" : " residual compute");
-}
+void PrintTo(const Case& c, std::ostream* os) { *os << c.label(); }
 
 struct Trace {
   std::vector<double> loss, grad_norm;  // per step, before that step's update
@@ -167,13 +169,14 @@ TEST_P(CudaBf16Numerics, LossAndGradNormTrackFloat64) {
   const Trace& ref = reference(c.kind, shape, host);
   auto model = make(shape, *gpu_, DType::F32, DType::BF16);
   if (c.f32_residual) model->set_residual_dtype(DType::F32);
+  if (c.recompute_gelu) model->set_recompute_gelu(true);
   const Trace got = train(*model, dev);
 
   ASSERT_EQ(got.loss.size(), ref.loss.size());
   EXPECT_LT(ref.loss.back(), 0.9 * ref.loss.front()) << "the float64 reference did not learn";
   const auto [loss_err, loss_step] = max_relative_error(got.loss, ref.loss);
   const auto [norm_err, norm_step] = max_relative_error(got.grad_norm, ref.grad_norm);
-  const std::string label = c.kind + (c.f32_residual ? " residual=f32" : " residual=compute");
+  const std::string label = c.label();
   std::printf("[numerics] %s: max |dloss|/loss %.3e (step %d), max |dnorm|/norm %.3e (step %d)\n", label.c_str(),
               loss_err, loss_step, norm_err, norm_step);
   RecordProperty("max_loss_rel_error", std::to_string(loss_err));
@@ -188,12 +191,14 @@ TEST_P(CudaBf16Numerics, LossAndGradNormTrackFloat64) {
 }
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
-  return info.param.kind + (info.param.f32_residual ? "_residual_f32" : "_residual_compute");
+  return info.param.kind + (info.param.f32_residual ? "_residual_f32" : "_residual_compute") +
+         (info.param.recompute_gelu ? "_recompute_gelu" : "");
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaBf16Numerics,
                          ::testing::Values(Case{"gpt", false, 1e-2, 5e-2}, Case{"gpt", true, 5e-3, 5e-2},
-                                           Case{"vit", false, 1e-2, 5e-2}, Case{"vit", true, 5e-3, 5e-2}),
+                                           Case{"vit", false, 1e-2, 5e-2}, Case{"vit", true, 5e-3, 5e-2},
+                                           Case{"gpt", false, 1e-2, 5e-2, true}, Case{"vit", false, 1e-2, 5e-2, true}),
                          case_name);
 
 }  // namespace

@@ -102,6 +102,7 @@ class BadBatches final : public Model {
   const ModelShape& shape() const override { return inner_.shape(); }
   void set_active_embedding_channels(int64_t channels) override { inner_.set_active_embedding_channels(channels); }
   void set_residual_dtype(DType residual) override { inner_.set_residual_dtype(residual); }
+  void set_recompute_gelu(bool recompute) override { inner_.set_recompute_gelu(recompute); }
 
  private:
   Model& inner_;

@@ -114,6 +114,23 @@ TEST(MemoryEstimate, CountsAnF32ResidualStream) {
                 .total());
 }
 
+TEST(MemoryEstimate, RecomputingTheGeluKeepsOneSharedBuffer) {
+  auto cpu = make_backend(Device::cpu());
+  config::RunConfig cfg = run_config("{kind: gpt, n_layer: 12, d_model: 768, n_head: 12}",
+                                     "{train: unused, batch_size: 8, seq_len: 1024}", "unused");
+  const ModelShape shape = resolve_model_shape(cfg);
+  const MemoryEstimate kept = estimate_training_memory(shape, cfg, *cpu, DType::BF16);
+  cfg.mutable_train()->set_recompute("gelu");
+  const MemoryEstimate recomputed = estimate_training_memory(shape, cfg, *cpu, DType::BF16);
+  // 12 blocks' [N, 4C] GELU outputs become one shared buffer: 11 fewer, 2 bytes an element.
+  const int64_t NM = 8 * 1024 * 3072;
+  EXPECT_EQ(kept.activations - recomputed.activations, 11 * NM * 2);
+  EXPECT_EQ(recomputed.weights, kept.weights);
+  cfg.mutable_train()->set_recompute("everything");
+  EXPECT_TRUE(testing::error_message([&] { estimate_training_memory(shape, cfg, *cpu, DType::BF16); })
+                  .find("train.recompute") != std::string::npos);
+}
+
 TEST(MemoryEstimate, TheCheckNamesTheEstimateAndTheFreeMemory) {
   MemoryEstimate e;
   e.weights = e.gradients = 1 << 30;

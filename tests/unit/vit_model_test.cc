@@ -97,6 +97,20 @@ TEST(VitModel, FlopsFollowTheDocumentedConvention) {
   EXPECT_LT(f.hardware, f.model);
 }
 
+TEST(VitModel, RecomputingTheGeluGivesTheSameLossAndGradients) {
+  auto backend = make_backend(Device::cpu());
+  const ModelShape shape = small_vit(true);  // MLP widths 7 and 9: one shared buffer of the wider
+  const Batch batch = random_batch(shape, 3, 5);
+  VitModel kept(shape, *backend, DType::F32, DType::F32, 2, 0.1), recomputed(shape, *backend, DType::F32, DType::F32, 2, 0.1);
+  recomputed.set_recompute_gelu(true);
+  for (int step = 0; step < 2; ++step) {
+    backend->zero(kept.params().grads());
+    backend->zero(recomputed.params().grads());
+    EXPECT_EQ(kept.forward_backward(batch, 1.0), recomputed.forward_backward(batch, 1.0)) << "step " << step;
+    EXPECT_EQ(kept.params().grads().to_vector(), recomputed.params().grads().to_vector()) << "step " << step;
+  }
+}
+
 TEST(VitModel, RejectsBadInput) {
   auto backend = make_backend(Device::cpu());
   VitModel model(small_vit(false), *backend, DType::F32, DType::F32, 1, 0.0);

@@ -78,8 +78,9 @@ GptModel::Activations& GptModel::activations_for(int64_t B, int64_t T) {
   a.embedded = sp                ? Tensor::empty({B, T, C}, compute_dtype_, dev)
                : a.branch.defined() ? a.branch.view({B, T, C})
                                     : a.resid[0].view({B, T, C});
+  if (recompute_gelu_) a.gelu = Tensor::empty({N * widest_mlp(blocks_)}, compute_dtype_, dev);
   for (const auto& b : blocks_)
-    a.blocks.push_back(b.allocate_activations(B, T, compute_dtype_, backend_, residual_dtype_, a.branch));
+    a.blocks.push_back(b.allocate_activations(B, T, compute_dtype_, backend_, residual_dtype_, a.branch, a.gelu));
   a.lnf = Tensor::empty({n, C}, compute_dtype_, dev);
   a.lnf_mean = Tensor::empty({n}, reduction_dtype(compute_dtype_), dev);
   a.lnf_rstd = Tensor::empty({n}, reduction_dtype(compute_dtype_), dev);
@@ -190,6 +191,11 @@ SampleFlops GptModel::flops_per_sample() const {
   f.model *= seq_;
   f.hardware *= seq_;
   return f;
+}
+
+void GptModel::set_recompute_gelu(bool recompute) {
+  recompute_gelu_ = recompute;
+  activations_.clear();
 }
 
 void GptModel::set_residual_dtype(DType residual) {

@@ -44,6 +44,7 @@ class GptModel final : public Model {
   const ModelShape& shape() const override { return shape_; }
   void set_active_embedding_channels(int64_t channels) override;
   void set_residual_dtype(DType residual) override;
+  void set_recompute_gelu(bool recompute) override;
 
  private:
   struct Activations {
@@ -52,6 +53,7 @@ class GptModel final : public Model {
     Tensor embedded;
     std::vector<Tensor> resid;  // resid[i] = input of block i ([n, C] rows of this rank); resid[L] = the output
     Tensor branch;              // [n, C] compute dtype, shared by every block (f32 residual only)
+    Tensor gelu;                // [B·T·max mlp_dim] shared GELU output (train.recompute: gelu only)
     std::vector<BlockActivations> blocks;
     Tensor lnf, lnf_mean, lnf_rstd;  // [n, C] rows
     Tensor lnf_full;                 // [N, C] (lnf itself without SP)
@@ -69,6 +71,7 @@ class GptModel final : public Model {
   const TensorParallelContext* tp_;
   DType compute_dtype_;
   DType residual_dtype_;
+  bool recompute_gelu_ = false;
   int64_t seq_;
   std::vector<TransformerBlock> blocks_;
   ParameterStore params_;

@@ -85,6 +85,11 @@ class Model {
   // allocates in the new dtype. Throws loom::Error (check_residual_dtype) for any other dtype and under sequence
   // parallelism.
   virtual void set_residual_dtype(DType residual) = 0;
+  // train.recompute: gelu — the blocks share one GELU-output buffer and each backward recomputes its own from the
+  // saved pre-activation (one elementwise pass a block), instead of keeping B·T·mlp_dim values per block. The
+  // gradients are those of the stored path up to the GELU's rounding where a backend fuses it into the GEMM.
+  // Drops the activation buffers, which the next forward allocates accordingly.
+  virtual void set_recompute_gelu(bool recompute) = 0;
 
   // Called during forward_backward() each time the gradients of a group of parameters are final for this
   // micro-batch: with the group's name prefix (e.g. "blocks.3.") after each block, and with "" (every parameter

@@ -97,7 +97,8 @@ AttentionShape TransformerBlock::attention_shape(int64_t batch, int64_t seq) con
 }
 
 BlockActivations TransformerBlock::allocate_activations(int64_t B, int64_t T, DType dtype, const Backend& backend,
-                                                        DType residual, const Tensor& branch) const {
+                                                        DType residual, const Tensor& branch,
+                                                        const Tensor& gelu_scratch) const {
   check_residual_dtype(residual, dtype, tp_);
   const Device dev = backend.device();
   const int64_t C = d_model_, n = sequence_rows(tp_, B, T);
@@ -124,7 +125,9 @@ BlockActivations TransformerBlock::allocate_activations(int64_t B, int64_t T, DT
   a.ln2_rstd = Tensor::empty({n}, stat_dtype, dev);
   a.ln2_full = sp ? Tensor::empty({B, T, C}, dtype, dev) : a.ln2.view({B, T, C});
   a.fc1 = Tensor::empty({B, T, widths_.mlp_dim}, dtype, dev);
-  a.gelu = Tensor::empty({B, T, widths_.mlp_dim}, dtype, dev);
+  a.gelu_recomputed = gelu_scratch.defined();
+  a.gelu = a.gelu_recomputed ? gelu_scratch.slice_flat(0, {B, T, widths_.mlp_dim})
+                             : Tensor::empty({B, T, widths_.mlp_dim}, dtype, dev);
   if (sp) a.partial = Tensor::empty({B, T, C}, dtype, dev);
   return a;
 }
@@ -208,6 +211,10 @@ void TransformerBlock::backward(Backend& be, const ParameterStore& p, Tensor& dr
   enter_region_backward();
   Tensor dfc2_w = p.grad(n + "mlp.fc2.weight"), dfc2_b = p.grad(n + "mlp.fc2.bias");
   // fc2's backward (RowParallelLinear::backward, local) fused with the GELU's: dfc = dLoss/d(fc1 output).
+  if (a.gelu_recomputed) {  // the shared buffer holds a later block's GELU: recompute this one's from fc1
+    Tensor gelu = a.gelu;
+    be.gelu_forward(gelu, a.fc1, gelu_);
+  }
   be.matmul_backward_gelu(dfc, dfc2_w, dfc2_b, dout, a.gelu, p.weight(n + "mlp.fc2.weight"), a.fc1, gelu_);
   Tensor dfc1_w = p.grad(n + "mlp.fc1.weight"), dfc1_b = p.grad(n + "mlp.fc1.bias");
   ColumnParallelLinear::backward_overlapped(be, tp_, dln, dln_part, dfc1_w, dfc1_b, dfc, a.ln2_full,
@@ -227,6 +234,12 @@ void TransformerBlock::backward(Backend& be, const ParameterStore& p, Tensor& dr
   Tensor dn1_w = p.grad(n + "norm1.weight"), dn1_b = p.grad(n + "norm1.bias");
   be.layernorm_backward(dresid, dn1_w, dn1_b, dln_rows, x, p.weight(n + "norm1.weight"), a.ln1_mean, a.ln1_rstd,
                         ln_channels_);
+}
+
+int64_t widest_mlp(const std::vector<TransformerBlock>& blocks) {
+  int64_t widest = 0;
+  for (const auto& b : blocks) widest = std::max(widest, b.widths().mlp_dim);
+  return widest;
 }
 
 BlockScratch allocate_block_scratch(const std::vector<TransformerBlock>& blocks, int64_t d_model, int64_t B,

@@ -42,6 +42,7 @@ struct BlockActivations {
   Tensor mid;                      // residual stream after attention [n,C]
   Tensor ln2, ln2_mean, ln2_rstd, ln2_full;
   Tensor fc1, gelu;                // [B,T,M] before and after the activation
+  bool gelu_recomputed = false;    // gelu is a buffer shared by every block: the backward recomputes it from fc1
   Tensor partial;                  // [B,T,C]: a row-parallel layer's partial sums (SP only)
   Tensor branch;                   // [n,C] compute dtype: a branch's output before an f32 residual stream adds it
                                    // (f32 residual only; forward only, so every block may share one)
@@ -70,9 +71,12 @@ class TransformerBlock {
   void declare_parameters(std::vector<ParamSpec>& specs, double init_std, int n_layer) const;
 
   // Activations in the compute `dtype`, mid in `residual` (check_residual_dtype). With an f32 residual, `branch`
-  // is the [n,C] compute-dtype buffer the branches write (undefined: one is allocated).
+  // is the [n,C] compute-dtype buffer the branches write (undefined: one is allocated). A defined `gelu_scratch`
+  // (at least B·T·mlp_dim elements of `dtype`, shared by every block) holds the GELU output instead of a buffer of
+  // the block's own: the forward writes it for fc2, the backward recomputes it from fc1 (train.recompute: gelu).
   BlockActivations allocate_activations(int64_t batch, int64_t seq, DType dtype, const Backend& backend,
-                                        DType residual, const Tensor& branch = Tensor()) const;
+                                        DType residual, const Tensor& branch = Tensor(),
+                                        const Tensor& gelu_scratch = Tensor()) const;
 
   // out = block(x). `out` must not alias `x`. x and out are [B,T,C] or, under sequence parallelism, [n,C], in the
   // residual dtype of the activations `a`.
@@ -103,6 +107,9 @@ class TransformerBlock {
 BlockScratch allocate_block_scratch(const std::vector<TransformerBlock>& blocks, int64_t d_model, int64_t batch,
                                     int64_t seq, DType dtype, DType residual, Device device,
                                     const TensorParallelContext* tp = nullptr);
+
+// The largest MLP width (this rank's share) among `blocks`: the size of a buffer every block's GELU fits.
+int64_t widest_mlp(const std::vector<TransformerBlock>& blocks);
 
 // Token rows this rank holds in the sequence-parallel regions: B·T / R under sequence parallelism, else B·T.
 // Throws loom::Error when B·T does not divide by R.

@@ -73,6 +73,11 @@ VitModel::VitModel(const ModelShape& shape, Backend& backend, DType master_dtype
   params_.initialise(seed, tensor_rank(tp), tensor_size(tp));
 }
 
+void VitModel::set_recompute_gelu(bool recompute) {
+  recompute_gelu_ = recompute;
+  activations_.clear();
+}
+
 void VitModel::set_residual_dtype(DType residual) {
   check_residual_dtype(residual, compute_dtype_, tp_);
   residual_dtype_ = residual;
@@ -103,8 +108,9 @@ VitModel::Activations& VitModel::activations_for(int64_t B) {
                : a.branch.defined() ? a.branch.view({B, T, D})
                                     : a.resid[0].view({B, T, D});
   a.last_full = sp ? Tensor::empty({B, T, D}, compute_dtype_, dev) : a.resid[L].view({B, T, D});
+  if (recompute_gelu_) a.gelu = Tensor::empty({B * T * widest_mlp(blocks_)}, compute_dtype_, dev);
   for (const auto& b : blocks_)
-    a.blocks.push_back(b.allocate_activations(B, T, compute_dtype_, backend_, residual_dtype_, a.branch));
+    a.blocks.push_back(b.allocate_activations(B, T, compute_dtype_, backend_, residual_dtype_, a.branch, a.gelu));
   a.normed = Tensor::empty({B * T, D}, compute_dtype_, dev);
   a.norm_mean = Tensor::empty({B * T}, reduction_dtype(compute_dtype_), dev);
   a.norm_rstd = Tensor::empty({B * T}, reduction_dtype(compute_dtype_), dev);

@@ -45,6 +45,7 @@ class VitModel final : public Model {
   const ModelShape& shape() const override { return shape_; }
   void set_active_embedding_channels(int64_t channels) override;
   void set_residual_dtype(DType residual) override;
+  void set_recompute_gelu(bool recompute) override;
 
  private:
   struct Activations {
@@ -57,6 +58,7 @@ class VitModel final : public Model {
     // is the blocks' shared compute-dtype `branch` buffer ([n, D]), converted into resid[0].
     Tensor embedded, last_full;
     Tensor branch;
+    Tensor gelu;  // [B·T·max mlp_dim] shared GELU output (train.recompute: gelu only)
     std::vector<BlockActivations> blocks;
     Tensor normed, norm_mean, norm_rstd;  // final norm over every token
     Tensor head_in;              // [B, prefix, D]: the class (and distillation) token rows
@@ -74,6 +76,7 @@ class VitModel final : public Model {
   Backend& backend_;
   DType compute_dtype_;
   DType residual_dtype_;
+  bool recompute_gelu_ = false;
   double label_smoothing_;
   const TensorParallelContext* tp_;
   std::vector<TransformerBlock> blocks_;
