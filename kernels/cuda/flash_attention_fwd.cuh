@@ -1,5 +1,7 @@
 // FlashAttention-2 forward kernel on Hopper tensor cores (sm_90a: wgmma). Included once, by
-// flash_attention_fwd.cu (instantiated there).
+// flash_attention_fwd.cu (instantiated there). It runs the tile pairs with a 32-wide tile; the pairs of widths
+// 64 and 128 run the warp-specialised TMA kernel of flash_attention_fwd_ws.cuh (kForwardWs in
+// flash_attention_launch.cuh), which shares this kernel's steps (flash_attention_fwd_steps.cuh).
 //
 // Math, per query row i (scores in the log2 domain: s_ij = scale·log2(e)·q_i·k_j, masked to -inf):
 //   m_i = max_j s_ij,  l_i = Σ_j 2^(s_ij - m_i),  o_i = Σ_j 2^(s_ij - m_i) v_j / l_i,
@@ -33,6 +35,8 @@ struct FwdTile {
   // faster than 64; one warpgroup was 30% slower; with the pipelined loop, one warpgroup with key blocks of 64 at
   // two blocks per SM was 5% slower); at D = 64, one warpgroup (64 rows: more blocks per SM, 3-5%
   // faster than two) and key blocks of 64 (128 was 15% slower). Other pairs take the choice of the wider one.
+  // (Those measurements are of the equal pairs, which now run flash_attention_fwd_ws.cuh; the pairs left here
+  // have one 32-wide tile and the other 32, 64 or 128.)
   static constexpr int kD = DQK > DV ? DQK : DV;
   static constexpr int kWarps = kD == 128 ? 8 : 4, kThreads = kWarps * 32, kBr = kWarps * 16;
   static constexpr int kBc = kD == 128 ? 128 : 64;
