@@ -83,12 +83,7 @@ __global__ void __launch_bounds__(FwdTile<DQK, DV>::kThreads, 1) flash_fwd_kerne
   auto k_stage = [&](int j) { return k_addr + (j & 1) * kKStage; };
   auto v_stage = [&](int j) { return v_addr + (j & 1) * kVStage; };
 
-  float o[DV / 2];
-#pragma unroll
-  for (int i = 0; i < DV / 2; ++i) o[i] = 0.f;
-  float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
-  float s[kBc / 2];
-  uint32_t pa[kBc / 16][4];
+  FwdRowState<kBc, DV> st;
 
   // Prologue: Q and K_0, then S_0 and its softmax while K_1 and V_0 load.
   load_tile_atoms<kBr, DQK, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, qk_ok, tid);
@@ -101,11 +96,11 @@ __global__ void __launch_bounds__(FwdTile<DQK, DV>::kThreads, 1) flash_fwd_kerne
   load_v(0);
   cp_async_commit();
   wgmma_fence();
-  issue_scores<T, DQK, kBr, kBc>(s, q_addr, k_stage(0));
+  issue_scores<T, DQK, kBr, kBc>(st.s, q_addr, k_stage(0));
   wgmma_wait_all();
-  pin(s);
-  online_softmax<kBc>(s, mx, l, alpha, p, 0, wq0, row0, t4);
-  pack_probabilities<kBc, T>(pa, s);
+  pin(st.s);
+  online_softmax<kBc>(st.s, st.mx, st.l, st.alpha, p, 0, wq0, row0, t4);
+  pack_probabilities<kBc, T>(st.pa, st.s);
 
   // Steady state (FlashAttention-3's pipelining within a warpgroup): S_j = Q K_jᵀ and O += P_{j-1} V_{j-1} go to
   // the tensor cores back to back; the softmax of S_j runs while P_{j-1} V_{j-1} is still in flight, and O is
@@ -118,31 +113,31 @@ __global__ void __launch_bounds__(FwdTile<DQK, DV>::kThreads, 1) flash_fwd_kerne
     if (j + 1 < n_kblocks) load_k(j + 1);
     load_v(j);
     cp_async_commit();
-    pin(o);
-    pin(pa);
+    pin(st.o);
+    pin(st.pa);
     wgmma_fence();
-    issue_scores<T, DQK, kBr, kBc>(s, q_addr, k_stage(j));
-    issue_pv<T, DV, kBc>(o, pa, v_stage(j - 1));
+    issue_scores<T, DQK, kBr, kBc>(st.s, q_addr, k_stage(j));
+    issue_pv<T, DV, kBc>(st.o, st.pa, v_stage(j - 1));
     wgmma_wait<1>();  // S_j has landed; P_{j-1} V_{j-1} may still run
-    pin(s);
-    online_softmax<kBc>(s, mx, l, alpha, p, j * kBc, wq0, row0, t4);
+    pin(st.s);
+    online_softmax<kBc>(st.s, st.mx, st.l, st.alpha, p, j * kBc, wq0, row0, t4);
     wgmma_wait<0>();
-    pin(o);
-    pin(pa);
-    rescale_output<DV>(o, alpha);
-    pack_probabilities<kBc, T>(pa, s);
+    pin(st.o);
+    pin(st.pa);
+    rescale_output<DV>(st.o, st.alpha);
+    pack_probabilities<kBc, T>(st.pa, st.s);
   }
   cp_async_wait<0>();
   fence_proxy_async();
   __syncthreads();  // V_{n-1} visible
-  pin(o);
-  pin(pa);
+  pin(st.o);
+  pin(st.pa);
   wgmma_fence();
-  issue_pv<T, DV, kBc>(o, pa, v_stage(n_kblocks - 1));
+  issue_pv<T, DV, kBc>(st.o, st.pa, v_stage(n_kblocks - 1));
   wgmma_wait_all();
-  pin(o);
+  pin(st.o);
 
-  store_output<DV>(o, mx, l, p, b, h, row0, t4);
+  store_output<DV>(st.o, st.mx, st.l, p, b, h, row0, t4);
 }
 
 }  // namespace loom::cuda::flash

@@ -11,6 +11,17 @@
 
 namespace loom::cuda::flash {
 
+// A thread's running state over the key blocks: the unnormalised O (accumulator layout), the running max (log2
+// domain) and sum of its two rows, the last rescale factor, the scores of the block in flight and the previous
+// block's probabilities as the A operand of P V.
+template <int kBc, int DV>
+struct FwdRowState {
+  float o[DV / 2] = {};
+  float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+  float s[kBc / 2];
+  uint32_t pa[kBc / 16][4];
+};
+
 // S = Q Kᵀ for one warpgroup: 64 rows x kBc keys. k-step kk reads head-dim columns [16kk, 16kk+16), i.e. atom
 // kk/4 at byte 32·(kk%4) of each 128-byte row. q_addr: the warpgroup's first Q row in atom 0 (shared address);
 // k_addr: the K tile. Issued and committed as one wgmma group, not waited for.

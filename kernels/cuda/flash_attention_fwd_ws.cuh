@@ -132,12 +132,7 @@ __global__ void __launch_bounds__(WsFwdTile<DQK, DV>::kThreads, 1)
     if (lane == 0) mbarrier_arrive(empty_bar);
   };
 
-  float o[DV / 2];
-#pragma unroll
-  for (int i = 0; i < DV / 2; ++i) o[i] = 0.f;
-  float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
-  float s[kBc / 2];
-  uint32_t pa[kBc / 16][4];
+  FwdRowState<kBc, DV> st;
 
   if (last_consumer) named_barrier_arrive(Tile::kTurnBarrier, 256);  // consumer 0 takes the first turn
 
@@ -146,13 +141,13 @@ __global__ void __launch_bounds__(WsFwdTile<DQK, DV>::kThreads, 1)
   mbarrier_wait(k_full(0), 0);
   named_barrier_sync(my_turn, 256);
   wgmma_fence();
-  issue_scores<T, DQK, kBr, kBc>(s, q_addr, k_stage(0));
+  issue_scores<T, DQK, kBr, kBc>(st.s, q_addr, k_stage(0));
   named_barrier_arrive(next_turn, 256);
   wgmma_wait<0>();
-  pin(s);
+  pin(st.s);
   release(k_empty(0));
-  online_softmax<kBc>(s, mx, l, alpha, p, 0, wq0, row0, t4);
-  pack_probabilities<kBc, T>(pa, s);
+  online_softmax<kBc>(st.s, st.mx, st.l, st.alpha, p, 0, wq0, row0, t4);
+  pack_probabilities<kBc, T>(st.pa, st.s);
 
   // Rounds 1 .. n-1: S_j and P_{j-1} V_{j-1}; the softmax of S_j overlaps P_{j-1} V_{j-1} and the next
   // consumer's turn; O is rescaled once P_{j-1} V_{j-1} has landed.
@@ -160,36 +155,36 @@ __global__ void __launch_bounds__(WsFwdTile<DQK, DV>::kThreads, 1)
     mbarrier_wait(k_full(j), parity(j));
     mbarrier_wait(v_full(j - 1), parity(j - 1));
     named_barrier_sync(my_turn, 256);
-    pin(o);
-    pin(pa);
+    pin(st.o);
+    pin(st.pa);
     wgmma_fence();
-    issue_scores<T, DQK, kBr, kBc>(s, q_addr, k_stage(j));
-    issue_pv<T, DV, kBc>(o, pa, v_stage(j - 1));
+    issue_scores<T, DQK, kBr, kBc>(st.s, q_addr, k_stage(j));
+    issue_pv<T, DV, kBc>(st.o, st.pa, v_stage(j - 1));
     named_barrier_arrive(next_turn, 256);
     wgmma_wait<1>();  // S_j has landed; P_{j-1} V_{j-1} may still run
-    pin(s);
+    pin(st.s);
     release(k_empty(j));
-    online_softmax<kBc>(s, mx, l, alpha, p, j * kBc, wq0, row0, t4);
+    online_softmax<kBc>(st.s, st.mx, st.l, st.alpha, p, j * kBc, wq0, row0, t4);
     wgmma_wait<0>();
-    pin(o);
-    pin(pa);
+    pin(st.o);
+    pin(st.pa);
     release(v_empty(j - 1));
-    rescale_output<DV>(o, alpha);
-    pack_probabilities<kBc, T>(pa, s);
+    rescale_output<DV>(st.o, st.alpha);
+    pack_probabilities<kBc, T>(st.pa, st.s);
   }
 
   // Round n: P_{n-1} V_{n-1}. Its V stage needs no release: the producer has issued its last load.
   mbarrier_wait(v_full(n_kblocks - 1), parity(n_kblocks - 1));
   named_barrier_sync(my_turn, 256);
-  pin(o);
-  pin(pa);
+  pin(st.o);
+  pin(st.pa);
   wgmma_fence();
-  issue_pv<T, DV, kBc>(o, pa, v_stage(n_kblocks - 1));
+  issue_pv<T, DV, kBc>(st.o, st.pa, v_stage(n_kblocks - 1));
   if (!last_consumer) named_barrier_arrive(next_turn, 256);
   wgmma_wait<0>();
-  pin(o);
+  pin(st.o);
 
-  store_output<DV>(o, mx, l, p, b, h, row0, t4);
+  store_output<DV>(st.o, st.mx, st.l, p, b, h, row0, t4);
 }
 
 }  // namespace loom::cuda::flash
