@@ -56,8 +56,9 @@ struct WsFwdTile {
   static constexpr int kQkCols = atom_cols(DQK), kVCols = atom_cols(DV);
   static constexpr uint32_t kQBytes = kBr * kQkCols * 2, kKBytes = kBc * kQkCols * 2, kVBytes = kBc * kVCols * 2;
   // Registers after setmaxnreg: the launch gives every thread 65536 / kThreads rounded down to 8 (168 or 128);
-  // the producer gives back all but 24, the consumers take what that frees.
-  static constexpr int kProducerRegs = 24, kConsumerRegs = kConsumers == 2 ? 240 : 160;
+  // the producer keeps 24 (two consumers) or 32 (three) and the consumers take what that frees: the whole
+  // register file either way.
+  static constexpr int kProducerRegs = kConsumers == 2 ? 24 : 32, kConsumerRegs = kConsumers == 2 ? 240 : 160;
   static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= kThreads * (65536 / kThreads / 8 * 8),
                 "register split exceeds the block's allocation");
   static constexpr uint32_t kBarrierOffset = kQBytes + kStages * (kKBytes + kVBytes);  // 1024-aligned tiles
