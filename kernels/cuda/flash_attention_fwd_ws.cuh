@@ -13,9 +13,9 @@
 //
 // Block: 1 producer warpgroup + kConsumers consumer warpgroups, each consumer owning 64 query rows
 // (kBr = 64·kConsumers), one (batch, head); key blocks of kBc = 128.
-//   producer   one thread issues every TMA load: Q once, then per key block j K_j and V_j into ring stage
-//              j % kStages (full barrier: its bytes landed; empty barrier: every consumer warp is done with
-//              it). setmaxnreg.dec hands its registers to the consumers.
+//   producer   one thread issues every TMA load: Q once, then K_0, K_1, V_0, K_2, V_1, ..., key block j's K
+//              and V into ring stage j % kStages (full barrier: its bytes landed; empty barrier: every consumer
+//              warp is done with it). setmaxnreg.dec hands its registers to the consumers.
 //   consumers  per key block: S_j = Q K_jᵀ and O += P_{j-1} V_{j-1} issued together (the pipelining within a
 //              warpgroup of flash_attention_fwd.cuh), then the softmax of S_j while P_{j-1} V_{j-1} runs.
 //   ping-pong  named barrier "turn w" lets consumer w issue its two products; it then hands the turn to
@@ -108,17 +108,27 @@ __global__ void __launch_bounds__(WsFwdTile<DQK, DV>::kThreads, 1)
     prefetch_tma_view(&views.k);
     prefetch_tma_view(&views.v);
     // Box a of a tile = columns [64a, 64a + 64) = atom a, rows·128 bytes further on.
-    mbarrier_arrive_expect_tx(q_full, Tile::kQBytes);
-    for (int a = 0; a < Tile::kQkCols / 64; ++a) tma_load_4d(sQ + a * kBr * 128, &views.q, q_full, 64 * a, h, q0, b);
-    for (int j = 0; j < n_kblocks; ++j) {
+    auto load_k = [&](int j) {
       mbarrier_wait(k_empty(j), parity(j) ^ 1);
       mbarrier_arrive_expect_tx(k_full(j), Tile::kKBytes);
       for (int a = 0; a < Tile::kQkCols / 64; ++a)
         tma_load_4d(k_stage(j) + a * kBc * 128, &views.k, k_full(j), 64 * a, h, j * kBc, b);
+    };
+    auto load_v = [&](int j) {
       mbarrier_wait(v_empty(j), parity(j) ^ 1);
       mbarrier_arrive_expect_tx(v_full(j), Tile::kVBytes);
       for (int a = 0; a < Tile::kVCols / 64; ++a)
         tma_load_4d(v_stage(j) + a * kBc * 128, &views.v, v_full(j), 64 * a, h, j * kBc, b);
+    };
+    mbarrier_arrive_expect_tx(q_full, Tile::kQBytes);
+    for (int a = 0; a < Tile::kQkCols / 64; ++a) tma_load_4d(sQ + a * kBr * 128, &views.q, q_full, 64 * a, h, q0, b);
+    // Order K_0, then K_{j+1} before V_j: round j + 1 needs K_{j+1} and V_j together, and K_{j+1}'s stage frees
+    // earlier (after S_{j+1-S}) than V_j's (after P_{j-S} V_{j-S}, which lands half a round later), so the K
+    // load is not held up behind the V one.
+    load_k(0);
+    for (int j = 0; j < n_kblocks; ++j) {
+      if (j + 1 < n_kblocks) load_k(j + 1);
+      load_v(j);
     }
     return;  // the consumers wait for every byte issued here before they finish
   }
