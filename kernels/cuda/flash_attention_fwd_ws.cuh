@@ -4,9 +4,10 @@
 // Which kernel runs which tile pair (kForwardWs in flash_attention_launch.cuh): this one takes the pairs with
 // both tile widths in {64, 128} (64x64, 64x128, 128x64, 128x128), where a tile is whole 64-column atoms and one
 // TMA box {64 columns, rows} of 128-byte rows with the 128-byte swizzle writes exactly one atom of
-// flash_attention_wgmma.cuh's layout (chunk c of row r at c ^ (r % 8)). Pairs with a 32-wide tile use half of
-// each atom row and stay on flash_attention_fwd.cuh's cp.async kernel (small pruned heads, where the softmax
-// and not the loads dominates; a 64-column box would double their load bytes).
+// flash_attention_wgmma.cuh's layout (chunk c of row r at c ^ (r % 8)). Pairs with a 32-wide tile stay on
+// flash_attention_fwd.cuh's cp.async kernel, whose tiles for them (one warpgroup, several blocks per SM) were
+// measured there; their half-used atom rows could be loaded here as a 64-column box whose second half the TMA
+// unit zero-fills, a change to measure rather than assume.
 //
 // The math is flash_attention_fwd.cuh's (online softmax in the log2 domain, O rescaled when the running max
 // rises, divided by l at the end, lse = ln2·(m + log2 l)); the steps are shared (flash_attention_fwd_steps.cuh).
