@@ -1,5 +1,6 @@
-// FlashAttention-2 forward and backward on CUDA, over the trainer's fused QKV layout. Hopper only (sm_90a: the
-// tensor-core products are wgmma); any other GPU gets a loom::Error saying so.
+// FlashAttention-2 forward and backward on CUDA, over the trainer's fused QKV layout; head dims whose tiles are
+// 64 or 128 wide take a FlashAttention-3 style forward (TMA loads, warp-specialised ping-pong warpgroups).
+// Hopper only (sm_90a: the tensor-core products are wgmma); any other GPU gets a loom::Error saying so.
 //
 // Layout (see kernels/backend.h, AttentionShape): qkv is [B, T, H*Dqk (q) | H*Dqk (k) | H*Dv (v)] per token,
 // row stride H*(2*Dqk+Dv) elements, each head contiguous; out and dout are [B, T, H*Dv]; lse is [B, H, T]
@@ -17,8 +18,9 @@
 // (FlashAttention's convention), and the backward would give them zero gradient.
 //
 // Threads and streams: all work is queued on `stream` (asynchronous) on the current device; the caller keeps
-// the buffers alive until the stream has passed it. Functions are thread-safe (no global state; each launch
-// sets its kernel's shared-memory limit). All pointers are device pointers owned by the caller; buffers must
+// the buffers alive until the stream has passed it. Functions are thread-safe (no mutable global state: the
+// driver's tensor-map encoder is looked up once, in a function-local static; each launch sets its kernel's
+// shared-memory limit). All pointers are device pointers owned by the caller; buffers must
 // not overlap. Every CUDA call and launch is checked (loom::Error).
 #pragma once
 #include <cuda_runtime.h>

@@ -1,4 +1,5 @@
-// Forward launcher (flash_attention_launch.cuh); the kernel is in flash_attention_fwd.cuh.
+// Forward launcher (flash_attention_launch.cuh): the warp-specialised TMA kernel (flash_attention_fwd_ws.cu) for
+// the kForwardWs pairs, else the cp.async kernel of flash_attention_fwd.cuh.
 #include "kernels/cuda/flash_attention_fwd.cuh"
 #include "kernels/cuda/flash_attention_launch.cuh"
 
@@ -6,12 +7,16 @@ namespace loom::cuda::flash {
 
 template <typename T, int DQK, int DV>
 void launch_forward(const AttentionShape& s, const Params<T>& p, cudaStream_t stream) {
-  using Tile = FwdTile<DQK, DV>;
-  auto kernel = flash_fwd_kernel<T, DQK, DV>;
-  set_smem(kernel, Tile::kSmemBytes);
-  const dim3 grid((s.seq + Tile::kBr - 1) / Tile::kBr, s.heads, s.batch);
-  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
-  CUDA_CHECK_LAUNCH("flash_fwd_kernel");
+  if constexpr (kForwardWs<DQK, DV>) {
+    launch_forward_ws<T, DQK, DV>(s, p, stream);
+  } else {
+    using Tile = FwdTile<DQK, DV>;
+    auto kernel = flash_fwd_kernel<T, DQK, DV>;
+    set_smem(kernel, Tile::kSmemBytes);
+    const dim3 grid((s.seq + Tile::kBr - 1) / Tile::kBr, s.heads, s.batch);
+    kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+    CUDA_CHECK_LAUNCH("flash_fwd_kernel");
+  }
 }
 
 #define LOOM_FLASH_FWD(DQK, DV)                                                                            \

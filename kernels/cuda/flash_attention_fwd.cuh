@@ -1,5 +1,7 @@
 // FlashAttention-2 forward kernel on Hopper tensor cores (sm_90a: wgmma). Included once, by
-// flash_attention_fwd.cu (instantiated there).
+// flash_attention_fwd.cu (instantiated there). It runs the tile pairs with a 32-wide tile; the pairs of widths
+// 64 and 128 run the warp-specialised TMA kernel of flash_attention_fwd_ws.cuh (kForwardWs in
+// flash_attention_launch.cuh), which shares this kernel's steps (flash_attention_fwd_steps.cuh).
 //
 // Math, per query row i (scores in the log2 domain: s_ij = scale·log2(e)·q_i·k_j, masked to -inf):
 //   m_i = max_j s_ij,  l_i = Σ_j 2^(s_ij - m_i),  o_i = Σ_j 2^(s_ij - m_i) v_j / l_i,
@@ -23,7 +25,7 @@
 //
 // Shared-memory tiles use the atom layout of flash_attention_wgmma.cuh.
 #pragma once
-#include "kernels/cuda/flash_attention_wgmma.cuh"
+#include "kernels/cuda/flash_attention_fwd_steps.cuh"
 
 namespace loom::cuda::flash {
 
@@ -33,64 +35,14 @@ struct FwdTile {
   // faster than 64; one warpgroup was 30% slower; with the pipelined loop, one warpgroup with key blocks of 64 at
   // two blocks per SM was 5% slower); at D = 64, one warpgroup (64 rows: more blocks per SM, 3-5%
   // faster than two) and key blocks of 64 (128 was 15% slower). Other pairs take the choice of the wider one.
+  // (Those measurements are of the equal pairs, which now run flash_attention_fwd_ws.cuh; the pairs left here
+  // have one 32-wide tile and the other 32, 64 or 128.)
   static constexpr int kD = DQK > DV ? DQK : DV;
   static constexpr int kWarps = kD == 128 ? 8 : 4, kThreads = kWarps * 32, kBr = kWarps * 16;
   static constexpr int kBc = kD == 128 ? 128 : 64;
   static constexpr int kQkCols = atom_cols(DQK), kVCols = atom_cols(DV);  // see atom_cols
   static constexpr int kSmemBytes = (kBr * kQkCols + 2 * kBc * kQkCols + 2 * kBc * kVCols) * 2;  // Q, 2 stages of K, V
 };
-
-// One key block's online-softmax step on this thread's rows row0 and row0 + 8 (accumulator
-// s[4n + 2r + c] = S[row0 + 8r][k0 + 8n + 2t4 + c]): masks keys past T (and, causal, past the row), raises the
-// running max mx, sets alpha = 2^(old max - new max) (the factor O and l are rescaled by), turns s into the
-// unnormalised probabilities 2^(s·scale_log2 - max) and adds their row sums to l (after rescaling it).
-template <int kBc, typename T>
-__device__ __forceinline__ void online_softmax(float (&s)[kBc / 2], float (&mx)[2], float (&l)[2], float (&alpha)[2],
-                                               const Params<T>& p, int k0, int wq0, int row0, int t4) {
-  const bool need_mask = k0 + kBc > p.seq || (p.causal && k0 + kBc - 1 > wq0);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = row0 + 8 * r;
-    float rmax = -INFINITY;
-#pragma unroll
-    for (int n = 0; n < kBc / 8; ++n)
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        if (need_mask) {
-          const int key = k0 + n * 8 + 2 * t4 + c;
-          if (key >= p.seq || (p.causal && key > row)) s[4 * n + 2 * r + c] = -INFINITY;
-        }
-        rmax = fmaxf(rmax, s[4 * n + 2 * r + c]);
-      }
-    const float new_max = fmaxf(mx[r], quad_max(rmax) * p.scale_log2);
-    const float base = new_max == -INFINITY ? 0.f : new_max;  // a row with nothing visible yet stays zero
-    alpha[r] = fast_exp2(mx[r] - base);
-    mx[r] = new_max;
-    float sum = 0.f;
-#pragma unroll
-    for (int n = 0; n < kBc / 8; ++n)
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        float& v = s[4 * n + 2 * r + c];
-        v = fast_exp2(fmaf(v, p.scale_log2, -base));
-        sum += v;
-      }
-    l[r] = l[r] * alpha[r] + sum;
-  }
-}
-
-// P (the probabilities of a key block, accumulator layout) as the register A operand of O += P V: accumulator
-// tiles 2kk and 2kk+1 are k-step kk's A fragment.
-template <int kBc, typename T>
-__device__ __forceinline__ void pack_probabilities(uint32_t (&pa)[kBc / 16][4], const float (&s)[kBc / 2]) {
-#pragma unroll
-  for (int kk = 0; kk < kBc / 16; ++kk) {
-    pa[kk][0] = Pack16<T>::pack(s[8 * kk], s[8 * kk + 1]);
-    pa[kk][1] = Pack16<T>::pack(s[8 * kk + 2], s[8 * kk + 3]);
-    pa[kk][2] = Pack16<T>::pack(s[8 * kk + 4], s[8 * kk + 5]);
-    pa[kk][3] = Pack16<T>::pack(s[8 * kk + 6], s[8 * kk + 7]);
-  }
-}
 
 template <typename T, int DQK, int DV>
 __global__ void __launch_bounds__(FwdTile<DQK, DV>::kThreads, 1) flash_fwd_kernel(const Params<T> p) {
@@ -128,32 +80,10 @@ __global__ void __launch_bounds__(FwdTile<DQK, DV>::kThreads, 1) flash_fwd_kerne
     load_tile_atoms<kBc, DV, kThreads>(sV + (j & 1) * kBc * kVCols, vbase + int64_t(j) * kBc * p.qkv_stride,
                                        p.qkv_stride, T_ - j * kBc, v_ok, tid);
   };
-  // S = Q K_jᵀ: 64 rows x kBc keys per warpgroup; k-step kk reads head-dim columns [16kk, 16kk+16), i.e. atom
-  // kk/4 at byte 32·(kk%4) of each 128-byte row. Issued and committed, not waited for.
-  auto issue_scores = [&](float (&s)[kBc / 2], int j) {
-#pragma unroll
-    for (int kk = 0; kk < DQK / 16; ++kk) {
-      const uint32_t dq = q_addr + (kk / 4) * kBr * 128 + (kk % 4) * 32;
-      const uint32_t dk = k_addr + (j & 1) * kKStage + (kk / 4) * kBc * 128 + (kk % 4) * 32;
-      wgmma_ss<T, kBc, 0, 0>(s, smem_desc(dq, 16, 1024), smem_desc(dk, 16, 1024), kk > 0);
-    }
-    wgmma_commit();
-  };
-  // O += P V_j: k-step kk covers keys [16kk, 16kk+16) = 2048 bytes of every V atom; the head-dim atoms are
-  // kBc·128 bytes apart (the leading byte offset of this MN-major operand). Issued and committed.
-  float o[DV / 2];
-  auto issue_pv = [&](const uint32_t (&pa)[kBc / 16][4], int j) {
-#pragma unroll
-    for (int kk = 0; kk < kBc / 16; ++kk)
-      wgmma_rs<T, DV>(o, pa[kk], smem_desc(v_addr + (j & 1) * kVStage + kk * 2048, kBc * 128, 1024), 1);
-    wgmma_commit();
-  };
+  auto k_stage = [&](int j) { return k_addr + (j & 1) * kKStage; };
+  auto v_stage = [&](int j) { return v_addr + (j & 1) * kVStage; };
 
-#pragma unroll
-  for (int i = 0; i < DV / 2; ++i) o[i] = 0.f;
-  float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
-  float s[kBc / 2];
-  uint32_t pa[kBc / 16][4];
+  FwdRowState<kBc, DV> st;
 
   // Prologue: Q and K_0, then S_0 and its softmax while K_1 and V_0 load.
   load_tile_atoms<kBr, DQK, kThreads>(sQ, qbase + int64_t(q0) * p.qkv_stride, p.qkv_stride, T_ - q0, qk_ok, tid);
@@ -166,11 +96,11 @@ __global__ void __launch_bounds__(FwdTile<DQK, DV>::kThreads, 1) flash_fwd_kerne
   load_v(0);
   cp_async_commit();
   wgmma_fence();
-  issue_scores(s, 0);
+  issue_scores<T, DQK, kBr, kBc>(st.s, q_addr, k_stage(0));
   wgmma_wait_all();
-  pin(s);
-  online_softmax<kBc>(s, mx, l, alpha, p, 0, wq0, row0, t4);
-  pack_probabilities<kBc, T>(pa, s);
+  pin(st.s);
+  online_softmax<kBc>(st.s, st.mx, st.l, st.alpha, p, 0, wq0, row0, t4);
+  pack_probabilities<kBc, T>(st.pa, st.s);
 
   // Steady state (FlashAttention-3's pipelining within a warpgroup): S_j = Q K_jᵀ and O += P_{j-1} V_{j-1} go to
   // the tensor cores back to back; the softmax of S_j runs while P_{j-1} V_{j-1} is still in flight, and O is
@@ -183,51 +113,31 @@ __global__ void __launch_bounds__(FwdTile<DQK, DV>::kThreads, 1) flash_fwd_kerne
     if (j + 1 < n_kblocks) load_k(j + 1);
     load_v(j);
     cp_async_commit();
-    pin(o);
-    pin(pa);
+    pin(st.o);
+    pin(st.pa);
     wgmma_fence();
-    issue_scores(s, j);
-    issue_pv(pa, j - 1);
+    issue_scores<T, DQK, kBr, kBc>(st.s, q_addr, k_stage(j));
+    issue_pv<T, DV, kBc>(st.o, st.pa, v_stage(j - 1));
     wgmma_wait<1>();  // S_j has landed; P_{j-1} V_{j-1} may still run
-    pin(s);
-    online_softmax<kBc>(s, mx, l, alpha, p, j * kBc, wq0, row0, t4);
+    pin(st.s);
+    online_softmax<kBc>(st.s, st.mx, st.l, st.alpha, p, j * kBc, wq0, row0, t4);
     wgmma_wait<0>();
-    pin(o);
-    pin(pa);
-#pragma unroll
-    for (int n = 0; n < DV / 8; ++n) {
-      o[4 * n] *= alpha[0];
-      o[4 * n + 1] *= alpha[0];
-      o[4 * n + 2] *= alpha[1];
-      o[4 * n + 3] *= alpha[1];
-    }
-    pack_probabilities<kBc, T>(pa, s);
+    pin(st.o);
+    pin(st.pa);
+    rescale_output<DV>(st.o, st.alpha);
+    pack_probabilities<kBc, T>(st.pa, st.s);
   }
   cp_async_wait<0>();
   fence_proxy_async();
   __syncthreads();  // V_{n-1} visible
-  pin(o);
-  pin(pa);
+  pin(st.o);
+  pin(st.pa);
   wgmma_fence();
-  issue_pv(pa, n_kblocks - 1);
+  issue_pv<T, DV, kBc>(st.o, st.pa, v_stage(n_kblocks - 1));
   wgmma_wait_all();
-  pin(o);
+  pin(st.o);
 
-  // Epilogue: normalise, store out rows < T and lse.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const float sum = quad_sum(l[r]);
-    const int row = row0 + 8 * r;
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    if (row >= T_) continue;
-    T* orow = p.out_w + (int64_t(b) * T_ + row) * p.out_stride + p.o_col(h) + 2 * t4;
-#pragma unroll
-    for (int n = 0; n < DV / 8; ++n)
-      if (n * 8 < p.dv)
-        *reinterpret_cast<uint32_t*>(orow + n * 8) = Pack16<T>::pack(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
-    if (t4 == 0)
-      p.lse[(int64_t(b) * p.heads + h) * T_ + row] = sum > 0.f ? (mx[r] + __log2f(sum)) * kLn2 : INFINITY;
-  }
+  store_output<DV>(st.o, st.mx, st.l, p, b, h, row0, t4);
 }
 
 }  // namespace loom::cuda::flash

@@ -21,9 +21,22 @@ constexpr int tile_width(int64_t head_dim) { return head_dim <= 32 ? 32 : head_d
 #define LOOM_FLASH_TILE_PAIRS(X) \
   X(32, 32) X(32, 64) X(32, 128) X(64, 32) X(64, 64) X(64, 128) X(128, 32) X(128, 64) X(128, 128)
 
+// The pairs the warp-specialised TMA forward (flash_attention_fwd_ws.cuh, which says why) is instantiated for;
+// the others run the cp.async forward (flash_attention_fwd.cuh).
+#define LOOM_FLASH_WS_TILE_PAIRS(X) X(64, 64) X(64, 128) X(128, 64) X(128, 128)
+template <int DQK, int DV>
+constexpr bool kForwardWs = (DQK == 64 || DQK == 128) && (DV == 64 || DV == 128);
+
 // Queues the forward on `stream`. p carries qkv, out_w, lse and the shape fields; DQK >= p.dqk, DV >= p.dv.
+// The kForwardWs<DQK, DV> pairs run the warp-specialised kernel (launch_forward_ws), the others the cp.async one.
 template <typename T, int DQK, int DV>
 void launch_forward(const AttentionShape& s, const Params<T>& p, cudaStream_t stream);
+
+// Queues the warp-specialised forward (kForwardWs<DQK, DV> pairs only). Builds the TMA views of qkv on the host;
+// throws loom::Error naming the view and the shape where the tensor-map rules do not hold or the driver cannot
+// encode them.
+template <typename T, int DQK, int DV>
+void launch_forward_ws(const AttentionShape& s, const Params<T>& p, cudaStream_t stream);
 
 // Queues the backward on `stream`: p carries qkv, out, dout, lse, dqkv, the shape fields, and the workspace
 // pointers dsum ([B, H, T] f32) and dq_accum ([B, T, H, dqk] f32, null = deterministic dQ pass).

@@ -323,6 +323,17 @@ std::vector<Case> cases() {
     v.push_back({1, 50, 1, 8, causal, DType::BF16, 1.f, 16});
     v.push_back({1, 70, 2, 32, causal, DType::BF16, 1.f, 128});  // tiles 32 x 128: dQ in halves of 16 columns
     v.push_back({1, 77, 1, 128, causal, DType::F16, 1.f, 24});   // tiles 128 x 32
+    // The TMA forward (both tile widths 64 or 128) with batch and heads > 1, so that a wrong box coordinate
+    // reads another head's or batch's rows: lengths of one row, one block plus one row (d128: blocks of 128
+    // queries and keys; d64: 192 queries, 128 keys), several blocks and partial ones, and pruned dims whose
+    // columns past the head dim come from the TMA unit's zero fill.
+    v.push_back({2, 1, 3, 128, causal, DType::F16});
+    v.push_back({2, 129, 3, 128, causal, DType::F16});
+    v.push_back({3, 193, 2, 64, causal, DType::BF16});
+    v.push_back({2, 1000, 2, 72, causal, DType::BF16, 1.f, 120});  // tiles 128 x 128
+    v.push_back({2, 300, 3, 40, causal, DType::F16});              // tiles 64 x 64
+    v.push_back({2, 385, 2, 64, causal, DType::BF16, 1.f, 128});   // tiles 64 x 128
+    v.push_back({2, 257, 2, 120, causal, DType::F16, 1.f, 40});    // tiles 128 x 64
   }
   return v;
 }

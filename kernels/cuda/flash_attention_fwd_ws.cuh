@@ -1,0 +1,202 @@
+// FlashAttention-3 style forward on Hopper (sm_90a): TMA loads from a producer warp, consumer warpgroups in
+// ping-pong. Included once, by flash_attention_fwd_ws.cu (instantiated there).
+//
+// Which kernel runs which tile pair (kForwardWs in flash_attention_launch.cuh): this one takes the pairs with
+// both tile widths in {64, 128} (64x64, 64x128, 128x64, 128x128), where a tile is whole 64-column atoms and one
+// TMA box {64 columns, rows} of 128-byte rows with the 128-byte swizzle writes exactly one atom of
+// flash_attention_wgmma.cuh's layout (chunk c of row r at c ^ (r % 8)). Pairs with a 32-wide tile stay on
+// flash_attention_fwd.cuh's cp.async kernel, whose tiles for them (one warpgroup, several blocks per SM) were
+// measured there; their half-used atom rows could be loaded here as a 64-column box whose second half the TMA
+// unit zero-fills, a change to measure rather than assume.
+//
+// The math is flash_attention_fwd.cuh's (online softmax in the log2 domain, O rescaled when the running max
+// rises, divided by l at the end, lse = ln2·(m + log2 l)); the steps are shared (flash_attention_fwd_steps.cuh).
+//
+// Block: 1 producer warpgroup + kConsumers consumer warpgroups, each consumer owning 64 query rows
+// (kBr = 64·kConsumers), one (batch, head); key blocks of kBc = 128.
+//   producer   one thread issues every TMA load: Q once, then K_0, K_1, V_0, K_2, V_1, ..., key block j's K
+//              and V into ring stage j % kStages (full barrier: its bytes landed; empty barrier: every consumer
+//              warp is done with it). setmaxnreg.dec hands its registers to the consumers.
+//   consumers  per key block: S_j = Q K_jᵀ and O += P_{j-1} V_{j-1} issued together (the pipelining within a
+//              warpgroup of flash_attention_fwd.cuh), then the softmax of S_j while P_{j-1} V_{j-1} runs.
+//   ping-pong  named barrier "turn w" lets consumer w issue its two products; it then hands the turn to
+//              consumer w + 1 (mod kConsumers) and does its softmax while the next consumer's products occupy
+//              the tensor cores. One turn per round: round 0 issues S_0, round j (1 ≤ j < n) S_j and
+//              P_{j-1} V_{j-1}, round n P_{n-1} V_{n-1}; every consumer takes n + 1 turns.
+//
+// Barrier accounting (n = key blocks of this query block, S = kStages, stage(j) = j % S, pass(j) = j / S):
+//   K_full[s], V_full[s]   1 arrival (the producer's arrive_expect_tx) + the box bytes; the consumers wait for
+//                          key block j with parity pass(j) & 1.
+//   K_empty[s], V_empty[s] one arrival per consumer warp (4·kConsumers), made by lane 0 after the warp's
+//                          wgmma.wait_group shows the product reading the stage complete; the producer waits
+//                          for the use of key block j - S with parity (pass(j) & 1) ^ 1 (returns at once on the
+//                          first pass).
+//   Q_full                 1 arrival + the Q bytes, waited with parity 0.
+//   turn w (named barrier kTurnBarrier + w, 256 threads) = consumer w's 128 threads (bar.sync) + consumer w - 1's
+//                          128 (bar.arrive after issuing). Consumer kConsumers - 1 arrives once up front so
+//                          consumer 0 goes first, and skips its last hand-over, so each barrier sees exactly n + 1
+//                          complete generations and none is left half-arrived.
+// Bytes per phase: a box is always delivered whole (rows past seq and columns past the head dim zero-filled
+// and counted), so a K stage is kBc·kQkCols·2 bytes whatever the shape.
+#pragma once
+#include "kernels/cuda/flash_attention_fwd_steps.cuh"
+#include "kernels/cuda/flash_attention_tma.cuh"
+
+namespace loom::cuda::flash {
+
+template <int DQK, int DV>
+struct WsFwdTile {
+  static constexpr int kD = DQK > DV ? DQK : DV;
+  // d128: two consumers (128 rows, the cp.async kernel's d128 block and FlashAttention-3's), key blocks of 128:
+  // per thread S 64 + P 32 + O 64 registers of the 240 a consumer gets. d64: three consumers (192 rows, as in
+  // FlashAttention-3): the products per score are half of d128's while the softmax costs the same, so more
+  // warpgroups keep the tensor cores fed while the others exponentiate, and K/V tiles are reused over more rows;
+  // key blocks of 128 (S 64 + P 32 + O 32 of the 160 registers a consumer gets with three).
+  static constexpr int kConsumers = kD == 64 ? 3 : 2;
+  static constexpr int kThreads = 128 * (kConsumers + 1), kBr = 64 * kConsumers, kBc = 128, kStages = 2;
+  static constexpr int kQkCols = atom_cols(DQK), kVCols = atom_cols(DV);
+  static constexpr uint32_t kQBytes = kBr * kQkCols * 2, kKBytes = kBc * kQkCols * 2, kVBytes = kBc * kVCols * 2;
+  // Registers after setmaxnreg: the launch gives every thread 65536 / kThreads rounded down to 8 (168 or 128);
+  // the producer keeps 24 (two consumers) or 32 (three) and the consumers take what that frees: the whole
+  // register file either way.
+  static constexpr int kProducerRegs = kConsumers == 2 ? 24 : 32, kConsumerRegs = kConsumers == 2 ? 240 : 160;
+  static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= kThreads * (65536 / kThreads / 8 * 8),
+                "register split exceeds the block's allocation");
+  static constexpr uint32_t kBarrierOffset = kQBytes + kStages * (kKBytes + kVBytes);  // 1024-aligned tiles
+  static constexpr int kBarriers = 1 + 4 * kStages;                                    // Q, K/V full, K/V empty
+  static constexpr int kSmemBytes = kBarrierOffset + kBarriers * 8;
+  static constexpr int kTurnBarrier = 1;  // named barriers kTurnBarrier .. kTurnBarrier + kConsumers - 1
+};
+
+template <typename T, int DQK, int DV>
+__global__ void __launch_bounds__(WsFwdTile<DQK, DV>::kThreads, 1)
+    flash_fwd_ws_kernel(const Params<T> p, const __grid_constant__ TmaViews views) {
+  using Tile = WsFwdTile<DQK, DV>;
+  constexpr int kBr = Tile::kBr, kBc = Tile::kBc, kStages = Tile::kStages, kConsumers = Tile::kConsumers;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t sQ = smem_addr(smem_raw), sK = sQ + Tile::kQBytes, sV = sK + kStages * Tile::kKBytes;
+  const uint32_t q_full = sQ + Tile::kBarrierOffset;
+  auto k_full = [&](int j) { return q_full + 8 * (1 + j % kStages); };
+  auto v_full = [&](int j) { return q_full + 8 * (1 + kStages + j % kStages); };
+  auto k_empty = [&](int j) { return q_full + 8 * (1 + 2 * kStages + j % kStages); };
+  auto v_empty = [&](int j) { return q_full + 8 * (1 + 3 * kStages + j % kStages); };
+  auto parity = [](int j) { return uint32_t(j / kStages) & 1; };
+  auto k_stage = [&](int j) { return sK + (j % kStages) * Tile::kKBytes; };
+  auto v_stage = [&](int j) { return sV + (j % kStages) * Tile::kVBytes; };
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wg = warp / 4;
+  const int qblock = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z, q0 = qblock * kBr;
+  int n_kblocks = (p.seq + kBc - 1) / kBc;
+  if (p.causal) n_kblocks = min(n_kblocks, (min(q0 + kBr, p.seq) + kBc - 1) / kBc);
+
+  if (tid == 0) {
+    mbarrier_init(q_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(k_full(s), 1);
+      mbarrier_init(v_full(s), 1);
+      mbarrier_init(k_empty(s), 4 * kConsumers);
+      mbarrier_init(v_empty(s), 4 * kConsumers);
+    }
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // producer warpgroup
+    setmaxnreg_dec<Tile::kProducerRegs>();
+    if (tid != 0) return;
+    prefetch_tma_view(&views.q);
+    prefetch_tma_view(&views.k);
+    prefetch_tma_view(&views.v);
+    // Box a of a tile = columns [64a, 64a + 64) = atom a, rows·128 bytes further on.
+    auto load_k = [&](int j) {
+      mbarrier_wait(k_empty(j), parity(j) ^ 1);
+      mbarrier_arrive_expect_tx(k_full(j), Tile::kKBytes);
+      for (int a = 0; a < Tile::kQkCols / 64; ++a)
+        tma_load_4d(k_stage(j) + a * kBc * 128, &views.k, k_full(j), 64 * a, h, j * kBc, b);
+    };
+    auto load_v = [&](int j) {
+      mbarrier_wait(v_empty(j), parity(j) ^ 1);
+      mbarrier_arrive_expect_tx(v_full(j), Tile::kVBytes);
+      for (int a = 0; a < Tile::kVCols / 64; ++a)
+        tma_load_4d(v_stage(j) + a * kBc * 128, &views.v, v_full(j), 64 * a, h, j * kBc, b);
+    };
+    mbarrier_arrive_expect_tx(q_full, Tile::kQBytes);
+    for (int a = 0; a < Tile::kQkCols / 64; ++a) tma_load_4d(sQ + a * kBr * 128, &views.q, q_full, 64 * a, h, q0, b);
+    // Order K_0, then K_{j+1} before V_j: round j + 1 needs K_{j+1} and V_j together, and K_{j+1}'s stage frees
+    // earlier (after S_{j+1-S}) than V_j's (after P_{j-S} V_{j-S}, which lands half a round later), so the K
+    // load is not held up behind the V one.
+    load_k(0);
+    for (int j = 0; j < n_kblocks; ++j) {
+      if (j + 1 < n_kblocks) load_k(j + 1);
+      load_v(j);
+    }
+    return;  // the consumers wait for every byte issued here before they finish
+  }
+
+  setmaxnreg_inc<Tile::kConsumerRegs>();
+  const int consumer = wg - 1, g = lane / 4, t4 = lane % 4;
+  const int wq0 = q0 + consumer * 64 + (warp % 4) * 16, row0 = wq0 + g;  // this thread's rows: row0, row0 + 8
+  const uint32_t q_addr = sQ + consumer * 64 * 128;
+  const int my_turn = Tile::kTurnBarrier + consumer, next_turn = Tile::kTurnBarrier + (consumer + 1) % kConsumers;
+  const bool last_consumer = consumer == kConsumers - 1;
+  auto release = [&](uint32_t empty_bar) {  // after this warp's wgmma.wait_group: the stage is no longer read
+    if (lane == 0) mbarrier_arrive(empty_bar);
+  };
+
+  FwdRowState<kBc, DV> st;
+
+  if (last_consumer) named_barrier_arrive(Tile::kTurnBarrier, 256);  // consumer 0 takes the first turn
+
+  // Round 0: S_0.
+  mbarrier_wait(q_full, 0);
+  mbarrier_wait(k_full(0), 0);
+  named_barrier_sync(my_turn, 256);
+  wgmma_fence();
+  issue_scores<T, DQK, kBr, kBc>(st.s, q_addr, k_stage(0));
+  named_barrier_arrive(next_turn, 256);
+  wgmma_wait<0>();
+  pin(st.s);
+  release(k_empty(0));
+  online_softmax<kBc>(st.s, st.mx, st.l, st.alpha, p, 0, wq0, row0, t4);
+  pack_probabilities<kBc, T>(st.pa, st.s);
+
+  // Rounds 1 .. n-1: S_j and P_{j-1} V_{j-1}; the softmax of S_j overlaps P_{j-1} V_{j-1} and the next
+  // consumer's turn; O is rescaled once P_{j-1} V_{j-1} has landed.
+  for (int j = 1; j < n_kblocks; ++j) {
+    mbarrier_wait(k_full(j), parity(j));
+    mbarrier_wait(v_full(j - 1), parity(j - 1));
+    named_barrier_sync(my_turn, 256);
+    pin(st.o);
+    pin(st.pa);
+    wgmma_fence();
+    issue_scores<T, DQK, kBr, kBc>(st.s, q_addr, k_stage(j));
+    issue_pv<T, DV, kBc>(st.o, st.pa, v_stage(j - 1));
+    named_barrier_arrive(next_turn, 256);
+    wgmma_wait<1>();  // S_j has landed; P_{j-1} V_{j-1} may still run
+    pin(st.s);
+    release(k_empty(j));
+    online_softmax<kBc>(st.s, st.mx, st.l, st.alpha, p, j * kBc, wq0, row0, t4);
+    wgmma_wait<0>();
+    pin(st.o);
+    pin(st.pa);
+    release(v_empty(j - 1));
+    rescale_output<DV>(st.o, st.alpha);
+    pack_probabilities<kBc, T>(st.pa, st.s);
+  }
+
+  // Round n: P_{n-1} V_{n-1}. Its V stage needs no release: the producer has issued its last load.
+  mbarrier_wait(v_full(n_kblocks - 1), parity(n_kblocks - 1));
+  named_barrier_sync(my_turn, 256);
+  pin(st.o);
+  pin(st.pa);
+  wgmma_fence();
+  issue_pv<T, DV, kBc>(st.o, st.pa, v_stage(n_kblocks - 1));
+  if (!last_consumer) named_barrier_arrive(next_turn, 256);
+  wgmma_wait<0>();
+  pin(st.o);
+
+  store_output<DV>(st.o, st.mx, st.l, p, b, h, row0, t4);
+}
+
+}  // namespace loom::cuda::flash
