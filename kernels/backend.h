@@ -31,12 +31,13 @@ enum class GemmAlgorithm { Heuristic, Timed };
 
 // How a backend with a GEMM library computes a linear layer's bias gradient dbias += Σ_n dout
 // (matmul_backward, matmul_backward_gelu). Both are deterministic; the CPU has one way and ignores the choice.
-// ColumnSums (the default): the weight-gradient GEMM without an epilogue, then the backend's own column-sum
-//   kernel adds straight into dbias (CUDA: reads dout once in 16-byte loads, f32 partials summed in a fixed
-//   order). Two launches, no scratch vector.
-// GemmEpilogue: the GEMM library's bias-gradient epilogue (cuBLASLt BGRADB; on an H100 it runs as a separate
-//   reduction kernel) writes Σ_n dout to a scratch vector, since it overwrites, and a second kernel adds that to
-//   dbias; where the library refuses the epilogue, ColumnSums. bench/kernels/bias_grad_bench.cc times the two.
+// ColumnSums (the default): the weight-gradient GEMM without an epilogue, then the backend's own column sums
+//   (CUDA: f32 partials over blocks of rows, dout read once in 16-byte loads, then a small pass adding them in
+//   a fixed order straight into dbias).
+// GemmEpilogue: the GEMM library's bias-gradient epilogue (cuBLASLt BGRADB; H100 profiles show it as a reduction
+//   kernel of its own after the GEMM) writes Σ_n dout to a scratch vector, since it overwrites, and a second
+//   kernel adds that to dbias; where the library refuses the epilogue, ColumnSums.
+// bench/kernels/bias_grad_bench.cc times the two.
 enum class BiasGradient { ColumnSums, GemmEpilogue };
 
 // What a backend's GEMM algorithm choice has done so far: shapes with a chosen algorithm, how many of them
