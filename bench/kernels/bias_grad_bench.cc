@@ -5,14 +5,17 @@
 //   dw      the weight-gradient GEMM alone (no bias)
 //   colsum  BiasGradient::ColumnSums: the same GEMM without an epilogue, then our column-sum kernel into dbias
 //   bgradb  BiasGradient::GemmEpilogue: the GEMM with cuBLASLt's BGRADB epilogue, then an accumulate into dbias
-// "cost" is a path's time minus dw's (the bias gradient's share); "kernel" the column sums alone
-// (add_position_backward over dout viewed as [N, 1, O] runs the same launcher), with its bandwidth and the
-// floor: reading dout once, N·O·e bytes at the card's peak DRAM bandwidth. Times are medians of --reps
-// event-timed samples of --batch back-to-back calls (ms per call), after --warmup samples, on random inputs.
+// "cost" is a path's time minus dw's (the bias gradient's share; as in training, the column sums run right after
+// the GEMM that read dout, so what of dout is still in L2 is read from there); "kernel" the column sums alone
+// (add_position_backward over dout viewed as [N, 1, O] runs the same launcher), cycling through copies of dout
+// that together are twice the L2 cache, so each call reads from DRAM; with its bandwidth and the floor: reading
+// dout once, N·O·e bytes at the card's peak DRAM bandwidth. Times are medians of --reps event-timed samples of
+// --batch back-to-back calls (ms per call), after --warmup samples, on random inputs.
 //
 // usage: loom_bias_grad_bench [--models gpt2-124m gpt2-1.3b deit-b] [--dtype bf16|f16|f32]
 //                             [--gemm-algorithm timed|heuristic] [--reps 20] [--warmup 3] [--batch 10]
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <functional>
 #include <map>
@@ -47,10 +50,21 @@ Times time_layer(Backend& backend, int64_t N, int64_t I, int64_t O, loom::DType 
   using loom::bench::random_on_gpu;
   const loom::Device gpu = loom::Device::cuda(0);
   const Tensor x = random_on_gpu({N, I}, dt, 1, -1.f, 1.f), w = random_on_gpu({O, I}, dt, 2, -0.05f, 0.05f);
-  const Tensor dout = random_on_gpu({N, O}, dt, 3, -1.f, 1.f);
+  // Gradient-sized values: dw and dbias accumulate hundreds of calls and must stay finite in f16.
+  const Tensor dout = random_on_gpu({N, O}, dt, 3, -1e-3f, 1e-3f);
   Tensor dw = Tensor::zeros({O, I}, dt, gpu), dbias = Tensor::zeros({O}, dt, gpu), no_dx, no_bias;
   Tensor dpos = Tensor::zeros({1, O}, dt, gpu);
-  const Tensor dout_as_positions = dout.view({N, 1, O});
+  int device = 0, l2_bytes = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
+  const int64_t copies = std::max<int64_t>(1, (2 * int64_t{l2_bytes} + dout.nbytes() - 1) / dout.nbytes());
+  std::vector<Tensor> douts_as_positions;  // [N, 1, O]: T = 1 position, so dpos[0, :] += Σ_n dout[n, :]
+  for (int64_t i = 0; i < copies; ++i) {
+    Tensor copy = Tensor::empty({N, 1, O}, dt, gpu);
+    copy.copy_from(dout.view({N, 1, O}));
+    douts_as_positions.push_back(copy);
+  }
+  size_t next_copy = 0;
   const auto per_call = [&](const std::function<void()>& call) {
     const std::function<void()> sample = [&] {
       for (int i = 0; i < batch; ++i) call();
@@ -63,7 +77,10 @@ Times time_layer(Backend& backend, int64_t N, int64_t I, int64_t O, loom::DType 
   t.colsum = per_call([&] { backend.matmul_backward(no_dx, dw, dbias, dout, x, w); });
   backend.set_bias_gradient(BiasGradient::GemmEpilogue);
   t.bgradb = per_call([&] { backend.matmul_backward(no_dx, dw, dbias, dout, x, w); });
-  t.kernel = per_call([&] { backend.add_position_backward(dpos, dout_as_positions); });
+  t.kernel = per_call([&] {
+    backend.add_position_backward(dpos, douts_as_positions[next_copy]);
+    next_copy = (next_copy + 1) % douts_as_positions.size();
+  });
   backend.synchronize();
   return t;
 }
