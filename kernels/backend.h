@@ -29,6 +29,17 @@ enum class GeluKind { Tanh, Erf };  // GPT-2 uses the tanh approximation; ViT/De
 // two processes may choose differently under Timed (timing noise), so their results may differ in the last bits.
 enum class GemmAlgorithm { Heuristic, Timed };
 
+// How a backend with a GEMM library computes a linear layer's bias gradient dbias += Σ_n dout
+// (matmul_backward, matmul_backward_gelu). Both are deterministic; the CPU has one way and ignores the choice.
+// ColumnSums (the default): the weight-gradient GEMM without an epilogue, then the backend's own column sums
+//   (CUDA: f32 partials over blocks of rows, dout read once in 16-byte loads, then a small pass adding them in
+//   a fixed order straight into dbias).
+// GemmEpilogue: the GEMM library's bias-gradient epilogue (cuBLASLt BGRADB; H100 profiles show it as a reduction
+//   kernel of its own after the GEMM) writes Σ_n dout to a scratch vector, since it overwrites, and a second
+//   kernel adds that to dbias; where the library refuses the epilogue, ColumnSums.
+// bench/kernels/bias_grad_bench.cc times the two.
+enum class BiasGradient { ColumnSums, GemmEpilogue };
+
 // What a backend's GEMM algorithm choice has done so far: shapes with a chosen algorithm, how many of them
 // were chosen by timing, and how many of those replaced the heuristic's first answer.
 struct GemmAlgorithmStats {
@@ -210,6 +221,8 @@ class Backend {
   // deterministic mode whatever this says, since a timed choice may differ between two runs.
   virtual void set_gemm_algorithm(GemmAlgorithm algorithm) {}
   virtual GemmAlgorithmStats gemm_algorithm_stats() const { return {}; }
+  // The bias-gradient path of matmul_backward and matmul_backward_gelu from the next call on (BiasGradient).
+  virtual void set_bias_gradient(BiasGradient choice) {}
   // out = softmax(scale · q kᵀ + causal mask) v per batch and head; fills `saved`.
   virtual void attention_forward(Tensor& out, Tensor& saved, const Tensor& qkv, const AttentionShape& s) = 0;
   // dqkv (same layout as qkv) is written.

@@ -6,7 +6,8 @@
 # Run from the repository root on the GPU machine:
 #   bash bench/kernels/device_session.sh CARRIED_DIR OUTDIR
 # CARRIED_DIR (bench/pack_for_device.sh): loom_gpu_tests, loom_layernorm_bench, loom_cross_entropy_bench,
-# loom_flash_bench (and loom_train_bench for TRAIN=1), lib/, and baselines/ (a copy of ../shared/baselines).
+# loom_flash_bench (and loom_train_bench for TRAIN=1; loom_bias_grad_bench, when carried, runs after the kernel
+# benches), lib/, and baselines/ (a copy of ../shared/baselines).
 set -uo pipefail
 c=$(cd "$1" && pwd) out=$2
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,13 +17,17 @@ mkdir -p "$out"
 { date -u; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv; } 2>&1 | tee "$out/card.txt"
 
 # GPU_FILTER: which device tests (default: the kernels of this session; '*' for all of them).
-filter=${GPU_FILTER:-'*LayerNorm*:*CudaLossTest*:*VocabParallel*:*FlashAttention*'}
+filter=${GPU_FILTER:-'*LayerNorm*:*CudaLossTest*:*VocabParallel*:*FlashAttention*:*CudaBiasGradient*'}
 timeout "${GPU_TESTS_TIMEOUT:-300}" "$c/loom_gpu_tests" --gtest_brief=1 --gtest_filter="$filter" >"$out/gpu_tests.log" 2>&1
 echo "gpu tests rc=$?: $(grep -E '^\[  (PASSED|FAILED) ' "$out/gpu_tests.log" | tr '\n' ' ')"
 grep -E '^\[  FAILED  \]|Failure|naive 16-bit error' "$out/gpu_tests.log" | head -30
 
 timeout 180 bash "$here/run.sh" "$c" "$out/kernels" >"$out/kernels.log" 2>&1 || echo "kernel benches rc=$?"
 cat "$out/kernels/ratios.txt" 2>/dev/null
+if [ -x "$c/loom_bias_grad_bench" ]; then
+  timeout 90 "$c/loom_bias_grad_bench" >"$out/bias_grad.txt" 2>&1 || echo "bias-gradient bench rc=$?"
+  cat "$out/bias_grad.txt"
+fi
 
 timeout 240 bash "$here/../attention/run.sh" "$c/loom_flash_bench" "$c/baselines" "$out/attention" --seqlens 1024 4096 \
   >"$out/attention.log" 2>&1 || echo "attention bench rc=$?"

@@ -79,6 +79,7 @@ class CudaBackend final : public Backend {
   // Timed applies only outside deterministic mode (a timed choice may differ between two runs).
   void set_gemm_algorithm(GemmAlgorithm algorithm) override;
   GemmAlgorithmStats gemm_algorithm_stats() const override { return gemm_->stats(); }
+  void set_bias_gradient(BiasGradient choice) override { bias_gradient_ = choice; }
   DType attention_saved_dtype() const override { return DType::F32; }
   void attention_forward(Tensor& out, Tensor& saved, const Tensor& qkv, const AttentionShape& s) override;
   void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& out,
@@ -123,6 +124,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Gemm> gemm_;
   bool deterministic_ = false;
   GemmAlgorithm gemm_algorithm_ = GemmAlgorithm::Heuristic;  // as set; gemm_ gets Heuristic when deterministic_
+  BiasGradient bias_gradient_ = BiasGradient::ColumnSums;
 };
 
 // Installs the caching allocator and the copy function on first use, and tells the allocator that a backend

@@ -1,4 +1,4 @@
-// Elementwise kernels (add, accumulate, scale, convert, GELU, positions) and deterministic column sums.
+// Elementwise kernels (add, accumulate, scale, convert, GELU, positions); column sums are in cuda_column_sums.cu.
 // All are grid-stride loops computing in f32; 64-bit indices so tensors over 2^31 elements work.
 #include "kernels/cuda/cuda_ops.cuh"
 
@@ -107,38 +107,6 @@ __global__ void copy_tokens_kernel(T* dst, int64_t Td, int64_t dst_start, const 
   }
 }
 
-// Column sums, stage 1: partials[p, j] = Σ_{r in rows of part p, ascending} src[r, j].
-// Grid (column blocks, parts); reads are coalesced along j.
-template <typename T>
-__global__ void column_partials_kernel(float* partials, const T* src, int64_t rows, int64_t width,
-                                       int64_t rows_per_part) {
-  const int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (j >= width) return;
-  const int64_t begin = blockIdx.y * rows_per_part, end = min(rows, begin + rows_per_part);
-  float sum = 0.f;
-  for (int64_t r = begin; r < end; ++r) sum += to_f32(src[r * width + j]);
-  partials[blockIdx.y * width + j] = sum;
-}
-
-// Column sums, stage 2: dst[j] += Σ_p partials[p, j]. A block covers 32 columns with blockDim.y part-lanes:
-// lane y sums parts p = y, y + blockDim.y, ... in ascending order, then the lane sums are added in lane
-// order, so the result is deterministic while thousands of parts are still read in parallel.
-template <typename T>
-__global__ void add_partials_kernel(T* dst, const float* partials, int64_t parts, int64_t width) {
-  __shared__ float lane_sums[32][33];  // [y][x], padded against bank conflicts
-  const int64_t j = blockIdx.x * int64_t{32} + threadIdx.x;
-  float sum = 0.f;
-  if (j < width)
-    for (int64_t p = threadIdx.y; p < parts; p += blockDim.y) sum += partials[p * width + j];
-  lane_sums[threadIdx.y][threadIdx.x] = sum;
-  __syncthreads();
-  if (threadIdx.y == 0 && j < width) {
-    float total = 0.f;
-    for (unsigned y = 0; y < blockDim.y; ++y) total += lane_sums[y][threadIdx.x];
-    dst[j] = from_f32<T>(to_f32(dst[j]) + total);
-  }
-}
-
 }  // namespace
 
 template <typename R, typename T>
@@ -207,29 +175,6 @@ void copy_tokens(T* dst, int64_t Td, int64_t dst_start, const T* src, int64_t Ts
   LOOM_CUDA_LAUNCHED("copy_tokens_kernel");
 }
 
-template <typename T>
-void add_partial_sums(T* dst, const float* partials, int64_t parts, int64_t width, cudaStream_t stream) {
-  if (width == 0) return;
-  const dim3 block(32, static_cast<unsigned>(std::clamp<int64_t>(parts, 1, 32)));
-  const auto blocks = static_cast<unsigned>((width + 31) / 32);
-  add_partials_kernel<<<blocks, block, 0, stream>>>(dst, partials, parts, width);
-  LOOM_CUDA_LAUNCHED("add_partials_kernel");
-}
-
-template <typename T>
-void add_column_sums(T* dst, const T* src, int64_t rows, int64_t width, cudaStream_t stream) {
-  if (width == 0 || rows == 0) return;
-  // Enough parts to fill the GPU when there are few columns, at most 64 so stage 2 stays short.
-  const int64_t column_blocks = (width + kThreads - 1) / kThreads;
-  const int64_t parts = std::clamp<int64_t>(std::min<int64_t>(rows / 8, 1024 / column_blocks), 1, 64);
-  const int64_t rows_per_part = (rows + parts - 1) / parts;
-  ScratchBuffer partials(static_cast<size_t>(parts * width) * sizeof(float));
-  column_partials_kernel<<<dim3(static_cast<unsigned>(column_blocks), static_cast<unsigned>(parts)), kThreads, 0,
-                           stream>>>(partials.as<float>(), src, rows, width, rows_per_part);
-  LOOM_CUDA_LAUNCHED("column_partials_kernel");
-  add_partial_sums(dst, partials.as<float>(), parts, width, stream);
-}
-
 #define LOOM_INSTANTIATE(T)                                                                              \
   template void add<T, T>(T*, const T*, const T*, int64_t, cudaStream_t);                                \
   template void accumulate<T>(T*, const T*, int64_t, cudaStream_t);                                      \
@@ -237,10 +182,8 @@ void add_column_sums(T* dst, const T* src, int64_t rows, int64_t width, cudaStre
   template void gelu_forward<T>(T*, const T*, int64_t, bool, cudaStream_t);                              \
   template void gelu_backward<T>(T*, const T*, const T*, int64_t, bool, cudaStream_t);                   \
   template void add_position_forward<T>(T*, const T*, int64_t, int64_t, int64_t, cudaStream_t);          \
-  template void add_column_sums<T>(T*, const T*, int64_t, int64_t, cudaStream_t);                        \
   template void copy_tokens<T>(T*, int64_t, int64_t, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, bool, \
-                               cudaStream_t);                                                             \
-  template void add_partial_sums<T>(T*, const float*, int64_t, int64_t, cudaStream_t);
+                               cudaStream_t);
 LOOM_INSTANTIATE(float)
 LOOM_INSTANTIATE(bf16)
 LOOM_INSTANTIATE(f16)

@@ -2,7 +2,9 @@
 // follows (weights w are [O, I] row-major = column-major [I, O] with ld I):
 //   forward   out[N, O] = x·wᵀ + bias   ⇔  outᶜ[O, N] = (wᶜ)ᵀ·xᶜ,   bias fused as the BIAS epilogue
 //   backward  dx[N, I] = dout·w        ⇔  dxᶜ[I, N]  = wᶜ·doutᶜ
-//             dw[O, I] += doutᵀ·x      ⇔  dwᶜ[I, O] += xᶜ·(doutᶜ)ᵀ,  dbias = Σ_n dout by the BGRADB epilogue
+//             dw[O, I] += doutᵀ·x      ⇔  dwᶜ[I, O] += xᶜ·(doutᶜ)ᵀ
+//             dbias[O] += Σ_n dout      by our column-sum kernel (cuda_column_sums.cu), or the GEMM's BGRADB
+//                                       epilogue under BiasGradient::GemmEpilogue (kernels/backend.h)
 // The MLP's GELU rides on the same GEMMs (tanh form, bf16/f16): the forward's GELU_AUX_BIAS epilogue writes
 // gelu(pre) to out and pre to the aux matrix; the backward's dx GEMM takes the DGELU epilogue, which multiplies
 // by gelu'(pre) read from aux. Each saves one elementwise pass that reads and writes [N, M] activations.
@@ -127,25 +129,27 @@ void CudaBackend::matmul_backward(Tensor& dx, Tensor& dw, Tensor& dbias, const T
   spec.ldd = I;
   spec.ab_type = spec.d_type = type;
   spec.beta = 1;  // dw accumulates
-  if (!dbias.defined()) {
-    gemm_->run(spec, stream_);
-    return;
+  if (dbias.defined() && bias_gradient_ == BiasGradient::GemmEpilogue) {
+    // BGRADB writes Σ_n dout into a scratch vector (the epilogue overwrites), which is then added to dbias.
+    ScratchBuffer bias_grad(dbias.nbytes());
+    spec.epilogue = CUBLASLT_EPILOGUE_BGRADB;
+    spec.bias = bias_grad.as<void>();
+    if (gemm_->run(spec, stream_)) {
+      dispatch_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cuda::accumulate(ptr<T>(dbias), bias_grad.as<T>(), O, stream_);
+      });
+      return;
+    }
+    spec.epilogue = CUBLASLT_EPILOGUE_DEFAULT;  // refused: the column sums below
+    spec.bias = nullptr;
   }
-  // BGRADB writes Σ_n dout into a scratch vector (the epilogue overwrites), which is then added to dbias.
-  ScratchBuffer bias_grad(dbias.nbytes());
-  spec.epilogue = CUBLASLT_EPILOGUE_BGRADB;
-  spec.bias = bias_grad.as<void>();
-  const bool fused = gemm_->run(spec, stream_);
-  if (!fused) {
-    spec.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-    gemm_->run(spec, stream_);
-  }
+  gemm_->run(spec, stream_);
+  if (!dbias.defined()) return;
+  // After the dw GEMM, the last other reader of dout: what of dout is still in L2 is read from there.
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    if (fused)
-      cuda::accumulate(ptr<T>(dbias), bias_grad.as<T>(), O, stream_);
-    else
-      cuda::add_column_sums(ptr<T>(dbias), ptr<T>(dout), N, O, stream_);
+    cuda::add_column_sums(ptr<T>(dbias), ptr<T>(dout), N, O, stream_);
   });
 }
 

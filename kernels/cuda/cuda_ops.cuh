@@ -44,10 +44,15 @@ void add_position_forward(T* x, const T* pos, int64_t B, int64_t Tn, int64_t C, 
 template <typename T>
 void copy_tokens(T* dst, int64_t Td, int64_t dst_start, const T* src, int64_t Ts, int64_t src_start, int64_t B,
                  int64_t count, int64_t C, bool accumulate, cudaStream_t stream);
-// dst[j] += Σ_{r < rows} src[r·width + j] for j < width, deterministic (fixed-order two-stage sum).
+
+// ---- column sums (cuda_column_sums.cu) ----
+// dst[j] += Σ_{r < rows} src[r·width + j] for j < width (the bias gradient), summed in f32 in a fixed order that
+// depends only on (rows, width) and src's alignment: deterministic. 16-byte loads where src is 16-byte aligned
+// and width a multiple of 16 / sizeof(T); one element per thread otherwise. dst needs no alignment; dst and src
+// must not overlap.
 template <typename T>
 void add_column_sums(T* dst, const T* src, int64_t rows, int64_t width, cudaStream_t stream);
-// dst[j] += Σ_{p < parts} partials[p·width + j], p ascending (the second stage of column sums).
+// dst[j] += Σ_{p < parts} partials[p·width + j] in a fixed order (the second stage of column sums).
 template <typename T>
 void add_partial_sums(T* dst, const float* partials, int64_t parts, int64_t width, cudaStream_t stream);
 

@@ -1,5 +1,6 @@
 // Helpers for the CUDA backend's device tests: a fixture holding a CUDA and a CPU backend, random inputs
-// rounded to the tested dtype, NaN-poisoned GPU outputs, and comparison against a float64 CPU reference.
+// rounded to the tested dtype, NaN-poisoned GPU outputs (whole, or views inside guarded buffers), and comparison
+// against a float64 CPU reference.
 // Every test skips with "no CUDA GPU visible" when no GPU is present (CI compiles these without one).
 #pragma once
 #include <gtest/gtest.h>
@@ -52,6 +53,34 @@ class CudaBackendTest : public ::testing::Test {
     Tensor host = Tensor::empty(shape, dtype);
     host.fill_(std::numeric_limits<double>::quiet_NaN());
     return on_gpu(host);
+  }
+
+  // A view of n elements at `offset` inside a NaN-poisoned GPU buffer with a guard of 16 elements each side.
+  struct GuardedView {
+    Tensor buffer, view;
+    int64_t offset = 0;
+  };
+  GuardedView guarded(int64_t n, int64_t offset, DType dtype) {
+    GuardedView g;
+    g.buffer = poisoned({n + offset + 32}, dtype);
+    g.offset = offset + 16;
+    g.view = g.buffer.slice_flat(g.offset, {n});
+    return g;
+  }
+  // The same, filled with `values` (a host tensor of n elements).
+  GuardedView guarded_copy(const Tensor& values, int64_t offset) {
+    GuardedView g = guarded(values.numel(), offset, values.dtype());
+    g.view.copy_from(values);
+    return g;
+  }
+  // Every element of the buffer outside the view is still NaN.
+  static void expect_guard_untouched(const GuardedView& g, const std::string& what) {
+    const Tensor all = g.buffer.to(Device::cpu()).cast(DType::F64);
+    const int64_t n = g.view.numel();
+    int64_t written = 0;
+    for (int64_t i = 0; i < all.numel(); ++i)
+      if ((i < g.offset || i >= g.offset + n) && !std::isnan(all.data<double>()[i])) ++written;
+    EXPECT_EQ(written, 0) << what << ": elements outside the view were written";
   }
 
   std::unique_ptr<Backend> gpu_, cpu_;

@@ -1,11 +1,12 @@
 // The CUDA backend's timed GEMM algorithm choice (GemmAlgorithm::Timed, train.gemm_algorithm: timed) against the
 // float64 CPU backend and against the heuristic's choice: linear layers forward and backward (bias or not, dw and
-// dbias accumulating, so beta = 1), the GELU epilogues (GELU_AUX_BIAS, DGELU, BGRADB) and their fallbacks, and the
-// plain attention's strided-batched GEMMs, on ragged shapes (above 1024, not multiples of 64) and misaligned
-// views whose arenas are NaN-poisoned around the outputs. Checks that the timing leaves no trace the caller sees
-// (accumulated outputs hold one product, nothing outside an output is written), that each shape is timed once
-// and keeps its algorithm (a repeat is bit-identical, the counts do not move), that deterministic mode keeps
-// the heuristic, and that no timing happens while the stream is captured into a CUDA graph.
+// dbias accumulating, so beta = 1), the epilogues (GELU_AUX_BIAS, DGELU, and BGRADB under
+// BiasGradient::GemmEpilogue) and their fallbacks, and the plain attention's strided-batched GEMMs, on ragged
+// shapes (above 1024, not multiples of 64) and misaligned views whose arenas are NaN-poisoned around the outputs.
+// Checks that the timing leaves no trace the caller sees (accumulated outputs hold one product, nothing outside
+// an output is written), that each shape is timed once and keeps its algorithm (a repeat is bit-identical, the
+// counts do not move), that deterministic mode keeps the heuristic, and that no timing happens while the stream
+// is captured into a CUDA graph.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -173,6 +174,10 @@ TEST_P(CudaGemmAlgorithmTest, TimedChoiceMatchesCpuAndHeuristicAndIsCachedPerSha
   const AttentionShape s{.batch = 2, .seq = 70, .heads = 3, .qk_dim = 16, .v_dim = 8, .causal = true, .scale = 0.25};
   const Tensor qkv = random_host({s.batch, s.seq, s.qkv_width()}, dt, -2.f, 2.f);
   const Tensor dout = random_host({s.batch, s.seq, s.out_width()}, dt);
+  // The bias gradient by the BGRADB epilogue, so that it is timed too (beta = 1 and an epilogue output); the
+  // default path's dw GEMM is the no-bias cases' one, and its column sums are cuda_bias_gradient_test.cc's.
+  timed_->set_bias_gradient(BiasGradient::GemmEpilogue);
+  gpu_->set_bias_gradient(BiasGradient::GemmEpilogue);
 
   std::vector<std::vector<Tensor>> inputs;
   std::vector<std::vector<Named>> first_timed;
