@@ -16,6 +16,7 @@
 //   tensors are allocated on the backend's device when the process has backends on one device only (any
 //   thread may allocate), else on the calling thread's current device.
 #pragma once
+#include <cstdint>
 #include <memory>
 
 #include "kernels/backend.h"
@@ -29,5 +30,11 @@ std::unique_ptr<Backend> make_cuda_backend(int device);
 
 // Number of visible CUDA devices; 0 when there is no GPU or no driver. Never throws.
 int cuda_device_count();
+
+// How many times this process has blocked for data from a GPU so far: every Tensor copy from a CUDA device to
+// the host, and every wait of a CUDA backend for its own device-to-host copies (synchronize(),
+// synchronize_and_read(), sum_squares(), count_nonfinite(), ...). Tests use it to assert that a training step
+// reads the device once. Thread-safe (a relaxed atomic counter); never throws.
+int64_t cuda_host_reads();
 
 }  // namespace loom

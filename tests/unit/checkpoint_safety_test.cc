@@ -90,10 +90,10 @@ class BadBatches final : public Model {
   }
   ParameterStore& params() override { return inner_.params(); }
   Backend& backend() override { return inner_.backend(); }
-  double forward_backward(const Batch& batch, double loss_scale) override {
+  void forward_backward_into(const Batch& batch, double loss_scale, Tensor& loss_total, double loss_weight) override {
     const auto it = factors_.find(++calls_);
     const double factor = it == factors_.end() ? 1.0 : it->second;
-    return inner_.forward_backward(batch, loss_scale * factor) * factor;
+    inner_.forward_backward_into(batch, loss_scale * factor, loss_total, loss_weight * factor);
   }
   EvalStats evaluate(const Batch& batch) override { return inner_.evaluate(batch); }
   Tensor logits(const Tensor& inputs) override { return inner_.logits(inputs); }
