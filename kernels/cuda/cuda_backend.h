@@ -5,7 +5,8 @@
 // weights, optimizer moments and reductions. Its extra contract, beyond kernels/backend.h:
 // - Float tensors of one call share one dtype (F32, BF16 or F16), except: LayerNorm mean/rstd, cross-entropy
 //   losses and the attention `saved` probabilities are F32; convert() takes any two float dtypes;
-//   sum_squares() any float dtypes; adamw_update() takes F32 param/m/v and any float grad/compute_copy.
+//   accumulate_sum_squares() any float dtypes; accumulate_sum() F32 x (losses); adamw_update() takes F32
+//   param/m/v and any float grad/compute_copy.
 // - Work is queued on the backend's own stream; synchronize() waits for it. Ids and targets are checked on
 //   the GPU: an id outside [0, V) (or a target outside [-1, vocab)) is skipped and reported as loom::Error by
 //   the next synchronize().
