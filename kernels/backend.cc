@@ -41,6 +41,21 @@ void Backend::matmul_residual_forward(Tensor& out, const Tensor& x, const Tensor
   add(out, out, residual);
 }
 
+std::vector<double> Backend::synchronize_and_read(const Tensor& x) {
+  LOOM_CHECK(x.dtype() == DType::F64 && x.device() == device(), "synchronize_and_read: ", x.str(),
+             " must be f64 on ", device().str());
+  synchronize();
+  const Tensor host = x.device().is_cpu() ? x : x.to(Device::cpu());
+  return std::vector<double>(host.data<double>(), host.data<double>() + host.numel());
+}
+
+double Backend::sum_squares(const std::vector<Tensor>& tensors) {
+  Tensor total = Tensor::empty({1}, DType::F64, device());
+  zero(total);
+  accumulate_sum_squares(total, tensors);
+  return synchronize_and_read(total)[0];
+}
+
 bool cuda_available() {
 #if LOOM_HAVE_CUDA_BACKEND
   return cuda_device_count() > 0;

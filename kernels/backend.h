@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "kernels/step_stats.h"
 
 namespace loom {
 
@@ -70,6 +71,13 @@ struct AdamWHyper {
   double lr = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
   int64_t step = 1;        // 1-based step for bias correction
   double grad_scale = 1;   // gradients are multiplied by this first (clipping and loss-scale undo)
+  // Clipping and the finiteness guard decided where the update runs, so the host queues it without reading the
+  // norm: when `step_stats` is defined (kernels/step_stats.h: F64 [kStepStatsSize] on the backend's device,
+  // written earlier in stream order) the update uses step_update_scale(stats, max_grad_norm, grad_scale) as
+  // its multiplier, and leaves param, m, v and compute_copy untouched when the loss or the norm is not finite.
+  // max_grad_norm 0 disables clipping.
+  Tensor step_stats;
+  double max_grad_norm = 0;
 };
 
 // A timestamp taken in the order of queued work, so phases can be timed without synchronising the step.
@@ -107,6 +115,10 @@ class Backend {
   virtual std::string name() const = 0;
   // Blocks until queued work is done (no-op on the CPU).
   virtual void synchronize() {}
+  // Waits for the queued work and returns x (F64, a few elements on device()) as host doubles: what a training
+  // step reads once at its end. Also reports what synchronize() reports; CUDA makes it one blocking read for
+  // both (cuda_host_reads() in kernels/cuda/cuda_backend.h counts it once).
+  virtual std::vector<double> synchronize_and_read(const Tensor& x);
   // The queue this backend's work runs on (CUDA: its cudaStream_t, a blocking stream, so Tensor copies on the
   // legacy default stream stay ordered with it), for ordering communication against it; nullptr on the CPU.
   virtual void* native_stream() const { return nullptr; }
@@ -261,10 +273,18 @@ class Backend {
   virtual void cross_entropy_from_partials(Tensor& losses, Tensor& dlogits_local, const Tensor& gathered,
                                            const Tensor& logits_local, const Tensor& targets, int64_t vocab_begin,
                                            int64_t vocab, double dloss, double label_smoothing) = 0;
+  // total[0] += (weight · Σ x) / count, in that order, with Σ x over every element of x (losses, f32 or f64)
+  // summed in f64 (the CPU in index order; CUDA in a fixed order, deterministic). total is F64 with one element
+  // on device(). In stream order: a training step's loss stays on the device until the step's end.
+  virtual void accumulate_sum(Tensor& total, const Tensor& x, double weight, double count) = 0;
 
   // ---- optimizer ----
-  // Σ x² over all elements of all tensors, accumulated in at least f32 (f64 on the CPU), returned to host.
-  virtual double sum_squares(const std::vector<Tensor>& tensors) = 0;
+  // total[0] += Σ x² over all elements of all tensors (accumulated in at least f32 per block, in f64 across
+  // them; f64 throughout on the CPU), in stream order: nothing is read on the host. total is F64 with one
+  // element (e.g. a view into a step-statistics tensor) on device(); no tensors adds nothing.
+  virtual void accumulate_sum_squares(Tensor& total, const std::vector<Tensor>& tensors) = 0;
+  // The same Σ x² returned to the host (waits for the queued work: tests, benchmarks, not a training step).
+  double sum_squares(const std::vector<Tensor>& tensors);
   // AdamW with decoupled weight decay on one contiguous tensor:
   //   g = grad · grad_scale; m = β1 m + (1-β1) g; v = β2 v + (1-β2) g²
   //   param -= lr · ( m/(1-β1^step) / (sqrt(v/(1-β2^step)) + eps) + weight_decay · param )

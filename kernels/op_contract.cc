@@ -376,8 +376,25 @@ void float_list(const OpCheck& check, const std::vector<Tensor>& tensors) {
   for (size_t i = 0; i < tensors.size(); ++i) check.storage(("tensor " + std::to_string(i)).c_str(), tensors[i]);
 }
 
+void scalar_total(const OpCheck& check, const Tensor& total) {
+  check.on_device("total", total);
+  check.require(total.dtype() == DType::F64 && total.numel() == 1, "total ", total.str(), " must be one f64 element");
+}
+
+void accumulate_sum(const OpCheck& check, const Tensor& total, const Tensor& x, double count) {
+  scalar_total(check, total);
+  check.reduction("x", x);
+  check.require(count > 0, "count ", count, " must be positive");
+}
+
 void adamw_update(const OpCheck& check, const Tensor& param, const Tensor& m, const Tensor& v, const Tensor& grad,
                   const Tensor& compute_copy, const AdamWHyper& hp) {
+  if (hp.step_stats.defined()) {
+    check.on_device("step_stats", hp.step_stats);
+    check.require(hp.step_stats.dtype() == DType::F64 && hp.step_stats.numel() == kStepStatsSize, "step_stats ",
+                  hp.step_stats.str(), " must be f64 [", static_cast<int>(kStepStatsSize), "]");
+  }
+  check.require(hp.max_grad_norm >= 0, "max_grad_norm ", hp.max_grad_norm, " must be >= 0 (0: no clipping)");
   check.master("param", param);
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"m", &m}, {"v", &v}}) {
     check.master(name, *t);

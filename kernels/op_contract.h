@@ -135,6 +135,11 @@ int64_t cross_entropy_from_partials(const OpCheck& check, const Tensor& losses, 
                                     int64_t vocab_begin, int64_t vocab, double label_smoothing);
 // sum_squares and count_nonfinite: every tensor a storage float.
 void float_list(const OpCheck& check, const std::vector<Tensor>& tensors);
+// accumulate_sum and accumulate_sum_squares: `total` one F64 element on the device.
+void scalar_total(const OpCheck& check, const Tensor& total);
+// accumulate_sum: a reduction-dtype x and a positive count.
+void accumulate_sum(const OpCheck& check, const Tensor& total, const Tensor& x, double count);
+// Also checks hp.step_stats (F64 [kStepStatsSize] on the device, when defined) and hp.max_grad_norm >= 0.
 void adamw_update(const OpCheck& check, const Tensor& param, const Tensor& m, const Tensor& v, const Tensor& grad,
                   const Tensor& compute_copy, const AdamWHyper& hp);
 // Returns {outer, D, inner}: the tensors viewed as [outer, D, inner] around `axis`.

@@ -5,6 +5,7 @@
 #include <unordered_set>
 
 #include "parallel/host_collectives.h"
+#include "kernels/step_stats.h"
 
 namespace loom {
 namespace {
@@ -132,34 +133,47 @@ void GradientSync::finish() {
   if (!zero1_) reduce_partial_over_tensor(0, params_.layout().total());
 }
 
-std::pair<double, double> GradientSync::sum_squares_by_kind(const Tensor& grads, int64_t begin, int64_t n) {
+void GradientSync::add_squares_by_kind(const Tensor& grads, int64_t begin, int64_t n, Tensor& sharded,
+                                       Tensor& replicated) {
   const int64_t end = begin + n;
-  std::vector<Tensor> sharded, replicated;
+  std::vector<Tensor> sharded_parts, replicated_parts;
   for (const auto& e : params_.layout().entries()) {
     const int64_t lo = std::max(begin, e.offset), hi = std::min(end, e.offset + e.numel);
     if (lo >= hi) continue;
     Tensor part = grads.slice_flat(lo - begin, {hi - lo});
-    (e.spec.sharding.sharded() ? sharded : replicated).push_back(part);
+    (e.spec.sharding.sharded() ? sharded_parts : replicated_parts).push_back(part);
   }
-  auto ss = [&](const std::vector<Tensor>& ts) { return ts.empty() ? 0.0 : backend_.sum_squares(ts); };
-  return {ss(sharded), ss(replicated)};
+  backend_.accumulate_sum_squares(sharded, sharded_parts);
+  backend_.accumulate_sum_squares(replicated, replicated_parts);
+}
+
+void GradientSync::reduce_step_stats(Tensor& stats) {
+  LOOM_CHECK(stats.dtype() == DType::F64 && stats.numel() == kStepStatsSize && stats.device() == backend_.device(),
+             "reduce_step_stats: ", stats.str(), " must be f64 [", static_cast<int>(kStepStatsSize), "] on ",
+             backend_.device().str());
+  Tensor squares = stats.slice_flat(kStepSquaresSharded, {2});
+  Tensor sharded = stats.slice_flat(kStepSquaresSharded, {1}), replicated = stats.slice_flat(kStepSquaresReplicated, {1});
+  backend_.zero(squares);
+  for (const ArenaRange& r : owned_) {
+    const Tensor& g = zero1_ ? shard_grads_.slice_flat(r.offset, {r.length}) : params_.grads();
+    add_squares_by_kind(g, r.begin, r.length, sharded, replicated);
+  }
+  if (data_) {
+    // The loss is summed over the data ranks; with ZeRO-1 each data rank also holds one shard's squares.
+    Tensor summed = zero1_ ? stats : stats.slice_flat(kStepLoss, {1});
+    data_->wait_for_stream(backend_.native_stream());
+    data_->all_reduce(summed, ReduceOp::Sum);
+    data_->make_stream_wait(backend_.native_stream());
+  }
+  // Replicated parameters are equal on every tensor rank: sum only the sharded part over the group.
+  if (tp_ && tp_->active()) all_reduce_over_tensor_group(backend_, tp_, sharded);
 }
 
 double GradientSync::grad_norm() {
-  Tensor sums = Tensor::from_vector({0, 0}, {2}, DType::F64);
-  for (const ArenaRange& r : owned_) {
-    const Tensor& g = zero1_ ? shard_grads_.slice_flat(r.offset, {r.length}) : params_.grads();
-    const auto [sharded, replicated] = sum_squares_by_kind(g, r.begin, r.length);
-    sums.data<double>()[0] += sharded;
-    sums.data<double>()[1] += replicated;
-  }
-  if (zero1_ && data_) all_reduce_host(*data_, sums, ReduceOp::Sum);  // each data rank holds one shard
-  if (tp_ && tp_->active()) {
-    // Replicated parameters are equal on every tensor rank: sum only the sharded part over the group.
-    Tensor s = sums.slice_flat(0, {1});
-    all_reduce_host(*tp_->group, s, ReduceOp::Sum);
-  }
-  return std::sqrt(sums.data<double>()[0] + sums.data<double>()[1]);
+  Tensor stats = Tensor::empty({kStepStatsSize}, DType::F64, backend_.device());
+  backend_.zero(stats);
+  reduce_step_stats(stats);
+  return step_grad_norm(backend_.synchronize_and_read(stats).data());
 }
 
 Tensor GradientSync::all_gather_shards(const Tensor& shard) {

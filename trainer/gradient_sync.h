@@ -12,7 +12,8 @@
 // On NCCL a bucket's start makes the communicator's stream wait for the backend's queued work
 // (Communicator::wait_for_stream) instead of synchronising the host, so the backward keeps running on the GPU
 // while earlier buckets are reduced on the communicator's stream; finish() waits for the reductions on the
-// host (the gradient norm needs the host anyway). With a CommTimeline each bucket's time is recorded, and the
+// host (a request must be complete before it is dropped). The gradient norm stays on the device
+// (reduce_step_stats), where AdamW reads it. With a CommTimeline each bucket's time is recorded, and the
 // part after the backward's end as exposed communication.
 //
 // ZeRO-1: a complete bucket starts a non-blocking reduce-scatter instead (the bucket padded to a multiple of
@@ -58,8 +59,13 @@ class GradientSync {
   // ZeRO-1) holds gradients averaged over the global batch.
   void finish();
 
-  // Global L2 norm of the averaged gradients, counting each sharded parameter's shards once across the tensor
-  // group and each replicated parameter once. Identical on every rank.
+  // Completes a step's statistics (kernels/step_stats.h) on the device, without a host read: writes the
+  // squared gradient norm's two parts (each sharded parameter's shards counted once across the tensor group,
+  // each replicated parameter once; over the data group with ZeRO-1) and sums the loss that the micro-steps
+  // accumulated in stats[kStepLoss] over the data group. Collective (data and tensor groups); the results are
+  // identical on every rank and ordered before the backend's later work (NCCL streams wait on each other).
+  void reduce_step_stats(Tensor& stats);
+  // Global L2 norm of the averaged gradients (as reduce_step_stats counts it), read on the host (waits).
   double grad_norm();
 
   bool zero1() const { return zero1_; }
@@ -94,9 +100,9 @@ class GradientSync {
   void start_reduction(GpuStream producer, const std::function<std::unique_ptr<CommRequest>()>& start);
   // Sums the sequence-parallel partial gradients of the parameters inside arena range [begin, end).
   void reduce_partial_over_tensor(int64_t begin, int64_t end);
-  // Σ g² of the sharded and of the replicated parameters' gradients in arena range [begin, begin + n) held
-  // in `grads` from element 0.
-  std::pair<double, double> sum_squares_by_kind(const Tensor& grads, int64_t begin, int64_t n);
+  // Adds Σ g² of the sharded and of the replicated parameters' gradients in arena range [begin, begin + n),
+  // held in `grads` from element 0, to the device scalars `sharded` and `replicated`.
+  void add_squares_by_kind(const Tensor& grads, int64_t begin, int64_t n, Tensor& sharded, Tensor& replicated);
 
   ParameterStore& params_;
   Backend& backend_;

@@ -33,11 +33,24 @@ AdamW::AdamW(ParameterStore& params, const config::OptimConfig& cfg, Backend& ba
 void AdamW::step(double lr, int64_t step, double norm, const Tensor& grads) {
   AdamWHyper hp;
   hp.lr = lr;
+  hp.step = step;
+  hp.grad_scale = (cfg_.grad_clip() > 0 && norm > cfg_.grad_clip()) ? cfg_.grad_clip() / norm : 1.0;
+  update(hp, grads);
+}
+
+void AdamW::step(double lr, int64_t step, const Tensor& step_stats, const Tensor& grads) {
+  AdamWHyper hp;
+  hp.lr = lr;
+  hp.step = step;
+  hp.step_stats = step_stats;
+  hp.max_grad_norm = cfg_.grad_clip();
+  update(hp, grads);
+}
+
+void AdamW::update(AdamWHyper hp, const Tensor& grads) {
   hp.beta1 = cfg_.beta1();
   hp.beta2 = cfg_.beta2();
   hp.eps = cfg_.eps();
-  hp.step = step;
-  hp.grad_scale = (cfg_.grad_clip() > 0 && norm > cfg_.grad_clip()) ? cfg_.grad_clip() / norm : 1.0;
   const int64_t total = params_.layout().total(), split = params_.layout().decay_numel();
   // [0, split) decays, [split, total) does not: one fused update per (range, decay group) intersection.
   const std::pair<int64_t, int64_t> groups[2] = {{0, split}, {split, total}};

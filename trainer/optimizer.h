@@ -33,6 +33,12 @@ class AdamW {
   // min(1, grad_clip / norm) first when clipping is on; `norm` is the global norm of the same gradients.
   // `grads` holds each range's gradients at its offset (undefined: the arena's own gradients at `begin`).
   void step(double lr, int64_t step, double norm, const Tensor& grads = Tensor());
+  // The same with the norm left on the device (the training step's path: nothing is read on the host first):
+  // `step_stats` holds the step's loss and squared gradient norm (kernels/step_stats.h, F64 on the backend's
+  // device, complete in stream order), from which the update kernels take min(1, grad_clip / norm) where they
+  // run, and which make the update change nothing (parameters, moments, compute copy) when the loss or the norm
+  // is not finite.
+  void step(double lr, int64_t step, const Tensor& step_stats, const Tensor& grads = Tensor());
 
   // The moments (laid out by the ranges' offsets), for layout-aware checkpoints.
   Tensor& first_moment() { return m_; }
@@ -42,6 +48,9 @@ class AdamW {
   ParameterStore& params_;
   config::OptimConfig cfg_;
   Backend& backend_;
+  // One fused update per (range, decay group) with `hp` (lr, step, and the gradient scaling already set).
+  void update(AdamWHyper hp, const Tensor& grads);
+
   std::vector<ArenaRange> ranges_;
   Tensor m_, v_;
 };

@@ -97,6 +97,7 @@ Trainer::Trainer(const config::RunConfig& cfg, Model& model, DataSource& data, s
                                          static_cast<int64_t>(par.bucket_mb()) << 20, par.zero1());
   optimizer_ = std::make_unique<AdamW>(model.params(), cfg.optim(), model.backend(), sync_->owned_ranges(),
                                        sync_->shard_size());
+  step_stats_ = Tensor::empty({kStepStatsSize}, DType::F64, model.backend().device());
   model_.set_grad_ready_hook([this](const std::string& prefix) { sync_->on_grads_ready(prefix); });
   // Communication is timed in the model's tensor-parallel context's timeline when it has one (so region
   // operations and gradient buckets add up in one account), else in the trainer's own.
@@ -395,7 +396,11 @@ TrainResult Trainer::run(int64_t stop_at_step) {
     };
     std::vector<MicroMarks> micro_marks;  // read after the step's synchronize (reading waits for the GPU)
     be.zero(model_.params().grads());
-    double loss = 0;
+    // The step's loss and gradient norm stay on the device (step_stats_, kernels/step_stats.h) until the one
+    // host read at the step's end: the micro-steps add their losses there, the gradient sync adds the norm's
+    // squares, and AdamW clips (or skips a non-finite step) from them on the device.
+    be.zero(step_stats_);
+    Tensor loss_total = step_stats_.slice_flat(kStepLoss, {1});
     int64_t samples = 0;
     for (int64_t micro = 0; micro < accum; ++micro) {
       const auto d0 = Clock::now();
@@ -406,7 +411,7 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       micro_start.record();
       if (distiller_) distiller_->attach(batch);
       backward_marker_ = nullptr;
-      loss += model_.forward_backward(batch, 1.0 / accum) / accum;
+      model_.forward_backward_into(batch, 1.0 / accum, loss_total, 1.0 / accum);
       micro_end = &phase_markers_->next();
       micro_end->record();
       micro_marks.push_back({&micro_start, backward_marker_, micro_end});
@@ -417,15 +422,24 @@ TrainResult Trainer::run(int64_t stop_at_step) {
     if (pruning_) pruning_->gradients_ready(step_ + 1);
     WorkMarker& synced = phase_markers_->next();
     synced.record();
-    // The loss of the global batch: the mean of the data ranks' means (equal micro-batch sizes).
-    std::vector<double> global = {loss, static_cast<double>(samples)};
-    sum_over_data(global);
-    loss = global[0] / data_size();
-    samples = static_cast<int64_t>(global[1]);
+    // The loss summed over the data ranks and the squared norm, still on the device.
+    sync_->reduce_step_stats(step_stats_);
+    // Every data rank's micro-batches have the same size (data.batch_size is per rank).
+    samples *= data_size();
     const double lr =
         learning_rate(cfg_.optim(), step_, max_steps) * (step_ < recovery_until_step_ ? guard.lr_scale() : 1.0);
-    const double norm = sync_->grad_norm();
+    // The loss of the global batch: the mean of the data ranks' means (equal micro-batch sizes).
+    double loss = 0, norm = 0;
+    const auto read_step_stats = [&] {
+      const std::vector<double> stats = be.synchronize_and_read(step_stats_);
+      loss = stats[kStepLoss] / data_size();
+      norm = step_grad_norm(stats.data());
+    };
     if (guard.enabled()) {
+      // The spike guard decides on the host whether this step updates at all (a spike restores a checkpoint
+      // instead), so it reads the loss and the norm before the update: one more host read per step, and only
+      // with the guard on. The update below decides again on the device, from the same numbers.
+      read_step_stats();
       if (is_spike(loss, norm)) {
         recover_from_spike(loss, norm);
         continue;
@@ -438,16 +452,22 @@ TrainResult Trainer::run(int64_t stop_at_step) {
         restores_in_a_row_ = 0;
       }
     }
-    if (!std::isfinite(loss) || !std::isfinite(norm))
-      fail_job_wide("step ", step_ + 1, ": loss ", loss, " / grad norm ", norm,
-                    " is not finite; stopped before the update. ", last_good_sentence());
-    optimizer_->step(lr, step_ + 1, norm, sync_->zero1() ? sync_->shard_grads() : Tensor());
+    // Clipped on the device; a non-finite loss or norm makes the update change nothing there.
+    optimizer_->step(lr, step_ + 1, step_stats_, sync_->zero1() ? sync_->shard_grads() : Tensor());
     sync_->all_gather_parameters();
     WorkMarker& stepped = phase_markers_->next();
     stepped.record();
+    // The step's one host read (the guard's read above already waited for the statistics).
+    if (guard.enabled())
+      be.synchronize();
+    else
+      read_step_stats();
+    if (!std::isfinite(loss) || !std::isfinite(norm))
+      fail_job_wide("step ", step_ + 1, ": loss ", loss, " / grad norm ", norm,
+                    " is not finite; stopped before the update. ", last_good_sentence());
     const bool pruned =
         pruning_ && pruning_->after_update(step_ + 1, optimizer_->first_moment(), optimizer_->second_moment());
-    be.synchronize();
+    if (pruning_) be.synchronize();  // a pruning step's masks count in its time
     for (const MicroMarks& m : micro_marks) {
       forward_ms += (m.backward ? m.backward : m.end)->ms_since(*m.start);
       if (m.backward) backward_ms += m.end->ms_since(*m.backward);

@@ -165,6 +165,7 @@ class Trainer {
   TrainerParallelism parallel_;
   std::unique_ptr<GradientSync> sync_;
   std::unique_ptr<AdamW> optimizer_;
+  Tensor step_stats_;  // kernels/step_stats.h, on the model's device: the current step's loss and norm
   std::string run_id_;  // in every checkpoint's state.json; a resumed run takes the checkpoint's
   std::unique_ptr<MetricsWriter> metrics_;  // opened on the first record
   std::unique_ptr<TensorBoardWriter> tensorboard_;  // <out_dir>/tensorboard/events.out.tfevents.*

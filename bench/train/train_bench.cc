@@ -1,8 +1,8 @@
 // Training-step throughput of a model from a config, on synthetic data, for comparison with the PyTorch peers
 // (../shared/baselines/gpt2.py and deit.py; bench/train/run.sh runs both in one device call).
 //
-// What is timed: a whole optimizer step (zero grads, forward+backward, grad norm, clipped AdamW), synchronised,
-// median of --steps after --warmup. Peak memory: the most bytes the device allocator handed out at once.
+// What is timed: a whole optimizer step (zero grads, forward+backward, grad norm, clipped AdamW) as the trainer
+// runs it (one host read, at its end), synchronised, median of --steps after --warmup. Peak memory: the most bytes the device allocator handed out at once.
 //
 //   loom_train_bench --config configs/gpt2_124m.yaml --batch 16 --seq 1024 [--steps 20] [--json out.json]
 //
@@ -13,7 +13,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <fstream>
 #include <iostream>
 
@@ -102,12 +101,17 @@ int main(int argc, char** argv) {
     auto model = build_model(cfg, *backend, select_compute_dtype(device, cfg.train()));
     AdamW optimizer(model->params(), cfg.optim(), *backend);
     const Batch b = synthetic_batch(cfg, *model, batch, seq, device);
+    // The trainer's step (trainer/trainer.cc): the loss and the squared norm stay on the device, AdamW clips
+    // from them there, and the step ends with its one host read (one process: every parameter is replicated).
+    Tensor stats = Tensor::empty({kStepStatsSize}, DType::F64, device);
+    Tensor loss_total = stats.slice_flat(kStepLoss, {1}), squares = stats.slice_flat(kStepSquaresReplicated, {1});
     auto train_step = [&](int64_t step) {
       backend->zero(model->params().grads());
-      const double step_loss = model->forward_backward(b, 1.0);
-      const double norm = std::sqrt(backend->sum_squares({model->params().grads()}));
-      optimizer.step(cfg.optim().lr(), step, norm);
-      return step_loss;
+      backend->zero(stats);
+      model->forward_backward_into(b, 1.0, loss_total, 1.0);
+      backend->accumulate_sum_squares(squares, {model->params().grads()});
+      optimizer.step(cfg.optim().lr(), step, stats);
+      return backend->synchronize_and_read(stats)[kStepLoss];
     };
     if (profile_step) {
       if (device.is_cpu()) fail("--profile-step needs train.device=cuda (it brackets CUDA kernels for ncu)");

@@ -250,11 +250,25 @@ void CpuBackend::cross_entropy_from_partials(Tensor& losses, Tensor& dlogits_loc
   });
 }
 
-double CpuBackend::sum_squares(const std::vector<Tensor>& tensors) {
-  op_contract::float_list(op_check("sum_squares"), tensors);
+void CpuBackend::accumulate_sum(Tensor& total, const Tensor& x, double weight, double count) {
+  op_contract::accumulate_sum(op_check("accumulate_sum"), total, x, count);
+  double sum = 0;
+  dispatch(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* v = x.data<T>();
+    for (int64_t i = 0; i < x.numel(); ++i) sum += v[i];
+  });
+  total.data<double>()[0] += (weight * sum) / count;
+}
+
+void CpuBackend::accumulate_sum_squares(Tensor& total, const std::vector<Tensor>& tensors) {
+  const OpCheck check = op_check("sum_squares");
+  op_contract::scalar_total(check, total);
+  op_contract::float_list(check, tensors);
+  if (tensors.empty()) return;
   double sum = 0;
   for (const Tensor& t : tensors) sum += cpu::sum_squares(t.raw(), t.dtype(), t.numel());
-  return sum;
+  total.data<double>()[0] += sum;
 }
 
 namespace {
@@ -277,7 +291,13 @@ void dispatch_grad(DType dtype, Fn&& fn) {
 void CpuBackend::adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy,
                               const AdamWHyper& hp, double weight_decay) {
   op_contract::adamw_update(op_check("adamw_update"), param, m, v, grad, compute_copy, hp);
-  const cpu::AdamWStep step{hp.lr, hp.beta1, hp.beta2, hp.eps, hp.grad_scale, weight_decay, hp.step};
+  double grad_scale = hp.grad_scale;
+  // The CPU twin of the CUDA kernels' device-side decision (kernels/step_stats.h): no update at all when the
+  // step's loss or gradient norm is not finite.
+  if (hp.step_stats.defined() &&
+      !step_update_scale(hp.step_stats.data<double>(), hp.max_grad_norm, hp.grad_scale, &grad_scale))
+    return;
+  const cpu::AdamWStep step{hp.lr, hp.beta1, hp.beta2, hp.eps, grad_scale, weight_decay, hp.step};
   dispatch(param.dtype(), [&](auto tag) {
     using T = decltype(tag);
     dispatch_grad(grad.dtype(), [&](auto grad_elem) {

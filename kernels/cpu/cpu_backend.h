@@ -65,8 +65,9 @@ class CpuBackend final : public Backend {
   void cross_entropy_from_partials(Tensor& losses, Tensor& dlogits_local, const Tensor& gathered,
                                    const Tensor& logits_local, const Tensor& targets, int64_t vocab_begin,
                                    int64_t vocab, double dloss, double label_smoothing) override;
+  void accumulate_sum(Tensor& total, const Tensor& x, double weight, double count) override;
 
-  double sum_squares(const std::vector<Tensor>& tensors) override;
+  void accumulate_sum_squares(Tensor& total, const std::vector<Tensor>& tensors) override;
   void adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy, const AdamWHyper& hp,
                     double weight_decay) override;
 

@@ -8,6 +8,7 @@
 // one device with different streams are not supported by this reasoning (the trainer uses one per device).
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <mutex>
 #include <set>
 #include <unordered_map>
@@ -153,8 +154,12 @@ class CachingCudaAllocator final : public Allocator {
   size_t in_use_ = 0, peak_ = 0;
 };
 
+// Blocking device-to-host reads of this process (cuda_host_reads()).
+std::atomic<int64_t> host_reads{0};
+
 // Copies through unified addressing (cudaMemcpyDefault picks the direction). The CUDA side's device is made
-// current so the copy is ordered after the work queued on that device's blocking streams.
+// current so the copy is ordered after the work queued on that device's blocking streams. A copy to the host
+// returns when the data is there: a host read.
 void copy_device_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
   const int device = dst_device.is_cuda() ? dst_device.index : src_device.index;
   int previous = 0;
@@ -162,9 +167,15 @@ void copy_device_bytes(void* dst, Device dst_device, const void* src, Device src
   if (previous != device) LOOM_CUDA_CALL(cudaSetDevice(device));
   LOOM_CUDA_CALL(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
   if (previous != device) LOOM_CUDA_CALL(cudaSetDevice(previous));
+  if (src_device.is_cuda() && !dst_device.is_cuda()) host_reads.fetch_add(1, std::memory_order_relaxed);
 }
 
 }  // namespace
+
+void wait_for_host_read(cudaStream_t stream) {
+  LOOM_CUDA_CALL(cudaStreamSynchronize(stream));
+  host_reads.fetch_add(1, std::memory_order_relaxed);
+}
 
 void install_cuda_memory_hooks(int device) {
   static CachingCudaAllocator allocator;  // lives for the process: tensors may outlive every backend
@@ -184,6 +195,8 @@ ScratchBuffer::ScratchBuffer(size_t bytes) : bytes_(bytes) {
 ScratchBuffer::~ScratchBuffer() { allocator_for(Device::cuda(device_)).deallocate(ptr_, bytes_); }
 
 }  // namespace cuda
+
+int64_t cuda_host_reads() { return cuda::host_reads.load(std::memory_order_relaxed); }
 
 int cuda_device_count() {
   int count = 0;

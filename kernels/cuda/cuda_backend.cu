@@ -31,6 +31,7 @@ CudaBackend::~CudaBackend() {
   cudaStreamSynchronize(stream_);
   cudaFree(error_flag_);
   cudaFreeHost(error_flag_host_);
+  if (read_buffer_) cudaFreeHost(read_buffer_);
   cudaStreamDestroy(stream_);
 }
 
@@ -112,8 +113,25 @@ std::vector<SlowPath> CudaBackend::slow_paths(const BlockKernelShape& b, DType d
 void CudaBackend::synchronize() {
   activate();
   LOOM_CUDA_CALL(cudaMemcpyAsync(error_flag_host_, error_flag_, sizeof(int), cudaMemcpyDeviceToHost, stream_));
-  LOOM_CUDA_CALL(cudaStreamSynchronize(stream_));
+  wait_for_host_read(stream_);
   check_error_flag();
+}
+
+std::vector<double> CudaBackend::synchronize_and_read(const Tensor& x) {
+  const OpCheck check = op_check("synchronize_and_read");
+  check.on_device("x", x);
+  check.require(x.dtype() == DType::F64, "x ", x.str(), " must be f64");
+  activate();
+  if (read_capacity_ < x.numel()) {
+    if (read_buffer_) LOOM_CUDA_CALL(cudaFreeHost(read_buffer_));
+    read_buffer_ = nullptr;
+    LOOM_CUDA_CALL(cudaMallocHost(&read_buffer_, static_cast<size_t>(x.numel()) * sizeof(double)));
+    read_capacity_ = x.numel();
+  }
+  // Pinned memory: the copy is queued like a kernel, and synchronize() waits once for it and the flag's copy.
+  LOOM_CUDA_CALL(cudaMemcpyAsync(read_buffer_, x.raw(), x.nbytes(), cudaMemcpyDeviceToHost, stream_));
+  synchronize();
+  return std::vector<double>(read_buffer_, read_buffer_ + x.numel());
 }
 
 void CudaBackend::check_error_flag() {
@@ -324,12 +342,20 @@ void CudaBackend::cross_entropy_from_partials(Tensor& losses, Tensor& dlogits_lo
 
 // ---- optimizer ----
 
-double CudaBackend::sum_squares(const std::vector<Tensor>& tensors) {
-  op_contract::float_list(op_check("sum_squares"), tensors);
+void CudaBackend::accumulate_sum(Tensor& total, const Tensor& x, double weight, double count) {
+  op_contract::accumulate_sum(op_check("accumulate_sum"), total, x, count);
+  activate();
+  cuda::accumulate_sum(ptr<double>(total), ptr<float>(x), x.numel(), weight, count, stream_);
+}
+
+void CudaBackend::accumulate_sum_squares(Tensor& total, const std::vector<Tensor>& tensors) {
+  const OpCheck check = op_check("sum_squares");
+  op_contract::scalar_total(check, total);
+  op_contract::float_list(check, tensors);
   std::vector<SumSquaresInput> inputs;
   for (const Tensor& t : tensors) inputs.push_back({t.raw(), elem_of(t.dtype()), t.numel()});
   activate();
-  return cuda::sum_squares(inputs, stream_);
+  cuda::accumulate_sum_squares(ptr<double>(total), inputs, stream_);
 }
 
 void CudaBackend::adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy,
@@ -339,10 +365,12 @@ void CudaBackend::adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor
                        static_cast<float>(hp.beta1),
                        static_cast<float>(hp.beta2),
                        static_cast<float>(hp.eps),
-                       static_cast<float>(hp.grad_scale),
                        static_cast<float>(weight_decay),
                        static_cast<float>(1.0 - std::pow(hp.beta1, static_cast<double>(hp.step))),
-                       static_cast<float>(1.0 - std::pow(hp.beta2, static_cast<double>(hp.step)))};
+                       static_cast<float>(1.0 - std::pow(hp.beta2, static_cast<double>(hp.step))),
+                       hp.grad_scale,
+                       hp.step_stats.defined() ? ptr<double>(hp.step_stats) : nullptr,
+                       hp.max_grad_norm};
   activate();
   const bool copy = compute_copy.defined();
   cuda::adamw(ptr<float>(param), ptr<float>(m), ptr<float>(v), grad.raw(), elem_of(grad.dtype()),

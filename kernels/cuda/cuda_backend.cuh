@@ -30,6 +30,8 @@ class CudaBackend final : public Backend {
   static const BackendDtypes& dtypes();
   OpCheck op_check(const char* op) const { return OpCheck(op, device(), dtypes()); }
   void synchronize() override;
+  // One pinned copy and one wait (with the invalid-input flag's copy): one read for cuda_host_reads().
+  std::vector<double> synchronize_and_read(const Tensor& x) override;
   // The stream all of this backend's work is queued on (for kernels added from other files).
   cudaStream_t stream() const { return stream_; }
   void* native_stream() const override { return stream_; }
@@ -93,8 +95,10 @@ class CudaBackend final : public Backend {
   void cross_entropy_from_partials(Tensor& losses, Tensor& dlogits_local, const Tensor& gathered,
                                    const Tensor& logits_local, const Tensor& targets, int64_t vocab_begin,
                                    int64_t vocab, double dloss, double label_smoothing) override;
+  // x f32 (the losses).
+  void accumulate_sum(Tensor& total, const Tensor& x, double weight, double count) override;
 
-  double sum_squares(const std::vector<Tensor>& tensors) override;
+  void accumulate_sum_squares(Tensor& total, const std::vector<Tensor>& tensors) override;
   void adamw_update(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, Tensor& compute_copy,
                     const AdamWHyper& hp, double weight_decay) override;
 
@@ -121,11 +125,18 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   int* error_flag_ = nullptr;        // device int, bits of ErrorBit
   int* error_flag_host_ = nullptr;   // pinned copy read by synchronize()
+  double* read_buffer_ = nullptr;    // pinned, for synchronize_and_read()
+  int64_t read_capacity_ = 0;        // doubles in read_buffer_
   std::unique_ptr<Gemm> gemm_;
   bool deterministic_ = false;
   GemmAlgorithm gemm_algorithm_ = GemmAlgorithm::Heuristic;  // as set; gemm_ gets Heuristic when deterministic_
   BiasGradient bias_gradient_ = BiasGradient::ColumnSums;
 };
+
+// Blocks the host until `stream` has done its queued work, which ends with device-to-host copies the caller
+// needs: the one way this backend waits for device data (synchronize(), count_nonfinite()), counted, with the
+// Tensor copies to the host, by cuda_host_reads() (cuda_allocator.cu).
+void wait_for_host_read(cudaStream_t stream);
 
 // Installs the caching allocator and the copy function on first use, and tells the allocator that a backend
 // runs on `device` (cuda_allocator.cu).

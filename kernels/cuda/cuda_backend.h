@@ -5,7 +5,8 @@
 // weights, optimizer moments and reductions. Its extra contract, beyond kernels/backend.h:
 // - Float tensors of one call share one dtype (F32, BF16 or F16), except: LayerNorm mean/rstd, cross-entropy
 //   losses and the attention `saved` probabilities are F32; convert() takes any two float dtypes;
-//   sum_squares() any float dtypes; adamw_update() takes F32 param/m/v and any float grad/compute_copy.
+//   accumulate_sum_squares() any float dtypes; accumulate_sum() F32 x (losses); adamw_update() takes F32
+//   param/m/v and any float grad/compute_copy.
 // - Work is queued on the backend's own stream; synchronize() waits for it. Ids and targets are checked on
 //   the GPU: an id outside [0, V) (or a target outside [-1, vocab)) is skipped and reported as loom::Error by
 //   the next synchronize().
@@ -16,6 +17,7 @@
 //   tensors are allocated on the backend's device when the process has backends on one device only (any
 //   thread may allocate), else on the calling thread's current device.
 #pragma once
+#include <cstdint>
 #include <memory>
 
 #include "kernels/backend.h"
@@ -29,5 +31,11 @@ std::unique_ptr<Backend> make_cuda_backend(int device);
 
 // Number of visible CUDA devices; 0 when there is no GPU or no driver. Never throws.
 int cuda_device_count();
+
+// How many times this process has blocked for data from a GPU so far: every Tensor copy from a CUDA device to
+// the host, and every wait of a CUDA backend for its own device-to-host copies (synchronize(),
+// synchronize_and_read(), sum_squares(), count_nonfinite(), ...). Tests use it to assert that a training step
+// reads the device once. Thread-safe (a relaxed atomic counter); never throws.
+int64_t cuda_host_reads();
 
 }  // namespace loom

@@ -78,7 +78,7 @@ int64_t CudaBackend::count_nonfinite(const std::vector<Tensor>& tensors) {
   LOOM_CUDA_LAUNCHED("count_nonfinite_kernel");
   unsigned long long host = 0;
   LOOM_CUDA_CALL(cudaMemcpyAsync(&host, count.as<unsigned long long>(), sizeof host, cudaMemcpyDeviceToHost, stream_));
-  LOOM_CUDA_CALL(cudaStreamSynchronize(stream_));
+  wait_for_host_read(stream_);
   return static_cast<int64_t>(host);
 }
 

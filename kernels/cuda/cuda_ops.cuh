@@ -118,11 +118,17 @@ struct SumSquaresInput {
   Elem elem;
   int64_t n;
 };
-// Σ x² over all inputs: f32 per-block partials, final sum in double; blocks the host until done.
-double sum_squares(const std::vector<SumSquaresInput>& inputs, cudaStream_t stream);
+// *total += Σ x² over all inputs: f32 per-block partials, their sum in double (accumulate_sum). Queued only.
+void accumulate_sum_squares(double* total, const std::vector<SumSquaresInput>& inputs, cudaStream_t stream);
+// *total += (weight · Σ x) / count over n floats, summed in double by one block in a fixed order. Queued only.
+void accumulate_sum(double* total, const float* x, int64_t n, double weight, double count, cudaStream_t stream);
 struct AdamWArgs {
-  float lr, beta1, beta2, eps, grad_scale, weight_decay;
+  float lr, beta1, beta2, eps, weight_decay;
   float bias_correction1, bias_correction2;  // 1 - β1^step, 1 - β2^step
+  double grad_scale;
+  // kernels/step_stats.h on the device (null: none): clip by max_grad_norm (0: off), skip a non-finite step.
+  const double* step_stats;
+  double max_grad_norm;
 };
 // One fused pass; compute_copy may be null (then copy_elem is ignored).
 void adamw(float* param, float* m, float* v, const void* grad, Elem grad_elem, void* compute_copy,

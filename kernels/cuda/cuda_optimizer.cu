@@ -1,7 +1,9 @@
-// Optimizer kernels: the global squared norm for gradient clipping and a fused AdamW step.
+// Optimizer kernels: the global squared norm for gradient clipping, sums into a device scalar (the step's loss),
+// and a fused AdamW step that decides clipping and skipping on the device.
 #include <vector>
 
 #include "kernels/cuda/cuda_ops.cuh"
+#include "kernels/step_stats.h"
 
 namespace loom::cuda {
 
@@ -30,18 +32,29 @@ __global__ void sum_squares_partials_kernel(float* partials, const T* x, int64_t
   if (threadIdx.x == 0) partials[blockIdx.x] = sum;
 }
 
-// *out = Σ partials, in double, by one block: strided per-thread sums, then a fixed-order tree.
-__global__ void sum_partials_double_kernel(double* out, const float* partials, int64_t n) {
+// *total += (weight · Σ x) / count over n floats, in double, by one block: strided per-thread sums, then a
+// fixed-order tree (deterministic).
+__global__ void accumulate_sum_kernel(double* total, const float* x, int64_t n, double weight, double count) {
   __shared__ double sums[kThreads];
   double sum = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += partials[i];
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += x[i];
   sums[threadIdx.x] = sum;
   __syncthreads();
   for (int half = blockDim.x / 2; half > 0; half /= 2) {
     if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
     __syncthreads();
   }
-  if (threadIdx.x == 0) *out = sums[0];
+  if (threadIdx.x == 0) *total += (weight * sums[0]) / count;
+}
+
+// The multiplier of this update's gradients (kernels/step_stats.h decides it from the step's statistics when
+// they are given), or false when the step must not change anything (its loss or gradient norm is not finite).
+// Every thread decides alone from the same three numbers, so no thread waits for another.
+__device__ __forceinline__ bool update_scale(const AdamWArgs& a, float& scale) {
+  double s = a.grad_scale;
+  if (a.step_stats && !step_update_scale(a.step_stats, a.max_grad_norm, a.grad_scale, &s)) return false;
+  scale = static_cast<float>(s);
+  return true;
 }
 
 // Per element, in f32 (param, m, v are the f32 master copies):
@@ -49,8 +62,9 @@ __global__ void sum_partials_double_kernel(double* out, const float* partials, i
 //   param -= lr·( (m/(1-β1^step)) / (√(v/(1-β2^step)) + eps) + weight_decay·param )
 //   compute_copy = param in its own dtype (if not null)
 // Updates p, m and v in place from the gradient g.
-__device__ __forceinline__ void adamw_update(float& p, float& m, float& v, float g, const AdamWArgs& a) {
-  g *= a.grad_scale;
+__device__ __forceinline__ void adamw_update(float& p, float& m, float& v, float g, float grad_scale,
+                                             const AdamWArgs& a) {
+  g *= grad_scale;
   m = a.beta1 * m + (1.f - a.beta1) * g;
   v = a.beta2 * v + (1.f - a.beta2) * g * g;
   const float update = (m / a.bias_correction1) / (sqrtf(v / a.bias_correction2) + a.eps);
@@ -60,9 +74,11 @@ __device__ __forceinline__ void adamw_update(float& p, float& m, float& v, float
 // Any gradient and compute-copy dtypes, one element per thread and iteration.
 __global__ void adamw_kernel(float* param, float* m, float* v, const void* grad, Elem grad_elem,
                              void* compute_copy, Elem copy_elem, int64_t n, AdamWArgs a) {
+  float scale;
+  if (!update_scale(a, scale)) return;
   LOOM_GRID_STRIDE(i, n) {
     float p = param[i], mi = m[i], vi = v[i];
-    adamw_update(p, mi, vi, load_elem(grad, i, grad_elem), a);
+    adamw_update(p, mi, vi, load_elem(grad, i, grad_elem), scale, a);
     m[i] = mi;
     v[i] = vi;
     param[i] = p;
@@ -76,6 +92,8 @@ template <typename G>
 __global__ void adamw_packed_kernel(float* param, float* m, float* v, const G* grad, G* compute_copy, int64_t packs,
                                     AdamWArgs a) {
   constexpr int K = Pack16<G>::kSize;
+  float scale;
+  if (!update_scale(a, scale)) return;
   LOOM_GRID_STRIDE(i, packs) {
     float p[K], mi[K], vi[K], g[K];
     load_pack<K>(p, param, i);
@@ -83,7 +101,7 @@ __global__ void adamw_packed_kernel(float* param, float* m, float* v, const G* g
     load_pack<K>(vi, v, i);
     load_pack<K>(g, grad, i);
 #pragma unroll
-    for (int e = 0; e < K; ++e) adamw_update(p[e], mi[e], vi[e], g[e], a);
+    for (int e = 0; e < K; ++e) adamw_update(p[e], mi[e], vi[e], g[e], scale, a);
     store_pack<K>(m, i, mi);
     store_pack<K>(v, i, vi);
     store_pack<K>(param, i, p);
@@ -98,10 +116,15 @@ int64_t sum_squares_blocks(int64_t n) {
 
 }  // namespace
 
-double sum_squares(const std::vector<SumSquaresInput>& inputs, cudaStream_t stream) {
+void accumulate_sum(double* total, const float* x, int64_t n, double weight, double count, cudaStream_t stream) {
+  accumulate_sum_kernel<<<1, kThreads, 0, stream>>>(total, x, n, weight, count);
+  LOOM_CUDA_LAUNCHED("accumulate_sum_kernel");
+}
+
+void accumulate_sum_squares(double* total, const std::vector<SumSquaresInput>& inputs, cudaStream_t stream) {
   int64_t total_blocks = 0;
   for (const auto& in : inputs) total_blocks += sum_squares_blocks(in.n);
-  if (total_blocks == 0) return 0.0;
+  if (total_blocks == 0) return;
   ScratchBuffer partials(static_cast<size_t>(total_blocks) * sizeof(float));
   float* part = partials.as<float>();
   int64_t offset = 0;
@@ -126,13 +149,7 @@ double sum_squares(const std::vector<SumSquaresInput>& inputs, cudaStream_t stre
     }
     offset += blocks;
   }
-  ScratchBuffer result(sizeof(double));
-  sum_partials_double_kernel<<<1, kThreads, 0, stream>>>(result.as<double>(), part, total_blocks);
-  LOOM_CUDA_LAUNCHED("sum_partials_double_kernel");
-  double host = 0;
-  LOOM_CUDA_CALL(cudaMemcpyAsync(&host, result.as<double>(), sizeof(double), cudaMemcpyDeviceToHost, stream));
-  LOOM_CUDA_CALL(cudaStreamSynchronize(stream));
-  return host;
+  accumulate_sum(total, part, total_blocks, 1.0, 1.0, stream);  // (1·Σ)/1 is Σ exactly
 }
 
 void adamw(float* param, float* m, float* v, const void* grad, Elem grad_elem, void* compute_copy, Elem copy_elem,

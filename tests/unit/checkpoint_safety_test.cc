@@ -81,19 +81,20 @@ struct TinyRun {
 };
 
 // A model whose forward_backward call number k (1-based) sees a bad batch: its loss and gradients are
-// multiplied by factors[k] (NaN poisons both outright).
+// multiplied by factors[k] (NaN poisons both outright), or only its gradients when `gradients_only`.
 class BadBatches final : public Model {
  public:
-  BadBatches(Model& inner, std::map<int64_t, double> factors) : inner_(inner), factors_(std::move(factors)) {
+  BadBatches(Model& inner, std::map<int64_t, double> factors, bool gradients_only = false)
+      : inner_(inner), factors_(std::move(factors)), gradients_only_(gradients_only) {
     inner_.set_grad_ready_hook([this](const std::string& prefix) { grads_ready(prefix); });
     inner_.set_backward_start_hook([this] { backward_starts(); });
   }
   ParameterStore& params() override { return inner_.params(); }
   Backend& backend() override { return inner_.backend(); }
-  double forward_backward(const Batch& batch, double loss_scale) override {
+  void forward_backward_into(const Batch& batch, double loss_scale, Tensor& loss_total, double loss_weight) override {
     const auto it = factors_.find(++calls_);
     const double factor = it == factors_.end() ? 1.0 : it->second;
-    return inner_.forward_backward(batch, loss_scale * factor) * factor;
+    inner_.forward_backward_into(batch, loss_scale * factor, loss_total, loss_weight * (gradients_only_ ? 1 : factor));
   }
   EvalStats evaluate(const Batch& batch) override { return inner_.evaluate(batch); }
   Tensor logits(const Tensor& inputs) override { return inner_.logits(inputs); }
@@ -107,6 +108,7 @@ class BadBatches final : public Model {
  private:
   Model& inner_;
   std::map<int64_t, double> factors_;
+  bool gradients_only_;
   int64_t calls_ = 0;
 };
 
@@ -201,6 +203,42 @@ TEST(CheckpointSafety, ANonFiniteLossStopsNamingTheLastGoodCheckpoint) {
   EXPECT_NE(message.find(" is not finite; stopped before the update. "), std::string::npos) << message;
   EXPECT_NE(message.find("The last good checkpoint is " + checkpoint_dir(dir.path(), 5)), std::string::npos);
   EXPECT_EQ(latest_checkpoint(dir.path()), checkpoint_dir(dir.path(), 5));
+}
+
+// The update is decided on the device (kernels/step_stats.h) and the host reads the loss and norm only after
+// it was queued: a non-finite loss, or a finite loss with non-finite gradients, must still leave the weights and
+// both moments exactly as the previous step left them, and stop with the same message.
+TEST(CheckpointSafety, ANonFiniteStepLeavesWeightsAndMomentsUntouched) {
+  for (const bool gradients_only : {false, true}) {
+    SCOPED_TRACE(gradients_only ? "infinite gradients, finite loss" : "NaN loss and gradients");
+    testing::TempDir dir;
+    const config::RunConfig cfg = tiny_config(dir.path(), 10, {"train.checkpoint_every=0"});
+    TinyRun run(cfg);
+    BadBatches model(*run.model, {{8, gradients_only ? kInf : kNaN}}, gradients_only);
+    testing::SyntheticTokens data(3, 8, 37, 2);
+    std::ostringstream log;
+    Trainer trainer(cfg, model, data, log);
+    trainer.run(7);
+    const CheckpointContents before = load_checkpoint(trainer.save_checkpoint_now());
+    const std::string message = testing::error_message([&] { trainer.run(); });
+    EXPECT_EQ(message.rfind("step 8: loss ", 0), 0u) << message;
+    EXPECT_NE(message.find(" is not finite; stopped before the update. "), std::string::npos) << message;
+    const bool loss_printed_nan =
+        message.find("loss nan") != std::string::npos || message.find("loss -nan") != std::string::npos;
+    EXPECT_NE(loss_printed_nan, gradients_only) << message;
+    EXPECT_EQ(trainer.step(), 7);
+    // The same step's checkpoint again (the state is finite, or writing it would throw), tensor by tensor.
+    const CheckpointContents after = load_checkpoint(trainer.save_checkpoint_now());
+    ASSERT_EQ(after.model.size(), before.model.size());
+    ASSERT_EQ(after.optimizer.size(), before.optimizer.size());
+    for (const auto* pair : {&before.model, &before.optimizer}) {
+      const NamedTensors& later = pair == &before.model ? after.model : after.optimizer;
+      for (size_t i = 0; i < pair->size(); ++i) {
+        EXPECT_EQ(later[i].first, (*pair)[i].first);
+        EXPECT_EQ(later[i].second.to_vector(), (*pair)[i].second.to_vector()) << (*pair)[i].first;
+      }
+    }
+  }
 }
 
 class ResumeChecksTest : public ::testing::Test {

@@ -1,7 +1,10 @@
 // AdamW against a scalar reference, and the CPU backend's error reporting (shape, dtype and id checks).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
+#include <limits>
+#include <utility>
 #include <random>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -101,6 +104,95 @@ TEST_F(CpuKernelsOptim, GradScaleEqualsPrescaledGradient) {
   EXPECT_EQ(std::memcmp(p1.raw(), p2.raw(), p1.nbytes()), 0);
   EXPECT_EQ(std::memcmp(m1.raw(), m2.raw(), m1.nbytes()), 0);
   EXPECT_EQ(std::memcmp(v1.raw(), v2.raw(), v1.nbytes()), 0);
+}
+
+// The step statistics (kernels/step_stats.h) as the trainer leaves them for AdamW: loss, then Σg² in two parts.
+Tensor step_stats(double loss, double squares_sharded, double squares_replicated) {
+  Tensor s = Tensor::empty({kStepStatsSize}, F64);
+  s.data<double>()[kStepLoss] = loss;
+  s.data<double>()[kStepSquaresSharded] = squares_sharded;
+  s.data<double>()[kStepSquaresReplicated] = squares_replicated;
+  return s;
+}
+
+// Clipping decided from the statistics gives bit for bit the update of the host's factor min(1, clip / norm)
+// (what AdamW::step computed on the host before); a non-finite loss or norm changes nothing at all.
+TEST_F(CpuKernelsOptim, StepStatsClipLikeTheHostFactorAndSkipNonFiniteSteps) {
+  constexpr double kNaN = std::numeric_limits<double>::quiet_NaN(), kInf = std::numeric_limits<double>::infinity();
+  const double clip = 1.0;
+  struct Case {
+    const char* what;
+    double loss, sharded, replicated, max_norm;
+    bool updates;
+  };
+  const Case cases[] = {{"norm below the clip", 2.5, 0.09, 0.16, clip, true},  // norm 0.5
+                        {"norm above the clip", 2.5, 4.0, 5.0, clip, true},    // norm 3
+                        {"clipping off", 2.5, 4.0, 5.0, 0.0, true},
+                        {"NaN norm", 2.5, kNaN, 0.16, clip, false},
+                        {"infinite norm", 2.5, 0.09, kInf, clip, false},
+                        {"NaN loss", kNaN, 0.09, 0.16, clip, false},
+                        {"infinite loss", -kInf, 4.0, 5.0, clip, false}};
+  for (const Case& c : cases) {
+    for (const int64_t n : {1, 7, 33}) {
+      const std::string tag = std::string(c.what) + ", n " + std::to_string(n);
+      const Tensor p0 = random_tensor({n}, F32, rng), m0 = random_tensor({n}, F32, rng, -0.1, 0.1),
+                   v0 = random_tensor({n}, F32, rng, 0, 0.01), grad = random_tensor({n}, F32, rng).cast(DType::BF16);
+      AdamWHyper hp;
+      hp.lr = 1e-2, hp.step = 4, hp.grad_scale = 1;
+      Tensor p = clone(p0), m = clone(m0), v = clone(v0), copy = poisoned({n}, DType::BF16);
+      const Tensor copy0 = clone(copy);
+      AdamWHyper on_device = hp;
+      on_device.step_stats = step_stats(c.loss, c.sharded, c.replicated);
+      on_device.max_grad_norm = c.max_norm;
+      cpu.adamw_update(p, m, v, grad, copy, on_device, 0.1);
+      if (!c.updates) {
+        for (const auto& [got, was] : {std::pair<const Tensor*, const Tensor*>{&p, &p0}, {&m, &m0}, {&v, &v0},
+                                       {&copy, &copy0}})
+          EXPECT_EQ(std::memcmp(got->raw(), was->raw(), got->nbytes()), 0) << tag << ": changed by a skipped step";
+        continue;
+      }
+      const double norm = std::sqrt(c.sharded + c.replicated);
+      hp.grad_scale = c.max_norm > 0 && norm > c.max_norm ? c.max_norm / norm : 1.0;
+      Tensor pr = clone(p0), mr = clone(m0), vr = clone(v0), copy_ref = poisoned({n}, DType::BF16);
+      cpu.adamw_update(pr, mr, vr, grad, copy_ref, hp, 0.1);
+      for (const auto& [got, want] : {std::pair<const Tensor*, const Tensor*>{&p, &pr}, {&m, &mr}, {&v, &vr},
+                                      {&copy, &copy_ref}})
+        EXPECT_EQ(std::memcmp(got->raw(), want->raw(), got->nbytes()), 0) << tag;
+      EXPECT_NE(std::memcmp(p.raw(), p0.raw(), p.nbytes()), 0) << tag << ": no update";
+    }
+  }
+  Tensor p = random_tensor({4}, F32, rng), m = clone(p), v = clone(p), no_copy;
+  AdamWHyper bad;
+  bad.step_stats = Tensor::zeros({2}, F64);
+  EXPECT_NE(error_message([&] { cpu.adamw_update(p, m, v, clone(p), no_copy, bad, 0); }).find("step_stats"),
+            std::string::npos);
+}
+
+// The device-scalar sums the training step keeps its loss and norm in: total += (weight·Σx)/count and
+// total += Σx², each added to what total held, in the order the host computed them before.
+TEST_F(CpuKernelsOptim, AccumulateSumAndSumSquaresAddToTheTotal) {
+  for (DType dtype : {F32, F64}) {
+    const Tensor x = random_tensor({37}, dtype, rng), y = random_tensor({5, 3}, dtype, rng);
+    double sum = 0, squares_x = 0, squares_y = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) sum += x.item(i), squares_x += x.item(i) * x.item(i);
+    for (int64_t i = 0; i < y.numel(); ++i) squares_y += y.item(i) * y.item(i);
+    Tensor total = Tensor::from_vector({1.25f}, {1}, F64);
+    cpu.accumulate_sum(total, x, 0.5, 3.0);
+    EXPECT_EQ(total.item(0), 1.25 + (0.5 * sum) / 3.0) << dtype_name(dtype);
+    total.data<double>()[0] = 0.75;
+    cpu.accumulate_sum_squares(total, {x, y});
+    EXPECT_NEAR(total.item(0), 0.75 + squares_x + squares_y, 1e-12) << dtype_name(dtype);
+    EXPECT_EQ(cpu.sum_squares({x, y}) + 0.75, total.item(0)) << dtype_name(dtype);
+    cpu.accumulate_sum_squares(total, {});
+    EXPECT_EQ(cpu.sum_squares({x, y}) + 0.75, total.item(0)) << "an empty list adds nothing";
+  }
+  Tensor f32_total = Tensor::zeros({1}, F32), total = Tensor::zeros({2}, F64);
+  EXPECT_NE(error_message([&] { cpu.accumulate_sum(f32_total, Tensor::zeros({3}, F32), 1, 1); }).find("total"),
+            std::string::npos);
+  EXPECT_NE(error_message([&] { cpu.accumulate_sum_squares(total, {}); }).find("one f64 element"), std::string::npos);
+  Tensor one = Tensor::zeros({1}, F64);
+  EXPECT_NE(error_message([&] { cpu.accumulate_sum(one, Tensor::zeros({3}, F32), 1, 0); }).find("count"),
+            std::string::npos);
 }
 
 TEST_F(CpuKernelsOptim, ComputeCopyAndLowPrecisionGradient) {

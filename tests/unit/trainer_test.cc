@@ -2,6 +2,7 @@
 // a failed checkpoint write that must leave the previous checkpoint usable, and how progress is shown.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -14,6 +15,7 @@
 #include "core/tensorboard_writer.h"
 #include "tests/common/test_util.h"
 #include "trainer/models/gpt.h"
+#include "trainer/optimizer.h"
 #include "trainer/trainer.h"
 
 namespace loom {
@@ -64,6 +66,51 @@ TEST(Trainer, OverfitsOneBatch) {
   EXPECT_NEAR(losses.front(), std::log(37.0), 0.5);  // starts near uniform
   EXPECT_LT(r.last_train_loss, 0.05) << "the model should memorise 24 tokens";
   EXPECT_LT(r.last_val_loss, 0.05);
+}
+
+// A step's loss and gradient norm stay on the device until its end, and AdamW clips there (kernels/step_stats.h).
+// The numbers it reports and the weights it leaves equal bit for bit the host path it replaced: each
+// micro-step's loss read and averaged on the host, the norm from host sums of squares of the sharded and the
+// replicated parameters, and AdamW scaled by a host factor min(1, clip / norm). Two micro-steps per step, a
+// clip that some steps exceed.
+TEST(Trainer, StepStatisticsOnTheDeviceMatchTheHostPathBitForBit) {
+  testing::TempDir dir;
+  config::RunConfig cfg = tiny_config(dir.path(), 6);
+  cfg.mutable_train()->set_grad_accum_steps(2);
+  cfg.mutable_optim()->set_grad_clip(0.4);
+  TinyRun run(cfg);
+  testing::SyntheticTokens data(3, 8, 37, 2);
+  std::ostringstream log;
+  Trainer trainer(cfg, *run.model, data, log);
+  trainer.run();
+  std::vector<nlohmann::json> records;
+  std::ifstream in(dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) records.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(records.size(), 6u);
+
+  TinyRun ref(cfg);
+  testing::SyntheticTokens ref_data(3, 8, 37, 2);
+  Backend& be = *ref.backend;
+  ParameterStore& params = ref.model->params();
+  AdamW adamw(params, cfg.optim(), be);
+  std::vector<Tensor> sharded, replicated;
+  for (const auto& e : params.layout().entries())
+    (e.spec.sharding.sharded() ? sharded : replicated).push_back(params.grads().slice_flat(e.offset, {e.numel}));
+  ASSERT_FALSE(sharded.empty());
+  ASSERT_FALSE(replicated.empty());
+  int clipped = 0;
+  for (int64_t step = 0; step < 6; ++step) {
+    be.zero(params.grads());
+    double loss = 0;
+    for (int micro = 0; micro < 2; ++micro) loss += ref.model->forward_backward(ref_data.next_train(Device::cpu()), 0.5) / 2;
+    const double norm = std::sqrt(be.sum_squares(sharded) + be.sum_squares(replicated));
+    adamw.step(learning_rate(cfg.optim(), step, 6), step + 1, norm);
+    EXPECT_EQ(records[step].at("loss").get<double>(), loss) << "step " << step + 1;
+    EXPECT_EQ(records[step].at("grad_norm").get<double>(), norm) << "step " << step + 1;
+    clipped += norm > 0.4;
+  }
+  EXPECT_GT(clipped, 0) << "no step was clipped: the test does not reach the clipping";
+  EXPECT_EQ(run.model->params().master().to_vector(), params.master().to_vector());
 }
 
 // Every step's record reaches TensorBoard too (as float scalars), with the time of every phase, and the phases

@@ -109,7 +109,7 @@ GptModel::Activations& GptModel::forward(const Tensor& tokens) {
   return a;
 }
 
-double GptModel::forward_backward(const Batch& batch, double loss_scale) {
+void GptModel::forward_backward_into(const Batch& batch, double loss_scale, Tensor& loss_total, double loss_weight) {
   Activations& a = forward(batch.inputs);
   const int64_t B = batch.inputs.dim(0), T = batch.inputs.dim(1), N = B * T, C = shape_.d_model;
   const int64_t L = static_cast<int64_t>(blocks_.size()), n = a.lnf.dim(0);
@@ -123,15 +123,16 @@ double GptModel::forward_backward(const Batch& batch, double loss_scale) {
   const bool distilled = soft.logits.defined();
   LOOM_CHECK(!distilled || tensor_size(tp_) == 1, "gpt: distillation needs every vocabulary column on one rank; "
              "parallel.tensor splits them over ", tensor_size(tp_), " ranks");
-  const double soft_sum =
-      distilled ? distillation_term(backend_, soft, a.logits, shape_.vocab, loss_scale / N, a.losses, a.dsoft) : 0;
+  if (distilled)
+    distillation_term(backend_, soft, a.logits, shape_.vocab, loss_scale / N, a.losses, a.dsoft, loss_total,
+                      loss_weight, static_cast<double>(N));
   const double hard_weight = distilled ? 1 - soft.weight : 1;
   // The loss is the mean over the N targets; the logits buffer is overwritten by its own gradient. Under TP
   // the ranks exchange per-row partials of their vocabulary columns, never the logits themselves.
   vocab_parallel_cross_entropy(backend_, tp_, a.losses, a.logits, a.logits, targets, shape_.vocab,
                                hard_weight * loss_scale / N, 0.0);
   if (distilled) backend_.accumulate(a.logits, a.dsoft);
-  const double loss = (hard_weight * sum_on_host(a.losses) + (distilled ? soft.weight * soft_sum : 0)) / N;
+  backend_.accumulate_sum(loss_total, a.losses, loss_weight * hard_weight, static_cast<double>(N));
   backward_starts();
 
   auto sk = std::make_pair(B, T);
@@ -166,7 +167,6 @@ double GptModel::forward_backward(const Batch& batch, double loss_scale) {
   Tensor dwpe = params_.grad("wpe.weight");
   backend_.add_position_backward(dwpe, demb);
   grads_ready("");
-  return loss;
 }
 
 EvalStats GptModel::evaluate(const Batch& batch) {

@@ -32,7 +32,7 @@ class GptModel final : public Model {
 
   ParameterStore& params() override { return params_; }
   Backend& backend() override { return backend_; }
-  double forward_backward(const Batch& batch, double loss_scale) override;
+  void forward_backward_into(const Batch& batch, double loss_scale, Tensor& loss_total, double loss_weight) override;
   EvalStats evaluate(const Batch& batch) override;
   Tensor logits(const Tensor& tokens) override;
   SampleFlops flops_per_sample() const override;

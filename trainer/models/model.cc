@@ -11,4 +11,12 @@ double sum_on_host(const Tensor& t) {
   return total;
 }
 
+double Model::forward_backward(const Batch& batch, double loss_scale) {
+  Backend& be = backend();
+  Tensor loss = Tensor::empty({1}, DType::F64, be.device());
+  be.zero(loss);
+  forward_backward_into(batch, loss_scale, loss, 1.0);
+  return be.synchronize_and_read(loss)[0];
+}
+
 }  // namespace loom

@@ -50,12 +50,18 @@ class Model {
   virtual ~Model() = default;
   virtual ParameterStore& params() = 0;
   virtual Backend& backend() = 0;
-  // Forward and backward on `batch`. Returns the mean loss over the batch's targets; parameter gradients
-  // ACCUMULATE dLoss/dθ · loss_scale (loss_scale = 1/accumulation steps for a mean over micro-batches).
-  // With batch.soft.logits defined the loss (returned and differentiated) is the distillation mix of
-  // trainer/models/soft_targets.h; throws loom::Error when they do not have the shape and dtype of the
-  // model's logits, and for GPT under tensor parallelism (no rank holds the vocabulary-parallel logits).
-  virtual double forward_backward(const Batch& batch, double loss_scale) = 0;
+  // Forward and backward on `batch`, reading nothing on the host (the training step's path): adds
+  // loss_weight · (the mean loss over the batch's targets) to loss_total[0] (F64, one element on the backend's
+  // device) in the backend's stream order; parameter gradients ACCUMULATE dLoss/dθ · loss_scale (loss_scale =
+  // 1/accumulation steps for a mean over micro-batches, and the trainer's loss_weight). With batch.soft.logits
+  // defined the loss (reported and differentiated) is the distillation mix of trainer/models/soft_targets.h;
+  // throws loom::Error when they do not have the shape and dtype of the model's logits, and for GPT under
+  // tensor parallelism (no rank holds the vocabulary-parallel logits).
+  virtual void forward_backward_into(const Batch& batch, double loss_scale, Tensor& loss_total,
+                                     double loss_weight) = 0;
+  // The same, returning the mean loss: reads it on the host, so it waits for the forward and backward (tests,
+  // benchmarks, tools; the trainer's step uses forward_backward_into).
+  double forward_backward(const Batch& batch, double loss_scale);
   // Forward only, hard labels (batch.soft is ignored).
   virtual EvalStats evaluate(const Batch& batch) = 0;
   // Forward only: the logits for `inputs`, on the device in the compute dtype, as forward_backward's soft

@@ -7,8 +7,8 @@
 
 namespace loom {
 
-double distillation_term(Backend& be, const SoftTargets& soft, const Tensor& logits, int64_t classes, double dloss,
-                         Tensor& losses, Tensor& dsoft) {
+void distillation_term(Backend& be, const SoftTargets& soft, const Tensor& logits, int64_t classes, double dloss,
+                       Tensor& losses, Tensor& dsoft, Tensor& loss_total, double loss_weight, double count) {
   LOOM_CHECK(soft.logits.shape() == logits.shape() && soft.logits.dtype() == logits.dtype(),
              "distillation: the teacher's logits ", soft.logits.str(), " must have the shape and dtype of the "
              "student's ", logits.str(), " (the same classes / vocabulary and compute dtype)");
@@ -18,7 +18,7 @@ double distillation_term(Backend& be, const SoftTargets& soft, const Tensor& log
   if (!dsoft.defined() || dsoft.shape() != logits.shape() || dsoft.dtype() != logits.dtype())
     dsoft = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
   be.distillation_loss(losses, dsoft, logits, soft.logits, classes, soft.temperature, dloss * soft.weight);
-  return sum_on_host(losses);
+  be.accumulate_sum(loss_total, losses, loss_weight * soft.weight, count);
 }
 
 }  // namespace loom

@@ -21,10 +21,11 @@ struct SoftTargets {
 // The soft part for student logits [N, Vp] whose first `classes` columns are classes: writes
 // dloss·weight·∂(τ²·KL_n)/∂logits into `dsoft` (allocated [N, Vp] in the logits' dtype when undefined or of
 // another shape; padding columns 0) and each row's τ²·KL into `losses` [N] (the caller's loss buffer), and
-// returns Σ_n τ²·KL_n. The caller then writes the hard loss's gradient with dloss·(1 − weight), accumulates
-// `dsoft` into it and reports (1 − weight)·hard + weight·soft. Throws loom::Error naming both tensors when
-// soft.logits does not have the shape and dtype of `logits`, or when τ or the weight is out of range.
-double distillation_term(Backend& be, const SoftTargets& soft, const Tensor& logits, int64_t classes, double dloss,
-                         Tensor& losses, Tensor& dsoft);
+// adds (loss_weight·weight·Σ_n τ²·KL_n) / count to loss_total[0] on the device (Backend::accumulate_sum). The
+// caller then writes the hard loss's gradient with dloss·(1 − weight), accumulates `dsoft` into it and adds
+// its (1 − weight)-weighted hard loss to loss_total. Throws loom::Error naming both tensors when soft.logits
+// does not have the shape and dtype of `logits`, or when τ or the weight is out of range.
+void distillation_term(Backend& be, const SoftTargets& soft, const Tensor& logits, int64_t classes, double dloss,
+                       Tensor& losses, Tensor& dsoft, Tensor& loss_total, double loss_weight, double count);
 
 }  // namespace loom

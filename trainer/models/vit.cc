@@ -172,7 +172,7 @@ VitModel::Activations& VitModel::forward(const Tensor& patches) {
   return a;
 }
 
-double VitModel::forward_backward(const Batch& batch, double loss_scale) {
+void VitModel::forward_backward_into(const Batch& batch, double loss_scale, Tensor& loss_total, double loss_weight) {
   Activations& a = forward(batch.inputs);
   const int64_t B = batch.inputs.dim(0), Np = shape_.patches(), T = shape_.tokens(), D = shape_.d_model;
   const int64_t k = shape_.prefix_tokens(), L = static_cast<int64_t>(blocks_.size());
@@ -199,15 +199,15 @@ double VitModel::forward_backward(const Batch& batch, double loss_scale) {
   const SoftTargets& soft = batch.soft;
   const bool distilled = soft.logits.defined();
   const double hard_weight = distilled ? 1 - soft.weight : 1;
-  double loss = 0;
   for (int64_t h = 0; h < k; ++h) {
     const double dloss = loss_scale / (k * B);
-    const double soft_sum =
-        distilled ? distillation_term(backend_, soft, *logits[h], shape_.num_classes, dloss, a.losses, a.dsoft) : 0;
+    if (distilled)
+      distillation_term(backend_, soft, *logits[h], shape_.num_classes, dloss, a.losses, a.dsoft, loss_total,
+                        loss_weight, static_cast<double>(k * B));
     backend_.cross_entropy(a.losses, *logits[h], *logits[h], labels, shape_.num_classes, hard_weight * dloss,
                            label_smoothing_);
     if (distilled) backend_.accumulate(*logits[h], a.dsoft);
-    loss += (hard_weight * sum_on_host(a.losses) + (distilled ? soft.weight * soft_sum : 0)) / (k * B);
+    backend_.accumulate_sum(loss_total, a.losses, loss_weight * hard_weight, static_cast<double>(k * B));
     const std::string name(heads[h]);
     Tensor dw = params_.grad(name + ".weight"), db = params_.grad(name + ".bias");
     Tensor& dhead = a.dhead;
@@ -248,7 +248,6 @@ double VitModel::forward_backward(const Batch& batch, double loss_scale) {
   backend_.matmul_backward(none, dw, db, dpatch.view({B * Np, D}), a.patch_rows.view({B * Np, shape_.patch_dim()}),
                            params_.weight("patch_embed.proj.weight"));
   grads_ready("");
-  return loss;
 }
 
 Tensor VitModel::logits(const Tensor& patches) {

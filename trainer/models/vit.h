@@ -37,7 +37,7 @@ class VitModel final : public Model {
   ParameterStore& params() override { return params_; }
   Backend& backend() override { return backend_; }
   // batch.inputs: patch rows [B, Np, C·P·P]; batch.targets: labels I32 [B].
-  double forward_backward(const Batch& batch, double loss_scale) override;
+  void forward_backward_into(const Batch& batch, double loss_scale, Tensor& loss_total, double loss_weight) override;
   EvalStats evaluate(const Batch& batch) override;
   Tensor logits(const Tensor& patches) override;
   SampleFlops flops_per_sample() const override { return vit_flops_per_image(shape_); }
