@@ -40,7 +40,11 @@ class CudaBiasGradientTest : public CudaBackendTest, public ::testing::WithParam
       Tensor dw = on_gpu(dw0);
       GuardedView dbias = guarded_copy(db0, 1);  // dbias needs no alignment: one element past 16 bytes
       gpu_->matmul_backward(no_dx, dw, dbias.view, dout_gpu, x_gpu, w_gpu);
-      expect_close(dbias.view, db_ref, tol, "dbias" + tag);
+      // The column sums round once (f32 partials added into dbias). The epilogue path rounds twice, BGRADB's
+      // sum into a 16-bit scratch and then the accumulate: in f16 at N 16384, O 3072 it measured just past the
+      // one-rounding bound (0.140 against 0.139, H100, 2026-12-07), so it gets twice that bound.
+      const double dbias_tol = choice == BiasGradient::ColumnSums ? tol : 2 * tol;
+      expect_close(dbias.view, db_ref, dbias_tol, "dbias" + tag);
       expect_guard_untouched(dbias, "dbias" + tag);
       expect_close(dw, dw_ref, tol, "dw" + tag);
 

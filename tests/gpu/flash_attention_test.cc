@@ -81,7 +81,11 @@ struct HeadResult {
   std::vector<double> o, lse, dq, dk, dv;
 };
 
-// Exact attention in float64 (exact = true) or the naive 16-bit computation (exact = false).
+// Exact attention in float64 (exact = true) or the naive 16-bit computation (exact = false). The 16-bit one
+// rounds where the kernels do: scores, P and dS to 16 bits, and D_i = Σ_d dO_id·O_id from the 16-bit output O
+// (as the kernels' flash_bwd_dsum_kernel reads it) rather than Σ_j P_ij·dP_ij — the two are equal in exact
+// arithmetic, but O's rounding enters dS = P (dP − D) and so every gradient, most visibly dK of short
+// causal rows, and a reference without it bounded the kernels by an error they are not built to have.
 HeadResult attend(const Head& x, int64_t T, int64_t D, int64_t Dv, bool causal, double scale, bool exact, DType t) {
   auto r16 = [&](double v) { return exact ? v : double(round16(float(v), t)); };
   std::vector<double> P(T * T, 0.0), dP(T * T, 0.0);
@@ -130,7 +134,12 @@ HeadResult attend(const Head& x, int64_t T, int64_t D, int64_t Dv, bool causal, 
         else sf += x.dout[i * Dv + d] * x.v[j * Dv + d];
       }
       dP[i * T + j] = exact ? s : r16(sf);
-      rowdot += P[i * T + j] * dP[i * T + j];
+      if (exact) rowdot += P[i * T + j] * dP[i * T + j];
+    }
+    if (!exact) {
+      float dsum = 0;
+      for (int64_t d = 0; d < Dv; ++d) dsum += x.dout[i * Dv + d] * float(r.o[i * Dv + d]);
+      rowdot = dsum;
     }
     for (int64_t j = 0; j < nj; ++j) dP[i * T + j] = r16(r16(P[i * T + j] * (dP[i * T + j] - rowdot)) * scale);
   }
