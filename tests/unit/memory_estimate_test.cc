@@ -119,6 +119,7 @@ TEST(MemoryEstimate, RecomputingTheGeluKeepsOneSharedBuffer) {
   config::RunConfig cfg = run_config("{kind: gpt, n_layer: 12, d_model: 768, n_head: 12}",
                                      "{train: unused, batch_size: 8, seq_len: 1024}", "unused");
   const ModelShape shape = resolve_model_shape(cfg);
+  cfg.mutable_train()->set_recompute("none");
   const MemoryEstimate kept = estimate_training_memory(shape, cfg, *cpu, DType::BF16);
   cfg.mutable_train()->set_recompute("gelu");
   const MemoryEstimate recomputed = estimate_training_memory(shape, cfg, *cpu, DType::BF16);
