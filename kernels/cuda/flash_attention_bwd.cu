@@ -1,9 +1,27 @@
-// Backward launcher (flash_attention_launch.cuh); the kernels are in flash_attention_bwd.cuh.
+// Backward launcher (flash_attention_launch.cuh); the kernels are in flash_attention_bwd.cuh, the
+// warp-specialised main kernel in flash_attention_bwd_ws.cuh (launched by flash_attention_bwd_ws.cu).
 #include "kernels/cuda/flash_attention_bwd.cuh"
 #include "kernels/cuda/flash_attention_launch.cuh"
 
 namespace loom::cuda::flash {
+namespace {
 
+// flash_bwd_kernel, dQ by atomics into p.dq_accum (kAtomicDq) or left to flash_bwd_dq_kernel.
+template <typename T, int DQK, int DV, bool kAtomicDq>
+void launch_bwd_kernel(const AttentionShape& s, const Params<T>& p, cudaStream_t stream) {
+  using Tile = BwdTile<DQK, DV>;
+  auto kernel = flash_bwd_kernel<T, DQK, DV, kAtomicDq>;
+  set_smem(kernel, Tile::kSmemBytes);
+  const dim3 grid((s.seq + Tile::kBc - 1) / Tile::kBc, s.heads, s.batch);
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+  CUDA_CHECK_LAUNCH("flash_bwd_kernel");
+}
+
+}  // namespace
+
+// D, then (atomic mode) dK, dV and dQ into the zeroed f32 accumulator by the warp-specialised kernel (the
+// kBackwardWs pairs) or flash_bwd_kernel, and dQ's conversion; (deterministic mode) dK, dV by flash_bwd_kernel
+// and dQ by flash_bwd_dq_kernel.
 template <typename T, int DQK, int DV>
 void launch_backward(const AttentionShape& s, const Params<T>& p, cudaStream_t stream) {
   const int64_t rows = s.batch * s.seq * s.heads;
@@ -13,27 +31,22 @@ void launch_backward(const AttentionShape& s, const Params<T>& p, cudaStream_t s
     flash_bwd_dsum_kernel<T, DV><<<blocks, threads, 0, stream>>>(p, rows);
     CUDA_CHECK_LAUNCH("flash_bwd_dsum_kernel");
   }
-  if (p.dq_accum) CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, rows * s.qk_dim * sizeof(float), stream));
-  {
-    using Tile = BwdTile<DQK, DV>;
-    auto kernel = p.dq_accum ? flash_bwd_kernel<T, DQK, DV, true> : flash_bwd_kernel<T, DQK, DV, false>;
-    set_smem(kernel, Tile::kSmemBytes);
-    const dim3 grid((s.seq + Tile::kBc - 1) / Tile::kBc, s.heads, s.batch);
-    kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
-    CUDA_CHECK_LAUNCH("flash_bwd_kernel");
-  }
-  if (!p.dq_accum) {
+  if (p.dq_accum) {
+    CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, rows * s.qk_dim * sizeof(float), stream));
+    if constexpr (kBackwardWs<DQK, DV>) launch_backward_ws<T, DQK, DV>(s, p, stream);
+    else launch_bwd_kernel<T, DQK, DV, true>(s, p, stream);
+    const int threads = 256;
+    const int64_t pairs = rows * s.qk_dim / 2;
+    flash_bwd_dq_convert_kernel<T><<<(pairs + threads - 1) / threads, threads, 0, stream>>>(p, pairs);
+    CUDA_CHECK_LAUNCH("flash_bwd_dq_convert_kernel");
+  } else {
+    launch_bwd_kernel<T, DQK, DV, false>(s, p, stream);
     using Tile = DqTile<DQK, DV>;
     auto kernel = flash_bwd_dq_kernel<T, DQK, DV>;
     set_smem(kernel, Tile::kSmemBytes);
     const dim3 grid((s.seq + Tile::kBr - 1) / Tile::kBr, s.heads, s.batch);
     kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
     CUDA_CHECK_LAUNCH("flash_bwd_dq_kernel");
-  } else {
-    const int threads = 256;
-    const int64_t pairs = rows * s.qk_dim / 2;
-    flash_bwd_dq_convert_kernel<T><<<(pairs + threads - 1) / threads, threads, 0, stream>>>(p, pairs);
-    CUDA_CHECK_LAUNCH("flash_bwd_dq_convert_kernel");
   }
 }
 

@@ -17,7 +17,7 @@
 // walks the key blocks, recomputing P and dS and accumulating dQ += dS K in registers (wgmma, dS from
 // registers) — no atomics, a fixed summation order, so repeated runs are bit-identical.
 #pragma once
-#include "kernels/cuda/flash_attention_wgmma.cuh"
+#include "kernels/cuda/flash_attention_bwd_steps.cuh"
 
 namespace loom::cuda::flash {
 
@@ -58,26 +58,6 @@ __global__ void flash_bwd_dq_convert_kernel(const Params<T> p, int64_t n_pairs) 
   *reinterpret_cast<uint32_t*>(p.dqkv + bt * p.qkv_stride + c) = Pack16<T>::pack(v.x * p.scale, v.y * p.scale);
 }
 
-template <int DQK, int DV>
-struct BwdTile {
-  // A block owns kBc = 128 keys and walks query blocks of kBr rows (128 when both tile widths are at most 64,
-  // else 64, so the S/dP accumulators and the dK/dV accumulators together fit in registers). Two warpgroups;
-  // every product is a wgmma with M = 64:
-  //   S, dP (kBr x kBc):  kBr=128: warpgroup w takes query rows 64w, all keys (N = 128)
-  //                       kBr=64: warpgroup w takes all 64 query rows, keys 64w (N = 64)
-  //   dV, dK (kBc x DV, kBc x DQK): warpgroup w takes keys 64w, all columns — accumulated in registers over
-  //                       query blocks
-  //   dQ (kBr x DQK):     kBr=128: query rows 64w, all DQK columns; kBr=64: all 64 rows, columns w·DQK/2 (N = DQK/2)
-  static constexpr int kD = DQK > DV ? DQK : DV;
-  static constexpr int kWarps = 8, kThreads = kWarps * 32, kBc = 128, kBr = kD <= 64 ? 128 : 64;
-  static constexpr int kN1 = kBr == 128 ? 128 : 64;        // N of the S/dP tiles
-  static constexpr int kDqN = kBr == 128 ? DQK : DQK / 2;  // N of a warpgroup's dQ tile
-  static constexpr int kQkCols = atom_cols(DQK), kVCols = atom_cols(DV);
-  // K, V; 2 stages of Q and dO; P and dS; 2 stages of lse and D.
-  static constexpr int kSmemBytes =
-      (kBc * (kQkCols + kVCols) + 2 * kBr * (kQkCols + kVCols) + 2 * kBr * kBc) * 2 + 4 * kBr * 4;
-};
-
 // Starts the loads of Q, dO (cp.async) and lse·log2(e), D (plain loads into shared memory) of query block q0.
 // Rows past T get lse = +inf, so their recomputed probabilities are exactly 0.
 template <typename T, int DQK, int DV, int kBr, int kThreads>
@@ -113,8 +93,8 @@ __global__ void __launch_bounds__(BwdTile<DQK, DV>::kThreads, 1) flash_bwd_kerne
   float* sLse = reinterpret_cast<float*>(sdS + kBr * kBc);  // [2][kBr]
   float* sDsum = sLse + 2 * kBr;                            // [2][kBr]
 
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
-  const int wg = warp / 4, wrow = (warp % 4) * 16 + g;  // warpgroup; this thread's row (and +8) in a 64-row tile
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, t4 = lane % 4;
+  const int wg = warp / 4, wrow = (warp % 4) * 16 + lane / 4;  // warpgroup; this thread's row (and +8) in a 64-row tile
   const int h = blockIdx.y, b = blockIdx.z, T_ = p.seq;
   const int k0 = blockIdx.x * kBc;
   const T* batch = p.qkv + int64_t(b) * T_ * p.qkv_stride;
@@ -135,9 +115,7 @@ __global__ void __launch_bounds__(BwdTile<DQK, DV>::kThreads, 1) flash_bwd_kerne
                                           qb_begin * kBr, tid);
   cp_async_commit();
 
-  // Warpgroup tiles (see BwdTile): S/dP rows and keys, dQ rows and head-dim columns.
-  const int s_q = kBr == 128 ? 64 * wg : 0, s_k = kBr == 128 ? 0 : 64 * wg;
-  const int dq_q = kBr == 128 ? 64 * wg : 0, dq_d = kBr == 128 ? 0 : kDqN * wg;
+  const BwdSplit<DQK, DV> split(wg);
   const uint32_t aK = smem_addr(sK), aV = smem_addr(sV), aQ = smem_addr(sQ), adO = smem_addr(sdO);
   const uint32_t aP = smem_addr(sP), adS = smem_addr(sdS);
   constexpr uint32_t kQStage = kBr * kQkCols * 2, kDoStage = kBr * kVCols * 2;  // bytes
@@ -158,122 +136,33 @@ __global__ void __launch_bounds__(BwdTile<DQK, DV>::kThreads, 1) flash_bwd_kerne
                                               sLse + (st ^ 1) * kBr, sDsum + (st ^ 1) * kBr, qbase, dobase, lse_row,
                                               dsum_row, q0 + kBr, tid);
     cp_async_commit();
-    const float* lse = sLse + st * kBr;
-    const float* dsum = sDsum + st * kBr;
     const uint32_t q_st = aQ + st * kQStage, do_st = adO + st * kDoStage;
 
-    // S = Q Kᵀ over DQK/16 k-steps and dP = dO Vᵀ over DV/16 (K-major operands; k-step kk = head-dim columns
-    // [16kk, 16kk+16)).
     float s[kN1 / 2], dp[kN1 / 2];
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < Tile::kD / 16; ++kk) {
-      const uint32_t qoff = (kk / 4) * kBr * 128 + s_q * 128 + (kk % 4) * 32;
-      const uint32_t koff = (kk / 4) * kBc * 128 + s_k * 128 + (kk % 4) * 32;
-      if (kk < DQK / 16)
-        wgmma_ss<T, kN1, 0, 0>(s, smem_desc(q_st + qoff, 16, 1024), smem_desc(aK + koff, 16, 1024), kk > 0);
-      if (kk < DV / 16)
-        wgmma_ss<T, kN1, 0, 0>(dp, smem_desc(do_st + qoff, 16, 1024), smem_desc(aV + koff, 16, 1024), kk > 0);
-    }
-    wgmma_commit();
+    issue_scores_and_dp<T, DQK, DV>(s, dp, q_st, do_st, aK, aV, split);
     wgmma_wait_all();
     pin(s);
     pin(dp);
-
-    // P = 2^(s·scale·log2e - lse·log2e), masked; dS = P ∘ (dP - D) (scale applied at the end); both to shared
-    // memory. Accumulator s[4n + 2r + c] is (query s_q + wrow + 8r, key s_k + 8n + 2t4 + c).
-    const bool need_mask = k0 + kBc > T_ || (p.causal && k0 + s_k + kN1 - 1 > q0 + s_q);
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int qi = s_q + wrow + 8 * r;
-      const float lse_q = lse[qi], dsum_q = dsum[qi];
-#pragma unroll
-      for (int n = 0; n < kN1 / 8; ++n) {
-        const int kc = s_k + n * 8 + 2 * t4;
-        float pv[2], ds[2];
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          pv[c] = fast_exp2(fmaf(s[4 * n + 2 * r + c], p.scale_log2, -lse_q));
-          if (need_mask) {
-            const int key = k0 + kc + c;
-            if (key >= T_ || (p.causal && key > q0 + qi)) pv[c] = 0.f;
-          }
-          ds[c] = pv[c] * (dp[4 * n + 2 * r + c] - dsum_q);
-        }
-        const int off = atom_off<kBr>(qi, kc / 8) + (kc % 8);
-        *reinterpret_cast<uint32_t*>(sP + off) = Pack16<T>::pack(pv[0], pv[1]);
-        *reinterpret_cast<uint32_t*>(sdS + off) = Pack16<T>::pack(ds[0], ds[1]);
-      }
-    }
+    store_p_and_ds<T, DQK, DV>(s, dp, sLse + st * kBr, sDsum + st * kBr, p, k0, q0, split, wrow, t4, sP, sdS);
     fence_proxy_async();
     __syncthreads();  // P and dS complete and visible to the tensor cores
 
-    // dQ += dS K on query rows dq_q, head-dim columns dq_d .. dq_d + kDqN: A = dS K-major (key atoms kBr·128
-    // bytes apart), B = K read MN-major from column dq_d (atom dq_d/64, byte 2·(dq_d%64) of each row);
-    // k-step = 16 keys. Issued first, so that its atomics into the f32 accumulator run while dV and dK (issued
+    // dQ's product is issued first, so that its atomics into the f32 accumulator run while dV and dK (issued
     // next, committed as a later group) are still on the tensor cores.
     float acc[kDqN / 2];
-    if constexpr (kAtomicDq) {
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBc / 16; ++kk) {
-        const uint32_t a_off = (kk / 4) * kBr * 128 + dq_q * 128 + (kk % 4) * 32;
-        const uint32_t b_off = (dq_d / 64) * kBc * 128 + (dq_d % 64) * 2 + kk * 2048;
-        wgmma_ss<T, kDqN, 0, 1>(acc, smem_desc(adS + a_off, 16, 1024), smem_desc(aK + b_off, kBc * 128, 1024),
-                                kk > 0);
-      }
-      wgmma_commit();
-    }
-
-    // dV += Pᵀ dO and dK += dSᵀ Q on keys 64·wg: A = Pᵀ / dSᵀ read MN-major from the [query][key] tiles (key
-    // atom wg), B = dO / Q read MN-major (head-dim atoms kBr·128 bytes apart); k-step = 16 query rows.
-    pin(dv);
-    pin(dk);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBr / 16; ++kk) {
-      const uint32_t a_off = wg * kBr * 128 + kk * 2048, b_off = kk * 2048;
-      wgmma_ss<T, DV, 1, 1>(dv, smem_desc(aP + a_off, kBr * 128, 1024), smem_desc(do_st + b_off, kBr * 128, 1024), 1);
-      wgmma_ss<T, DQK, 1, 1>(dk, smem_desc(adS + a_off, kBr * 128, 1024), smem_desc(q_st + b_off, kBr * 128, 1024), 1);
-    }
-    wgmma_commit();
-
+    if constexpr (kAtomicDq) issue_dq<T, DQK, DV>(acc, adS, aK, split);
+    issue_dv_dk<T, DQK, DV>(dv, dk, aP, adS, do_st, q_st, wg);
     if constexpr (kAtomicDq) {
       wgmma_wait<1>();  // dQ has landed; dV and dK may still run
       pin(acc);
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = q0 + dq_q + wrow + 8 * r;
-        if (row >= T_) continue;
-        float* dst = p.dq_accum + ((int64_t(b) * T_ + row) * p.heads + h) * p.dqk + dq_d + 2 * t4;
-#pragma unroll
-        for (int n = 0; n < kDqN / 8; ++n)
-          if (dq_d + n * 8 < p.dqk)
-            atomicAdd(reinterpret_cast<float2*>(dst + n * 8), make_float2(acc[4 * n + 2 * r], acc[4 * n + 2 * r + 1]));
-      }
+      add_dq_atomic<T, DQK, DV>(acc, p, b, h, q0, split, wrow, t4);
     }
     wgmma_wait_all();
     pin(dv);
     pin(dk);
   }
   cp_async_wait<0>();
-
-  // Epilogue: dK = scale · Σ dSᵀ Q and dV to dqkv, keys < T. Accumulator dk[4n + 2r + c] is
-  // (key 64·wg + wrow + 8r, column 8n + 2t4 + c).
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = k0 + 64 * wg + wrow + 8 * r;
-    if (key >= T_) continue;
-    T* dkrow = p.dqkv + (int64_t(b) * T_ + key) * p.qkv_stride + p.k_col(h) + 2 * t4;
-    T* dvrow = p.dqkv + (int64_t(b) * T_ + key) * p.qkv_stride + p.v_col(h) + 2 * t4;
-#pragma unroll
-    for (int n = 0; n < Tile::kD / 8; ++n) {
-      if (n < DQK / 8 && n * 8 < p.dqk)
-        *reinterpret_cast<uint32_t*>(dkrow + n * 8) = Pack16<T>::pack(dk[4 * n + 2 * r] * p.scale, dk[4 * n + 2 * r + 1] * p.scale);
-      if (n < DV / 8 && n * 8 < p.dv)
-        *reinterpret_cast<uint32_t*>(dvrow + n * 8) = Pack16<T>::pack(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
-    }
-  }
+  store_dk_dv<T, DQK, DV>(dk, dv, p, b, h, k0, wg, wrow, t4);
 }
 
 template <int DQK, int DV>
