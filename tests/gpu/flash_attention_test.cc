@@ -343,6 +343,14 @@ std::vector<Case> cases() {
     v.push_back({2, 300, 3, 40, causal, DType::F16});              // tiles 64 x 64
     v.push_back({2, 385, 2, 64, causal, DType::BF16, 1.f, 128});   // tiles 64 x 128
     v.push_back({2, 257, 2, 120, causal, DType::F16, 1.f, 40});    // tiles 128 x 64
+    // The TMA backward (same pairs, atomic dQ; a block owns 128 keys and walks query blocks of 64 rows at d128,
+    // 128 at d64, through a 2-stage ring): one partial query block, a query block plus one row inside one key
+    // block, a key block plus one row, and long rows that wrap the ring many times, with batch and heads > 1.
+    v.push_back({3, 17, 2, 64, causal, DType::BF16});
+    v.push_back({2, 17, 3, 120, causal, DType::BF16, 1.f, 72});   // tiles 128 x 128
+    v.push_back({2, 65, 2, 128, causal, DType::BF16});
+    v.push_back({2, 129, 2, 64, causal, DType::F16});
+    v.push_back({2, 1000, 2, 64, causal, DType::F16});
   }
   return v;
 }
