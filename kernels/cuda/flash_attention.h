@@ -1,5 +1,6 @@
 // FlashAttention-2 forward and backward on CUDA, over the trainer's fused QKV layout; head dims whose tiles are
-// 64 or 128 wide take a FlashAttention-3 style forward (TMA loads, warp-specialised ping-pong warpgroups).
+// 64 or 128 wide take a FlashAttention-3 style forward (TMA loads, warp-specialised ping-pong warpgroups) and,
+// with atomic dQ (deterministic = false), a FlashAttention-3 style backward (TMA loads by a producer warpgroup).
 // Hopper only (sm_90a: the tensor-core products are wgmma); any other GPU gets a loom::Error saying so.
 //
 // Layout (see kernels/backend.h, AttentionShape): qkv is [B, T, H*Dqk (q) | H*Dqk (k) | H*Dv (v)] per token,

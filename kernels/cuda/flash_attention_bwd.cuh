@@ -10,8 +10,12 @@
 // when causal), keeping dK and dV for its keys in registers. Per query block: S = Q Kᵀ and dP = dO Vᵀ, then
 // P and dS go to shared memory, from where the tensor cores read them transposed for dV += Pᵀ dO,
 // dK += dSᵀ Q and (as is) for dQ_i += dS K; dQ is added into a float32 accumulator with atomics (or skipped:
-// deterministic mode). dQ's product is issued first, so its atomics run while dV and dK are on the tensor cores. All five products are wgmma (sm_90a) on 128B-swizzled shared-memory tiles. Q and dO of
-// the next query block load with cp.async (lse and D with plain loads) while the current one is used.
+// deterministic mode). dQ's product is issued first, so its atomics run while dV and dK are on the tensor cores.
+// All five products are wgmma (sm_90a) on 128B-swizzled shared-memory tiles (the steps are shared with the
+// warp-specialised kernel: flash_attention_bwd_steps.cuh). Q and dO of the next query block load with cp.async
+// (lse and D with plain loads) while the current one is used. It runs the deterministic mode (without dQ) of
+// every tile pair and the atomic mode of the pairs with a 32-wide tile; the atomic mode of the 64/128 pairs runs
+// flash_attention_bwd_ws.cuh (kBackwardWs in flash_attention_launch.cuh).
 //
 // flash_bwd_dq_kernel (deterministic mode): a block owns kBr query rows (two warpgroups, as in the forward) and
 // walks the key blocks, recomputing P and dS and accumulating dQ += dS K in registers (wgmma, dS from

@@ -69,8 +69,9 @@ struct WsBwdTile {
   // of tiles; 64x64 (kBr = 128): 224 KiB, within the 227 KiB a block may use.
   static constexpr uint32_t kVOffset = kKBytes, kQOffset = kVOffset + kVBytes;
   static constexpr uint32_t kDoOffset = kQOffset + kStages * kQBytes, kPOffset = kDoOffset + kStages * kDoBytes;
-  static constexpr uint32_t kDsOffset = kPOffset + kPdsStages * kPdsBytes, kLseOffset = kDsOffset + kPdsStages * kPdsBytes;
-  static constexpr uint32_t kDsumOffset = kLseOffset + kStages * kBr * 4, kBarrierOffset = kDsumOffset + kStages * kBr * 4;
+  static constexpr uint32_t kDsOffset = kPOffset + kPdsStages * kPdsBytes;
+  static constexpr uint32_t kLseOffset = kDsOffset + kPdsStages * kPdsBytes, kDsumOffset = kLseOffset + kStages * kBr * 4;
+  static constexpr uint32_t kBarrierOffset = kDsumOffset + kStages * kBr * 4;
   static constexpr int kBarriers = 1 + 2 * kStages;  // kv_full, full[kStages], empty[kStages]
   static constexpr int kSmemBytes = kBarrierOffset + kBarriers * 8;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory beyond the 227 KiB a block may use");

@@ -1,7 +1,7 @@
-// Hopper asynchronous-copy and synchronisation helpers for the warp-specialised forward
-// (flash_attention_fwd_ws.cuh): TMA tile loads (cp.async.bulk.tensor), mbarriers that count their bytes, named
-// barriers, and register reallocation between warpgroups (setmaxnreg). Thin wrappers over the PTX instructions
-// (PTX ISA 8.0+, sm_90); all shared-memory operands are 32-bit shared-window addresses (smem_addr).
+// Hopper asynchronous-copy and synchronisation helpers for the warp-specialised kernels
+// (flash_attention_fwd_ws.cuh, flash_attention_bwd_ws.cuh): TMA tile loads (cp.async.bulk.tensor), mbarriers that
+// count their bytes, named barriers, and register reallocation between warpgroups (setmaxnreg). Thin wrappers over
+// the PTX instructions (PTX ISA 8.0+, sm_90); all shared-memory operands are 32-bit shared-window addresses (smem_addr).
 //
 // mbarrier protocol used here: a barrier completes a phase when its pending arrivals reach zero and the bytes
 // announced with arrive_expect_tx have all landed; phases alternate parity 0, 1, 0, ... starting at 0.
@@ -15,9 +15,9 @@
 
 namespace loom::cuda::flash {
 
-// The three TMA views of the packed qkv buffer a launch reads (built on the host: flash_attention_fwd_ws.cu),
-// passed as one __grid_constant__ kernel parameter so that their parameter-space addresses can be given to
-// cp.async.bulk.tensor. Each is 4-D {head dim, heads, seq, batch} over its operand's columns.
+// The three TMA views of the packed qkv buffer the forward reads (built on the host by head_view in
+// flash_attention_tma.cu), passed as one __grid_constant__ kernel parameter so that their parameter-space addresses
+// can be given to cp.async.bulk.tensor. Each is 4-D {head dim, heads, seq, batch} over its operand's columns.
 struct TmaViews {
   CUtensorMap q, k, v;
 };
