@@ -85,7 +85,7 @@ __device__ __forceinline__ void load_q_block(const Params<T>& p, T* sQ, T* sdO, 
 template <typename T, int DQK, int DV, bool kAtomicDq>
 __global__ void __launch_bounds__(BwdTile<DQK, DV>::kThreads, 1) flash_bwd_kernel(const Params<T> p) {
   using Tile = BwdTile<DQK, DV>;
-  constexpr int kBr = Tile::kBr, kBc = Tile::kBc, kThreads = Tile::kThreads, kN1 = Tile::kN1, kDqN = Tile::kDqN;
+  constexpr int kBr = Tile::kBr, kBc = Tile::kBc, kThreads = Tile::kThreads, kN1 = Tile::kN1;
   constexpr int kQkCols = Tile::kQkCols, kVCols = Tile::kVCols;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);  // atom layout [kQkCols/64][kBc][64], as V, Q, dO
@@ -151,19 +151,7 @@ __global__ void __launch_bounds__(BwdTile<DQK, DV>::kThreads, 1) flash_bwd_kerne
     fence_proxy_async();
     __syncthreads();  // P and dS complete and visible to the tensor cores
 
-    // dQ's product is issued first, so that its atomics into the f32 accumulator run while dV and dK (issued
-    // next, committed as a later group) are still on the tensor cores.
-    float acc[kDqN / 2];
-    if constexpr (kAtomicDq) issue_dq<T, DQK, DV>(acc, adS, aK, split);
-    issue_dv_dk<T, DQK, DV>(dv, dk, aP, adS, do_st, q_st, wg);
-    if constexpr (kAtomicDq) {
-      wgmma_wait<1>();  // dQ has landed; dV and dK may still run
-      pin(acc);
-      add_dq_atomic<T, DQK, DV>(acc, p, b, h, q0, split, wrow, t4);
-    }
-    wgmma_wait_all();
-    pin(dv);
-    pin(dk);
+    accumulate_gradients<T, DQK, DV, kAtomicDq>(dv, dk, aP, adS, do_st, q_st, aK, p, b, h, q0, split, wg, wrow, t4);
   }
   cp_async_wait<0>();
   store_dk_dv<T, DQK, DV>(dk, dv, p, b, h, k0, wg, wrow, t4);

@@ -170,6 +170,28 @@ __device__ __forceinline__ void add_dq_atomic(const float (&acc)[BwdTile<DQK, DV
   }
 }
 
+// The products that read P and dS (in shared memory, visible to the tensor cores) for one query block q0:
+// kAtomicDq: dQ = dS K issued first and added into dq_accum with atomics while dV and dK (a later wgmma group) are
+// still on the tensor cores; then dV += Pᵀ dO, dK += dSᵀ Q. Returns once every product has landed, so that the
+// caller may release the tiles they read.
+template <typename T, int DQK, int DV, bool kAtomicDq>
+__device__ __forceinline__ void accumulate_gradients(float (&dv)[DV / 2], float (&dk)[DQK / 2], uint32_t p_addr,
+                                                     uint32_t ds_addr, uint32_t do_st, uint32_t q_st,
+                                                     uint32_t k_addr, const Params<T>& p, int b, int h, int q0,
+                                                     const BwdSplit<DQK, DV>& w, int wg, int wrow, int t4) {
+  float acc[BwdTile<DQK, DV>::kDqN / 2];
+  if constexpr (kAtomicDq) issue_dq<T, DQK, DV>(acc, ds_addr, k_addr, w);
+  issue_dv_dk<T, DQK, DV>(dv, dk, p_addr, ds_addr, do_st, q_st, wg);
+  if constexpr (kAtomicDq) {
+    wgmma_wait<1>();  // dQ has landed; dV and dK may still run
+    pin(acc);
+    add_dq_atomic<T, DQK, DV>(acc, p, b, h, q0, w, wrow, t4);
+  }
+  wgmma_wait_all();
+  pin(dv);
+  pin(dk);
+}
+
 // Epilogue: dK = scale · Σ dSᵀ Q and dV to dqkv for keys < T of this warpgroup's 64 (from k0 + 64·wg), columns
 // < dqk / dv. Accumulator dk[4n + 2r + c] is (key 64·wg + wrow + 8r, column 8n + 2t4 + c).
 template <typename T, int DQK, int DV>

@@ -186,16 +186,8 @@ __global__ void __launch_bounds__(WsBwdTile<DQK, DV>::kThreads, 1)
     fence_proxy_async();
     named_barrier_sync(Tile::kPdsBarrier, 128 * Tile::kConsumers);  // P and dS complete, visible to the tensor cores
 
-    // dQ first, so that its atomics run while dV and dK (a later wgmma group) are on the tensor cores.
-    float acc[Tile::Split::kDqN / 2];
-    issue_dq<T, DQK, DV>(acc, ds_addr, sK, split);
-    issue_dv_dk<T, DQK, DV>(dv, dk, p_addr, ds_addr, do_st, q_st, cwg);
-    wgmma_wait<1>();  // dQ has landed; dV and dK may still run
-    pin(acc);
-    add_dq_atomic<T, DQK, DV>(acc, p, b, h, q0, split, row_n, t4_n);
-    wgmma_wait_all();
-    pin(dv);
-    pin(dk);
+    accumulate_gradients<T, DQK, DV, true>(dv, dk, p_addr, ds_addr, do_st, q_st, sK, p, b, h, q0, split, cwg, row_n,
+                                           t4_n);
     if (lane == 0) mbarrier_arrive(empty(n));  // Q_n, dO_n (and lse/D, read before the barrier) no longer read
   }
   store_dk_dv<T, DQK, DV>(dk, dv, p, b, h, k0, cwg, wrow, t4);
