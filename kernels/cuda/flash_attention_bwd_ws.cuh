@@ -45,6 +45,17 @@
 //               and fence.proxy.async), none by the producer; __syncthreads is used only before the roles split.
 // Bytes per phase: a box is always delivered whole (rows past seq and columns past the head dim zero-filled
 // and counted), so a stage is kBr·(kQkCols + kVCols)·2 bytes whatever the shape.
+//
+// Not built (no GPU to measure or test it on when this was written): dQ through shared memory and one TMA
+// reduce-add per query block (cp.reduce.async.bulk.tensor ... .add.f32 into dq_accum, as FlashAttention-3) in
+// place of 16 f32x2 atomics per consumer thread. It needs (1) a 32 KiB f32 dQ tile (kBr x DQK), which fits beside
+// the double-buffered P/dS for 128x128 (225 KiB in all), 128x64 and 64x128, but not for 64x64 (already 226 KiB),
+// where P/dS would go back to one buffer and a second consumer barrier; (2) a 128-byte-swizzled f32 layout
+// (boxes of 32 columns): in a row-major tile the accumulator rows of a warp are 512 bytes apart and every
+// float2 store is an 8-way bank conflict; (3) a dq_full mbarrier (256 arrivals, each writer after
+// fence.proxy.async) waited by one producer thread that issues the reduce, commits it, waits until its shared
+// reads are done (cp.async.bulk.wait_group.read 0) and arrives on a dq_empty barrier that the consumers wait on
+// before writing the next tile.
 #pragma once
 #include "kernels/cuda/flash_attention_bwd_steps.cuh"
 #include "kernels/cuda/flash_attention_tma.cuh"
