@@ -26,8 +26,9 @@
 //              barrier over the 256 consumer threads (P and dS complete); dQ issued, then dV/dK; dQ's atomics while
 //              dV/dK run; after dV/dK have landed each warp releases stage n.
 //   P and dS are double buffered (kPdsStages = 2), so one consumer barrier per query block suffices where
-//   flash_bwd_kernel needs two: a warpgroup writes buffer (n + 2) % 2 only after passing block n + 1's barrier,
-//   which the other warpgroup reaches only after its wgmma reading buffer n % 2 (block n's dV/dK, dQ) completed.
+//   flash_bwd_kernel needs two: a warpgroup writes block n + 2's P/dS into buffer n % 2 only after passing block
+//   n + 1's barrier, which the other warpgroup reaches only after its wgmma reading block n's P/dS (dQ, dV/dK)
+//   completed.
 //
 // Barrier accounting (n = index of the query block from qb_begin, S = kStages, stage(n) = n % S,
 // parity(n) = (n / S) & 1):
@@ -48,7 +49,7 @@
 //
 // Not built (no GPU to measure or test it on when this was written): dQ through shared memory and one TMA
 // reduce-add per query block (cp.reduce.async.bulk.tensor ... .add.f32 into dq_accum, as FlashAttention-3) in
-// place of 16 f32x2 atomics per consumer thread. It needs (1) a 32 KiB f32 dQ tile (kBr x DQK), which fits beside
+// place of up to 16 f32x2 atomics per consumer thread. It needs (1) a 32 KiB f32 dQ tile (kBr x DQK), which fits beside
 // the double-buffered P/dS for 128x128 (225 KiB in all), 128x64 and 64x128, but not for 64x64 (already 226 KiB),
 // where P/dS would go back to one buffer and a second consumer barrier; (2) a 128-byte-swizzled f32 layout
 // (boxes of 32 columns): in a row-major tile the accumulator rows of a warp are 512 bytes apart and every
