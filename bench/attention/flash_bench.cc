@@ -12,6 +12,9 @@
 //
 // usage: loom_flash_bench [--dims 64 128 | --pairs 32x32 40x64 ...] [--seqlens 512 ... 16384] [--tokens 16384]
 //                         [--hidden 2048] [--dtype bf16|f16] [--reps 10] [--warmup 3] [--json FILE]
+//                         [--d64-rows 0|128|192] [--no-det]
+// --d64-rows forces the 64x64 pair's forward block height (flash_attention_forward; 0: its own choice by seq);
+// --no-det leaves out the "loom-det" rows.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -39,6 +42,8 @@ struct Options {
   int64_t tokens = 16384, hidden = 2048;
   loom::DType dtype = loom::DType::BF16;
   int reps = 10, warmup = 3;
+  int d64_rows = 0;
+  bool det_rows = true;
   std::string json;
 };
 
@@ -69,6 +74,8 @@ Options parse(int argc, char** argv) {
     else if (a == "--reps") o.reps = std::stoi(next());
     else if (a == "--warmup") o.warmup = std::stoi(next());
     else if (a == "--json") o.json = next();
+    else if (a == "--d64-rows") o.d64_rows = std::stoi(next());
+    else if (a == "--no-det") o.det_rows = false;
     else loom::fail("flash_bench: unknown argument ", a);
   }
   return o;
@@ -84,7 +91,9 @@ struct Buffers {
   size_t ws_bytes;
 };
 Timing time_shape(const loom::AttentionShape& a, const Options& o, const Buffers& buf, bool det) {
-  auto fwd = [&] { loom::cuda::flash_attention_forward(a, o.dtype, buf.qkv, buf.out, buf.lse, nullptr); };
+  auto fwd = [&] {
+    loom::cuda::flash_attention_forward(a, o.dtype, buf.qkv, buf.out, buf.lse, nullptr, o.d64_rows);
+  };
   auto fwd_bwd = [&] {
     fwd();
     loom::cuda::flash_attention_backward(a, o.dtype, buf.qkv, buf.out, buf.dout, buf.lse, buf.dqkv, buf.ws,
@@ -150,6 +159,7 @@ int main(int argc, char** argv) try {
     std::printf("%-9s %4s %6s %6s %6s %6s %6s  TFLOP/s\n", "backend", "d", "causal", "seqlen", "fwd", "bwd", "f+b");
     for (const char* backend : {"loom", "loom-det"}) {
       const bool det = std::strcmp(backend, "loom-det") == 0;
+      if (det && !o.det_rows) continue;
       for (const Dims& g : grid)
         for (bool causal : {false, true})
           for (int s : o.seqlens) {
@@ -196,7 +206,7 @@ int main(int argc, char** argv) try {
   CUDA_CHECK(cudaFree(buf.dout));
   CUDA_CHECK(cudaFree(buf.ws));
   CUDA_CHECK(cudaFree(buf.lse));
-  loom::bench::write_json(o.json, {{"card", prop.name}, {"rows", rows}});
+  loom::bench::write_json(o.json, {{"card", prop.name}, {"d64_query_rows", o.d64_rows}, {"rows", rows}});
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "flash_bench: %s\n", e.what());

@@ -43,8 +43,14 @@ int flash_attention_tile_width(int64_t head_dim);
 
 // out = softmax(scale · q kᵀ [+ causal mask]) v per batch and head; lse = the rows' logsumexp.
 // qkv: [B, T, qkv_width] of dtype; out: [B, T, H*Dv] of dtype (fully written); lse: [B, H, T] f32 (written).
+// d64_query_rows: the query rows per block of the 64x64 tile pair's forward (head dims 33..64 both): 128 (two
+// consumer warpgroups) or 192 (three, more reuse of each K/V tile but up to 191 padded rows per sequence); 0
+// chooses by seq (flash_attention_d64_query_rows). Other pairs ignore it. Anything else throws loom::Error.
 void flash_attention_forward(const AttentionShape& shape, DType dtype, const void* qkv, void* out, float* lse,
-                             cudaStream_t stream);
+                             cudaStream_t stream, int d64_query_rows = 0);
+// The query rows per block the 64x64 pair's forward runs for seq when left to choose: 192 where that pads no
+// more rows than 128 would, else 128 (so a short sequence such as a ViT's 197 tokens is not padded to 384).
+int flash_attention_d64_query_rows(int64_t seq);
 
 // Bytes of device scratch memory flash_attention_backward needs (a float32 dQ accumulator [B, T, H, Dqk]
 // unless deterministic, and the row sums D = rowsum(dO∘O) [B, H, T]). 256-byte aligned pointer required.

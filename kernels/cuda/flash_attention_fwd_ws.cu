@@ -5,25 +5,37 @@
 
 namespace loom::cuda::flash {
 
-template <typename T, int DQK, int DV>
-void launch_forward_ws(const AttentionShape& s, const Params<T>& p, cudaStream_t stream) {
-  using Tile = WsFwdTile<DQK, DV>;
+namespace {
+
+template <typename T, int DQK, int DV, int Consumers>
+void launch_forward_ws_tile(const AttentionShape& s, const Params<T>& p, cudaStream_t stream) {
+  using Tile = WsFwdTile<DQK, DV, Consumers>;
   const int64_t H = s.heads, row = s.qkv_width();
   TmaViews views;
   views.q = head_view(p.qkv, kIsBf16<T>, s.qk_dim, row, s, Tile::kBr, "q (of qkv)");
   views.k = head_view(p.qkv + H * s.qk_dim, kIsBf16<T>, s.qk_dim, row, s, Tile::kBc, "k (of qkv)");
   views.v = head_view(p.qkv + 2 * H * s.qk_dim, kIsBf16<T>, s.v_dim, row, s, Tile::kBc, "v (of qkv)");
-  auto kernel = flash_fwd_ws_kernel<T, DQK, DV>;
+  auto kernel = flash_fwd_ws_kernel<T, DQK, DV, Consumers>;
   set_smem(kernel, Tile::kSmemBytes);
   const dim3 grid((s.seq + Tile::kBr - 1) / Tile::kBr, s.heads, s.batch);
   kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p, views);
   CUDA_CHECK_LAUNCH("flash_fwd_ws_kernel");
 }
 
+}  // namespace
+
+template <typename T, int DQK, int DV>
+void launch_forward_ws(const AttentionShape& s, const Params<T>& p, cudaStream_t stream, int d64_query_rows) {
+  if constexpr (DQK == 64 && DV == 64) {
+    if (d64_query_rows == 192) return launch_forward_ws_tile<T, DQK, DV, 3>(s, p, stream);
+  }
+  launch_forward_ws_tile<T, DQK, DV, 2>(s, p, stream);
+}
+
 #define LOOM_FLASH_FWD_WS(DQK, DV)                                                                            \
   template void launch_forward_ws<__nv_bfloat16, DQK, DV>(const AttentionShape&, const Params<__nv_bfloat16>&, \
-                                                          cudaStream_t);                                      \
-  template void launch_forward_ws<__half, DQK, DV>(const AttentionShape&, const Params<__half>&, cudaStream_t);
+                                                          cudaStream_t, int);                                 \
+  template void launch_forward_ws<__half, DQK, DV>(const AttentionShape&, const Params<__half>&, cudaStream_t, int);
 LOOM_FLASH_WS_TILE_PAIRS(LOOM_FLASH_FWD_WS)
 #undef LOOM_FLASH_FWD_WS
 

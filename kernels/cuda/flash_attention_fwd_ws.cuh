@@ -44,15 +44,18 @@
 
 namespace loom::cuda::flash {
 
-template <int DQK, int DV>
+template <int DQK, int DV, int Consumers>
 struct WsFwdTile {
   static constexpr int kD = DQK > DV ? DQK : DV;
   // d128: two consumers (128 rows, the cp.async kernel's d128 block and FlashAttention-3's), key blocks of 128:
-  // per thread S 64 + P 32 + O 64 registers of the 240 a consumer gets. d64: three consumers (192 rows, as in
+  // per thread S 64 + P 32 + O 64 registers of the 240 a consumer gets. d64 (both tiles 64 wide): two or three
+  // consumers, chosen per launch by seq (flash_attention_d64_query_rows). Three (192 rows, as in
   // FlashAttention-3): the products per score are half of d128's while the softmax costs the same, so more
   // warpgroups keep the tensor cores fed while the others exponentiate, and K/V tiles are reused over more rows;
-  // key blocks of 128 (S 64 + P 32 + O 32 of the 160 registers a consumer gets with three).
-  static constexpr int kConsumers = kD == 64 ? 3 : 2;
+  // key blocks of 128 (S 64 + P 32 + O 32 of the 160 registers a consumer gets with three). Two pad a short
+  // sequence less (197 tokens: 256 rows instead of 384).
+  static constexpr int kConsumers = Consumers;
+  static_assert(kConsumers == 2 || (kConsumers == 3 && kD == 64), "three consumers only for the 64x64 pair");
   static constexpr int kThreads = 128 * (kConsumers + 1), kBr = 64 * kConsumers, kBc = 128, kStages = 2;
   static constexpr int kQkCols = atom_cols(DQK), kVCols = atom_cols(DV);
   static constexpr uint32_t kQBytes = kBr * kQkCols * 2, kKBytes = kBc * kQkCols * 2, kVBytes = kBc * kVCols * 2;
@@ -68,10 +71,10 @@ struct WsFwdTile {
   static constexpr int kTurnBarrier = 1;  // named barriers kTurnBarrier .. kTurnBarrier + kConsumers - 1
 };
 
-template <typename T, int DQK, int DV>
-__global__ void __launch_bounds__(WsFwdTile<DQK, DV>::kThreads, 1)
+template <typename T, int DQK, int DV, int Consumers>
+__global__ void __launch_bounds__(WsFwdTile<DQK, DV, Consumers>::kThreads, 1)
     flash_fwd_ws_kernel(const Params<T> p, const __grid_constant__ TmaViews views) {
-  using Tile = WsFwdTile<DQK, DV>;
+  using Tile = WsFwdTile<DQK, DV, Consumers>;
   constexpr int kBr = Tile::kBr, kBc = Tile::kBc, kStages = Tile::kStages, kConsumers = Tile::kConsumers;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const uint32_t sQ = smem_addr(smem_raw), sK = sQ + Tile::kQBytes, sV = sK + kStages * Tile::kKBytes;

@@ -54,13 +54,15 @@ struct Case {
   DType dtype;
   float magnitude = 1;  // std of q and k (large values stress the online softmax)
   int64_t v_dim = 0;    // head dim of v when it differs from `dim` (pruned heads); 0 = same
+  int d64_query_rows = 0;  // the 64x64 pair's forward block height (flash_attention_forward); 0 = its choice
   int64_t dv() const { return v_dim ? v_dim : dim; }
 };
 
 std::string case_name(const Case& c) {
   return "b" + std::to_string(c.batch) + "_t" + std::to_string(c.seq) + "_h" + std::to_string(c.heads) + "_d" +
          std::to_string(c.dim) + (c.v_dim ? "_v" + std::to_string(c.v_dim) : "") + (c.causal ? "_causal" : "_full") + "_" + dtype_name(c.dtype) +
-         (c.magnitude != 1 ? "_mag" + std::to_string(int(c.magnitude)) : "");
+         (c.magnitude != 1 ? "_mag" + std::to_string(int(c.magnitude)) : "") +
+         (c.d64_query_rows ? "_rows" + std::to_string(c.d64_query_rows) : "");
 }
 
 AttentionShape shape_of(const Case& c) {
@@ -207,7 +209,8 @@ void run_case(const Case& c, bool deterministic) {
   CUDA_CHECK(cudaMemcpy(d_qkv.ptr, qkv.data(), d_qkv.bytes, cudaMemcpyHostToDevice));
   CUDA_CHECK(cudaMemcpy(d_dout.ptr, dout.data(), d_dout.bytes, cudaMemcpyHostToDevice));
   d_out.poison(), d_lse.poison(), d_dqkv.poison(), d_ws.poison();
-  cuda::flash_attention_forward(s, c.dtype, d_qkv.ptr, d_out.ptr, static_cast<float*>(d_lse.ptr), nullptr);
+  cuda::flash_attention_forward(s, c.dtype, d_qkv.ptr, d_out.ptr, static_cast<float*>(d_lse.ptr), nullptr,
+                                c.d64_query_rows);
   cuda::flash_attention_backward(s, c.dtype, d_qkv.ptr, d_out.ptr, d_dout.ptr, static_cast<float*>(d_lse.ptr),
                                  d_dqkv.ptr, d_ws.ptr, d_ws.bytes, deterministic, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
@@ -351,6 +354,14 @@ std::vector<Case> cases() {
     v.push_back({2, 65, 2, 128, causal, DType::BF16});
     v.push_back({2, 129, 2, 64, causal, DType::F16});
     v.push_back({2, 1000, 2, 64, causal, DType::F16});
+    // The 64x64 pair's forward at both block heights whatever seq would choose (192 rows: three consumer
+    // warpgroups; 128: two): one row, one 192-row block plus one, pruned dims in 64-wide tiles, many blocks.
+    for (int rows : {128, 192}) {
+      v.push_back({2, 1, 3, 64, causal, DType::BF16, 1.f, 0, rows});
+      v.push_back({3, 193, 2, 64, causal, DType::BF16, 1.f, 0, rows});
+      v.push_back({2, 300, 3, 40, causal, DType::F16, 1.f, 0, rows});
+      v.push_back({2, 1000, 2, 64, causal, DType::F16, 1.f, 0, rows});
+    }
   }
   return v;
 }
@@ -429,6 +440,18 @@ TEST(FlashAttentionArgs, RejectsUnsupportedShapesWithClearErrors) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("flash attention: q/k head dim 12"), std::string::npos) << e.what();
   }
+  s.qk_dim = 64;
+  try {
+    cuda::flash_attention_forward(s, DType::BF16, nullptr, nullptr, nullptr, nullptr, /*d64_query_rows=*/100);
+    FAIL() << "expected loom::Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("d64_query_rows 100 must be 0 (choose), 128 or 192"), std::string::npos)
+        << e.what();
+  }
+  // The 64x64 forward's own choice pads no more rows with 192-row blocks than with 128-row ones.
+  for (const auto& [seq, rows] : {std::pair{1, 128}, std::pair{150, 192}, std::pair{197, 128}, std::pair{384, 192},
+                                   std::pair{1024, 128}})
+    EXPECT_EQ(cuda::flash_attention_d64_query_rows(seq), rows) << "seq " << seq;
 }
 
 }  // namespace
