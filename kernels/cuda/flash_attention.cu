@@ -107,7 +107,11 @@ void flash_attention_forward(const AttentionShape& s, DType dtype, const void* q
 size_t flash_attention_backward_workspace_bytes(const AttentionShape& s, bool deterministic) {
   const size_t rows = static_cast<size_t>(s.batch * s.seq * s.heads);
   size_t bytes = round_up(rows * sizeof(float));
-  if (!deterministic) bytes += round_up(rows * static_cast<size_t>(s.qk_dim) * sizeof(float));
+  if (!deterministic) {
+    int64_t dq_floats = 0;  // the layout (and so the size) depends on the tile pair; T does not matter
+    dispatch_tiles<float>(s, [&]<typename, int DQK, int DV>() { dq_floats = flash::dq_accum_floats<DQK, DV>(s); });
+    bytes += round_up(static_cast<size_t>(dq_floats) * sizeof(float));
+  }
   return bytes;
 }
 
@@ -132,7 +136,7 @@ void flash_attention_backward(const AttentionShape& s, DType dtype, const void* 
     p.dout = static_cast<const T*>(dout);
     p.lse = const_cast<float*>(lse);
     p.dqkv = static_cast<T*>(dqkv);
-    // Workspace: D = rowsum(dO∘O) [B, H, T], then (atomic mode) the f32 dQ accumulator [B, T, H, dqk].
+    // Workspace: D = rowsum(dO∘O) [B, H, T], then (atomic mode) the f32 dQ accumulator (flash::dq_accum_floats).
     char* ws = static_cast<char*>(workspace);
     p.dsum = reinterpret_cast<float*>(ws);
     p.dq_accum = deterministic ? nullptr : reinterpret_cast<float*>(ws + round_up(rows * sizeof(float)));

@@ -52,8 +52,9 @@ void flash_attention_forward(const AttentionShape& shape, DType dtype, const voi
 // more rows than 128 would, else 128 (so a short sequence such as a ViT's 197 tokens is not padded to 384).
 int flash_attention_d64_query_rows(int64_t seq);
 
-// Bytes of device scratch memory flash_attention_backward needs (a float32 dQ accumulator [B, T, H, Dqk]
-// unless deterministic, and the row sums D = rowsum(dO∘O) [B, H, T]). 256-byte aligned pointer required.
+// Bytes of device scratch memory flash_attention_backward needs (the row sums D = rowsum(dO∘O) [B, H, T], and
+// unless deterministic a float32 dQ accumulator: B·T·H·Dqk floats, or B·H·ceil(T/kBr)·kBr·(q/k tile width) where
+// the kernel adds whole query-block tiles, kBr = 64 or 128). 256-byte aligned pointer required.
 size_t flash_attention_backward_workspace_bytes(const AttentionShape& shape, bool deterministic);
 
 // Writes dqkv (all of it: dq, dk, dv) given the forward's inputs qkv, its outputs out and lse, and dout.

@@ -1,10 +1,23 @@
 // Backward launcher (flash_attention_launch.cuh); the kernels are in flash_attention_bwd.cuh, the
 // warp-specialised main kernel in flash_attention_bwd_ws.cuh (launched by flash_attention_bwd_ws.cu).
+#include <type_traits>
+
 #include "kernels/cuda/flash_attention_bwd.cuh"
+#include "kernels/cuda/flash_attention_bwd_ws_tile.cuh"
 #include "kernels/cuda/flash_attention_launch.cuh"
 
 namespace loom::cuda::flash {
 namespace {
+
+// The one place the atomic mode's dQ accumulator layout is chosen: tile-major where the warp-specialised kernel adds
+// whole dQ tiles with bulk reduces (WsBwdTile::kBulkDq), row-major where dQ is added with atomics.
+template <int DQK, int DV>
+constexpr bool kTileMajorDq = [] {
+  if constexpr (kBackwardWs<DQK, DV>) return WsBwdTile<DQK, DV>::kBulkDq;
+  else return false;
+}();
+template <int DQK, int DV>
+using DqAccum = std::conditional_t<kTileMajorDq<DQK, DV>, TileMajorDq<BwdTile<DQK, DV>::kBr, DQK>, RowMajorDq>;
 
 // flash_bwd_kernel, dQ by atomics into p.dq_accum (kAtomicDq) or left to flash_bwd_dq_kernel.
 template <typename T, int DQK, int DV, bool kAtomicDq>
@@ -32,12 +45,12 @@ void launch_backward(const AttentionShape& s, const Params<T>& p, cudaStream_t s
     CUDA_CHECK_LAUNCH("flash_bwd_dsum_kernel");
   }
   if (p.dq_accum) {
-    CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, rows * s.qk_dim * sizeof(float), stream));
+    CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, dq_accum_floats<DQK, DV>(s) * sizeof(float), stream));
     if constexpr (kBackwardWs<DQK, DV>) launch_backward_ws<T, DQK, DV>(s, p, stream);
     else launch_bwd_kernel<T, DQK, DV, true>(s, p, stream);
     const int threads = 256;
     const int64_t pairs = rows * s.qk_dim / 2;
-    flash_bwd_dq_convert_kernel<T><<<(pairs + threads - 1) / threads, threads, 0, stream>>>(p, pairs);
+    flash_bwd_dq_convert_kernel<T, DqAccum<DQK, DV>><<<(pairs + threads - 1) / threads, threads, 0, stream>>>(p, pairs);
     CUDA_CHECK_LAUNCH("flash_bwd_dq_convert_kernel");
   } else {
     launch_bwd_kernel<T, DQK, DV, false>(s, p, stream);
@@ -50,7 +63,13 @@ void launch_backward(const AttentionShape& s, const Params<T>& p, cudaStream_t s
   }
 }
 
+template <int DQK, int DV>
+int64_t dq_accum_floats(const AttentionShape& s) {
+  return DqAccum<DQK, DV>::floats(s.batch, s.seq, s.heads, s.qk_dim);
+}
+
 #define LOOM_FLASH_BWD(DQK, DV)                                                                             \
+  template int64_t dq_accum_floats<DQK, DV>(const AttentionShape&);                                          \
   template void launch_backward<__nv_bfloat16, DQK, DV>(const AttentionShape&, const Params<__nv_bfloat16>&, \
                                                         cudaStream_t);                                      \
   template void launch_backward<__half, DQK, DV>(const AttentionShape&, const Params<__half>&, cudaStream_t);

@@ -51,14 +51,40 @@ __global__ void flash_bwd_dsum_kernel(const Params<T> p, int64_t rows) {
   }
 }
 
-// dq (in dqkv) = scale · dq_accum, f32 [B, T, H, dqk] -> T.
-template <typename T>
+// The layouts of the f32 dQ accumulator (atomic mode); launch_backward picks one per tile pair (DqAccum in
+// flash_attention_bwd.cu). floats: its size; index: where element (b, t, h, d), d < dqk, lives.
+// Row-major [B, T, H, dqk]: flash_bwd_kernel's atomics and the 64x64 warp-specialised kernel's.
+struct RowMajorDq {
+  static int64_t floats(int64_t batch, int64_t seq, int64_t heads, int64_t dqk) { return batch * seq * heads * dqk; }
+  template <typename T>
+  __device__ __forceinline__ static int64_t index(const Params<T>& p, int64_t b, int64_t t, int h, int d) {
+    return ((b * p.seq + t) * p.heads + h) * p.dqk + d;
+  }
+};
+// Tile-major [B, H, ceil(T/kBr), kBr·kDqk] in DqTileLayout order: the warp-specialised kernel's bulk reduce-adds
+// (WsBwdTile::kBulkDq); rows past T and columns past dqk hold zeros and are never read.
+template <int kBr, int kDqk>
+struct TileMajorDq {
+  using Layout = DqTileLayout<kBr, kDqk>;
+  static int64_t floats(int64_t batch, int64_t seq, int64_t heads, int64_t) {
+    return Layout::accumulator_floats(batch, heads, seq);
+  }
+  template <typename T>
+  __device__ __forceinline__ static int64_t index(const Params<T>& p, int64_t b, int64_t t, int h, int d) {
+    return Layout::tile_start(b, h, int(t / kBr), p.heads, p.seq) + Layout::offset(int(t % kBr), d);
+  }
+};
+
+// dq (in dqkv) = scale · dq_accum, f32 in DqAccum's layout -> T; one thread per pair of columns (d even: both
+// layouts keep (d, d + 1) adjacent and 8-byte aligned).
+template <typename T, typename DqAccum>
 __global__ void flash_bwd_dq_convert_kernel(const Params<T> p, int64_t n_pairs) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // index of an element pair
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // index of an element pair, [B, T, H, dqk/2]
   if (i >= n_pairs) return;
   const int64_t e = 2 * i, hd = int64_t(p.heads) * p.dqk;
   const int64_t bt = e / hd, c = e % hd;
-  const float2 v = *reinterpret_cast<const float2*>(p.dq_accum + e);
+  const int h = int(c / p.dqk), d = int(c % p.dqk);
+  const float2 v = *reinterpret_cast<const float2*>(p.dq_accum + DqAccum::index(p, bt / p.seq, bt % p.seq, h, d));
   *reinterpret_cast<uint32_t*>(p.dqkv + bt * p.qkv_stride + c) = Pack16<T>::pack(v.x * p.scale, v.y * p.scale);
 }
 
@@ -151,7 +177,9 @@ __global__ void __launch_bounds__(BwdTile<DQK, DV>::kThreads, 1) flash_bwd_kerne
     fence_proxy_async();
     __syncthreads();  // P and dS complete and visible to the tensor cores
 
-    accumulate_gradients<T, DQK, DV, kAtomicDq>(dv, dk, aP, adS, do_st, q_st, aK, p, b, h, q0, split, wg, wrow, t4);
+    accumulate_gradients<T, DQK, DV, kAtomicDq>(dv, dk, aP, adS, do_st, q_st, aK, split, wg, [&](const auto& acc) {
+      add_dq_atomic<T, DQK, DV>(acc, p, b, h, q0, split, wrow, t4);
+    });
   }
   cp_async_wait<0>();
   store_dk_dv<T, DQK, DV>(dk, dv, p, b, h, k0, wg, wrow, t4);

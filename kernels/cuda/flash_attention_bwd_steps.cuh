@@ -8,6 +8,7 @@
 // key columns). A thread of warpgroup wg holds rows wrow and wrow + 8 of each 64-row accumulator tile
 // (wrow = 16·(warp % 4) + lane / 4) and columns 8n + 2·t4 + {0, 1} (t4 = lane % 4).
 #pragma once
+#include "kernels/cuda/flash_attention_dq_layout.h"
 #include "kernels/cuda/flash_attention_wgmma.cuh"
 
 namespace loom::cuda::flash {
@@ -170,22 +171,36 @@ __device__ __forceinline__ void add_dq_atomic(const float (&acc)[BwdTile<DQK, DV
   }
 }
 
-// The products that read P and dS (in shared memory, visible to the tensor cores) for one query block q0:
-// kAtomicDq: dQ = dS K issued first and added into dq_accum with atomics while dV and dK (a later wgmma group) are
-// still on the tensor cores; then dV += Pᵀ dO, dK += dSᵀ Q. Returns once every product has landed, so that the
-// caller may release the tiles they read.
-template <typename T, int DQK, int DV, bool kAtomicDq>
+// Writes this thread's dQ accumulator into the shared f32 dQ tile of the query block in DqTileLayout order: chunk
+// acc[4n .. 4n+3] (rows dq_q + wrow and + 8, columns dq_d + 8n + 2t4 + {0, 1}) as one float4, a warp's 32 float4
+// contiguous. The caller makes the stores visible to the async proxy (fence_proxy_async) and releases the tile.
+template <int DQK, int DV>
+__device__ __forceinline__ void store_dq_tile(const float (&acc)[BwdTile<DQK, DV>::kDqN / 2], float* tile,
+                                              const BwdSplit<DQK, DV>& w, int wrow, int t4) {
+  using Tile = BwdTile<DQK, DV>;
+  using Layout = DqTileLayout<Tile::kBr, DQK>;
+#pragma unroll
+  for (int n = 0; n < Tile::kDqN / 8; ++n)
+    *reinterpret_cast<float4*>(tile + Layout::offset(w.dq_q + wrow, w.dq_d + 8 * n + 2 * t4)) =
+        make_float4(acc[4 * n], acc[4 * n + 1], acc[4 * n + 2], acc[4 * n + 3]);
+}
+
+// The products that read P and dS (in shared memory, visible to the tensor cores) for one query block:
+// kDq: dQ = dS K issued first and handed to add_dq(acc) (atomics into dq_accum, or the shared dQ tile) as soon as
+// it has landed, while dV and dK (a later wgmma group) are still on the tensor cores; then dV += Pᵀ dO,
+// dK += dSᵀ Q. Returns once every product has landed, so that the caller may release the tiles they read.
+template <typename T, int DQK, int DV, bool kDq, typename AddDq>
 __device__ __forceinline__ void accumulate_gradients(float (&dv)[DV / 2], float (&dk)[DQK / 2], uint32_t p_addr,
                                                      uint32_t ds_addr, uint32_t do_st, uint32_t q_st,
-                                                     uint32_t k_addr, const Params<T>& p, int b, int h, int q0,
-                                                     const BwdSplit<DQK, DV>& w, int wg, int wrow, int t4) {
+                                                     uint32_t k_addr, const BwdSplit<DQK, DV>& w, int wg,
+                                                     AddDq&& add_dq) {
   float acc[BwdTile<DQK, DV>::kDqN / 2];
-  if constexpr (kAtomicDq) issue_dq<T, DQK, DV>(acc, ds_addr, k_addr, w);
+  if constexpr (kDq) issue_dq<T, DQK, DV>(acc, ds_addr, k_addr, w);
   issue_dv_dk<T, DQK, DV>(dv, dk, p_addr, ds_addr, do_st, q_st, wg);
-  if constexpr (kAtomicDq) {
+  if constexpr (kDq) {
     wgmma_wait<1>();  // dQ has landed; dV and dK may still run
     pin(acc);
-    add_dq_atomic<T, DQK, DV>(acc, p, b, h, q0, w, wrow, t4);
+    add_dq(acc);
   }
   wgmma_wait_all();
   pin(dv);

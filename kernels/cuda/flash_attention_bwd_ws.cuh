@@ -11,7 +11,9 @@
 // The math, the work split and the products are flash_bwd_kernel's (flash_attention_bwd.cuh; the steps are
 // shared: flash_attention_bwd_steps.cuh): a block owns kBc = 128 keys of one (batch, head), keeps dK and dV in
 // registers and walks the query blocks of kBr rows (from the diagonal when causal); per query block S and dP,
-// P and dS to shared memory, dQ = dS K added into dq_accum with f32 atomics, dV += Pᵀ dO, dK += dSᵀ Q.
+// P and dS to shared memory, dQ = dS K added into dq_accum, dV += Pᵀ dO, dK += dSᵀ Q. dQ leaves through a shared
+// f32 tile and one bulk reduce-add per query block (WsBwdTile::kBulkDq: every pair but 64x64) or, for 64x64, whose
+// tiles leave no room for the dQ tile, with f32 atomics as in flash_bwd_kernel.
 //
 // Block: 1 producer warpgroup + 2 consumer warpgroups (the two warpgroups of flash_bwd_kernel's BwdTile split).
 //   producer   warp 0, one thread: K and V of the block's keys once (TMA, barrier kv_full), then per query block n
@@ -20,11 +22,14 @@
 //              (+inf and 0 for rows past seq, so their probabilities are exactly 0, as in flash_bwd_kernel).
 //              A TMA view of the [B, H, T] f32 rows would need T·4 bytes to be a multiple of 16 (T % 4 == 0) and
 //              a 16-byte aligned lse, which the API does not promise, and would fill rows past seq with 0 (not
-//              +inf); one warp's coalesced loads a stage ahead cost the consumers nothing. Warps 2-3 exit.
+//              +inf); one warp's coalesced loads a stage ahead cost the consumers nothing. Warp 2, one thread
+//              (kBulkDq): per query block n, waits for the consumers' dQ tile, adds it into dq_accum with one
+//              cp.reduce.async.bulk, waits until the tile has been read and hands it back. The other warps exit.
 //              setmaxnreg.dec hands the producer's registers to the consumers.
 //   consumers  per query block n: wait for stage n; S, dP (wgmma, waited); P, dS into P/dS buffer n % 2; one named
-//              barrier over the 256 consumer threads (P and dS complete); dQ issued, then dV/dK; dQ's atomics while
-//              dV/dK run; after dV/dK have landed each warp releases stage n.
+//              barrier over the 256 consumer threads (P and dS complete); dQ issued, then dV/dK; while dV/dK run,
+//              dQ goes to the shared dQ tile (after block n - 1's reduce has read it) or to dq_accum by atomics;
+//              after dV/dK have landed each warp releases stage n.
 //   P and dS are double buffered (kPdsStages = 2), so one consumer barrier per query block suffices where
 //   flash_bwd_kernel needs two: a warpgroup writes block n + 2's P/dS into buffer n % 2 only after passing block
 //   n + 1's barrier, which the other warpgroup reaches only after its wgmma reading block n's P/dS (dQ, dV/dK)
@@ -42,23 +47,36 @@
 //               the producer thread and the lse/D warp wait for the release of block n - S with parity(n) ^ 1
 //               (returns at once on the first pass). No warp arrives twice in one phase: releasing block n + S
 //               needs stage n + S loaded, which needs the phase of block n complete.
+//   dq_full     (kBulkDq) kDqFullArrivals = 256: every consumer thread after its float4 stores of block n's dQ and
+//               its own fence.proxy.async (each writer orders its own generic-proxy stores before the async proxy's
+//               read; one arrival per warp after __syncwarp would rest that on cumulativity through the warp
+//               barrier, and 256 arrivals a block of 64 or 128 query rows cost nothing beside the products);
+//               the reduce thread waits for block n with parity n & 1.
+//   dq_empty    (kBulkDq) kDqEmptyArrivals = 1: the reduce thread after cp.async.bulk.wait_group.read 0 shows
+//               block n's bulk reduce has read the tile; consumer threads wait for the release of block n - 1 with
+//               parity (n & 1) ^ 1 (at once for n = 0) before writing block n. The tile is single buffered, so
+//               both barriers advance one phase per query block, and none can be skipped: a consumer arrives on
+//               dq_full for block n + 1 only after waiting for dq_empty's phase n, which needs dq_full's phase n
+//               complete, so no block n + 1 arrival lands in phase n; the reduce thread arrives on dq_empty for
+//               block n only after dq_full's phase n, which needs every consumer's wait for phase n - 1 passed.
+//               Nor can a waiter find its barrier two phases past the one it waits for (which a parity wait could
+//               not tell apart): dq_full's phase n + 1 needs arrivals that follow the reduce thread's own dq_empty
+//               arrival for block n, and dq_empty's phase n needs this consumer's own dq_full arrival for block n.
+//               The global accumulator is tile-major (flash_attention_dq_layout.h), so block n's tile is one
+//               contiguous range and one 1-D bulk reduce (no tensor map) adds it; the reduce thread's final
+//               cp.async.bulk.wait_group 0 makes every add complete before the block exits.
 //   named barrier kPdsBarrier: bar.sync by all 256 consumer threads once per query block (after the P/dS stores
 //               and fence.proxy.async), none by the producer; __syncthreads is used only before the roles split.
 // Bytes per phase: a box is always delivered whole (rows past seq and columns past the head dim zero-filled
 // and counted), so a stage is kBr·(kQkCols + kVCols)·2 bytes whatever the shape.
 //
-// Not built (no GPU to measure or test it on when this was written): dQ through shared memory and one TMA
-// reduce-add per query block (cp.reduce.async.bulk.tensor ... .add.f32 into dq_accum, as FlashAttention-3) in
-// place of up to 16 f32x2 atomics per consumer thread. It needs (1) a 32 KiB f32 dQ tile (kBr x DQK), which fits beside
-// the double-buffered P/dS for 128x128 (225 KiB in all), 128x64 and 64x128, but not for 64x64 (already 226 KiB),
-// where P/dS would go back to one buffer and a second consumer barrier; (2) a 128-byte-swizzled f32 layout
-// (boxes of 32 columns): in a row-major tile the accumulator rows of a warp are 512 bytes apart and every
-// float2 store is an 8-way bank conflict; (3) a dq_full mbarrier (256 arrivals, each writer after
-// fence.proxy.async) waited by one producer thread that issues the reduce, commits it, waits until its shared
-// reads are done (cp.async.bulk.wait_group.read 0) and arrives on a dq_empty barrier that the consumers wait on
-// before writing the next tile.
+// The dQ tile's order (flash_attention_dq_layout.h) is the accumulator fragments': chunk i (4 floats: rows r, r + 8,
+// columns c, c + 1) of consumer thread u at floats 4·(256i + u), so a warp's float4 stores are 512 contiguous bytes
+// and conflict-free (a row-major f32 tile puts a warp's accumulator rows 512 bytes apart: 8-way conflicts). That
+// order, not FlashAttention-3's swizzled tensor boxes, is why the global accumulator is tile-major and
+// flash_bwd_dq_convert_kernel reads it through the same map.
 #pragma once
-#include "kernels/cuda/flash_attention_bwd_steps.cuh"
+#include "kernels/cuda/flash_attention_bwd_ws_tile.cuh"
 #include "kernels/cuda/flash_attention_tma.cuh"
 
 namespace loom::cuda::flash {
@@ -67,35 +85,6 @@ namespace loom::cuda::flash {
 // (head_view in flash_attention_launch.cuh); one __grid_constant__ parameter, as TmaViews.
 struct BwdTmaViews {
   CUtensorMap q, k, v, dout;
-};
-
-template <int DQK, int DV>
-struct WsBwdTile {
-  using Split = BwdTile<DQK, DV>;  // the consumers' work split, tiles kBr x kBc
-  static constexpr int kBr = Split::kBr, kBc = Split::kBc, kQkCols = Split::kQkCols, kVCols = Split::kVCols;
-  static constexpr int kConsumers = 2, kThreads = 128 * (kConsumers + 1), kStages = 2, kPdsStages = 2;
-  static constexpr uint32_t kKBytes = kBc * kQkCols * 2, kVBytes = kBc * kVCols * 2;
-  static constexpr uint32_t kQBytes = kBr * kQkCols * 2, kDoBytes = kBr * kVCols * 2, kPdsBytes = kBr * kBc * 2;
-  // Shared memory: K, V; kStages of Q, of dO; kPdsStages of P, of dS (every tile a multiple of 1024 bytes, so all
-  // start 1024-aligned as the 128-byte swizzle needs); kStages of lse·log2e, of D; the mbarriers. d128: 192 KiB
-  // of tiles; 64x64 (kBr = 128): 224 KiB, within the 227 KiB a block may use.
-  static constexpr uint32_t kVOffset = kKBytes, kQOffset = kVOffset + kVBytes;
-  static constexpr uint32_t kDoOffset = kQOffset + kStages * kQBytes, kPOffset = kDoOffset + kStages * kDoBytes;
-  static constexpr uint32_t kDsOffset = kPOffset + kPdsStages * kPdsBytes;
-  static constexpr uint32_t kLseOffset = kDsOffset + kPdsStages * kPdsBytes, kDsumOffset = kLseOffset + kStages * kBr * 4;
-  static constexpr uint32_t kBarrierOffset = kDsumOffset + kStages * kBr * 4;
-  static constexpr int kBarriers = 1 + 2 * kStages;  // kv_full, full[kStages], empty[kStages]
-  static constexpr int kSmemBytes = kBarrierOffset + kBarriers * 8;
-  static_assert(kSmemBytes <= 227 * 1024, "shared memory beyond the 227 KiB a block may use");
-  // Registers after setmaxnreg: the launch gives every thread 65536 / 384 rounded down to 8 = 168; the producer
-  // keeps 24 and the consumers take 240 (as FlashAttention-3 with two consumers). A consumer's peak is
-  // dK + dV + S + dP = 192 accumulators at d128 (dQ's 32 replace S and dP once those are in shared memory).
-  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
-  static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= kThreads * (65536 / kThreads / 8 * 8),
-                "register split exceeds the block's allocation");
-  static constexpr int kLseWarp = 1;  // the producer warp that loads lse and D
-  static constexpr uint32_t kFullArrivals = 1 + 32, kEmptyArrivals = 4 * kConsumers;
-  static constexpr int kPdsBarrier = 1;  // named barrier of the consumers (0 is __syncthreads)
 };
 
 template <typename T, int DQK, int DV>
@@ -112,6 +101,9 @@ __global__ void __launch_bounds__(WsBwdTile<DQK, DV>::kThreads, 1)
   auto full = [&](int n) { return kv_full + 8 * (1 + n % kStages); };
   auto empty = [&](int n) { return kv_full + 8 * (1 + kStages + n % kStages); };
   auto parity = [](int n) { return uint32_t(n / kStages) & 1; };
+  // kBulkDq: the dQ tile is single buffered, so its barriers' phase n is query block n.
+  const uint32_t dq_full = kv_full + 8 * (1 + 2 * kStages), dq_empty = dq_full + 8;
+  float* const sDq = reinterpret_cast<float*>(smem_raw + Tile::kDqOffset);
   auto q_stage = [&](int n) { return sQ + (n % kStages) * Tile::kQBytes; };
   auto do_stage = [&](int n) { return sdO + (n % kStages) * Tile::kDoBytes; };
 
@@ -124,6 +116,10 @@ __global__ void __launch_bounds__(WsBwdTile<DQK, DV>::kThreads, 1)
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(full(s), Tile::kFullArrivals);
       mbarrier_init(empty(s), Tile::kEmptyArrivals);
+    }
+    if constexpr (Tile::kBulkDq) {
+      mbarrier_init(dq_full, Tile::kDqFullArrivals);
+      mbarrier_init(dq_empty, Tile::kDqEmptyArrivals);
     }
     fence_mbarrier_init();
   }
@@ -164,6 +160,17 @@ __global__ void __launch_bounds__(WsBwdTile<DQK, DV>::kThreads, 1)
         }
         mbarrier_arrive(full(n));
       }
+    } else if (Tile::kBulkDq && warp == Tile::kDqWarp && lane == 0) {
+      using Layout = typename Tile::DqLayout;
+      for (int n = 0; n < n_qblocks; ++n) {
+        mbarrier_wait(dq_full, n & 1);
+        bulk_reduce_add_f32(p.dq_accum + Layout::tile_start(b, h, qb_begin + n, p.heads, p.seq), smem_addr(sDq),
+                            Tile::kDqTileBytes);
+        bulk_commit();
+        bulk_wait_read<0>();  // the tile has been read: the consumers may overwrite it
+        mbarrier_arrive(dq_empty);
+      }
+      bulk_wait<0>();  // every add has landed in dq_accum before this thread (and then the block) exits
     }
     return;  // the consumers wait for every byte issued here before they finish
   }
@@ -198,8 +205,16 @@ __global__ void __launch_bounds__(WsBwdTile<DQK, DV>::kThreads, 1)
     fence_proxy_async();
     named_barrier_sync(Tile::kPdsBarrier, 128 * Tile::kConsumers);  // P and dS complete, visible to the tensor cores
 
-    accumulate_gradients<T, DQK, DV, true>(dv, dk, p_addr, ds_addr, do_st, q_st, sK, p, b, h, q0, split, cwg, row_n,
-                                           t4_n);
+    accumulate_gradients<T, DQK, DV, true>(dv, dk, p_addr, ds_addr, do_st, q_st, sK, split, cwg, [&](const auto& acc) {
+      if constexpr (Tile::kBulkDq) {
+        mbarrier_wait(dq_empty, (n & 1) ^ 1);  // block n - 1's tile has been read by its bulk reduce
+        store_dq_tile<DQK, DV>(acc, sDq, split, row_n, t4_n);
+        fence_proxy_async();
+        mbarrier_arrive(dq_full);
+      } else {
+        add_dq_atomic<T, DQK, DV>(acc, p, b, h, q0, split, row_n, t4_n);
+      }
+    });
     if (lane == 0) mbarrier_arrive(empty(n));  // Q_n, dO_n (and lse/D, read before the barrier) no longer read
   }
   store_dk_dv<T, DQK, DV>(dk, dv, p, b, h, k0, cwg, wrow, t4);

@@ -46,8 +46,14 @@ void launch_forward_ws(const AttentionShape& s, const Params<T>& p, cudaStream_t
 template <int DQK, int DV>
 constexpr bool kBackwardWs = kForwardWs<DQK, DV>;
 
+// Floats of the f32 dQ accumulator launch_backward needs for this shape in the atomic mode: B·T·H·dqk
+// (row-major), or B·H·ceil(T/kBr)·kBr·DQK where the warp-specialised kernel adds whole tiles (tile-major; see
+// flash_attention_dq_layout.h). Defined in flash_attention_bwd.cu, where the layout is chosen.
+template <int DQK, int DV>
+int64_t dq_accum_floats(const AttentionShape& s);
+
 // Queues the backward on `stream`: p carries qkv, out, dout, lse, dqkv, the shape fields, and the workspace
-// pointers dsum ([B, H, T] f32) and dq_accum ([B, T, H, dqk] f32, null = deterministic dQ pass).
+// pointers dsum ([B, H, T] f32) and dq_accum (dq_accum_floats<DQK, DV> f32, null = deterministic dQ pass).
 template <typename T, int DQK, int DV>
 void launch_backward(const AttentionShape& s, const Params<T>& p, cudaStream_t stream);
 

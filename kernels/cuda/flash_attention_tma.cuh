@@ -1,7 +1,8 @@
 // Hopper asynchronous-copy and synchronisation helpers for the warp-specialised kernels
-// (flash_attention_fwd_ws.cuh, flash_attention_bwd_ws.cuh): TMA tile loads (cp.async.bulk.tensor), mbarriers that
-// count their bytes, named barriers, and register reallocation between warpgroups (setmaxnreg). Thin wrappers over
-// the PTX instructions (PTX ISA 8.0+, sm_90); all shared-memory operands are 32-bit shared-window addresses (smem_addr).
+// (flash_attention_fwd_ws.cuh, flash_attention_bwd_ws.cuh): TMA tile loads (cp.async.bulk.tensor), bulk f32
+// reduce-adds into global memory (cp.reduce.async.bulk), mbarriers that count their bytes, named barriers, and
+// register reallocation between warpgroups (setmaxnreg). Thin wrappers over the PTX instructions (PTX ISA 8.0+,
+// sm_90); all shared-memory operands are 32-bit shared-window addresses (smem_addr).
 //
 // mbarrier protocol used here: a barrier completes a phase when its pending arrivals reach zero and the bytes
 // announced with arrive_expect_tx have all landed; phases alternate parity 0, 1, 0, ... starting at 0.
@@ -61,6 +62,27 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* vie
 }
 __device__ __forceinline__ void prefetch_tma_view(const CUtensorMap* view) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(view)) : "memory");
+}
+
+// Adds `bytes` (a multiple of 16) of f32 from shared memory at src element-wise into global memory at dst (both
+// 16-byte aligned): one bulk reduce, no tensor map, done by the TMA unit in the async proxy (the writers of src
+// fence.proxy.async before they release it). Joins the thread's current bulk group; bulk_commit closes the group.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until at most `pending` of this thread's committed bulk groups still read their shared-memory source
+// (the source may then be overwritten; the global writes may still be in flight).
+template <int pending>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(pending) : "memory");
+}
+// Waits until at most `pending` of this thread's committed bulk groups are incomplete (writes done).
+template <int pending>
+__device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(pending) : "memory");
 }
 
 // Named barriers 1..15 (0 is __syncthreads). sync blocks until `threads` threads (a multiple of 32) have

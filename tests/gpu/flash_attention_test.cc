@@ -349,6 +349,9 @@ std::vector<Case> cases() {
     // The TMA backward (same pairs, atomic dQ; a block owns 128 keys and walks query blocks of 64 rows at d128,
     // 128 at d64, through a 2-stage ring): one partial query block, a query block plus one row inside one key
     // block, a key block plus one row, and long rows that wrap the ring many times, with batch and heads > 1.
+    // All pairs but 64 x 64 add dQ by bulk reduces into the tile-major accumulator: the ragged lengths with
+    // batch·heads > 1 here and above (t17_h3 d128, t65, t129, t385 64 x 128, t257 128 x 64, t1000 128 x 128)
+    // check that its tiles of different (batch, head, query block) do not mix.
     v.push_back({3, 17, 2, 64, causal, DType::BF16});
     v.push_back({2, 17, 3, 120, causal, DType::BF16, 1.f, 72});   // tiles 128 x 128
     v.push_back({2, 65, 2, 128, causal, DType::BF16});
@@ -452,6 +455,26 @@ TEST(FlashAttentionArgs, RejectsUnsupportedShapesWithClearErrors) {
   for (const auto& [seq, rows] : {std::pair{1, 128}, std::pair{150, 192}, std::pair{197, 128}, std::pair{384, 192},
                                    std::pair{1024, 128}})
     EXPECT_EQ(cuda::flash_attention_d64_query_rows(seq), rows) << "seq " << seq;
+}
+
+// The atomic mode's dQ accumulator: B·T·H·dqk floats where dQ is added with atomics, B·H·ceil(T/kBr)·kBr·(q/k tile
+// width) where the warp-specialised kernel adds whole query-block tiles (flash_attention_dq_layout.h); after the
+// row sums D, each part rounded up to 256 bytes. Host-side, so no GPU needed.
+TEST(FlashAttentionArgs, BackwardWorkspaceHoldsTheDqAccumulatorOfItsLayout) {
+  AttentionShape s;
+  s.batch = 2, s.seq = 65, s.heads = 3, s.scale = 0.125;
+  auto round256 = [](size_t n) { return (n + 255) / 256 * 256; };
+  const size_t dsum = round256(2 * 65 * 3 * 4);
+  auto workspace = [&](int64_t dqk, int64_t dv, bool deterministic) {
+    s.qk_dim = dqk, s.v_dim = dv;
+    return cuda::flash_attention_backward_workspace_bytes(s, deterministic);
+  };
+  EXPECT_EQ(workspace(128, 128, true), dsum);
+  EXPECT_EQ(workspace(128, 128, false), dsum + round256(2 * 3 * 2 * 64 * 128 * 4));  // kBr 64: 2 query blocks
+  EXPECT_EQ(workspace(72, 40, false), dsum + round256(2 * 3 * 2 * 64 * 128 * 4));    // tiles 128 x 64
+  EXPECT_EQ(workspace(40, 128, false), dsum + round256(2 * 3 * 2 * 64 * 64 * 4));    // tiles 64 x 128
+  EXPECT_EQ(workspace(64, 64, false), dsum + round256(2 * 65 * 3 * 64 * 4));         // 64 x 64: atomics
+  EXPECT_EQ(workspace(32, 128, false), dsum + round256(2 * 65 * 3 * 32 * 4));        // cp.async kernel
 }
 
 }  // namespace
