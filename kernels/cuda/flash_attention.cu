@@ -82,9 +82,10 @@ std::string flash_attention_check(const AttentionShape& s, DType dtype) {
 
 int flash_attention_tile_width(int64_t head_dim) { return flash::tile_width(head_dim); }
 
-int flash_attention_d64_query_rows(int64_t seq) {
+int flash_attention_d64_query_rows(int64_t seq, bool causal) {
   const auto padded = [seq](int64_t rows) { return (seq + rows - 1) / rows * rows; };
-  return padded(192) <= padded(128) ? 192 : 128;
+  if (seq >= 2048) return 192;
+  return causal || padded(192) * 5 > padded(128) * 6 ? 128 : 192;
 }
 
 void flash_attention_forward(const AttentionShape& s, DType dtype, const void* qkv, void* out, float* lse,
@@ -94,7 +95,7 @@ void flash_attention_forward(const AttentionShape& s, DType dtype, const void* q
              "flash_attention_forward: d64_query_rows ", d64_query_rows, " must be 0 (choose), 128 or 192");
   LOOM_CHECK(qkv && out && lse, "flash_attention_forward: null pointer (qkv, out or lse)");
   LOOM_CHECK(aligned16(qkv) && aligned16(out), "flash_attention_forward: qkv and out must be 16-byte aligned");
-  const int rows = d64_query_rows ? d64_query_rows : flash_attention_d64_query_rows(s.seq);
+  const int rows = d64_query_rows ? d64_query_rows : flash_attention_d64_query_rows(s.seq, s.causal);
   dispatch(dtype, s, [&]<typename T, int DQK, int DV>() {
     Params<T> p = make_params<T>(s);
     p.qkv = static_cast<const T*>(qkv);

@@ -48,9 +48,11 @@ int flash_attention_tile_width(int64_t head_dim);
 // chooses by seq (flash_attention_d64_query_rows). Other pairs ignore it. Anything else throws loom::Error.
 void flash_attention_forward(const AttentionShape& shape, DType dtype, const void* qkv, void* out, float* lse,
                              cudaStream_t stream, int d64_query_rows = 0);
-// The query rows per block the 64x64 pair's forward runs for seq when left to choose: 192 where that pads no
-// more rows than 128 would, else 128 (so a short sequence such as a ViT's 197 tokens is not padded to 384).
-int flash_attention_d64_query_rows(int64_t seq);
+// The query rows per block the 64x64 pair's forward runs when left to choose, from a sweep on an H100
+// (docs/PERF.md): 192 from seq 2048 on; below that 128 when causal (the diagonal's masked part of a 192-row
+// block is the larger waste there) or when 192-row blocks pad more than 1.2x the rows 128-row ones do (a ViT's
+// 197 tokens: 384 rows instead of 256), else 192.
+int flash_attention_d64_query_rows(int64_t seq, bool causal);
 
 // Bytes of device scratch memory flash_attention_backward needs (the row sums D = rowsum(dO∘O) [B, H, T], and
 // unless deterministic a float32 dQ accumulator: B·T·H·Dqk floats, or B·H·ceil(T/kBr)·kBr·(q/k tile width) where

@@ -42,10 +42,14 @@
 //               the lse/D warp after its stores: mbarrier.arrive releases them, the consumers' wait acquires);
 //               consumers wait for block n with parity(n). A lane cannot arrive for block n + S before the phase
 //               of block n completed: it first waits for block n's release, which needs that phase.
-//   empty[s]    kEmptyArrivals = 8: lane 0 of every consumer warp after its wgmma.wait_group shows block n's
-//               dV/dK (the last products reading Q_n and dO_n; lse/D were read before the named barrier) complete;
+//   empty[s]    kEmptyArrivals = 256: every consumer thread after its wgmma.wait_group shows block n's dV/dK (the
+//               last products reading Q_n and dO_n) complete; each thread's own plain reads of lse/D are ordered
+//               before its own arrival (release), so the lse/D warp's next stores into the stage (after its
+//               acquiring wait) cannot race them — with one arrival per warp that ordering would rest on the
+//               named barrier's cumulativity, which compute-sanitizer's racecheck does not follow (it reported
+//               the lse/D stores racing the reads once the ring wrapped: seq 257, 385);
 //               the producer thread and the lse/D warp wait for the release of block n - S with parity(n) ^ 1
-//               (returns at once on the first pass). No warp arrives twice in one phase: releasing block n + S
+//               (returns at once on the first pass). No thread arrives twice in one phase: releasing block n + S
 //               needs stage n + S loaded, which needs the phase of block n complete.
 //   dq_full     (kBulkDq) kDqFullArrivals = 256: every consumer thread after its float4 stores of block n's dQ and
 //               its own fence.proxy.async (each writer orders its own generic-proxy stores before the async proxy's
@@ -215,7 +219,7 @@ __global__ void __launch_bounds__(WsBwdTile<DQK, DV>::kThreads, 1)
         add_dq_atomic<T, DQK, DV>(acc, p, b, h, q0, split, row_n, t4_n);
       }
     });
-    if (lane == 0) mbarrier_arrive(empty(n));  // Q_n, dO_n (and lse/D, read before the barrier) no longer read
+    mbarrier_arrive(empty(n));  // Q_n, dO_n and lse/D no longer read by this thread
   }
   store_dk_dv<T, DQK, DV>(dk, dv, p, b, h, k0, cwg, wrow, t4);
 }

@@ -43,7 +43,7 @@ struct WsBwdTile {
                 "register split exceeds the block's allocation");
   static constexpr int kLseWarp = 1;     // the producer warp that loads lse and D
   static constexpr int kDqWarp = 2;      // the producer warp whose lane 0 issues the dQ bulk reduces (kBulkDq)
-  static constexpr uint32_t kFullArrivals = 1 + 32, kEmptyArrivals = 4 * kConsumers;
+  static constexpr uint32_t kFullArrivals = 1 + 32, kEmptyArrivals = 128 * kConsumers;
   static constexpr uint32_t kDqFullArrivals = 128 * kConsumers, kDqEmptyArrivals = 1;
   static constexpr int kPdsBarrier = 1;  // named barrier of the consumers (0 is __syncthreads)
 };

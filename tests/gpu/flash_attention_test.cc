@@ -15,6 +15,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -451,10 +452,13 @@ TEST(FlashAttentionArgs, RejectsUnsupportedShapesWithClearErrors) {
     EXPECT_NE(std::string(e.what()).find("d64_query_rows 100 must be 0 (choose), 128 or 192"), std::string::npos)
         << e.what();
   }
-  // The 64x64 forward's own choice pads no more rows with 192-row blocks than with 128-row ones.
-  for (const auto& [seq, rows] : {std::pair{1, 128}, std::pair{150, 192}, std::pair{197, 128}, std::pair{384, 192},
-                                   std::pair{1024, 128}})
-    EXPECT_EQ(cuda::flash_attention_d64_query_rows(seq), rows) << "seq " << seq;
+  // The 64x64 forward's own choice: 192-row blocks for long sequences, 128 for short causal ones and where
+  // 192 would pad much more (a ViT's 197 tokens).
+  for (const auto& [seq, causal, rows] :
+       {std::tuple{1, false, 128}, std::tuple{150, false, 192}, std::tuple{197, false, 128}, std::tuple{512, false, 192},
+        std::tuple{1024, false, 192}, std::tuple{1024, true, 128}, std::tuple{197, true, 128},
+        std::tuple{2048, true, 192}, std::tuple{4096, false, 192}})
+    EXPECT_EQ(cuda::flash_attention_d64_query_rows(seq, causal), rows) << "seq " << seq << " causal " << causal;
 }
 
 // The atomic mode's dQ accumulator: B·T·H·dqk floats where dQ is added with atomics, B·H·ceil(T/kBr)·kBr·(q/k tile
