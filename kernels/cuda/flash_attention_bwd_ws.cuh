@@ -29,7 +29,7 @@
 //   consumers  per query block n: wait for stage n; S, dP (wgmma, waited); P, dS into P/dS buffer n % 2; one named
 //              barrier over the 256 consumer threads (P and dS complete); dQ issued, then dV/dK; while dV/dK run,
 //              dQ goes to the shared dQ tile (after block n - 1's reduce has read it) or to dq_accum by atomics;
-//              after dV/dK have landed each warp releases stage n.
+//              after dV/dK have landed every consumer thread releases stage n.
 //   P and dS are double buffered (kPdsStages = 2), so one consumer barrier per query block suffices where
 //   flash_bwd_kernel needs two: a warpgroup writes block n + 2's P/dS into buffer n % 2 only after passing block
 //   n + 1's barrier, which the other warpgroup reaches only after its wgmma reading block n's P/dS (dQ, dV/dK)
