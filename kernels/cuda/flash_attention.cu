@@ -90,9 +90,9 @@ int flash_attention_d64_query_rows(int64_t seq, bool causal) {
 
 void flash_attention_forward(const AttentionShape& s, DType dtype, const void* qkv, void* out, float* lse,
                              cudaStream_t stream, int d64_query_rows) {
-  check_supported(s, dtype);
   LOOM_CHECK(d64_query_rows == 0 || d64_query_rows == 128 || d64_query_rows == 192,
              "flash_attention_forward: d64_query_rows ", d64_query_rows, " must be 0 (choose), 128 or 192");
+  check_supported(s, dtype);
   LOOM_CHECK(qkv && out && lse, "flash_attention_forward: null pointer (qkv, out or lse)");
   LOOM_CHECK(aligned16(qkv) && aligned16(out), "flash_attention_forward: qkv and out must be 16-byte aligned");
   const int rows = d64_query_rows ? d64_query_rows : flash_attention_d64_query_rows(s.seq, s.causal);
