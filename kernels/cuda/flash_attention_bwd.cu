@@ -30,6 +30,21 @@ void launch_bwd_kernel(const AttentionShape& s, const Params<T>& p, cudaStream_t
   CUDA_CHECK_LAUNCH("flash_bwd_kernel");
 }
 
+// dq (in dqkv) = scale · dq_accum, with the convert kernel of the accumulator's layout.
+template <typename T, typename Accum>
+void launch_dq_convert(const AttentionShape& s, const Params<T>& p, cudaStream_t stream) {
+  if constexpr (std::is_same_v<Accum, RowMajorDq>) {
+    flash_bwd_dq_convert_rows_kernel<T><<<s.batch * s.seq, 128, 0, stream>>>(p);
+    CUDA_CHECK_LAUNCH("flash_bwd_dq_convert_rows_kernel");
+  } else {
+    const int qblocks = static_cast<int>((s.seq + Accum::kBr - 1) / Accum::kBr);
+    const int64_t tiles = s.batch * s.heads * qblocks;
+    LOOM_CHECK(tiles < (int64_t{1} << 31), "flash attention: ", tiles, " dQ tiles exceed the grid limit");
+    flash_bwd_dq_convert_tiles_kernel<T, Accum::kBr, Accum::kDqk><<<tiles, 256, 0, stream>>>(p, qblocks);
+    CUDA_CHECK_LAUNCH("flash_bwd_dq_convert_tiles_kernel");
+  }
+}
+
 }  // namespace
 
 // D, then (atomic mode) dK, dV and dQ into the zeroed f32 accumulator by the warp-specialised kernel (the
@@ -37,21 +52,16 @@ void launch_bwd_kernel(const AttentionShape& s, const Params<T>& p, cudaStream_t
 // and dQ by flash_bwd_dq_kernel.
 template <typename T, int DQK, int DV>
 void launch_backward(const AttentionShape& s, const Params<T>& p, cudaStream_t stream) {
-  const int64_t rows = s.batch * s.seq * s.heads;
-  {
-    const int threads = 256;
-    const int64_t blocks = (rows * 32 + threads - 1) / threads;
-    flash_bwd_dsum_kernel<T, DV><<<blocks, threads, 0, stream>>>(p, rows);
-    CUDA_CHECK_LAUNCH("flash_bwd_dsum_kernel");
-  }
+  // The D and dQ-convert kernels take one block per token row: B·T blocks.
+  LOOM_CHECK(s.batch * s.seq < (int64_t{1} << 31), "flash attention: batch ", s.batch, " x seq ", s.seq,
+             " tokens exceed the grid limit of the backward's row kernels");
+  flash_bwd_dsum_kernel<T, DV><<<s.batch * s.seq, 128, 0, stream>>>(p);
+  CUDA_CHECK_LAUNCH("flash_bwd_dsum_kernel");
   if (p.dq_accum) {
     CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, dq_accum_floats<DQK, DV>(s) * sizeof(float), stream));
     if constexpr (kBackwardWs<DQK, DV>) launch_backward_ws<T, DQK, DV>(s, p, stream);
     else launch_bwd_kernel<T, DQK, DV, true>(s, p, stream);
-    const int threads = 256;
-    const int64_t pairs = rows * s.qk_dim / 2;
-    flash_bwd_dq_convert_kernel<T, DqAccum<DQK, DV>><<<(pairs + threads - 1) / threads, threads, 0, stream>>>(p, pairs);
-    CUDA_CHECK_LAUNCH("flash_bwd_dq_convert_kernel");
+    launch_dq_convert<T, DqAccum<DQK, DV>>(s, p, stream);
   } else {
     launch_bwd_kernel<T, DQK, DV, false>(s, p, stream);
     using Tile = DqTile<DQK, DV>;

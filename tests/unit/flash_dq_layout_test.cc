@@ -1,6 +1,6 @@
 // The warp-specialised flash backward's dQ tile order (kernels/cuda/flash_attention_dq_layout.h), checked on the
 // CPU: a bijection of a tile's (row, column) onto its floats, each consumer thread's accumulator chunk one aligned
-// float4 at the place its float4 store writes, and tiles that partition the global accumulator.
+// float4 at the place its float4 store writes, chunk_origin its inverse, and tiles that partition the global accumulator.
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -40,6 +40,14 @@ void check_tile_order() {
           ASSERT_EQ(Layout::offset(row, col), 4 * (256 * n + u) + 2 * r + c)
               << "thread " << u << ", chunk " << n << ", r " << r << ", c " << c;
         }
+  }
+
+  // chunk_origin inverts the map chunk by chunk: chunk k's floats are (row + 8r, col + c) at 4k + 2r + c.
+  for (int k = 0; k < Layout::kFloats / 4; ++k) {
+    const DqChunkOrigin o = Layout::chunk_origin(k);
+    for (int r = 0; r < 2; ++r)
+      for (int c = 0; c < 2; ++c)
+        ASSERT_EQ(Layout::offset(o.row + 8 * r, o.col + c), 4 * k + 2 * r + c) << "chunk " << k << ", r " << r << ", c " << c;
   }
 
   // Tiles of (batch, head, query block) follow one another without gap or overlap; ragged seq rounds up.
