@@ -1,5 +1,6 @@
 // Backward launcher (flash_attention_launch.cuh); the kernels are in flash_attention_bwd.cuh, the
 // warp-specialised main kernel in flash_attention_bwd_ws.cuh (launched by flash_attention_bwd_ws.cu).
+#include <algorithm>
 #include <type_traits>
 
 #include "kernels/cuda/flash_attention_bwd.cuh"
@@ -37,10 +38,10 @@ void launch_dq_convert(const AttentionShape& s, const Params<T>& p, cudaStream_t
     flash_bwd_dq_convert_rows_kernel<T><<<s.batch * s.seq, 128, 0, stream>>>(p);
     CUDA_CHECK_LAUNCH("flash_bwd_dq_convert_rows_kernel");
   } else {
-    const int qblocks = static_cast<int>((s.seq + Accum::kBr - 1) / Accum::kBr);
-    const int64_t tiles = s.batch * s.heads * qblocks;
-    LOOM_CHECK(tiles < (int64_t{1} << 31), "flash attention: ", tiles, " dQ tiles exceed the grid limit");
-    flash_bwd_dq_convert_tiles_kernel<T, Accum::kBr, Accum::kDqk><<<tiles, 256, 0, stream>>>(p, qblocks);
+    const int row_pairs = static_cast<int>((s.seq + 15) / 16 * 8);  // rows t, t + 8 with t % 16 < 8
+    const int threads = static_cast<int>(std::min<int64_t>(256, (s.heads * s.qk_dim / 2 + 31) / 32 * 32));
+    flash_bwd_dq_convert_tiles_kernel<T, Accum::kBr, Accum::kDqk>
+        <<<s.batch * row_pairs, threads, 0, stream>>>(p, row_pairs);
     CUDA_CHECK_LAUNCH("flash_bwd_dq_convert_tiles_kernel");
   }
 }

@@ -99,29 +99,31 @@ __global__ void flash_bwd_dq_convert_rows_kernel(const Params<T> p) {
   }
 }
 
-// dq (in dqkv) = scale · dq_accum for the tile-major accumulator: one block per tile (b, h, query block), tiles
-// numbered as in the accumulator. Thread j reads float4 chunks j, j + blockDim.x, ... of the tile in memory
-// order (a warp reads 512 contiguous bytes) and writes each chunk's two column pairs to rows r and r + 8
-// (DqTileLayout::chunk_origin). The earlier kernel walked dq's columns instead and read 8 bytes of every 16.
+// dq (in dqkv) = scale · dq_accum for the tile-major accumulator: one block per pair of rows (t, t + 8) of one
+// batch, t % 16 < 8 (kBr is a multiple of 16, so both rows lie in one query block's tile). Thread j takes column
+// pairs (d, d + 1) j, j + blockDim.x, ... of every head: one float4 of the tile holds (t, d), (t, d + 1),
+// (t + 8, d), (t + 8, d + 1) (DqTileLayout: float 4k + 2r + c), and consecutive column pairs are consecutive
+// float4s within groups of four (a warp reads whole 32-byte sectors), while the stores of a warp are contiguous in
+// both rows. Measured against the first version (H100): reading chunk by chunk in memory order and storing 4 bytes
+// to each of two rows ran 223 µs for 16 heads of 128 and 16k tokens, DRAM 35 % busy; walking dq's columns and
+// reading 8 of every 16 bytes 122 µs.
 template <typename T, int kBr, int kDqk>
-__global__ void flash_bwd_dq_convert_tiles_kernel(const Params<T> p, int qblocks) {
+__global__ void flash_bwd_dq_convert_tiles_kernel(const Params<T> p, int row_pairs) {
   using Layout = DqTileLayout<kBr, kDqk>;
-  const int64_t tile = blockIdx.x;
-  const int qb = int(tile % qblocks), h = int(tile / qblocks % p.heads);
-  const int64_t b = tile / qblocks / p.heads;
-  const float4* src = reinterpret_cast<const float4*>(p.dq_accum + tile * Layout::kFloats);
-  T* dst = p.dqkv + p.q_col(h);
-  for (int j = threadIdx.x; j < Layout::kFloats / 4; j += blockDim.x) {
-    const DqChunkOrigin c = Layout::chunk_origin(j);
-    if (c.col >= p.dqk) continue;  // columns past a pruned head dim (dqk is even, so col + 1 < dqk too)
-    const float4 v = src[j];
-    const int t = qb * kBr + c.row;
-    if (t < p.seq)
-      *reinterpret_cast<uint32_t*>(dst + (b * p.seq + t) * p.qkv_stride + c.col) =
-          Pack16<T>::pack(v.x * p.scale, v.y * p.scale);
-    if (t + 8 < p.seq)
-      *reinterpret_cast<uint32_t*>(dst + (b * p.seq + t + 8) * p.qkv_stride + c.col) =
-          Pack16<T>::pack(v.z * p.scale, v.w * p.scale);
+  const int64_t b = blockIdx.x / row_pairs;
+  const int pair = int(blockIdx.x % row_pairs), t = pair / 8 * 16 + pair % 8;  // rows t and t + 8
+  if (t >= p.seq) return;
+  const int qb = t / kBr, half = p.dqk / 2;
+  const bool second_row = t + 8 < p.seq;
+  T* row0 = p.dqkv + (b * p.seq + t) * p.qkv_stride;
+  T* row8 = row0 + 8 * p.qkv_stride;
+  for (int j = threadIdx.x; j < p.heads * half; j += blockDim.x) {
+    const int h = j / half, d = 2 * (j % half);
+    const float4 v = *reinterpret_cast<const float4*>(p.dq_accum + Layout::tile_start(b, h, qb, p.heads, p.seq) +
+                                                      Layout::offset(t % kBr, d));
+    *reinterpret_cast<uint32_t*>(row0 + p.q_col(h) + d) = Pack16<T>::pack(v.x * p.scale, v.y * p.scale);
+    if (second_row)
+      *reinterpret_cast<uint32_t*>(row8 + p.q_col(h) + d) = Pack16<T>::pack(v.z * p.scale, v.w * p.scale);
   }
 }
 

@@ -3,8 +3,7 @@
 // accumulators leave it, so that a warp's float4 stores of its fragments are 512 contiguous bytes (no bank
 // conflict) and the tile is one contiguous range for one bulk reduce-add. The same order is used in shared
 // memory and, tile by tile, in the global accumulator ([B, H, ceil(T/kBr), kBr·kDqk] f32); the kernel's writer
-// goes through DqTileLayout::offset and flash_bwd_dq_convert_tiles_kernel's reader through its inverse,
-// chunk_origin, which a CPU test checks against offset, so the two cannot disagree.
+// and flash_bwd_dq_convert_tiles_kernel's reader both go through DqTileLayout::offset, so the two cannot disagree.
 // Plain constexpr C++ (host and device: the CUDA targets build with --expt-relaxed-constexpr), so that a CPU test
 // checks the map (tests/unit/flash_dq_layout_test.cc).
 //
@@ -17,11 +16,6 @@
 #include <cstdint>
 
 namespace loom::cuda::flash {
-
-// Where a chunk of the tile starts: its 4 floats are (row, col), (row, col + 1), (row + 8, col), (row + 8, col + 1).
-struct DqChunkOrigin {
-  int row, col;
-};
 
 template <int kBr, int kDqk>
 struct DqTileLayout {
@@ -37,14 +31,6 @@ struct DqTileLayout {
     const int r64 = row % 64, cw = col % kWarpgroupN;
     const int thread = 128 * warpgroup + 32 * (r64 / 16) + 4 * (r64 % 8) + (cw % 8) / 2;
     return 4 * (kConsumerThreads * (cw / 8) + thread) + 2 * ((r64 % 16) / 8) + cw % 2;
-  }
-  // The inverse for whole chunks: the (row, col) of float 4·chunk, chunk < kFloats / 4 (the dQ convert kernel reads
-  // the accumulator chunk by chunk in memory order).
-  static constexpr DqChunkOrigin chunk_origin(int chunk) {
-    const int n = chunk / kConsumerThreads, thread = chunk % kConsumerThreads;
-    const int warpgroup = thread / 128, warp = thread % 128 / 32, lane = thread % 32;
-    return {(kBr == 128 ? 64 * warpgroup : 0) + 16 * warp + lane / 4,
-            (kBr == 128 ? 0 : warpgroup * kWarpgroupN) + 8 * n + 2 * (lane % 4)};
   }
   // Float offset of the tile of query block `qblock` (rows [kBr·qblock, kBr·qblock + kBr)) of (batch, head) in the
   // global accumulator [batch][heads][ceil(seq/kBr)][kFloats].

@@ -1,6 +1,6 @@
 // The warp-specialised flash backward's dQ tile order (kernels/cuda/flash_attention_dq_layout.h), checked on the
 // CPU: a bijection of a tile's (row, column) onto its floats, each consumer thread's accumulator chunk one aligned
-// float4 at the place its float4 store writes, chunk_origin its inverse, and tiles that partition the global accumulator.
+// float4 at the place its float4 store writes, and tiles that partition the global accumulator.
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -42,13 +42,16 @@ void check_tile_order() {
         }
   }
 
-  // chunk_origin inverts the map chunk by chunk: chunk k's floats are (row + 8r, col + c) at 4k + 2r + c.
-  for (int k = 0; k < Layout::kFloats / 4; ++k) {
-    const DqChunkOrigin o = Layout::chunk_origin(k);
-    for (int r = 0; r < 2; ++r)
-      for (int c = 0; c < 2; ++c)
-        ASSERT_EQ(Layout::offset(o.row + 8 * r, o.col + c), 4 * k + 2 * r + c) << "chunk " << k << ", r " << r << ", c " << c;
-  }
+  // What the convert kernel reads as one float4: for t % 16 < 8 and even d, (t, d), (t, d + 1), (t + 8, d),
+  // (t + 8, d + 1) are four consecutive floats starting at a multiple of 4.
+  for (int row = 0; row < kBr; row += row % 16 == 7 ? 9 : 1)
+    for (int col = 0; col < kDqk; col += 2) {
+      const int off = Layout::offset(row, col);
+      ASSERT_EQ(off % 4, 0) << row << ", " << col;
+      ASSERT_EQ(Layout::offset(row, col + 1), off + 1) << row << ", " << col;
+      ASSERT_EQ(Layout::offset(row + 8, col), off + 2) << row << ", " << col;
+      ASSERT_EQ(Layout::offset(row + 8, col + 1), off + 3) << row << ", " << col;
+    }
 
   // Tiles of (batch, head, query block) follow one another without gap or overlap; ragged seq rounds up.
   const int batch = 2, heads = 3, seq = 2 * kBr + 17, qblocks = 3;
