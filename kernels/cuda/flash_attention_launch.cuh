@@ -37,7 +37,7 @@ template <typename T, int DQK, int DV>
 void launch_forward(const AttentionShape& s, const Params<T>& p, cudaStream_t stream, int d64_query_rows,
                     int max_blocks);
 
-// Queues the warp-specialised forward (kForwardWs<DQK, DV> pairs only) on max_blocks = 0: one block per tile (a
+// Queues the warp-specialised forward (kForwardWs<DQK, DV> pairs only). max_blocks = 0: one block per tile (a
 // query block of one (batch, head)); max_blocks > 0: min(max_blocks, tiles) persistent blocks, each walking the
 // tiles blockIdx.x, blockIdx.x + gridDim.x, ... (flash_attention_fwd_order.h gives the order). Builds the TMA
 // views of qkv on the host; throws loom::Error where the tiles exceed 2^31 - 1, or naming the view and the shape
