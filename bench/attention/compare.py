@@ -4,7 +4,7 @@ usage: python3 compare.py LOOM_JSONS PEER_JSONS
   Each argument is one JSON written with --json by flash_bench / attention.py, or several separated by commas
   (rounds of run.sh with ROUNDS > 1): every number is then the median over the files, and "/cudnn range" gives the
   lowest and highest ratio of round i's Loom to round i's cuDNN, so a reader sees how far single rounds move.
-  Backends named "loom@..." (flash_bench variants, e.g. --bwd-blocks) get a table of their own after the main one.
+  Backends named "loom@..." (flash_bench variants, e.g. --fwd-blocks) get a table of their own after the main one.
 """
 import json, statistics, sys
 

@@ -14,13 +14,13 @@
 // usage: loom_flash_bench [--dims 64 128 | --pairs 32x32 40x64 ...] [--seqlens 512 ... 16384] [--tokens 16384]
 //                         [--hidden 2048] [--dtype bf16|f16] [--reps 10] [--warmup 3] [--json FILE]
 //                         [--d64-rows 0|128|192] [--no-det] [--repeat 1] [--host-times]
-//                         [--blocks F:B[,F:B...]]
+//                         [--fwd-blocks auto,0,sm,...]
 // --d64-rows forces the 64x64 pair's forward block height (flash_attention_forward; 0: its own choice by seq);
-// --no-det leaves out the "loom-det" rows. --blocks times each cell under several launch schedules, interleaved
-// (in each of the --repeat rounds every schedule runs once): F and B are the max_blocks arguments of
-// flash_attention_forward and flash_attention_backward (0: one block per tile; N: at most N persistent blocks;
-// "sm": the card's SM count). The first schedule's rows are "loom" (and "loom-det"), the others
-// "loom@fFbB" (compare.py tables them apart); default 0:0. --host-times adds, per cell, the host's microseconds to queue one
+// --no-det leaves out the "loom-det" rows. --fwd-blocks times each cell under several values of the forward's
+// max_blocks, interleaved (in each of the --repeat rounds every value runs once): auto (kFlashBlocksAuto, the
+// launcher's choice), 0 (one block per tile), N (at most N persistent blocks) or sm (the card's SM count). The
+// first value's rows are "loom" (and "loom-det"), the others "loom@fN" (compare.py tables them apart); default
+// auto. --host-times adds, per cell, the host's microseconds to queue one
 // forward and one forward + backward (the mean of 20 calls queued back to back, the GPU busy): with one event pair
 // and a synchronisation per timed run (as the peers time too), the first kernel of a run waits that long.
 #include <cuda_runtime.h>
@@ -53,7 +53,7 @@ struct Options {
   int reps = 10, warmup = 3, repeat = 1;
   int d64_rows = 0;
   bool det_rows = true, host_times = false;
-  std::vector<std::pair<std::string, std::string>> blocks = {{"0", "0"}};  // --blocks, resolved in main
+  std::vector<std::string> fwd_blocks = {"auto"};  // --fwd-blocks, resolved in main
   std::string json;
 };
 
@@ -88,31 +88,28 @@ Options parse(int argc, char** argv) {
     else if (a == "--d64-rows") o.d64_rows = std::stoi(next());
     else if (a == "--no-det") o.det_rows = false;
     else if (a == "--host-times") o.host_times = true;
-    else if (a == "--blocks") {
-      o.blocks.clear();
-      std::string list = next();
+    else if (a == "--fwd-blocks") {
+      o.fwd_blocks.clear();
+      const std::string list = next();
       for (size_t at = 0; at <= list.size();) {
         const size_t comma = std::min(list.find(',', at), list.size());
-        const std::string item = list.substr(at, comma - at);
-        const size_t colon = item.find(':');
-        LOOM_CHECK(colon != std::string::npos, "flash_bench: --blocks takes F:B pairs, e.g. 0:0,sm:sm; got ", item);
-        o.blocks.emplace_back(item.substr(0, colon), item.substr(colon + 1));
+        o.fwd_blocks.push_back(list.substr(at, comma - at));
         at = comma + 1;
       }
-    }
-    else loom::fail("flash_bench: unknown argument ", a);
+    } else loom::fail("flash_bench: unknown argument ", a);
   }
-  LOOM_CHECK(o.reps >= 1 && o.repeat >= 1 && o.warmup >= 0, "flash_bench: --reps and --repeat must be >= 1, --warmup >= 0");
+  LOOM_CHECK(o.reps >= 1 && o.repeat >= 1 && o.warmup >= 0,
+             "flash_bench: --reps and --repeat must be >= 1, --warmup >= 0");
   return o;
 }
 
 // Median milliseconds of the forward and of forward + backward for one shape.
-// One launch schedule of --blocks: the max_blocks arguments of the forward and the backward.
+// One launch schedule of --fwd-blocks: the forward's max_blocks argument.
 struct Schedule {
-  int fwd_blocks = 0, bwd_blocks = 0;
+  int fwd_blocks = loom::cuda::kFlashBlocksAuto;
   std::string backend(const char* base) const {
-    if (fwd_blocks == 0 && bwd_blocks == 0) return base;
-    return std::string(base) + "@f" + std::to_string(fwd_blocks) + "b" + std::to_string(bwd_blocks);
+    const bool chosen = fwd_blocks == loom::cuda::kFlashBlocksAuto;
+    return std::string(base) + "@f" + (chosen ? "auto" : std::to_string(fwd_blocks));
   }
 };
 
@@ -145,7 +142,7 @@ std::vector<Timing> time_shape(const loom::AttentionShape& a, const Options& o, 
   auto fwd_bwd = [&](const Schedule& sc) {
     fwd(sc);
     loom::cuda::flash_attention_backward(a, o.dtype, buf.qkv, buf.out, buf.dout, buf.lse, buf.dqkv, buf.ws,
-                                         buf.ws_bytes, det, nullptr, sc.bwd_blocks);
+                                         buf.ws_bytes, det, nullptr);
   };
   std::vector<std::vector<double>> f(schedules.size()), fb(schedules.size());
   for (int r = 0; r < o.repeat; ++r)
@@ -185,13 +182,11 @@ int main(int argc, char** argv) try {
   CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("%s, %d SMs, dtype %s\n", prop.name, prop.multiProcessorCount, loom::dtype_name(o.dtype));
   std::vector<Schedule> schedules;
-  for (const auto& [f, b] : o.blocks) {
-    auto count = [&](const std::string& v) {
-      const int n = v == "sm" ? prop.multiProcessorCount : std::stoi(v);
-      LOOM_CHECK(n >= 0, "flash_bench: --blocks values must be >= 0 or sm; got ", v);
-      return n;
-    };
-    schedules.push_back({count(f), count(b)});
+  for (const std::string& v : o.fwd_blocks) {
+    const int n = v == "auto" ? loom::cuda::kFlashBlocksAuto : v == "sm" ? prop.multiProcessorCount : std::stoi(v);
+    LOOM_CHECK(n >= 0 || n == loom::cuda::kFlashBlocksAuto, "flash_bench: --fwd-blocks values are auto, sm or >= 0; got ",
+               v);
+    schedules.push_back({n});
   }
 
   // Every shape of the grid: (heads, Dqk, Dv); one set of buffers, sized for the widest, serves them all.
@@ -251,8 +246,7 @@ int main(int argc, char** argv) try {
                                   {"batch", a.batch}, {"heads", a.heads}, {"fwd", flops / t.fwd_ms / 1e9},
                                   {"bwd", 2.5 * flops / (t.fwd_bwd_ms - t.fwd_ms) / 1e9},
                                   {"fwd_bwd", 3.5 * flops / t.fwd_bwd_ms / 1e9},
-                                  {"fwd_blocks", cell_schedules[i].fwd_blocks},
-                                  {"bwd_blocks", cell_schedules[i].bwd_blocks}};
+                                  {"fwd_blocks", cell_schedules[i].fwd_blocks}};
               if (o.host_times) r["fwd_host_us"] = t.fwd_host_us, r["fwd_bwd_host_us"] = t.fwd_bwd_host_us;
               std::printf("%-16s %4d %6d %6d %6.0f %6.0f %6.0f", backend.c_str(), g.dqk, int(causal), s,
                           r["fwd"].get<double>(), r["bwd"].get<double>(), r["fwd_bwd"].get<double>());

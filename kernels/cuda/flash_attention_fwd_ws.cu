@@ -2,6 +2,7 @@
 // (flash_attention_tma.cu). Its own translation unit so that it compiles in parallel with the other kernels.
 #include <algorithm>
 
+#include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/flash_attention_fwd_ws.cuh"
 #include "kernels/cuda/flash_attention_launch.cuh"
 
@@ -9,16 +10,26 @@ namespace loom::cuda::flash {
 
 namespace {
 
+int device_attribute(cudaDeviceAttr attr) {
+  int device = 0, value = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, device));
+  return value;
+}
+
 // The tile order (flash_attention_fwd_order.h): causal sections sized to half of this device's L2.
 FwdTileOrder tile_order(const AttentionShape& s, int block_rows, int kv_bytes_per_token) {
-  int64_t l2_bytes = 0;
-  if (s.causal) {
-    int device = 0, l2 = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
-    CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
-    l2_bytes = l2;
-  }
+  const int64_t l2_bytes = s.causal ? device_attribute(cudaDevAttrL2CacheSize) : 0;
   return fwd_tile_order(s.batch, s.heads, s.seq, block_rows, s.causal, kv_bytes_per_token, l2_bytes);
+}
+
+// The grid for max_blocks (flash_attention.h): kFlashBlocksAuto persistent (one block per SM) for non-causal
+// launches of at most kFlashPersistentQueryBlocks query blocks per (batch, head), else one block per tile.
+int grid_blocks(const AttentionShape& s, const FwdTileOrder& order, int max_blocks) {
+  if (max_blocks == kFlashBlocksAuto)
+    max_blocks = !s.causal && order.n_qblocks <= kFlashPersistentQueryBlocks
+                     ? device_attribute(cudaDevAttrMultiProcessorCount) : 0;
+  return max_blocks > 0 ? std::min(max_blocks, order.tiles) : order.tiles;
 }
 
 template <typename T, int DQK, int DV, int Consumers>
@@ -32,8 +43,7 @@ void launch_forward_ws_tile(const AttentionShape& s, const Params<T>& p, cudaStr
   views.v = head_view(p.qkv + 2 * H * s.qk_dim, kIsBf16<T>, s.v_dim, row, s, Tile::kBc, "v (of qkv)");
   auto kernel = flash_fwd_ws_kernel<T, DQK, DV, Consumers>;
   set_smem(kernel, Tile::kSmemBytes);
-  const int blocks = max_blocks > 0 ? std::min(max_blocks, order.tiles) : order.tiles;  // 1-D either way
-  kernel<<<blocks, Tile::kThreads, Tile::kSmemBytes, stream>>>(p, views, order);
+  kernel<<<grid_blocks(s, order, max_blocks), Tile::kThreads, Tile::kSmemBytes, stream>>>(p, views, order);
   CUDA_CHECK_LAUNCH("flash_fwd_ws_kernel");
 }
 

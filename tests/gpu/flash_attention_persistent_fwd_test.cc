@@ -237,13 +237,13 @@ INSTANTIATE_TEST_SUITE_P(Pairs, FlashAttentionPersistentFwdTest,
                          });
 
 // The argument check runs on the host before any device call, so this needs no GPU.
-TEST(FlashAttentionPersistentArgs, RejectsANegativeMaxBlocksBeforeTheDevice) {
+TEST(FlashAttentionPersistentArgs, RejectsMaxBlocksBelowAutoBeforeTheDevice) {
   AttentionShape s = shape_of(kPairs[2], 1, 8, 2, false);
   try {
-    cuda::flash_attention_forward(s, DType::BF16, nullptr, nullptr, nullptr, nullptr, 0, /*max_blocks=*/-1);
+    cuda::flash_attention_forward(s, DType::BF16, nullptr, nullptr, nullptr, nullptr, 0, /*max_blocks=*/-2);
     FAIL() << "expected loom::Error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("max_blocks -1 must be 0"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("max_blocks -2 must be -1 (the launcher's choice)"), std::string::npos) << e.what();
   }
 }
 

@@ -79,16 +79,19 @@ TEST(FlashFwdOrder, CausalRunsTheLongestTilesOfASectionFirst) {
 
 TEST(FlashFwdOrder, SectionsFillHalfTheL2AndTilesFitIn31Bits) {
   constexpr int64_t kL2 = 50 * 1024 * 1024, kD128 = (128 + 128) * 2;  // K and V bytes per token at d128
-  // Half of 50 MiB over 1024 tokens of 512 bytes: 50 pairs, of 4·16 = 64.
-  FwdTileOrder o = fwd_tile_order(4, 16, 1024, 128, true, kD128, kL2);
-  EXPECT_EQ(o.tiles, 4 * 16 * 8);
-  EXPECT_EQ(o.n_qblocks, 8);
+  // Half of 50 MiB over 4096 tokens of 512 bytes: 12 pairs, of 4·16 = 64.
+  FwdTileOrder o = fwd_tile_order(4, 16, 4096, 128, true, kD128, kL2);
+  EXPECT_EQ(o.tiles, 4 * 16 * 32);
+  EXPECT_EQ(o.n_qblocks, 32);
   EXPECT_EQ(o.heads, 16);
-  EXPECT_EQ(o.section, 50);
+  EXPECT_EQ(o.section, 12);
   EXPECT_TRUE(o.causal);
   EXPECT_EQ(fwd_tile_order(1, 16, 16384, 128, true, kD128, kL2).section, 3);   // 25 MiB / 8 MiB
   EXPECT_EQ(fwd_tile_order(1, 2, 1 << 20, 128, true, kD128, kL2).section, 1);  // one pair exceeds it: 1
-  EXPECT_EQ(fwd_tile_order(2, 3, 100, 192, true, kD128, kL2).section, 6);      // all pairs fit: all
+  EXPECT_EQ(fwd_tile_order(2, 3, 6144, 192, true, kD128, kL2).section, 6);     // all pairs fit: all
+  // Fewer than kLongestFirstQueryBlocks query blocks: each pair alone (31 blocks of 128 rows; 1024 tokens).
+  EXPECT_EQ(fwd_tile_order(2, 3, 31 * 128, 128, true, kD128, kL2).section, 1);
+  EXPECT_EQ(fwd_tile_order(4, 16, 1024, 128, true, kD128, kL2).section, 1);
   o = fwd_tile_order(2, 3, 385, 192, false, kD128, kL2);
   EXPECT_EQ(o.tiles, 2 * 3 * 3);
   EXPECT_FALSE(o.causal);
