@@ -2,7 +2,8 @@
 // hidden = heads·dim held fixed), so the two tables line up cell by cell.
 //
 // FLOP convention (the peers'): fwd = 4·b·h·s²·d (halved when causal), bwd = 2.5·fwd. Times are medians of
-// `--reps` event-timed runs after `--warmup` runs, on random inputs (never zeros). "loom" rows use the atomic
+// `--reps` event-timed runs after `--warmup` runs, on random inputs (never zeros); with `--repeat R` each cell is
+// timed R times in a row and the medians of the R medians are reported (single cells move by up to ~10 %). "loom" rows use the atomic
 // dQ backward, "loom-det" rows the deterministic one.
 //
 // --pairs QKxV ... instead times the head dims pruning produces ("loom-pruned" rows; atomic dQ): every pair with
@@ -12,12 +13,20 @@
 //
 // usage: loom_flash_bench [--dims 64 128 | --pairs 32x32 40x64 ...] [--seqlens 512 ... 16384] [--tokens 16384]
 //                         [--hidden 2048] [--dtype bf16|f16] [--reps 10] [--warmup 3] [--json FILE]
-//                         [--d64-rows 0|128|192] [--no-det]
+//                         [--d64-rows 0|128|192] [--no-det] [--repeat 1] [--host-times]
+//                         [--fwd-blocks auto,0,sm,...]
 // --d64-rows forces the 64x64 pair's forward block height (flash_attention_forward; 0: its own choice by seq);
-// --no-det leaves out the "loom-det" rows.
+// --no-det leaves out the "loom-det" rows. --fwd-blocks times each cell under several values of the forward's
+// max_blocks, interleaved (in each of the --repeat rounds every value runs once): auto (kFlashBlocksAuto, the
+// launcher's choice), 0 (one block per tile), N (at most N persistent blocks) or sm (the card's SM count). The
+// first value's rows are "loom" (and "loom-det"), the others "loom@fN" (compare.py tables them apart); default
+// auto. --host-times adds, per cell, the host's microseconds to queue one
+// forward and one forward + backward (the mean of 20 calls queued back to back, the GPU busy): with one event pair
+// and a synchronisation per timed run (as the peers time too), the first kernel of a run waits that long.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -41,9 +50,10 @@ struct Options {
   std::vector<int> seqlens = {512, 1024, 2048, 4096, 8192, 16384};
   int64_t tokens = 16384, hidden = 2048;
   loom::DType dtype = loom::DType::BF16;
-  int reps = 10, warmup = 3;
+  int reps = 10, warmup = 3, repeat = 1;
   int d64_rows = 0;
-  bool det_rows = true;
+  bool det_rows = true, host_times = false;
+  std::vector<std::string> fwd_blocks = {"auto"};  // --fwd-blocks, resolved in main
   std::string json;
 };
 
@@ -73,33 +83,87 @@ Options parse(int argc, char** argv) {
     else if (a == "--dtype") o.dtype = loom::dtype_from_name(next(), "--dtype");
     else if (a == "--reps") o.reps = std::stoi(next());
     else if (a == "--warmup") o.warmup = std::stoi(next());
+    else if (a == "--repeat") o.repeat = std::stoi(next());
     else if (a == "--json") o.json = next();
     else if (a == "--d64-rows") o.d64_rows = std::stoi(next());
     else if (a == "--no-det") o.det_rows = false;
-    else loom::fail("flash_bench: unknown argument ", a);
+    else if (a == "--host-times") o.host_times = true;
+    else if (a == "--fwd-blocks") {
+      o.fwd_blocks.clear();
+      const std::string list = next();
+      for (size_t at = 0; at <= list.size();) {
+        const size_t comma = std::min(list.find(',', at), list.size());
+        o.fwd_blocks.push_back(list.substr(at, comma - at));
+        at = comma + 1;
+      }
+    } else loom::fail("flash_bench: unknown argument ", a);
   }
+  LOOM_CHECK(o.reps >= 1 && o.repeat >= 1 && o.warmup >= 0,
+             "flash_bench: --reps and --repeat must be >= 1, --warmup >= 0");
   return o;
 }
 
 // Median milliseconds of the forward and of forward + backward for one shape.
+// One launch schedule of --fwd-blocks: the forward's max_blocks argument.
+struct Schedule {
+  int fwd_blocks = loom::cuda::kFlashBlocksAuto;
+  std::string backend(const char* base) const {
+    const bool chosen = fwd_blocks == loom::cuda::kFlashBlocksAuto;
+    return std::string(base) + "@f" + (chosen ? "auto" : std::to_string(fwd_blocks));
+  }
+};
+
 struct Timing {
   double fwd_ms, fwd_bwd_ms;
+  double fwd_host_us = 0, fwd_bwd_host_us = 0;  // --host-times
 };
+
+// Mean host microseconds of one fn() call, 20 calls queued back to back (fn only queues work).
+double host_us(const std::function<void()>& fn) {
+  constexpr int kCalls = 20;
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < kCalls; ++i) fn();
+  const auto t1 = std::chrono::steady_clock::now();
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return std::chrono::duration<double, std::micro>(t1 - t0).count() / kCalls;
+}
 struct Buffers {
   void *qkv, *out, *dout, *dqkv, *ws;
   float* lse;
   size_t ws_bytes;
 };
-Timing time_shape(const loom::AttentionShape& a, const Options& o, const Buffers& buf, bool det) {
-  auto fwd = [&] {
-    loom::cuda::flash_attention_forward(a, o.dtype, buf.qkv, buf.out, buf.lse, nullptr, o.d64_rows);
+// Timings of one shape under each schedule, the schedules interleaved within each of the --repeat rounds.
+std::vector<Timing> time_shape(const loom::AttentionShape& a, const Options& o, const Buffers& buf, bool det,
+                               const std::vector<Schedule>& schedules) {
+  auto fwd = [&](const Schedule& sc) {
+    loom::cuda::flash_attention_forward(a, o.dtype, buf.qkv, buf.out, buf.lse, nullptr, o.d64_rows, sc.fwd_blocks);
   };
-  auto fwd_bwd = [&] {
-    fwd();
+  auto fwd_bwd = [&](const Schedule& sc) {
+    fwd(sc);
     loom::cuda::flash_attention_backward(a, o.dtype, buf.qkv, buf.out, buf.dout, buf.lse, buf.dqkv, buf.ws,
                                          buf.ws_bytes, det, nullptr);
   };
-  return {loom::bench::median_ms(fwd, o.warmup, o.reps), loom::bench::median_ms(fwd_bwd, o.warmup, o.reps)};
+  std::vector<std::vector<double>> f(schedules.size()), fb(schedules.size());
+  for (int r = 0; r < o.repeat; ++r)
+    for (size_t i = 0; i < schedules.size(); ++i) {
+      f[i].push_back(loom::bench::median_ms([&] { fwd(schedules[i]); }, o.warmup, o.reps));
+      fb[i].push_back(loom::bench::median_ms([&] { fwd_bwd(schedules[i]); }, o.warmup, o.reps));
+    }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+  };
+  std::vector<Timing> out;
+  for (size_t i = 0; i < schedules.size(); ++i) {
+    Timing t{median(f[i]), median(fb[i])};
+    if (o.host_times) {
+      t.fwd_host_us = host_us([&] { fwd(schedules[i]); });
+      t.fwd_bwd_host_us = host_us([&] { fwd_bwd(schedules[i]); });
+    }
+    out.push_back(t);
+  }
+  return out;
 }
 
 loom::AttentionShape shape_for(const Options& o, int64_t heads, int dqk, int dv, int s, bool causal) {
@@ -117,6 +181,13 @@ int main(int argc, char** argv) try {
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("%s, %d SMs, dtype %s\n", prop.name, prop.multiProcessorCount, loom::dtype_name(o.dtype));
+  std::vector<Schedule> schedules;
+  for (const std::string& v : o.fwd_blocks) {
+    const int n = v == "auto" ? loom::cuda::kFlashBlocksAuto : v == "sm" ? prop.multiProcessorCount : std::stoi(v);
+    LOOM_CHECK(n >= 0 || n == loom::cuda::kFlashBlocksAuto, "flash_bench: --fwd-blocks values are auto, sm or >= 0; got ",
+               v);
+    schedules.push_back({n});
+  }
 
   // Every shape of the grid: (heads, Dqk, Dv); one set of buffers, sized for the widest, serves them all.
   struct Dims {
@@ -156,24 +227,36 @@ int main(int argc, char** argv) try {
 
   nlohmann::json rows = nlohmann::json::array();
   if (o.pairs.empty()) {
-    std::printf("%-9s %4s %6s %6s %6s %6s %6s  TFLOP/s\n", "backend", "d", "causal", "seqlen", "fwd", "bwd", "f+b");
-    for (const char* backend : {"loom", "loom-det"}) {
-      const bool det = std::strcmp(backend, "loom-det") == 0;
+    std::printf("%-16s %4s %6s %6s %6s %6s %6s  TFLOP/s\n", "backend", "d", "causal", "seqlen", "fwd", "bwd", "f+b");
+    for (const char* base : {"loom", "loom-det"}) {
+      const bool det = std::strcmp(base, "loom-det") == 0;
       if (det && !o.det_rows) continue;
+      // The deterministic backward has no persistent mode: its rows use the first schedule only.
+      const std::vector<Schedule> cell_schedules = det ? std::vector<Schedule>{schedules.front()} : schedules;
       for (const Dims& g : grid)
         for (bool causal : {false, true})
           for (int s : o.seqlens) {
             const loom::AttentionShape a = shape_for(o, g.heads, g.dqk, g.dv, s, causal);
             const double flops = 4.0 * a.batch * a.heads * double(s) * s * g.dqk / (causal ? 2 : 1);
-            const Timing t = time_shape(a, o, buf, det);
-            const nlohmann::json r = {{"backend", backend}, {"d", g.dqk}, {"causal", causal}, {"seqlen", s},
-                                      {"batch", a.batch}, {"heads", a.heads}, {"fwd", flops / t.fwd_ms / 1e9},
-                                      {"bwd", 2.5 * flops / (t.fwd_bwd_ms - t.fwd_ms) / 1e9},
-                                      {"fwd_bwd", 3.5 * flops / t.fwd_bwd_ms / 1e9}};
-            rows.push_back(r);
-            std::printf("%-9s %4d %6d %6d %6.0f %6.0f %6.0f\n", backend, g.dqk, int(causal), s,
-                        r["fwd"].get<double>(), r["bwd"].get<double>(), r["fwd_bwd"].get<double>());
-            std::fflush(stdout);
+            const std::vector<Timing> times = time_shape(a, o, buf, det, cell_schedules);
+            for (size_t i = 0; i < times.size(); ++i) {
+              const Timing& t = times[i];
+              const std::string backend = i == 0 ? std::string(base) : cell_schedules[i].backend(base);
+              nlohmann::json r = {{"backend", backend}, {"d", g.dqk}, {"causal", causal}, {"seqlen", s},
+                                  {"batch", a.batch}, {"heads", a.heads}, {"fwd", flops / t.fwd_ms / 1e9},
+                                  {"bwd", 2.5 * flops / (t.fwd_bwd_ms - t.fwd_ms) / 1e9},
+                                  {"fwd_bwd", 3.5 * flops / t.fwd_bwd_ms / 1e9},
+                                  {"fwd_blocks", cell_schedules[i].fwd_blocks}};
+              if (o.host_times) r["fwd_host_us"] = t.fwd_host_us, r["fwd_bwd_host_us"] = t.fwd_bwd_host_us;
+              std::printf("%-16s %4d %6d %6d %6.0f %6.0f %6.0f", backend.c_str(), g.dqk, int(causal), s,
+                          r["fwd"].get<double>(), r["bwd"].get<double>(), r["fwd_bwd"].get<double>());
+              if (o.host_times)
+                std::printf("   host us to queue: fwd %.1f, fwd+bwd %.1f (GPU ms: %.3f, %.3f)", t.fwd_host_us,
+                            t.fwd_bwd_host_us, t.fwd_ms, t.fwd_bwd_ms);
+              std::printf("\n");
+              std::fflush(stdout);
+              rows.push_back(std::move(r));
+            }
           }
     }
   } else {
@@ -187,7 +270,7 @@ int main(int argc, char** argv) try {
         for (const Dims& g : grid) {
           const loom::AttentionShape a = shape_for(o, g.heads, g.dqk, g.dv, s, causal);
           const double flops = 2.0 * a.batch * a.heads * double(s) * s * (g.dqk + g.dv) / (causal ? 2 : 1);
-          const Timing t = time_shape(a, o, buf, false);
+          const Timing t = time_shape(a, o, buf, false, {schedules.front()}).front();
           const double fwd = flops / t.fwd_ms / 1e9, fb = 3.5 * flops / t.fwd_bwd_ms / 1e9;
           const double bwd = 2.5 * flops / (t.fwd_bwd_ms - t.fwd_ms) / 1e9;
           if (&g == &grid.front()) ref_fwd = fwd, ref_fb = fb;

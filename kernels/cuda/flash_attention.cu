@@ -89,9 +89,11 @@ int flash_attention_d64_query_rows(int64_t seq, bool causal) {
 }
 
 void flash_attention_forward(const AttentionShape& s, DType dtype, const void* qkv, void* out, float* lse,
-                             cudaStream_t stream, int d64_query_rows) {
+                             cudaStream_t stream, int d64_query_rows, int max_blocks) {
   LOOM_CHECK(d64_query_rows == 0 || d64_query_rows == 128 || d64_query_rows == 192,
              "flash_attention_forward: d64_query_rows ", d64_query_rows, " must be 0 (choose), 128 or 192");
+  LOOM_CHECK(max_blocks >= kFlashBlocksAuto, "flash_attention_forward: max_blocks ", max_blocks,
+             " must be -1 (the launcher's choice), 0 (a block per tile) or > 0 (persistent blocks)");
   check_supported(s, dtype);
   LOOM_CHECK(qkv && out && lse, "flash_attention_forward: null pointer (qkv, out or lse)");
   LOOM_CHECK(aligned16(qkv) && aligned16(out), "flash_attention_forward: qkv and out must be 16-byte aligned");
@@ -101,7 +103,7 @@ void flash_attention_forward(const AttentionShape& s, DType dtype, const void* q
     p.qkv = static_cast<const T*>(qkv);
     p.out_w = static_cast<T*>(out);
     p.lse = lse;
-    flash::launch_forward<T, DQK, DV>(s, p, stream, rows);
+    flash::launch_forward<T, DQK, DV>(s, p, stream, rows, max_blocks);
   });
 }
 

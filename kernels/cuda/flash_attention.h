@@ -34,6 +34,11 @@
 
 namespace loom::cuda {
 
+// flash_attention_forward's max_blocks default: the launcher chooses (see there).
+constexpr int kFlashBlocksAuto = -1;
+// Non-causal forwards of at most this many query blocks per (batch, head) run persistent under kFlashBlocksAuto.
+constexpr int kFlashPersistentQueryBlocks = 32;
+
 // Returns "" if (shape, dtype) is supported by these kernels, otherwise a sentence saying why not.
 std::string flash_attention_check(const AttentionShape& shape, DType dtype);
 
@@ -46,8 +51,20 @@ int flash_attention_tile_width(int64_t head_dim);
 // d64_query_rows: the query rows per block of the 64x64 tile pair's forward (head dims 33..64 both): 128 (two
 // consumer warpgroups) or 192 (three, more reuse of each K/V tile but up to 191 padded rows per sequence); 0
 // chooses by seq (flash_attention_d64_query_rows). Other pairs ignore it. Anything else throws loom::Error.
+// max_blocks: the grid of the warp-specialised kernel (both tile widths 64 or 128; a tile is one query block of
+// one (batch, head)). 0: one block per tile. N > 0: persistent, min(N, tiles) blocks each running tiles
+// blockIdx, blockIdx + blocks, ..., so that a tile's loads overlap the previous one's output stores (a block's
+// first tile still pays the start-up); a block takes a whole SM (its registers), so the SM count is the natural
+// N. out and lse are bit-identical for every value: a tile's arithmetic does not depend on the block that runs
+// it. kFlashBlocksAuto (-1, the default): the launcher's choice, measured on an H100 (docs/PERF.md): persistent
+// with one block per SM for non-causal launches of at most kFlashPersistentQueryBlocks query blocks per
+// (batch, head) (up to 4k tokens at d128; there the overlap gained 5-18 % of the forward), one block per tile
+// otherwise (at 8k and 16k tokens and causal, the static round-robin of persistent blocks measured 1-13 % slower
+// than the hardware's own scheduling of one-tile blocks). The pairs with a 32-wide tile (cp.async kernel) ignore
+// it. Below -1 throws loom::Error before any device call; so do shapes of more than 2^31 - 1 tiles (on the
+// warp-specialised pairs).
 void flash_attention_forward(const AttentionShape& shape, DType dtype, const void* qkv, void* out, float* lse,
-                             cudaStream_t stream, int d64_query_rows = 0);
+                             cudaStream_t stream, int d64_query_rows = 0, int max_blocks = kFlashBlocksAuto);
 // The query rows per block the 64x64 pair's forward runs when left to choose, from a sweep on an H100
 // (docs/PERF.md): 192 from seq 2048 on; below that 128 when causal (the diagonal's masked part of a 192-row
 // block is the larger waste there) or when 192-row blocks pad more than 1.2x the rows 128-row ones do (a ViT's

@@ -1,5 +1,6 @@
 // Backward launcher (flash_attention_launch.cuh); the kernels are in flash_attention_bwd.cuh, the
 // warp-specialised main kernel in flash_attention_bwd_ws.cuh (launched by flash_attention_bwd_ws.cu).
+#include <algorithm>
 #include <type_traits>
 
 #include "kernels/cuda/flash_attention_bwd.cuh"
@@ -30,6 +31,21 @@ void launch_bwd_kernel(const AttentionShape& s, const Params<T>& p, cudaStream_t
   CUDA_CHECK_LAUNCH("flash_bwd_kernel");
 }
 
+// dq (in dqkv) = scale · dq_accum, with the convert kernel of the accumulator's layout.
+template <typename T, typename Accum>
+void launch_dq_convert(const AttentionShape& s, const Params<T>& p, cudaStream_t stream) {
+  if constexpr (std::is_same_v<Accum, RowMajorDq>) {
+    flash_bwd_dq_convert_rows_kernel<T><<<s.batch * s.seq, 128, 0, stream>>>(p);
+    CUDA_CHECK_LAUNCH("flash_bwd_dq_convert_rows_kernel");
+  } else {
+    const int row_pairs = static_cast<int>((s.seq + 15) / 16 * 8);  // rows t, t + 8 with t % 16 < 8
+    const int threads = static_cast<int>(std::min<int64_t>(256, (s.heads * s.qk_dim / 2 + 31) / 32 * 32));
+    flash_bwd_dq_convert_tiles_kernel<T, Accum::kBr, Accum::kDqk>
+        <<<s.batch * row_pairs, threads, 0, stream>>>(p, row_pairs);
+    CUDA_CHECK_LAUNCH("flash_bwd_dq_convert_tiles_kernel");
+  }
+}
+
 }  // namespace
 
 // D, then (atomic mode) dK, dV and dQ into the zeroed f32 accumulator by the warp-specialised kernel (the
@@ -37,21 +53,16 @@ void launch_bwd_kernel(const AttentionShape& s, const Params<T>& p, cudaStream_t
 // and dQ by flash_bwd_dq_kernel.
 template <typename T, int DQK, int DV>
 void launch_backward(const AttentionShape& s, const Params<T>& p, cudaStream_t stream) {
-  const int64_t rows = s.batch * s.seq * s.heads;
-  {
-    const int threads = 256;
-    const int64_t blocks = (rows * 32 + threads - 1) / threads;
-    flash_bwd_dsum_kernel<T, DV><<<blocks, threads, 0, stream>>>(p, rows);
-    CUDA_CHECK_LAUNCH("flash_bwd_dsum_kernel");
-  }
+  // The D and dQ-convert kernels take one block per token row: B·T blocks.
+  LOOM_CHECK(s.batch * s.seq < (int64_t{1} << 31), "flash attention: batch ", s.batch, " x seq ", s.seq,
+             " tokens exceed the grid limit of the backward's row kernels");
+  flash_bwd_dsum_kernel<T, DV><<<s.batch * s.seq, 128, 0, stream>>>(p);
+  CUDA_CHECK_LAUNCH("flash_bwd_dsum_kernel");
   if (p.dq_accum) {
     CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, dq_accum_floats<DQK, DV>(s) * sizeof(float), stream));
     if constexpr (kBackwardWs<DQK, DV>) launch_backward_ws<T, DQK, DV>(s, p, stream);
     else launch_bwd_kernel<T, DQK, DV, true>(s, p, stream);
-    const int threads = 256;
-    const int64_t pairs = rows * s.qk_dim / 2;
-    flash_bwd_dq_convert_kernel<T, DqAccum<DQK, DV>><<<(pairs + threads - 1) / threads, threads, 0, stream>>>(p, pairs);
-    CUDA_CHECK_LAUNCH("flash_bwd_dq_convert_kernel");
+    launch_dq_convert<T, DqAccum<DQK, DV>>(s, p, stream);
   } else {
     launch_bwd_kernel<T, DQK, DV, false>(s, p, stream);
     using Tile = DqTile<DQK, DV>;

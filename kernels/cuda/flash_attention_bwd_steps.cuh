@@ -154,7 +154,7 @@ __device__ __forceinline__ void issue_dv_dk(float (&dv)[DV / 2], float (&dk)[DQK
 }
 
 // Adds this thread's part of the dQ tile (rows < T, columns < dqk) into the f32 accumulator p.dq_accum
-// [B, T, H, dqk] with atomics (unscaled: flash_bwd_dq_convert_kernel applies the scale).
+// [B, T, H, dqk] with atomics (unscaled: the dQ convert kernel applies the scale).
 template <typename T, int DQK, int DV>
 __device__ __forceinline__ void add_dq_atomic(const float (&acc)[BwdTile<DQK, DV>::kDqN / 2], const Params<T>& p,
                                               int b, int h, int q0, const BwdSplit<DQK, DV>& w, int wrow, int t4) {

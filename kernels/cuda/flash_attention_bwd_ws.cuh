@@ -6,7 +6,7 @@
 // (flash_attention_fwd_ws.cuh) says why a tile must be whole 64-column atoms for one swizzled TMA box to write
 // one atom. The deterministic mode (flash_bwd_kernel without dQ, then flash_bwd_dq_kernel) and the 32-wide pairs
 // (both modes) stay on flash_attention_bwd.cuh's cp.async kernels. flash_bwd_dsum_kernel (D), the zeroing of
-// dq_accum and flash_bwd_dq_convert_kernel run around this kernel as around the cp.async one.
+// dq_accum and flash_bwd_dq_convert_tiles_kernel run around this kernel as around the cp.async one.
 //
 // The math, the work split and the products are flash_bwd_kernel's (flash_attention_bwd.cuh; the steps are
 // shared: flash_attention_bwd_steps.cuh): a block owns kBc = 128 keys of one (batch, head), keeps dK and dV in
@@ -78,7 +78,7 @@
 // columns c, c + 1) of consumer thread u at floats 4·(256i + u), so a warp's float4 stores are 512 contiguous bytes
 // and conflict-free (a row-major f32 tile puts a warp's accumulator rows 512 bytes apart: 8-way conflicts). That
 // order, not FlashAttention-3's swizzled tensor boxes, is why the global accumulator is tile-major and
-// flash_bwd_dq_convert_kernel reads it through the same map.
+// flash_bwd_dq_convert_tiles_kernel reads it through the same map.
 #pragma once
 #include "kernels/cuda/flash_attention_bwd_ws_tile.cuh"
 #include "kernels/cuda/flash_attention_tma.cuh"

@@ -3,7 +3,7 @@
 // accumulators leave it, so that a warp's float4 stores of its fragments are 512 contiguous bytes (no bank
 // conflict) and the tile is one contiguous range for one bulk reduce-add. The same order is used in shared
 // memory and, tile by tile, in the global accumulator ([B, H, ceil(T/kBr), kBr·kDqk] f32); the kernel's writer
-// and flash_bwd_dq_convert_kernel's reader both go through DqTileLayout::offset, so the two cannot disagree.
+// and flash_bwd_dq_convert_tiles_kernel's reader both go through DqTileLayout::offset, so the two cannot disagree.
 // Plain constexpr C++ (host and device: the CUDA targets build with --expt-relaxed-constexpr), so that a CPU test
 // checks the map (tests/unit/flash_dq_layout_test.cc).
 //

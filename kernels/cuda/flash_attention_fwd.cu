@@ -6,9 +6,10 @@
 namespace loom::cuda::flash {
 
 template <typename T, int DQK, int DV>
-void launch_forward(const AttentionShape& s, const Params<T>& p, cudaStream_t stream, int d64_query_rows) {
+void launch_forward(const AttentionShape& s, const Params<T>& p, cudaStream_t stream, int d64_query_rows,
+                    int max_blocks) {
   if constexpr (kForwardWs<DQK, DV>) {
-    launch_forward_ws<T, DQK, DV>(s, p, stream, d64_query_rows);
+    launch_forward_ws<T, DQK, DV>(s, p, stream, d64_query_rows, max_blocks);
   } else {
     using Tile = FwdTile<DQK, DV>;
     auto kernel = flash_fwd_kernel<T, DQK, DV>;
@@ -21,8 +22,9 @@ void launch_forward(const AttentionShape& s, const Params<T>& p, cudaStream_t st
 
 #define LOOM_FLASH_FWD(DQK, DV)                                                                            \
   template void launch_forward<__nv_bfloat16, DQK, DV>(const AttentionShape&, const Params<__nv_bfloat16>&, \
-                                                       cudaStream_t, int);                                 \
-  template void launch_forward<__half, DQK, DV>(const AttentionShape&, const Params<__half>&, cudaStream_t, int);
+                                                       cudaStream_t, int, int);                            \
+  template void launch_forward<__half, DQK, DV>(const AttentionShape&, const Params<__half>&, cudaStream_t, int, \
+                                                int);
 LOOM_FLASH_TILE_PAIRS(LOOM_FLASH_FWD)
 #undef LOOM_FLASH_FWD
 

@@ -32,14 +32,19 @@ constexpr bool kForwardWs = (DQK == 64 || DQK == 128) && (DV == 64 || DV == 128)
 // Queues the forward on `stream`. p carries qkv, out_w, lse and the shape fields; DQK >= p.dqk, DV >= p.dv.
 // The kForwardWs<DQK, DV> pairs run the warp-specialised kernel (launch_forward_ws), the others the cp.async one.
 // d64_query_rows (128 or 192): the 64x64 pair's block height (flash_attention_forward); other pairs ignore it.
+// max_blocks (≥ -1): the warp-specialised kernel's grid (flash_attention_forward); the cp.async kernel ignores it.
 template <typename T, int DQK, int DV>
-void launch_forward(const AttentionShape& s, const Params<T>& p, cudaStream_t stream, int d64_query_rows);
+void launch_forward(const AttentionShape& s, const Params<T>& p, cudaStream_t stream, int d64_query_rows,
+                    int max_blocks);
 
-// Queues the warp-specialised forward (kForwardWs<DQK, DV> pairs only). Builds the TMA views of qkv on the host;
-// throws loom::Error naming the view and the shape where the tensor-map rules do not hold or the driver cannot
-// encode them.
+// Queues the warp-specialised forward (kForwardWs<DQK, DV> pairs only). max_blocks = kFlashBlocksAuto: the choice
+// flash_attention.h states; max_blocks = 0: one block per tile (a query block of one (batch, head)); max_blocks > 0: min(max_blocks, tiles) persistent blocks, each walking the
+// tiles blockIdx.x, blockIdx.x + gridDim.x, ... (flash_attention_fwd_order.h gives the order). Builds the TMA
+// views of qkv on the host; throws loom::Error where the tiles exceed 2^31 - 1, or naming the view and the shape
+// where the tensor-map rules do not hold or the driver cannot encode them.
 template <typename T, int DQK, int DV>
-void launch_forward_ws(const AttentionShape& s, const Params<T>& p, cudaStream_t stream, int d64_query_rows);
+void launch_forward_ws(const AttentionShape& s, const Params<T>& p, cudaStream_t stream, int d64_query_rows,
+                       int max_blocks);
 
 // The warp-specialised TMA backward (flash_attention_bwd_ws.cuh) runs the same pairs, in the atomic-dQ mode
 // only; the deterministic mode and the 32-wide pairs run flash_attention_bwd.cuh's cp.async kernels.

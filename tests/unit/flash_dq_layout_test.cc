@@ -42,6 +42,17 @@ void check_tile_order() {
         }
   }
 
+  // What the convert kernel reads as one float4: for t % 16 < 8 and even d, (t, d), (t, d + 1), (t + 8, d),
+  // (t + 8, d + 1) are four consecutive floats starting at a multiple of 4.
+  for (int row = 0; row < kBr; row += row % 16 == 7 ? 9 : 1)
+    for (int col = 0; col < kDqk; col += 2) {
+      const int off = Layout::offset(row, col);
+      ASSERT_EQ(off % 4, 0) << row << ", " << col;
+      ASSERT_EQ(Layout::offset(row, col + 1), off + 1) << row << ", " << col;
+      ASSERT_EQ(Layout::offset(row + 8, col), off + 2) << row << ", " << col;
+      ASSERT_EQ(Layout::offset(row + 8, col + 1), off + 3) << row << ", " << col;
+    }
+
   // Tiles of (batch, head, query block) follow one another without gap or overlap; ragged seq rounds up.
   const int batch = 2, heads = 3, seq = 2 * kBr + 17, qblocks = 3;
   int64_t expected = 0;
