@@ -23,30 +23,15 @@
 #include "core/error.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/flash_attention.h"
+#include "tests/gpu/flash_attention_test_util.h"
 
 namespace loom {
 namespace {
 
-bool gpu_visible() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-#define SKIP_WITHOUT_GPU() \
-  if (!gpu_visible()) GTEST_SKIP() << "no CUDA GPU visible"
+using flash_test::DeviceBuffer;
+using flash_test::from_half_bits;
+using flash_test::to_half_bits;
 
-// Device buffer owned by a test.
-struct DeviceBuffer {
-  void* ptr = nullptr;
-  size_t bytes = 0;
-  explicit DeviceBuffer(size_t n) : bytes(n) { CUDA_CHECK(cudaMalloc(&ptr, std::max<size_t>(n, 1))); }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void poison() { CUDA_CHECK(cudaMemset(ptr, 0xff, bytes)); }  // 0xffff.. is NaN in bf16, f16 and f32
-};
-
-uint16_t to_half_bits(float f, DType t) { return t == DType::BF16 ? float_to_bf16(f) : float_to_f16(f); }
-float from_half_bits(uint16_t h, DType t) { return t == DType::BF16 ? bf16_to_float(h) : f16_to_float(h); }
 float round16(float f, DType t) { return from_half_bits(to_half_bits(f, t), t); }
 
 struct Case {
