@@ -58,8 +58,8 @@ int flash_attention_tile_width(int64_t head_dim);
 // N. out and lse are bit-identical for every value: a tile's arithmetic does not depend on the block that runs
 // it. kFlashBlocksAuto (-1, the default): the launcher's choice, measured on an H100 (docs/PERF.md): persistent
 // with one block per SM for non-causal launches of at most kFlashPersistentQueryBlocks query blocks per
-// (batch, head) (up to 4k tokens at d128; there the overlap gained 5-18 % of the forward), one block per tile
-// otherwise (at 8k and 16k tokens and causal, the static round-robin of persistent blocks measured 1-13 % slower
+// (batch, head) (up to 4k tokens at d128; there the overlap gained 3-18 % of the forward), one block per tile
+// otherwise (at 8k and 16k tokens and causal, the static round-robin of persistent blocks measured 1-15 % slower
 // than the hardware's own scheduling of one-tile blocks). The pairs with a 32-wide tile (cp.async kernel) ignore
 // it. Below -1 throws loom::Error before any device call; so do shapes of more than 2^31 - 1 tiles (on the
 // warp-specialised pairs).
