@@ -104,9 +104,9 @@ __global__ void flash_bwd_dq_convert_rows_kernel(const Params<T> p) {
 // pairs (d, d + 1) j, j + blockDim.x, ... of every head: one float4 of the tile holds (t, d), (t, d + 1),
 // (t + 8, d), (t + 8, d + 1) (DqTileLayout: float 4k + 2r + c), and consecutive column pairs are consecutive
 // float4s within groups of four (a warp reads whole 32-byte sectors), while the stores of a warp are contiguous in
-// both rows. Measured against the first version (H100): reading chunk by chunk in memory order and storing 4 bytes
-// to each of two rows ran 223 µs for 16 heads of 128 and 16k tokens, DRAM 35 % busy; walking dq's columns and
-// reading 8 of every 16 bytes 122 µs.
+// both rows. On an H100 (2026-12-07, 16 heads of 128, 16k tokens, 201 MB moved) this runs 69 µs (2.9 TB/s);
+// walking dq's columns and reading 8 of every 16 bytes (the kernel before) ran 122 µs, and reading chunk by chunk
+// in memory order with 4-byte stores to two rows 223 µs (DRAM 35 % busy): the scattered stores set that time.
 template <typename T, int kBr, int kDqk>
 __global__ void flash_bwd_dq_convert_tiles_kernel(const Params<T> p, int row_pairs) {
   using Layout = DqTileLayout<kBr, kDqk>;
