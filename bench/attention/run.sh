@@ -12,11 +12,11 @@ bench=$1 baselines=$2 outdir=$3
 shift 3
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$outdir"
-# flash_bench-only flags (--fwd-blocks, --repeat, --host-times) are not passed to the peer.
+# flash_bench-only flags (--fwd-blocks, --repeat, --host-times, --no-det) are not passed to the peer.
 peer_args=() skip=0
 for a in "$@"; do
   if ((skip)); then skip=0; continue; fi
-  case $a in --fwd-blocks|--repeat) skip=1 ;; --host-times) ;; *) peer_args+=("$a") ;; esac
+  case $a in --fwd-blocks|--repeat) skip=1 ;; --host-times|--no-det) ;; *) peer_args+=("$a") ;; esac
 done
 loom_jsons="" peer_jsons=""
 for ((r = 1; r <= ${ROUNDS:-1}; r++)); do

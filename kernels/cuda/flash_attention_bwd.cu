@@ -11,12 +11,9 @@ namespace loom::cuda::flash {
 namespace {
 
 // The one place the atomic mode's dQ accumulator layout is chosen: tile-major where the warp-specialised kernel adds
-// whole dQ tiles with bulk reduces (WsBwdTile::kBulkDq), row-major where dQ is added with atomics.
+// whole dQ tiles with bulk reduces (its pairs), row-major where flash_bwd_kernel adds dQ with atomics.
 template <int DQK, int DV>
-constexpr bool kTileMajorDq = [] {
-  if constexpr (kBackwardWs<DQK, DV>) return WsBwdTile<DQK, DV>::kBulkDq;
-  else return false;
-}();
+constexpr bool kTileMajorDq = kBackwardWs<DQK, DV>;
 template <int DQK, int DV>
 using DqAccum = std::conditional_t<kTileMajorDq<DQK, DV>, TileMajorDq<BwdTile<DQK, DV>::kBr, DQK>, RowMajorDq>;
 

@@ -68,12 +68,12 @@ __global__ void flash_bwd_dsum_kernel(const Params<T> p) {
 
 // The layouts of the f32 dQ accumulator (atomic mode); launch_backward picks one per tile pair (DqAccum in
 // flash_attention_bwd.cu) and converts it with the matching kernel below. floats: its size.
-// Row-major [B, T, H, dqk]: flash_bwd_kernel's atomics and the 64x64 warp-specialised kernel's.
+// Row-major [B, T, H, dqk]: flash_bwd_kernel's atomics (the pairs with a 32-wide tile).
 struct RowMajorDq {
   static int64_t floats(int64_t batch, int64_t seq, int64_t heads, int64_t dqk) { return batch * seq * heads * dqk; }
 };
 // Tile-major [B, H, ceil(T/kBr), kBr·kDqk] in DqTileLayout order: the warp-specialised kernel's bulk reduce-adds
-// (WsBwdTile::kBulkDq); rows past T and columns past dqk hold zeros and are never read.
+// (every pair it runs); rows past T and columns past dqk hold zeros and are never read.
 template <int kBr_, int kDqk_>
 struct TileMajorDq {
   static constexpr int kBr = kBr_, kDqk = kDqk_;

@@ -9,8 +9,6 @@ namespace loom::cuda::flash {
 template <typename T, int DQK, int DV>
 void launch_backward_ws(const AttentionShape& s, const Params<T>& p, cudaStream_t stream) {
   using Tile = WsBwdTile<DQK, DV>;
-  static_assert(Tile::kBulkDq == !(DQK == 64 && DV == 64),
-                "every ws pair but 64x64 has room for the shared dQ tile (WsBwdTile's shared-memory comment)");
   LOOM_CHECK(p.dq_accum != nullptr, "flash attention: the warp-specialised backward needs the dQ accumulator");
   const int64_t H = s.heads, row = s.qkv_width();
   BwdTmaViews views;

@@ -12,8 +12,8 @@
 // shared: flash_attention_bwd_steps.cuh): a block owns kBc = 128 keys of one (batch, head), keeps dK and dV in
 // registers and walks the query blocks of kBr rows (from the diagonal when causal); per query block S and dP,
 // P and dS to shared memory, dQ = dS K added into dq_accum, dV += Pᵀ dO, dK += dSᵀ Q. dQ leaves through a shared
-// f32 tile and one bulk reduce-add per query block (WsBwdTile::kBulkDq: every pair but 64x64) or, for 64x64, whose
-// tiles leave no room for the dQ tile, with f32 atomics as in flash_bwd_kernel.
+// f32 tile and one bulk reduce-add per query block (FlashAttention-3's way; the 64x64 pair added it with f32
+// atomics, as flash_bwd_kernel does, until its P/dS went to one buffer to make room for the tile).
 //
 // Block: 1 producer warpgroup + 2 consumer warpgroups (the two warpgroups of flash_bwd_kernel's BwdTile split).
 //   producer   warp 0, one thread: K and V of the block's keys once (TMA, barrier kv_full), then per query block n
@@ -22,18 +22,20 @@
 //              (+inf and 0 for rows past seq, so their probabilities are exactly 0, as in flash_bwd_kernel).
 //              A TMA view of the [B, H, T] f32 rows would need T·4 bytes to be a multiple of 16 (T % 4 == 0) and
 //              a 16-byte aligned lse, which the API does not promise, and would fill rows past seq with 0 (not
-//              +inf); one warp's coalesced loads a stage ahead cost the consumers nothing. Warp 2, one thread
-//              (kBulkDq): per query block n, waits for the consumers' dQ tile, adds it into dq_accum with one
+//              +inf); one warp's coalesced loads a stage ahead cost the consumers nothing. Warp 2, one thread:
+//              per query block n, waits for the consumers' dQ tile, adds it into dq_accum with one
 //              cp.reduce.async.bulk, waits until the tile has been read and hands it back. The other warps exit.
 //              setmaxnreg.dec hands the producer's registers to the consumers.
-//   consumers  per query block n: wait for stage n; S, dP (wgmma, waited); P, dS into P/dS buffer n % 2; one named
-//              barrier over the 256 consumer threads (P and dS complete); dQ issued, then dV/dK; while dV/dK run,
-//              dQ goes to the shared dQ tile (after block n - 1's reduce has read it) or to dq_accum by atomics;
-//              after dV/dK have landed every consumer thread releases stage n.
-//   P and dS are double buffered (kPdsStages = 2), so one consumer barrier per query block suffices where
-//   flash_bwd_kernel needs two: a warpgroup writes block n + 2's P/dS into buffer n % 2 only after passing block
-//   n + 1's barrier, which the other warpgroup reaches only after its wgmma reading block n's P/dS (dQ, dV/dK)
-//   completed.
+//   consumers  per query block n: wait for stage n; S, dP (wgmma, waited); P, dS into P/dS buffer n % kPdsStages;
+//              one named barrier over the 256 consumer threads (P and dS complete); dQ issued, then dV/dK; while
+//              dV/dK run, dQ goes to the shared dQ tile (after block n - 1's reduce has read it); after dV/dK have
+//              landed every consumer thread releases stage n.
+//   P and dS double buffered (kPdsStages = 2, every pair but 64x64): one consumer barrier per query block suffices
+//   where flash_bwd_kernel needs two: a warpgroup writes block n + 2's P/dS into buffer n % 2 only after passing
+//   block n + 1's barrier, which the other warpgroup reaches only after its wgmma reading block n's P/dS (dQ,
+//   dV/dK) completed. Single buffered (kPdsStages = 1, 64x64, whose 128-row blocks leave room for the dQ tile
+//   only so): a second named barrier, kPdsFreeBarrier, which each warpgroup passes after its products of block
+//   n - 1 landed and before it writes block n's P/dS; it waits there while its own S and dP of block n run.
 //
 // Barrier accounting (n = index of the query block from qb_begin, S = kStages, stage(n) = n % S,
 // parity(n) = (n / S) & 1):
@@ -51,12 +53,12 @@
 //               the producer thread and the lse/D warp wait for the release of block n - S with parity(n) ^ 1
 //               (returns at once on the first pass). No thread arrives twice in one phase: releasing block n + S
 //               needs stage n + S loaded, which needs the phase of block n complete.
-//   dq_full     (kBulkDq) kDqFullArrivals = 256: every consumer thread after its float4 stores of block n's dQ and
+//   dq_full     kDqFullArrivals = 256: every consumer thread after its float4 stores of block n's dQ and
 //               its own fence.proxy.async (each writer orders its own generic-proxy stores before the async proxy's
 //               read; one arrival per warp after __syncwarp would rest that on cumulativity through the warp
 //               barrier, and 256 arrivals a block of 64 or 128 query rows cost nothing beside the products);
 //               the reduce thread waits for block n with parity n & 1.
-//   dq_empty    (kBulkDq) kDqEmptyArrivals = 1: the reduce thread after cp.async.bulk.wait_group.read 0 shows
+//   dq_empty    kDqEmptyArrivals = 1: the reduce thread after cp.async.bulk.wait_group.read 0 shows
 //               block n's bulk reduce has read the tile; consumer threads wait for the release of block n - 1 with
 //               parity (n & 1) ^ 1 (at once for n = 0) before writing block n. The tile is single buffered, so
 //               both barriers advance one phase per query block, and none can be skipped: a consumer arrives on
@@ -69,8 +71,9 @@
 //               The global accumulator is tile-major (flash_attention_dq_layout.h), so block n's tile is one
 //               contiguous range and one 1-D bulk reduce (no tensor map) adds it; the reduce thread's final
 //               cp.async.bulk.wait_group 0 makes every add complete before the block exits.
-//   named barrier kPdsBarrier: bar.sync by all 256 consumer threads once per query block (after the P/dS stores
-//               and fence.proxy.async), none by the producer; __syncthreads is used only before the roles split.
+//   named barriers kPdsBarrier: bar.sync by all 256 consumer threads once per query block (after the P/dS stores
+//               and fence.proxy.async); kPdsFreeBarrier (kPdsStages = 1): bar.sync by all 256 once per query block
+//               but the first; none by the producer; __syncthreads is used only before the roles split.
 // Bytes per phase: a box is always delivered whole (rows past seq and columns past the head dim zero-filled
 // and counted), so a stage is kBr·(kQkCols + kVCols)·2 bytes whatever the shape.
 //
@@ -105,7 +108,7 @@ __global__ void __launch_bounds__(WsBwdTile<DQK, DV>::kThreads, 1)
   auto full = [&](int n) { return kv_full + 8 * (1 + n % kStages); };
   auto empty = [&](int n) { return kv_full + 8 * (1 + kStages + n % kStages); };
   auto parity = [](int n) { return uint32_t(n / kStages) & 1; };
-  // kBulkDq: the dQ tile is single buffered, so its barriers' phase n is query block n.
+  // The dQ tile is single buffered, so its barriers' phase n is query block n.
   const uint32_t dq_full = kv_full + 8 * (1 + 2 * kStages), dq_empty = dq_full + 8;
   float* const sDq = reinterpret_cast<float*>(smem_raw + Tile::kDqOffset);
   auto q_stage = [&](int n) { return sQ + (n % kStages) * Tile::kQBytes; };
@@ -121,10 +124,8 @@ __global__ void __launch_bounds__(WsBwdTile<DQK, DV>::kThreads, 1)
       mbarrier_init(full(s), Tile::kFullArrivals);
       mbarrier_init(empty(s), Tile::kEmptyArrivals);
     }
-    if constexpr (Tile::kBulkDq) {
-      mbarrier_init(dq_full, Tile::kDqFullArrivals);
-      mbarrier_init(dq_empty, Tile::kDqEmptyArrivals);
-    }
+    mbarrier_init(dq_full, Tile::kDqFullArrivals);
+    mbarrier_init(dq_empty, Tile::kDqEmptyArrivals);
     fence_mbarrier_init();
   }
   __syncthreads();
@@ -164,7 +165,7 @@ __global__ void __launch_bounds__(WsBwdTile<DQK, DV>::kThreads, 1)
         }
         mbarrier_arrive(full(n));
       }
-    } else if (Tile::kBulkDq && warp == Tile::kDqWarp && lane == 0) {
+    } else if (warp == Tile::kDqWarp && lane == 0) {
       using Layout = typename Tile::DqLayout;
       for (int n = 0; n < n_qblocks; ++n) {
         mbarrier_wait(dq_full, n & 1);
@@ -201,6 +202,9 @@ __global__ void __launch_bounds__(WsBwdTile<DQK, DV>::kThreads, 1)
 
     float s[Tile::Split::kN1 / 2], dp[Tile::Split::kN1 / 2];
     issue_scores_and_dp<T, DQK, DV>(s, dp, q_st, do_st, sK, sV, split);
+    // One P/dS buffer: both warpgroups' products of block n - 1 have read it (each passes this barrier only after
+    // its own wait for them), waited for while this block's S and dP run.
+    if (kPdsStages == 1 && n > 0) named_barrier_sync(Tile::kPdsFreeBarrier, 128 * Tile::kConsumers);
     wgmma_wait_all();
     pin(s);
     pin(dp);
@@ -210,14 +214,10 @@ __global__ void __launch_bounds__(WsBwdTile<DQK, DV>::kThreads, 1)
     named_barrier_sync(Tile::kPdsBarrier, 128 * Tile::kConsumers);  // P and dS complete, visible to the tensor cores
 
     accumulate_gradients<T, DQK, DV, true>(dv, dk, p_addr, ds_addr, do_st, q_st, sK, split, cwg, [&](const auto& acc) {
-      if constexpr (Tile::kBulkDq) {
-        mbarrier_wait(dq_empty, (n & 1) ^ 1);  // block n - 1's tile has been read by its bulk reduce
-        store_dq_tile<DQK, DV>(acc, sDq, split, row_n, t4_n);
-        fence_proxy_async();
-        mbarrier_arrive(dq_full);
-      } else {
-        add_dq_atomic<T, DQK, DV>(acc, p, b, h, q0, split, row_n, t4_n);
-      }
+      mbarrier_wait(dq_empty, (n & 1) ^ 1);  // block n - 1's tile has been read by its bulk reduce
+      store_dq_tile<DQK, DV>(acc, sDq, split, row_n, t4_n);
+      fence_proxy_async();
+      mbarrier_arrive(dq_full);
     });
     mbarrier_arrive(empty(n));  // Q_n, dO_n and lse/D no longer read by this thread
   }

@@ -462,7 +462,7 @@ TEST(FlashAttentionArgs, BackwardWorkspaceHoldsTheDqAccumulatorOfItsLayout) {
   EXPECT_EQ(workspace(128, 128, false), dsum + round256(2 * 3 * 2 * 64 * 128 * 4));  // kBr 64: 2 query blocks
   EXPECT_EQ(workspace(72, 40, false), dsum + round256(2 * 3 * 2 * 64 * 128 * 4));    // tiles 128 x 64
   EXPECT_EQ(workspace(40, 128, false), dsum + round256(2 * 3 * 2 * 64 * 64 * 4));    // tiles 64 x 128
-  EXPECT_EQ(workspace(64, 64, false), dsum + round256(2 * 65 * 3 * 64 * 4));         // 64 x 64: atomics
+  EXPECT_EQ(workspace(64, 64, false), dsum + round256(2 * 3 * 1 * 128 * 64 * 4));   // 64 x 64: kBr 128, 1 block
   EXPECT_EQ(workspace(32, 128, false), dsum + round256(2 * 65 * 3 * 32 * 4));        // cp.async kernel
 }
 
