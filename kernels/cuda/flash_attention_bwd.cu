@@ -4,7 +4,6 @@
 #include <type_traits>
 
 #include "kernels/cuda/flash_attention_bwd.cuh"
-#include "kernels/cuda/flash_attention_bwd_ws_tile.cuh"
 #include "kernels/cuda/flash_attention_launch.cuh"
 
 namespace loom::cuda::flash {

@@ -33,7 +33,7 @@
 //   P and dS double buffered (kPdsStages = 2, every pair but 64x64): one consumer barrier per query block suffices
 //   where flash_bwd_kernel needs two: a warpgroup writes block n + 2's P/dS into buffer n % 2 only after passing
 //   block n + 1's barrier, which the other warpgroup reaches only after its wgmma reading block n's P/dS (dQ,
-//   dV/dK) completed. Single buffered (kPdsStages = 1, 64x64, whose 128-row blocks leave room for the dQ tile
+//   dV/dK) completed. Single buffered (kPdsStages = 1, 64x64, whose 128-row P/dS tiles leave room for the dQ tile
 //   only so): a second named barrier, kPdsFreeBarrier, which each warpgroup passes after its products of block
 //   n - 1 landed and before it writes block n's P/dS; it waits there while its own S and dP of block n run.
 //

@@ -1,6 +1,5 @@
 // The shape of the warp-specialised backward's block (flash_attention_bwd_ws.cuh): roles, shared-memory map,
-// barriers, registers. Its own header so that the kernel's parts can be read (and its sizes checked) apart from
-// the kernel.
+// barriers, registers; its sizes are checked here at compile time, apart from the kernel that uses them.
 #pragma once
 #include "kernels/cuda/flash_attention_bwd_steps.cuh"
 #include "kernels/cuda/flash_attention_dq_layout.h"
@@ -11,8 +10,8 @@ template <int DQK, int DV>
 struct WsBwdTile {
   using Split = BwdTile<DQK, DV>;  // the consumers' work split, tiles kBr x kBc
   static constexpr int kBr = Split::kBr, kBc = Split::kBc, kQkCols = Split::kQkCols, kVCols = Split::kVCols;
-  // Two stages of Q/dO: a third (room for it at 64x64 once P/dS are single buffered) measured no faster on an H100
-  // (2026-12-08: d64 f+b within ±3 % either way, 1k to 16k tokens).
+  // Two stages of Q/dO: a third (room for it at 64x64 once P/dS are single buffered) moved the d64 backward both
+  // ways by up to 10 % on an H100 (2026-12-08, 512 to 16k tokens; docs/PERF.md), so it was not taken.
   static constexpr int kConsumers = 2, kThreads = 128 * (kConsumers + 1), kStages = 2;
   static constexpr uint32_t kKBytes = kBc * kQkCols * 2, kVBytes = kBc * kVCols * 2;
   static constexpr uint32_t kQBytes = kBr * kQkCols * 2, kDoBytes = kBr * kVCols * 2, kPdsBytes = kBr * kBc * 2;
@@ -46,7 +45,7 @@ struct WsBwdTile {
   static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= kThreads * (65536 / kThreads / 8 * 8),
                 "register split exceeds the block's allocation");
   static constexpr int kLseWarp = 1;     // the producer warp that loads lse and D
-  static constexpr int kDqWarp = 2;      // the producer warp whose lane 0 issues the dQ bulk reduces 
+  static constexpr int kDqWarp = 2;      // the producer warp whose lane 0 issues the dQ bulk reduces
   static constexpr uint32_t kFullArrivals = 1 + 32, kEmptyArrivals = 128 * kConsumers;
   static constexpr uint32_t kDqFullArrivals = 128 * kConsumers, kDqEmptyArrivals = 1;
   static constexpr int kPdsBarrier = 1;  // named barrier of the consumers (0 is __syncthreads)
